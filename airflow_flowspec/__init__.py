@@ -1,0 +1,1 @@
+"""airflow-flowspec: Metaflow-style flows that run as Apache Airflow DAGs."""

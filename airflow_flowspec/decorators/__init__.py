@@ -1,0 +1,3 @@
+from airflow_flowspec.decorators.step import step
+
+__all__ = ["step"]
