@@ -1,10 +1,149 @@
-"""The user-facing ``FlowSpec`` base class (placeholder; the full class lands with the runtime)."""
+"""The user-facing ``FlowSpec`` base class.
+
+Kept small on purpose (see shared/STYLE.md): it holds the authoring API a step body uses
+(``self.next``, ``self.input``, ``self.index``, ``self.merge_artifacts``, artifact attributes) and
+nothing about how a step executes. The step runtime fills the private ``_flowspec_*`` slots before
+calling a step and reads them afterwards.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
+from airflow_flowspec.errors import FlowspecError
+
+
+class MergeArtifactsError(FlowspecError):
+    """``merge_artifacts`` found inputs that disagree on an artifact."""
+
+
+class TransitionError(FlowspecError):
+    """``self.next`` was called in a way the flow's graph does not allow."""
+
+
+class Transition:
+    """What a step's ``self.next(...)`` call asked for, checked by the runtime against the graph."""
+
+    def __init__(self, targets: list[str], foreach: str | None, condition: str | None,
+                 switch_cases: dict[str, str] | None):
+        self.targets = targets
+        self.foreach = foreach
+        self.condition = condition
+        self.switch_cases = switch_cases
+
+
+def _step_name(target: Any) -> str:
+    name = getattr(target, "__name__", None)
+    if name is None or not getattr(target, "is_step", False):
+        raise TransitionError(
+            f"self.next() takes steps such as self.train, got {target!r}. Pass the step method itself."
+        )
+    return name
+
 
 class FlowSpec:
-    """Base class of a flow: subclass it and mark methods with ``@step``."""
+    """Base class of a flow: subclass it, write ``@step`` methods, end each with ``self.next(...)``.
 
-    def next(self, *steps, foreach=None, condition=None):  # noqa: A003
-        raise NotImplementedError
+    Defining the class inside Airflow's dags folder is enough to get a DAG named after the class;
+    calling ``TrainFlow()`` under ``if __name__ == "__main__":`` runs the command line
+    (``python flow.py run|show|check``).
+    """
+
+    _flowspec_schedule = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        from airflow_flowspec.airflow_registration import register_if_parsing
+
+        register_if_parsing(cls)
+
+    def __init__(self, use_cli: bool = True):
+        if use_cli:
+            from airflow_flowspec.cli import main
+
+            main(type(self))
+
+    # --- what a step body uses -------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def next(self, *steps: Any, foreach: str | None = None, condition: str | None = None) -> None:  # noqa: A003
+        """Declare where the flow goes after this step (linear, branch, foreach or switch)."""
+        if self.__dict__.get("_flowspec_transition") is not None:
+            raise TransitionError(f"self.next() was called twice in step {self._flowspec_current_step()}.")
+        switch_cases = None
+        if condition is not None:
+            if len(steps) != 1 or not isinstance(steps[0], dict):
+                raise TransitionError(
+                    "A switch is written self.next({'a': self.a, 'b': self.b}, condition='attr')."
+                )
+            switch_cases = {str(key): _step_name(value) for key, value in steps[0].items()}
+            targets = list(switch_cases.values())
+        else:
+            targets = [_step_name(target) for target in steps]
+        self.__dict__["_flowspec_transition"] = Transition(targets, foreach, condition, switch_cases)
+
+    @property
+    def input(self) -> Any:  # noqa: A003
+        """The foreach item this task handles (in a step inside a foreach)."""
+        frame = self._innermost_frame("input")
+        return self._flowspec_task.foreach_value(frame)
+
+    @property
+    def index(self) -> int:
+        """The position of this task's item in the foreach (0-based)."""
+        return self._innermost_frame("index")["index"]
+
+    def foreach_stack(self) -> list[tuple[int, int, Any]]:
+        """(index, number of splits, item) for each enclosing foreach, outermost first."""
+        task = self.__dict__.get("_flowspec_task")
+        if task is None:
+            return []
+        return [(f["index"], f["num_splits"], task.foreach_value(f)) for f in task.foreach_stack]
+
+    def merge_artifacts(self, inputs: Iterable[Any], include: list[str] | None = None,
+                        exclude: list[str] | None = None) -> None:
+        """Copy to this join step every artifact its inputs agree on (Metaflow semantics).
+
+        Artifacts already set in the join are left alone; an artifact whose value differs between
+        inputs raises, naming it, unless excluded (or resolved by assigning it first).
+        """
+        task = self.__dict__.get("_flowspec_task")
+        if task is None or not task.is_join:
+            raise MergeArtifactsError("merge_artifacts(inputs) can only be called in a join step.")
+        if include and exclude:
+            raise MergeArtifactsError("merge_artifacts takes include= or exclude=, not both.")
+        task.merge_artifacts(self, list(inputs), include=include, exclude=exclude)
+
+    # --- artifacts -------------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: the artifact was not set in this step.
+        if name.startswith("__") or name.startswith("_flowspec_"):
+            raise AttributeError(name)
+        artifacts = self.__dict__.get("_flowspec_artifacts")
+        if artifacts is not None and name in artifacts:
+            value = artifacts.load(name)
+            return value
+        step = self._flowspec_current_step()
+        where = f" in step '{step}'" if step else ""
+        raise AttributeError(
+            f"Flow {type(self).__name__} has no artifact '{name}'{where}: no step before it set "
+            f"self.{name}. In a join step, read inputs first (inputs.<step>.{name}) or call "
+            f"self.merge_artifacts(inputs)."
+        )
+
+    def _flowspec_current_step(self) -> str | None:
+        task = self.__dict__.get("_flowspec_task")
+        return task.step_name if task is not None else None
+
+    def _innermost_frame(self, what: str) -> dict[str, Any]:
+        task = self.__dict__.get("_flowspec_task")
+        if task is None or not task.foreach_stack:
+            raise FlowspecError(
+                f"self.{what} is only defined in steps inside a foreach "
+                f"(after self.next(self.step, foreach='items'))."
+            )
+        return task.foreach_stack[-1]

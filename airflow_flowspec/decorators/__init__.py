@@ -1,3 +1,7 @@
-from airflow_flowspec.decorators.step import step
+"""Decorators users put on steps and flows."""
 
-__all__ = ["step"]
+from airflow_flowspec.decorators.flow_decorators import schedule
+from airflow_flowspec.decorators.step import step
+from airflow_flowspec.decorators.step_decorators import batch, catch, environment, resources, retry, timeout
+
+__all__ = ["batch", "catch", "environment", "resources", "retry", "schedule", "step", "timeout"]

@@ -1,0 +1,55 @@
+"""Turn a FlowSpec subclass into a DAG when, and only when, Airflow's DagBag is importing its file.
+
+This is what makes "drop the flow file into the dags folder" work with no extra line: defining the
+class registers its DAG with the DagBag import in progress. Outside a DagBag import (``python
+flow.py``, the step runtime, a notebook) it does nothing and never imports Airflow, so the runtime
+stays usable in a container without Airflow.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+_CONTEXT_MODULE = "airflow.sdk.definitions._internal.contextmanager"
+
+
+def _dagbag_importing(module_name: str) -> bool:
+    context = sys.modules.get(_CONTEXT_MODULE)
+    if context is None:
+        return False
+    return context.DagContext.current_autoregister_module_name == module_name
+
+
+def register_if_parsing(flow_class: type) -> None:
+    """Build and register the flow's DAG if a DagBag is importing the module that defines it."""
+    module_name = flow_class.__module__
+    if not _dagbag_importing(module_name) or not _defines_steps(flow_class):
+        return
+    from airflow_flowspec.graph import FlowGraph
+    from airflow_flowspec.lint import lint_flow
+    from airflow_flowspec.translator import build_dag
+
+    context = sys.modules[_CONTEXT_MODULE].DagContext
+    module = sys.modules[module_name]
+    previous = flow_class.__dict__.get("_flowspec_dag")
+    if previous is not None:  # a class decorator changed the flow after the class was created
+        context.autoregistered_dags.discard((previous, module))
+    graph = FlowGraph(flow_class)
+    lint_flow(graph)
+    flow_class._flowspec_dag = build_dag(flow_class, graph, module.__file__)
+
+
+def _defines_steps(flow_class: type) -> bool:
+    return any(getattr(value, "is_step", False) for value in vars(flow_class).values())
+
+
+def dag_for(flow_class: type, flow_file: str) -> Any:
+    """Lint the flow and build its DAG outside a DagBag import (``python flow.py run``)."""
+    from airflow_flowspec.graph import FlowGraph
+    from airflow_flowspec.lint import lint_flow
+    from airflow_flowspec.translator import build_dag
+
+    graph = FlowGraph(flow_class)
+    lint_flow(graph)
+    return build_dag(flow_class, graph, flow_file)

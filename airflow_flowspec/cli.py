@@ -1,0 +1,96 @@
+"""``python flow.py run|show|check``: the command line a flow file gets from ``TrainFlow()``.
+
+``run`` executes the flow once with Airflow's ``dag.test()`` (tasks one after another in this
+process, on SQLite). With no ``AIRFLOW_HOME`` set it prepares a private Airflow home under
+``~/.airflow_flowspec/airflow`` the first time, so a data scientist needs no Airflow set-up to try
+a flow. Mistakes in the flow print one paragraph and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+from typing import Any, NoReturn
+
+from airflow_flowspec.errors import FlowspecError
+
+
+def main(flow_class: type, argv: list[str] | None = None) -> NoReturn:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = _dispatch(flow_class, argv)
+    except FlowspecError as err:
+        print(f"{flow_class.__name__}: {err}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+def _flow_file(flow_class: type) -> str:
+    return os.path.abspath(inspect.getsourcefile(flow_class) or sys.argv[0])
+
+
+def _parser(flow_class: type) -> argparse.ArgumentParser:
+    from airflow_flowspec.parameters import flow_parameters
+
+    parser = argparse.ArgumentParser(prog=os.path.basename(_flow_file(flow_class)),
+                                     description=(flow_class.__doc__ or "").strip() or None)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the flow once, locally, with Airflow's dag.test()")
+    for parameter in flow_parameters(flow_class):
+        run.add_argument(f"--{parameter.name}", dest=f"param:{parameter.name}", default=None,
+                         metavar=parameter.type_name.upper(),
+                         help=f"{parameter.help} (default: {parameter.default!r})")
+    commands.add_parser("show", help="print the steps and how they connect")
+    commands.add_parser("check", help="lint the flow and check that Airflow will find the file")
+    return parser
+
+
+def _dispatch(flow_class: type, argv: list[str]) -> int:
+    from airflow_flowspec.graph import FlowGraph
+    from airflow_flowspec.lint import lint_flow
+
+    args = _parser(flow_class).parse_args(argv)
+    graph = FlowGraph(flow_class)
+    if args.command == "show":
+        print(graph.to_text())
+        return 0
+    lint_flow(graph)
+    if args.command == "check":
+        return _check(flow_class, graph)
+    raw = {key.split(":", 1)[1]: value for key, value in vars(args).items()
+           if key.startswith("param:") and value is not None}
+    from airflow_flowspec.local_run import run_locally
+
+    return run_locally(flow_class, _flow_file(flow_class), _convert_parameters(flow_class, raw))
+
+
+def _convert_parameters(flow_class: type, raw: dict[str, str]) -> dict[str, Any]:
+    from airflow_flowspec.parameters import flow_parameters
+
+    values = {}
+    for parameter in flow_parameters(flow_class):
+        if parameter.name in raw:
+            value = parameter.convert(raw[parameter.name], flow_class.__name__)
+            if parameter.is_include_file:
+                value = os.path.abspath(value)
+            values[parameter.name] = value
+    return values
+
+
+def _check(flow_class: type, graph: Any) -> int:
+    from airflow_flowspec.discovery import skipped_by_default_safe_mode
+
+    flow_file = _flow_file(flow_class)
+    print(f"Flow {flow_class.__name__} in {flow_file}: {len(graph.nodes)} steps, lint passed.")
+    if skipped_by_default_safe_mode(flow_file):
+        print(
+            "Warning: Airflow's default safe-mode discovery will skip this file (it never mentions "
+            "'dag'). Set once, in airflow.cfg: [core] might_contain_dag_callable = "
+            "airflow_flowspec.discovery.might_contain_dag (or the environment variable "
+            "AIRFLOW__CORE__MIGHT_CONTAIN_DAG_CALLABLE=airflow_flowspec.discovery.might_contain_dag); "
+            "or add a comment containing the word 'dag' to the file.",
+            file=sys.stderr,
+        )
+    return 0

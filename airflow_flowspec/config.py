@@ -1,0 +1,69 @@
+"""The ``[flowspec]`` configuration, readable with or without Airflow installed.
+
+A Batch container or a notebook has no Airflow, yet must find the same datastore as the workers.
+So options resolve the way Airflow resolves them, without importing it: the environment variable
+``AIRFLOW__FLOWSPEC__<OPTION>`` first, then ``[flowspec]`` in ``$AIRFLOW_CONFIG`` (default
+``$AIRFLOW_HOME/airflow.cfg``), then the default below (the same defaults the provider declares).
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from pathlib import Path
+
+SECTION = "flowspec"
+
+
+def default_home() -> Path:
+    """Where the embedded default keeps its Airflow home and local datastore."""
+    return Path(os.environ.get("FLOWSPEC_HOME", Path.home() / ".airflow_flowspec"))
+
+
+DEFAULTS: dict[str, str] = {
+    "datastore_root": "",  # empty: <FLOWSPEC_HOME>/datastore
+    "xcom_inline_max_bytes": "65536",
+    "execution": "local",
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "datastore_root": "Where artifacts live: s3://bucket/prefix or a local folder. "
+    "Empty means ~/.airflow_flowspec/datastore (the embedded default).",
+    "xcom_inline_max_bytes": "XCom values of ordinary tasks up to this many bytes of JSON stay in "
+    "Airflow's table; larger or non-JSON values are pickled to the datastore.",
+    "execution": "Where steps run: 'local' (on the Airflow worker). 'batch' comes with the AWS Batch operator.",
+}
+
+
+def _airflow_cfg_path() -> Path:
+    if os.environ.get("AIRFLOW_CONFIG"):
+        return Path(os.environ["AIRFLOW_CONFIG"])
+    home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
+    return Path(home) / "airflow.cfg"
+
+
+def get_option(option: str) -> str:
+    env = os.environ.get(f"AIRFLOW__{SECTION.upper()}__{option.upper()}")
+    if env is not None and env != "":
+        return env
+    cfg = _airflow_cfg_path()
+    if cfg.is_file():
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(cfg)
+        except configparser.Error:
+            parser = None  # an unreadable airflow.cfg is Airflow's error to report, not ours
+        if parser is not None and parser.has_option(SECTION, option):
+            value = parser.get(SECTION, option).strip()
+            if value:
+                return value
+    return DEFAULTS[option]
+
+
+def datastore_root() -> str:
+    root = get_option("datastore_root")
+    return root if root else str(default_home() / "datastore")
+
+
+def xcom_inline_max_bytes() -> int:
+    return int(get_option("xcom_inline_max_bytes"))

@@ -1,0 +1,111 @@
+"""Run a flow once on the embedded default: Airflow's ``dag.test()`` on SQLite, local datastore.
+
+Airflow reads its configuration when first imported, so the environment is prepared before that
+import. With ``AIRFLOW_HOME`` unset we use a private home (``~/.airflow_flowspec/airflow``) with an
+empty dags folder: ``dag.test()`` syncs its bundle to the database on every call and an empty
+folder keeps that free; the flow's own DAG is written to the database directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from airflow_flowspec.config import default_home
+
+XCOM_BACKEND = "airflow_flowspec.xcom_backend.FlowspecXComBackend"
+DISCOVERY_CALLABLE = "airflow_flowspec.discovery.might_contain_dag"
+
+
+def prepare_environment() -> Path:
+    """Point Airflow at a ready-to-use home; return it. A user's AIRFLOW_HOME is left as it is."""
+    if os.environ.get("AIRFLOW_HOME"):
+        return Path(os.environ["AIRFLOW_HOME"])
+    home = default_home() / "airflow"
+    (home / "dags").mkdir(parents=True, exist_ok=True)
+    os.environ["AIRFLOW_HOME"] = str(home)
+    defaults = {
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__XCOM_BACKEND": XCOM_BACKEND,
+        "AIRFLOW__CORE__MIGHT_CONTAIN_DAG_CALLABLE": DISCOVERY_CALLABLE,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+    }
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+    return home
+
+
+def quiet_airflow_warnings() -> None:
+    """Airflow's own deprecation chatter is noise to someone running a flow."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="fastapi")
+
+
+def ensure_database(home: Path) -> None:
+    """Create or migrate Airflow's metadata database once per Airflow version."""
+    import airflow
+
+    marker = home / f".flowspec-db-ready-{airflow.__version__}"
+    if marker.exists() and os.environ.get("AIRFLOW_HOME") == str(home):
+        return
+    from airflow.utils import db
+
+    db.upgradedb()
+    marker.touch()
+
+
+def sync_dag(dag: Any) -> None:
+    """Write the flow's DAG to the database under the dags-folder bundle, as the DAG processor would."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(dag_folder=os.devnull, collect_dags=False)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+
+
+def run_locally(flow_class: type, flow_file: str, parameters: dict[str, Any]) -> int:
+    home = prepare_environment()
+    quiet_airflow_warnings()
+    from airflow_flowspec.airflow_registration import dag_for
+
+    dag = dag_for(flow_class, flow_file)  # lint errors surface here, before Airflow starts
+    logging.getLogger("airflow").setLevel(logging.WARNING)
+    ensure_database(home)
+    sync_dag(dag)
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.types import DagRunType
+
+    logical_date = datetime.now(timezone.utc)
+    run_id = DagRun.generate_run_id(run_type=DagRunType.MANUAL, logical_date=logical_date,
+                                    run_after=logical_date)
+    print(f"Run id: {run_id}", flush=True)
+    dag_run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=parameters)
+    return _report(flow_class.__name__, dag_run)
+
+
+def _report(flow_name: str, dag_run: Any) -> int:
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    if dag_run.state == DagRunState.SUCCESS:
+        print(f"Flow {flow_name} run {dag_run.run_id} succeeded.", flush=True)
+        return 0
+    failed = sorted(
+        (ti.task_id, ti.map_index) for ti in dag_run.get_task_instances()
+        if ti.state in (TaskInstanceState.FAILED, TaskInstanceState.UPSTREAM_FAILED)
+        and ti.state == TaskInstanceState.FAILED
+    )
+    names = ", ".join(t if m < 0 else f"{t}[{m}]" for t, m in failed) or "unknown"
+    print(f"Flow {flow_name} run {dag_run.run_id} failed in step(s): {names}. "
+          f"The step's error is shown above.", file=sys.stderr, flush=True)
+    return 1

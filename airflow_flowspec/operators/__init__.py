@@ -1,0 +1,1 @@
+"""Airflow operators that run flow steps. Imported by the translator, never by the step runtime."""

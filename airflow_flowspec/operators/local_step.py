@@ -1,0 +1,64 @@
+"""Run a step on the Airflow worker itself: the embedded default, no AWS needed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.bases.skipmixin import SkipMixin
+
+from airflow_flowspec.operators.step_task import StepTaskMixin
+
+
+class LocalStepOperator(StepTaskMixin, BaseOperator, SkipMixin):
+    """One flow step, executed in the task process by the shared step runtime."""
+
+    ui_color = "#d9ecf2"
+    template_fields = ()
+
+    def __init__(self, *, flow_file: str, flow_name: str, step_name: str,
+                 input_pulls: list[dict[str, Any]], is_foreach_split: bool = False,
+                 foreach_frame: dict[str, Any] | None = None, step_resources: dict[str, Any] | None = None,
+                 batch: dict[str, Any] | None = None, environment: dict[str, str] | None = None,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        self.flow_file = flow_file
+        self.flow_name = flow_name
+        self.step_name = step_name
+        self.input_pulls = input_pulls
+        self.is_foreach_split = is_foreach_split
+        self.foreach_frame = foreach_frame
+        self.step_resources = step_resources or {}
+        self.batch = batch or {}
+        self.environment = environment or {}
+
+    def execute(self, context: Any) -> Any:
+        from airflow_flowspec.runtime.step_runner import run_step
+
+        spec = self.build_task_spec(context)
+        return self.publish_result(context, run_step(spec))
+
+
+class FlattenForeachOperator(BaseOperator):
+    """Concatenate the children lists of a foreach that runs inside another foreach.
+
+    Airflow 3.3 cannot expand a task inside an expanded task group, so a nested foreach is
+    flattened: every (outer item, inner item) pair becomes one mapped task of the inner body. This
+    task turns the per-outer-item lists into that flat list; it exists only for nested foreach.
+    """
+
+    ui_color = "#eeeeee"
+    template_fields = ()
+
+    def __init__(self, *, split_task_id: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.split_task_id = split_task_id
+
+    def execute(self, context: Any) -> list[dict[str, Any]]:
+        per_item = context["ti"].xcom_pull(task_ids=self.split_task_id) or []
+        if not isinstance(per_item, list) or (per_item and isinstance(per_item[0], dict)):
+            per_item = [per_item]
+        flat: list[dict[str, Any]] = []
+        for children in per_item:
+            flat.extend(children)
+        return flat

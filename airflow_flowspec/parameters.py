@@ -1,0 +1,195 @@
+"""Flow parameters: values given per run, stored as artifacts by the start step.
+
+A ``Parameter`` is a descriptor on the flow class. At parse time the translator turns each one into
+a typed Airflow ``Param`` (so the trigger form is typed); at run time the start step converts the
+given value with ``Parameter.convert`` and saves it, and every later step reads it like any other
+artifact. Reading ``self.alpha`` outside a run returns the Parameter itself, as in Metaflow.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from airflow_flowspec.errors import FlowspecError
+
+
+class ParameterError(FlowspecError):
+    """A parameter is declared wrongly or was given a value of the wrong type."""
+
+
+class JSONTypeClass:
+    """Marker type: the parameter's value is JSON (a dict, list, number, string, bool or null)."""
+
+    name = "JSON"
+
+    def __repr__(self) -> str:
+        return "JSONType"
+
+
+JSONType = JSONTypeClass()
+
+_SUPPORTED_TYPES = (str, int, float, bool)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "y", "on"):
+        return True
+    if lowered in ("false", "0", "no", "n", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+
+
+class Parameter:
+    """A value chosen when a run starts: ``alpha = Parameter("alpha", default=0.5, type=float)``.
+
+    ``type`` is inferred from ``default`` when not given (as Metaflow does): str, int, float, bool,
+    or ``JSONType`` for dicts and lists. ``required=True`` without a default means every run must
+    give a value.
+    """
+
+    is_include_file = False
+
+    def __init__(
+        self,
+        name: str,
+        default: Any = None,
+        type: Any = None,  # noqa: A002 - Metaflow's keyword
+        help: str | None = None,  # noqa: A002 - Metaflow's keyword
+        required: bool = False,
+        **_ignored: Any,
+    ):
+        if not isinstance(name, str) or not name:
+            raise ParameterError(f"A Parameter needs a non-empty string name, got {name!r}.")
+        self.name = name
+        self.default = default
+        self.help = help or ""
+        self.required = bool(required)
+        self.attr_name: str = name.replace("-", "_")
+        self.type = self._resolve_type(type, default)
+
+    def _resolve_type(self, declared: Any, default: Any) -> Any:
+        if declared is not None:
+            if declared is JSONType or declared in _SUPPORTED_TYPES:
+                return declared
+            raise ParameterError(
+                f"Parameter '{self.name}' has type {declared!r}; supported types are str, int, float, "
+                f"bool and JSONType."
+            )
+        if default is None or callable(default):
+            return str
+        if isinstance(default, bool):
+            return bool
+        if isinstance(default, (dict, list)):
+            return JSONType
+        for candidate in (int, float, str):
+            if isinstance(default, candidate):
+                return candidate
+        raise ParameterError(
+            f"Parameter '{self.name}' has a default of type {type(default).__name__}; give type= "
+            f"(str, int, float, bool or JSONType) explicitly."
+        )
+
+    def __set_name__(self, owner: type, attr_name: str) -> None:
+        self.attr_name = attr_name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        if self.attr_name in instance.__dict__:
+            return instance.__dict__[self.attr_name]
+        loader = instance.__dict__.get("_flowspec_artifacts")
+        if loader is not None and self.attr_name in loader:
+            return loader.load(self.attr_name)
+        return self
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        raise ParameterError(
+            f"Cannot assign to parameter '{self.name}' inside a step: parameters are read-only. "
+            f"Store a derived value under another name, e.g. self.{self.attr_name}_used = ..."
+        )
+
+    @property
+    def type_name(self) -> str:
+        return "JSON" if self.type is JSONType else self.type.__name__
+
+    def convert(self, value: Any, flow_name: str = "") -> Any:
+        """Turn a value from the command line (text) or the Airflow trigger form (JSON) into the type."""
+        if value is None:
+            return None
+        try:
+            if self.type is JSONType:
+                return json.loads(value) if isinstance(value, str) else value
+            if self.type is bool:
+                return value if isinstance(value, bool) else _parse_bool(str(value))
+            if self.type is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"{value!r} is not a whole number")
+            if self.type is int and isinstance(value, bool):
+                raise ValueError(f"{value!r} is a boolean")
+            return self.type(value)
+        except (ValueError, TypeError) as err:
+            where = f" of flow {flow_name}" if flow_name else ""
+            raise ParameterError(
+                f"Parameter '{self.name}'{where} expects a value of type {self.type_name}, "
+                f"got {value!r}: {err}."
+            ) from None
+
+    def default_value(self) -> Any:
+        return self.default() if callable(self.default) else self.default
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r}, default={self.default!r}, type={self.type_name})"
+
+
+class IncludeFile(Parameter):
+    """A parameter whose value is a file's path; the start step stores the file's CONTENT.
+
+    The content is read once when the run starts, so every step, every retry and every later
+    lookup sees the same bytes even if the file changes afterwards.
+    """
+
+    is_include_file = True
+
+    def __init__(
+        self,
+        name: str,
+        default: str | None = None,
+        help: str | None = None,  # noqa: A002
+        is_text: bool = True,
+        encoding: str = "utf-8",
+        required: bool = False,
+        **_ignored: Any,
+    ):
+        super().__init__(name, default=default, type=str, help=help, required=required)
+        self.is_text = is_text
+        self.encoding = encoding
+
+    def read(self, path: str, flow_name: str = "") -> str | bytes:
+        try:
+            with open(path, "rb") as handle:
+                content = handle.read()
+        except OSError as err:
+            raise ParameterError(
+                f"IncludeFile '{self.name}' of flow {flow_name} could not read {path!r}: "
+                f"{err.strerror or err}. Give an existing file with --{self.name} PATH."
+            ) from None
+        if not self.is_text:
+            return content
+        try:
+            return content.decode(self.encoding)
+        except UnicodeDecodeError as err:
+            raise ParameterError(
+                f"IncludeFile '{self.name}' of flow {flow_name}: {path!r} is not {self.encoding} text "
+                f"({err.reason} at byte {err.start}). Pass is_text=False to store raw bytes."
+            ) from None
+
+
+def flow_parameters(flow_class: type) -> list[Parameter]:
+    """The flow's parameters in a stable order (alphabetical by attribute name, like Metaflow's CLI)."""
+    found: dict[str, Parameter] = {}
+    for klass in reversed(flow_class.__mro__):
+        for attr, value in vars(klass).items():
+            if isinstance(value, Parameter):
+                found[attr] = value
+    return [found[attr] for attr in sorted(found)]

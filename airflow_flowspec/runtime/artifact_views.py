@@ -1,0 +1,109 @@
+"""Lazy, read-only views of artifacts described by a manifest.
+
+A step that never touches an artifact never downloads it: a view holds only references
+(name -> content hash) until an attribute is read, then loads that one artifact and keeps it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+# Values of these types cannot change in place, so an artifact of such a type that a step read but
+# did not reassign can keep its stored reference instead of being pickled and hashed again.
+IMMUTABLE_TYPES = (bytes, str, int, float, bool, complex, type(None), range, frozenset)
+
+
+class ArtifactLoader:
+    """References to artifacts (name -> ref dict) with load-on-first-use."""
+
+    def __init__(self, datastore: Any, refs: dict[str, dict[str, Any]]):
+        self.datastore = datastore
+        self.refs = dict(refs)
+        self.loaded: dict[str, Any] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.refs
+
+    def names(self) -> list[str]:
+        return sorted(self.refs)
+
+    def load(self, name: str) -> Any:
+        if name not in self.loaded:
+            from airflow_flowspec.datastore.artifacts import ArtifactRef
+
+            self.loaded[name] = self.datastore.artifacts.load(ArtifactRef.from_json(self.refs[name]))
+        return self.loaded[name]
+
+
+class InputView:
+    """One parent task's artifacts, as a join step sees them in ``inputs``."""
+
+    def __init__(self, manifest: dict[str, Any], datastore: Any, foreach_value: Any):
+        object.__setattr__(self, "_manifest", manifest)
+        object.__setattr__(self, "_loader", ArtifactLoader(datastore, manifest.get("artifacts", {})))
+        object.__setattr__(self, "_foreach_value", foreach_value)
+
+    @property
+    def step_name(self) -> str:
+        return self._manifest["step"]
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The task's manifest: artifact names, hashes, types, sizes and short reprs."""
+        return self._manifest
+
+    def artifact_names(self) -> list[str]:
+        return self._loader.names()
+
+    @property
+    def index(self) -> int | None:
+        stack = self._manifest.get("foreach_stack") or []
+        return stack[-1]["index"] if stack else None
+
+    @property
+    def input(self) -> Any:  # noqa: A003
+        stack = self._manifest.get("foreach_stack") or []
+        return self._foreach_value(stack[-1]) if stack else None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name in self._loader:
+            return self._loader.load(name)
+        raise AttributeError(
+            f"Input from step '{self.step_name}' has no artifact '{name}'; "
+            f"it has: {', '.join(self._loader.names()) or 'none'}."
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            f"Inputs of a join are read-only; set self.{name} = ... on the join step instead."
+        )
+
+    def __repr__(self) -> str:
+        return f"<input from {self._manifest.get('pathspec', self.step_name)}>"
+
+
+class Inputs:
+    """The ``inputs`` argument of a join step: iterable, indexable, and ``inputs.<step>``."""
+
+    def __init__(self, views: list[InputView]):
+        self._views = views
+
+    def __iter__(self) -> Iterator[InputView]:
+        return iter(self._views)
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __getitem__(self, index: int) -> InputView:
+        return self._views[index]
+
+    def __getattr__(self, name: str) -> InputView:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        for view in self._views:
+            if view.step_name == name:
+                return view
+        steps = ", ".join(sorted({v.step_name for v in self._views}))
+        raise AttributeError(f"This join has no input from a step named '{name}'; its inputs come from {steps}.")

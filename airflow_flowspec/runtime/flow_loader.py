@@ -1,0 +1,76 @@
+"""Load a flow file under a stable module name, once per process.
+
+cloudpickle pickles classes and functions defined in the flow file *by reference* to their module.
+Airflow's DagBag imports a dags file as ``unusual_prefix_<sha>_<file>``, a name no other process
+knows, so an instance of a class from the flow file would fail to unpickle in the next step. Every
+step therefore loads the flow file as ``flowspec_flows.<FlowName>``: the same name in every task
+process, on every worker and in every Batch container, whatever the file's path. Loading under
+that name does not build a DAG (the Airflow registration only acts during a DagBag import).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from typing import Any
+
+from airflow_flowspec.errors import FlowspecError
+
+PACKAGE = "flowspec_flows"
+
+_loaded: dict[str, tuple[str, float, types.ModuleType]] = {}
+
+
+class FlowLoadError(FlowspecError):
+    """The flow file could not be loaded or does not define the flow."""
+
+
+def stable_module_name(flow_name: str) -> str:
+    return f"{PACKAGE}.{flow_name}"
+
+
+def _ensure_package() -> None:
+    if PACKAGE not in sys.modules:
+        package = types.ModuleType(PACKAGE)
+        package.__path__ = []  # a namespace for flow modules; nothing to import from disk
+        sys.modules[PACKAGE] = package
+
+
+def load_flow_class(flow_file: str, flow_name: str) -> Any:
+    """Import ``flow_file`` as ``flowspec_flows.<flow_name>`` (reloading if the file changed)."""
+    path = os.path.abspath(flow_file)
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError as err:
+        raise FlowLoadError(f"Flow file {path} for flow {flow_name} cannot be read: {err.strerror}.") from None
+    cached = _loaded.get(flow_name)
+    if cached and cached[0] == path and cached[1] == mtime:
+        module = cached[2]
+    else:
+        module = _import(path, flow_name)
+        _loaded[flow_name] = (path, mtime, module)
+    flow_class = getattr(module, flow_name, None)
+    if not isinstance(flow_class, type):
+        raise FlowLoadError(f"Flow file {path} does not define a class named {flow_name}.")
+    return flow_class
+
+
+def _import(path: str, flow_name: str) -> types.ModuleType:
+    _ensure_package()
+    name = stable_module_name(flow_name)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise FlowLoadError(f"Flow file {path} is not a Python file.")
+    module = importlib.util.module_from_spec(spec)
+    directory = os.path.dirname(path)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)  # the flow's own helper modules, as `python flow.py` would see them
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module

@@ -1,0 +1,347 @@
+"""Run one task of a flow: restore inputs, call the step, save artifacts, write the manifest last.
+
+This is the only place a step executes, whether on an Airflow worker (local mode) or in a Batch
+container. Retries belong to Airflow: a failing step raises, except on its last attempt under
+``@catch``, where the exception becomes an artifact and the flow goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Any, Iterator
+
+from airflow_flowspec.current import TaskContext, current
+from airflow_flowspec.decorators.base import step_decorators_of
+from airflow_flowspec.errors import ArtifactSaveError, FlowspecError
+from airflow_flowspec.flowspec import MergeArtifactsError, TransitionError
+from airflow_flowspec.parameters import flow_parameters
+from airflow_flowspec.runtime.artifact_views import IMMUTABLE_TYPES, ArtifactLoader, Inputs, InputView
+from airflow_flowspec.runtime.caught import CaughtException
+from airflow_flowspec.runtime.flow_loader import load_flow_class
+from airflow_flowspec.runtime.task_spec import StepResult, TaskSpec
+
+MANIFEST_VERSION = 1
+
+
+class StepError(FlowspecError):
+    """The step's code or its transition failed in a way the user must fix."""
+
+
+class TaskState:
+    """The runtime side of a running step: what ``self.input``, ``merge_artifacts`` etc. consult."""
+
+    def __init__(self, spec: TaskSpec, datastore: Any, is_join: bool):
+        self.spec = spec
+        self.datastore = datastore
+        self.is_join = is_join
+        self.step_name = spec.step
+        self.foreach_stack = spec.foreach_stack
+        self._items: dict[str, Any] = {}
+
+    def foreach_value(self, frame: dict[str, Any]) -> Any:
+        from airflow_flowspec.datastore.artifacts import ArtifactRef
+
+        digest = frame["item"]["hash"]
+        if digest not in self._items:
+            self._items[digest] = self.datastore.artifacts.load(ArtifactRef.from_json(frame["item"]))
+        return self._items[digest]
+
+    def merge_artifacts(self, flow: Any, inputs: list[InputView], include: list[str] | None,
+                        exclude: list[str] | None) -> None:
+        loader: ArtifactLoader = flow.__dict__["_flowspec_artifacts"]
+        offered: dict[str, dict[str, dict[str, Any]]] = {}
+        for view in inputs:
+            for name, ref in view._manifest.get("artifacts", {}).items():
+                offered.setdefault(name, {})[ref["hash"]] = ref
+        if include:
+            missing = [name for name in include if name not in offered]
+            if missing:
+                raise MergeArtifactsError(
+                    f"Step '{self.step_name}' asked merge_artifacts to include {', '.join(missing)}, "
+                    f"but no input has such an artifact."
+                )
+            candidates = list(include)
+        else:
+            candidates = sorted(set(offered) - set(exclude or []))
+        conflicts = []
+        for name in candidates:
+            if name in flow.__dict__ or name in loader:
+                continue  # set in the join already (or a parameter): the join's value wins
+            if len(offered[name]) > 1:
+                conflicts.append(name)
+                continue
+            loader.refs[name] = next(iter(offered[name].values()))
+        if conflicts:
+            raise MergeArtifactsError(
+                f"Step '{self.step_name}' of flow {self.spec.flow_name} cannot merge artifact(s) "
+                f"{', '.join(conflicts)}: the inputs hold different values. Set them explicitly in the "
+                f"join before calling merge_artifacts (e.g. self.{conflicts[0]} = max(i.{conflicts[0]} "
+                f"for i in inputs)), or pass exclude=[{', '.join(repr(c) for c in conflicts)}]."
+            )
+
+
+def run_step(spec: TaskSpec, datastore: Any = None) -> StepResult:
+    """Run the task described by ``spec`` and return what Airflow should publish."""
+    from airflow_flowspec.datastore import open_datastore
+    from airflow_flowspec.graph import FlowGraph
+
+    datastore = datastore or open_datastore(spec.datastore_root)
+    flow_class = load_flow_class(spec.flow_file, spec.flow_name)
+    graph = FlowGraph(flow_class)
+    node = graph[spec.step]
+    step_func = getattr(flow_class, spec.step)
+    decorators = step_decorators_of(step_func)
+
+    flow = flow_class.__new__(flow_class)
+    is_join = node.type == "join"
+    state = TaskState(spec, datastore, is_join)
+    flow.__dict__["_flowspec_task"] = state
+    flow.__dict__["_flowspec_transition"] = None
+    parameter_names = _restore_inputs(flow, flow_class, spec, datastore, is_join, state)
+    if spec.step == "start":
+        datastore.write_run_meta(spec.flow_name, spec.run_id, {
+            "flow_file": os.path.abspath(spec.flow_file),
+            "parameters": {p: _describe(flow.__dict__.get(p)) for p in parameter_names},
+            "context": spec.context,
+        })
+
+    print(f"[{spec.run_id}/{spec.step}/{spec.task_id}] Task is starting.", flush=True)
+    caught: BaseException | None = None
+    with _task_context(spec), _environment(decorators.get("environment")):
+        try:
+            if is_join:
+                step_func(flow, Inputs([InputView(m, datastore, state.foreach_value) for m in _ordered(spec)]))
+            else:
+                step_func(flow)
+        except Exception as exc:  # noqa: BLE001 - @catch decides; otherwise re-raised below
+            catch = decorators.get("catch")
+            if catch is None or spec.attempt < spec.max_attempts or node.type in ("foreach", "split-switch"):
+                raise
+            caught = exc
+            if catch["print_exception"]:
+                print(CaughtException(exc).stacktrace, file=sys.stderr, flush=True)
+            if catch["var"]:
+                flow.__dict__[catch["var"]] = CaughtException(exc)
+
+    foreach_children = switch_step = None
+    if caught is None:
+        foreach_children, switch_step = _check_transition(flow, node, spec, datastore)
+    refs = _save_artifacts(flow, spec, datastore)
+    manifest = _manifest(spec, refs, parameter_names, node, caught, switch_step, foreach_children)
+    datastore.write_manifest(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, manifest)
+    if node.type == "end":
+        datastore.finish_run(spec.flow_name, spec.run_id, True, {"end_task": spec.pathspec})
+    print(f"[{spec.run_id}/{spec.step}/{spec.task_id}] Task finished successfully.", flush=True)
+    return StepResult(manifest=manifest, foreach_children=foreach_children, switch_step=switch_step)
+
+
+def _describe(value: Any) -> Any:
+    from airflow_flowspec.datastore.artifacts import short_repr
+
+    return value if isinstance(value, (str, int, float, bool, type(None))) else short_repr(value)
+
+
+def _ordered(spec: TaskSpec) -> list[dict[str, Any]]:
+    """Join inputs in a stable order: by foreach index, then as the operator listed them."""
+    return sorted(spec.input_manifests, key=lambda m: [f["index"] for f in m.get("foreach_stack") or []])
+
+
+def _restore_inputs(flow: Any, flow_class: type, spec: TaskSpec, datastore: Any, is_join: bool,
+                    state: TaskState) -> list[str]:
+    parameters = flow_parameters(flow_class)
+    if spec.step == "start":
+        _set_parameters(flow, parameters, spec)
+        flow.__dict__["_flowspec_artifacts"] = ArtifactLoader(datastore, {})
+        return [p.attr_name for p in parameters]
+    if not spec.input_manifests:
+        raise StepError(f"Step '{spec.step}' of flow {spec.flow_name} got no input manifest from its parents.")
+    first = spec.input_manifests[0]
+    parameter_names = list(first.get("parameters", []))
+    if is_join:
+        # A join starts with only the parameters; everything else comes through inputs/merge_artifacts.
+        refs = {name: first["artifacts"][name] for name in parameter_names if name in first["artifacts"]}
+    else:
+        refs = first.get("artifacts", {})
+    flow.__dict__["_flowspec_artifacts"] = ArtifactLoader(datastore, refs)
+    return parameter_names
+
+
+def _set_parameters(flow: Any, parameters: list[Any], spec: TaskSpec) -> None:
+    from airflow_flowspec.parameters import ParameterError
+
+    for parameter in parameters:
+        raw = spec.parameters.get(parameter.name)
+        if raw is None:
+            raw = parameter.default_value()
+        if raw is None and parameter.required:
+            raise ParameterError(
+                f"Flow {spec.flow_name} needs a value for parameter '{parameter.name}': "
+                f"run with --{parameter.name} VALUE or fill it in the Airflow trigger form."
+            )
+        value = parameter.convert(raw, spec.flow_name)
+        if parameter.is_include_file and value is not None:
+            value = parameter.read(value, spec.flow_name)
+        flow.__dict__[parameter.attr_name] = value
+
+
+@contextlib.contextmanager
+def _task_context(spec: TaskSpec) -> Iterator[None]:
+    ctx = spec.context
+    current._set(
+        TaskContext(
+            flow_name=spec.flow_name,
+            run_id=spec.run_id,
+            step_name=spec.step,
+            task_id=spec.task_id,
+            retry_count=spec.attempt - 1,
+            origin_run_id=ctx.get("origin_run_id"),
+            is_production=bool(ctx.get("is_production", False)),
+            username=ctx.get("username"),
+            logical_date=_as_datetime(ctx.get("logical_date")),
+            data_interval_start=_as_datetime(ctx.get("data_interval_start")),
+            data_interval_end=_as_datetime(ctx.get("data_interval_end")),
+            map_index=spec.map_index,
+            datastore_root=spec.datastore_root,
+        )
+    )
+    try:
+        yield
+    finally:
+        current._set(None)
+
+
+def _as_datetime(value: Any) -> Any:
+    if value is None or not isinstance(value, str):
+        return value
+    from datetime import datetime
+
+    return datetime.fromisoformat(value)
+
+
+@contextlib.contextmanager
+def _environment(decorator: Any) -> Iterator[None]:
+    """Apply @environment for the step only: the worker process runs other tasks afterwards."""
+    if decorator is None:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in decorator["vars"]}
+    os.environ.update(decorator["vars"])
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _check_transition(flow: Any, node: Any, spec: TaskSpec, datastore: Any
+                      ) -> tuple[list[dict[str, Any]] | None, str | None]:
+    where = f"Step '{spec.step}' of flow {spec.flow_name}"
+    if node.type == "end":
+        return None, None
+    transition = flow.__dict__.get("_flowspec_transition")
+    if transition is None:
+        raise TransitionError(
+            f"{where} finished without calling self.next(). Every step but end must end with "
+            f"self.next(...) on every code path (a return before it skips it)."
+        )
+    if list(transition.targets) != list(node.out_funcs):
+        raise TransitionError(
+            f"{where} called self.next({', '.join(transition.targets)}) but its source says "
+            f"self.next({', '.join(node.out_funcs)}); transitions must be static."
+        )
+    if node.type == "foreach":
+        return _foreach_children(flow, node, spec, datastore, where), None
+    if node.type == "split-switch":
+        value = getattr(flow, node.condition)
+        cases = node.switch_cases or {}
+        key = value if isinstance(value, str) else str(value)
+        if key not in cases:
+            raise TransitionError(
+                f"{where}: switch condition self.{node.condition} is {value!r}, which is not one of "
+                f"the cases {', '.join(repr(k) for k in cases)}. Set it to one of them."
+            )
+        return None, cases[key]
+    return None, None
+
+
+def _foreach_children(flow: Any, node: Any, spec: TaskSpec, datastore: Any, where: str) -> list[dict[str, Any]]:
+    var = node.foreach_param
+    try:
+        values = getattr(flow, var)
+    except AttributeError:
+        raise TransitionError(f"{where} does a foreach over self.{var}, but self.{var} was never set.") from None
+    try:
+        items = list(values)
+    except TypeError:
+        raise TransitionError(
+            f"{where} does a foreach over self.{var}, a {type(values).__name__}, which cannot be iterated. "
+            f"Use a list."
+        ) from None
+    if not items:
+        raise TransitionError(
+            f"{where}: the foreach over self.{var} produced zero splits (it is empty). A foreach needs at "
+            f"least one item; check the value or branch around the foreach."
+        )
+    refs = datastore.artifacts.save_many({f"{var}[{i}]": item for i, item in enumerate(items)})
+    children = []
+    for i in range(len(items)):
+        ref = refs[f"{var}[{i}]"]
+        ref_json = ref.to_json() if hasattr(ref, "to_json") else dict(ref)
+        frame = {"step": spec.step, "var": var, "index": i, "num_splits": len(items), "item": ref_json}
+        children.append({"stack": [*spec.foreach_stack, frame], "parent_map_index": spec.map_index})
+    return children
+
+
+def _save_artifacts(flow: Any, spec: TaskSpec, datastore: Any) -> dict[str, dict[str, Any]]:
+    loader: ArtifactLoader = flow.__dict__["_flowspec_artifacts"]
+    refs: dict[str, dict[str, Any]] = {}
+    to_save: dict[str, Any] = {}
+    for name in loader.refs:
+        if name in flow.__dict__:
+            continue
+        if name not in loader.loaded:
+            refs[name] = loader.refs[name]  # untouched: carry the reference, move no bytes
+        elif type(loader.loaded[name]) in IMMUTABLE_TYPES:
+            refs[name] = loader.refs[name]  # read, unchanged by construction
+        else:
+            to_save[name] = loader.loaded[name]  # may have been mutated in place: hash decides
+    for name, value in flow.__dict__.items():
+        if name.startswith("_flowspec_") or name.startswith("__"):
+            continue
+        to_save[name] = value
+    try:
+        saved = datastore.artifacts.save_many(to_save)
+    except ArtifactSaveError as err:
+        raise ArtifactSaveError(err.artifact_name, err.reason, flow=spec.flow_name, step=spec.step) from None
+    for name, ref in saved.items():
+        refs[name] = ref.to_json() if hasattr(ref, "to_json") else dict(ref)
+    return {name: refs[name] for name in sorted(refs)}
+
+
+def _manifest(spec: TaskSpec, refs: dict[str, dict[str, Any]], parameter_names: list[str], node: Any,
+              caught: BaseException | None, switch_step: str | None,
+              foreach_children: list[dict[str, Any]] | None) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
+        "flowspec_manifest": MANIFEST_VERSION,
+        "pathspec": spec.pathspec,
+        "flow": spec.flow_name,
+        "run_id": spec.run_id,
+        "step": spec.step,
+        "task_id": spec.task_id,
+        "attempt": spec.attempt,
+        "artifacts": refs,
+        "parameters": sorted(parameter_names),
+        "foreach_stack": spec.foreach_stack,
+    }
+    if foreach_children is not None:
+        manifest["foreach"] = {"var": node.foreach_param, "num_splits": len(foreach_children)}
+    if switch_step is not None:
+        manifest["switch"] = {"condition": node.condition, "step": switch_step}
+    if caught is not None:
+        manifest["caught"] = {"type": type(caught).__name__, "message": str(caught)}
+    return manifest

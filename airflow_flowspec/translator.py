@@ -1,0 +1,197 @@
+"""Translate a flow class into an Airflow DAG: one task per step, edges from ``self.next``.
+
+Pure and cheap: it reads the class and its AST graph, does no I/O, and gives the same DAG for
+the same file every time (Airflow 3 stores a new DAG version whenever the serialization changes).
+
+Foreach bodies become dynamic task mapping over the split's list of children. A foreach nested in
+another foreach cannot be a mapping inside a mapping (Airflow 3.3 refuses ``expand`` inside an
+expanded task group), so it is flattened instead: one extra task ``<split>__foreach`` concatenates
+the inner children of every outer item, and the inner body maps over that flat list; the inner join
+is mapped over the outer items and picks its own children by their foreach indices. This keeps
+every task at most one level of mapping deep, which Airflow supports fully (UI, clearing, retries).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from airflow_flowspec.decorators.base import step_decorators_of
+from airflow_flowspec.errors import LintError
+from airflow_flowspec.graph import FlowGraph
+from airflow_flowspec.operators.step_task import (
+    PULL_ALL_CHILDREN,
+    PULL_SAME,
+    PULL_SPLIT_PARENT,
+    SPLIT_MANIFEST_KEY,
+)
+from airflow_flowspec.parameters import JSONType, flow_parameters
+
+#: Fixed so that parsing is deterministic; with catchup off only the latest interval runs.
+START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+_PARAM_SCHEMA_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def build_dag(flow_class: type, graph: FlowGraph, flow_file: str) -> Any:
+    from airflow.sdk import DAG
+
+    with DAG(
+        dag_id=flow_class.__name__,
+        schedule=_schedule(flow_class),
+        start_date=START_DATE,
+        catchup=False,
+        params=_params(flow_class),
+        doc_md=(flow_class.__doc__ or "").strip() or None,
+        tags=["flowspec"],
+        max_active_runs=16,
+        on_failure_callback=record_failed_run,
+    ) as dag:
+        _add_tasks(flow_class, graph, flow_file)
+    dag.fileloc = flow_file
+    return dag
+
+
+def record_failed_run(context: Any) -> None:
+    """Mark the run failed in the datastore, so the client's run listing says so too."""
+    from airflow_flowspec import config
+    from airflow_flowspec.datastore import open_datastore
+
+    dag_run = context["dag_run"]
+    open_datastore(config.datastore_root()).finish_run(
+        dag_run.dag_id, dag_run.run_id, False, {"reason": str(context.get("reason") or "a step failed")}
+    )
+
+
+def _schedule(flow_class: type) -> Any:
+    schedule = getattr(flow_class, "_flowspec_schedule", None)
+    if schedule is None:
+        return None
+    from airflow.sdk import CronTriggerTimetable
+
+    interval = {"hourly": timedelta(hours=1), "daily": timedelta(days=1), "weekly": timedelta(weeks=1)}
+    return CronTriggerTimetable(
+        schedule.cron,
+        timezone=schedule.timezone,
+        interval=interval.get(schedule.interval_name or "", timedelta(0)),
+    )
+
+
+def _params(flow_class: type) -> dict[str, Any]:
+    from airflow.sdk import Param
+
+    params = {}
+    for parameter in flow_parameters(flow_class):
+        if parameter.type is JSONType:
+            schema_type: Any = ["object", "array", "string", "number", "boolean", "null"]
+        else:
+            schema_type = _PARAM_SCHEMA_TYPES[parameter.type]
+            if not parameter.required:
+                schema_type = [schema_type, "null"]
+        description = parameter.help or None
+        if parameter.is_include_file:
+            description = (description + " " if description else "") + "(path of a file read when the run starts)"
+        default = parameter.default_value()
+        if default is None and parameter.required:
+            params[parameter.name] = Param(type=schema_type, description=description)
+        else:
+            params[parameter.name] = Param(default, type=schema_type, description=description)
+    return params
+
+
+def _foreach_domain(graph: FlowGraph, name: str) -> str | None:
+    """The innermost foreach split whose items this step is mapped over, if any.
+
+    A join's split_parents end with the split it closes (Metaflow's convention); the join itself
+    runs once per item of the enclosing foreach, not per item of the one it joins.
+    """
+    node = graph[name]
+    enclosing = node.split_parents[:-1] if node.type == "join" else node.split_parents
+    foreach_parents = [p for p in enclosing if graph[p].type == "foreach"]
+    return foreach_parents[-1] if foreach_parents else None
+
+
+def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
+    from airflow_flowspec.operators.local_step import FlattenForeachOperator, LocalStepOperator
+
+    order = graph.sorted_nodes()
+    domain = {name: _foreach_domain(graph, name) for name in order}
+    tasks: dict[str, Any] = {}
+    domain_source: dict[str, Any] = {}  # foreach split -> the XComArg its body maps over
+
+    for name in order:
+        node = graph[name]
+        if node.type == "split-switch" and domain[name] is not None:
+            raise LintError(
+                f"Step {name} is a switch inside a foreach; on Airflow a switch must be outside any "
+                f"foreach for now. Move the choice into the step body (if/else) or before the foreach.",
+                file=node.source_file, line=node.func_lineno,
+            )
+        kwargs = dict(
+            task_id=name,
+            flow_file=flow_file,
+            flow_name=flow_class.__name__,
+            step_name=name,
+            input_pulls=_input_pulls(graph, name, domain),
+            is_foreach_split=node.type == "foreach",
+            doc_md=node.doc.strip() or None if node.doc else None,
+            trigger_rule=_trigger_rule(graph, name),
+            **_decorator_settings(getattr(flow_class, name)),
+        )
+        if domain[name] is None:
+            task = LocalStepOperator(**kwargs)
+        else:
+            task = LocalStepOperator.partial(**kwargs).expand(foreach_frame=domain_source[domain[name]])
+        tasks[name] = task
+        if node.type == "foreach":
+            if domain[name] is None:
+                domain_source[name] = task.output
+            else:
+                flatten = FlattenForeachOperator(task_id=f"{name}__foreach", split_task_id=name)
+                task >> flatten
+                domain_source[name] = flatten.output
+
+    for name in order:
+        for child in graph[name].out_funcs:
+            if child not in tasks[name].downstream_task_ids:
+                tasks[name] >> tasks[child]
+
+
+def _input_pulls(graph: FlowGraph, name: str, domain: dict[str, str | None]) -> list[dict[str, Any]]:
+    pulls = []
+    for parent in graph[name].in_funcs:
+        key = SPLIT_MANIFEST_KEY if graph[parent].type == "foreach" else "return_value"
+        if graph[parent].type == "foreach" and domain[name] == parent:
+            mode = PULL_SPLIT_PARENT
+        elif domain[parent] != domain[name] and domain[parent] is not None:
+            mode = PULL_ALL_CHILDREN  # this step joins the foreach its parent is mapped over
+        else:
+            mode = PULL_SAME
+        pulls.append({"task_id": parent, "key": key, "mode": mode})
+    return pulls
+
+
+def _trigger_rule(graph: FlowGraph, name: str) -> str:
+    """Where switch arms meet, one arm ran and the others were skipped: run if none failed."""
+    node = graph[name]
+    if node.type != "join" and len(node.in_funcs) > 1:
+        return "none_failed_min_one_success"
+    return "all_success"
+
+
+def _decorator_settings(step_func: Any) -> dict[str, Any]:
+    decorators = step_decorators_of(step_func)
+    settings: dict[str, Any] = {}
+    if "retry" in decorators:
+        settings["retries"] = decorators["retry"]["times"]
+        settings["retry_delay"] = timedelta(minutes=decorators["retry"]["minutes_between_retries"])
+    if "timeout" in decorators:
+        settings["execution_timeout"] = timedelta(seconds=decorators["timeout"].total_seconds)
+    if "resources" in decorators:
+        # Not BaseOperator's `resources` (executor slots): these are the step's, for AWS Batch.
+        settings["step_resources"] = dict(decorators["resources"].attributes)
+    if "batch" in decorators:
+        settings["batch"] = {k: v for k, v in decorators["batch"].attributes.items() if v is not None}
+    if "environment" in decorators:
+        settings["environment"] = dict(decorators["environment"]["vars"])
+    return settings

@@ -1,0 +1,108 @@
+"""Run flows on real Airflow (``dag.test()`` on SQLite) from tests, and read what they stored.
+
+Airflow reads its configuration at first import, so ``configure_airflow`` runs from conftest.py
+before any test module imports Airflow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+FLOWS = Path(__file__).resolve().parent / "flows"
+
+
+def configure_airflow() -> Path:
+    """A private Airflow home and datastore for this test session."""
+    root = Path(tempfile.mkdtemp(prefix="flowspec-tests-"))
+    home = root / "airflow"
+    (home / "dags").mkdir(parents=True)
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__XCOM_BACKEND": "airflow_flowspec.xcom_backend.FlowspecXComBackend",
+        "AIRFLOW__CORE__MIGHT_CONTAIN_DAG_CALLABLE": "airflow_flowspec.discovery.might_contain_dag",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(root / "datastore"),
+        "FLOWSPEC_HOME": str(root / "flowspec-home"),
+    }
+    os.environ.update(env)
+    return root
+
+
+def load_flow(path: Path) -> type:
+    """Import a flow file the way a user's module would be imported (not as __main__)."""
+    name = f"test_flow_{path.stem}_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    flow_classes = [v for v in vars(module).values()
+                    if isinstance(v, type) and getattr(v, "__module__", "") == name and hasattr(v, "next")
+                    and any(getattr(f, "is_step", False) for f in vars(v).values())]
+    assert len(flow_classes) == 1, f"{path} should define exactly one flow"
+    return flow_classes[0]
+
+
+class FlowRun:
+    """One finished run: Airflow's view (task states) and the datastore's (artifacts)."""
+
+    def __init__(self, flow_name: str, dag_run: Any):
+        from airflow_flowspec import config
+        from airflow_flowspec.datastore import open_datastore
+
+        self.flow_name = flow_name
+        self.dag_run = dag_run
+        self.run_id = dag_run.run_id
+        self.datastore = open_datastore(config.datastore_root())
+
+    @property
+    def succeeded(self) -> bool:
+        return str(self.dag_run.state) == "success"
+
+    def states(self) -> dict[tuple[str, int], str]:
+        return {(ti.task_id, ti.map_index): str(ti.state) for ti in self.dag_run.get_task_instances()}
+
+    def state(self, step: str, map_index: int = -1) -> str:
+        return self.states()[(step, map_index)]
+
+    def manifest(self, step: str, task_id: str = "0") -> dict[str, Any]:
+        manifest = self.datastore.latest_attempt_manifest(self.flow_name, self.run_id, step, task_id)
+        assert manifest is not None, f"no manifest for {step}/{task_id}"
+        return manifest
+
+    def artifacts(self, step: str, task_id: str = "0") -> dict[str, Any]:
+        from airflow_flowspec.datastore.artifacts import ArtifactRef
+
+        refs = self.manifest(step, task_id)["artifacts"]
+        return {name: self.datastore.artifacts.load(ArtifactRef.from_json(ref)) for name, ref in refs.items()}
+
+
+def run_flow(path: Path, params: dict[str, Any] | None = None) -> FlowRun:
+    """Translate the flow, register its DAG, and run it once with dag.test()."""
+    from airflow_flowspec.airflow_registration import dag_for
+    from airflow_flowspec.local_run import sync_dag
+
+    flow_class = load_flow(path)
+    dag = dag_for(flow_class, str(path))
+    sync_dag(dag)
+    return FlowRun(flow_class.__name__, dag.test(run_conf=params or {}))
+
+
+def run_cli(flow_file: Path, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 240) -> subprocess.CompletedProcess:
+    """``python flow.py ARGS`` in a fresh process, as a user types it."""
+    return subprocess.run(
+        [sys.executable, str(flow_file), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=flow_file.parent,
+        env={**os.environ, **(env or {})},
+    )
