@@ -1,0 +1,199 @@
+"""A datastore in a local folder: for tests, laptops and workers sharing a network file system.
+
+Readers may run while writers write (a join step reading while a retry rewrites a manifest), so
+every write goes to a hidden temporary file in the target's own folder and is renamed into place:
+``os.replace`` is atomic on POSIX within one file system. Hidden names (leading ``.``) can never
+be produced by :func:`~airflow_flowspec.datastore.keys.safe_key_part`, so in-flight temporary
+files cannot collide with real keys and are left out of listings.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from airflow_flowspec.datastore.backends.base import StorageBackend
+from airflow_flowspec.errors import ArtifactNotFoundError, DatastoreError, UnsafeKeyError
+
+_SCRATCH_FOLDER = ".tmp"
+
+
+class LocalBackend(StorageBackend):
+    is_local = True
+
+    def __init__(self, root_path: str):
+        super().__init__()
+        self.root = root_path
+        # realpath once, so the containment check below compares like with like even when the
+        # root itself is reached through a symlink (/tmp on macOS, a mounted share...).
+        self._root_real = os.path.realpath(os.path.abspath(os.path.expanduser(root_path)))
+
+    def describe(self, key: str) -> str:
+        return os.path.join(self._root_real, *[part for part in key.split("/") if part])
+
+    def _path(self, key: str) -> str:
+        """The file path for ``key``, refusing anything that would land outside the root.
+
+        Keys come from keys.py and are already safe; this is defence in depth against a key built
+        some other way and against symlinks planted inside the root.
+        """
+        parts = key.split("/")
+        if key.startswith("/") or "\\" in key or "\x00" in key or any(part in (".", "..") for part in parts):
+            raise UnsafeKeyError(
+                f"The datastore key {key!r} would escape the datastore root {self._root_real}; "
+                f"build keys with airflow_flowspec.datastore.keys."
+            )
+        path = os.path.realpath(os.path.join(self._root_real, *[part for part in parts if part]))
+        if path != self._root_real and not path.startswith(self._root_real + os.sep):
+            raise UnsafeKeyError(
+                f"The datastore key {key!r} resolves to {path}, outside the datastore root "
+                f"{self._root_real} (a symlink inside the root?). Remove the link or pick another root."
+            )
+        return path
+
+    def scratch_dir(self) -> str:
+        path = os.path.join(self._root_real, _SCRATCH_FOLDER)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _temporary_sibling(self, path: str) -> tuple[str, BinaryIO]:
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        temporary = os.path.join(folder, f".{os.path.basename(path)[:64]}.{secrets.token_hex(6)}.tmp")
+        # os.open with 0o666 (not mkstemp's 0o600) so the final file honours the umask, and other
+        # users (an Airflow worker, a notebook) can read what a Batch job wrote.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        return temporary, os.fdopen(descriptor, "wb")
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            temporary, stream = self._temporary_sibling(path)
+            try:
+                with stream:
+                    stream.write(data)
+                os.replace(temporary, path)
+            except BaseException:
+                _unlink_quietly(temporary)
+                raise
+        except OSError as error:
+            raise self._write_error(key, error) from error
+        self.counters.add(written=len(data))
+
+    def put_file(self, key: str, local_path: str) -> None:
+        path = self._path(key)
+        try:
+            temporary, stream = self._temporary_sibling(path)
+            try:
+                with stream, open(local_path, "rb") as source:
+                    shutil.copyfileobj(source, stream, 16 * 1024 * 1024)
+                os.replace(temporary, path)
+            except BaseException:
+                _unlink_quietly(temporary)
+                raise
+        except OSError as error:
+            raise self._write_error(key, error) from error
+        self.counters.add(written=os.path.getsize(path))
+
+    def adopt_file(self, key: str, local_path: str) -> None:
+        path = self._path(key)
+        try:
+            size = os.path.getsize(local_path)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                os.replace(local_path, path)
+            except OSError as error:
+                if error.errno != errno.EXDEV:
+                    raise
+                # Scratch file on another file system: copy (atomically), then drop it.
+                super().adopt_file(key, local_path)
+                return
+        except OSError as error:
+            _unlink_quietly(local_path)
+            raise self._write_error(key, error) from error
+        self.counters.add(written=size)
+
+    def _write_error(self, key: str, error: OSError) -> DatastoreError:
+        return DatastoreError(
+            f"Could not write {self.describe(key)} in the local datastore {self.root}: {error}. "
+            f"Check that the folder is writable and the disk is not full."
+        )
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _not_found(self, key: str) -> ArtifactNotFoundError:
+        return ArtifactNotFoundError(f"Nothing is stored under key '{key}' (looked at {self.describe(key)}).")
+
+    def get_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as stream:
+                data = stream.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
+            raise self._not_found(key) from error
+        except OSError as error:
+            raise DatastoreError(
+                f"Could not read {path} from the local datastore {self.root}: {error}."
+            ) from error
+        self.counters.add(read=len(data))
+        return data
+
+    def open_read(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            stream = open(path, "rb")  # noqa: SIM115 - the caller closes it
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
+            raise self._not_found(key) from error
+        except OSError as error:
+            raise DatastoreError(
+                f"Could not read {path} from the local datastore {self.root}: {error}."
+            ) from error
+        self.counters.add(read=os.fstat(stream.fileno()).st_size)
+        return stream
+
+    def download_file(self, key: str, local_path: str) -> None:
+        path = self._path(key)
+        try:
+            shutil.copyfile(path, local_path)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
+            if not os.path.isfile(path):
+                raise self._not_found(key) from error
+            raise DatastoreError(f"Could not copy {path} to {local_path}: {error}.") from error
+        self.counters.add(read=os.path.getsize(local_path))
+
+    def exists(self, key: str) -> bool:
+        self.counters.add()
+        return os.path.isfile(self._path(key))
+
+    def list_dir(self, prefix: str) -> tuple[list[str], list[str]]:
+        folder = self._path(prefix.rstrip("/"))
+        self.counters.add()
+        folders: list[str] = []
+        files: list[str] = []
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return [], []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # temporary files of writes in flight, and the scratch folder
+            (folders if entry.is_dir() else files).append(entry.name)
+        return sorted(folders), sorted(files)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.counters.add()
+            _unlink_quietly(self._path(key))
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,174 @@
+"""Turning a Python value into a content-addressed blob and back, without holding it twice.
+
+Saving pickles with cloudpickle (protocol 5) straight into a writer that hashes the bytes as they
+stream past. Small pickles stay in memory (a write to disk would cost more than the pickle); once a
+pickle outgrows :data:`IN_MEMORY_LIMIT` it spills to a scratch file, so a 10 GB model never needs
+10 GB of extra RAM. For big chunks the hash runs on a second thread while the main thread writes:
+sha256 is about as fast as the disk here, and hashlib releases the GIL, so overlapping them nearly
+halves the save time of a large artifact.
+
+The blob is named by the sha256 of its pickle. The caller checks whether that name already exists
+before storing anything, which is what makes an unchanged artifact free to save again.
+
+cloudpickle is imported on the first save, not when this module is imported: Airflow imports our
+package at every DAG parse and never saves an artifact there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import secrets
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from airflow_flowspec.datastore.backends.base import StorageBackend
+from airflow_flowspec.errors import ArtifactSaveError
+
+#: Pickles up to this size are kept in memory instead of a scratch file.
+IN_MEMORY_LIMIT = 1024 * 1024
+#: Writes at least this big are hashed on a helper thread while they are written.
+_OVERLAP_MIN_BYTES = 4 * 1024 * 1024
+#: Remote blobs up to this size are fetched in one request and unpickled from memory; bigger ones
+#: are downloaded in parallel parts to a scratch file and unpickled from there.
+REMOTE_IN_MEMORY_LOAD_LIMIT = 8 * 1024 * 1024
+PICKLE_PROTOCOL = 5
+SCRATCH_PREFIX = "flowspec-blob-"
+
+
+@dataclass
+class EncodedBlob:
+    """A pickled value ready to store: its bytes (small) or its scratch file (large)."""
+
+    hash: str
+    size: int
+    data: bytes | None = None
+    path: str | None = None
+
+    def discard(self) -> None:
+        """Remove the scratch file if it was not handed over to the backend."""
+        if self.path is not None:
+            _unlink_quietly(self.path)
+            self.path = None
+
+
+class _HashingSpool:
+    """A write-only file object for the pickler: hashes, buffers in memory, spills to disk."""
+
+    def __init__(self, scratch_dir: str | None, in_memory_limit: int):
+        self._scratch_dir = scratch_dir
+        self._in_memory_limit = in_memory_limit
+        self._hasher = hashlib.sha256()
+        self._chunks: list[bytes] = []
+        self._file: BinaryIO | None = None
+        self.path: str | None = None
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        length = view.nbytes
+        if self._file is None and self.size + length <= self._in_memory_limit:
+            self._hasher.update(view)
+            # bytes are immutable, so keeping a reference is safe; anything else is copied.
+            self._chunks.append(data if type(data) is bytes else view.tobytes())
+        else:
+            if self._file is None:
+                self._spill()
+            assert self._file is not None
+            if length >= _OVERLAP_MIN_BYTES:
+                hashing = threading.Thread(target=self._hasher.update, args=(view,), daemon=True)
+                hashing.start()
+                try:
+                    self._file.write(view)
+                finally:
+                    hashing.join()
+            else:
+                self._hasher.update(view)
+                self._file.write(view)
+        self.size += length
+        return length
+
+    def _spill(self) -> None:
+        folder = self._scratch_dir or tempfile.gettempdir()
+        path = os.path.join(folder, f"{SCRATCH_PREFIX}{secrets.token_hex(8)}.tmp")
+        # 0o666 rather than mkstemp's 0o600: on a local root this file becomes the blob itself.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self.path = path
+        self._file = os.fdopen(descriptor, "wb", buffering=1024 * 1024)
+        for chunk in self._chunks:
+            self._file.write(chunk)
+        self._chunks = []
+
+    def finish(self) -> EncodedBlob:
+        digest = self._hasher.hexdigest()
+        if self._file is None:
+            return EncodedBlob(hash=digest, size=self.size, data=b"".join(self._chunks))
+        self._file.close()
+        self._file = None
+        return EncodedBlob(hash=digest, size=self.size, path=self.path)
+
+    def abandon(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+        if self.path is not None:
+            _unlink_quietly(self.path)
+            self.path = None
+        self._chunks = []
+
+
+def encode(
+    value: Any, *, name: str, scratch_dir: str | None = None, in_memory_limit: int = IN_MEMORY_LIMIT
+) -> EncodedBlob:
+    """Pickle ``value`` (artifact ``name``) into memory or a scratch file in ``scratch_dir``.
+
+    Raises :class:`ArtifactSaveError` naming the artifact when the value cannot be pickled (a lock,
+    a socket, a generator...) or the scratch file cannot be written; nothing is left behind then.
+    """
+    import cloudpickle
+
+    spool = _HashingSpool(scratch_dir, in_memory_limit)
+    try:
+        cloudpickle.dump(value, spool, protocol=PICKLE_PROTOCOL)
+        return spool.finish()
+    except Exception as error:
+        spool.abandon()
+        reason = str(error) or type(error).__name__
+        if isinstance(error, OSError):
+            reason = f"{reason} (while writing the pickled value to a scratch file)"
+        raise ArtifactSaveError(name, reason) from error
+    except BaseException:
+        spool.abandon()
+        raise
+
+
+def decode(backend: StorageBackend, key: str, size: int | None = None) -> Any:
+    """Unpickle the blob at ``key``, streaming it when the backend can, and clean up after."""
+    if backend.is_local:
+        # A local file: unpickle straight from it, no copy in between.
+        with backend.open_read(key) as stream:
+            return pickle.load(stream)
+    if size is not None and size <= REMOTE_IN_MEMORY_LOAD_LIMIT:
+        return pickle.loads(backend.get_bytes(key))
+    path = os.path.join(tempfile.gettempdir(), f"{SCRATCH_PREFIX}{secrets.token_hex(8)}.download")
+    try:
+        backend.download_file(key, path)
+        with open(path, "rb") as stream:
+            return pickle.load(stream)
+    finally:
+        _unlink_quietly(path)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

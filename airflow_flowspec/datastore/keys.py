@@ -1,0 +1,163 @@
+"""Where everything lives in the datastore, and why no user-supplied name can escape it.
+
+Layout, relative to the datastore root (a local folder or ``s3://bucket/prefix``)::
+
+    data/<h[:2]>/<h>                                      pickled artifact, named by its sha256
+    <flow>/latest_run.json                                {"run_id": ..., "created_at": ...}
+    <flow>/latest_successful_run.json                     same shape, successful runs only
+    <flow>/runs/<run>/run.json                            run metadata, written when the run starts
+    <flow>/runs/<run>/status.json                         {"status": "succeeded"|"failed", ...} at the end
+    <flow>/runs/<run>/<step>/<task>/attempt-<n>/manifest.json   written last by a task attempt
+    <flow>/runs/<run>/<step>/<task>/attempt-<n>/<name>           any other file of that attempt
+
+Why this shape:
+
+* The client that reads results later has no Airflow and no database: only the store. Every
+  question it asks maps to a constant number of requests. "Which runs does flow F have?" is one
+  S3 ``ListObjectsV2(Prefix="F/runs/", Delimiter="/")``; a run's steps, a step's tasks and a
+  task's attempts are the same one-level listing one folder deeper. Files and sub-folders of a
+  folder never share a name pattern (``run.json``/``status.json`` next to step folders, step names
+  being identifiers), so one delimited listing separates them.
+* "The latest (successful) run" must not need listing every run and reading every status: the
+  two pointer files answer it with ONE read.
+* Artifacts are content-addressed in one global namespace so an unchanged value is stored once
+  however many steps, tasks, attempts or runs carry it; the manifests say which names point where.
+  The two-character fan-out keeps local folders small. ``data`` cannot clash with a flow named
+  ``data``: a flow's folders are ``runs`` and its files end in ``.json``, never two hex digits.
+* Attempts get their own folder so a retry never overwrites what a failed attempt left behind, and
+  a manifest is written last, so its presence means the attempt finished writing.
+
+Every part supplied by a user or by Airflow (flow, run id, step, task id, file name) goes through
+:func:`safe_key_part`, which makes it a single, readable path segment that cannot be ``.`` or
+``..``: nothing can climb out of the root or into another run's folder.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+from airflow_flowspec.errors import UnsafeKeyError
+
+# Characters that are safe and meaningful in both S3 keys and local file names. Airflow run ids
+# (``manual__2026-11-23T08:57:05.123456+00:00``) use only these, so they stay readable.
+_SAFE_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:+=-")
+# Most local file systems refuse longer file names; S3 keys may be 1,024 bytes in all.
+_MAX_PART_BYTES = 255
+_BLOB_HASH = re.compile(r"[0-9a-f]{16,128}")
+_ATTEMPT_FOLDER = re.compile(r"attempt-(\d+)")
+
+MANIFEST_FILE = "manifest.json"
+RUN_META_FILE = "run.json"
+RUN_STATUS_FILE = "status.json"
+LATEST_RUN_FILE = "latest_run.json"
+LATEST_SUCCESSFUL_RUN_FILE = "latest_successful_run.json"
+
+
+def safe_key_part(part: str | int) -> str:
+    """One path segment for ``part``: readable when it can be, percent-encoded when it must be.
+
+    The encoding is reversible (:func:`decode_key_part`) and injective (``%`` itself is encoded), so
+    two different run ids never share a folder. Integers (task ids, attempt numbers) are accepted.
+    """
+    if isinstance(part, bool) or not isinstance(part, (str, int)):
+        raise UnsafeKeyError(
+            f"A datastore key part must be a string, got {type(part).__name__} {part!r}: "
+            f"use a flow, run, step or task name."
+        )
+    text = str(part)
+    if not text:
+        raise UnsafeKeyError(
+            "A datastore key part (flow name, run id, step name, task id or file name) is empty: "
+            "give it a name."
+        )
+    encoded = "".join(
+        character if character in _SAFE_CHARACTERS else _percent_encode(character) for character in text
+    )
+    if encoded.startswith("."):
+        # ".", ".." and hidden names would be a way out of the root or invisible in listings.
+        encoded = "%2E" + encoded[1:]
+    if len(encoded.encode()) > _MAX_PART_BYTES:
+        raise UnsafeKeyError(
+            f"The datastore key part {text[:60]!r}... is {len(encoded)} characters once encoded; "
+            f"the limit is {_MAX_PART_BYTES}. Use a shorter flow, run, step or task name."
+        )
+    return encoded
+
+
+def decode_key_part(encoded: str) -> str:
+    """The original name for a segment that :func:`safe_key_part` produced (for listings)."""
+    return unquote(encoded)
+
+
+def _percent_encode(character: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in character.encode("utf-8", "surrogatepass"))
+
+
+def blob_key(blob_hash: str) -> str:
+    if not isinstance(blob_hash, str) or not _BLOB_HASH.fullmatch(blob_hash):
+        raise UnsafeKeyError(
+            f"{blob_hash!r} is not an artifact hash (lowercase hex digits expected); "
+            f"pass the 'hash' of an artifact reference from a manifest."
+        )
+    return f"data/{blob_hash[:2]}/{blob_hash}"
+
+
+def flow_prefix(flow: str) -> str:
+    return f"{safe_key_part(flow)}/"
+
+
+def latest_run_key(flow: str) -> str:
+    return flow_prefix(flow) + LATEST_RUN_FILE
+
+
+def latest_successful_run_key(flow: str) -> str:
+    return flow_prefix(flow) + LATEST_SUCCESSFUL_RUN_FILE
+
+
+def runs_prefix(flow: str) -> str:
+    return flow_prefix(flow) + "runs/"
+
+
+def run_prefix(flow: str, run_id: str) -> str:
+    return runs_prefix(flow) + f"{safe_key_part(run_id)}/"
+
+
+def run_meta_key(flow: str, run_id: str) -> str:
+    return run_prefix(flow, run_id) + RUN_META_FILE
+
+
+def run_status_key(flow: str, run_id: str) -> str:
+    return run_prefix(flow, run_id) + RUN_STATUS_FILE
+
+
+def step_prefix(flow: str, run_id: str, step: str) -> str:
+    return run_prefix(flow, run_id) + f"{safe_key_part(step)}/"
+
+
+def task_prefix(flow: str, run_id: str, step: str, task_id: str | int) -> str:
+    return step_prefix(flow, run_id, step) + f"{safe_key_part(task_id)}/"
+
+
+def attempt_folder(attempt: int) -> str:
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
+        raise UnsafeKeyError(f"A task attempt must be a whole number from 0 up, got {attempt!r}.")
+    return f"attempt-{attempt}"
+
+
+def parse_attempt_folder(name: str) -> int | None:
+    """The attempt number of an ``attempt-<n>`` folder name, None for anything else."""
+    match = _ATTEMPT_FOLDER.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def attempt_prefix(flow: str, run_id: str, step: str, task_id: str | int, attempt: int) -> str:
+    return task_prefix(flow, run_id, step, task_id) + f"{attempt_folder(attempt)}/"
+
+
+def manifest_key(flow: str, run_id: str, step: str, task_id: str | int, attempt: int) -> str:
+    return attempt_prefix(flow, run_id, step, task_id, attempt) + MANIFEST_FILE
+
+
+def attempt_file_key(flow: str, run_id: str, step: str, task_id: str | int, attempt: int, name: str) -> str:
+    return attempt_prefix(flow, run_id, step, task_id, attempt) + safe_key_part(name)

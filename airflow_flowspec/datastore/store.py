@@ -1,0 +1,242 @@
+"""The datastore façade the runtime and the client use: runs, tasks, manifests and artifacts.
+
+It is the only place that knows what the files mean; :mod:`.keys` knows where they are and the
+backends know how to move bytes. Nothing here needs Airflow: a task in an AWS Batch container and
+a notebook reading results use the same class.
+
+Run pointers (``latest_run.json``, ``latest_successful_run.json``) are ordered by the run's
+``created_at`` (set when :meth:`Datastore.write_run_meta` is called, unless the caller gives one
+as an ISO-8601 string), so a late-finishing old run or a backfill never takes the pointer from a
+newer run. The update is read-then-write: two runs of one flow finishing in the same instant may
+race, and the loser is still found by :meth:`Datastore.list_runs`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow_flowspec.datastore import keys
+from airflow_flowspec.datastore.artifacts import ArtifactStore
+from airflow_flowspec.datastore.backends import StorageBackend, backend_for_root
+from airflow_flowspec.errors import ArtifactNotFoundError, DatastoreError, UnsafeKeyError
+
+_EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+
+
+class Datastore:
+    """One datastore root: ``s3://bucket/prefix`` or a local folder."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.backend: StorageBackend = backend_for_root(root)
+        self.artifacts = ArtifactStore(self.backend)
+
+    def __repr__(self) -> str:
+        return f"Datastore({self.root!r})"
+
+    # -- task attempts ---------------------------------------------------------------------------
+
+    def write_manifest(
+        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, manifest: dict[str, Any]
+    ) -> None:
+        """Write a task attempt's manifest, atomically.
+
+        Call it after every artifact and attempt file is stored: a manifest's presence is the
+        signal that the attempt's outputs are complete.
+        """
+        self._write_json(keys.manifest_key(flow, run_id, step, task_id, attempt), manifest)
+
+    def read_manifest(
+        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int
+    ) -> dict[str, Any]:
+        key = keys.manifest_key(flow, run_id, step, task_id, attempt)
+        return self._read_json(
+            key,
+            missing=f"Task {task_id} of step '{step}' (attempt {attempt}) in run {run_id} of flow {flow} has "
+            f"no manifest: the attempt has not finished, or failed before storing its results",
+        )
+
+    def latest_attempt_manifest(
+        self, flow: str, run_id: str, step: str, task_id: str | int
+    ) -> dict[str, Any] | None:
+        """The manifest of the highest-numbered attempt that wrote one, or None.
+
+        One listing plus one read in the usual case; an attempt that died before its manifest
+        costs one more read.
+        """
+        folders, _ = self.backend.list_dir(keys.task_prefix(flow, run_id, step, task_id))
+        attempts = sorted(
+            (number for number in map(keys.parse_attempt_folder, folders) if number is not None), reverse=True
+        )
+        for attempt in attempts:
+            try:
+                return self.read_manifest(flow, run_id, step, task_id, attempt)
+            except ArtifactNotFoundError:
+                continue
+        return None
+
+    def write_attempt_file(
+        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, name: str, data: bytes
+    ) -> None:
+        """Store a file beside a task attempt's manifest (logs, a traceback, a card...)."""
+        if name == keys.MANIFEST_FILE:
+            raise UnsafeKeyError(
+                f"'{keys.MANIFEST_FILE}' is reserved for the manifest: use write_manifest()."
+            )
+        self.backend.put_bytes(keys.attempt_file_key(flow, run_id, step, task_id, attempt, name), data)
+
+    def read_attempt_file(
+        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, name: str
+    ) -> bytes:
+        return self.backend.get_bytes(keys.attempt_file_key(flow, run_id, step, task_id, attempt, name))
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def write_run_meta(self, flow: str, run_id: str, meta: dict[str, Any]) -> None:
+        """Record that a run started, and make it the flow's latest run."""
+        record = {**meta, "flow": flow, "run_id": run_id}
+        record.setdefault("created_at", _now())
+        self._write_json(keys.run_meta_key(flow, run_id), record)
+        self._advance_pointer(keys.latest_run_key(flow), run_id, record["created_at"])
+
+    def read_run_meta(self, flow: str, run_id: str) -> dict[str, Any]:
+        return self._read_json(
+            keys.run_meta_key(flow, run_id),
+            missing=f"Run {run_id} of flow {flow} has no run metadata: it never started with this datastore",
+        )
+
+    def finish_run(self, flow: str, run_id: str, succeeded: bool, meta: dict[str, Any]) -> None:
+        """Record how a run ended and move the latest-run pointers to it if it is the newest."""
+        finished_at = _now()
+        status = {**meta, "flow": flow, "run_id": run_id, "finished_at": finished_at}
+        status["status"] = "succeeded" if succeeded else "failed"
+        self._write_json(keys.run_status_key(flow, run_id), status)
+        try:
+            created_at = self.read_run_meta(flow, run_id).get("created_at", finished_at)
+        except ArtifactNotFoundError:
+            created_at = finished_at
+        self._advance_pointer(keys.latest_run_key(flow), run_id, created_at)
+        if succeeded:
+            self._advance_pointer(keys.latest_successful_run_key(flow), run_id, created_at)
+
+    def run_status(self, flow: str, run_id: str) -> dict[str, Any] | None:
+        """The run's ``status.json``, or None while it has not finished."""
+        try:
+            return self._read_json(keys.run_status_key(flow, run_id), missing="")
+        except ArtifactNotFoundError:
+            return None
+
+    def latest_run(self, flow: str) -> str | None:
+        return self._pointed_run(keys.latest_run_key(flow))
+
+    def latest_successful_run(self, flow: str) -> str | None:
+        return self._pointed_run(keys.latest_successful_run_key(flow))
+
+    # -- listings (one delimited listing each) ---------------------------------------------------
+
+    def list_runs(self, flow: str) -> list[str]:
+        """Run ids of ``flow``, sorted by name (use :meth:`latest_run` for recency)."""
+        return self._list_folders(keys.runs_prefix(flow))
+
+    def list_steps(self, flow: str, run_id: str) -> list[str]:
+        return self._list_folders(keys.run_prefix(flow, run_id))
+
+    def list_tasks(self, flow: str, run_id: str, step: str) -> list[str]:
+        return self._list_folders(keys.step_prefix(flow, run_id, step))
+
+    def list_attempts(self, flow: str, run_id: str, step: str, task_id: str | int) -> list[int]:
+        folders, _ = self.backend.list_dir(keys.task_prefix(flow, run_id, step, task_id))
+        return sorted(number for number in map(keys.parse_attempt_folder, folders) if number is not None)
+
+    def _list_folders(self, prefix: str) -> list[str]:
+        folders, _ = self.backend.list_dir(prefix)
+        return sorted(keys.decode_key_part(folder) for folder in folders)
+
+    # -- JSON files ------------------------------------------------------------------------------
+
+    def _write_json(self, key: str, document: dict[str, Any]) -> None:
+        try:
+            text = json.dumps(document, indent=2, default=_json_default)
+        except (TypeError, ValueError) as error:
+            raise DatastoreError(
+                f"Could not write {self.backend.describe(key)}: {error}. Store only JSON values "
+                f"(str, numbers, lists, dicts, artifact references) in manifests and run metadata."
+            ) from error
+        self.backend.put_bytes(key, text.encode())
+
+    def _read_json(self, key: str, *, missing: str) -> dict[str, Any]:
+        try:
+            data = self.backend.get_bytes(key)
+        except ArtifactNotFoundError as error:
+            raise ArtifactNotFoundError(
+                f"{missing} (no object under key '{key}' at {self.backend.describe(key)})."
+            ) from error
+        try:
+            document = json.loads(data)
+        except ValueError as error:
+            raise DatastoreError(f"{self.backend.describe(key)} is not valid JSON: {error}.") from error
+        if not isinstance(document, dict):
+            raise DatastoreError(
+                f"{self.backend.describe(key)} holds {type(document).__name__}, not a JSON object."
+            )
+        return document
+
+    def _pointed_run(self, key: str) -> str | None:
+        try:
+            return self._read_json(key, missing="")["run_id"]
+        except ArtifactNotFoundError:
+            return None
+        except KeyError:
+            raise DatastoreError(f"The run pointer {self.backend.describe(key)} has no run_id.") from None
+
+    def _advance_pointer(self, key: str, run_id: str, created_at: str) -> None:
+        try:
+            current = self._read_json(key, missing="")
+        except (ArtifactNotFoundError, DatastoreError):
+            current = None  # no pointer yet, or a broken one: replace it
+        if (
+            current is not None
+            and current.get("run_id") != run_id
+            and _moment(current.get("created_at")) > _moment(created_at)
+        ):
+            return  # the pointer already names a newer run
+        self._write_json(key, {"run_id": run_id, "created_at": created_at, "updated_at": _now()})
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _moment(value: Any) -> datetime:
+    if not isinstance(value, str):
+        return _EARLIEST
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return _EARLIEST
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} {value!r:.60} is not JSON serializable")
+
+
+_open_datastores: dict[str, Datastore] = {}
+_open_datastores_lock = threading.Lock()
+
+
+def open_datastore(root: str) -> Datastore:
+    """The process-wide :class:`Datastore` for ``root``, so every task in a process shares one
+    backend (and one S3 client with its connection pool)."""
+    with _open_datastores_lock:
+        datastore = _open_datastores.get(root)
+        if datastore is None:
+            datastore = _open_datastores[root] = Datastore(root)
+        return datastore

@@ -1,0 +1,577 @@
+"""The datastore: what a step's artifacts, manifests and runs look like once stored.
+
+Behavioural tests run twice, against a local folder and against S3 (moto's HTTP server on
+loopback, see ``s3_endpoint`` in conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+
+import pytest
+
+from airflow_flowspec.datastore import ArtifactRef, Datastore, open_datastore
+from airflow_flowspec.datastore.artifacts import short_repr
+from airflow_flowspec.datastore.backends import backend_for_root
+from airflow_flowspec.datastore.backends.local import LocalBackend
+from airflow_flowspec.datastore.backends.s3 import S3Backend
+from airflow_flowspec.datastore.keys import decode_key_part, safe_key_part
+from airflow_flowspec.errors import ArtifactNotFoundError, ArtifactSaveError, DatastoreError, UnsafeKeyError
+
+BUCKET = "flowspec-test"  # created by the s3_endpoint fixture (conftest.py)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_ID = "manual__2026-11-23T08:57:05.123456+00:00"
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "store")
+    request.getfixturevalue("s3_endpoint")
+    return f"s3://{BUCKET}/prefix-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def datastore(root):
+    return Datastore(root)
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """A private system temp folder, so a test can see every scratch file the datastore makes."""
+    folder = tmp_path / "system-temp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def stored_keys(datastore: Datastore) -> list[str]:
+    """Every key under the datastore root, hidden local files included."""
+    backend = datastore.backend
+    if isinstance(backend, LocalBackend):
+        base = backend.describe("")
+        return sorted(
+            os.path.relpath(os.path.join(folder, name), base).replace(os.sep, "/")
+            for folder, _, files in os.walk(base)
+            for name in files
+        )
+    paginator = backend.client.get_paginator("list_objects_v2")
+    return sorted(
+        entry["Key"][len(backend.prefix) :]
+        for page in paginator.paginate(Bucket=backend.bucket, Prefix=backend.prefix)
+        for entry in page.get("Contents", [])
+    )
+
+
+def blob_keys(datastore: Datastore) -> list[str]:
+    return [key for key in stored_keys(datastore) if key.startswith("data/")]
+
+
+# -- key safety -------------------------------------------------------------------------------------
+
+
+def test_airflow_run_ids_stay_readable():
+    assert safe_key_part(RUN_ID) == RUN_ID
+    assert safe_key_part("scheduled__2026-01-01T00:00:00+00:00") == "scheduled__2026-01-01T00:00:00+00:00"
+    assert safe_key_part(7) == "7"
+
+
+@pytest.mark.parametrize(
+    ("part", "encoded"),
+    [
+        ("a/b", "a%2Fb"),
+        ("../../etc", "%2E.%2F..%2Fetc"),
+        ("..", "%2E."),
+        (".", "%2E"),
+        (".hidden", "%2Ehidden"),
+        ("a\\b", "a%5Cb"),
+        ("a b", "a%20b"),
+        ("x\x00y", "x%00y"),
+        ("100%", "100%25"),
+        ("café", "caf%C3%A9"),
+    ],
+)
+def test_unsafe_key_parts_become_one_harmless_segment(part, encoded):
+    assert safe_key_part(part) == encoded
+    assert decode_key_part(encoded) == part
+
+
+@pytest.mark.parametrize("part", ["", None, "x" * 300])
+def test_empty_or_absurd_key_parts_are_refused(part):
+    with pytest.raises(UnsafeKeyError):
+        safe_key_part(part)
+
+
+def test_unsafe_names_cannot_escape_the_root(datastore, tmp_path):
+    nasty = ["../../etc", "a/b", "..", ".", "x\x00y", "/abs", "c:\\win"]
+    for index, name in enumerate(nasty):
+        datastore.write_run_meta(name, name, {"index": index})
+        datastore.write_manifest(name, name, name, name, 0, {"index": index})
+        datastore.write_attempt_file(name, name, name, name, 0, name, b"log")
+        datastore.finish_run(name, name, True, {})
+
+    keys = stored_keys(datastore)
+    assert len(keys) == len(nasty) * 6  # run.json, status.json, 2 pointers, manifest, attempt file
+    for key in keys:
+        segments = key.split("/")
+        assert not any(segment in ("", ".", "..") or segment.startswith(".") for segment in segments), key
+        assert "\x00" not in key and "\\" not in key
+    if isinstance(datastore.backend, LocalBackend):
+        assert os.listdir(tmp_path) == ["store"]  # nothing was written beside the root
+    for index, name in enumerate(nasty):
+        assert datastore.list_runs(name) == [name]
+        assert datastore.list_steps(name, name) == [name]
+        assert datastore.list_tasks(name, name, name) == [name]
+        assert datastore.read_manifest(name, name, name, name, 0) == {"index": index}
+        assert datastore.latest_successful_run(name) == name
+
+    with pytest.raises(UnsafeKeyError):
+        datastore.write_run_meta("", "run", {})
+    with pytest.raises(UnsafeKeyError):
+        datastore.write_manifest("Flow", RUN_ID, "start", "1", -1, {})
+
+
+def test_the_local_backend_refuses_paths_outside_its_root(tmp_path):
+    backend = LocalBackend(str(tmp_path / "store"))
+    for key in ["../outside", "a/../../outside", "/etc/passwd", "a\\..\\b"]:
+        with pytest.raises(UnsafeKeyError):
+            backend.put_bytes(key, b"x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "store").mkdir()
+    os.symlink(outside, tmp_path / "store" / "link")
+    with pytest.raises(UnsafeKeyError, match="outside the datastore root"):
+        backend.put_bytes("link/file", b"x")
+    assert os.listdir(outside) == []
+
+
+def test_backends_keep_the_same_contract(datastore, tmp_path):
+    backend = datastore.backend
+    backend.put_many_bytes({"a/one.json": b"1", "a/two.json": b"22", "a/b/c.bin": b"333"})
+    assert backend.get_bytes("a/two.json") == b"22"
+    assert backend.list_dir("a/") == (["b"], ["one.json", "two.json"])
+    assert backend.list_dir("") == (["a"], [])
+    assert backend.list_dir("nothing/here/") == ([], [])
+    assert backend.exists("a/one.json") and not backend.exists("a/three.json")
+    assert backend.exists_many(["a/one.json", "a/b/c.bin", "a/zzz"]) == {"a/one.json", "a/b/c.bin"}
+
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"payload" * 1000)
+    backend.put_file("files/payload.bin", str(source))
+    assert source.exists()  # put_file copies
+    backend.download_file("files/payload.bin", str(tmp_path / "copy.bin"))
+    assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
+    with backend.open_read("files/payload.bin") as stream:
+        assert stream.read() == source.read_bytes()
+
+    backend.delete_many(["a/one.json", "a/b/c.bin", "a/never-existed"])
+    assert backend.exists_many(["a/one.json", "a/two.json", "a/b/c.bin"]) == {"a/two.json"}
+    for read in (
+        backend.get_bytes,
+        backend.open_read,
+        lambda key: backend.download_file(key, str(tmp_path / "x")),
+    ):
+        with pytest.raises(ArtifactNotFoundError, match="a/missing.json"):
+            read("a/missing.json")
+    assert backend.counters.bytes_written == 1 + 2 + 3 + 7000
+
+
+# -- artifacts --------------------------------------------------------------------------------------
+
+
+def make_counter(start):
+    count = [start]
+
+    def increment():
+        count[0] += 1
+        return count[0]
+
+    return increment
+
+
+def test_values_of_many_kinds_come_back(datastore):
+    class Model:
+        def __init__(self, weights):
+            self.weights = weights
+
+        def predict(self, x):
+            return sum(w * x for w in self.weights)
+
+    big = os.urandom(20 * 1024 * 1024)
+    values = {
+        "params": {"alpha": 0.5, "layers": [64, 32], "name": "run", "nested": {"ok": True}},
+        "nothing": None,
+        "tags": {"a", "b"},
+        "square": lambda x: x * x,
+        "counter": make_counter(41),
+        "model_class": Model,
+        "model": Model([1, 2, 3]),
+        "big": big,
+    }
+    try:
+        import numpy
+
+        values["matrix"] = numpy.arange(12, dtype="float32").reshape(3, 4)
+    except ImportError:
+        pass
+
+    refs = datastore.artifacts.save_many(values)
+
+    reader = Datastore(datastore.root)  # a fresh process would start from the references alone
+    loaded = {name: reader.artifacts.load(ArtifactRef.from_json(ref.to_json())) for name, ref in refs.items()}
+    assert loaded["params"] == values["params"]
+    assert loaded["nothing"] is None
+    assert loaded["tags"] == {"a", "b"}
+    assert loaded["square"](7) == 49
+    assert loaded["counter"]() == 42
+    assert loaded["model_class"]([2]).predict(3) == 6
+    assert loaded["model"].predict(2) == 12
+    assert loaded["big"] == big
+    if "matrix" in values:
+        assert (loaded["matrix"] == values["matrix"]).all()
+        assert refs["matrix"].type == "numpy.ndarray"
+
+    assert refs["params"].type == "dict"
+    assert refs["model"].type.endswith("test_values_of_many_kinds_come_back.<locals>.Model")
+    assert refs["big"].size > 20 * 1024 * 1024
+    assert all(len(ref.repr) <= 80 for ref in refs.values())
+
+
+def test_an_unchanged_value_is_never_written_twice(datastore):
+    table = {"rows": list(range(1000))}
+    model = os.urandom(3 * 1024 * 1024)  # above the in-memory limit: goes through a scratch file
+    first = datastore.artifacts.save_many({"table": table, "model": model})
+    counters = datastore.backend.counters
+    written = counters.bytes_written
+    assert written >= first["model"].size + first["table"].size
+
+    requests = counters.requests
+    again = datastore.artifacts.save_many({"table": table, "model": model, "copy": dict(table)})
+    assert (counters.bytes_written, counters.requests) == (written, requests)  # known here: not even a check
+    assert again["table"] == first["table"] and again["model"] == first["model"]
+    assert again["copy"].hash == first["table"].hash
+
+    other_process = Datastore(datastore.root)
+    other_process.artifacts.save_many({"table": table, "model": model})
+    assert other_process.backend.counters.bytes_written == 0  # it checked, and found them stored
+    assert len(blob_keys(datastore)) == 2
+
+
+def test_loading_is_counted_so_laziness_can_be_proved(datastore):
+    refs = datastore.artifacts.save_many({"small": [1, 2, 3], "large": os.urandom(2 * 1024 * 1024)})
+    datastore.write_manifest("Flow", RUN_ID, "start", "1", 0, {k: v.to_json() for k, v in refs.items()})
+
+    reader = Datastore(datastore.root)
+    manifest = reader.read_manifest("Flow", RUN_ID, "start", "1", 0)
+    manifest_size = reader.backend.counters.bytes_read
+    assert 0 < manifest_size < 2000  # the manifest only: no artifact was fetched
+
+    assert reader.artifacts.load(ArtifactRef.from_json(manifest["small"])) == [1, 2, 3]
+    assert reader.backend.counters.bytes_read == manifest_size + refs["small"].size
+    assert reader.backend.counters.bytes_written == 0
+
+
+def test_many_small_artifacts_are_saved_in_one_batch(datastore):
+    values = {f"feature_{index}": os.urandom(1024) for index in range(100)}
+    refs = datastore.artifacts.save_many(values)
+    assert len(blob_keys(datastore)) == 100
+    assert Datastore(datastore.root).artifacts.load(refs["feature_42"]) == values["feature_42"]
+
+
+def test_many_small_artifacts_reach_s3_in_parallel(s3_endpoint):
+    """With real S3's per-request latency, one request at a time would take count x latency."""
+    datastore = Datastore(f"s3://{BUCKET}/parallel-{uuid.uuid4().hex}")
+    latency = 0.1
+
+    def network_latency(**_):
+        time.sleep(latency)
+
+    datastore.backend.client.meta.events.register("before-send.s3", network_latency)
+    values = {f"feature_{index}": os.urandom(1024) for index in range(60)}
+    started = time.perf_counter()
+    datastore.artifacts.save_many(values)
+    elapsed = time.perf_counter() - started
+    sequential_puts_at_least = len(values) * latency
+    assert elapsed < sequential_puts_at_least / 2, elapsed
+    assert len(blob_keys(datastore)) == 60
+
+
+@pytest.mark.parametrize(
+    "make_value",
+    [
+        pytest.param(threading.Lock, id="lock"),
+        pytest.param(lambda: socket.socket(), id="socket"),
+        pytest.param(lambda: (x for x in range(3)), id="generator"),
+        pytest.param(
+            lambda: {"big": os.urandom(3 * 1024 * 1024), "lock": threading.Lock()}, id="spilled-then-lock"
+        ),
+    ],
+)
+def test_an_unpicklable_value_names_the_artifact_and_leaves_nothing(datastore, scratch, make_value):
+    value = make_value()
+    try:
+        with pytest.raises(ArtifactSaveError) as caught:
+            datastore.artifacts.save_many({"fine": [1, 2], "connection": value})
+    finally:
+        if isinstance(value, socket.socket):
+            value.close()
+    assert caught.value.artifact_name == "connection"
+    assert "'connection'" in str(caught.value)
+    assert "cannot pickle" in caught.value.reason
+    assert blob_keys(datastore) == []
+    assert [key for key in stored_keys(datastore) if "tmp" in key] == []
+    assert os.listdir(scratch) == []
+
+
+def test_a_missing_blob_names_its_key(datastore):
+    missing = "ab" * 32
+    with pytest.raises(ArtifactNotFoundError) as caught:
+        datastore.artifacts.load(missing)
+    assert f"data/ab/{missing}" in str(caught.value)
+    with pytest.raises(UnsafeKeyError):
+        datastore.artifacts.load("../../etc/passwd")
+
+
+def test_large_objects_on_s3_go_up_in_parallel_parts(s3_endpoint, scratch):
+    backend = S3Backend(
+        f"s3://{BUCKET}/multipart-{uuid.uuid4().hex}",
+        multipart_threshold=5 * 1024 * 1024,
+        multipart_chunksize=5 * 1024 * 1024,
+    )
+    from airflow_flowspec.datastore.artifacts import ArtifactStore
+
+    store = ArtifactStore(backend)
+    value = os.urandom(12 * 1024 * 1024)
+    ref = store.save("weights", value)
+    assert backend.counters.requests >= 5  # HEAD + create + 3 parts + complete
+    assert store.load(ref) == value
+    assert os.listdir(scratch) == []  # the downloaded copy is removed after unpickling
+
+
+# -- references -------------------------------------------------------------------------------------
+
+
+class Broken:
+    def __repr__(self):
+        raise RuntimeError("no")
+
+
+def test_references_are_small_json_and_reprs_stay_short():
+    assert short_repr(Broken()) == f"<unrepresentable {Broken.__module__}.Broken>"
+    huge = b"\x00" * (64 * 1024 * 1024)
+    started = time.perf_counter()
+    assert len(short_repr(huge)) <= 80
+    assert time.perf_counter() - started < 0.05  # sliced first, never repr'd whole
+    assert short_repr("line one\n   line two") == "'line one\\n   line two'"
+    assert "\n" not in short_repr(type("Multi", (), {"__repr__": lambda self: "a\n  b"})())
+    ref = ArtifactRef(hash="ab" * 32, type="dict", size=10, repr="{}")
+    assert ArtifactRef.from_json(json.loads(json.dumps(ref.to_json()))) == ref
+    with pytest.raises(DatastoreError):
+        ArtifactRef.from_json({"hash": "ab"})
+
+
+# -- manifests, attempts, runs ----------------------------------------------------------------------
+
+
+def test_latest_attempt_manifest_is_the_highest_attempt_that_finished(datastore):
+    for attempt in [0, 1, 2, 9, 10]:
+        datastore.write_manifest("Flow", RUN_ID, "train", "7", attempt, {"attempt": attempt})
+    datastore.write_attempt_file("Flow", RUN_ID, "train", "7", 11, "stderr.log", b"killed")
+
+    assert datastore.latest_attempt_manifest("Flow", RUN_ID, "train", "7") == {"attempt": 10}
+    assert datastore.list_attempts("Flow", RUN_ID, "train", "7") == [0, 1, 2, 9, 10, 11]
+    assert datastore.latest_attempt_manifest("Flow", RUN_ID, "train", "8") is None
+    with pytest.raises(ArtifactNotFoundError, match="attempt 11"):
+        datastore.read_manifest("Flow", RUN_ID, "train", "7", 11)
+
+
+def test_attempts_and_tasks_never_overwrite_each_other(datastore):
+    for task_id in ["1", "2"]:
+        for attempt in [0, 1]:
+            datastore.write_manifest("Flow", RUN_ID, "train", task_id, attempt, {"who": [task_id, attempt]})
+            datastore.write_attempt_file(
+                "Flow", RUN_ID, "train", task_id, attempt, "out.log", f"{task_id}/{attempt}".encode()
+            )
+    for task_id in ["1", "2"]:
+        for attempt in [0, 1]:
+            assert datastore.read_manifest("Flow", RUN_ID, "train", task_id, attempt) == {
+                "who": [task_id, attempt]
+            }
+            assert (
+                datastore.read_attempt_file("Flow", RUN_ID, "train", task_id, attempt, "out.log")
+                == f"{task_id}/{attempt}".encode()
+            )
+    with pytest.raises(UnsafeKeyError, match="reserved"):
+        datastore.write_attempt_file("Flow", RUN_ID, "train", "1", 0, "manifest.json", b"{}")
+
+
+def test_readers_never_see_half_a_manifest(datastore):
+    small = {"artifacts": {}}
+    large = {"artifacts": {f"a{index}": {"hash": "ab" * 32, "repr": "x" * 60} for index in range(3000)}}
+    datastore.write_manifest("Flow", RUN_ID, "start", "1", 0, small)
+    stop = threading.Event()
+
+    def rewrite():
+        while not stop.is_set():
+            for manifest in (large, small):
+                datastore.write_manifest("Flow", RUN_ID, "start", "1", 0, manifest)
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        for _ in range(40):
+            assert datastore.read_manifest("Flow", RUN_ID, "start", "1", 0) in (small, large)
+    finally:
+        stop.set()
+        writer.join()
+    assert [key for key in stored_keys(datastore) if "tmp" in key] == []
+
+
+def test_run_pointers_name_the_newest_run_and_the_newest_success(datastore):
+    assert datastore.latest_run("Flow") is None
+    assert datastore.latest_successful_run("Flow") is None
+
+    datastore.write_run_meta("Flow", "run-1", {"user": "ana"})
+    datastore.write_run_meta("Flow", "run-2", {"user": "ana"})
+    assert datastore.latest_run("Flow") == "run-2"
+    assert datastore.run_status("Flow", "run-1") is None
+
+    datastore.finish_run("Flow", "run-2", False, {"failed_step": "train"})
+    datastore.finish_run("Flow", "run-1", True, {})  # an older run finishing late
+    assert datastore.latest_run("Flow") == "run-2"
+    assert datastore.latest_successful_run("Flow") == "run-1"
+    assert datastore.run_status("Flow", "run-2")["status"] == "failed"
+    assert datastore.run_status("Flow", "run-1")["status"] == "succeeded"
+    assert datastore.read_run_meta("Flow", "run-1")["user"] == "ana"
+
+    datastore.write_run_meta("Flow", "backfill-2020", {"created_at": "2020-01-01T00:00:00+00:00"})
+    datastore.finish_run("Flow", "backfill-2020", True, {})
+    assert datastore.latest_successful_run("Flow") == "run-1"
+
+    datastore.write_run_meta("Flow", "run-3", {})
+    datastore.finish_run("Flow", "run-3", True, {})
+    assert (datastore.latest_run("Flow"), datastore.latest_successful_run("Flow")) == ("run-3", "run-3")
+
+    with pytest.raises(ArtifactNotFoundError, match="never started"):
+        datastore.read_run_meta("Flow", "run-404")
+
+
+def test_runs_steps_and_tasks_are_listed_with_one_request_each(datastore):
+    for run_id in [RUN_ID, "scheduled__2026-01-01T00:00:00+00:00"]:
+        datastore.write_run_meta("Flow", run_id, {})
+        for step, tasks in {"start": ["1"], "train": ["2", "3", "4"], "end": ["5"]}.items():
+            for task_id in tasks:
+                datastore.write_manifest("Flow", run_id, step, task_id, 0, {})
+    datastore.finish_run("Flow", RUN_ID, True, {})
+
+    before = datastore.backend.counters.requests
+    assert datastore.list_runs("Flow") == sorted([RUN_ID, "scheduled__2026-01-01T00:00:00+00:00"])
+    assert datastore.list_steps("Flow", RUN_ID) == ["end", "start", "train"]
+    assert datastore.list_tasks("Flow", RUN_ID, "train") == ["2", "3", "4"]
+    assert datastore.backend.counters.requests - before == 3
+    assert datastore.list_runs("NoSuchFlow") == []
+    assert datastore.list_steps("Flow", "no-such-run") == []
+
+
+# -- roots, errors, imports -------------------------------------------------------------------------
+
+
+def test_roots_pick_their_backend(tmp_path):
+    assert isinstance(backend_for_root(str(tmp_path)), LocalBackend)
+    assert isinstance(backend_for_root(f"file://{tmp_path}"), LocalBackend)
+    s3 = backend_for_root("s3://bucket/some/prefix/")
+    assert isinstance(s3, S3Backend) and (s3.bucket, s3.prefix) == ("bucket", "some/prefix/")
+    for bad in ["", "gs://bucket/x", "s3:///x"]:
+        with pytest.raises(DatastoreError):
+            backend_for_root(bad)
+    assert open_datastore(str(tmp_path)) is open_datastore(str(tmp_path))
+
+
+def test_an_unreachable_s3_endpoint_names_the_bucket(monkeypatch):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    datastore = Datastore("s3://unreachable-bucket/runs")
+    with pytest.raises(DatastoreError, match="unreachable-bucket") as caught:
+        datastore.latest_run("Flow")
+    assert not isinstance(caught.value, ArtifactNotFoundError)
+    assert f"127.0.0.1:{port}" in str(caught.value)
+    with pytest.raises(DatastoreError, match="unreachable-bucket"):
+        datastore.artifacts.save("x", 1)
+
+
+def test_a_missing_bucket_says_so(s3_endpoint):
+    datastore = Datastore("s3://no-such-bucket-here/runs")
+    with pytest.raises(DatastoreError, match="bucket 'no-such-bucket-here'.*does not exist"):
+        datastore.write_run_meta("Flow", RUN_ID, {})
+
+
+def run_python(code: str) -> str:
+    environment = {**os.environ, "PYTHONPATH": REPO_ROOT}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_importing_the_datastore_loads_neither_boto3_nor_cloudpickle_nor_airflow():
+    loaded = run_python(
+        """
+        import sys
+        import airflow_flowspec.datastore
+        from airflow_flowspec.datastore import Datastore
+        Datastore("s3://bucket/prefix")  # an S3 datastore makes no request until used
+        heavy = sorted(
+            name for name in sys.modules
+            if name.split(".")[0] in ("boto3", "botocore", "cloudpickle", "airflow")
+        )
+        print(",".join(heavy))
+        """
+    )
+    assert loaded.strip() == ""
+
+
+def test_the_datastore_works_where_airflow_is_not_installed(tmp_path):
+    output = run_python(
+        f"""
+        import sys
+
+        class NoAirflow:
+            def find_spec(self, name, path=None, target=None):
+                if name == "airflow" or name.startswith("airflow."):
+                    raise ImportError("No module named " + repr(name))
+                return None
+
+        sys.meta_path.insert(0, NoAirflow())
+        from airflow_flowspec.datastore import Datastore
+
+        datastore = Datastore({str(tmp_path / "store")!r})
+        ref = datastore.artifacts.save("scores", {{"f1": 0.9, "square": lambda x: x * x}})
+        datastore.write_manifest("Flow", "run", "start", 1, 0, {{"scores": ref.to_json()}})
+        manifest = datastore.latest_attempt_manifest("Flow", "run", "start", 1)
+        scores = datastore.artifacts.load(manifest["scores"]["hash"])
+        assert scores["square"](3) == 9 and scores["f1"] == 0.9
+        print("boto3" in sys.modules, any(name.startswith("airflow.") for name in sys.modules))
+        """
+    )
+    assert output.split() == ["False", "False"]
