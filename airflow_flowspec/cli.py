@@ -69,8 +69,15 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
 def _convert_parameters(flow_class: type, raw: dict[str, str]) -> dict[str, Any]:
     from airflow_flowspec.parameters import flow_parameters
 
+    from airflow_flowspec.parameters import ParameterError
+
     values = {}
     for parameter in flow_parameters(flow_class):
+        if parameter.required and parameter.default is None and parameter.name not in raw:
+            raise ParameterError(
+                f"Parameter '{parameter.name}' is required: run with --{parameter.name} "
+                f"{parameter.type_name.upper()}."
+            )
         if parameter.name in raw:
             value = parameter.convert(raw[parameter.name], flow_class.__name__)
             if parameter.is_include_file:
