@@ -34,14 +34,19 @@ def _flow_file(flow_class: type) -> str:
 def _parser(flow_class: type) -> argparse.ArgumentParser:
     from airflow_flowspec.parameters import flow_parameters
 
-    parser = argparse.ArgumentParser(prog=os.path.basename(_flow_file(flow_class)),
-                                     description=(flow_class.__doc__ or "").strip() or None)
+    parser = argparse.ArgumentParser(
+        prog=os.path.basename(_flow_file(flow_class)), description=(flow_class.__doc__ or "").strip() or None
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the flow once, locally, with Airflow's dag.test()")
     for parameter in flow_parameters(flow_class):
-        run.add_argument(f"--{parameter.name}", dest=f"param:{parameter.name}", default=None,
-                         metavar=parameter.type_name.upper(),
-                         help=f"{parameter.help} (default: {parameter.default!r})")
+        run.add_argument(
+            f"--{parameter.name}",
+            dest=f"param:{parameter.name}",
+            default=None,
+            metavar=parameter.type_name.upper(),
+            help=f"{parameter.help} (default: {parameter.default!r})",
+        )
     commands.add_parser("show", help="print the steps and how they connect")
     commands.add_parser("check", help="lint the flow and check that Airflow will find the file")
     return parser
@@ -59,17 +64,18 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
     lint_flow(graph)
     if args.command == "check":
         return _check(flow_class, graph)
-    raw = {key.split(":", 1)[1]: value for key, value in vars(args).items()
-           if key.startswith("param:") and value is not None}
+    raw = {
+        key.split(":", 1)[1]: value
+        for key, value in vars(args).items()
+        if key.startswith("param:") and value is not None
+    }
     from airflow_flowspec.local_run import run_locally
 
     return run_locally(flow_class, _flow_file(flow_class), _convert_parameters(flow_class, raw))
 
 
 def _convert_parameters(flow_class: type, raw: dict[str, str]) -> dict[str, Any]:
-    from airflow_flowspec.parameters import flow_parameters
-
-    from airflow_flowspec.parameters import ParameterError
+    from airflow_flowspec.parameters import ParameterError, flow_parameters
 
     values = {}
     for parameter in flow_parameters(flow_class):

@@ -31,7 +31,8 @@ DESCRIPTIONS: dict[str, str] = {
     "Empty means ~/.airflow_flowspec/datastore (the embedded default).",
     "xcom_inline_max_bytes": "XCom values of ordinary tasks up to this many bytes of JSON stay in "
     "Airflow's table; larger or non-JSON values are pickled to the datastore.",
-    "execution": "Where steps run: 'local' (on the Airflow worker). 'batch' comes with the AWS Batch operator.",
+    "execution": "Where steps run: 'local' (on the Airflow worker). "
+    "'batch' comes with the AWS Batch operator.",
 }
 
 

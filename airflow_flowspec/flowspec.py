@@ -8,7 +8,8 @@ calling a step and reads them afterwards.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from airflow_flowspec.errors import FlowspecError
 
@@ -24,8 +25,13 @@ class TransitionError(FlowspecError):
 class Transition:
     """What a step's ``self.next(...)`` call asked for, checked by the runtime against the graph."""
 
-    def __init__(self, targets: list[str], foreach: str | None, condition: str | None,
-                 switch_cases: dict[str, str] | None):
+    def __init__(
+        self,
+        targets: list[str],
+        foreach: str | None,
+        condition: str | None,
+        switch_cases: dict[str, str] | None,
+    ):
         self.targets = targets
         self.foreach = foreach
         self.condition = condition
@@ -103,8 +109,9 @@ class FlowSpec:
             return []
         return [(f["index"], f["num_splits"], task.foreach_value(f)) for f in task.foreach_stack]
 
-    def merge_artifacts(self, inputs: Iterable[Any], include: list[str] | None = None,
-                        exclude: list[str] | None = None) -> None:
+    def merge_artifacts(
+        self, inputs: Iterable[Any], include: list[str] | None = None, exclude: list[str] | None = None
+    ) -> None:
         """Copy to this join step every artifact its inputs agree on (Metaflow semantics).
 
         Artifacts already set in the join are left alone; an artifact whose value differs between

@@ -87,8 +87,9 @@ def run_locally(flow_class: type, flow_file: str, parameters: dict[str, Any]) ->
     from airflow.utils.types import DagRunType
 
     logical_date = datetime.now(timezone.utc)
-    run_id = DagRun.generate_run_id(run_type=DagRunType.MANUAL, logical_date=logical_date,
-                                    run_after=logical_date)
+    run_id = DagRun.generate_run_id(
+        run_type=DagRunType.MANUAL, logical_date=logical_date, run_after=logical_date
+    )
     print(f"Run id: {run_id}", flush=True)
     dag_run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=parameters)
     return _report(flow_class.__name__, dag_run)
@@ -101,11 +102,15 @@ def _report(flow_name: str, dag_run: Any) -> int:
         print(f"Flow {flow_name} run {dag_run.run_id} succeeded.", flush=True)
         return 0
     failed = sorted(
-        (ti.task_id, ti.map_index) for ti in dag_run.get_task_instances()
+        (ti.task_id, ti.map_index)
+        for ti in dag_run.get_task_instances()
         if ti.state in (TaskInstanceState.FAILED, TaskInstanceState.UPSTREAM_FAILED)
         and ti.state == TaskInstanceState.FAILED
     )
     names = ", ".join(t if m < 0 else f"{t}[{m}]" for t, m in failed) or "unknown"
-    print(f"Flow {flow_name} run {dag_run.run_id} failed in step(s): {names}. "
-          f"The step's error is shown above.", file=sys.stderr, flush=True)
+    print(
+        f"Flow {flow_name} run {dag_run.run_id} failed in step(s): {names}. The step's error is shown above.",
+        file=sys.stderr,
+        flush=True,
+    )
     return 1

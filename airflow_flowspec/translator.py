@@ -90,7 +90,9 @@ def _params(flow_class: type) -> dict[str, Any]:
                 schema_type = [schema_type, "null"]
         description = parameter.help or None
         if parameter.is_include_file:
-            description = (description + " " if description else "") + "(path of a file read when the run starts)"
+            description = (
+                description + " " if description else ""
+            ) + "(path of a file read when the run starts)"
         default = parameter.default_value()
         if default is None and parameter.required:
             params[parameter.name] = Param(type=schema_type, description=description)
@@ -125,7 +127,8 @@ def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
             raise LintError(
                 f"Step {name} is a switch inside a foreach; on Airflow a switch must be outside any "
                 f"foreach for now. Move the choice into the step body (if/else) or before the foreach.",
-                file=node.source_file, line=node.func_lineno,
+                file=node.source_file,
+                line=node.func_lineno,
             )
         kwargs = dict(
             task_id=name,

@@ -24,6 +24,7 @@ def airflow_db() -> Path:
     ensure_database(home)
     return home
 
+
 #: The bucket the ``s3_endpoint`` fixture creates.
 S3_TEST_BUCKET = "flowspec-test"
 

@@ -46,9 +46,14 @@ def load_flow(path: Path) -> type:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    flow_classes = [v for v in vars(module).values()
-                    if isinstance(v, type) and getattr(v, "__module__", "") == name and hasattr(v, "next")
-                    and any(getattr(f, "is_step", False) for f in vars(v).values())]
+    flow_classes = [
+        v
+        for v in vars(module).values()
+        if isinstance(v, type)
+        and getattr(v, "__module__", "") == name
+        and hasattr(v, "next")
+        and any(getattr(f, "is_step", False) for f in vars(v).values())
+    ]
     assert len(flow_classes) == 1, f"{path} should define exactly one flow"
     return flow_classes[0]
 
@@ -98,11 +103,15 @@ def run_flow(path: Path, params: dict[str, Any] | None = None) -> FlowRun:
     return FlowRun(flow_class.__name__, dag.test(run_conf=params or {}))
 
 
-def run_cli(flow_file: Path, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 240) -> subprocess.CompletedProcess:
+def run_cli(
+    flow_file: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess:
     """``python flow.py ARGS`` in a fresh process, as a user types it."""
     return subprocess.run(
         [sys.executable, str(flow_file), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=flow_file.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=flow_file.parent,
         env={**os.environ, **(env or {})},
     )

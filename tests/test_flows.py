@@ -64,17 +64,26 @@ def test_nested_foreach_and_foreach_inside_a_branch():
     assert end["lengths"] == [1, 2]
     assert end["total"] == 10 + 41 + 93 + 3
     # foreach_stack() inside the inner body names both levels: (index, splits) outer then inner.
-    assert end["stacks"] == [[(0, 3), (0, 1)], [(1, 3), (0, 2)], [(1, 3), (1, 2)],
-                             [(2, 3), (0, 3)], [(2, 3), (1, 3)], [(2, 3), (2, 3)]]
+    assert end["stacks"] == [
+        [(0, 3), (0, 1)],
+        [(1, 3), (0, 2)],
+        [(1, 3), (1, 2)],
+        [(2, 3), (0, 3)],
+        [(2, 3), (1, 3)],
+        [(2, 3), (2, 3)],
+    ]
     states = run.states()
     assert sum(1 for (task, _), _state in states.items() if task == "cell") == 6
     assert sum(1 for (task, _), _state in states.items() if task == "join_cols") == 3
 
 
-@pytest.mark.parametrize("mode, taken, skipped, answer", [
-    ("fast", ["fast"], ["slow", "slow_more"], "TOOK THE FAST ARM"),
-    ("slow", ["slow", "slow_more"], ["fast"], "TOOK THE SLOW ARM TWICE"),
-])
+@pytest.mark.parametrize(
+    "mode, taken, skipped, answer",
+    [
+        ("fast", ["fast"], ["slow", "slow_more"], "TOOK THE FAST ARM"),
+        ("slow", ["slow", "slow_more"], ["fast"], "TOOK THE SLOW ARM TWICE"),
+    ],
+)
 def test_switch_runs_one_arm_and_skips_the_others(mode, taken, skipped, answer):
     run = run_flow(FLOWS / "switch_flow.py", {"mode": mode})
     assert run.succeeded, run.states()
@@ -116,8 +125,7 @@ def test_include_file_stores_content_read_once(tmp_path):
     notes.write_text("première version", encoding="utf-8")
     blob = tmp_path / "blob.bin"
     blob.write_bytes(b"\x00\xffbinary")
-    run = run_flow(FLOWS / "include_file_flow.py",
-                   {"notes": str(notes), "blob": str(blob), "threshold": 7})
+    run = run_flow(FLOWS / "include_file_flow.py", {"notes": str(notes), "blob": str(blob), "threshold": 7})
     notes.write_text("changed afterwards", encoding="utf-8")
     assert run.succeeded, run.states()
     end = run.artifacts("end")

@@ -8,7 +8,8 @@ Metaflow.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from airflow_flowspec.errors import FlowspecError
 

@@ -16,8 +16,14 @@ _NAMED_SCHEDULES = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 
 class Schedule:
     """When Airflow runs the flow: one of hourly, daily, weekly (as in Metaflow) or a cron string."""
 
-    def __init__(self, hourly: bool = False, daily: bool = True, weekly: bool = False,
-                 cron: str | None = None, timezone: str | None = None):
+    def __init__(
+        self,
+        hourly: bool = False,
+        daily: bool = True,
+        weekly: bool = False,
+        cron: str | None = None,
+        timezone: str | None = None,
+    ):
         if cron is not None:
             if not isinstance(cron, str) or len(cron.split()) not in (5, 6):
                 raise DecoratorError(

@@ -7,7 +7,8 @@ themselves in ``func.step_decorators`` so the translator and the runtime can rea
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def step(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -16,11 +16,20 @@ class LocalStepOperator(StepTaskMixin, BaseOperator, SkipMixin):
     ui_color = "#d9ecf2"
     template_fields = ()
 
-    def __init__(self, *, flow_file: str, flow_name: str, step_name: str,
-                 input_pulls: list[dict[str, Any]], is_foreach_split: bool = False,
-                 foreach_frame: dict[str, Any] | None = None, step_resources: dict[str, Any] | None = None,
-                 batch: dict[str, Any] | None = None, environment: dict[str, str] | None = None,
-                 **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        flow_file: str,
+        flow_name: str,
+        step_name: str,
+        input_pulls: list[dict[str, Any]],
+        is_foreach_split: bool = False,
+        foreach_frame: dict[str, Any] | None = None,
+        step_resources: dict[str, Any] | None = None,
+        batch: dict[str, Any] | None = None,
+        environment: dict[str, str] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.flow_file = flow_file
         self.flow_name = flow_name

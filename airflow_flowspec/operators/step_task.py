@@ -69,8 +69,9 @@ class StepTaskMixin:
             },
         )
 
-    def _pull_manifests(self, ti: Any, pull: dict[str, Any], frame: dict[str, Any],
-                        stack: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _pull_manifests(
+        self, ti: Any, pull: dict[str, Any], frame: dict[str, Any], stack: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         task_id, key, mode = pull["task_id"], pull["key"], pull["mode"]
         if mode == PULL_SAME:
             if ti.map_index is None or ti.map_index < 0:

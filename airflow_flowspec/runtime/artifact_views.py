@@ -6,7 +6,8 @@ A step that never touches an artifact never downloads it: a view holds only refe
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 # Values of these types cannot change in place, so an artifact of such a type that a step read but
 # did not reassign can keep its stored reference instead of being pickled and hashed again.
@@ -106,4 +107,6 @@ class Inputs:
             if view.step_name == name:
                 return view
         steps = ", ".join(sorted({v.step_name for v in self._views}))
-        raise AttributeError(f"This join has no input from a step named '{name}'; its inputs come from {steps}.")
+        raise AttributeError(
+            f"This join has no input from a step named '{name}'; its inputs come from {steps}."
+        )

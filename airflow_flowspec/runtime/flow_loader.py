@@ -44,7 +44,9 @@ def load_flow_class(flow_file: str, flow_name: str) -> Any:
     try:
         mtime = os.stat(path).st_mtime
     except OSError as err:
-        raise FlowLoadError(f"Flow file {path} for flow {flow_name} cannot be read: {err.strerror}.") from None
+        raise FlowLoadError(
+            f"Flow file {path} for flow {flow_name} cannot be read: {err.strerror}."
+        ) from None
     cached = _loaded.get(flow_name)
     if cached and cached[0] == path and cached[1] == mtime:
         module = cached[2]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from airflow_flowspec.current import TaskContext, current
 from airflow_flowspec.decorators.base import step_decorators_of
@@ -48,8 +49,9 @@ class TaskState:
             self._items[digest] = self.datastore.artifacts.load(ArtifactRef.from_json(frame["item"]))
         return self._items[digest]
 
-    def merge_artifacts(self, flow: Any, inputs: list[InputView], include: list[str] | None,
-                        exclude: list[str] | None) -> None:
+    def merge_artifacts(
+        self, flow: Any, inputs: list[InputView], include: list[str] | None, exclude: list[str] | None
+    ) -> None:
         loader: ArtifactLoader = flow.__dict__["_flowspec_artifacts"]
         offered: dict[str, dict[str, dict[str, Any]]] = {}
         for view in inputs:
@@ -101,18 +103,24 @@ def run_step(spec: TaskSpec, datastore: Any = None) -> StepResult:
     flow.__dict__["_flowspec_transition"] = None
     parameter_names = _restore_inputs(flow, flow_class, spec, datastore, is_join, state)
     if spec.step == "start":
-        datastore.write_run_meta(spec.flow_name, spec.run_id, {
-            "flow_file": os.path.abspath(spec.flow_file),
-            "parameters": {p: _describe(flow.__dict__.get(p)) for p in parameter_names},
-            "context": spec.context,
-        })
+        datastore.write_run_meta(
+            spec.flow_name,
+            spec.run_id,
+            {
+                "flow_file": os.path.abspath(spec.flow_file),
+                "parameters": {p: _describe(flow.__dict__.get(p)) for p in parameter_names},
+                "context": spec.context,
+            },
+        )
 
     print(f"[{spec.run_id}/{spec.step}/{spec.task_id}] Task is starting.", flush=True)
     caught: BaseException | None = None
     with _task_context(spec), _environment(decorators.get("environment")):
         try:
             if is_join:
-                step_func(flow, Inputs([InputView(m, datastore, state.foreach_value) for m in _ordered(spec)]))
+                step_func(
+                    flow, Inputs([InputView(m, datastore, state.foreach_value) for m in _ordered(spec)])
+                )
             else:
                 step_func(flow)
         except Exception as exc:  # noqa: BLE001 - @catch decides; otherwise re-raised below
@@ -148,15 +156,18 @@ def _ordered(spec: TaskSpec) -> list[dict[str, Any]]:
     return sorted(spec.input_manifests, key=lambda m: [f["index"] for f in m.get("foreach_stack") or []])
 
 
-def _restore_inputs(flow: Any, flow_class: type, spec: TaskSpec, datastore: Any, is_join: bool,
-                    state: TaskState) -> list[str]:
+def _restore_inputs(
+    flow: Any, flow_class: type, spec: TaskSpec, datastore: Any, is_join: bool, state: TaskState
+) -> list[str]:
     parameters = flow_parameters(flow_class)
     if spec.step == "start":
         _set_parameters(flow, parameters, spec)
         flow.__dict__["_flowspec_artifacts"] = ArtifactLoader(datastore, {})
         return [p.attr_name for p in parameters]
     if not spec.input_manifests:
-        raise StepError(f"Step '{spec.step}' of flow {spec.flow_name} got no input manifest from its parents.")
+        raise StepError(
+            f"Step '{spec.step}' of flow {spec.flow_name} got no input manifest from its parents."
+        )
     first = spec.input_manifests[0]
     parameter_names = list(first.get("parameters", []))
     if is_join:
@@ -238,8 +249,9 @@ def _environment(decorator: Any) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _check_transition(flow: Any, node: Any, spec: TaskSpec, datastore: Any
-                      ) -> tuple[list[dict[str, Any]] | None, str | None]:
+def _check_transition(
+    flow: Any, node: Any, spec: TaskSpec, datastore: Any
+) -> tuple[list[dict[str, Any]] | None, str | None]:
     where = f"Step '{spec.step}' of flow {spec.flow_name}"
     if node.type == "end":
         return None, None
@@ -269,12 +281,16 @@ def _check_transition(flow: Any, node: Any, spec: TaskSpec, datastore: Any
     return None, None
 
 
-def _foreach_children(flow: Any, node: Any, spec: TaskSpec, datastore: Any, where: str) -> list[dict[str, Any]]:
+def _foreach_children(
+    flow: Any, node: Any, spec: TaskSpec, datastore: Any, where: str
+) -> list[dict[str, Any]]:
     var = node.foreach_param
     try:
         values = getattr(flow, var)
     except AttributeError:
-        raise TransitionError(f"{where} does a foreach over self.{var}, but self.{var} was never set.") from None
+        raise TransitionError(
+            f"{where} does a foreach over self.{var}, but self.{var} was never set."
+        ) from None
     try:
         items = list(values)
     except TypeError:
@@ -323,9 +339,15 @@ def _save_artifacts(flow: Any, spec: TaskSpec, datastore: Any) -> dict[str, dict
     return {name: refs[name] for name in sorted(refs)}
 
 
-def _manifest(spec: TaskSpec, refs: dict[str, dict[str, Any]], parameter_names: list[str], node: Any,
-              caught: BaseException | None, switch_step: str | None,
-              foreach_children: list[dict[str, Any]] | None) -> dict[str, Any]:
+def _manifest(
+    spec: TaskSpec,
+    refs: dict[str, dict[str, Any]],
+    parameter_names: list[str],
+    node: Any,
+    caught: BaseException | None,
+    switch_step: str | None,
+    foreach_children: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "flowspec_manifest": MANIFEST_VERSION,
         "pathspec": spec.pathspec,

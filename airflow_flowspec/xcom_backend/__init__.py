@@ -23,13 +23,13 @@ from typing import Any
 from airflow.sdk.bases.xcom import BaseXCom
 
 from airflow_flowspec.xcom_backend.values import (
+    fits_inline,
     is_manifest,
     is_stored_value,
     load_stored_value,
     manifest_view,
     purge_stored,
     store_value,
-    fits_inline,
 )
 
 __all__ = ["FlowspecXComBackend"]
@@ -39,9 +39,15 @@ class FlowspecXComBackend(BaseXCom):
     """Airflow XCom backend for flow manifests and large or non-JSON values."""
 
     @staticmethod
-    def serialize_value(value: Any, *, key: str | None = None, task_id: str | None = None,
-                        dag_id: str | None = None, run_id: str | None = None,
-                        map_index: int | None = None) -> Any:
+    def serialize_value(
+        value: Any,
+        *,
+        key: str | None = None,
+        task_id: str | None = None,
+        dag_id: str | None = None,
+        run_id: str | None = None,
+        map_index: int | None = None,
+    ) -> Any:
         manifest = getattr(value, "manifest", None)
         if isinstance(manifest, dict) and is_manifest(manifest):
             return manifest

@@ -77,12 +77,20 @@ def fits_inline(value: Any) -> Any:
 def _xcom_key(dag_id: Any, run_id: Any, task_id: Any, map_index: Any, key: Any) -> str:
     from airflow_flowspec.datastore.keys import safe_key_part
 
-    parts = [dag_id or "unknown", run_id or "unknown", task_id or "unknown",
-             str(map_index if map_index is not None else -1)]
-    return "/".join(["_xcom", *(safe_key_part(p) for p in parts), safe_key_part(f"{key or 'return_value'}.pkl")])
+    parts = [
+        dag_id or "unknown",
+        run_id or "unknown",
+        task_id or "unknown",
+        str(map_index if map_index is not None else -1),
+    ]
+    return "/".join(
+        ["_xcom", *(safe_key_part(p) for p in parts), safe_key_part(f"{key or 'return_value'}.pkl")]
+    )
 
 
-def store_value(value: Any, *, key: Any, task_id: Any, dag_id: Any, run_id: Any, map_index: Any) -> dict[str, Any]:
+def store_value(
+    value: Any, *, key: Any, task_id: Any, dag_id: Any, run_id: Any, map_index: Any
+) -> dict[str, Any]:
     from airflow_flowspec import config
     from airflow_flowspec.datastore import open_datastore
     from airflow_flowspec.datastore.artifacts import qualified_type_name, short_repr
