@@ -34,10 +34,23 @@ def register_if_parsing(flow_class: type) -> None:
     module = sys.modules[module_name]
     previous = flow_class.__dict__.get("_flowspec_dag")
     if previous is not None:  # a class decorator changed the flow after the class was created
-        context.autoregistered_dags.discard((previous, module))
+        _unregister(context, previous)
     graph = FlowGraph(flow_class)
     lint_flow(graph)
     flow_class._flowspec_dag = build_dag(flow_class, graph, module.__file__)
+
+
+def _unregister(context: Any, stale_dag: Any) -> None:
+    """Drop a DAG built before a class decorator ran, by identity.
+
+    ``set.discard`` cannot do it: a DAG's hash covers its task ids, which changed when the tasks
+    were added, so the stale entry would stay and the DagBag would keep whichever of the two DAGs
+    its set iteration met last (a different one per process, hence a new DAG version per parse).
+    """
+    registered = context.autoregistered_dags
+    kept = {entry for entry in registered if entry[0] is not stale_dag}
+    registered.clear()
+    registered.update(kept)
 
 
 def _defines_steps(flow_class: type) -> bool:

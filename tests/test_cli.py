@@ -1,0 +1,78 @@
+"""``python flow.py run|show|check`` as a user types it, each in a fresh process."""
+
+from __future__ import annotations
+
+import re
+
+from harness import FLOWS, run_cli
+
+
+def test_run_prints_run_id_first_then_progress_and_step_output(tmp_path):
+    result = run_cli(
+        FLOWS / "branch_flow.py",
+        "run",
+        "--alpha",
+        "0.3",
+        "--label",
+        "cli",
+        env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    match = re.fullmatch(r"Run id: (manual__\S+)", lines[0])
+    assert match, lines[:3]
+    run_id = match.group(1)
+    for step in ("start", "left", "right", "join", "end"):
+        assert f"[{run_id}/{step}/0] Task is starting." in lines
+        assert f"[{run_id}/{step}/0] Task finished successfully." in lines
+    assert lines.index(f"[{run_id}/start/0] Task is starting.") < lines.index(
+        f"[{run_id}/end/0] Task is starting."
+    )
+    assert lines[-1] == f"Flow BranchFlow run {run_id} succeeded."
+    # The artifacts went to the configured local store, values typed from the command line.
+    from airflow_flowspec.datastore import open_datastore
+    from airflow_flowspec.datastore.artifacts import ArtifactRef
+
+    store = open_datastore(str(tmp_path / "store"))
+    end = store.latest_attempt_manifest("BranchFlow", run_id, "end", "0")["artifacts"]
+    assert store.artifacts.load(ArtifactRef.from_json(end["alpha"])) == 0.3
+    assert store.artifacts.load(ArtifactRef.from_json(end["summary"])) == "cli:False:same everywhere"
+
+
+def test_failed_run_exits_non_zero_and_shows_the_step_error(tmp_path):
+    result = run_cli(
+        FLOWS / "failing_flow.py", "run", env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")}
+    )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "ZeroDivisionError: the data had no rows to average" in output
+    assert "failed in step(s): crunch" in result.stderr
+
+
+def test_lint_error_is_one_paragraph_without_traceback():
+    result = run_cli(FLOWS / "lint_error_flow.py", "run")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "lint_error_flow.py, line 7" in result.stderr
+    assert "unknown step, helper" in result.stderr
+
+
+def test_bad_parameter_value_is_refused_before_anything_runs():
+    result = run_cli(FLOWS / "branch_flow.py", "run", "--epochs", "many")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "Parameter 'epochs' of flow BranchFlow expects a value of type int, got 'many'" in result.stderr
+
+
+def test_show_prints_steps_and_edges():
+    result = run_cli(FLOWS / "foreach_flow.py", "show")
+    assert result.returncode == 0
+    assert "start -> upper (foreach over letters)" in result.stdout
+    assert "join -> end" in result.stdout
+
+
+def test_check_warns_when_safe_mode_discovery_would_skip_the_file():
+    result = run_cli(FLOWS / "foreach_flow.py", "check")
+    assert result.returncode == 0
+    assert "lint passed" in result.stdout
+    assert "might_contain_dag_callable = airflow_flowspec.discovery.might_contain_dag" in result.stderr
