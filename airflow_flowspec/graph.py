@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from airflow_flowspec.decorators.base import step_decorators_of
 from airflow_flowspec.errors import LintError
 
 START_STEP = "start"
@@ -70,6 +71,7 @@ class StepNode:
     next_call_linenos: list[int] = field(default_factory=list)
     assigned_attributes: dict[str, int] = field(default_factory=dict)
     defined_in: str = ""
+    decorators: list[str] = field(default_factory=list)  # step decorator names, e.g. ["catch", "retry"]
 
 
 class Arrival(NamedTuple):
@@ -159,6 +161,7 @@ class FlowGraph:
                 if is_step:
                     nodes.pop(func_name, None)
                     nodes[func_name] = _make_node(func_defs[-1], source_file, cls.__name__)
+                    nodes[func_name].decorators = sorted(step_decorators_of(attribute))
         # Steps not written as a `def` in a class body we could read (e.g. attached with setattr).
         for attr_name in dir(flow_class):
             if attr_name in nodes:
@@ -169,6 +172,7 @@ class FlowGraph:
                 continue
             if callable(attribute) and _is_step(attribute):
                 nodes[attr_name] = _node_from_function(attr_name, attribute, self.name)
+                nodes[attr_name].decorators = sorted(step_decorators_of(attribute))
         return nodes
 
     def _identify_start_end(self, nodes: dict[str, StepNode]) -> None:

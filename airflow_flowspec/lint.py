@@ -436,6 +436,21 @@ def check_ambiguous_joins(graph: FlowGraph) -> None:
 
 
 @check
+def check_catch_not_on_split(graph: FlowGraph) -> None:
+    """As in Metaflow: a caught failure in a foreach or switch split leaves nothing to fan out to."""
+    for node in graph:
+        if "catch" in node.decorators and node.type in ("foreach", "split-switch"):
+            kind = "foreach" if node.type == "foreach" else "switch"
+            _fail(
+                f"Step {node.name} has @catch, but @catch is not supported on a {kind} split step: "
+                f"if it failed, there would be no {'items' if kind == 'foreach' else 'case'} to "
+                f"continue with. Fix: move the code that may fail into a step before {node.name} "
+                f"and put @catch there, or put @catch on the steps after the split.",
+                node,
+            )
+
+
+@check
 def check_switch_convergence(graph: FlowGraph) -> None:
     """The arms of a switch must meet again at a plain step, which receives the one arm that ran."""
     for node in graph:

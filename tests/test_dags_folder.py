@@ -122,3 +122,21 @@ def test_airflow_dags_test_runs_the_flow_from_the_dags_folder(tmp_path):
     assert run_id is not None
     end = datastore.latest_attempt_manifest("ForeachFlow", run_id, "end", "0")["artifacts"]
     assert datastore.artifacts.load(ArtifactRef.from_json(end["results"])) == ["0:A", "1:B", "2:C", "3:D"]
+
+
+def test_airflow_lists_the_provider_and_its_flowspec_config():
+    airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+    listed = subprocess.run(
+        [airflow, "providers", "get", "airflow-flowspec", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert json.loads(listed.stdout) == [{"Provider": "airflow-flowspec", "Version": "0.1.0"}], listed.stderr
+    option = subprocess.run(
+        [airflow, "config", "get-value", "flowspec", "xcom_inline_max_bytes"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert option.stdout.strip() == "65536", option.stderr

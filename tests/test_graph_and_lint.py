@@ -19,7 +19,10 @@ from airflow_flowspec.errors import LintError
 from airflow_flowspec.graph import FlowGraph
 from airflow_flowspec.lint import CHECKS, lint_flow
 
-HEADER = "from airflow_flowspec.flowspec import FlowSpec\nfrom airflow_flowspec.decorators import step\n\n\n"
+HEADER = (
+    "from airflow_flowspec.flowspec import FlowSpec\n"
+    "from airflow_flowspec.decorators import catch, step\n\n\n"
+)
 _module_ids = itertools.count()
 
 
@@ -1168,6 +1171,27 @@ LINT_CASES = {
             "The terminal step end was reached before the foreach started at step start",
             "Fix: add a join step",
         ],
+    ),
+    "catch on a foreach split": (
+        flow(
+            """
+            @catch(var="failure")
+            @step
+            def start(self):  # <-
+                self.rows = [1]
+                self.next(self.work, foreach="rows")
+
+            @step
+            def work(self):
+                self.next(self.join)
+
+            @step
+            def join(self, inputs):
+                self.next(self.end)
+            """,
+            END,
+        ),
+        ["Step start has @catch", "not supported on a foreach split step", "Fix: move the code"],
     ),
 }
 
