@@ -104,6 +104,7 @@ def test_retry_then_success_and_catch_after_the_last_retry():
     assert run.succeeded, run.states()
     end = run.artifacts("end")
     assert end["attempts_seen"] == 1  # flaky succeeded on its second attempt
+    assert end["flaky_error"] is None  # @catch's variable is None when nothing was caught
     assert end["caught_type"] == "builtins.ValueError"
     assert end["caught_message"] == "attempt 1 failed"  # caught only after the last retry
     assert end["before_failure"] == "kept"  # what the failing step set before raising is kept

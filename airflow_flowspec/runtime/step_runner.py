@@ -128,10 +128,21 @@ def run_step(spec: TaskSpec, datastore: Any = None) -> StepResult:
             if catch is None or spec.attempt < spec.max_attempts or node.type in ("foreach", "split-switch"):
                 raise
             caught = exc
+            print(
+                f"@catch caught an exception from step {spec.step} on its last attempt "
+                f"({type(exc).__name__}: {exc}); the flow goes on"
+                + (f" with self.{catch['var']} holding it." if catch["var"] else "."),
+                file=sys.stderr,
+                flush=True,
+            )
             if catch["print_exception"]:
                 print(CaughtException(exc).stacktrace, file=sys.stderr, flush=True)
             if catch["var"]:
                 flow.__dict__[catch["var"]] = CaughtException(exc)
+        else:
+            catch = decorators.get("catch")
+            if catch is not None and catch["var"]:
+                flow.__dict__[catch["var"]] = None  # as in Metaflow: falsy when nothing was caught
 
     foreach_children = switch_step = None
     if caught is None:

@@ -8,6 +8,7 @@ class RetryCatchFlow(FlowSpec):
     def start(self):
         self.next(self.flaky)
 
+    @catch(var="flaky_error")
     @retry(times=2, minutes_between_retries=0)
     @step
     def flaky(self):
