@@ -13,7 +13,7 @@ import errno
 import os
 import secrets
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 from airflow_flowspec.datastore.backends.base import StorageBackend
@@ -71,34 +71,32 @@ class LocalBackend(StorageBackend):
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         return temporary, os.fdopen(descriptor, "wb")
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def _write_atomically(self, key: str, fill: Callable[[BinaryIO], None]) -> str:
+        """Write through a temporary sibling renamed into place: readers never see half a file."""
         path = self._path(key)
         try:
             temporary, stream = self._temporary_sibling(path)
             try:
                 with stream:
-                    stream.write(data)
+                    fill(stream)
                 os.replace(temporary, path)
             except BaseException:
                 _unlink_quietly(temporary)
                 raise
         except OSError as error:
             raise self._write_error(key, error) from error
+        return path
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._write_atomically(key, lambda stream: stream.write(data))
         self.counters.add(written=len(data))
 
     def put_file(self, key: str, local_path: str) -> None:
-        path = self._path(key)
-        try:
-            temporary, stream = self._temporary_sibling(path)
-            try:
-                with stream, open(local_path, "rb") as source:
-                    shutil.copyfileobj(source, stream, 16 * 1024 * 1024)
-                os.replace(temporary, path)
-            except BaseException:
-                _unlink_quietly(temporary)
-                raise
-        except OSError as error:
-            raise self._write_error(key, error) from error
+        def copy(stream: BinaryIO) -> None:
+            with open(local_path, "rb") as source:
+                shutil.copyfileobj(source, stream, 16 * 1024 * 1024)
+
+        path = self._write_atomically(key, copy)
         self.counters.add(written=os.path.getsize(path))
 
     def adopt_file(self, key: str, local_path: str) -> None:
