@@ -31,7 +31,7 @@ _BATCH_BYTES = 64 * 1024 * 1024
 class ArtifactRef:
     """What a manifest records for one artifact."""
 
-    hash: str  # sha256 hex of the pickle; the blob's name
+    hash: str  # BLAKE3 hex of the pickle; the blob's name
     type: str  # qualified type name, e.g. "numpy.ndarray", "dict"
     size: int  # pickled bytes
     repr: str  # short, one line, at most MAX_REPR_CHARS

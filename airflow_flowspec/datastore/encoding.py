@@ -3,11 +3,14 @@
 Saving pickles with cloudpickle (protocol 5) straight into a writer that hashes the bytes as they
 stream past. Small pickles stay in memory (a write to disk would cost more than the pickle); once a
 pickle outgrows :data:`IN_MEMORY_LIMIT` it spills to a scratch file, so a 10 GB model never needs
-10 GB of extra RAM. For big chunks the hash runs on a second thread while the main thread writes:
-sha256 is about as fast as the disk here, and hashlib releases the GIL, so overlapping them nearly
-halves the save time of a large artifact.
+10 GB of extra RAM. For big chunks the hash runs on a second thread while the main thread writes.
 
-The blob is named by the sha256 of its pickle. The caller checks whether that name already exists
+The hash is BLAKE3: cryptographic like sha256 but about 2.5x faster here on one core (256 MB:
+0.07 s vs 0.17 s), which matters because writing 256 MB to the page cache takes about as long as
+sha256 alone; overlapped with the write, BLAKE3 adds about 10% to a large save, sha256 about 30%.
+Both release the GIL on large buffers.
+
+The blob is named by the BLAKE3 hash of its pickle. The caller checks whether that name already exists
 before storing anything, which is what makes an unchanged artifact free to save again.
 
 cloudpickle is imported on the first save, not when this module is imported: Airflow imports our
@@ -16,7 +19,6 @@ package at every DAG parse and never saves an artifact there.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import secrets
@@ -61,7 +63,9 @@ class _HashingSpool:
     def __init__(self, scratch_dir: str | None, in_memory_limit: int):
         self._scratch_dir = scratch_dir
         self._in_memory_limit = in_memory_limit
-        self._hasher = hashlib.sha256()
+        from blake3 import blake3
+
+        self._hasher = blake3()
         self._chunks: list[bytes] = []
         self._file: BinaryIO | None = None
         self.path: str | None = None

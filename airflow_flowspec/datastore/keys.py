@@ -2,7 +2,7 @@
 
 Layout, relative to the datastore root (a local folder or ``s3://bucket/prefix``)::
 
-    data/<h[:2]>/<h>                                      pickled artifact, named by its sha256
+    data/<h[:2]>/<h>                                      pickled artifact, named by its BLAKE3 hash
     <flow>/latest_run.json                                {"run_id": ..., "created_at": ...}
     <flow>/latest_successful_run.json                     same shape, successful runs only
     <flow>/runs/<run>/run.json                            run metadata, written when the run starts
