@@ -6,7 +6,7 @@ A step that never touches an artifact never downloads it: a view holds only refe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # Values of these types cannot change in place, so an artifact of such a type that a step read but
@@ -17,10 +17,17 @@ IMMUTABLE_TYPES = (bytes, str, int, float, bool, complex, type(None), range, fro
 class ArtifactLoader:
     """References to artifacts (name -> ref dict) with load-on-first-use."""
 
-    def __init__(self, datastore: Any, refs: dict[str, dict[str, Any]]):
+    def __init__(
+        self,
+        datastore: Any,
+        refs: dict[str, dict[str, Any]],
+        import_flow_module: Callable[[], None] | None = None,
+    ):
         self.datastore = datastore
         self.refs = dict(refs)
         self.loaded: dict[str, Any] = {}
+        # Outside a step (a plain task, a notebook), the flow file is imported on demand.
+        self._import_flow_module = import_flow_module
 
     def __contains__(self, name: object) -> bool:
         return name in self.refs
@@ -31,8 +38,16 @@ class ArtifactLoader:
     def load(self, name: str) -> Any:
         if name not in self.loaded:
             from airflow_flowspec.datastore.artifacts import ArtifactRef
+            from airflow_flowspec.runtime.flow_loader import is_missing_flow_module
 
-            self.loaded[name] = self.datastore.artifacts.load(ArtifactRef.from_json(self.refs[name]))
+            ref = ArtifactRef.from_json(self.refs[name])
+            try:
+                self.loaded[name] = self.datastore.artifacts.load(ref)
+            except Exception as error:
+                if self._import_flow_module is None or not is_missing_flow_module(error):
+                    raise
+                self._import_flow_module()
+                self.loaded[name] = self.datastore.artifacts.load(ref)
         return self.loaded[name]
 
 
@@ -41,8 +56,17 @@ class InputView:
 
     def __init__(self, manifest: dict[str, Any], datastore: Any, foreach_value: Any):
         object.__setattr__(self, "_manifest", manifest)
-        object.__setattr__(self, "_loader", ArtifactLoader(datastore, manifest.get("artifacts", {})))
+        object.__setattr__(
+            self,
+            "_loader",
+            ArtifactLoader(datastore, manifest.get("artifacts", {}), self._import_flow_module),
+        )
         object.__setattr__(self, "_foreach_value", foreach_value)
+
+    def _import_flow_module(self) -> None:
+        from airflow_flowspec.runtime.flow_loader import import_flow_of_run
+
+        import_flow_of_run(self._loader.datastore, self._manifest["flow"], self._manifest["run_id"])
 
     @property
     def step_name(self) -> str:

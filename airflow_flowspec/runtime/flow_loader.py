@@ -59,6 +59,32 @@ def load_flow_class(flow_file: str, flow_name: str) -> Any:
     return flow_class
 
 
+def import_flow_of_run(datastore: Any, flow_name: str, run_id: str) -> None:
+    """Import the flow file a run used, so that classes defined in it unpickle outside a step.
+
+    A step imports its flow file anyway; a plain Airflow task or a notebook reading the run's
+    artifacts has not, and an instance of a class from the flow file (pickled by reference to
+    ``flowspec_flows.<FlowName>``) cannot be rebuilt without it. The run's metadata says which
+    file the run used.
+    """
+    if stable_module_name(flow_name) in sys.modules:
+        return
+    flow_file = datastore.read_run_meta(flow_name, run_id).get("flow_file")
+    if not flow_file or not os.path.isfile(flow_file):
+        raise FlowLoadError(
+            f"An artifact of run {run_id} of flow {flow_name} is an instance of a class defined in the "
+            f"flow file, and that file ({flow_file or 'not recorded'}) is not available here. Put the "
+            f"flow file at that path (or run this where the flow runs) to load the artifact."
+        )
+    load_flow_class(flow_file, flow_name)
+
+
+def is_missing_flow_module(error: BaseException) -> bool:
+    """Whether unpickling failed only because a ``flowspec_flows.*`` module is not imported."""
+    cause = error.__cause__ or error
+    return isinstance(cause, ModuleNotFoundError) and (cause.name or "").startswith(PACKAGE)
+
+
 def _import(path: str, flow_name: str) -> types.ModuleType:
     _ensure_package()
     name = stable_module_name(flow_name)

@@ -1,0 +1,152 @@
+"""Resume: clearing a failed task re-runs it on the same DAG run, with upstream artifacts already stored.
+
+``dag.test()`` cannot continue an existing run: it clears every task instance of its logical date
+(``SerializedDAG.clear_dags`` in ``airflow/sdk/definitions/dag.py``, ``DAG.test``) and then
+``get_or_create_dagrun`` (``airflow/models/dagrun.py``) *deletes* any run with that logical date
+and creates a new one, so every task, ``start`` included, would run again. What the scheduler does
+after "Clear" in the UI is therefore reproduced here with the same pieces ``dag.test()`` uses:
+``SerializedDAG.clear(run_id=..., only_failed=True)`` (the UI's "clear failed tasks"), then
+``dag.test()``'s own scheduling loop (``DagRun.update_state`` + ``_run_task``, in process) on the
+existing run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import FLOWS, FlowRun, load_flow
+from test_xcom_backend import raw_xcom
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+def build_flow_dag(path) -> tuple[type, Any]:
+    from airflow_flowspec.airflow_registration import dag_for
+    from airflow_flowspec.local_run import sync_dag
+
+    flow_class = load_flow(path)
+    dag = dag_for(flow_class, str(path))
+    sync_dag(dag)
+    return flow_class, dag
+
+
+def clear_and_rerun(dag: Any, run_id: str, task_ids: list[str] | None = None, only_failed: bool = False):
+    """Clear task instances of an existing run as the UI does, then run it to the end in process.
+
+    The loop is ``DAG.test()``'s (Airflow 3.3.2), minus the part that recreates the run: the
+    scheduler would move the cleared run from queued to running and schedule the cleared tasks.
+    """
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from airflow.sdk.definitions.dag import _run_task
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.utils.state import DagRunState, TaskInstanceState
+    from sqlalchemy import select
+
+    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    scheduler_dag.on_success_callback = dag.on_success_callback
+    scheduler_dag.on_failure_callback = dag.on_failure_callback
+    cleared = scheduler_dag.clear(run_id=run_id, task_ids=task_ids, only_failed=only_failed)
+    assert cleared, "nothing was cleared"
+
+    session = settings.Session()
+    dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag.dag_id, DagRun.run_id == run_id))
+    assert dag_run.state == DagRunState.QUEUED  # what clearing a finished run does
+    dag_run.dag = scheduler_dag
+    dag_run.state = DagRunState.RUNNING  # the scheduler's next move
+    session.commit()
+    while dag_run.state == DagRunState.RUNNING:
+        session.expire_all()
+        schedulable, _ = dag_run.update_state(session=session)
+        for ti in schedulable:
+            if ti.state != TaskInstanceState.UP_FOR_RESCHEDULE:
+                ti.try_number += 1
+            ti.state = TaskInstanceState.SCHEDULED
+        session.commit()
+        for ti in dag_run.get_task_instances(session=session):
+            if ti.state == TaskInstanceState.SCHEDULED:
+                _run_task(ti=ti, task=dag.task_dict[ti.task_id])
+    return dag_run
+
+
+def test_clearing_the_failed_step_resumes_the_run_without_rerunning_start(tmp_path):
+    ledger, marker = tmp_path / "ledger.txt", tmp_path / "marker"
+    flow_class, dag = build_flow_dag(FLOWS / "resume_flow.py")
+
+    first = FlowRun(flow_class.__name__, dag.test(run_conf={"ledger": str(ledger), "marker": str(marker)}))
+    assert not first.succeeded
+    assert first.state("start") == "success"
+    assert first.state("middle") == "failed"
+    assert first.state("end") == "upstream_failed"
+    tokens = ledger.read_text().split()
+    assert len(tokens) == 1
+    assert first.datastore.run_status("ResumeFlow", first.run_id)["status"] == "failed"
+
+    marker.touch()  # fix what made middle fail
+    dag_run = clear_and_rerun(dag, first.run_id, only_failed=True)
+    resumed = FlowRun(flow_class.__name__, dag_run)
+
+    assert resumed.run_id == first.run_id
+    assert resumed.succeeded, resumed.states()
+    assert resumed.states() == {("start", -1): "success", ("middle", -1): "success", ("end", -1): "success"}
+    # start did not run again: one line in its ledger, and end saw the token of that one execution.
+    assert ledger.read_text().split() == tokens
+    end = resumed.artifacts("end")
+    assert end["summary"] == f"{tokens[0]}:12"
+    assert end["token"] == tokens[0] and end["numbers"] == [3, 4, 5]
+    # middle's failed first attempt left no manifest; the re-run is its second attempt.
+    assert resumed.datastore.list_attempts("ResumeFlow", first.run_id, "middle", "0") == [2]
+    assert resumed.datastore.list_attempts("ResumeFlow", first.run_id, "start", "0") == [1]
+    assert resumed.datastore.run_status("ResumeFlow", first.run_id)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("rerun_value", ["inline", "pickled"])
+def test_clearing_an_ordinary_task_purges_the_pickled_xcom_its_rerun_replaces(tmp_path, rerun_value):
+    """Clearing re-runs the task; Airflow then deletes its old XComs and calls the backend's purge."""
+    from airflow.sdk import dag, task
+
+    from airflow_flowspec import config
+    from airflow_flowspec.local_run import sync_dag
+
+    dag_id = f"resume_purge_{rerun_value}"
+    executions = tmp_path / "executions"
+
+    @dag(dag_id=dag_id, schedule=None, catchup=False)
+    def purge_on_clear():
+        @task
+        def produce():
+            count = len(executions.read_text()) + 1 if executions.exists() else 1
+            executions.write_text("x" * count)
+            if count == 1:
+                return b"first run " * 10  # bytes: always pickled to the store
+            return {"run": count} if rerun_value == "inline" else b"second run " * 20
+
+        @task
+        def consume(value):
+            return repr(value)
+
+        consume(produce())
+
+    the_dag = purge_on_clear()
+    sync_dag(the_dag)
+    first = the_dag.test()
+    assert str(first.state) == "success"
+    old = raw_xcom(dag_id, first.run_id, "produce")
+    old_pickle = Path(config.datastore_root()) / old["key"]
+    assert old["type"] == "bytes" and old_pickle.read_bytes().count(b"first run") == 10
+
+    rerun = clear_and_rerun(the_dag, first.run_id, task_ids=["produce", "consume"])
+    assert str(rerun.state) == "success"
+    assert executions.read_text() == "xx"
+    new = raw_xcom(dag_id, first.run_id, "produce")
+    if rerun_value == "inline":
+        assert new == {"run": 2}
+        assert raw_xcom(dag_id, first.run_id, "consume") == "{'run': 2}"
+        assert not old_pickle.exists()  # nothing rewrote it: purge deleted it
+    else:
+        # Same XCom, same key: purge deleted the old pickle and the re-run wrote the new one there.
+        assert new["key"] == old["key"] and new["size"] != old["size"]
+        assert old_pickle.read_bytes().count(b"second run") == 20
+        assert raw_xcom(dag_id, first.run_id, "consume") == repr(b"second run " * 20)
