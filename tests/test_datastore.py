@@ -280,14 +280,35 @@ def test_loading_is_counted_so_laziness_can_be_proved(datastore):
     assert reader.backend.counters.bytes_written == 0
 
 
-def test_many_small_artifacts_are_saved_in_one_batch(datastore):
+def test_many_small_artifacts_are_packed_into_one_object(datastore):
     values = {f"feature_{index}": os.urandom(1024) for index in range(100)}
     refs = datastore.artifacts.save_many(values)
-    assert len(blob_keys(datastore)) == 100
-    assert Datastore(datastore.root).artifacts.load(refs["feature_42"]) == values["feature_42"]
+    assert len(blob_keys(datastore)) == 1  # one pack, not 100 objects
+    assert datastore.backend.counters.requests <= 2  # its existence check and its write
+    assert len({ref.hash for ref in refs.values()}) == 100  # each artifact keeps its own hash
+    assert {ref.pack for ref in refs.values()} == {blob_keys(datastore)[0].rsplit("/", 1)[-1]}
+
+    reader = Datastore(datastore.root)  # another process: nothing cached
+    assert reader.artifacts.load(refs["feature_42"]) == values["feature_42"]
+    assert {name: reader.artifacts.load(ref) for name, ref in refs.items()} == values
+    assert reader.backend.counters.requests == 1  # the pack was fetched once for all of them
+
+    # Saved again by another process (a re-run), the identical pack is found, not rewritten.
+    rerun = Datastore(datastore.root)
+    assert rerun.artifacts.save_many(values) == refs
+    assert rerun.backend.counters.bytes_written == 0
 
 
-def test_many_small_artifacts_reach_s3_in_parallel(s3_endpoint):
+def test_a_damaged_pack_is_detected_not_unpickled(datastore):
+    refs = datastore.artifacts.save_many({"a": [1, 2, 3], "b": {"x": 1}})
+    (pack_key,) = blob_keys(datastore)
+    data = datastore.backend.get_bytes(pack_key)
+    datastore.backend.put_bytes(pack_key, data[:-1] + bytes([data[-1] ^ 0xFF]))
+    with pytest.raises(DatastoreError, match="does not match its hash"):
+        Datastore(datastore.root).artifacts.load(refs["b"])
+
+
+def test_medium_artifacts_reach_s3_in_parallel(s3_endpoint):
     """With real S3's per-request latency, one request at a time would take count x latency."""
     datastore = Datastore(f"s3://{BUCKET}/parallel-{uuid.uuid4().hex}")
     latency = 0.1
@@ -296,13 +317,13 @@ def test_many_small_artifacts_reach_s3_in_parallel(s3_endpoint):
         time.sleep(latency)
 
     datastore.backend.client.meta.events.register("before-send.s3", network_latency)
-    values = {f"feature_{index}": os.urandom(1024) for index in range(60)}
+    values = {f"feature_{index}": os.urandom(100 * 1024) for index in range(30)}  # too big to pack
     started = time.perf_counter()
     datastore.artifacts.save_many(values)
     elapsed = time.perf_counter() - started
     sequential_puts_at_least = len(values) * latency
     assert elapsed < sequential_puts_at_least / 2, elapsed
-    assert len(blob_keys(datastore)) == 60
+    assert len(blob_keys(datastore)) == 30
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,22 @@ The reference (:class:`ArtifactRef`) is what manifests, XComs and the UI carry: 
 the value, plus its type, pickled size and a short repr so a person can see what a step produced
 without unpickling anything. Loading is explicit and per artifact, so a step that reads one
 artifact of a 10 GB parent never downloads the rest.
+
+Small artifacts are packed: a step with 1,000 artifacts of 1 KB writes one object, not 1,000
+(every request costs a round trip; on S3 that dominates small writes), and the next step fetches
+that pack once. A packed artifact is still named by its own hash; its reference adds where it sits
+(the pack's hash and the offset). Only pickles up to :data:`PACK_ITEM_MAX_BYTES` are packed, so
+reading one small artifact downloads at most its small pack-mates, never a large artifact.
 """
 
 from __future__ import annotations
 
 import builtins
+import pickle
 import re
 import reprlib
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +33,15 @@ from airflow_flowspec.errors import ArtifactNotFoundError, DatastoreError
 MAX_REPR_CHARS = 80
 #: Small pickles of one ``save_many`` are sent together once they add up to this much.
 _BATCH_BYTES = 64 * 1024 * 1024
+#: Pickles up to this size go into packs; a pack is closed once it holds PACK_MAX_BYTES.
+PACK_ITEM_MAX_BYTES = 64 * 1024
+PACK_MAX_BYTES = 4 * 1024 * 1024
+#: Packs kept in memory after a load (most recently used first out), by total size.
+_PACK_CACHE_BYTES = 64 * 1024 * 1024
+
+
+#: Where a blob is: (pack hash, offset) for a packed pickle, (None, 0) for a blob of its own.
+_Location = tuple["str | None", int]
 
 
 @dataclass(frozen=True)
@@ -35,15 +52,34 @@ class ArtifactRef:
     type: str  # qualified type name, e.g. "numpy.ndarray", "dict"
     size: int  # pickled bytes
     repr: str  # short, one line, at most MAX_REPR_CHARS
+    pack: str | None = None  # hash of the pack holding this pickle (small artifacts), else None
+    offset: int = 0  # where the pickle starts in the pack
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict (JSON-able) for manifests and XComs."""
-        return {"hash": self.hash, "type": self.type, "size": self.size, "repr": self.repr}
+        ref = {"hash": self.hash, "type": self.type, "size": self.size, "repr": self.repr}
+        if self.pack is not None:
+            ref["pack"], ref["offset"] = self.pack, self.offset
+        return ref
+
+    def located(self, location: _Location) -> ArtifactRef:
+        return ArtifactRef(self.hash, self.type, self.size, self.repr, *location)
+
+    @property
+    def location(self) -> _Location:
+        return (self.pack, self.offset)
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> ArtifactRef:
         try:
-            return cls(hash=value["hash"], type=value["type"], size=int(value["size"]), repr=value["repr"])
+            return cls(
+                hash=value["hash"],
+                type=value["type"],
+                size=int(value["size"]),
+                repr=value["repr"],
+                pack=value.get("pack"),
+                offset=int(value.get("offset", 0)),
+            )
         except (KeyError, TypeError, ValueError) as error:
             raise DatastoreError(
                 f"{value!r} is not an artifact reference (expected hash, type, size and repr): {error}."
@@ -114,39 +150,57 @@ class ArtifactStore:
 
     def __init__(self, backend: StorageBackend):
         self.backend = backend
-        # Blob keys this process has stored, seen stored, or loaded. Blobs are immutable, so a
-        # value re-saved unchanged (a step touching an inherited artifact) costs no request at
-        # all. A garbage collector must therefore spare blobs younger than the longest task,
-        # which it has to do anyway for blobs whose manifest is not written yet.
-        self._known_blobs: set[str] = set()
-        self._known_blobs_lock = threading.Lock()
+        # Where each blob this process has stored, seen stored, or loaded lives. Blobs are
+        # immutable, so a value re-saved unchanged (a step touching an inherited artifact) costs no
+        # request at all. A garbage collector must therefore spare blobs younger than the longest
+        # task, which it has to do anyway for blobs whose manifest is not written yet.
+        self._locations: dict[str, _Location] = {}
+        self._lock = threading.Lock()
+        self._packs: OrderedDict[str, bytes] = OrderedDict()  # recently loaded packs
+        self._packs_bytes = 0
 
     def save(self, name: str, value: Any) -> ArtifactRef:
         """Store ``value`` (artifact ``name``, used in error messages); free if already stored."""
         return self.save_many({name: value})[name]
 
     def save_many(self, values: Mapping[str, Any]) -> dict[str, ArtifactRef]:
-        """Store several artifacts; on S3 the small ones go up in parallel.
+        """Store several artifacts in as few requests as their sizes allow.
 
-        Large pickles are stored one by one as soon as they are pickled (each is already uploaded
-        in parallel parts), so at most one large scratch file exists at a time. Small pickles are
-        collected and sent in batches: one parallel existence check, then one parallel upload of
-        the missing ones. If one value cannot be pickled, :class:`ArtifactSaveError` names it;
-        some values before it may already be stored, unreferenced, which is harmless.
+        - Pickles up to :data:`PACK_ITEM_MAX_BYTES` go into packs of up to
+          :data:`PACK_MAX_BYTES`: one existence check and at most one write per pack, none per
+          artifact. (A small value that also sits in another pack is stored again: that costs a
+          few bytes, where checking each small artifact would cost a request each.)
+        - Other in-memory pickles are sent in batches: one parallel existence check, then one
+          parallel upload of the missing ones.
+        - Large pickles (spilled to a scratch file while pickling) are stored one by one as soon as
+          they are pickled, so at most one large scratch file exists at a time.
+
+        If one value cannot be pickled, :class:`ArtifactSaveError` names it; some values before it
+        may already be stored, unreferenced, which is harmless.
         """
         refs: dict[str, ArtifactRef] = {}
-        pending: dict[str, bytes] = {}  # blob key -> small pickle, waiting for a batch
+        pack = _PackBuilder()
+        pending: dict[str, bytes] = {}  # blob key -> medium pickle, waiting for a batch
         pending_bytes = 0
         scratch_dir = self.backend.scratch_dir()
         for name, value in values.items():
             blob = encoding.encode(value, name=name, scratch_dir=scratch_dir)
-            refs[name] = ArtifactRef(
+            ref = ArtifactRef(
                 hash=blob.hash, type=qualified_type_name(value), size=blob.size, repr=short_repr(value)
             )
-            key = blob_key(blob.hash)
-            if key in self._known_blobs:
+            known = self._locations.get(blob.hash)
+            if known is not None:
                 blob.discard()
+                refs[name] = ref.located(known)
                 continue
+            if blob.data is not None and blob.size <= PACK_ITEM_MAX_BYTES:
+                pack.add(name, ref, blob.data)
+                if pack.size >= PACK_MAX_BYTES:
+                    refs.update(self._store_pack(pack))
+                    pack = _PackBuilder()
+                continue
+            refs[name] = ref
+            key = blob_key(blob.hash)
             if blob.data is not None:
                 if key not in pending:
                     pending[key] = blob.data
@@ -162,8 +216,24 @@ class ArtifactStore:
                     self.backend.adopt_file(key, path)
             finally:
                 blob.discard()
-            self._remember(key)
+            self._remember(blob.hash, (None, 0))
+        refs.update(self._store_pack(pack))
         self._store_small(pending)
+        return {name: refs[name] for name in values}
+
+    def _store_pack(self, pack: _PackBuilder) -> dict[str, ArtifactRef]:
+        if not pack.items:
+            return {}
+        data = pack.data()
+        pack_hash = encoding.content_hash(data)
+        key = blob_key(pack_hash)
+        if not self.backend.exists(key):  # one check per pack: a re-run's identical pack is free
+            self.backend.put_bytes(key, data)
+        refs = {}
+        for name, ref, offset in pack.items:
+            refs[name] = ref.located((pack_hash, offset))
+            self._remember(ref.hash, (pack_hash, offset))
+        self._cache_pack(pack_hash, data)
         return refs
 
     def _store_small(self, pending: dict[str, bytes]) -> None:
@@ -171,22 +241,35 @@ class ArtifactStore:
             return
         existing = self.backend.exists_many(pending)
         self.backend.put_many_bytes({key: data for key, data in pending.items() if key not in existing})
-        self._remember(*pending)
+        for key in pending:
+            self._remember(key.rsplit("/", 1)[-1], (None, 0))
 
-    def _remember(self, *keys: str) -> None:
-        with self._known_blobs_lock:
-            self._known_blobs.update(keys)
+    def _remember(self, blob_hash: str, location: _Location) -> None:
+        with self._lock:
+            self._locations.setdefault(blob_hash, location)
 
     def load(self, ref_or_hash: ArtifactRef | str) -> Any:
-        """The value stored under a reference (or a bare hash)."""
+        """The value stored under a reference (or the bare hash of a blob of its own)."""
         if isinstance(ref_or_hash, ArtifactRef):
+            ref: ArtifactRef | None = ref_or_hash
             blob_hash, size = ref_or_hash.hash, ref_or_hash.size
             what = f"artifact of type {ref_or_hash.type} ({ref_or_hash.repr})"
         else:
-            blob_hash, size, what = ref_or_hash, None, "artifact"
-        key = blob_key(blob_hash)
+            ref, blob_hash, size, what = None, ref_or_hash, None, "artifact"
+        pack_hash = ref.pack if ref is not None else None
+        key = blob_key(pack_hash or blob_hash)
         try:
-            value = encoding.decode(self.backend, key, size)
+            if pack_hash is not None:
+                assert ref is not None
+                pickled = self._pack(pack_hash, key)[ref.offset : ref.offset + ref.size]
+                if len(pickled) != ref.size or encoding.content_hash(pickled) != blob_hash:
+                    raise DatastoreError(
+                        f"The {what} in pack {pack_hash} at {self.backend.describe(key)} does not match "
+                        f"its hash {blob_hash}: the pack is damaged or the reference is wrong."
+                    )
+                value = pickle.loads(pickled)
+            else:
+                value = encoding.decode(self.backend, key, size)
         except ArtifactNotFoundError as error:
             raise ArtifactNotFoundError(
                 f"The {what} with hash {blob_hash} is missing from the datastore {self.backend.root}: "
@@ -201,5 +284,47 @@ class ArtifactStore:
                 f"{type(error).__name__}: {error}. If a module is missing, install the same packages "
                 f"(and versions) as the step that saved it."
             ) from error
-        self._remember(key)
+        self._remember(blob_hash, (pack_hash, ref.offset if ref is not None else 0))
         return value
+
+    def _pack(self, pack_hash: str, key: str) -> bytes:
+        """A pack's bytes, fetched once and kept while recently used (its pack-mates follow)."""
+        with self._lock:
+            data = self._packs.get(pack_hash)
+            if data is not None:
+                self._packs.move_to_end(pack_hash)
+                return data
+        data = self.backend.get_bytes(key)
+        self._cache_pack(pack_hash, data)
+        return data
+
+    def _cache_pack(self, pack_hash: str, data: bytes) -> None:
+        with self._lock:
+            if pack_hash in self._packs:
+                return
+            self._packs[pack_hash] = data
+            self._packs_bytes += len(data)
+            while self._packs_bytes > _PACK_CACHE_BYTES and len(self._packs) > 1:
+                _, evicted = self._packs.popitem(last=False)
+                self._packs_bytes -= len(evicted)
+
+
+class _PackBuilder:
+    """Small pickles collected into one object, each remembered with its offset."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, ArtifactRef, int]] = []
+        self._chunks: list[bytes] = []
+        self._offsets: dict[str, int] = {}  # blob hash -> offset: equal values are packed once
+        self.size = 0
+
+    def add(self, name: str, ref: ArtifactRef, data: bytes) -> None:
+        offset = self._offsets.get(ref.hash)
+        if offset is None:
+            offset = self._offsets[ref.hash] = self.size
+            self._chunks.append(data)
+            self.size += len(data)
+        self.items.append((name, ref, offset))
+
+    def data(self) -> bytes:
+        return b"".join(self._chunks)

@@ -129,6 +129,13 @@ class _HashingSpool:
         self._chunks = []
 
 
+def content_hash(data: bytes) -> str:
+    """The name of a blob with these bytes (the same hash :func:`encode` computes while pickling)."""
+    from blake3 import blake3
+
+    return blake3(data).hexdigest()
+
+
 def encode(
     value: Any, *, name: str, scratch_dir: str | None = None, in_memory_limit: int = IN_MEMORY_LIMIT
 ) -> EncodedBlob:
