@@ -22,9 +22,10 @@ def backend_for_root(root: str) -> StorageBackend:
         )
     root = root.strip()
     if root.startswith("s3://"):
+        from airflow_flowspec.config import s3_multipart_threshold_bytes
         from airflow_flowspec.datastore.backends.s3 import S3Backend
 
-        return S3Backend(root)
+        return S3Backend(root, multipart_threshold=s3_multipart_threshold_bytes())
     if root.startswith("file://"):
         path = unquote(root[len("file://") :])
         if not path:

@@ -184,13 +184,17 @@ class S3Backend(StorageBackend):
     def put_file(self, key: str, local_path: str) -> None:
         size = os.path.getsize(local_path)
         client = self.client
-        self._call(
-            "write",
-            key,
-            lambda: client.upload_file(
-                local_path, self.bucket, self.prefix + key, Config=self._transfer_config
-            ),
-        )
+
+        def put_in_one_request() -> None:
+            # put_object streams the open file; upload_file's transfer manager would add a
+            # thread hand-off and chunk copies for nothing below the multipart threshold.
+            with open(local_path, "rb") as body:
+                client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body)
+
+        def put_in_parts() -> None:
+            client.upload_file(local_path, self.bucket, self.prefix + key, Config=self._transfer_config)
+
+        self._call("write", key, put_in_one_request if size < self._multipart_threshold else put_in_parts)
         self.counters.add(written=size, requests=self._transfer_requests(size))
 
     def _transfer_requests(self, size: int) -> int:
