@@ -52,18 +52,32 @@ def get_option(option: str) -> str:
     env = os.environ.get(f"AIRFLOW__{SECTION.upper()}__{option.upper()}")
     if env is not None and env != "":
         return env
-    cfg = _airflow_cfg_path()
-    if cfg.is_file():
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            parser.read(cfg)
-        except configparser.Error:
-            parser = None  # an unreadable airflow.cfg is Airflow's error to report, not ours
-        if parser is not None and parser.has_option(SECTION, option):
-            value = parser.get(SECTION, option).strip()
-            if value:
-                return value
-    return DEFAULTS[option]
+    value = _cfg_section(_airflow_cfg_path()).get(option, "")
+    return value if value else DEFAULTS[option]
+
+
+_cfg_cache: dict[Path, tuple[float, dict[str, str]]] = {}
+
+
+def _cfg_section(cfg: Path) -> dict[str, str]:
+    """``[flowspec]`` of airflow.cfg, re-read only when the file changes (options are read per XCom)."""
+    try:
+        mtime = cfg.stat().st_mtime
+    except OSError:
+        return {}
+    cached = _cfg_cache.get(cfg)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(cfg)
+    except configparser.Error:
+        return {}  # an unreadable airflow.cfg is Airflow's error to report, not ours
+    section = {}
+    if parser.has_section(SECTION):
+        section = {key: value.strip() for key, value in parser.items(SECTION)}
+    _cfg_cache[cfg] = (mtime, section)
+    return section
 
 
 def datastore_root() -> str:
