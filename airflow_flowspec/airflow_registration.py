@@ -26,7 +26,7 @@ def register_if_parsing(flow_class: type) -> None:
     module_name = flow_class.__module__
     if not _dagbag_importing(module_name) or not _defines_steps(flow_class):
         return
-    from airflow_flowspec.graph import FlowGraph
+    from airflow_flowspec.graph import graph_of
     from airflow_flowspec.lint import lint_flow
     from airflow_flowspec.translator import build_dag
 
@@ -35,7 +35,7 @@ def register_if_parsing(flow_class: type) -> None:
     previous = flow_class.__dict__.get("_flowspec_dag")
     if previous is not None:  # a class decorator changed the flow after the class was created
         _unregister(context, previous)
-    graph = FlowGraph(flow_class)
+    graph = graph_of(flow_class)
     lint_flow(graph)
     flow_class._flowspec_dag = build_dag(flow_class, graph, module.__file__)
 
@@ -59,10 +59,10 @@ def _defines_steps(flow_class: type) -> bool:
 
 def dag_for(flow_class: type, flow_file: str) -> Any:
     """Lint the flow and build its DAG outside a DagBag import (``python flow.py run``)."""
-    from airflow_flowspec.graph import FlowGraph
+    from airflow_flowspec.graph import graph_of
     from airflow_flowspec.lint import lint_flow
     from airflow_flowspec.translator import build_dag
 
-    graph = FlowGraph(flow_class)
+    graph = graph_of(flow_class)
     lint_flow(graph)
     return build_dag(flow_class, graph, flow_file)

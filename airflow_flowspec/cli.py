@@ -53,11 +53,11 @@ def _parser(flow_class: type) -> argparse.ArgumentParser:
 
 
 def _dispatch(flow_class: type, argv: list[str]) -> int:
-    from airflow_flowspec.graph import FlowGraph
+    from airflow_flowspec.graph import graph_of
     from airflow_flowspec.lint import lint_flow
 
     args = _parser(flow_class).parse_args(argv)
-    graph = FlowGraph(flow_class)
+    graph = graph_of(flow_class)
     if args.command == "show":
         print(graph.to_text())
         return 0

@@ -16,6 +16,7 @@ import heapq
 import inspect
 import linecache
 import sys
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -651,3 +652,19 @@ def _parse_switch(
         cases[key.value] = target
     node.switch_cases = cases
     node.out_funcs = _unique(list(cases.values()))
+
+
+_graphs: weakref.WeakKeyDictionary[type, FlowGraph] = weakref.WeakKeyDictionary()
+
+
+def graph_of(flow_class: type) -> FlowGraph:
+    """The flow's graph, read from its source once per class object.
+
+    Every task of a run in one process (``dag.test()``, a worker's task runner) and the CLI's
+    lint-then-run reuse it instead of parsing the class source again. A changed flow file is loaded
+    as a new class object, so it gets a new graph.
+    """
+    graph = _graphs.get(flow_class)
+    if graph is None:
+        graph = _graphs[flow_class] = FlowGraph(flow_class)
+    return graph

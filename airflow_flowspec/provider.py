@@ -21,7 +21,7 @@ def get_provider_info() -> dict[str, Any]:
                     name: {
                         "description": DESCRIPTIONS[name],
                         "version_added": "0.1.0",
-                        "type": "integer" if name in ("xcom_inline_max_bytes", "s3_multipart_threshold_mb") else "string",
+                        "type": "integer" if DEFAULTS[name].isdigit() else "string",
                         "example": None,
                         "default": DEFAULTS[name],
                     }

@@ -87,11 +87,11 @@ class TaskState:
 def run_step(spec: TaskSpec, datastore: Any = None) -> StepResult:
     """Run the task described by ``spec`` and return what Airflow should publish."""
     from airflow_flowspec.datastore import open_datastore
-    from airflow_flowspec.graph import FlowGraph
+    from airflow_flowspec.graph import graph_of
 
     datastore = datastore or open_datastore(spec.datastore_root)
     flow_class = load_flow_class(spec.flow_file, spec.flow_name)
-    graph = FlowGraph(flow_class)
+    graph = graph_of(flow_class)
     node = graph[spec.step]
     step_func = getattr(flow_class, spec.step)
     decorators = step_decorators_of(step_func)
