@@ -1,0 +1,163 @@
+"""``python flow.py run`` of a 3-step hello flow: ours vs Metaflow, with where our time goes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from cases.vs_metaflow_blob import (
+    FLOWS,
+    alternate,
+    first_run_note,
+    metaflow_copy,
+    ours_env,
+    run_metaflow,
+    run_ours,
+    warm_up,
+)
+from common import Context, Measurement, median, run_python
+
+HELLO = FLOWS / "hello_flow.py"
+
+# Our `run_locally`, phase by phase, in a fresh process (same environment as `python flow.py run`).
+PHASES = """
+import gc, json, sys, time
+gc.disable()  # as run_locally does while Airflow is imported
+phases = {}
+def mark(name, start):
+    now = time.perf_counter()
+    phases[name] = now - start
+    return now
+t = time.perf_counter()
+import airflow_flowspec
+t = mark("import airflow_flowspec", t)
+from airflow_flowspec.graph import graph_of
+from airflow_flowspec.lint import lint_flow
+from airflow_flowspec.runtime.flow_loader import load_flow_class
+flow_class = load_flow_class(sys.argv[1], sys.argv[2])
+lint_flow(graph_of(flow_class))
+t = mark("flow file + graph + lint", t)
+from airflow_flowspec import local_run
+home = local_run.prepare_environment()
+local_run.quiet_airflow_warnings()
+import airflow.sdk
+t = mark("import airflow.sdk (config, settings, ORM)", t)
+from airflow_flowspec.airflow_registration import dag_for
+dag = dag_for(flow_class, sys.argv[1])
+t = mark("build DAG", t)
+local_run.ensure_database(home)
+t = mark("DB check", t)
+local_run.sync_dag(dag)
+t = mark("DAG sync", t)
+local_run._build_lean_execution_api()
+t = mark("execution API routes import (newest version only)", t)
+gc.freeze()
+gc.enable()
+from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor
+client = InProcessTestSupervisor._api_client(dag)
+t = mark("execution API: app", t)
+client.get("health")
+t = mark("execution API: first request (Cadwyn builds its routers)", t)
+from datetime import datetime, timezone
+for name in ("first", "second"):
+    now = datetime.now(timezone.utc)
+    run = dag.test(logical_date=now, run_after=now)
+    assert str(run.state) == "success", run.state
+    t = mark(f"dag.test ({name})", t)
+print(json.dumps(phases))
+"""
+
+
+def timeline(context: Context) -> dict[str, float]:
+    """One diagnostic ``python flow.py run`` (ours), timestamping its output lines."""
+    env = {**os.environ, **ours_env(context, "timeline")}
+    cwd = tempfile.mkdtemp(prefix="cwd-", dir=context.workdir)
+    marks: dict[str, float] = {}
+    start = time.perf_counter()
+    with subprocess.Popen(
+        [sys.executable, str(HELLO), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=cwd,
+    ) as process:
+        for line in process.stdout:
+            now = time.perf_counter() - start
+            if line.startswith("Run id:"):
+                marks["run id printed"] = now
+            elif "Task is starting." in line:
+                marks.setdefault("first task starts", now)
+            elif "Task finished successfully." in line:
+                marks["last task finished"] = now
+            elif " succeeded." in line:
+                marks["run reported"] = now
+    assert process.wait() == 0 and len(marks) == 4, marks
+    marks["process exited"] = time.perf_counter() - start
+    shutil.rmtree(cwd, ignore_errors=True)
+    shutil.rmtree(context.workdir / "datastores" / "timeline", ignore_errors=True)
+    return marks
+
+
+def _wall(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def breakdown(context: Context) -> str:
+    bare = median([_wall([sys.executable, "-c", "pass"]) for _ in range(3)])
+    marks = timeline(context)
+    phases = run_python(PHASES, str(HELLO), "HelloFlow", env=ours_env(context, "phases"))
+    shutil.rmtree(context.workdir / "datastores" / "phases", ignore_errors=True)
+    steps = 3
+    line = (
+        f"CLI timeline (one run): 'Run id' printed at {marks['run id printed']:.2f} s (interpreter "
+        f"{bare:.2f} s, imports, DB check, DAG sync), first task starts at "
+        f"{marks['first task starts']:.2f} s "
+        f"(dag.test set-up incl. the in-process execution API), last task done at "
+        f"{marks['last task finished']:.2f} s, exit at {marks['process exited']:.2f} s "
+        f"({marks['process exited'] - marks['run reported']:.2f} s of interpreter teardown after the "
+        f"result line). Phases in a fresh process: "
+        + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items())
+        + f"; steady per task {phases['dag.test (second)'] / steps * 1000:.0f} ms"
+    )
+    return line
+
+
+def run(context: Context) -> list[Measurement]:
+    metaflow_flow = metaflow_copy(context, HELLO)
+    warm_up(context)
+    expected = "HelloFlow is all done."
+
+    def ours(index: int):
+        result = run_ours(context, HELLO, f"hello-{index}")
+        assert expected in result[2], result[2][-2000:]
+        return result[0]
+
+    def metaflow(index: int):
+        result = run_metaflow(context, metaflow_flow, f"hello-{index}")
+        assert expected in result[2], result[2][-2000:]
+        return result[0]
+
+    ours_walls, metaflow_walls = alternate(context, ours, metaflow)
+    note = (
+        f"ours {'/'.join(f'{w:.2f}' for w in ours_walls)} s, Metaflow "
+        f"{'/'.join(f'{w:.2f}' for w in metaflow_walls)} s; {first_run_note(context)}. " + breakdown(context)
+    )
+    return [
+        Measurement(
+            "10 hello flow vs Metaflow",
+            "python flow.py run (3 steps): wall time",
+            median(ours_walls),
+            median(metaflow_walls),
+            "s",
+            "Metaflow 2.19 local",
+            max_ratio=1.5,
+            note=note,
+        )
+    ]
