@@ -23,14 +23,21 @@ def is_stored_value(value: Any) -> bool:
     return isinstance(value, dict) and value.get(STORED_MARKER) == 1 and "key" in value
 
 
+#: What :func:`_plain_json_size` says of a value that is not plain JSON, or is larger than asked.
+NOT_PLAIN_JSON = -1
+OVER_BUDGET = -2
+
+
 def _plain_json_size(value: Any, budget: int) -> int:
-    """Approximate JSON size of a plain JSON value, or -1 once over budget or not plain JSON.
+    """Approximate JSON size of a plain JSON value, NOT_PLAIN_JSON, or OVER_BUDGET.
 
     Walks the value with an early exit, so a 50 MB value is rejected after ``budget`` bytes of
-    work instead of being JSON-encoded first just to be measured.
+    work instead of being JSON-encoded (or walked by Airflow's serde) first just to be measured.
+    A value that is not plain JSON is still measured, so that a large one is known to be large.
     """
     stack = [value]
     size = 0
+    plain = True
     while stack:
         item = stack.pop()
         if isinstance(item, str):
@@ -43,15 +50,20 @@ def _plain_json_size(value: Any, budget: int) -> int:
         elif isinstance(item, dict):
             size += 2 + len(item)
             for key, child in item.items():
-                if not isinstance(key, str):
-                    return -1
-                size += len(key) + 3
+                if isinstance(key, str):
+                    size += len(key) + 3
+                else:
+                    plain = False
                 stack.append(child)
+        elif isinstance(item, (bytes, bytearray)):
+            plain = False
+            size += len(item)
         else:
-            return -1
+            plain = False
+            size += 8
         if size > budget:
-            return -1
-    return size
+            return OVER_BUDGET
+    return size if plain else NOT_PLAIN_JSON
 
 
 def fits_inline(value: Any) -> Any:
@@ -61,11 +73,12 @@ def fits_inline(value: Any) -> Any:
     from airflow_flowspec import config
 
     limit = config.xcom_inline_max_bytes()
-    if _plain_json_size(value, limit) >= 0:
+    size = _plain_json_size(value, limit)
+    if size >= 0:
         return value
-    if isinstance(value, (bytes, bytearray, memoryview)) or hasattr(value, "__array__"):
+    if size == OVER_BUDGET or isinstance(value, (bytes, memoryview)) or hasattr(value, "__array__"):
         return None
-    try:
+    try:  # small, but not plain JSON (a set, a datetime...): inline if Airflow's serde can carry it
         serialized = BaseXCom.serialize_value(value)
     except Exception:  # noqa: BLE001 - anything Airflow's serde cannot carry is pickled instead
         return None
