@@ -228,7 +228,7 @@ def run(context: Context) -> list[Measurement]:
             f"{part('ours', 'pull'):.2f} s vs {part('theirs', 'pull'):.2f} s (theirs uncompressed, threshold "
             f"64 KB like ours, moto S3 on loopback). Our push = fits_inline "
             f"{part('ours', 'inline_check'):.2f} s "
-            f"(Airflow's serde + json.dumps of the whole value, only to find it too big) + store_value "
+            f"(the size check with an early exit) + store_value "
             f"{part('ours', 'store'):.2f} s (cloudpickle + upload)",
         ),
         Measurement(
