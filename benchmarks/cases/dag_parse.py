@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from common import Context, Measurement, median, run_python
+from common import Context, Measurement, median, private_airflow_env, run_python
 
 MS = 1000.0
 
@@ -131,19 +131,7 @@ def write_files(workdir: Path) -> tuple[Path, Path]:
 
 
 def airflow_env(workdir: Path) -> dict[str, str]:
-    home = workdir / "parse-airflow-home"
-    (home / "dags").mkdir(parents=True, exist_ok=True)
-    return {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-        "AIRFLOW__CORE__XCOM_BACKEND": "airflow_flowspec.xcom_backend.FlowspecXComBackend",
-        "AIRFLOW__CORE__MIGHT_CONTAIN_DAG_CALLABLE": "airflow_flowspec.discovery.might_contain_dag",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        "AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(workdir / "parse-datastore"),
-        "FLOWSPEC_HOME": str(workdir / "parse-flowspec-home"),
-    }
+    return private_airflow_env(workdir / "parse")
 
 
 def bytecode_env() -> dict[str, str]:

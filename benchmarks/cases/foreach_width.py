@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from common import BENCHMARKS, Context, Measurement, median, run_python
+from common import BENCHMARKS, Context, Measurement, median, private_airflow_env, run_python
 
 FLOW = BENCHMARKS / "flows" / "width_flow.py"
 SMALL, NARROW, WIDE = 1, 100, 2000
@@ -148,18 +148,7 @@ print(json.dumps({"time": elapsed, "cpu": cpu, "steps": steps, "state": str(dag_
 
 
 def environment(root: Path, *, max_map_length: int | None) -> dict[str, str]:
-    home = root / "airflow"
-    env = {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-        "AIRFLOW__CORE__XCOM_BACKEND": "airflow_flowspec.xcom_backend.FlowspecXComBackend",
-        "AIRFLOW__CORE__MIGHT_CONTAIN_DAG_CALLABLE": "airflow_flowspec.discovery.might_contain_dag",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        "AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(root / "datastore"),
-        "FLOWSPEC_HOME": str(root / "flowspec-home"),
-    }
+    env = private_airflow_env(root)
     if max_map_length is not None:
         env["AIRFLOW__CORE__MAX_MAP_LENGTH"] = str(max_map_length)
     return env
