@@ -25,14 +25,14 @@ XCOM_BACKEND = "airflow_flowspec.xcom_backend.FlowspecXComBackend"
 DISCOVERY_CALLABLE = "airflow_flowspec.discovery.might_contain_dag"
 
 
-def prepare_environment() -> Path:
-    """Point Airflow at a ready-to-use home; return it. A user's AIRFLOW_HOME is left as it is."""
-    if os.environ.get("AIRFLOW_HOME"):
-        return Path(os.environ["AIRFLOW_HOME"])
-    home = default_home() / "airflow"
-    (home / "dags").mkdir(parents=True, exist_ok=True)
-    os.environ["AIRFLOW_HOME"] = str(home)
-    defaults = {
+def airflow_environment(home: Path) -> dict[str, str]:
+    """The Airflow settings of a private home: SQLite, our XCom backend and flow discovery, quiet logs.
+
+    Shared by ``python flow.py run``, the tests and the benchmarks, so all three run the Airflow a
+    user of the embedded default gets.
+    """
+    return {
+        "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
         "AIRFLOW__CORE__XCOM_BACKEND": XCOM_BACKEND,
@@ -40,7 +40,16 @@ def prepare_environment() -> Path:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
     }
-    for name, value in defaults.items():
+
+
+def prepare_environment() -> Path:
+    """Point Airflow at a ready-to-use home; return it. A user's AIRFLOW_HOME is left as it is."""
+    if os.environ.get("AIRFLOW_HOME"):
+        return Path(os.environ["AIRFLOW_HOME"])
+    home = default_home() / "airflow"
+    (home / "dags").mkdir(parents=True, exist_ok=True)
+    os.environ["AIRFLOW_HOME"] = str(home)
+    for name, value in airflow_environment(home).items():
         os.environ.setdefault(name, value)
     return home
 

@@ -101,16 +101,12 @@ def s3_environment(endpoint: str) -> dict[str, str]:
 def private_airflow_env(root: Path) -> dict[str, str]:
     """Environment for an Airflow home, SQLite DB and datastore of its own under ``root``
     (set before Airflow is imported in the child), configured as a flowspec user would."""
+    from airflow_flowspec.local_run import airflow_environment  # imports no Airflow
+
     home = root / "airflow"
     (home / "dags").mkdir(parents=True, exist_ok=True)
     return {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-        "AIRFLOW__CORE__XCOM_BACKEND": "airflow_flowspec.xcom_backend.FlowspecXComBackend",
-        "AIRFLOW__CORE__MIGHT_CONTAIN_DAG_CALLABLE": "airflow_flowspec.discovery.might_contain_dag",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        **airflow_environment(home),
         "AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(root / "datastore"),
         "FLOWSPEC_HOME": str(root / "flowspec-home"),
     }

@@ -24,14 +24,10 @@ def configure_airflow() -> Path:
     root = Path(tempfile.mkdtemp(prefix="flowspec-tests-"))
     home = root / "airflow"
     (home / "dags").mkdir(parents=True)
+    from airflow_flowspec.local_run import airflow_environment  # imports no Airflow
+
     env = {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-        "AIRFLOW__CORE__XCOM_BACKEND": "airflow_flowspec.xcom_backend.FlowspecXComBackend",
-        "AIRFLOW__CORE__MIGHT_CONTAIN_DAG_CALLABLE": "airflow_flowspec.discovery.might_contain_dag",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        **airflow_environment(home),
         "AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(root / "datastore"),
         "FLOWSPEC_HOME": str(root / "flowspec-home"),
     }

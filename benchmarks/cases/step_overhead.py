@@ -24,18 +24,11 @@ CHILD = """
 import json, logging, os, sys, time
 from datetime import datetime, timezone
 kind, steps, home, flows = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-os.environ.update({
-    "AIRFLOW_HOME": home,
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__CORE__DAGS_FOLDER": os.path.join(home, "dags"),
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite:///" + os.path.join(home, "airflow.db"),
-    "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-    # ours: our XCom backend (as `python flow.py run` configures it); TaskFlow: Airflow's default
-    "AIRFLOW__CORE__XCOM_BACKEND": "airflow_flowspec.xcom_backend.FlowspecXComBackend"
-    if kind == "ours" else "airflow.sdk.execution_time.xcom.BaseXCom",
-})
-from airflow_flowspec.local_run import ensure_database, quiet_airflow_warnings, sync_dag
 from pathlib import Path
+from airflow_flowspec.local_run import airflow_environment, ensure_database, quiet_airflow_warnings, sync_dag
+os.environ.update(airflow_environment(Path(home)))
+if kind != "ours":  # TaskFlow: Airflow's default XCom backend; ours: as `python flow.py run` sets it
+    os.environ["AIRFLOW__CORE__XCOM_BACKEND"] = "airflow.sdk.execution_time.xcom.BaseXCom"
 quiet_airflow_warnings()
 logging.getLogger("airflow").setLevel(logging.WARNING)
 ensure_database(Path(home))
