@@ -378,6 +378,67 @@ def test_large_objects_on_s3_go_up_in_parallel_parts(s3_endpoint, scratch):
     assert os.listdir(scratch) == []  # the downloaded copy is removed after unpickling
 
 
+def test_streamed_writes_land_whole_or_not_at_all(datastore):
+    """put_stream (how XCom values are stored): the bytes arrive whole; a failure mid-way keeps
+    what the key held before and leaves no temporary file behind."""
+    backend = datastore.backend
+    chunks = [os.urandom(1024 * 1024) for _ in range(3)]
+    assert backend.put_stream("x/value.pkl", lambda stream: [stream.write(c) for c in chunks]) == 3 * 2**20
+    assert backend.get_bytes("x/value.pkl") == b"".join(chunks)
+
+    def fails_half_way(stream):
+        stream.write(b"partial" * 1000)
+        raise ArtifactSaveError("value", "cannot pickle 'generator' object")
+
+    with pytest.raises(ArtifactSaveError):
+        backend.put_stream("x/value.pkl", fails_half_way)
+    assert backend.get_bytes("x/value.pkl") == b"".join(chunks)
+    assert stored_keys(datastore) == ["x/value.pkl"]
+
+
+def test_big_streamed_writes_go_up_in_parts_while_written_and_abort_cleanly(s3_endpoint):
+    backend = S3Backend(f"s3://{BUCKET}/stream-{uuid.uuid4().hex}", multipart_threshold=5 * 1024 * 1024)
+    payload = os.urandom(20 * 1024 * 1024)
+    in_progress_while_writing = []
+
+    def fill(stream):
+        for start in range(0, len(payload), 1024 * 1024):
+            stream.write(payload[start : start + 1024 * 1024])
+        uploads = backend.client.list_multipart_uploads(Bucket=BUCKET, Prefix=backend.prefix)
+        in_progress_while_writing.extend(upload["Key"] for upload in uploads.get("Uploads", []))
+
+    assert backend.put_stream("big.pkl", fill) == len(payload)
+    assert backend.get_bytes("big.pkl") == payload
+    assert in_progress_while_writing == [backend.prefix + "big.pkl"]  # parts went up during writing
+    assert backend.counters.requests == 5 + 1  # create + 8 MB, 8 MB, 4 MB parts + complete; the GET
+
+    def fails_after_two_parts(stream):
+        stream.write(os.urandom(18 * 1024 * 1024))
+        raise ArtifactSaveError("model", "cannot pickle '_thread.lock' object")
+
+    with pytest.raises(ArtifactSaveError):
+        backend.put_stream("big.pkl", fails_after_two_parts)
+    assert backend.get_bytes("big.pkl") == payload  # the earlier object is untouched
+    uploads = backend.client.list_multipart_uploads(Bucket=BUCKET, Prefix=backend.prefix)
+    assert uploads.get("Uploads", []) == []  # the parts already sent were discarded
+
+
+def test_a_stream_that_breaks_off_is_a_datastore_error_not_a_bad_pickle(s3_endpoint, monkeypatch):
+    backend = S3Backend(f"s3://{BUCKET}/short-{uuid.uuid4().hex}")
+    backend.put_bytes("value.pkl", b"0123456789")
+    real_get = backend.client.get_object
+
+    def get_object_cut_short(**kwargs):
+        response = real_get(**kwargs)
+        response["ContentLength"] = 10_000  # the connection drops after the first 10 bytes
+        return response
+
+    monkeypatch.setattr(backend.client, "get_object", get_object_cut_short)
+    with backend.open_read("value.pkl") as stream, pytest.raises(DatastoreError) as caught:
+        stream.read()
+    assert "value.pkl" in str(caught.value) and "broke off" in str(caught.value)
+
+
 # -- references -------------------------------------------------------------------------------------
 
 

@@ -197,6 +197,31 @@ class S3Backend(StorageBackend):
         self._call("write", key, put_in_one_request if size < self._multipart_threshold else put_in_parts)
         self.counters.add(written=size, requests=self._transfer_requests(size))
 
+    def put_stream(self, key: str, fill: Callable[[BinaryIO], None]) -> int:
+        """Upload while ``fill`` writes: one PUT up to the multipart threshold, else parts in flight."""
+        from airflow_flowspec.datastore.backends.s3_streams import StreamingUpload
+
+        upload = StreamingUpload(
+            self.client,
+            self.bucket,
+            self.prefix + key,
+            single_put_limit=self._multipart_threshold,
+            concurrency=MULTIPART_CONCURRENCY // 2,
+            translate=lambda error: self._error(error, key, "write"),
+        )
+
+        def write_all() -> int:
+            try:
+                fill(upload)  # type: ignore[arg-type] - a RawIOBase is a binary stream
+                return upload.finish()
+            except BaseException:
+                upload.abort()
+                raise
+
+        size = self._call("write", key, write_all)
+        self.counters.add(written=size, requests=upload.requests)
+        return size
+
     def _transfer_requests(self, size: int) -> int:
         if size < self._multipart_threshold:
             return 1
@@ -215,11 +240,25 @@ class S3Backend(StorageBackend):
         return data
 
     def open_read(self, key: str) -> BinaryIO:
+        """One GET, read as it arrives; a dropped or short stream raises a DatastoreError."""
+        import io
+
+        from airflow_flowspec.datastore.backends.s3_streams import CheckedBody
+
         response = self._call(
             "read", key, lambda: self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
         )
-        self.counters.add(read=int(response.get("ContentLength", 0)))
-        return response["Body"]
+        size = int(response.get("ContentLength", 0))
+        self.counters.add(read=size)
+
+        def failure(error: Exception | None) -> DatastoreError:
+            what = f"{type(error).__name__}: {error}" if error is not None else "the stream ended early"
+            return DatastoreError(
+                f"Reading {self.describe(key)} ({size} bytes) from S3 broke off: {what}. Nothing was "
+                f"changed; run the task again (a network problem), or check the object."
+            )
+
+        return io.BufferedReader(CheckedBody(response["Body"], size, failure), 1024 * 1024)  # type: ignore[return-value]
 
     def download_file(self, key: str, local_path: str) -> None:
         client = self.client
