@@ -11,7 +11,6 @@ what is wrong, and saying how to fix it, is :mod:`airflow_flowspec.lint`'s job.
 from __future__ import annotations
 
 import ast
-import difflib
 import heapq
 import inspect
 import linecache
@@ -558,6 +557,8 @@ def _parse_transition(node: StepNode, call: ast.Call) -> None:
                 "num_parallel= (Metaflow's @parallel gang scheduling) is not supported by airflow-flowspec"
             )
         elif keyword.arg not in NEXT_KEYWORDS:
+            import difflib  # only for this error message; not on the DAG processor's parse path
+
             close = difflib.get_close_matches(keyword.arg, NEXT_KEYWORDS, n=1)
             hint = f" (did you mean {close[0]}=?)" if close else ""
             problems.append(f"it has an unknown keyword argument {keyword.arg}={hint}")
