@@ -3,8 +3,10 @@
 boto3 and botocore are imported only when the first request is made: Airflow imports this
 package at every DAG parse, and half a second of boto3 import per parse adds up.
 
-Speed comes from two places. Big objects use boto3's managed transfer with large parts uploaded
-and downloaded by several threads (one stream rarely fills an EC2 instance's bandwidth). Many small
+Speed comes from three places. Big objects use boto3's managed transfer with large parts uploaded
+and downloaded by several threads (one stream rarely fills an EC2 instance's bandwidth). Values
+whose key is known before they are pickled (XComs) stream into S3 while being pickled
+(:mod:`.s3_streams`). Many small
 objects (a step setting hundreds of little artifacts) are written and checked on a thread pool,
 because each S3 request costs a round trip that dwarfs its payload.
 """
