@@ -13,6 +13,7 @@ from cases.vs_metaflow_blob import (
     FLOWS,
     alternate,
     first_run_note,
+    flowspec_home,
     metaflow_copy,
     ours_env,
     run_metaflow,
@@ -54,6 +55,7 @@ t = mark("DB check", t)
 local_run.sync_dag(dag)
 t = mark("DAG sync", t)
 local_run._build_lean_execution_api()
+local_run._initialize_metrics()
 t = mark("execution API routes import (newest version only)", t)
 gc.freeze()
 gc.enable()
@@ -70,6 +72,58 @@ for name in ("first", "second"):
     t = mark(f"dag.test ({name})", t)
 print(json.dumps(phases))
 """
+
+
+# Airflow alone, for reference: the same three steps as a hand-written TaskFlow DAG run with
+# dag.test() in a fresh process, with Airflow's default XCom backend and none of our code.
+PLAIN_AIRFLOW_DAG = """
+from airflow.sdk import dag, task
+
+
+@dag(dag_id="plain_hello", schedule=None)
+def plain_hello():
+    @task
+    def start():
+        print("HelloFlow is starting.")
+
+    @task
+    def hello():
+        print("Hello, world!")
+
+    @task
+    def end():
+        print("HelloFlow is all done.")
+
+    start() >> hello() >> end()
+
+
+the_dag = plain_hello()
+
+if __name__ == "__main__":
+    assert str(the_dag.test().state) == "success"
+"""
+
+
+def plain_airflow_wall(context: Context) -> float:
+    """Median wall time of the plain TaskFlow DAG's ``python dag.py`` (after one untimed run)."""
+    from airflow_flowspec.local_run import airflow_environment
+
+    home = flowspec_home(context) / "airflow"  # migrated by our warm-up run
+    dags = context.workdir / "plain-airflow-dags"
+    dags.mkdir(parents=True, exist_ok=True)
+    script = dags / "plain_hello.py"
+    script.write_text(PLAIN_AIRFLOW_DAG)
+    env = {**os.environ, **airflow_environment(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
+    for name in ("AIRFLOW__CORE__XCOM_BACKEND", "AIRFLOW__CORE__MIGHT_CONTAIN_DAG_CALLABLE"):
+        env.pop(name)
+
+    def wall() -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(script)], check=True, capture_output=True, env=env, cwd=dags)
+        return time.perf_counter() - start
+
+    wall()
+    return median([wall() for _ in range(3)])
 
 
 def timeline(context: Context) -> dict[str, float]:
@@ -115,7 +169,10 @@ def breakdown(context: Context) -> str:
     phases = run_python(PHASES, str(HELLO), "HelloFlow", env=ours_env(context, "phases"))
     shutil.rmtree(context.workdir / "datastores" / "phases", ignore_errors=True)
     steps = 3
+    plain = plain_airflow_wall(context)
     line = (
+        f"Airflow alone (the same 3 steps as a hand-written TaskFlow DAG, `python dag.py` calling "
+        f"dag.test(), default XCom, no airflow_flowspec): {plain:.2f} s. "
         f"CLI timeline (one run): 'Run id' printed at {marks['run id printed']:.2f} s (interpreter "
         f"{bare:.2f} s, imports, DB check, DAG sync), first task starts at "
         f"{marks['first task starts']:.2f} s "
