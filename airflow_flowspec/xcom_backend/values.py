@@ -112,8 +112,8 @@ def store_value(
     datastore = open_datastore(config.datastore_root())
     object_key = _xcom_key(dag_id, run_id, task_id, map_index, key)
     name = f"XCom '{key}' of task {task_id}"
-    # Straight to its key as it is pickled (the key does not depend on the bytes, unlike an
-    # artifact's): on S3 the upload runs while the pickler works, and no scratch file is written.
+    # Straight to its own key (which, unlike an artifact's, does not depend on the bytes): no hash,
+    # no existence check; the backend buffers the pickle in memory (or a scratch file if large).
     size = datastore.backend.put_stream(object_key, lambda stream: dump(value, stream, name=name))
     return {
         STORED_MARKER: 1,

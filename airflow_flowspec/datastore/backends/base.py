@@ -82,9 +82,9 @@ class StorageBackend(ABC):
     def put_stream(self, key: str, fill: Callable[[BinaryIO], None]) -> int:
         """Store under ``key`` what ``fill`` writes into the stream it is handed; return the size.
 
-        For values stored under a name known in advance (an XCom's own key): the bytes go to their
-        place as they are produced, with no scratch copy. If ``fill`` raises, nothing is stored and
-        the key keeps what it held.
+        For values stored under a name known in advance (an XCom's own key), so no hash has to be
+        computed before the key is known. If ``fill`` raises, nothing is stored and the key keeps
+        what it held.
         """
 
     def adopt_file(self, key: str, local_path: str) -> None:
