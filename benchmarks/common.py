@@ -116,6 +116,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def median_of(runs: list[dict], field: str) -> float:
+    """The median of one field over the JSON results of several child-process runs."""
+    return median([run[field] for run in runs])
+
+
 def timed(func: Callable[[], object]) -> float:
     start = time.perf_counter()
     func()

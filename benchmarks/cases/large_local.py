@@ -4,45 +4,32 @@ from __future__ import annotations
 
 import shutil
 
-from common import MB, Context, Measurement, median, run_python
+from common import MB, Context, Measurement, median, median_of, run_python
 
 SIZE = 256 * MB
 
 CHILD = """
-import json, os, pickle, sys, time
-import memory
+import json, os, pickle, sys
+from large_value import make_value, round_trip
 kind, mode, folder = sys.argv[1:4]
-size = int(sys.argv[4])
-if kind == "numpy":
-    import numpy
-    value = numpy.random.default_rng().random(size // 8)
-else:
-    value = os.urandom(size)
+value = make_value(kind, int(sys.argv[4]))
 if mode == "ours":
     from airflow_flowspec.datastore.store import Datastore
     store = Datastore(folder).artifacts
-    before = memory.reset_peak()
-    start = time.perf_counter()
-    ref = store.save("blob", value)
-    save = time.perf_counter() - start
-    extra = memory.peak_bytes() - before
-    start = time.perf_counter()
-    back = store.load(ref)
-    load = time.perf_counter() - start
+    result = round_trip(value, lambda: store.save("blob", value), store.load)
 else:
     path = os.path.join(folder, "raw.pkl")
-    before = memory.reset_peak()
-    start = time.perf_counter()
-    with open(path, "wb") as handle:
-        pickle.dump(value, handle, protocol=5)
-    save = time.perf_counter() - start
-    extra = memory.peak_bytes() - before
-    start = time.perf_counter()
-    with open(path, "rb") as handle:
-        back = pickle.load(handle)
-    load = time.perf_counter() - start
-assert len(back) == len(value)
-print(json.dumps({"save": save, "load": load, "extra": extra}))
+
+    def save():
+        with open(path, "wb") as handle:
+            pickle.dump(value, handle, protocol=5)
+
+    def load(_):
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+
+    result = round_trip(value, save, load)
+print(json.dumps(result))
 """
 
 
@@ -56,10 +43,6 @@ def measure(context: Context, kind: str) -> tuple[list[dict], list[dict]]:
             runs.append(run_python(CHILD, kind, mode, str(folder), str(SIZE)))
             shutil.rmtree(folder, ignore_errors=True)
     return ours, raw
-
-
-def fig(runs: list[dict], field: str) -> float:
-    return median([r[field] for r in runs])
 
 
 def run(context: Context) -> list[Measurement]:
@@ -76,8 +59,8 @@ def run(context: Context) -> list[Measurement]:
                 "s",
                 "pickle.dump + pickle.load",
                 max_ratio=1.15,
-                note=f"save {fig(ours, 'save'):.3f} s vs {fig(raw, 'save'):.3f} s, "
-                f"load {fig(ours, 'load'):.3f} s vs {fig(raw, 'load'):.3f} s",
+                note=f"save {median_of(ours, 'save'):.3f} s vs {median_of(raw, 'save'):.3f} s, "
+                f"load {median_of(ours, 'load'):.3f} s vs {median_of(raw, 'load'):.3f} s",
             )
         )
         rows.append(

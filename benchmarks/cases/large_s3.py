@@ -2,48 +2,32 @@
 
 from __future__ import annotations
 
-from common import MB, Context, Measurement, median, run_python
+from common import MB, Context, Measurement, median, median_of, run_python
 
 SIZE = 256 * MB
 
 CHILD = """
-import json, os, pickle, sys, time, uuid
+import json, pickle, sys, uuid
 import boto3
-import memory
+from large_value import make_value, round_trip
 kind, mode, root = sys.argv[1:4]
-size = int(sys.argv[4])
-if kind == "numpy":
-    import numpy
-    value = numpy.random.default_rng().random(size // 8)
-else:
-    value = os.urandom(size)
+value = make_value(kind, int(sys.argv[4]))
 if mode.startswith("ours"):
     from airflow_flowspec.datastore.store import Datastore
     store = Datastore(root).artifacts
     store.backend.client  # connect before measuring, as the raw client below is created first
-    before = memory.reset_peak()
-    start = time.perf_counter()
-    ref = store.save("blob", value)
-    save = time.perf_counter() - start
-    extra = memory.peak_bytes() - before
-    start = time.perf_counter()
-    back = store.load(ref)
-    load = time.perf_counter() - start
+    result = round_trip(value, lambda: store.save("blob", value), store.load)
 else:
     bucket, prefix = root[len("s3://"):].split("/", 1)
     key = f"{prefix}/raw-{uuid.uuid4().hex}"
     client = boto3.client("s3")
-    before = memory.reset_peak()
-    start = time.perf_counter()
-    client.put_object(Bucket=bucket, Key=key, Body=pickle.dumps(value, protocol=5))
-    save = time.perf_counter() - start
-    extra = memory.peak_bytes() - before
-    start = time.perf_counter()
-    back = pickle.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-    load = time.perf_counter() - start
+    result = round_trip(
+        value,
+        lambda: client.put_object(Bucket=bucket, Key=key, Body=pickle.dumps(value, protocol=5)),
+        lambda _: pickle.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read()),
+    )
     client.delete_object(Bucket=bucket, Key=key)
-assert len(back) == len(value)
-print(json.dumps({"save": save, "load": load, "extra": extra}))
+print(json.dumps(result))
 """
 
 
@@ -72,9 +56,6 @@ def run(context: Context) -> list[Measurement]:
             )
             raw.append(run_python(CHILD, kind, "raw", f"s3://bench/raw-{kind}-{index}", str(SIZE)))
 
-        def fig(runs, field):
-            return median([r[field] for r in runs])
-
         for runs, setting in ((ours, "default: parallel parts"), (single, "single request")):
             rows.append(
                 Measurement(
@@ -85,20 +66,20 @@ def run(context: Context) -> list[Measurement]:
                     "s",
                     "put_object(pickle.dumps) + get_object",
                     max_ratio=1.1,
-                    note=f"save {fig(runs, 'save'):.2f} s vs {fig(raw, 'save'):.2f} s, "
-                    f"load {fig(runs, 'load'):.2f} s vs {fig(raw, 'load'):.2f} s",
+                    note=f"save {median_of(runs, 'save'):.2f} s vs {median_of(raw, 'save'):.2f} s, "
+                    f"load {median_of(runs, 'load'):.2f} s vs {median_of(raw, 'load'):.2f} s",
                 )
             )
         rows.append(
             Measurement(
                 case,
                 f"256 MB {label}: extra peak RSS during save",
-                max(fig(ours, "extra"), fig(single, "extra")),
+                max(median_of(ours, "extra"), median_of(single, "extra")),
                 SIZE,
                 "B",
                 "object size",
                 max_ratio=0.3,
-                note=f"raw put_object(pickle.dumps(...)): {fig(raw, 'extra') / MB:.0f} MB",
+                note=f"raw put_object(pickle.dumps(...)): {median_of(raw, 'extra') / MB:.0f} MB",
             )
         )
     return rows
