@@ -35,8 +35,8 @@ DESCRIPTIONS: dict[str, str] = {
     "execution": "Where steps run: 'local' (on the Airflow worker). "
     "'batch' comes with the AWS Batch operator.",
     "s3_multipart_threshold_mb": "Artifacts and XCom values from this size (MB) go to S3 in parallel "
-    "parts (a multipart upload); "
-    "smaller ones in one request. Blobs over both this size and 64 MB are also downloaded in "
+    "parts (a multipart upload); smaller ones in one request. Blobs over both this size and 64 MB "
+    "are downloaded in "
     "parallel ranges; smaller ones are unpickled from one request as it arrives. Parallel parts are "
     "what makes real S3 fast (about 90 MB/s per connection); S3 emulators that copy objects per part "
     "are faster with one request.",

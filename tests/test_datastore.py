@@ -378,50 +378,22 @@ def test_large_objects_on_s3_go_up_in_parallel_parts(s3_endpoint, scratch):
     assert os.listdir(scratch) == []  # the downloaded copy is removed after unpickling
 
 
-def test_streamed_writes_land_whole_or_not_at_all(datastore):
-    """put_stream (how XCom values are stored): the bytes arrive whole; a failure mid-way keeps
-    what the key held before and leaves no temporary file behind."""
-    backend = datastore.backend
-    chunks = [os.urandom(1024 * 1024) for _ in range(3)]
-    assert backend.put_stream("x/value.pkl", lambda stream: [stream.write(c) for c in chunks]) == 3 * 2**20
-    assert backend.get_bytes("x/value.pkl") == b"".join(chunks)
+def test_an_xcom_value_that_cannot_be_stored_names_it_and_keeps_the_earlier_one(root, scratch, monkeypatch):
+    from airflow_flowspec.xcom_backend.values import load_stored_value, store_value
 
-    def fails_half_way(stream):
-        stream.write(b"partial" * 1000)
-        raise ArtifactSaveError("value", "cannot pickle 'generator' object")
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", root)
+    where = {"key": "rows", "task_id": "extract", "dag_id": "etl", "run_id": RUN_ID, "map_index": -1}
+    rows = [os.urandom(1024) for _ in range(3 * 1024)]  # 3 MB: spilled to a scratch file
+    stored = store_value(rows, **where)
+    assert load_stored_value(stored) == rows
 
-    with pytest.raises(ArtifactSaveError):
-        backend.put_stream("x/value.pkl", fails_half_way)
-    assert backend.get_bytes("x/value.pkl") == b"".join(chunks)
-    assert stored_keys(datastore) == ["x/value.pkl"]
-
-
-def test_big_streamed_writes_go_up_in_parts_and_leave_nothing_on_failure(s3_endpoint, scratch):
-    backend = S3Backend(
-        f"s3://{BUCKET}/stream-{uuid.uuid4().hex}",
-        multipart_threshold=5 * 1024 * 1024,
-        multipart_chunksize=5 * 1024 * 1024,
-    )
-    payload = os.urandom(12 * 1024 * 1024)
-
-    def fill(stream):
-        for start in range(0, len(payload), 1024 * 1024):
-            stream.write(payload[start : start + 1024 * 1024])
-
-    assert backend.put_stream("big.pkl", fill) == len(payload)
-    assert backend.get_bytes("big.pkl") == payload
-    assert backend.counters.requests == 5 + 1  # create + 3 parts + complete; the GET
-
-    def fails_late(stream):
-        stream.write(os.urandom(11 * 1024 * 1024))
-        raise ArtifactSaveError("model", "cannot pickle '_thread.lock' object")
-
-    with pytest.raises(ArtifactSaveError):
-        backend.put_stream("big.pkl", fails_late)
-    assert backend.get_bytes("big.pkl") == payload  # the earlier object is untouched
-    uploads = backend.client.list_multipart_uploads(Bucket=BUCKET, Prefix=backend.prefix)
-    assert uploads.get("Uploads", []) == []
-    assert os.listdir(scratch) == []  # the spilled pickle is gone
+    # The lock comes after 3 MB of rows: pickling fails with part of the value already written.
+    with pytest.raises(ArtifactSaveError) as caught:
+        store_value([rows, threading.Lock()], **where)
+    assert "XCom 'rows' of task extract" in str(caught.value) and "lock" in str(caught.value)
+    assert load_stored_value(stored) == rows  # the earlier value is untouched
+    assert [key for key in stored_keys(Datastore(root)) if "tmp" in key] == []
+    assert os.listdir(scratch) == []
 
 
 def test_a_stream_that_breaks_off_is_a_datastore_error_not_a_bad_pickle(s3_endpoint, monkeypatch):

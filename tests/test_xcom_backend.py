@@ -252,7 +252,7 @@ def test_ordinary_xcoms_inline_when_small_json_otherwise_pickled_to_the_store(mo
 
         @task
         def two_megabytes():
-            return bytes(range(256)) * (8 * 1024)  # pickled to the store under its own key
+            return bytes(range(256)) * (8 * 1024)  # pickled to a scratch file first, then adopted
 
         @task
         def check(small, over_limit, fn, numbers, obj, data, large):

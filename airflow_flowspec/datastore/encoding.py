@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from airflow_flowspec.datastore.backends.base import StorageBackend
-from airflow_flowspec.errors import ArtifactSaveError, DatastoreError
+from airflow_flowspec.errors import ArtifactSaveError
 
 #: Pickles up to this size are kept in memory instead of a scratch file.
 IN_MEMORY_LIMIT = 1024 * 1024
@@ -148,33 +148,21 @@ def encode(
     Raises :class:`ArtifactSaveError` naming the artifact when the value cannot be pickled (a lock,
     a socket, a generator...) or the scratch file cannot be written; nothing is left behind then.
     """
+    import cloudpickle
+
     spool = _HashingSpool(scratch_dir, in_memory_limit)
     try:
-        dump(value, spool, name=name)
+        cloudpickle.dump(value, spool, protocol=PICKLE_PROTOCOL)
         return spool.finish()
-    except OSError as error:
+    except Exception as error:
         spool.abandon()
-        reason = f"{error} (while writing the pickled value to a scratch file)"
+        reason = str(error) or type(error).__name__
+        if isinstance(error, OSError):
+            reason = f"{reason} (while writing the pickled value to a scratch file)"
         raise ArtifactSaveError(name, reason) from error
     except BaseException:
         spool.abandon()
         raise
-
-
-def dump(value: Any, stream: Any, *, name: str) -> None:
-    """cloudpickle ``value`` into ``stream``; :class:`ArtifactSaveError` names ``name`` if it can't be.
-
-    Failures of the stream itself (an OSError, a DatastoreError from an upload) pass through as they
-    are: they are the storage's fault, not the value's, and the storage's message names the key.
-    """
-    import cloudpickle
-
-    try:
-        cloudpickle.dump(value, stream, protocol=PICKLE_PROTOCOL)
-    except (OSError, DatastoreError):
-        raise
-    except Exception as error:
-        raise ArtifactSaveError(name, str(error) or type(error).__name__) from error
 
 
 def decode(backend: StorageBackend, key: str, size: int | None = None) -> Any:

@@ -107,20 +107,26 @@ def store_value(
     from airflow_flowspec import config
     from airflow_flowspec.datastore import open_datastore
     from airflow_flowspec.datastore.artifacts import qualified_type_name, short_repr
-    from airflow_flowspec.datastore.encoding import dump
+    from airflow_flowspec.datastore.encoding import encode
 
     datastore = open_datastore(config.datastore_root())
+    backend = datastore.backend
     object_key = _xcom_key(dag_id, run_id, task_id, map_index, key)
-    name = f"XCom '{key}' of task {task_id}"
-    # Straight to its own key (which, unlike an artifact's, does not depend on the bytes): no hash,
-    # no existence check; the backend buffers the pickle in memory (or a scratch file if large).
-    size = datastore.backend.put_stream(object_key, lambda stream: dump(value, stream, name=name))
+    blob = encode(value, name=f"XCom '{key}' of task {task_id}", scratch_dir=backend.scratch_dir())
+    try:
+        if blob.data is not None:
+            backend.put_bytes(object_key, blob.data)
+        else:
+            path, blob.path = blob.path, None
+            backend.adopt_file(object_key, path)
+    finally:
+        blob.discard()
     return {
         STORED_MARKER: 1,
         "root": datastore.root,
         "key": object_key,
         "type": qualified_type_name(value),
-        "size": size,
+        "size": blob.size,
         "repr": short_repr(value),
     }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import BinaryIO
 
 
@@ -77,15 +77,6 @@ class StorageBackend(ABC):
     @abstractmethod
     def put_file(self, key: str, local_path: str) -> None:
         """Store a copy of ``local_path``; the local file is left in place."""
-
-    @abstractmethod
-    def put_stream(self, key: str, fill: Callable[[BinaryIO], None]) -> int:
-        """Store under ``key`` what ``fill`` writes into the stream it is handed; return the size.
-
-        For values stored under a name known in advance (an XCom's own key), so no hash has to be
-        computed before the key is known. If ``fill`` raises, nothing is stored and the key keeps
-        what it held.
-        """
 
     def adopt_file(self, key: str, local_path: str) -> None:
         """Store ``local_path`` under ``key`` and consume it (a rename when the backend can).

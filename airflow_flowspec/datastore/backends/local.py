@@ -99,11 +99,6 @@ class LocalBackend(StorageBackend):
         path = self._write_atomically(key, copy)
         self.counters.add(written=os.path.getsize(path))
 
-    def put_stream(self, key: str, fill: Callable[[BinaryIO], None]) -> int:
-        size = os.path.getsize(self._write_atomically(key, fill))
-        self.counters.add(written=size)
-        return size
-
     def adopt_file(self, key: str, local_path: str) -> None:
         path = self._path(key)
         try:

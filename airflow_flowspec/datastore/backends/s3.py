@@ -4,9 +4,8 @@ boto3 and botocore are imported only when the first request is made: Airflow imp
 package at every DAG parse, and half a second of boto3 import per parse adds up.
 
 Speed comes from three places. Big objects use boto3's managed transfer with large parts uploaded
-and downloaded by several threads (one stream rarely fills an EC2 instance's bandwidth). Values
-whose key is known before they are pickled (XComs) skip the hash and go to their key straight
-after pickling; reads of mid-sized blobs are unpickled as they arrive (:mod:`.s3_streams`). Many small
+and downloaded by several threads (one stream rarely fills an EC2 instance's bandwidth).
+Mid-sized blobs are unpickled from one GET as it arrives (:mod:`.s3_streams`). Many small
 objects (a step setting hundreds of little artifacts) are written and checked on a thread pool,
 because each S3 request costs a round trip that dwarfs its payload.
 """
@@ -198,39 +197,6 @@ class S3Backend(StorageBackend):
 
         self._call("write", key, put_in_one_request if size < self._multipart_threshold else put_in_parts)
         self.counters.add(written=size, requests=self._transfer_requests(size))
-
-    def put_stream(self, key: str, fill: Callable[[BinaryIO], None]) -> int:
-        """Let ``fill`` write into memory (a scratch file past the multipart threshold), then upload.
-
-        Uploading parts on a thread while ``fill`` pickles would look faster but is not in CPython:
-        the pickler holds the GIL, and the upload thread, which gives it up at every socket write,
-        waits a switch interval (5 ms) to get it back each time. Measured here: 5 parts of 8 MB
-        took 5 s next to a busy thread instead of 0.3 s. So the upload starts once pickling is done.
-        """
-        import tempfile
-
-        spool = tempfile.SpooledTemporaryFile(max_size=self._multipart_threshold)  # noqa: SIM115
-        with spool:
-            fill(spool)  # type: ignore[arg-type] - a SpooledTemporaryFile is a binary stream
-            size = spool.tell()
-            spool.seek(0)
-            client = self.client
-            if size < self._multipart_threshold:
-                self._call(
-                    "write",
-                    key,
-                    lambda: client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=spool),
-                )
-            else:
-                self._call(
-                    "write",
-                    key,
-                    lambda: client.upload_fileobj(
-                        spool, self.bucket, self.prefix + key, Config=self._transfer_config
-                    ),
-                )
-        self.counters.add(written=size, requests=self._transfer_requests(size))
-        return size
 
     def _transfer_requests(self, size: int) -> int:
         if size < self._multipart_threshold:
