@@ -174,6 +174,8 @@ def _initialize_metrics() -> None:
     in the scheduler and the task runner. Both copies of the stats module (Airflow core's and the
     task SDK's) are set up, since both emit during a run.
     """
+    from airflow.configuration import conf
+
     for shared, utils in (
         ("airflow._shared.observability.metrics", "airflow.observability.metrics.stats_utils"),
         ("airflow.sdk._shared.observability.metrics", "airflow.sdk.observability.metrics.stats_utils"),
@@ -184,8 +186,6 @@ def _initialize_metrics() -> None:
             factory = importlib.import_module(utils).get_stats_factory()
         except (ImportError, AttributeError):
             continue  # laid out differently in this Airflow version: keep its defaults
-        from airflow.configuration import conf
-
         legacy_names = factory is not no_exporter and conf.getboolean("metrics", "legacy_names_on")
         stats.initialize(factory=factory, export_legacy_names=legacy_names)
 
