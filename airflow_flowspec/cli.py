@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from airflow_flowspec.errors import FlowspecError
+from airflow_flowspec.errors import FlowspecError, ParameterError
 
 
 def main(flow_class: type, argv: list[str] | None = None) -> NoReturn:
@@ -58,14 +58,16 @@ def _parser(flow_class: type) -> argparse.ArgumentParser:
 
 def _dispatch(flow_class: type, argv: list[str]) -> int:
     from airflow_flowspec.graph import graph_of
-    from airflow_flowspec.lint import lint_flow
+    from airflow_flowspec.lint import airflow_target, lint_flow
 
     args = _parser(flow_class).parse_args(argv)
     graph = graph_of(flow_class)
     if args.command == "show":
         print(graph.to_text())
         return 0
-    lint_flow(graph)
+    # check and run lint alike, for the Airflow the flow will run on: they agree on every flow.
+    target = airflow_target()
+    lint_flow(graph, target)
     if args.command == "check":
         return _check(flow_class, graph)
     raw = {
@@ -73,13 +75,13 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
         for key, value in vars(args).items()
         if key.startswith("param:") and value is not None
     }
-    from airflow_flowspec.local_run import run_locally
+    from airflow_flowspec.airflow.local_run import run_locally
 
-    return run_locally(flow_class, _flow_file(flow_class), _convert_parameters(flow_class, raw))
+    return run_locally(flow_class, _flow_file(flow_class), _convert_parameters(flow_class, raw), target)
 
 
 def _convert_parameters(flow_class: type, raw: dict[str, str]) -> dict[str, Any]:
-    from airflow_flowspec.parameters import ParameterError, flow_parameters
+    from airflow_flowspec.parameters import flow_parameters
 
     values = {}
     for parameter in flow_parameters(flow_class):
@@ -97,17 +99,18 @@ def _convert_parameters(flow_class: type, raw: dict[str, str]) -> dict[str, Any]
 
 
 def _check(flow_class: type, graph: Any) -> int:
-    from airflow_flowspec.discovery import skipped_by_default_safe_mode
+    from airflow_flowspec.airflow.discovery import DISCOVERY_CALLABLE, discovery_skips
+    from airflow_flowspec.config import might_contain_dag_callable
 
     flow_file = _flow_file(flow_class)
     print(f"Flow {flow_class.__name__} in {flow_file}: {len(graph.nodes)} steps, lint passed.")
-    if skipped_by_default_safe_mode(flow_file):
+    if discovery_skips(flow_file):
         print(
-            "Warning: Airflow's default safe-mode discovery will skip this file (it never mentions "
-            "'dag'). Set once, in airflow.cfg: [core] might_contain_dag_callable = "
-            "airflow_flowspec.discovery.might_contain_dag (or the environment variable "
-            "AIRFLOW__CORE__MIGHT_CONTAIN_DAG_CALLABLE=airflow_flowspec.discovery.might_contain_dag); "
-            "or add a comment containing the word 'dag' to the file.",
+            f"Warning: Airflow's safe-mode DAG discovery ([core] might_contain_dag_callable = "
+            f"{might_contain_dag_callable()}) will skip this file (it never mentions 'dag'). Set once, "
+            f"in airflow.cfg: [core] might_contain_dag_callable = {DISCOVERY_CALLABLE} (or the "
+            f"environment variable AIRFLOW__CORE__MIGHT_CONTAIN_DAG_CALLABLE={DISCOVERY_CALLABLE}); "
+            f"or add a comment containing the word 'dag' to the file.",
             file=sys.stderr,
         )
     return 0

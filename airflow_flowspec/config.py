@@ -4,6 +4,10 @@ A Batch container or a notebook has no Airflow, yet must find the same datastore
 So options resolve the way Airflow resolves them, without importing it: the environment variable
 ``AIRFLOW__FLOWSPEC__<OPTION>`` first, then ``[flowspec]`` in ``$AIRFLOW_CONFIG`` (default
 ``$AIRFLOW_HOME/airflow.cfg``), then the default below (the same defaults the provider declares).
+A value we cannot use is a :class:`ConfigurationError` naming the option and what it accepts.
+
+The few Airflow options lint and ``check`` need (``[core] max_map_length`` and the discovery
+callable) resolve the same way, so ``check`` answers without starting Airflow.
 """
 
 from __future__ import annotations
@@ -12,7 +16,11 @@ import configparser
 import os
 from pathlib import Path
 
+from airflow_flowspec.errors import ConfigurationError
+
 SECTION = "flowspec"
+#: Where steps can run; ``batch`` arrives with the AWS Batch operator.
+EXECUTION_MODES = ("local",)
 
 
 def default_home() -> Path:
@@ -51,35 +59,47 @@ def _airflow_cfg_path() -> Path:
 
 
 def get_option(option: str) -> str:
-    env = os.environ.get(f"AIRFLOW__{SECTION.upper()}__{option.upper()}")
+    return airflow_option(SECTION, option, DEFAULTS[option])
+
+
+def airflow_option(section: str, option: str, default: str) -> str:
+    """An option of any airflow.cfg section, resolved as Airflow does (environment, file, default)."""
+    env = os.environ.get(f"AIRFLOW__{section.upper()}__{option.upper()}")
     if env is not None and env != "":
         return env
-    value = _cfg_section(_airflow_cfg_path()).get(option, "")
-    return value if value else DEFAULTS[option]
+    value = _cfg_section(_airflow_cfg_path(), section).get(option, "")
+    return value if value else default
 
 
-_cfg_cache: dict[Path, tuple[float, dict[str, str]]] = {}
+_cfg_cache: dict[Path, tuple[float, dict[str, dict[str, str]]]] = {}
 
 
-def _cfg_section(cfg: Path) -> dict[str, str]:
-    """``[flowspec]`` of airflow.cfg, re-read only when the file changes (options are read per XCom)."""
+def _cfg_section(cfg: Path, section: str) -> dict[str, str]:
+    """A section of airflow.cfg, re-read only when the file changes (options are read per XCom)."""
     try:
         mtime = cfg.stat().st_mtime
     except OSError:
         return {}
     cached = _cfg_cache.get(cfg)
-    if cached is not None and cached[0] == mtime:
-        return cached[1]
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read(cfg)
-    except configparser.Error:
-        return {}  # an unreadable airflow.cfg is Airflow's error to report, not ours
-    section = {}
-    if parser.has_section(SECTION):
-        section = {key: value.strip() for key, value in parser.items(SECTION)}
-    _cfg_cache[cfg] = (mtime, section)
-    return section
+    if cached is None or cached[0] != mtime:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(cfg)
+        except configparser.Error:
+            return {}  # an unreadable airflow.cfg is Airflow's error to report, not ours
+        sections = {
+            name: {key: value.strip() for key, value in parser.items(name)} for name in parser.sections()
+        }
+        cached = _cfg_cache[cfg] = (mtime, sections)
+    return cached[1].get(section, {})
+
+
+def _invalid(option: str, value: str, accepted: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"[flowspec] {option} is {value!r}, which is not usable: it must be {accepted}. Fix it in "
+        f"airflow.cfg ({_airflow_cfg_path()}) or in the environment variable "
+        f"AIRFLOW__FLOWSPEC__{option.upper()}."
+    )
 
 
 def datastore_root() -> str:
@@ -88,8 +108,52 @@ def datastore_root() -> str:
 
 
 def xcom_inline_max_bytes() -> int:
-    return int(get_option("xcom_inline_max_bytes"))
+    value = get_option("xcom_inline_max_bytes")
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise _invalid("xcom_inline_max_bytes", value, "a whole number of bytes, 0 or more (e.g. 65536)")
+    return limit
 
 
 def s3_multipart_threshold_bytes() -> int:
-    return int(float(get_option("s3_multipart_threshold_mb")) * 1024 * 1024)
+    value = get_option("s3_multipart_threshold_mb")
+    try:
+        megabytes = float(value)
+    except ValueError:
+        megabytes = 0
+    # S3 refuses parts under 5 MB (but the last).
+    if not 5 <= megabytes < float("inf"):
+        raise _invalid("s3_multipart_threshold_mb", value, "a number of megabytes, 5 or more (e.g. 32)")
+    return int(megabytes * 1024 * 1024)
+
+
+def execution() -> str:
+    value = get_option("execution")
+    if value not in EXECUTION_MODES:
+        raise _invalid("execution", value, " or ".join(repr(mode) for mode in EXECUTION_MODES))
+    return value
+
+
+def max_map_length() -> int | None:
+    """Airflow's ``[core] max_map_length`` (None if it is not a number: Airflow will say so)."""
+    try:
+        return int(airflow_option("core", "max_map_length", "1024"))
+    except ValueError:
+        return None
+
+
+def might_contain_dag_callable() -> str:
+    """Airflow's ``[core] might_contain_dag_callable`` as configured (its default when unset)."""
+    return airflow_option("core", "might_contain_dag_callable", DEFAULT_DISCOVERY_CALLABLE)
+
+
+def dag_discovery_safe_mode() -> bool:
+    value = airflow_option("core", "dag_discovery_safe_mode", "True")
+    return value.strip().lower() not in ("false", "0", "no", "off")
+
+
+#: Airflow's own default for ``[core] might_contain_dag_callable``.
+DEFAULT_DISCOVERY_CALLABLE = "airflow.utils.file.might_contain_dag_via_default_heuristic"

@@ -1,13 +1,38 @@
-"""Errors a data scientist may see, each a class with a message that says what to fix.
+"""Every error a data scientist may see, in one place, each with a message that says what to fix.
 
-Every error names the flow, step, line or artifact it is about. None of them needs Airflow.
+Every error names the flow, step, line, option or artifact it is about. None of them needs Airflow,
+and this module imports nothing of the package, so any module may import it.
+
+Two kinds of failure must never be confused, because only one of them is worth running again:
+
+* a **flow mistake** (a lint error, a bad parameter, a merge conflict, an unpicklable artifact, a
+  step that no longer exists, a bad option): running the step again gives the same result, so it
+  fails at once with its message, without using up ``@retry`` attempts and never swallowed by
+  ``@catch``. These errors have ``retryable = False``.
+* a **failure of the step** (the step's own code raised, or the datastore could not be reached):
+  ``@retry`` runs it again and ``@catch`` may take it after the last attempt. The step's own
+  exceptions are the user's classes; of ours, only :class:`DatastoreError` is retryable.
+
+A process running a step (``python -m airflow_flowspec.runtime``, e.g. in an AWS Batch container)
+says which it was by its exit status, as Metaflow's runtime does.
 """
 
 from __future__ import annotations
 
+#: Exit status of a step process that failed with a flow mistake: do not retry (Metaflow's value).
+EXIT_DISALLOW_RETRY = 202
+#: Exit status of a step process whose step failed (its own exception, a network error): retry.
+EXIT_STEP_FAILED = 1
+
 
 class FlowspecError(Exception):
-    """Base class: a mistake in a flow or its configuration, shown without a traceback by the CLI."""
+    """Base class: shown as one paragraph, without a traceback, by the command line."""
+
+    #: Whether running the step again could succeed. Flow mistakes (the default) cannot.
+    retryable = False
+
+
+# ---------------------------------------------------------------------- the flow's definition
 
 
 class LintError(FlowspecError):
@@ -26,16 +51,73 @@ class LintError(FlowspecError):
         super().__init__(where + message)
 
 
+class DecoratorError(FlowspecError):
+    """A decorator is misplaced or has an invalid argument."""
+
+
+class ParameterError(FlowspecError):
+    """A parameter is declared wrongly or was given a value of the wrong type."""
+
+
+class FlowLoadError(FlowspecError):
+    """The flow file could not be loaded, does not define the flow, or lacks the step asked for."""
+
+
+# ---------------------------------------------------------------------- what a step does at run time
+
+
+class TransitionError(FlowspecError):
+    """``self.next`` was called in a way the flow's graph does not allow, or its foreach/switch
+    value cannot be used."""
+
+
+class MergeArtifactsError(FlowspecError):
+    """``merge_artifacts`` found inputs that disagree on an artifact, or was misused."""
+
+
+class ForeachTooWideError(FlowspecError):
+    """A foreach has more items than Airflow's ``[core] max_map_length`` allows."""
+
+
+class StepInputError(FlowspecError):
+    """A task was handed inputs that do not fit its step (no parent manifest, a foreign value)."""
+
+
+# ---------------------------------------------------------------------- configuration
+
+
+class ConfigurationError(FlowspecError):
+    """A ``[flowspec]`` option has a value we cannot use; names the option and what it accepts."""
+
+
+# ---------------------------------------------------------------------- the datastore
+
+
 class DatastoreError(FlowspecError):
-    """The artifact store could not be read or written."""
+    """The artifact store could not be read or written (network, permissions, a damaged object).
+
+    Retryable: the network comes back and permissions get fixed; a later attempt may succeed.
+    """
+
+    retryable = True
 
 
 class ArtifactNotFoundError(DatastoreError):
-    """An artifact or manifest that should exist is missing from the store."""
+    """An artifact or manifest that should exist is missing from the store.
+
+    Not retryable: it was deleted, never written, or the run used another datastore root.
+    """
+
+    retryable = False
 
 
 class ArtifactSaveError(DatastoreError):
-    """An artifact could not be pickled or written; names the artifact (and the step once known)."""
+    """An artifact could not be pickled; names the artifact (and the step once known).
+
+    Not retryable: the same value fails to pickle every time.
+    """
+
+    retryable = False
 
     def __init__(self, artifact_name: str, reason: str, *, flow: str | None = None, step: str | None = None):
         self.artifact_name = artifact_name
@@ -53,10 +135,9 @@ class ArtifactSaveError(DatastoreError):
 class UnsafeKeyError(DatastoreError):
     """A run id, step name or other key part would escape the datastore root."""
 
-
-class StepFailedError(FlowspecError):
-    """A step's own code raised; carries the step's exception text for the CLI to show."""
+    retryable = False
 
 
-class ConfigurationError(FlowspecError):
-    """The [flowspec] configuration is invalid."""
+def is_flow_mistake(error: BaseException) -> bool:
+    """True for our errors that running the step again cannot fix (see the module docstring)."""
+    return isinstance(error, FlowspecError) and not error.retryable

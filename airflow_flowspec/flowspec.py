@@ -11,15 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from airflow_flowspec.errors import FlowspecError
-
-
-class MergeArtifactsError(FlowspecError):
-    """``merge_artifacts`` found inputs that disagree on an artifact."""
-
-
-class TransitionError(FlowspecError):
-    """``self.next`` was called in a way the flow's graph does not allow."""
+from airflow_flowspec.errors import FlowspecError, MergeArtifactsError, TransitionError
 
 
 class Transition:
@@ -59,7 +51,14 @@ class FlowSpec:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        from airflow_flowspec.airflow_registration import register_if_parsing
+        cls._flowspec_class_changed()
+
+    @classmethod
+    def _flowspec_class_changed(cls) -> None:
+        """Called when the class is defined, and again when a flow decorator (``@schedule``) changes
+        it: if Airflow's DagBag is importing the flow file, this (re)builds the flow's DAG. Outside
+        a DagBag import it imports no Airflow and does nothing."""
+        from airflow_flowspec.airflow.registration import register_if_parsing
 
         register_if_parsing(cls)
 

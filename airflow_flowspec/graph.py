@@ -72,6 +72,9 @@ class StepNode:
     assigned_attributes: dict[str, int] = field(default_factory=dict)
     defined_in: str = ""
     decorators: list[str] = field(default_factory=list)  # step decorator names, e.g. ["catch", "retry"]
+    # attribute -> (number of items, line) where the step assigns it, once, a literal list, tuple or
+    # range with constant bounds: the width of a foreach over it is known before it runs.
+    static_lengths: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class Arrival(NamedTuple):
@@ -465,6 +468,30 @@ def _step_reference(expr: ast.expr) -> str | None:
     return None
 
 
+def _self_attribute(expr: ast.expr) -> bool:
+    return isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id == "self"
+
+
+def _static_length(value: ast.expr) -> int | None:
+    """Items in ``[...]``, ``(...)``, ``range(<constants>)`` or ``list(range(...))``, else None."""
+    if isinstance(value, (ast.List, ast.Tuple)):
+        if any(isinstance(element, ast.Starred) for element in value.elts):
+            return None
+        return len(value.elts)
+    if not isinstance(value, ast.Call) or not isinstance(value.func, ast.Name) or value.keywords:
+        return None
+    if value.func.id in ("list", "tuple") and len(value.args) == 1:
+        return _static_length(value.args[0])
+    if value.func.id == "range" and 1 <= len(value.args) <= 3:
+        bounds = [argument.value for argument in value.args if isinstance(argument, ast.Constant)]
+        if len(bounds) == len(value.args) and all(type(bound) is int for bound in bounds):
+            try:
+                return len(range(*bounds))
+            except ValueError:  # range(..., 0): a lint of its own would say so; not ours
+                return None
+    return None
+
+
 def _snippet(expr: ast.AST) -> str:
     text = ast.unparse(expr)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -484,10 +511,17 @@ def _make_node(func: ast.FunctionDef | ast.AsyncFunctionDef, source_file: str, c
         defined_in=class_name,
     )
     next_lines: set[int] = set()
+    mentions: dict[str, int] = {}  # self.<attr> occurrences, read or written
     for child in ast.walk(func):
         if _is_self_next(child):
             next_lines.add(child.lineno)
-        elif (
+        elif isinstance(child, ast.Assign) and len(child.targets) == 1 and _self_attribute(child.targets[0]):
+            length = _static_length(child.value)
+            if length is not None:
+                node.static_lengths[child.targets[0].attr] = (length, child.lineno)  # type: ignore[attr-defined]
+        if isinstance(child, ast.Attribute) and _self_attribute(child):
+            mentions[child.attr] = mentions.get(child.attr, 0) + 1
+        if (
             isinstance(child, ast.Attribute)
             and isinstance(child.ctx, ast.Store)
             and isinstance(child.value, ast.Name)
@@ -496,6 +530,8 @@ def _make_node(func: ast.FunctionDef | ast.AsyncFunctionDef, source_file: str, c
             line = node.assigned_attributes.get(child.attr)
             if line is None or child.lineno < line:
                 node.assigned_attributes[child.attr] = child.lineno
+    # Touched again after the assignment (appended to, reassigned, sliced...): the length is unknown.
+    node.static_lengths = {name: known for name, known in node.static_lengths.items() if mentions[name] == 1}
     node.next_call_linenos = sorted(next_lines)
     node.assigned_attributes = dict(sorted(node.assigned_attributes.items(), key=lambda kv: (kv[1], kv[0])))
     tail = func.body[-1]

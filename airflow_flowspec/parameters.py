@@ -11,11 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from airflow_flowspec.errors import FlowspecError
-
-
-class ParameterError(FlowspecError):
-    """A parameter is declared wrongly or was given a value of the wrong type."""
+from airflow_flowspec.errors import ParameterError
 
 
 class JSONTypeClass:

@@ -101,7 +101,7 @@ def s3_environment(endpoint: str) -> dict[str, str]:
 def private_airflow_env(root: Path) -> dict[str, str]:
     """Environment for an Airflow home, SQLite DB and datastore of its own under ``root``
     (set before Airflow is imported in the child), configured as a flowspec user would."""
-    from airflow_flowspec.local_run import airflow_environment  # imports no Airflow
+    from airflow_flowspec.airflow.local_run import airflow_environment  # imports no Airflow
 
     home = root / "airflow"
     (home / "dags").mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ SESSION_ROOT = configure_airflow()
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """Airflow's metadata database (SQLite), migrated once for the session."""
-    from airflow_flowspec.local_run import ensure_database, quiet_airflow_warnings
+    from airflow_flowspec.airflow.local_run import ensure_database, quiet_airflow_warnings
 
     quiet_airflow_warnings()
     home = SESSION_ROOT / "airflow"

@@ -24,7 +24,7 @@ def configure_airflow() -> Path:
     root = Path(tempfile.mkdtemp(prefix="flowspec-tests-"))
     home = root / "airflow"
     (home / "dags").mkdir(parents=True)
-    from airflow_flowspec.local_run import airflow_environment  # imports no Airflow
+    from airflow_flowspec.airflow.local_run import airflow_environment  # imports no Airflow
 
     env = {
         **airflow_environment(home),
@@ -90,8 +90,8 @@ class FlowRun:
 
 def run_flow(path: Path, params: dict[str, Any] | None = None) -> FlowRun:
     """Translate the flow, register its DAG, and run it once with dag.test()."""
-    from airflow_flowspec.airflow_registration import dag_for
-    from airflow_flowspec.local_run import sync_dag
+    from airflow_flowspec.airflow.local_run import sync_dag
+    from airflow_flowspec.airflow.registration import dag_for
 
     flow_class = load_flow(path)
     dag = dag_for(flow_class, str(path))

@@ -3,7 +3,8 @@
 A Batch container has Python, boto3, cloudpickle and this package, not Airflow. The test runs in a
 fresh interpreter where importing ``airflow`` fails, imports the authoring API, graph, lint,
 config, datastore and runtime, and runs a foreach flow's steps through the runtime's command-line
-entry point (as a container would), passing manifests from step to step by hand.
+entry point as a container would: each task's spec stored in the datastore, the process started
+with its key, its result read back from the datastore, manifests passed from step to step by hand.
 """
 
 from __future__ import annotations
@@ -63,29 +64,26 @@ DRIVER = textwrap.dedent("""
     import airflow_flowspec.graph
     import airflow_flowspec.lint
     import airflow_flowspec.runtime.step_runner
-    from airflow_flowspec.runtime.flow_loader import load_flow_class
+    from airflow_flowspec.flow_loader import load_flow_class
     from airflow_flowspec.graph import FlowGraph
-    from airflow_flowspec.lint import lint_flow
-    from airflow_flowspec.runtime.task_spec import TaskSpec, StepResult
+    from airflow_flowspec.lint import lint_flow, airflow_target
+    from airflow_flowspec.runtime.process import read_step_result, write_task_spec
+    from airflow_flowspec.runtime.task_spec import TaskSpec
 
     flow_class = load_flow_class(flow_file, "NoAirflowFlow")
     graph = FlowGraph(flow_class)
-    lint_flow(graph)
+    lint_flow(graph, airflow_target())
 
     def run(step, inputs, map_index=-1, stack=()):
         spec = TaskSpec(flow_file=flow_file, flow_name="NoAirflowFlow", step=step, run_id="no-airflow-1",
                         datastore_root=store, map_index=map_index, input_manifests=list(inputs),
                         foreach_stack=list(stack))
-        spec_file, result_file = f"{workdir}/{step}{map_index}.json", f"{workdir}/{step}{map_index}.out"
-        with open(spec_file, "w") as handle:
-            handle.write(spec.to_json())
-        sys.argv = ["airflow_flowspec.runtime", "--spec-file", spec_file, "--result-file", result_file]
+        sys.argv = ["airflow_flowspec.runtime", "--root", store, "--spec-key", write_task_spec(spec)]
         try:
             runpy.run_module("airflow_flowspec.runtime", run_name="__main__")
         except SystemExit as exit:
             assert exit.code == 0, f"{step} exited {exit.code}"
-        with open(result_file) as handle:
-            return StepResult.from_json(handle.read())
+        return read_step_result(spec)
 
     start = run("start", [])
     children = [run("square", [start.manifest], i, frame["stack"])

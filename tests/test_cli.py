@@ -71,11 +71,24 @@ def test_show_prints_steps_and_edges():
     assert "join -> end" in result.stdout
 
 
-def test_check_warns_when_safe_mode_discovery_would_skip_the_file():
-    result = run_cli(FLOWS / "foreach_flow.py", "check")
-    assert result.returncode == 0
-    assert "lint passed" in result.stdout
+def test_check_warns_only_when_the_configured_discovery_would_skip_the_file(tmp_path):
+    """`check` reads [core] might_contain_dag_callable as Airflow would (environment, then airflow.cfg)."""
+    cfg = tmp_path / "airflow.cfg"
+    unset = {"AIRFLOW__CORE__MIGHT_CONTAIN_DAG_CALLABLE": "", "AIRFLOW_CONFIG": str(cfg)}
+
+    cfg.write_text("[core]\nload_examples = False\n")  # Airflow's default heuristic: no "dag" here
+    result = run_cli(FLOWS / "foreach_flow.py", "check", env=unset)
+    assert result.returncode == 0 and "lint passed" in result.stdout
+    assert "will skip this file" in result.stderr
     assert "might_contain_dag_callable = airflow_flowspec.discovery.might_contain_dag" in result.stderr
+
+    cfg.write_text("[core]\nmight_contain_dag_callable = airflow_flowspec.discovery.might_contain_dag\n")
+    result = run_cli(FLOWS / "foreach_flow.py", "check", env=unset)
+    assert result.returncode == 0 and "lint passed" in result.stdout
+    assert result.stderr == ""
+
+    cfg.write_text("[core]\ndag_discovery_safe_mode = False\n")
+    assert run_cli(FLOWS / "foreach_flow.py", "check", env=unset).stderr == ""
 
 
 def test_run_keeps_legacy_metric_names_only_for_a_configured_exporter(monkeypatch, airflow_db):
@@ -86,7 +99,7 @@ def test_run_keeps_legacy_metric_names_only_for_a_configured_exporter(monkeypatc
     from airflow.observability.metrics import stats_utils
     from airflow.sdk._shared.observability.metrics import stats as sdk_stats
 
-    from airflow_flowspec.local_run import _initialize_metrics
+    from airflow_flowspec.airflow.local_run import _initialize_metrics
 
     for module in (core_stats, sdk_stats):  # restored after the test: other tests share them
         for name in ("_factory", "_backend", "_export_legacy_names"):

@@ -17,7 +17,7 @@ import pytest
 
 from airflow_flowspec.errors import LintError
 from airflow_flowspec.graph import FlowGraph
-from airflow_flowspec.lint import CHECKS, lint_flow
+from airflow_flowspec.lint import ANY_TARGET, CHECKS, lint_flow
 
 HEADER = (
     "from airflow_flowspec.flowspec import FlowSpec\n"
@@ -464,11 +464,11 @@ VALID_SHAPES = {
 
 @pytest.mark.parametrize("shape", list(VALID_SHAPES), ids=list(VALID_SHAPES))
 def test_valid_shapes_lint_clean(tmp_path, shape):
-    lint_flow(graph_of(tmp_path, flow_from_edges(VALID_SHAPES[shape])))
+    lint_flow(graph_of(tmp_path, flow_from_edges(VALID_SHAPES[shape])), ANY_TARGET)
 
 
 def test_checks_are_a_registry_of_functions():
-    names = [c.__name__ for c in CHECKS]
+    names = [c.name for c in CHECKS]
     assert names[0] == "check_duplicate_steps" and len(names) == len(set(names)) >= 20
 
 

@@ -44,7 +44,7 @@ _DUMP_OURS = textwrap.dedent("""
     import json, sys
     from airflow_flowspec.datastore import open_datastore
     from airflow_flowspec.datastore.artifacts import ArtifactRef
-    from airflow_flowspec.runtime.flow_loader import load_flow_class
+    from airflow_flowspec.flow_loader import load_flow_class
     flow_name, flow_file, root = sys.argv[1:4]
     load_flow_class(flow_file, flow_name)
     store = open_datastore(root)

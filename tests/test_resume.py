@@ -23,8 +23,8 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
 def build_flow_dag(path) -> tuple[type, Any]:
-    from airflow_flowspec.airflow_registration import dag_for
-    from airflow_flowspec.local_run import sync_dag
+    from airflow_flowspec.airflow.local_run import sync_dag
+    from airflow_flowspec.airflow.registration import dag_for
 
     flow_class = load_flow(path)
     dag = dag_for(flow_class, str(path))
@@ -108,7 +108,7 @@ def test_clearing_an_ordinary_task_purges_the_pickled_xcom_its_rerun_replaces(tm
     from airflow.sdk import dag, task
 
     from airflow_flowspec import config
-    from airflow_flowspec.local_run import sync_dag
+    from airflow_flowspec.airflow.local_run import sync_dag
 
     dag_id = f"resume_purge_{rerun_value}"
     executions = tmp_path / "executions"

@@ -79,8 +79,8 @@ def flow_dag_with_plain_task(tmp_path: Path, plain_task: Any) -> tuple[type, Any
     """XComViewFlow's DAG plus ``plain_task`` (an ``@task`` function) downstream of ``end``."""
     from airflow.sdk import task
 
-    from airflow_flowspec.airflow_registration import dag_for
-    from airflow_flowspec.local_run import sync_dag
+    from airflow_flowspec.airflow.local_run import sync_dag
+    from airflow_flowspec.airflow.registration import dag_for
 
     flow_file = tmp_path / "xcom_view_flow.py"
     flow_file.write_text(FLOW_SOURCE, encoding="utf-8")
@@ -134,7 +134,7 @@ def read_flow_class_instance_in_a_fresh_worker(**context: Any) -> dict[str, Any]
     as ``flowspec_flows.XComViewFlow``; a worker's task process has not. Hide that module (and the
     loader's cache) while pulling, and put them back afterwards.
     """
-    from airflow_flowspec.runtime import flow_loader
+    from airflow_flowspec import flow_loader
 
     hidden = {
         n: m for n, m in sys.modules.items() if n == "flowspec_flows" or n.startswith("flowspec_flows.")
@@ -211,7 +211,7 @@ def test_ordinary_xcoms_inline_when_small_json_otherwise_pickled_to_the_store(mo
     from airflow.sdk import dag, task
 
     from airflow_flowspec import config
-    from airflow_flowspec.local_run import sync_dag
+    from airflow_flowspec.airflow.local_run import sync_dag
 
     # Read when each value is serialized (in process under dag.test), so the env var applies.
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__XCOM_INLINE_MAX_BYTES", "2048")
@@ -371,8 +371,8 @@ def test_purge_deletes_the_pickled_xcom_a_retry_replaces(tmp_path):
     from airflow.sdk import dag, task
 
     from airflow_flowspec import config
+    from airflow_flowspec.airflow.local_run import sync_dag
     from airflow_flowspec.datastore.keys import safe_key_part
-    from airflow_flowspec.local_run import sync_dag
 
     journal = tmp_path / "journal.json"
     xcom_folder = Path(config.datastore_root()) / "_xcom" / "xcom_purge_on_retry"
@@ -419,9 +419,9 @@ def test_an_instance_of_a_flow_class_whose_flow_file_is_gone_gets_a_clear_error(
     import types
 
     from airflow_flowspec.datastore import open_datastore
+    from airflow_flowspec.datastore.views import InputView
     from airflow_flowspec.errors import FlowspecError
-    from airflow_flowspec.runtime.artifact_views import InputView
-    from airflow_flowspec.runtime.flow_loader import _ensure_package
+    from airflow_flowspec.flow_loader import _ensure_package
 
     _ensure_package()
     module = types.ModuleType("flowspec_flows.GoneFlow")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from airflow_flowspec.datastore.backends.base import StorageBackend
-from airflow_flowspec.errors import ArtifactSaveError
+from airflow_flowspec.errors import ArtifactSaveError, DatastoreError
 
 #: Pickles up to this size are kept in memory instead of a scratch file.
 IN_MEMORY_LIMIT = 1024 * 1024
@@ -146,7 +146,8 @@ def encode(
     """Pickle ``value`` (artifact ``name``) into memory or a scratch file in ``scratch_dir``.
 
     Raises :class:`ArtifactSaveError` naming the artifact when the value cannot be pickled (a lock,
-    a socket, a generator...) or the scratch file cannot be written; nothing is left behind then.
+    a socket, a generator...), and a (retryable) :class:`DatastoreError` when the scratch file
+    cannot be written; nothing is left behind either way.
     """
     import cloudpickle
 
@@ -154,12 +155,16 @@ def encode(
     try:
         cloudpickle.dump(value, spool, protocol=PICKLE_PROTOCOL)
         return spool.finish()
+    except OSError as error:
+        spool.abandon()
+        raise DatastoreError(
+            f"Could not write the pickled value of {name!r} to a scratch file in "
+            f"{scratch_dir or tempfile.gettempdir()}: {error}. Free some disk space there; the task "
+            f"can then be run again."
+        ) from error
     except Exception as error:
         spool.abandon()
-        reason = str(error) or type(error).__name__
-        if isinstance(error, OSError):
-            reason = f"{reason} (while writing the pickled value to a scratch file)"
-        raise ArtifactSaveError(name, reason) from error
+        raise ArtifactSaveError(name, str(error) or type(error).__name__) from error
     except BaseException:
         spool.abandon()
         raise

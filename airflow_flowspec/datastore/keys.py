@@ -8,7 +8,10 @@ Layout, relative to the datastore root (a local folder or ``s3://bucket/prefix``
     <flow>/runs/<run>/run.json                            run metadata, written when the run starts
     <flow>/runs/<run>/status.json                         {"status": "succeeded"|"failed", ...} at the end
     <flow>/runs/<run>/<step>/<task>/attempt-<n>/manifest.json   written last by a task attempt
+    <flow>/runs/<run>/<step>/<task>/attempt-<n>/spec.json       the task's spec, for a step process
+    <flow>/runs/<run>/<step>/<task>/attempt-<n>/result.json     what that process leaves to publish
     <flow>/runs/<run>/<step>/<task>/attempt-<n>/<name>           any other file of that attempt
+    _xcom/<dag>/<run>/<task>/<map_index>/<key>.pkl        pickled XCom value of an ordinary task
 
 Why this shape:
 
@@ -48,6 +51,11 @@ _BLOB_HASH = re.compile(r"[0-9a-f]{16,128}")
 _ATTEMPT_FOLDER = re.compile(r"attempt-(\d+)")
 
 MANIFEST_FILE = "manifest.json"
+TASK_SPEC_FILE = "spec.json"
+STEP_RESULT_FILE = "result.json"
+#: Files of an attempt that only the datastore itself writes.
+RESERVED_ATTEMPT_FILES = frozenset({MANIFEST_FILE, TASK_SPEC_FILE, STEP_RESULT_FILE})
+XCOM_PREFIX = "_xcom/"
 RUN_META_FILE = "run.json"
 RUN_STATUS_FILE = "status.json"
 LATEST_RUN_FILE = "latest_run.json"
@@ -161,3 +169,17 @@ def manifest_key(flow: str, run_id: str, step: str, task_id: str | int, attempt:
 
 def attempt_file_key(flow: str, run_id: str, step: str, task_id: str | int, attempt: int, name: str) -> str:
     return attempt_prefix(flow, run_id, step, task_id, attempt) + safe_key_part(name)
+
+
+def task_spec_key(flow: str, run_id: str, step: str, task_id: str | int, attempt: int) -> str:
+    return attempt_prefix(flow, run_id, step, task_id, attempt) + TASK_SPEC_FILE
+
+
+def step_result_key(flow: str, run_id: str, step: str, task_id: str | int, attempt: int) -> str:
+    return attempt_prefix(flow, run_id, step, task_id, attempt) + STEP_RESULT_FILE
+
+
+def xcom_value_key(dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> str:
+    """Where an ordinary task's pickled XCom lives: one key per XCom, so a re-run replaces exactly it."""
+    parts = [dag_id, run_id, task_id, str(map_index)]
+    return XCOM_PREFIX + "/".join([*(safe_key_part(part) for part in parts), safe_key_part(f"{key}.pkl")])

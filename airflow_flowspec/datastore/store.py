@@ -18,7 +18,7 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_flowspec.datastore import keys
+from airflow_flowspec.datastore import encoding, keys
 from airflow_flowspec.datastore.artifacts import ArtifactStore
 from airflow_flowspec.datastore.backends import StorageBackend, backend_for_root
 from airflow_flowspec.errors import ArtifactNotFoundError, DatastoreError, UnsafeKeyError
@@ -82,9 +82,10 @@ class Datastore:
         self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, name: str, data: bytes
     ) -> None:
         """Store a file beside a task attempt's manifest (logs, a traceback, a card...)."""
-        if name == keys.MANIFEST_FILE:
+        if name in keys.RESERVED_ATTEMPT_FILES:
             raise UnsafeKeyError(
-                f"'{keys.MANIFEST_FILE}' is reserved for the manifest: use write_manifest()."
+                f"'{name}' is reserved for the datastore's own use: use write_manifest(), "
+                f"write_task_spec() or write_step_result()."
             )
         self.backend.put_bytes(keys.attempt_file_key(flow, run_id, step, task_id, attempt, name), data)
 
@@ -92,6 +93,63 @@ class Datastore:
         self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, name: str
     ) -> bytes:
         return self.backend.get_bytes(keys.attempt_file_key(flow, run_id, step, task_id, attempt, name))
+
+    # -- a step run by another process: its spec in, its result out ------------------------------
+
+    def write_task_spec(
+        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, spec: dict[str, Any]
+    ) -> str:
+        """Store a task's spec for a step process (an AWS Batch job); return its key."""
+        key = keys.task_spec_key(flow, run_id, step, task_id, attempt)
+        self._write_json(key, spec)
+        return key
+
+    def read_task_spec(self, key: str) -> dict[str, Any]:
+        return self._read_json(key, missing="No task spec is stored there")
+
+    def write_step_result(
+        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, result: dict[str, Any]
+    ) -> None:
+        """Leave what the step process produced for the process that publishes it to Airflow."""
+        self._write_json(keys.step_result_key(flow, run_id, step, task_id, attempt), result)
+
+    def read_step_result(
+        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int
+    ) -> dict[str, Any]:
+        return self._read_json(
+            keys.step_result_key(flow, run_id, step, task_id, attempt),
+            missing=f"Task {task_id} of step '{step}' (attempt {attempt}) in run {run_id} of flow {flow} "
+            f"left no result: the step process did not finish",
+        )
+
+    # -- pickled XCom values of ordinary Airflow tasks -------------------------------------------
+
+    def save_xcom_value(
+        self, value: Any, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str
+    ) -> tuple[str, int]:
+        """Pickle an ordinary task's XCom to its own key; return (key, pickled size).
+
+        If the value cannot be pickled, an :class:`ArtifactSaveError` names it and whatever was
+        stored under the key before is left as it was.
+        """
+        object_key = keys.xcom_value_key(dag_id, run_id, task_id, map_index, key)
+        name = f"XCom '{key}' of task {task_id}"
+        blob = encoding.encode(value, name=name, scratch_dir=self.backend.scratch_dir())
+        try:
+            if blob.data is not None:
+                self.backend.put_bytes(object_key, blob.data)
+            else:
+                path, blob.path = blob.path, None
+                self.backend.adopt_file(object_key, path)
+        finally:
+            blob.discard()
+        return object_key, blob.size
+
+    def load_xcom_value(self, key: str, size: int | None) -> Any:
+        return encoding.decode(self.backend, key, size)
+
+    def delete_xcom_value(self, key: str) -> None:
+        self.backend.delete_many([key])
 
     # -- runs ------------------------------------------------------------------------------------
 

@@ -11,11 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from airflow_flowspec.errors import FlowspecError
-
-
-class DecoratorError(FlowspecError):
-    """A decorator is misplaced or has an invalid argument."""
+from airflow_flowspec.errors import DecoratorError
 
 
 class StepDecorator:

@@ -1,14 +1,14 @@
 """Flow-level decorators: ``@schedule``.
 
 A class decorator runs after the class body (and so after ``FlowSpec.__init_subclass__``), so it
-asks the Airflow registration to rebuild the flow's DAG with the new settings.
+tells the flow class it changed, which rebuilds the flow's DAG when Airflow is parsing the file.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from airflow_flowspec.decorators.base import DecoratorError
+from airflow_flowspec.errors import DecoratorError
 
 _NAMED_SCHEDULES = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 0"}
 
@@ -59,14 +59,10 @@ def schedule(flow_class: Any = None, **kwargs: Any) -> Any:
     """``@schedule(daily=True)``, ``@schedule(cron="0 6 * * *", timezone="Europe/Berlin")``."""
 
     def apply(cls: Any) -> Any:
-        from airflow_flowspec.flowspec import FlowSpec
-
-        if not (isinstance(cls, type) and issubclass(cls, FlowSpec)):
+        if not (isinstance(cls, type) and hasattr(cls, "_flowspec_class_changed")):
             raise DecoratorError("@schedule decorates a FlowSpec class, not a step or function.")
         cls._flowspec_schedule = Schedule(**kwargs)
-        from airflow_flowspec.airflow_registration import register_if_parsing
-
-        register_if_parsing(cls)
+        cls._flowspec_class_changed()
         return cls
 
     if flow_class is not None:

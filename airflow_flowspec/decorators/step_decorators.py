@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_flowspec.decorators.base import DecoratorError, StepDecorator, make_step_decorator
+from airflow_flowspec.decorators.base import StepDecorator, make_step_decorator
+from airflow_flowspec.errors import DecoratorError
 
 
 def _non_negative_number(decorator: str, key: str, value: Any) -> None:

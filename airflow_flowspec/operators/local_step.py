@@ -7,7 +7,11 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.bases.skipmixin import SkipMixin
 
-from airflow_flowspec.operators.step_task import StepTaskMixin
+from airflow_flowspec.operators.step_task import (
+    StepTaskMixin,
+    check_foreach_width,
+    flow_mistakes_fail_at_once,
+)
 
 
 class LocalStepOperator(StepTaskMixin, BaseOperator, SkipMixin):
@@ -25,9 +29,6 @@ class LocalStepOperator(StepTaskMixin, BaseOperator, SkipMixin):
         input_pulls: list[dict[str, Any]],
         is_foreach_split: bool = False,
         foreach_frame: dict[str, Any] | None = None,
-        step_resources: dict[str, Any] | None = None,
-        batch: dict[str, Any] | None = None,
-        environment: dict[str, str] | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -37,15 +38,13 @@ class LocalStepOperator(StepTaskMixin, BaseOperator, SkipMixin):
         self.input_pulls = input_pulls
         self.is_foreach_split = is_foreach_split
         self.foreach_frame = foreach_frame
-        self.step_resources = step_resources or {}
-        self.batch = batch or {}
-        self.environment = environment or {}
 
     def execute(self, context: Any) -> Any:
         from airflow_flowspec.runtime.step_runner import run_step
 
-        spec = self.build_task_spec(context)
-        return self.publish_result(context, run_step(spec))
+        with flow_mistakes_fail_at_once():
+            spec = self.build_task_spec(context)
+            return self.publish_result(context, run_step(spec))
 
 
 class FlattenForeachOperator(BaseOperator):
@@ -70,4 +69,6 @@ class FlattenForeachOperator(BaseOperator):
         flat: list[dict[str, Any]] = []
         for children in per_item:
             flat.extend(children)
+        with flow_mistakes_fail_at_once():
+            check_foreach_width(len(flat), f"The nested foreach of step '{self.split_task_id}' (all items)")
         return flat

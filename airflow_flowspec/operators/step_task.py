@@ -4,15 +4,24 @@
 ``StepResult``: the manifest as the task's XCom, the children of a foreach as the list Airflow maps
 over, the switch arm to follow. The local operator runs the spec in-process; the AWS Batch
 operator (a later issue) will run the same spec in a container and reuse this mixin unchanged.
+
+Both fail a task at once on a flow mistake (``AirflowFailException``: no retry can fix it), and
+let the step's own exceptions go to Airflow's retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+from collections.abc import Iterator
 from typing import Any
 
-from airflow_flowspec.errors import FlowspecError
-from airflow_flowspec.runtime.task_spec import StepResult, TaskSpec
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_flowspec import config
+from airflow_flowspec.datastore.manifest import checked_manifest
+from airflow_flowspec.errors import ForeachTooWideError, is_flow_mistake
+from airflow_flowspec.runtime.task_spec import RunContext, StepResult, TaskSpec
 
 #: XCom key of a foreach split's manifest (its return_value is the list Airflow maps over).
 SPLIT_MANIFEST_KEY = "flowspec_manifest"
@@ -23,8 +32,16 @@ PULL_SPLIT_PARENT = "split_parent"  # the foreach split that created this task's
 PULL_ALL_CHILDREN = "all_children"  # every task of a foreach body (this step joins them)
 
 
-class ForeachTooWideError(FlowspecError):
-    """A foreach has more items than Airflow's [core] max_map_length allows."""
+@contextlib.contextmanager
+def flow_mistakes_fail_at_once() -> Iterator[None]:
+    """Turn a flow mistake into ``AirflowFailException``: the task fails without using up its
+    retries (``@retry`` is for the step's own failures). Its message is the mistake's paragraph."""
+    try:
+        yield
+    except Exception as error:
+        if not is_flow_mistake(error):
+            raise
+        raise AirflowFailException(f"{error} (a mistake in the flow: not retried)") from error
 
 
 class StepTaskMixin:
@@ -36,8 +53,6 @@ class StepTaskMixin:
     foreach_frame: dict[str, Any] | None
 
     def build_task_spec(self, context: Any) -> TaskSpec:
-        from airflow_flowspec import config
-
         ti = context["ti"]
         frame = self.foreach_frame or {}
         stack = frame.get("stack", [])
@@ -59,14 +74,14 @@ class StepTaskMixin:
             input_manifests=manifests,
             foreach_stack=stack,
             parameters=parameters,
-            context={
-                "logical_date": _iso(context.get("logical_date")),
-                "data_interval_start": _iso(context.get("data_interval_start")),
-                "data_interval_end": _iso(context.get("data_interval_end")),
-                "is_production": "test" not in triggered_by,
-                "username": getattr(dag_run, "triggering_user_name", None) or getpass.getuser(),
-                "origin_run_id": ((getattr(dag_run, "conf", None) or {}).get("origin_run_id")),
-            },
+            run_context=RunContext(
+                logical_date=context.get("logical_date"),
+                data_interval_start=context.get("data_interval_start"),
+                data_interval_end=context.get("data_interval_end"),
+                is_production="test" not in triggered_by,
+                username=getattr(dag_run, "triggering_user_name", None) or getpass.getuser(),
+                origin_run_id=(getattr(dag_run, "conf", None) or {}).get("origin_run_id"),
+            ),
         )
 
     def _pull_manifests(
@@ -79,14 +94,14 @@ class StepTaskMixin:
                 value = ti.xcom_pull(task_ids=task_id, key=key)
             else:
                 value = ti.xcom_pull(task_ids=task_id, key=key, map_indexes=ti.map_index)
-            return [] if value is None else [_as_manifest(value)]
+            return [] if value is None else [self._manifest_of(value, task_id)]
         if mode == PULL_SPLIT_PARENT:
             value = ti.xcom_pull(task_ids=task_id, key=key, map_indexes=frame.get("parent_map_index", -1))
-            return [_as_manifest(value)]
+            return [self._manifest_of(value, task_id)]
         values = ti.xcom_pull(task_ids=task_id, key=key) or []
         if not isinstance(values, list):
             values = [values]
-        manifests = [_as_manifest(v) for v in values if v is not None]
+        manifests = [self._manifest_of(v, task_id) for v in values if v is not None]
         if stack:  # a join inside an outer foreach joins only the children of its own item
             own = [f["index"] for f in stack]
             manifests = [m for m in manifests if [f["index"] for f in m["foreach_stack"][:-1]] == own]
@@ -105,25 +120,27 @@ class StepTaskMixin:
         return result.manifest
 
     def _check_width(self, width: int) -> None:
-        from airflow.configuration import conf
+        check_foreach_width(width, f"The foreach in step '{self.step_name}' of flow {self.flow_name}")
 
-        limit = conf.getint("core", "max_map_length")
-        if width > limit:
-            raise ForeachTooWideError(
-                f"The foreach in step '{self.step_name}' of flow {self.flow_name} has {width} items, more "
-                f"than Airflow's [core] max_map_length ({limit}). Raise it in airflow.cfg or with "
-                f"AIRFLOW__CORE__MAX_MAP_LENGTH={width} (on the scheduler and workers), or split the "
-                f"foreach into batches. The step's artifacts are saved; clear this task to retry."
-            )
+    def _manifest_of(self, value: Any, parent_task_id: str) -> dict[str, Any]:
+        return checked_manifest(
+            value,
+            where=f"Step '{self.step_name}' of flow {self.flow_name}, reading the XCom of {parent_task_id},",
+        )
 
 
-def _as_manifest(value: Any) -> dict[str, Any]:
-    """XCom pulls may come back as our artifact view (via the XCom backend) or as a plain dict."""
-    manifest = getattr(value, "manifest", value)
-    if not isinstance(manifest, dict) or "flowspec_manifest" not in manifest:
-        raise FlowspecError(f"Expected a step manifest in XCom, got {type(value).__name__}: {value!r:.200}")
-    return manifest
+def check_foreach_width(width: int, what: str) -> None:
+    """Fail before Airflow does when a foreach's list is longer than ``[core] max_map_length``.
 
+    Lint already refuses widths the source states; this catches the ones known only at run time.
+    """
+    from airflow.configuration import conf
 
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None and hasattr(value, "isoformat") else None
+    limit = conf.getint("core", "max_map_length")
+    if width > limit:
+        raise ForeachTooWideError(
+            f"{what} has {width} items, more than Airflow's [core] max_map_length ({limit}). Raise it "
+            f"in airflow.cfg or with AIRFLOW__CORE__MAX_MAP_LENGTH={width} (on the scheduler and "
+            f"workers), or split the foreach into batches. The step's artifacts are saved; clear "
+            f"this task to run it again."
+        )

@@ -2,7 +2,8 @@
 
 This is the only place a step executes, whether on an Airflow worker (local mode) or in a Batch
 container. Retries belong to Airflow: a failing step raises, except on its last attempt under
-``@catch``, where the exception becomes an artifact and the flow goes on.
+``@catch``, where the exception becomes an artifact and the flow goes on. A flow mistake (see
+:mod:`airflow_flowspec.errors`) is never caught: it fails the task with its message.
 """
 
 from __future__ import annotations
@@ -14,20 +15,29 @@ from collections.abc import Iterator
 from typing import Any
 
 from airflow_flowspec.current import TaskContext, current
+from airflow_flowspec.datastore import open_datastore
+from airflow_flowspec.datastore.artifacts import ArtifactRef, short_repr
+from airflow_flowspec.datastore.manifest import new_manifest
+from airflow_flowspec.datastore.views import ArtifactLoader, Inputs, InputView
 from airflow_flowspec.decorators.base import step_decorators_of
-from airflow_flowspec.errors import ArtifactSaveError, FlowspecError
-from airflow_flowspec.flowspec import MergeArtifactsError, TransitionError
+from airflow_flowspec.errors import (
+    ArtifactSaveError,
+    FlowLoadError,
+    MergeArtifactsError,
+    ParameterError,
+    StepInputError,
+    TransitionError,
+    is_flow_mistake,
+)
+from airflow_flowspec.flow_loader import load_flow_class
+from airflow_flowspec.graph import graph_of
 from airflow_flowspec.parameters import flow_parameters
-from airflow_flowspec.runtime.artifact_views import IMMUTABLE_TYPES, ArtifactLoader, Inputs, InputView
 from airflow_flowspec.runtime.caught import CaughtException
-from airflow_flowspec.runtime.flow_loader import load_flow_class
 from airflow_flowspec.runtime.task_spec import StepResult, TaskSpec
 
-MANIFEST_VERSION = 1
-
-
-class StepError(FlowspecError):
-    """The step's code or its transition failed in a way the user must fix."""
+# Values of these types cannot change in place, so an artifact of such a type that a step read but
+# did not reassign can keep its stored reference instead of being pickled and hashed again.
+IMMUTABLE_TYPES = (bytes, str, int, float, bool, complex, type(None), range, frozenset)
 
 
 class TaskState:
@@ -42,8 +52,6 @@ class TaskState:
         self._items: dict[str, Any] = {}
 
     def foreach_value(self, frame: dict[str, Any]) -> Any:
-        from airflow_flowspec.datastore.artifacts import ArtifactRef
-
         digest = frame["item"]["hash"]
         if digest not in self._items:
             self._items[digest] = self.datastore.artifacts.load(ArtifactRef.from_json(frame["item"]))
@@ -84,14 +92,21 @@ class TaskState:
             )
 
 
-def run_step(spec: TaskSpec, datastore: Any = None) -> StepResult:
-    """Run the task described by ``spec`` and return what Airflow should publish."""
-    from airflow_flowspec.datastore import open_datastore
-    from airflow_flowspec.graph import graph_of
+def run_step(spec: TaskSpec, datastore: Any = None, *, store_result: bool = False) -> StepResult:
+    """Run the task described by ``spec`` and return what Airflow should publish.
 
+    With ``store_result`` the result is also left in the datastore (before the manifest, which
+    stays the last thing written), for a process other than this one to publish.
+    """
     datastore = datastore or open_datastore(spec.datastore_root)
     flow_class = load_flow_class(spec.flow_file, spec.flow_name)
     graph = graph_of(flow_class)
+    if spec.step not in graph:
+        raise FlowLoadError(
+            f"Flow {spec.flow_name} in {spec.flow_file} has no step '{spec.step}' (its steps: "
+            f"{', '.join(graph.sorted_nodes())}). The flow file was changed after the run started, "
+            f"or the task names a step that never existed: start a new run of the current flow."
+        )
     node = graph[spec.step]
     step_func = getattr(flow_class, spec.step)
     decorators = step_decorators_of(step_func)
@@ -109,7 +124,7 @@ def run_step(spec: TaskSpec, datastore: Any = None) -> StepResult:
             {
                 "flow_file": os.path.abspath(spec.flow_file),
                 "parameters": {p: _describe(flow.__dict__.get(p)) for p in parameter_names},
-                "context": spec.context,
+                "context": spec.run_context.to_json(),
             },
         )
 
@@ -125,7 +140,12 @@ def run_step(spec: TaskSpec, datastore: Any = None) -> StepResult:
                 step_func(flow)
         except Exception as exc:  # noqa: BLE001 - @catch decides; otherwise re-raised below
             catch = decorators.get("catch")
-            if catch is None or spec.attempt < spec.max_attempts or node.type in ("foreach", "split-switch"):
+            if (
+                catch is None
+                or is_flow_mistake(exc)
+                or spec.attempt < spec.max_attempts
+                or node.type in ("foreach", "split-switch")
+            ):
                 raise
             caught = exc
             print(
@@ -149,16 +169,18 @@ def run_step(spec: TaskSpec, datastore: Any = None) -> StepResult:
         foreach_children, switch_step = _check_transition(flow, node, spec, datastore)
     refs = _save_artifacts(flow, spec, datastore)
     manifest = _manifest(spec, refs, parameter_names, node, caught, switch_step, foreach_children)
-    datastore.write_manifest(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, manifest)
+    result = StepResult(manifest=manifest, foreach_children=foreach_children, switch_step=switch_step)
+    identity = (spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
+    if store_result:
+        datastore.write_step_result(*identity, result.to_json())
+    datastore.write_manifest(*identity, manifest)
     if node.type == "end":
         datastore.finish_run(spec.flow_name, spec.run_id, True, {"end_task": spec.pathspec})
     print(f"[{spec.run_id}/{spec.step}/{spec.task_id}] Task finished successfully.", flush=True)
-    return StepResult(manifest=manifest, foreach_children=foreach_children, switch_step=switch_step)
+    return result
 
 
 def _describe(value: Any) -> Any:
-    from airflow_flowspec.datastore.artifacts import short_repr
-
     return value if isinstance(value, (str, int, float, bool, type(None))) else short_repr(value)
 
 
@@ -176,7 +198,7 @@ def _restore_inputs(
         flow.__dict__["_flowspec_artifacts"] = ArtifactLoader(datastore, {})
         return [p.attr_name for p in parameters]
     if not spec.input_manifests:
-        raise StepError(
+        raise StepInputError(
             f"Step '{spec.step}' of flow {spec.flow_name} got no input manifest from its parents."
         )
     first = spec.input_manifests[0]
@@ -191,8 +213,6 @@ def _restore_inputs(
 
 
 def _set_parameters(flow: Any, parameters: list[Any], spec: TaskSpec) -> None:
-    from airflow_flowspec.parameters import ParameterError
-
     for parameter in parameters:
         raw = spec.parameters.get(parameter.name)
         if raw is None:
@@ -210,7 +230,7 @@ def _set_parameters(flow: Any, parameters: list[Any], spec: TaskSpec) -> None:
 
 @contextlib.contextmanager
 def _task_context(spec: TaskSpec) -> Iterator[None]:
-    ctx = spec.context
+    run = spec.run_context
     current._set(
         TaskContext(
             flow_name=spec.flow_name,
@@ -218,12 +238,12 @@ def _task_context(spec: TaskSpec) -> Iterator[None]:
             step_name=spec.step,
             task_id=spec.task_id,
             retry_count=spec.attempt - 1,
-            origin_run_id=ctx.get("origin_run_id"),
-            is_production=bool(ctx.get("is_production", False)),
-            username=ctx.get("username"),
-            logical_date=_as_datetime(ctx.get("logical_date")),
-            data_interval_start=_as_datetime(ctx.get("data_interval_start")),
-            data_interval_end=_as_datetime(ctx.get("data_interval_end")),
+            origin_run_id=run.origin_run_id,
+            is_production=run.is_production,
+            username=run.username,
+            logical_date=run.logical_date,
+            data_interval_start=run.data_interval_start,
+            data_interval_end=run.data_interval_end,
             map_index=spec.map_index,
             datastore_root=spec.datastore_root,
         )
@@ -232,14 +252,6 @@ def _task_context(spec: TaskSpec) -> Iterator[None]:
         yield
     finally:
         current._set(None)
-
-
-def _as_datetime(value: Any) -> Any:
-    if value is None or not isinstance(value, str):
-        return value
-    from datetime import datetime
-
-    return datetime.fromisoformat(value)
 
 
 @contextlib.contextmanager
@@ -318,8 +330,7 @@ def _foreach_children(
     children = []
     for i in range(len(items)):
         ref = refs[f"{var}[{i}]"]
-        ref_json = ref.to_json() if hasattr(ref, "to_json") else dict(ref)
-        frame = {"step": spec.step, "var": var, "index": i, "num_splits": len(items), "item": ref_json}
+        frame = {"step": spec.step, "var": var, "index": i, "num_splits": len(items), "item": ref.to_json()}
         children.append({"stack": [*spec.foreach_stack, frame], "parent_map_index": spec.map_index})
     return children
 
@@ -346,7 +357,7 @@ def _save_artifacts(flow: Any, spec: TaskSpec, datastore: Any) -> dict[str, dict
     except ArtifactSaveError as err:
         raise ArtifactSaveError(err.artifact_name, err.reason, flow=spec.flow_name, step=spec.step) from None
     for name, ref in saved.items():
-        refs[name] = ref.to_json() if hasattr(ref, "to_json") else dict(ref)
+        refs[name] = ref.to_json()
     return {name: refs[name] for name in sorted(refs)}
 
 
@@ -359,22 +370,18 @@ def _manifest(
     switch_step: str | None,
     foreach_children: list[dict[str, Any]] | None,
 ) -> dict[str, Any]:
-    manifest: dict[str, Any] = {
-        "flowspec_manifest": MANIFEST_VERSION,
-        "pathspec": spec.pathspec,
-        "flow": spec.flow_name,
-        "run_id": spec.run_id,
-        "step": spec.step,
-        "task_id": spec.task_id,
-        "attempt": spec.attempt,
-        "artifacts": refs,
-        "parameters": sorted(parameter_names),
-        "foreach_stack": spec.foreach_stack,
-    }
-    if foreach_children is not None:
-        manifest["foreach"] = {"var": node.foreach_param, "num_splits": len(foreach_children)}
-    if switch_step is not None:
-        manifest["switch"] = {"condition": node.condition, "step": switch_step}
-    if caught is not None:
-        manifest["caught"] = {"type": type(caught).__name__, "message": str(caught)}
-    return manifest
+    return new_manifest(
+        flow=spec.flow_name,
+        run_id=spec.run_id,
+        step=spec.step,
+        task_id=spec.task_id,
+        attempt=spec.attempt,
+        artifacts=refs,
+        parameters=parameter_names,
+        foreach_stack=spec.foreach_stack,
+        foreach=None
+        if foreach_children is None
+        else {"var": node.foreach_param, "num_splits": len(foreach_children)},
+        switch=None if switch_step is None else {"condition": node.condition, "step": switch_step},
+        caught=None if caught is None else {"type": type(caught).__name__, "message": str(caught)},
+    )

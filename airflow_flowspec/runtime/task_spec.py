@@ -1,15 +1,47 @@
-"""What one task needs to run, as plain JSON.
+"""The step contract: what one task needs to run (:class:`TaskSpec`) and what it gives back
+(:class:`StepResult`), as typed values that travel as plain JSON.
 
-The same spec drives the step on an Airflow worker (built in memory by the operator) and in an AWS
-Batch container (written to the datastore, its key passed on the command line), so it holds only
-JSON values: no Airflow objects.
+The same spec drives the step on an Airflow worker (built in memory by the operator) and in another
+process, e.g. an AWS Batch container (stored in the datastore, its key passed on the command line),
+so it holds no Airflow objects. What the run is (its dates, who started it, whether it is a
+production run) is a :class:`RunContext`, filled once at the Airflow edge.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 from typing import Any
+
+from airflow_flowspec.errors import StepInputError
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What Airflow knows about the run a task belongs to, as ``current`` shows it to a step."""
+
+    logical_date: datetime | None = None
+    data_interval_start: datetime | None = None
+    data_interval_end: datetime | None = None
+    username: str | None = None
+    origin_run_id: str | None = None
+    is_production: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            name: value.isoformat() if isinstance(value, datetime) else value
+            for name, value in asdict(self).items()
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> RunContext:
+        known = {f.name for f in fields(cls)}
+        document = {name: value[name] for name in known if name in value}
+        for name in ("logical_date", "data_interval_start", "data_interval_end"):
+            if isinstance(document.get(name), str):
+                document[name] = datetime.fromisoformat(document[name])
+        return cls(**document)
 
 
 @dataclass
@@ -25,7 +57,7 @@ class TaskSpec:
     input_manifests: list[dict[str, Any]] = field(default_factory=list)
     foreach_stack: list[dict[str, Any]] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)  # start step only: raw values by name
-    context: dict[str, Any] = field(default_factory=dict)  # logical_date, data intervals, origin_run_id...
+    run_context: RunContext = field(default_factory=RunContext)
 
     @property
     def task_id(self) -> str:
@@ -35,12 +67,37 @@ class TaskSpec:
     def pathspec(self) -> str:
         return f"{self.flow_name}/{self.run_id}/{self.step}/{self.task_id}"
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, default=str)
+    def to_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["run_context"] = self.run_context.to_json()
+        return document
 
     @classmethod
-    def from_json(cls, text: str) -> TaskSpec:
-        return cls(**json.loads(text))
+    def from_json(cls, document: Any) -> TaskSpec:
+        """A spec from its JSON form; anything else is a :class:`StepInputError` saying what is wrong."""
+        if not isinstance(document, dict):
+            raise StepInputError(f"A task spec must be a JSON object, got {type(document).__name__}.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(document) - known)
+        if unknown:
+            raise StepInputError(
+                f"The task spec has unknown field(s) {', '.join(unknown)}: it was written by another "
+                f"airflow-flowspec version. Install the same version on the workers and in the image."
+            )
+        values = dict(document)
+        values["run_context"] = RunContext.from_json(values.get("run_context") or {})
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise StepInputError(f"The task spec is incomplete: {error}.") from None
+
+    @classmethod
+    def from_text(cls, text: str) -> TaskSpec:
+        try:
+            document = json.loads(text)
+        except ValueError as error:
+            raise StepInputError(f"The task spec is not valid JSON: {error}.") from None
+        return cls.from_json(document)
 
 
 @dataclass
@@ -51,9 +108,13 @@ class StepResult:
     foreach_children: list[dict[str, Any]] | None = None  # one element per mapped child task
     switch_step: str | None = None  # the switch arm taken
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
-    def from_json(cls, text: str) -> StepResult:
-        return cls(**json.loads(text))
+    def from_json(cls, document: dict[str, Any]) -> StepResult:
+        return cls(
+            manifest=document["manifest"],
+            foreach_children=document.get("foreach_children"),
+            switch_step=document.get("switch_step"),
+        )

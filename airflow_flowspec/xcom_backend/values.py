@@ -1,8 +1,9 @@
 """How the XCom backend decides, stores and restores values (kept apart from the Airflow class).
 
-Ordinary XComs that are too large or not JSON are pickled to a per-XCom key
-``_xcom/<dag>/<run>/<task>/<map_index>/<key>.pkl``: a re-run replaces exactly that object, so
-``purge`` can delete it without touching anything shared.
+Ordinary XComs that are too large or not JSON are pickled to a per-XCom key (see
+:func:`airflow_flowspec.datastore.keys.xcom_value_key`): a re-run replaces exactly that object, so
+``purge`` can delete it without touching anything shared. Manifests are recognised, and artifacts
+read, by the datastore's own code: this module only decides what goes where.
 """
 
 from __future__ import annotations
@@ -10,13 +11,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from airflow_flowspec import config
+from airflow_flowspec.datastore import open_datastore
+from airflow_flowspec.datastore.artifacts import qualified_type_name, short_repr
+from airflow_flowspec.datastore.manifest import checked_manifest, is_manifest
+from airflow_flowspec.datastore.views import InputView, task_view
+
+__all__ = ["fits_inline", "is_manifest", "is_stored_value", "load_stored_value", "manifest_view"]
+
+#: The key that marks an XCom row as a reference to a pickled value in the datastore.
 STORED_MARKER = "flowspec_xcom"
-MANIFEST_MARKER = "flowspec_manifest"
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
-
-
-def is_manifest(value: Any) -> bool:
-    return isinstance(value, dict) and MANIFEST_MARKER in value and "artifacts" in value
 
 
 def is_stored_value(value: Any) -> bool:
@@ -70,8 +75,6 @@ def fits_inline(value: Any) -> Any:
     """The value as Airflow would store it inline, or None when it belongs in the datastore."""
     from airflow.sdk.bases.xcom import BaseXCom
 
-    from airflow_flowspec import config
-
     limit = config.xcom_inline_max_bytes()
     size = _plain_json_size(value, limit)
     if size >= 0:
@@ -87,71 +90,36 @@ def fits_inline(value: Any) -> Any:
     return None
 
 
-def _xcom_key(dag_id: Any, run_id: Any, task_id: Any, map_index: Any, key: Any) -> str:
-    from airflow_flowspec.datastore.keys import safe_key_part
-
-    parts = [
-        dag_id or "unknown",
-        run_id or "unknown",
-        task_id or "unknown",
-        str(map_index if map_index is not None else -1),
-    ]
-    return "/".join(
-        ["_xcom", *(safe_key_part(p) for p in parts), safe_key_part(f"{key or 'return_value'}.pkl")]
-    )
-
-
 def store_value(
     value: Any, *, key: Any, task_id: Any, dag_id: Any, run_id: Any, map_index: Any
 ) -> dict[str, Any]:
-    from airflow_flowspec import config
-    from airflow_flowspec.datastore import open_datastore
-    from airflow_flowspec.datastore.artifacts import qualified_type_name, short_repr
-    from airflow_flowspec.datastore.encoding import encode
-
     datastore = open_datastore(config.datastore_root())
-    backend = datastore.backend
-    object_key = _xcom_key(dag_id, run_id, task_id, map_index, key)
-    blob = encode(value, name=f"XCom '{key}' of task {task_id}", scratch_dir=backend.scratch_dir())
-    try:
-        if blob.data is not None:
-            backend.put_bytes(object_key, blob.data)
-        else:
-            path, blob.path = blob.path, None
-            backend.adopt_file(object_key, path)
-    finally:
-        blob.discard()
+    object_key, size = datastore.save_xcom_value(
+        value,
+        dag_id=dag_id or "unknown",
+        run_id=run_id or "unknown",
+        task_id=task_id or "unknown",
+        map_index=map_index if map_index is not None else -1,
+        key=key or "return_value",
+    )
     return {
         STORED_MARKER: 1,
         "root": datastore.root,
         "key": object_key,
         "type": qualified_type_name(value),
-        "size": blob.size,
+        "size": size,
         "repr": short_repr(value),
     }
 
 
 def load_stored_value(stored: dict[str, Any]) -> Any:
-    from airflow_flowspec.datastore import open_datastore
-    from airflow_flowspec.datastore.encoding import decode
-
-    datastore = open_datastore(stored["root"])
-    return decode(datastore.backend, stored["key"], stored.get("size"))
+    return open_datastore(stored["root"]).load_xcom_value(stored["key"], stored.get("size"))
 
 
-def manifest_view(manifest: dict[str, Any]) -> Any:
+def manifest_view(manifest: dict[str, Any]) -> InputView:
     """A step's manifest as an object with lazy attribute access to its artifacts."""
-    from airflow_flowspec import config
-    from airflow_flowspec.datastore import open_datastore
-    from airflow_flowspec.datastore.artifacts import ArtifactRef
-    from airflow_flowspec.runtime.artifact_views import InputView
-
-    datastore = open_datastore(config.datastore_root())
-
-    def foreach_value(frame: dict[str, Any]) -> Any:
-        return datastore.artifacts.load(ArtifactRef.from_json(frame["item"]))
-
-    return InputView(manifest, datastore, foreach_value)
+    checked = checked_manifest(manifest, where="An XCom pull")
+    return task_view(checked, open_datastore(config.datastore_root()))
 
 
 def purge_stored(stored: Any) -> None:
@@ -161,7 +129,5 @@ def purge_stored(stored: Any) -> None:
     part of it), so a re-run replaces no stored object, and the earlier attempt stays readable if
     the re-run fails. Artifact blobs are shared by content and are left to garbage collection.
     """
-    from airflow_flowspec.datastore import open_datastore
-
     if is_stored_value(stored):
-        open_datastore(stored["root"]).backend.delete_many([stored["key"]])
+        open_datastore(stored["root"]).delete_xcom_value(stored["key"])

@@ -18,7 +18,7 @@ CHILD = """
 import importlib.util, json, os, sys, time
 flow_file, width, profile = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 os.environ["BENCH_WIDTH"] = str(width)
-from airflow_flowspec.local_run import ensure_database, quiet_airflow_warnings, sync_dag
+from airflow_flowspec.airflow.local_run import ensure_database, quiet_airflow_warnings, sync_dag
 quiet_airflow_warnings()
 import logging
 from pathlib import Path
@@ -86,7 +86,7 @@ spec = importlib.util.spec_from_file_location("width_flow_bench", flow_file)
 module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
 spec.loader.exec_module(module)
-from airflow_flowspec.airflow_registration import dag_for
+from airflow_flowspec.airflow.registration import dag_for
 dag = dag_for(module.WidthFlow, flow_file)
 sync_dag(dag)
 logging.getLogger("airflow").setLevel(logging.WARNING)

@@ -38,16 +38,16 @@ import airflow_flowspec
 t = mark("import airflow_flowspec", t)
 from airflow_flowspec.graph import graph_of
 from airflow_flowspec.lint import lint_flow
-from airflow_flowspec.runtime.flow_loader import load_flow_class
+from airflow_flowspec.flow_loader import load_flow_class
 flow_class = load_flow_class(sys.argv[1], sys.argv[2])
 lint_flow(graph_of(flow_class))
 t = mark("flow file + graph + lint", t)
-from airflow_flowspec import local_run
+from airflow_flowspec.airflow import local_run
 home = local_run.prepare_environment()
 local_run.quiet_airflow_warnings()
 import airflow.sdk
 t = mark("import airflow.sdk (config, settings, ORM)", t)
-from airflow_flowspec.airflow_registration import dag_for
+from airflow_flowspec.airflow.registration import dag_for
 dag = dag_for(flow_class, sys.argv[1])
 t = mark("build DAG", t)
 local_run.ensure_database(home)
@@ -106,7 +106,7 @@ if __name__ == "__main__":
 
 def plain_airflow_wall(context: Context) -> float:
     """Median wall time of the plain TaskFlow DAG's ``python dag.py`` (after one untimed run)."""
-    from airflow_flowspec.local_run import airflow_environment
+    from airflow_flowspec.airflow.local_run import airflow_environment
 
     home = flowspec_home(context) / "airflow"  # migrated by our warm-up run
     dags = context.workdir / "plain-airflow-dags"

@@ -15,7 +15,7 @@ mode, root, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 values = {f"feature_{i}": {"id": i, "payload": os.urandom(400).hex()} for i in range(count)}
 if mode == "ours":
     from airflow_flowspec.datastore.store import Datastore
-    from airflow_flowspec.runtime.artifact_views import ArtifactLoader
+    from airflow_flowspec.datastore.views import ArtifactLoader
     store = Datastore(root).artifacts
     store.backend.client
     start = time.perf_counter()

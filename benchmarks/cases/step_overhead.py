@@ -25,7 +25,12 @@ import json, logging, os, sys, time
 from datetime import datetime, timezone
 kind, steps, home, flows = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 from pathlib import Path
-from airflow_flowspec.local_run import airflow_environment, ensure_database, quiet_airflow_warnings, sync_dag
+from airflow_flowspec.airflow.local_run import (
+    airflow_environment,
+    ensure_database,
+    quiet_airflow_warnings,
+    sync_dag,
+)
 os.environ.update(airflow_environment(Path(home)))
 if kind != "ours":  # TaskFlow: Airflow's default XCom backend; ours: as `python flow.py run` sets it
     os.environ["AIRFLOW__CORE__XCOM_BACKEND"] = "airflow.sdk.execution_time.xcom.BaseXCom"
@@ -34,8 +39,8 @@ logging.getLogger("airflow").setLevel(logging.WARNING)
 ensure_database(Path(home))
 
 def ours_dag(name, flow_name):
-    from airflow_flowspec.airflow_registration import dag_for
-    from airflow_flowspec.runtime.flow_loader import load_flow_class
+    from airflow_flowspec.airflow.registration import dag_for
+    from airflow_flowspec.flow_loader import load_flow_class
     path = os.path.join(flows, name)
     return dag_for(load_flow_class(path, flow_name), path)
 

@@ -1,17 +1,25 @@
-"""Lazy, read-only views of artifacts described by a manifest.
+"""Lazy, read-only views of the artifacts a manifest describes: the one read path for artifacts.
 
-A step that never touches an artifact never downloads it: a view holds only references
-(name -> content hash) until an attribute is read, then loads that one artifact and keeps it.
+A join step's ``inputs``, a plain Airflow task's ``ti.xcom_pull("train").model`` and (next) the
+client and the UI all read artifacts through these classes. A step that never touches an artifact
+never downloads it: a view holds only references (name -> content hash) until an attribute is read,
+then loads that one artifact and keeps it.
+
+Outside a step (a plain task, a notebook), an artifact may be an instance of a class defined in
+the flow file, pickled by reference to ``flowspec_flows.<FlowName>``; the view then imports the
+flow file the run recorded and tries again.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-# Values of these types cannot change in place, so an artifact of such a type that a step read but
-# did not reassign can keep its stored reference instead of being pickled and hashed again.
-IMMUTABLE_TYPES = (bytes, str, int, float, bool, complex, type(None), range, frozenset)
+from airflow_flowspec.datastore.artifacts import ArtifactRef
+from airflow_flowspec.errors import FlowLoadError
+from airflow_flowspec.flow_loader import is_missing_flow_module, load_flow_class, stable_module_name
 
 
 class ArtifactLoader:
@@ -37,9 +45,6 @@ class ArtifactLoader:
 
     def load(self, name: str) -> Any:
         if name not in self.loaded:
-            from airflow_flowspec.datastore.artifacts import ArtifactRef
-            from airflow_flowspec.runtime.flow_loader import is_missing_flow_module
-
             ref = ArtifactRef.from_json(self.refs[name])
             try:
                 self.loaded[name] = self.datastore.artifacts.load(ref)
@@ -52,9 +57,9 @@ class ArtifactLoader:
 
 
 class InputView:
-    """One parent task's artifacts, as a join step sees them in ``inputs``."""
+    """One task's artifacts: an input of a join step, or what a plain task pulls from a step."""
 
-    def __init__(self, manifest: dict[str, Any], datastore: Any, foreach_value: Any):
+    def __init__(self, manifest: dict[str, Any], datastore: Any, foreach_value: Callable[[dict], Any]):
         object.__setattr__(self, "_manifest", manifest)
         object.__setattr__(
             self,
@@ -64,8 +69,6 @@ class InputView:
         object.__setattr__(self, "_foreach_value", foreach_value)
 
     def _import_flow_module(self) -> None:
-        from airflow_flowspec.runtime.flow_loader import import_flow_of_run
-
         import_flow_of_run(self._loader.datastore, self._manifest["flow"], self._manifest["run_id"])
 
     @property
@@ -134,3 +137,32 @@ class Inputs:
         raise AttributeError(
             f"This join has no input from a step named '{name}'; its inputs come from {steps}."
         )
+
+
+def task_view(manifest: dict[str, Any], datastore: Any) -> InputView:
+    """A task's artifacts for code outside a step (a plain Airflow task, a notebook)."""
+
+    def foreach_value(frame: dict[str, Any]) -> Any:
+        return datastore.artifacts.load(ArtifactRef.from_json(frame["item"]))
+
+    return InputView(manifest, datastore, foreach_value)
+
+
+def import_flow_of_run(datastore: Any, flow_name: str, run_id: str) -> None:
+    """Import the flow file a run used, so that classes defined in it unpickle outside a step.
+
+    A step imports its flow file anyway; a plain Airflow task or a notebook reading the run's
+    artifacts has not, and an instance of a class from the flow file (pickled by reference to
+    ``flowspec_flows.<FlowName>``) cannot be rebuilt without it. The run's metadata says which
+    file the run used.
+    """
+    if stable_module_name(flow_name) in sys.modules:
+        return
+    flow_file = datastore.read_run_meta(flow_name, run_id).get("flow_file")
+    if not flow_file or not os.path.isfile(flow_file):
+        raise FlowLoadError(
+            f"An artifact of run {run_id} of flow {flow_name} is an instance of a class defined in the "
+            f"flow file, and that file ({flow_file or 'not recorded'}) is not available here. Put the "
+            f"flow file at that path (or run this where the flow runs) to load the artifact."
+        )
+    load_flow_class(flow_file, flow_name)

@@ -9,7 +9,10 @@ stays usable in a container without Airflow.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_flowspec.lint.registry import LintTarget
 
 _CONTEXT_MODULE = "airflow.sdk.definitions._internal.contextmanager"
 
@@ -26,18 +29,12 @@ def register_if_parsing(flow_class: type) -> None:
     module_name = flow_class.__module__
     if not _dagbag_importing(module_name) or not _defines_steps(flow_class):
         return
-    from airflow_flowspec.graph import graph_of
-    from airflow_flowspec.lint import lint_flow
-    from airflow_flowspec.translator import build_dag
-
     context = sys.modules[_CONTEXT_MODULE].DagContext
     module = sys.modules[module_name]
     previous = flow_class.__dict__.get("_flowspec_dag")
     if previous is not None:  # a class decorator changed the flow after the class was created
         _unregister(context, previous)
-    graph = graph_of(flow_class)
-    lint_flow(graph)
-    flow_class._flowspec_dag = build_dag(flow_class, graph, module.__file__)
+    flow_class._flowspec_dag = dag_for(flow_class, module.__file__)
 
 
 def _unregister(context: Any, stale_dag: Any) -> None:
@@ -57,12 +54,15 @@ def _defines_steps(flow_class: type) -> bool:
     return any(getattr(value, "is_step", False) for value in vars(flow_class).values())
 
 
-def dag_for(flow_class: type, flow_file: str) -> Any:
-    """Lint the flow and build its DAG outside a DagBag import (``python flow.py run``)."""
+def dag_for(flow_class: type, flow_file: str, target: LintTarget | None = None) -> Any:
+    """Lint the flow (for ``target``, by default this environment's Airflow) and build its DAG.
+
+    A lint error is raised before Airflow is imported.
+    """
+    from airflow_flowspec.airflow.translator import build_dag
     from airflow_flowspec.graph import graph_of
-    from airflow_flowspec.lint import lint_flow
-    from airflow_flowspec.translator import build_dag
+    from airflow_flowspec.lint import airflow_target, lint_flow
 
     graph = graph_of(flow_class)
-    lint_flow(graph)
+    lint_flow(graph, target or airflow_target())
     return build_dag(flow_class, graph, flow_file)

@@ -16,15 +16,11 @@ import sys
 import types
 from typing import Any
 
-from airflow_flowspec.errors import FlowspecError
+from airflow_flowspec.errors import FlowLoadError
 
 PACKAGE = "flowspec_flows"
 
 _loaded: dict[str, tuple[str, float, types.ModuleType]] = {}
-
-
-class FlowLoadError(FlowspecError):
-    """The flow file could not be loaded or does not define the flow."""
 
 
 def stable_module_name(flow_name: str) -> str:
@@ -57,26 +53,6 @@ def load_flow_class(flow_file: str, flow_name: str) -> Any:
     if not isinstance(flow_class, type):
         raise FlowLoadError(f"Flow file {path} does not define a class named {flow_name}.")
     return flow_class
-
-
-def import_flow_of_run(datastore: Any, flow_name: str, run_id: str) -> None:
-    """Import the flow file a run used, so that classes defined in it unpickle outside a step.
-
-    A step imports its flow file anyway; a plain Airflow task or a notebook reading the run's
-    artifacts has not, and an instance of a class from the flow file (pickled by reference to
-    ``flowspec_flows.<FlowName>``) cannot be rebuilt without it. The run's metadata says which
-    file the run used.
-    """
-    if stable_module_name(flow_name) in sys.modules:
-        return
-    flow_file = datastore.read_run_meta(flow_name, run_id).get("flow_file")
-    if not flow_file or not os.path.isfile(flow_file):
-        raise FlowLoadError(
-            f"An artifact of run {run_id} of flow {flow_name} is an instance of a class defined in the "
-            f"flow file, and that file ({flow_file or 'not recorded'}) is not available here. Put the "
-            f"flow file at that path (or run this where the flow runs) to load the artifact."
-        )
-    load_flow_class(flow_file, flow_name)
 
 
 def is_missing_flow_module(error: BaseException) -> bool:

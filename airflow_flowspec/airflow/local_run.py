@@ -17,12 +17,15 @@ import sys
 import types
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from airflow_flowspec.airflow.discovery import DISCOVERY_CALLABLE
 from airflow_flowspec.config import default_home
 
+if TYPE_CHECKING:
+    from airflow_flowspec.lint.registry import LintTarget
+
 XCOM_BACKEND = "airflow_flowspec.xcom_backend.FlowspecXComBackend"
-DISCOVERY_CALLABLE = "airflow_flowspec.discovery.might_contain_dag"
 
 
 def airflow_environment(home: Path) -> dict[str, str]:
@@ -88,7 +91,8 @@ def sync_dag(dag: Any) -> None:
     sync_bag_to_db(bag, "dags-folder", None)
 
 
-def run_locally(flow_class: type, flow_file: str, parameters: dict[str, Any]) -> int:
+def run_locally(flow_class: type, flow_file: str, parameters: dict[str, Any], target: LintTarget) -> int:
+    """Lint (for ``target``), register and run the flow once; return the exit status."""
     home = prepare_environment()
     quiet_airflow_warnings()
     # Importing Airflow allocates hundreds of thousands of long-lived objects; the cyclic garbage
@@ -96,9 +100,9 @@ def run_locally(flow_class: type, flow_file: str, parameters: dict[str, Any]) ->
     # then move everything imported out of the collector's sight.
     gc.disable()
     try:
-        from airflow_flowspec.airflow_registration import dag_for
+        from airflow_flowspec.airflow.registration import dag_for
 
-        dag = dag_for(flow_class, flow_file)  # lint errors surface here, before Airflow starts
+        dag = dag_for(flow_class, flow_file, target)  # lint errors surface here, before Airflow starts
         logging.getLogger("airflow").setLevel(logging.WARNING)
         ensure_database(home)
         sync_dag(dag)

@@ -16,8 +16,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from airflow_flowspec import config
 from airflow_flowspec.decorators.base import step_decorators_of
-from airflow_flowspec.errors import LintError
 from airflow_flowspec.graph import FlowGraph
 from airflow_flowspec.operators.step_task import (
     PULL_ALL_CHILDREN,
@@ -54,7 +54,6 @@ def build_dag(flow_class: type, graph: FlowGraph, flow_file: str) -> Any:
 
 def record_failed_run(context: Any) -> None:
     """Mark the run failed in the datastore, so the client's run listing says so too."""
-    from airflow_flowspec import config
     from airflow_flowspec.datastore import open_datastore
 
     dag_run = context["dag_run"]
@@ -113,9 +112,18 @@ def _foreach_domain(graph: FlowGraph, name: str) -> str | None:
     return foreach_parents[-1] if foreach_parents else None
 
 
-def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
-    from airflow_flowspec.operators.local_step import FlattenForeachOperator, LocalStepOperator
+def step_operator_class(execution: str) -> type:
+    """The operator that runs steps for ``[flowspec] execution`` (one place decides; cosmos does
+    the same). The AWS Batch operator joins the local one here."""
+    from airflow_flowspec.operators.local_step import LocalStepOperator
 
+    return {"local": LocalStepOperator}[execution]
+
+
+def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
+    from airflow_flowspec.operators.local_step import FlattenForeachOperator
+
+    step_operator = step_operator_class(config.execution())
     order = graph.sorted_nodes()
     domain = {name: _foreach_domain(graph, name) for name in order}
     tasks: dict[str, Any] = {}
@@ -123,13 +131,6 @@ def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
 
     for name in order:
         node = graph[name]
-        if node.type == "split-switch" and domain[name] is not None:
-            raise LintError(
-                f"Step {name} is a switch inside a foreach; on Airflow a switch must be outside any "
-                f"foreach for now. Move the choice into the step body (if/else) or before the foreach.",
-                file=node.source_file,
-                line=node.func_lineno,
-            )
         kwargs = dict(
             task_id=name,
             flow_file=flow_file,
@@ -142,9 +143,9 @@ def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
             **_decorator_settings(getattr(flow_class, name)),
         )
         if domain[name] is None:
-            task = LocalStepOperator(**kwargs)
+            task = step_operator(**kwargs)
         else:
-            task = LocalStepOperator.partial(**kwargs).expand(foreach_frame=domain_source[domain[name]])
+            task = step_operator.partial(**kwargs).expand(foreach_frame=domain_source[domain[name]])
         tasks[name] = task
         if node.type == "foreach":
             if domain[name] is None:
@@ -183,6 +184,11 @@ def _trigger_rule(graph: FlowGraph, name: str) -> str:
 
 
 def _decorator_settings(step_func: Any) -> dict[str, Any]:
+    """Step decorators that Airflow implements, as task settings.
+
+    ``@catch`` and ``@environment`` act inside the task (the runtime applies them); ``@resources``
+    and ``@batch`` are for the AWS Batch operator, which reads them from the step.
+    """
     decorators = step_decorators_of(step_func)
     settings: dict[str, Any] = {}
     if "retry" in decorators:
@@ -190,11 +196,4 @@ def _decorator_settings(step_func: Any) -> dict[str, Any]:
         settings["retry_delay"] = timedelta(minutes=decorators["retry"]["minutes_between_retries"])
     if "timeout" in decorators:
         settings["execution_timeout"] = timedelta(seconds=decorators["timeout"].total_seconds)
-    if "resources" in decorators:
-        # Not BaseOperator's `resources` (executor slots): these are the step's, for AWS Batch.
-        settings["step_resources"] = dict(decorators["resources"].attributes)
-    if "batch" in decorators:
-        settings["batch"] = {k: v for k, v in decorators["batch"].attributes.items() if v is not None}
-    if "environment" in decorators:
-        settings["environment"] = dict(decorators["environment"]["vars"])
     return settings
