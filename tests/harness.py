@@ -7,10 +7,12 @@ before any test module imports Airflow.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
@@ -111,3 +113,45 @@ def run_cli(
         cwd=flow_file.parent,
         env={**os.environ, **(env or {})},
     )
+
+
+def raw_xcom(dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+    """The value exactly as Airflow's ``xcom`` table holds it (and the UI shows it)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(XComModel.value).where(
+                XComModel.dag_id == dag_id,
+                XComModel.run_id == run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == key,
+                XComModel.map_index == map_index,
+            )
+        ).all()
+    assert len(rows) == 1, f"expected one XCom row for {dag_id}/{run_id}/{task_id}/{key}, got {rows!r}"
+    return rows[0]
+
+
+_PARSE = textwrap.dedent("""
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.serialized_objects import DagSerialization
+    bag = DagBag(dag_folder=sys.argv[1], safe_mode=True)
+    print(json.dumps({
+        "errors": {k: v for k, v in bag.import_errors.items()},
+        "dags": {d: DagSerialization.to_dict(dag) for d, dag in sorted(bag.dags.items())},
+    }, sort_keys=True, default=str))
+""")
+
+
+def parse_dags_folder(folder, extra_env=None):
+    """Parse a dags folder the way the DAG processor does, in a fresh process."""
+    env = {**os.environ, "PYTHONHASHSEED": "random", **(extra_env or {})}
+    result = subprocess.run(
+        [sys.executable, "-c", _PARSE, str(folder)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])

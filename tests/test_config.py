@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from airflow_flowspec import config
+from airflow_flowspec.errors import ConfigurationError
 
 
 def test_environment_beats_airflow_cfg_beats_default(tmp_path, monkeypatch):
@@ -32,3 +35,36 @@ def test_unset_root_is_the_embedded_default_under_flowspec_home(tmp_path, monkey
     monkeypatch.delenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", raising=False)
     monkeypatch.setenv("FLOWSPEC_HOME", str(tmp_path / "home"))
     assert config.datastore_root() == str(tmp_path / "home" / "datastore")
+
+
+@pytest.mark.parametrize(
+    "option, value, read, accepted",
+    [
+        ("xcom_inline_max_bytes", "64k", config.xcom_inline_max_bytes, "a whole number of bytes, 0 or more"),
+        ("xcom_inline_max_bytes", "-1", config.xcom_inline_max_bytes, "a whole number of bytes, 0 or more"),
+        ("s3_multipart_threshold_mb", "1", config.s3_multipart_threshold_bytes, "5 or more"),
+        ("s3_multipart_threshold_mb", "lots", config.s3_multipart_threshold_bytes, "5 or more"),
+        ("execution", "kubernetes", config.execution, "'local'"),
+    ],
+)
+def test_a_bad_option_value_is_a_configuration_error_naming_option_and_accepted_values(
+    monkeypatch, option, value, read, accepted
+):
+    monkeypatch.setenv(f"AIRFLOW__FLOWSPEC__{option.upper()}", value)
+    with pytest.raises(ConfigurationError) as caught:
+        read()
+    message = str(caught.value)
+    assert f"[flowspec] {option} is {value!r}" in message and accepted in message
+    assert f"AIRFLOW__FLOWSPEC__{option.upper()}" in message
+
+
+def test_a_bad_option_fails_a_flow_run_with_the_message_not_a_traceback(tmp_path):
+    from harness import FLOWS, run_cli
+
+    result = run_cli(FLOWS / "foreach_flow.py", "run", env={"AIRFLOW__FLOWSPEC__EXECUTION": "batchh"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        "ForeachFlow: [flowspec] execution is 'batchh', which is not usable: it must be 'local'"
+        in result.stderr
+    )

@@ -7,10 +7,11 @@ adding one function decorated with :func:`check` to the module of its family. Ru
 family in the order of :data:`FAMILIES`, and in file order within a family, so a flow is told about
 its most basic mistake first and later rules may assume earlier ones passed.
 
-The rules are Metaflow 2.19's, plus what an Airflow DAG needs: no loops at all (Metaflow allows a
-switch to loop back), step names usable in task ids, artifact names that do not shadow the flow's
-own attributes, no switch inside a foreach, and foreach widths within ``[core] max_map_length``.
-The Airflow-only ones are registered for :data:`AIRFLOW`; see :mod:`.registry`.
+The rules are Metaflow 2.19's, plus what our own machinery needs of every flow (step names usable in
+task ids, artifact names that do not shadow the flow's own attributes, no loops of any kind: the
+graph is ordered topologically), plus three rules that hold only because the flow runs as an
+Airflow DAG, registered for :data:`AIRFLOW`: no switch looping back (Metaflow allows it), no switch
+inside a foreach, and foreach widths the source states within ``[core] max_map_length``.
 
 Nothing here imports Airflow: the limits of the target come in a :class:`LintTarget`.
 """

@@ -33,7 +33,7 @@ class LintTarget:
     max_map_length: int | None = None
 
 
-#: Every Metaflow-style rule, and nothing target-specific.
+#: The rules for every target, none of the Airflow-only ones (a switch inside a foreach passes).
 ANY_TARGET = LintTarget(name=None)
 
 LintRule = Callable[[FlowGraph, LintTarget], None]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import FlowRun, load_flow, run_flow
+from harness import FlowRun, load_flow, raw_xcom, run_flow
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -53,26 +53,6 @@ class XComViewFlow(FlowSpec):
 if __name__ == "__main__":
     XComViewFlow()
 '''.replace("FIVE_MB", str(FIVE_MB))
-
-
-def raw_xcom(dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
-    """The value exactly as Airflow's ``xcom`` table holds it (and the UI shows it)."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        rows = session.scalars(
-            select(XComModel.value).where(
-                XComModel.dag_id == dag_id,
-                XComModel.run_id == run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == key,
-                XComModel.map_index == map_index,
-            )
-        ).all()
-    assert len(rows) == 1, f"expected one XCom row for {dag_id}/{run_id}/{task_id}/{key}, got {rows!r}"
-    return rows[0]
 
 
 def flow_dag_with_plain_task(tmp_path: Path, plain_task: Any) -> tuple[type, Any]:
@@ -442,3 +422,28 @@ def test_an_instance_of_a_flow_class_whose_flow_file_is_gone_gets_a_clear_error(
     assert (
         "run-1 of flow GoneFlow" in message and "moved_away.py" in message and "not available here" in message
     )
+
+
+@pytest.mark.parametrize(
+    "first_import",
+    [
+        "import airflow_flowspec.xcom_backend as backend",
+        "import airflow; import airflow_flowspec.xcom_backend as backend",
+    ],
+    ids=["ours first", "airflow first"],
+)
+def test_the_configured_backend_resolves_quietly_whichever_is_imported_first(first_import):
+    """Importing Airflow resolves [core] xcom_backend, which imports this package back; the class
+    must be there when Airflow asks (it used to log a dozen "does not define" warnings)."""
+    import subprocess
+
+    code = (
+        f"{first_import}\n"
+        "from airflow.sdk.execution_time.xcom import XCom\n"
+        "assert XCom is backend.FlowspecXComBackend, XCom\n"
+        "print('resolved', XCom.__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "resolved FlowspecXComBackend"
+    assert "does not define" not in result.stderr and "warning" not in result.stderr.lower()

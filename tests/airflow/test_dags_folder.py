@@ -7,33 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
-from harness import FLOWS
+from harness import FLOWS, parse_dags_folder
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
-
-_PARSE = textwrap.dedent("""
-    import json, sys
-    from airflow.dag_processing.dagbag import DagBag
-    from airflow.serialization.serialized_objects import DagSerialization
-    bag = DagBag(dag_folder=sys.argv[1], safe_mode=True)
-    print(json.dumps({
-        "errors": {k: v for k, v in bag.import_errors.items()},
-        "dags": {d: DagSerialization.to_dict(dag) for d, dag in sorted(bag.dags.items())},
-    }, sort_keys=True, default=str))
-""")
-
-
-def parse_dags_folder(folder, extra_env=None):
-    """Parse a dags folder the way the DAG processor does, in a fresh process."""
-    env = {**os.environ, "PYTHONHASHSEED": "random", **(extra_env or {})}
-    result = subprocess.run(
-        [sys.executable, "-c", _PARSE, str(folder)], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.splitlines()[-1])
 
 
 @pytest.fixture
@@ -125,6 +103,12 @@ def test_airflow_dags_test_runs_the_flow_from_the_dags_folder(tmp_path):
 
 
 def test_airflow_lists_the_provider_and_its_flowspec_config():
+    """One version number: the package's, as installed metadata and as Airflow's provider list."""
+    from importlib.metadata import version
+
+    from airflow_flowspec import __version__
+
+    assert version("airflow-flowspec") == __version__
     airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
     listed = subprocess.run(
         [airflow, "providers", "get", "airflow-flowspec", "-o", "json"],
@@ -132,7 +116,9 @@ def test_airflow_lists_the_provider_and_its_flowspec_config():
         text=True,
         timeout=120,
     )
-    assert json.loads(listed.stdout) == [{"Provider": "airflow-flowspec", "Version": "0.1.0"}], listed.stderr
+    assert json.loads(listed.stdout) == [{"Provider": "airflow-flowspec", "Version": __version__}], (
+        listed.stderr
+    )
     option = subprocess.run(
         [airflow, "config", "get-value", "flowspec", "xcom_inline_max_bytes"],
         capture_output=True,

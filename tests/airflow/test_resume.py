@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import FLOWS, FlowRun, load_flow
-from test_xcom_backend import raw_xcom
+from harness import FLOWS, FlowRun, load_flow, raw_xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

@@ -18,6 +18,7 @@ import time
 import uuid
 
 import pytest
+from harness import REPO
 
 from airflow_flowspec.datastore import ArtifactRef, Datastore, open_datastore
 from airflow_flowspec.datastore.artifacts import short_repr
@@ -28,7 +29,7 @@ from airflow_flowspec.datastore.keys import decode_key_part, safe_key_part
 from airflow_flowspec.errors import ArtifactNotFoundError, ArtifactSaveError, DatastoreError, UnsafeKeyError
 
 BUCKET = "flowspec-test"  # created by the s3_endpoint fixture (conftest.py)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = str(REPO)
 RUN_ID = "manual__2026-11-23T08:57:05.123456+00:00"
 
 

@@ -1,0 +1,214 @@
+"""The package's import graph, read from source (AST, nothing executed): no cycles, Airflow only at
+the edge.
+
+An import inside a function counts like one at the top: a cycle that only function-level imports
+keep from breaking is still a cycle (it breaks as soon as someone moves an import up). Imports under
+``if TYPE_CHECKING:`` never run and do not count. An edge is an import as written: ``from a.b import
+c`` is an edge to ``a.b.c`` when that is a module, else to ``a.b``; a module is not counted as
+importing its parent packages, or every package whose ``__init__`` re-exports its modules would
+be a cycle.
+
+Guards: the layering described in the README's Architecture section (the subprocess test in
+``test_boundary.py`` proves the same boundary by running the code with Airflow blocked).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import NamedTuple
+
+from harness import REPO
+
+PACKAGE = "airflow_flowspec"
+#: Code that needs Airflow lives here, and only here.
+EDGE_PACKAGES = ("airflow_flowspec.airflow", "airflow_flowspec.operators", "airflow_flowspec.xcom_backend")
+#: Kept at the top level because users write this path in airflow.cfg.
+EDGE_MODULES = ("airflow_flowspec.discovery",)
+#: The only imports from the rest of the package into the edge: lazy (inside a function), named.
+LAZY_ENTRY_POINTS = {
+    ("airflow_flowspec.flowspec", "airflow_flowspec.airflow.registration"),  # a DagBag import builds the DAG
+    ("airflow_flowspec.cli", "airflow_flowspec.airflow.local_run"),  # python flow.py run
+    ("airflow_flowspec.cli", "airflow_flowspec.airflow.discovery"),  # python flow.py check
+}
+AIRFLOW_ONLY = ("airflow", "moto")
+
+
+class Import(NamedTuple):
+    importer: str
+    imported: str  # a module of the package, or a third-party top-level name
+    line: int
+    in_function: bool
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def read_imports(root: Path, package: str) -> tuple[set[str], list[Import]]:
+    """Every module of ``package`` (found under ``root``) and every import each one makes."""
+    paths = sorted((root / package).rglob("*.py"))
+    modules = {module_name(path, root) for path in paths}
+    imports: list[Import] = []
+    for path in paths:
+        importer = module_name(path, root)
+        is_package = path.name == "__init__.py"
+        tree = ast.parse(path.read_text(), str(path))
+        for node, in_function in _import_nodes(tree):
+            for target in _targets(node, importer, is_package, modules):
+                imports.append(Import(importer, target, node.lineno, in_function))
+    return modules, imports
+
+
+def _import_nodes(tree: ast.AST):
+    """(import node, inside a function?) for every import that can run."""
+    pending: list[tuple[ast.AST, bool]] = [(tree, False)]
+    while pending:
+        node, in_function = pending.pop()
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                pending.extend((stmt, in_function) for stmt in child.orelse)
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                yield child, in_function
+            nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            pending.append((child, nested))
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _targets(node: ast.Import | ast.ImportFrom, importer: str, is_package: bool, modules: set[str]):
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            yield _owning_module(alias.name, modules)
+        return
+    base = node.module or ""
+    if node.level:
+        anchor = importer.split(".") if is_package else importer.split(".")[:-1]
+        anchor = anchor[: len(anchor) - (node.level - 1)]
+        base = ".".join([*anchor, base] if base else anchor)
+    for alias in node.names:
+        candidate = f"{base}.{alias.name}"
+        yield candidate if candidate in modules else _owning_module(base, modules)
+
+
+def _owning_module(name: str, modules: set[str]) -> str:
+    """The longest prefix of ``name`` that is one of our modules, else its top-level name."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in modules:
+            return ".".join(parts[:end])
+    return parts[0]
+
+
+def find_cycles(modules: set[str], imports: list[Import]) -> list[list[str]]:
+    """Every strongly connected group of modules with more than one member, or importing itself."""
+    graph: dict[str, set[str]] = {module: set() for module in modules}
+    for edge in imports:
+        if edge.imported in modules:
+            graph[edge.importer].add(edge.imported)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    for root in sorted(graph):  # iterative Tarjan: the graph is small, recursion would do too
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1 or node in graph[node]:
+                    cycles.append(sorted(group))
+    return cycles
+
+
+def is_edge(module: str) -> bool:
+    return module in EDGE_MODULES or any(
+        module == package or module.startswith(package + ".") for package in EDGE_PACKAGES
+    )
+
+
+MODULES, IMPORTS = read_imports(REPO, PACKAGE)
+
+
+def test_the_reader_sees_imports_at_every_level():
+    """Guards the guard: known imports of each kind are found, so the checks below cannot pass on
+    an empty graph."""
+    found = {(edge.importer, edge.imported, edge.in_function) for edge in IMPORTS}
+    assert ("airflow_flowspec.runtime.step_runner", "airflow_flowspec.datastore.views", False) in found
+    assert ("airflow_flowspec.flowspec", "airflow_flowspec.airflow.registration", True) in found
+    assert ("airflow_flowspec.operators.step_task", "airflow", False) in found
+    assert ("airflow_flowspec.lint", "airflow_flowspec.lint.names", False) in found  # from . import x
+    assert len(MODULES) > 40
+
+
+def test_a_cycle_through_a_function_level_import_is_found(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.b import helper\n")
+    (package / "b.py").write_text("def helper():\n    from pkg import a\n")
+    (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.d\n")
+    (package / "d.py").write_text("import pkg.c\n")
+    modules, imports = read_imports(tmp_path, "pkg")
+    assert find_cycles(modules, imports) == [["pkg.a", "pkg.b"]]  # c <-> d is type-checking only
+
+
+def test_the_package_has_no_import_cycles():
+    cycles = find_cycles(MODULES, IMPORTS)
+    assert cycles == [], "import cycles (break them by moving what both sides need downward): " + "; ".join(
+        " <-> ".join(group) for group in cycles
+    )
+
+
+def test_airflow_and_moto_are_imported_only_at_the_edge():
+    outside = [
+        f"{edge.importer} imports {edge.imported} (line {edge.line})"
+        for edge in IMPORTS
+        if edge.imported in AIRFLOW_ONLY and not is_edge(edge.importer)
+    ]
+    assert outside == [], "Airflow outside airflow_flowspec/{airflow,operators,xcom_backend}: " + ", ".join(
+        outside
+    )
+
+
+def test_the_rest_of_the_package_reaches_the_edge_only_through_its_lazy_entry_points():
+    crossings = {
+        (edge.importer, edge.imported, edge.in_function)
+        for edge in IMPORTS
+        if edge.imported in MODULES and is_edge(edge.imported) and not is_edge(edge.importer)
+    }
+    assert {(importer, imported) for importer, imported, _ in crossings} == LAZY_ENTRY_POINTS
+    assert all(in_function for _, _, in_function in crossings), "an entry point imported at module level"
