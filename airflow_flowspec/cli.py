@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
+from airflow_flowspec import config
 from airflow_flowspec.errors import FlowspecError, ParameterError
 
 
@@ -65,9 +66,11 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
     if args.command == "show":
         print(graph.to_text())
         return 0
-    # check and run lint alike, for the Airflow the flow will run on: they agree on every flow.
+    # check and run lint alike, for the Airflow the flow will run on, and read the same options:
+    # they agree on every flow.
     target = airflow_target()
     lint_flow(graph, target)
+    _read_every_option()
     if args.command == "check":
         return _check(flow_class, graph)
     raw = {
@@ -78,6 +81,16 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
     from airflow_flowspec.airflow.local_run import run_locally
 
     return run_locally(flow_class, _flow_file(flow_class), _convert_parameters(flow_class, raw), target)
+
+
+def _read_every_option() -> None:
+    """Read every ``[flowspec]`` option, so a bad value is reported by check as by run."""
+    from airflow_flowspec.datastore.backends import backend_for_root
+
+    backend_for_root(config.datastore_root())  # parses the root; no client, no request
+    config.xcom_inline_max_bytes()
+    config.s3_multipart_threshold_bytes()
+    config.execution()
 
 
 def _convert_parameters(flow_class: type, raw: dict[str, str]) -> dict[str, Any]:
@@ -100,15 +113,14 @@ def _convert_parameters(flow_class: type, raw: dict[str, str]) -> dict[str, Any]
 
 def _check(flow_class: type, graph: Any) -> int:
     from airflow_flowspec.airflow.discovery import DISCOVERY_CALLABLE, discovery_skips
-    from airflow_flowspec.config import might_contain_dag_callable
 
     flow_file = _flow_file(flow_class)
     print(f"Flow {flow_class.__name__} in {flow_file}: {len(graph.nodes)} steps, lint passed.")
     if discovery_skips(flow_file):
         print(
             f"Warning: Airflow's safe-mode DAG discovery ([core] might_contain_dag_callable = "
-            f"{might_contain_dag_callable()}) will skip this file (it never mentions 'dag'). Set once, "
-            f"in airflow.cfg: [core] might_contain_dag_callable = {DISCOVERY_CALLABLE} (or the "
+            f"{config.might_contain_dag_callable()}) will skip this file (it never mentions 'dag'). "
+            f"Set once, in airflow.cfg: [core] might_contain_dag_callable = {DISCOVERY_CALLABLE} (or the "
             f"environment variable AIRFLOW__CORE__MIGHT_CONTAIN_DAG_CALLABLE={DISCOVERY_CALLABLE}); "
             f"or add a comment containing the word 'dag' to the file.",
             file=sys.stderr,

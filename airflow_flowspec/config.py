@@ -151,8 +151,9 @@ def might_contain_dag_callable() -> str:
 
 
 def dag_discovery_safe_mode() -> bool:
-    value = airflow_option("core", "dag_discovery_safe_mode", "True")
-    return value.strip().lower() not in ("false", "0", "no", "off")
+    """``[core] dag_discovery_safe_mode``, read as Airflow's ``getboolean`` reads it."""
+    value = airflow_option("core", "dag_discovery_safe_mode", "True").strip().lower()
+    return value not in ("f", "false", "0")
 
 
 #: Airflow's own default for ``[core] might_contain_dag_callable``.

@@ -132,6 +132,15 @@ class ArtifactSaveError(DatastoreError):
         )
 
 
+class ArtifactLoadError(DatastoreError):
+    """A stored artifact could not be unpickled here (a module or class missing, another version).
+
+    Not retryable: the same bytes fail the same way until the environment changes.
+    """
+
+    retryable = False
+
+
 class UnsafeKeyError(DatastoreError):
     """A run id, step name or other key part would escape the datastore root."""
 

@@ -74,6 +74,13 @@ def _import(path: str, flow_name: str) -> types.ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except (SyntaxError, ImportError) as error:
+        # The same file fails the same way on every attempt: a mistake, not a step failure.
+        sys.modules.pop(name, None)
+        raise FlowLoadError(
+            f"Flow file {path} for flow {flow_name} cannot be imported: {type(error).__name__}: {error}. "
+            f"Fix the file, or install what it imports where the step runs."
+        ) from error
     except BaseException:
         sys.modules.pop(name, None)
         raise

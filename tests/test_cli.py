@@ -90,6 +90,14 @@ def test_check_warns_only_when_the_configured_discovery_would_skip_the_file(tmp_
     cfg.write_text("[core]\ndag_discovery_safe_mode = False\n")
     assert run_cli(FLOWS / "foreach_flow.py", "check", env=unset).stderr == ""
 
+    # Any other callable is asked, as the DAG processor would ask it.
+    cfg.write_text("[core]\nmight_contain_dag_callable = os.path.isfile\n")
+    assert run_cli(FLOWS / "foreach_flow.py", "check", env=unset).stderr == ""
+    cfg.write_text("[core]\nmight_contain_dag_callable = no_such_module.finder\n")
+    result = run_cli(FLOWS / "foreach_flow.py", "check", env=unset)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "might_contain_dag_callable is 'no_such_module.finder', which cannot be imported" in result.stderr
+
 
 def test_run_keeps_legacy_metric_names_only_for_a_configured_exporter(monkeypatch, airflow_db):
     """`run` skips Airflow's legacy metric names (0.3 s of YAML parsing) only when no exporter is

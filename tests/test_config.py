@@ -58,13 +58,19 @@ def test_a_bad_option_value_is_a_configuration_error_naming_option_and_accepted_
     assert f"AIRFLOW__FLOWSPEC__{option.upper()}" in message
 
 
-def test_a_bad_option_fails_a_flow_run_with_the_message_not_a_traceback(tmp_path):
+@pytest.mark.parametrize("command", ["check", "run"])
+@pytest.mark.parametrize(
+    "variable, value, expected",
+    [
+        ("EXECUTION", "batchh", "[flowspec] execution is 'batchh', which is not usable: it must be 'local'"),
+        ("DATASTORE_ROOT", "gs://bucket/flows", "set [flowspec] datastore_root to s3://bucket/prefix"),
+        ("XCOM_INLINE_MAX_BYTES", "lots", "[flowspec] xcom_inline_max_bytes is 'lots'"),
+    ],
+)
+def test_check_and_run_refuse_a_bad_option_alike_without_a_traceback(command, variable, value, expected):
     from harness import FLOWS, run_cli
 
-    result = run_cli(FLOWS / "foreach_flow.py", "run", env={"AIRFLOW__FLOWSPEC__EXECUTION": "batchh"})
+    result = run_cli(FLOWS / "foreach_flow.py", command, env={f"AIRFLOW__FLOWSPEC__{variable}": value})
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert (
-        "ForeachFlow: [flowspec] execution is 'batchh', which is not usable: it must be 'local'"
-        in result.stderr
-    )
+    assert result.stderr.startswith("ForeachFlow: ") and expected in result.stderr

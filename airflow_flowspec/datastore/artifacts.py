@@ -27,7 +27,7 @@ from typing import Any
 from airflow_flowspec.datastore import encoding
 from airflow_flowspec.datastore.backends.base import StorageBackend
 from airflow_flowspec.datastore.keys import blob_key
-from airflow_flowspec.errors import ArtifactNotFoundError, DatastoreError
+from airflow_flowspec.errors import ArtifactLoadError, ArtifactNotFoundError, DatastoreError
 
 #: Longest ``ArtifactRef.repr``; the XCom view and manifests show it as one line.
 MAX_REPR_CHARS = 80
@@ -279,7 +279,7 @@ class ArtifactStore:
         except DatastoreError:
             raise
         except Exception as error:
-            raise DatastoreError(
+            raise ArtifactLoadError(
                 f"The {what} stored at {self.backend.describe(key)} could not be unpickled here: "
                 f"{type(error).__name__}: {error}. If a module is missing, install the same packages "
                 f"(and versions) as the step that saved it."

@@ -61,6 +61,11 @@ class EncodedBlob:
             self.path = None
 
 
+class _ScratchWriteError(Exception):
+    """The spool's own scratch file could not be written (as opposed to an OSError the pickled
+    object raised while being pickled, which is the value's problem, not the disk's)."""
+
+
 class _HashingSpool:
     """A write-only file object for the pickler: hashes, buffers in memory, spills to disk."""
 
@@ -76,6 +81,12 @@ class _HashingSpool:
         self.size = 0
 
     def write(self, data: Any) -> int:
+        try:
+            return self._write(data)
+        except OSError as error:
+            raise _ScratchWriteError(self._scratch_dir or tempfile.gettempdir()) from error
+
+    def _write(self, data: Any) -> int:
         view = memoryview(data)
         if view.ndim != 1 or view.format != "B":
             view = view.cast("B")
@@ -116,7 +127,10 @@ class _HashingSpool:
         digest = self._hasher.hexdigest()
         if self._file is None:
             return EncodedBlob(hash=digest, size=self.size, data=b"".join(self._chunks))
-        self._file.close()
+        try:
+            self._file.close()  # flushes the last buffered bytes: a full disk may show only now
+        except OSError as error:
+            raise _ScratchWriteError(self._scratch_dir or tempfile.gettempdir()) from error
         self._file = None
         return EncodedBlob(hash=digest, size=self.size, path=self.path)
 
@@ -155,12 +169,12 @@ def encode(
     try:
         cloudpickle.dump(value, spool, protocol=PICKLE_PROTOCOL)
         return spool.finish()
-    except OSError as error:
+    except _ScratchWriteError as failed:
         spool.abandon()
+        error = failed.__cause__
         raise DatastoreError(
-            f"Could not write the pickled value of {name!r} to a scratch file in "
-            f"{scratch_dir or tempfile.gettempdir()}: {error}. Free some disk space there; the task "
-            f"can then be run again."
+            f"Could not write the pickled value of {name!r} to a scratch file in {failed}: {error}. "
+            f"Free some disk space there (or check its permissions); the task can then run again."
         ) from error
     except Exception as error:
         spool.abandon()

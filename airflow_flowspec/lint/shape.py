@@ -40,9 +40,9 @@ def check_switch_loops(graph: FlowGraph, target: LintTarget) -> None:
     for node in graph:
         if node.type != "split-switch" or not node.switch_cases:
             continue
-        for case, target in node.switch_cases.items():
-            if target == node.name or reaches(graph, target, node.name):
-                via = "itself" if target == node.name else f"{target}, which leads back to {node.name}"
+        for case, arm in node.switch_cases.items():
+            if arm == node.name or reaches(graph, arm, node.name):
+                via = "itself" if arm == node.name else f"{arm}, which leads back to {node.name}"
                 fail(
                     f"Step {node.name} is a switch whose case {case!r} goes back to {via}. Metaflow "
                     f"runs such a recursive switch as a loop, but an Airflow DAG cannot contain "
@@ -66,22 +66,22 @@ def check_for_acyclicity(graph: FlowGraph, target: LintTarget) -> None:
         path = [root]
         pending = [iter(graph[root].out_funcs)]
         while pending:
-            target = next(pending[-1], None)
-            if target is None:
+            child = next(pending[-1], None)
+            if child is None:
                 finished.add(path.pop())
                 pending.pop()
-            elif target in path:
+            elif child in path:
                 node = graph[path[-1]]
-                loop = path[path.index(target) :] + [target]
+                loop = path[path.index(child) :] + [child]
                 fail(
                     f"There is a loop in your flow: {'->'.join(loop)}. Airflow DAGs cannot contain "
                     f"loops. Break the loop by fixing self.next() transitions.",
                     node,
                     line=next_line(node),
                 )
-            elif target in graph and target not in finished:
-                path.append(target)
-                pending.append(iter(graph[target].out_funcs))
+            elif child in graph and child not in finished:
+                path.append(child)
+                pending.append(iter(graph[child].out_funcs))
 
 
 @check
@@ -109,7 +109,7 @@ def check_for_orphans(graph: FlowGraph, target: LintTarget) -> None:
 def check_empty_foreaches(graph: FlowGraph, target: LintTarget) -> None:
     for node in graph:
         if node.type == "foreach":
-            joins = [target for target in node.out_funcs if is_join(graph[target])]
+            joins = [child for child in node.out_funcs if is_join(graph[child])]
             if joins:
                 fail(
                     f"Step {node.name} is a foreach split that has no children: it is followed "
@@ -265,7 +265,8 @@ def check_foreach_width(graph: FlowGraph, target: LintTarget) -> None:
     """A foreach whose width the source states must fit Airflow's ``[core] max_map_length``.
 
     Airflow maps a foreach body over one list; a nested foreach is flattened, so its body maps
-    over (outer items x inner items). Widths computed at run time are checked when the split runs.
+    over (outer items x inner items), at least the stated widths' product when an outer width is
+    not stated (every outer item has the inner items). Other widths are checked when the split runs.
     """
     limit = target.max_map_length
     if limit is None:
@@ -274,17 +275,21 @@ def check_foreach_width(graph: FlowGraph, target: LintTarget) -> None:
         if node.type != "foreach" or node.foreach_param not in node.static_lengths:
             continue
         width, line = node.static_lengths[node.foreach_param]
-        mapped = width
+        mapped, exact = width, True
         for parent in node.split_parents:
             outer = graph[parent]
             if outer.type == "foreach":
-                if outer.foreach_param not in outer.static_lengths:
-                    mapped = None
-                    break
-                mapped *= outer.static_lengths[outer.foreach_param][0]
-        if mapped is None or mapped <= limit:
+                if outer.foreach_param in outer.static_lengths:
+                    mapped *= outer.static_lengths[outer.foreach_param][0]
+                else:
+                    exact = False
+        if mapped <= limit:
             continue
-        nested = "" if mapped == width else f" (nested in another foreach, Airflow maps all {mapped} pairs)"
+        nested = ""
+        if mapped != width or not exact:
+            nested = (
+                f" (nested in another foreach, Airflow maps {'all' if exact else 'at least'} {mapped} pairs)"
+            )
         fail(
             f"The foreach in step {node.name} of flow {graph.name} runs over self.{node.foreach_param}, "
             f"which has {width} items{nested}: more than Airflow's [core] max_map_length ({limit}). "

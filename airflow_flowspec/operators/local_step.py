@@ -70,5 +70,9 @@ class FlattenForeachOperator(BaseOperator):
         for children in per_item:
             flat.extend(children)
         with flow_mistakes_fail_at_once():
-            check_foreach_width(len(flat), f"The nested foreach of step '{self.split_task_id}' (all items)")
+            check_foreach_width(
+                len(flat),
+                f"The nested foreach of step '{self.split_task_id}' of flow {context['ti'].dag_id} "
+                f"(all items of every outer item)",
+            )
         return flat

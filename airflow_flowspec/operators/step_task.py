@@ -24,7 +24,7 @@ from airflow_flowspec.errors import ForeachTooWideError, is_flow_mistake
 from airflow_flowspec.runtime.task_spec import RunContext, StepResult, TaskSpec
 
 #: XCom key of a foreach split's manifest (its return_value is the list Airflow maps over).
-SPLIT_MANIFEST_KEY = "flowspec_manifest"
+SPLIT_MANIFEST_KEY = "flowspec_split_manifest"
 
 #: How a step reads a parent's manifest.
 PULL_SAME = "same"  # the parent task at this task's own map index (or the unmapped parent)

@@ -28,6 +28,14 @@ class RunContext:
     origin_run_id: str | None = None
     is_production: bool = False
 
+    def __post_init__(self) -> None:
+        # Airflow hands out pendulum dates; a step must see the standard type wherever it runs (an
+        # artifact holding a pendulum date would not unpickle where pendulum is not installed).
+        for name in ("logical_date", "data_interval_start", "data_interval_end"):
+            value = getattr(self, name)
+            if isinstance(value, datetime) and type(value) is not datetime:
+                object.__setattr__(self, name, datetime.fromisoformat(value.isoformat()))
+
     def to_json(self) -> dict[str, Any]:
         return {
             name: value.isoformat() if isinstance(value, datetime) else value
@@ -40,7 +48,12 @@ class RunContext:
         document = {name: value[name] for name in known if name in value}
         for name in ("logical_date", "data_interval_start", "data_interval_end"):
             if isinstance(document.get(name), str):
-                document[name] = datetime.fromisoformat(document[name])
+                try:
+                    document[name] = datetime.fromisoformat(document[name])
+                except ValueError:
+                    raise StepInputError(
+                        f"The task spec's {name} {document[name]!r} is not an ISO 8601 date."
+                    ) from None
         return cls(**document)
 
 

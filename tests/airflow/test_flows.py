@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from harness import FLOWS, run_flow
 
@@ -30,6 +32,7 @@ def test_static_branch_join_parameters_current_and_local_class():
     assert seen["flow_name"] == "BranchFlow" and seen["run_id"] == run.run_id
     assert (seen["step_name"], seen["task_id"], seen["retry_count"]) == ("start", "0", 0)
     assert seen["logical_date"] == run.dag_run.logical_date
+    assert type(seen["logical_date"]) is datetime  # not Airflow's pendulum: it unpickles anywhere
     # The run is recorded for the client: metadata, status and the latest-successful pointer.
     assert run.datastore.latest_successful_run("BranchFlow") == run.run_id
     assert run.datastore.run_status("BranchFlow", run.run_id)["status"] == "succeeded"

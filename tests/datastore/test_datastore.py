@@ -26,7 +26,13 @@ from airflow_flowspec.datastore.backends import backend_for_root
 from airflow_flowspec.datastore.backends.local import LocalBackend
 from airflow_flowspec.datastore.backends.s3 import S3Backend
 from airflow_flowspec.datastore.keys import decode_key_part, safe_key_part
-from airflow_flowspec.errors import ArtifactNotFoundError, ArtifactSaveError, DatastoreError, UnsafeKeyError
+from airflow_flowspec.errors import (
+    ArtifactNotFoundError,
+    ArtifactSaveError,
+    ConfigurationError,
+    DatastoreError,
+    UnsafeKeyError,
+)
 
 BUCKET = "flowspec-test"  # created by the s3_endpoint fixture (conftest.py)
 REPO_ROOT = str(REPO)
@@ -354,6 +360,28 @@ def test_an_unpicklable_value_names_the_artifact_and_leaves_nothing(datastore, s
     assert os.listdir(scratch) == []
 
 
+class _RaisesOSErrorWhenPickled:
+    def __reduce__(self):
+        raise OSError("this object refuses to be pickled")
+
+
+def test_a_full_scratch_disk_is_retryable_but_a_value_raising_oserror_is_not(tmp_path):
+    """Which failure may be retried: the disk's (another attempt may have room) or the value's."""
+    from airflow_flowspec.datastore.encoding import encode
+    from airflow_flowspec.errors import is_flow_mistake
+
+    big = os.urandom(2 * 1024 * 1024)  # over the in-memory limit: goes to a scratch file
+    with pytest.raises(DatastoreError) as caught:
+        encode(big, name="weights", scratch_dir=str(tmp_path / "no-such-folder"))
+    assert not is_flow_mistake(caught.value) and "Free some disk space" in str(caught.value)
+    assert "'weights'" in str(caught.value) and str(tmp_path / "no-such-folder") in str(caught.value)
+
+    with pytest.raises(ArtifactSaveError) as caught:
+        encode(_RaisesOSErrorWhenPickled(), name="model", scratch_dir=str(tmp_path))
+    assert is_flow_mistake(caught.value) and "refuses to be pickled" in str(caught.value)
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_missing_blob_names_its_key(datastore):
     missing = "ab" * 32
     with pytest.raises(ArtifactNotFoundError) as caught:
@@ -546,8 +574,8 @@ def test_roots_pick_their_backend(tmp_path):
     assert isinstance(backend_for_root(f"file://{tmp_path}"), LocalBackend)
     s3 = backend_for_root("s3://bucket/some/prefix/")
     assert isinstance(s3, S3Backend) and (s3.bucket, s3.prefix) == ("bucket", "some/prefix/")
-    for bad in ["", "gs://bucket/x", "s3:///x"]:
-        with pytest.raises(DatastoreError):
+    for bad in ["", "gs://bucket/x", "s3:///x"]:  # a mistake in [flowspec] datastore_root: not retried
+        with pytest.raises(ConfigurationError, match=r"\[flowspec\] datastore_root"):
             backend_for_root(bad)
     assert open_datastore(str(tmp_path)) is open_datastore(str(tmp_path))
 

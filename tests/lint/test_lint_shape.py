@@ -486,6 +486,12 @@ TOO_WIDE = {
             "AIRFLOW__CORE__MAX_MAP_LENGTH=6",
         ],
     ),
+    # Each outer item has all the inner items: however many outer items there are, at least 2.
+    "nested foreach over the limit, outer width unknown": (
+        THREE_BY_TWO.replace('self.rows = ["a", "b", "c"]', "self.rows = load_rows()"),
+        1,
+        ["which has 2 items (nested in another foreach, Airflow maps at least 2 pairs)"],
+    ),
 }
 
 

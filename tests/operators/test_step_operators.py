@@ -42,6 +42,10 @@ JOIN_FLOW = textwrap.dedent("""
         def join(self, inputs):
             if self.mode == "crash":
                 raise RuntimeError("the join's own failure")
+            if self.mode == "network":
+                from airflow_flowspec.errors import DatastoreError
+
+                raise DatastoreError("S3 did not answer")  # ours, but a retry may well succeed
             if self.mode == "lock":
                 self.merge_artifacts(inputs, exclude=["model"])
                 self.lock = threading.Lock()
@@ -103,13 +107,17 @@ def test_a_flow_mistake_fails_at_once_despite_retry(tmp_path, capfd, mode, messa
     assert message in output and "a mistake in the flow: not retried" in output
 
 
-def test_the_steps_own_exception_uses_every_retry(tmp_path, capfd):
+@pytest.mark.parametrize(
+    "mode, message",
+    [("crash", "RuntimeError: the join's own failure"), ("network", "DatastoreError: S3 did not answer")],
+)
+def test_the_steps_own_exception_or_a_datastore_failure_uses_every_retry(tmp_path, capfd, mode, message):
     flow_file = tmp_path / "retry_join_flow.py"
     flow_file.write_text(JOIN_FLOW)
-    run = run_flow(flow_file, {"mode": "crash"})
+    run = run_flow(flow_file, {"mode": mode})
     assert run.state("join") == "failed"
     assert tries(run, "join") == 4  # the first try and three retries
-    assert capfd.readouterr().out.count("RuntimeError: the join's own failure") >= 4
+    assert capfd.readouterr().out.count(message) >= 4
 
 
 def test_a_foreach_wider_than_max_map_length_fails_at_once_with_the_setting(tmp_path, capfd, monkeypatch):

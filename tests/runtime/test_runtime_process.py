@@ -165,6 +165,11 @@ def test_unreadable_input_is_a_mistake_but_an_unreachable_datastore_is_retried(f
     result = run_process("--spec-file", str(broken))
     assert result.returncode == EXIT_DISALLOW_RETRY and "not valid JSON" in result.stderr
     assert run_process("--spec-key", "x").returncode == EXIT_DISALLOW_RETRY  # no --root: a usage error
+    unusable_root = spec_for(flow_file, tmp_path)
+    unusable_root.datastore_root = "gs://bucket/flows"
+    broken.write_text(json.dumps(unusable_root.to_json()))
+    result = run_process("--spec-file", str(broken))
+    assert result.returncode == EXIT_DISALLOW_RETRY and "[flowspec] datastore_root" in result.stderr
 
     # S3 refusing connections is a network problem: the next attempt may well succeed.
     spec = spec_for(flow_file, Path("unused"))

@@ -338,7 +338,7 @@ def test_foreach_whose_children_list_is_over_the_inline_limit_still_maps(tmp_pat
     assert [run.state("body", i) for i in range(12)] == ["success"] * 12
     assert run.artifacts("end")["squares"] == [i * i for i in range(12)]
     # The split's manifest, under its own key, stays inline whatever the limit.
-    assert raw_xcom("WideForeachFlow", run.run_id, "start", key="flowspec_manifest")["step"] == "start"
+    assert raw_xcom("WideForeachFlow", run.run_id, "start", key="flowspec_split_manifest")["step"] == "start"
 
 
 def test_purge_deletes_the_pickled_xcom_a_retry_replaces(tmp_path):

@@ -6,7 +6,7 @@ import os
 from urllib.parse import unquote
 
 from airflow_flowspec.datastore.backends.base import StorageBackend, TransferCounters
-from airflow_flowspec.errors import DatastoreError
+from airflow_flowspec.errors import ConfigurationError
 
 __all__ = ["StorageBackend", "TransferCounters", "backend_for_root"]
 
@@ -17,8 +17,9 @@ def backend_for_root(root: str) -> StorageBackend:
     The S3 backend module is imported only when asked for, and boto3 only at its first request.
     """
     if not isinstance(root, str) or not root.strip():
-        raise DatastoreError(
-            f"The datastore root {root!r} is empty: set it to s3://bucket/prefix or a local folder path."
+        raise ConfigurationError(
+            f"The datastore root {root!r} is empty: set [flowspec] datastore_root to s3://bucket/prefix "
+            f"or a local folder path."
         )
     root = root.strip()
     if root.startswith("s3://"):
@@ -29,14 +30,15 @@ def backend_for_root(root: str) -> StorageBackend:
     if root.startswith("file://"):
         path = unquote(root[len("file://") :])
         if not path:
-            raise DatastoreError(
-                f"The datastore root {root!r} names no folder: write it as file:///path/to/folder."
+            raise ConfigurationError(
+                f"The datastore root {root!r} names no folder: write [flowspec] datastore_root as "
+                f"file:///path/to/folder."
             )
         root = path
     elif "://" in root:
-        raise DatastoreError(
-            f"The datastore root {root!r} uses an unsupported scheme; "
-            f"use s3://bucket/prefix or a local folder."
+        raise ConfigurationError(
+            f"The datastore root {root!r} uses an unsupported scheme: set [flowspec] datastore_root to "
+            f"s3://bucket/prefix or a local folder."
         )
     from airflow_flowspec.datastore.backends.local import LocalBackend
 

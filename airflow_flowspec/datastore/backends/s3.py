@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar
 
 from airflow_flowspec.datastore.backends.base import StorageBackend
-from airflow_flowspec.errors import ArtifactNotFoundError, DatastoreError
+from airflow_flowspec.errors import ArtifactNotFoundError, ConfigurationError, DatastoreError
 
 _T = TypeVar("_T")
 
@@ -47,10 +47,14 @@ _CREDENTIAL_CODES = {
 def parse_s3_url(url: str) -> tuple[str, str]:
     """(bucket, key prefix ending in ``/`` or empty) for ``s3://bucket/some/prefix``."""
     if not url.startswith("s3://"):
-        raise DatastoreError(f"{url!r} is not an S3 URL; write the datastore root as s3://bucket/prefix.")
+        raise ConfigurationError(
+            f"{url!r} is not an S3 URL; write [flowspec] datastore_root as s3://bucket/prefix."
+        )
     bucket, _, prefix = url[len("s3://") :].partition("/")
     if not bucket:
-        raise DatastoreError(f"The datastore root {url!r} names no bucket; write it as s3://bucket/prefix.")
+        raise ConfigurationError(
+            f"The datastore root {url!r} names no bucket; write [flowspec] datastore_root as s3://bucket/prefix."
+        )
     prefix = prefix.strip("/")
     return bucket, f"{prefix}/" if prefix else ""
 
