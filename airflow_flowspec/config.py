@@ -33,6 +33,8 @@ DEFAULTS: dict[str, str] = {
     "xcom_inline_max_bytes": "65536",
     "execution": "local",
     "s3_multipart_threshold_mb": "32",
+    "scratch_dir": "",  # empty: <system temp>/airflow-flowspec-scratch
+    "sweep_after_hours": "24",
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -48,6 +50,11 @@ DESCRIPTIONS: dict[str, str] = {
     "parallel ranges; smaller ones are unpickled from one request as it arrives. Parallel parts are "
     "what makes real S3 fast (about 90 MB/s per connection); S3 emulators that copy objects per part "
     "are faster with one request.",
+    "scratch_dir": "Where pickles and downloads of an S3 datastore wait on local disk (a local datastore "
+    "uses <root>/.tmp). Files left by killed tasks are removed by the next task on the host. Empty "
+    "means <system temp>/airflow-flowspec-scratch.",
+    "sweep_after_hours": "Scratch files of other hosts, and S3 multipart uploads that were never "
+    "completed, are removed once they are this old (a task still writing is younger).",
 }
 
 
@@ -128,6 +135,28 @@ def s3_multipart_threshold_bytes() -> int:
     if not 5 <= megabytes < float("inf"):
         raise _invalid("s3_multipart_threshold_mb", value, "a number of megabytes, 5 or more (e.g. 32)")
     return int(megabytes * 1024 * 1024)
+
+
+def scratch_dir() -> str:
+    import tempfile
+
+    folder = get_option("scratch_dir")
+    return (
+        os.path.abspath(os.path.expanduser(folder))
+        if folder
+        else os.path.join(tempfile.gettempdir(), "airflow-flowspec-scratch")
+    )
+
+
+def sweep_after_seconds() -> float:
+    value = get_option("sweep_after_hours")
+    try:
+        hours = float(value)
+    except ValueError:
+        hours = -1
+    if not 0 <= hours < float("inf"):
+        raise _invalid("sweep_after_hours", value, "a number of hours, 0 or more (e.g. 24)")
+    return hours * 3600
 
 
 def execution() -> str:

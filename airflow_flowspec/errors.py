@@ -132,6 +132,21 @@ class ArtifactSaveError(DatastoreError):
         )
 
 
+class CorruptArtifactError(DatastoreError):
+    """Bytes read from the datastore do not hash to the name they were stored under.
+
+    Not retryable by the task that read them: the blob was read twice, and is moved aside so that
+    running the step that produced it again stores it anew.
+    """
+
+    retryable = False
+
+
+class XComReferenceError(FlowspecError):
+    """An XCom row refers to a stored value in a way this XCom backend did not write (an edited or
+    planted row): refused, nothing read, unpickled or deleted."""
+
+
 class ArtifactLoadError(DatastoreError):
     """A stored artifact could not be unpickled here (a module or class missing, another version).
 

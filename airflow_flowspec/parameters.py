@@ -42,7 +42,10 @@ class Parameter:
 
     ``type`` is inferred from ``default`` when not given (as Metaflow does): str, int, float, bool,
     or ``JSONType`` for dicts and lists. ``required=True`` without a default means every run must
-    give a value.
+    give a value. ``secret=True`` (a token, a password) keeps the value out of everything this
+    package writes for people to read: manifests, the XCom view, run records and the task log
+    show ``<secret>``, and its default, if callable (``default=lambda: os.environ["TOKEN"]``), is
+    evaluated when the run starts, never at DAG parse.
     """
 
     is_include_file = False
@@ -54,6 +57,7 @@ class Parameter:
         type: Any = None,  # noqa: A002 - Metaflow's keyword
         help: str | None = None,  # noqa: A002 - Metaflow's keyword
         required: bool = False,
+        secret: bool = False,
         **_ignored: Any,
     ):
         if not isinstance(name, str) or not name:
@@ -62,6 +66,7 @@ class Parameter:
         self.default = default
         self.help = help or ""
         self.required = bool(required)
+        self.secret = bool(secret)
         self.attr_name: str = name.replace("-", "_")
         self.type = self._resolve_type(type, default)
 
@@ -135,7 +140,8 @@ class Parameter:
         return self.default() if callable(self.default) else self.default
 
     def __repr__(self) -> str:
-        return f"Parameter({self.name!r}, default={self.default!r}, type={self.type_name})"
+        default = "<secret>" if self.secret else repr(self.default)
+        return f"Parameter({self.name!r}, default={default}, type={self.type_name})"
 
 
 class IncludeFile(Parameter):
@@ -155,9 +161,10 @@ class IncludeFile(Parameter):
         is_text: bool = True,
         encoding: str = "utf-8",
         required: bool = False,
+        secret: bool = False,
         **_ignored: Any,
     ):
-        super().__init__(name, default=default, type=str, help=help, required=required)
+        super().__init__(name, default=default, type=str, help=help, required=required, secret=secret)
         self.is_text = is_text
         self.encoding = encoding
 

@@ -81,19 +81,25 @@ def _params(flow_class: type) -> dict[str, Any]:
 
     params = {}
     for parameter in flow_parameters(flow_class):
+        # A secret with a default may be left empty in the form: the start step fills it in.
+        must_give = parameter.required and not (parameter.secret and parameter.default is not None)
         if parameter.type is JSONType:
             schema_type: Any = ["object", "array", "string", "number", "boolean", "null"]
         else:
             schema_type = _PARAM_SCHEMA_TYPES[parameter.type]
-            if not parameter.required:
+            if not must_give:
                 schema_type = [schema_type, "null"]
         description = parameter.help or None
         if parameter.is_include_file:
             description = (
                 description + " " if description else ""
             ) + "(path of a file read when the run starts)"
-        default = parameter.default_value()
-        if default is None and parameter.required:
+        if parameter.secret:
+            description = (description + " " if description else "") + "(secret: never shown by the flow)"
+        # A secret's default stays out of the DAG (Airflow stores and shows params): the start step
+        # evaluates it when the run starts.
+        default = None if parameter.secret else parameter.default_value()
+        if default is None and must_give:
             params[parameter.name] = Param(type=schema_type, description=description)
         else:
             params[parameter.name] = Param(default, type=schema_type, description=description)

@@ -15,22 +15,30 @@ reading one small artifact downloads at most its small pack-mates, never a large
 from __future__ import annotations
 
 import builtins
+import os
 import pickle
 import re
 import reprlib
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_flowspec.datastore import encoding
 from airflow_flowspec.datastore.backends.base import StorageBackend
-from airflow_flowspec.datastore.keys import blob_key
-from airflow_flowspec.errors import ArtifactLoadError, ArtifactNotFoundError, DatastoreError
+from airflow_flowspec.datastore.keys import blob_key, damaged_blob_key
+from airflow_flowspec.errors import (
+    ArtifactLoadError,
+    ArtifactNotFoundError,
+    CorruptArtifactError,
+    DatastoreError,
+)
 
 #: Longest ``ArtifactRef.repr``; the XCom view and manifests show it as one line.
 MAX_REPR_CHARS = 80
+#: What manifests, the XCom view and run records show instead of a secret's value.
+SECRET_REPR = "<secret>"
 #: Small pickles of one ``save_many`` are sent together once they add up to this much.
 _BATCH_BYTES = 64 * 1024 * 1024
 #: Pickles up to this size go into packs; a pack is closed once it holds PACK_MAX_BYTES.
@@ -145,8 +153,28 @@ def short_repr(value: Any) -> str:
     return text
 
 
+class SecretValue:
+    """How a secret is pickled: salted, so that its blob's name (the hash of the pickle, which
+    manifests and the XCom view show) says nothing about the value, not even to a guesser."""
+
+    def __init__(self, value: Any):
+        self.salt = os.urandom(16)
+        self.value = value
+
+    def __repr__(self) -> str:
+        return SECRET_REPR
+
+
 class ArtifactStore:
-    """Saves values as blobs under ``data/`` and loads them back by hash."""
+    """Saves values as blobs under ``data/`` and loads them back by hash, verified.
+
+    Every load hashes the bytes before unpickling them (see :mod:`.encoding`). A blob that fails
+    the check is read a second time (a transfer fault is not damage); if it fails again it is moved
+    aside to ``damaged/`` and the load raises :class:`CorruptArtifactError`, so that the next save
+    of the same value stores it anew instead of finding the damaged one "already there". Saves
+    check what is there by size (and, on S3, by the hash recorded with the object) and rewrite a
+    blob that does not match.
+    """
 
     def __init__(self, backend: StorageBackend):
         self.backend = backend
@@ -163,7 +191,9 @@ class ArtifactStore:
         """Store ``value`` (artifact ``name``, used in error messages); free if already stored."""
         return self.save_many({name: value})[name]
 
-    def save_many(self, values: Mapping[str, Any]) -> dict[str, ArtifactRef]:
+    def save_many(
+        self, values: Mapping[str, Any], *, secret_names: Iterable[str] = ()
+    ) -> dict[str, ArtifactRef]:
         """Store several artifacts in as few requests as their sizes allow.
 
         - Pickles up to :data:`PACK_ITEM_MAX_BYTES` go into packs of up to
@@ -175,18 +205,28 @@ class ArtifactStore:
         - Large pickles (spilled to a scratch file while pickling) are stored one by one as soon as
           they are pickled, so at most one large scratch file exists at a time.
 
+        Values named in ``secret_names`` are stored salted (:class:`SecretValue`), with
+        :data:`SECRET_REPR` as their repr.
+
         If one value cannot be pickled, :class:`ArtifactSaveError` names it; some values before it
         may already be stored, unreferenced, which is harmless.
         """
+        secret_set = set(secret_names)
         refs: dict[str, ArtifactRef] = {}
         pack = _PackBuilder()
-        pending: dict[str, bytes] = {}  # blob key -> medium pickle, waiting for a batch
+        pending: dict[str, tuple[bytes, str]] = {}  # blob key -> (medium pickle, hash), for a batch
         pending_bytes = 0
         scratch_dir = self.backend.scratch_dir()
         for name, value in values.items():
-            blob = encoding.encode(value, name=name, scratch_dir=scratch_dir)
+            secret = name in secret_set
+            blob = encoding.encode(
+                SecretValue(value) if secret else value, name=name, scratch_dir=scratch_dir
+            )
             ref = ArtifactRef(
-                hash=blob.hash, type=qualified_type_name(value), size=blob.size, repr=short_repr(value)
+                hash=blob.hash,
+                type=qualified_type_name(value),
+                size=blob.size,
+                repr=SECRET_REPR if secret else short_repr(value),
             )
             known = self._locations.get(blob.hash)
             if known is not None:
@@ -203,17 +243,17 @@ class ArtifactStore:
             key = blob_key(blob.hash)
             if blob.data is not None:
                 if key not in pending:
-                    pending[key] = blob.data
+                    pending[key] = (blob.data, blob.hash)
                     pending_bytes += blob.size
                 if pending_bytes >= _BATCH_BYTES:
                     self._store_small(pending)
                     pending, pending_bytes = {}, 0
                 continue
             try:
-                if not self.backend.exists(key):
+                if not self.backend.blob_is_stored(key, blob.size, blob.hash):
                     assert blob.path is not None
                     path, blob.path = blob.path, None
-                    self.backend.adopt_file(key, path)
+                    self.backend.adopt_file(key, path, content_hash=blob.hash)
             finally:
                 blob.discard()
             self._remember(blob.hash, (None, 0))
@@ -227,8 +267,9 @@ class ArtifactStore:
         data = pack.data()
         pack_hash = encoding.content_hash(data)
         key = blob_key(pack_hash)
-        if not self.backend.exists(key):  # one check per pack: a re-run's identical pack is free
-            self.backend.put_bytes(key, data)
+        # One check per pack: a re-run's identical pack is free, a damaged one is rewritten.
+        if not self.backend.blob_is_stored(key, len(data), pack_hash):
+            self.backend.put_bytes(key, data, content_hash=pack_hash)
         refs = {}
         for name, ref, offset in pack.items:
             refs[name] = ref.located((pack_hash, offset))
@@ -236,67 +277,113 @@ class ArtifactStore:
         self._cache_pack(pack_hash, data)
         return refs
 
-    def _store_small(self, pending: dict[str, bytes]) -> None:
+    def _store_small(self, pending: dict[str, tuple[bytes, str]]) -> None:
         if not pending:
             return
-        existing = self.backend.exists_many(pending)
-        self.backend.put_many_bytes({key: data for key, data in pending.items() if key not in existing})
-        for key in pending:
-            self._remember(key.rsplit("/", 1)[-1], (None, 0))
+        stored = self.backend.blobs_stored(
+            {key: (len(data), blob_hash) for key, (data, blob_hash) in pending.items()}
+        )
+        self.backend.put_many_bytes({key: item for key, item in pending.items() if key not in stored})
+        for _, blob_hash in pending.values():
+            self._remember(blob_hash, (None, 0))
 
     def _remember(self, blob_hash: str, location: _Location) -> None:
         with self._lock:
             self._locations.setdefault(blob_hash, location)
 
-    def load(self, ref_or_hash: ArtifactRef | str) -> Any:
-        """The value stored under a reference (or the bare hash of a blob of its own)."""
+    def _forget(self, blob_hash: str) -> None:
+        with self._lock:
+            self._locations.pop(blob_hash, None)
+            data = self._packs.pop(blob_hash, None)
+            if data is not None:
+                self._packs_bytes -= len(data)
+
+    def load(self, ref_or_hash: ArtifactRef | str, *, what: str | None = None) -> Any:
+        """The value stored under a reference (or the bare hash of a blob of its own).
+
+        ``what`` names the artifact for messages (e.g. "artifact 'model' of TrainFlow/12/train/0").
+        """
         if isinstance(ref_or_hash, ArtifactRef):
             ref: ArtifactRef | None = ref_or_hash
             blob_hash, size = ref_or_hash.hash, ref_or_hash.size
-            what = f"artifact of type {ref_or_hash.type} ({ref_or_hash.repr})"
+            what = what or f"artifact of type {ref_or_hash.type} ({ref_or_hash.repr})"
         else:
-            ref, blob_hash, size, what = None, ref_or_hash, None, "artifact"
+            ref, blob_hash, size, what = None, ref_or_hash, None, what or "artifact"
         pack_hash = ref.pack if ref is not None else None
         key = blob_key(pack_hash or blob_hash)
         try:
             if pack_hash is not None:
                 assert ref is not None
-                pickled = self._pack(pack_hash, key)[ref.offset : ref.offset + ref.size]
+                pickled = self._pack(pack_hash, key, what)[ref.offset : ref.offset + ref.size]
                 if len(pickled) != ref.size or encoding.content_hash(pickled) != blob_hash:
-                    raise DatastoreError(
-                        f"The {what} in pack {pack_hash} at {self.backend.describe(key)} does not match "
-                        f"its hash {blob_hash}: the pack is damaged or the reference is wrong."
+                    raise CorruptArtifactError(
+                        f"The {what} is not where its reference says: pack {pack_hash} (at "
+                        f"{self.backend.describe(key)}, intact) holds no pickle hashing to {blob_hash} at "
+                        f"offset {ref.offset}. The manifest that lists it is wrong; nothing was unpickled."
                     )
                 value = pickle.loads(pickled)
             else:
-                value = encoding.decode(self.backend, key, size)
+                value = self._decode_verified(key, size, blob_hash, what)
         except ArtifactNotFoundError as error:
             raise ArtifactNotFoundError(
                 f"The {what} with hash {blob_hash} is missing from the datastore {self.backend.root}: "
                 f"nothing is stored under key '{key}' ({self.backend.describe(key)}). It may have been "
-                f"garbage-collected, or the run wrote to another datastore root."
+                f"garbage-collected or found damaged, or the run wrote to another datastore root."
             ) from error
         except DatastoreError:
             raise
         except Exception as error:
             raise ArtifactLoadError(
-                f"The {what} stored at {self.backend.describe(key)} could not be unpickled here: "
-                f"{type(error).__name__}: {error}. If a module is missing, install the same packages "
-                f"(and versions) as the step that saved it."
+                f"The {what} (verified intact at {self.backend.describe(key)}) could not be unpickled "
+                f"here: {type(error).__name__}: {error}. If a module or class is missing, install the same "
+                f"packages (and versions) as the step that saved it."
             ) from error
         self._remember(blob_hash, (pack_hash, ref.offset if ref is not None else 0))
-        return value
+        return value.value if isinstance(value, SecretValue) else value
 
-    def _pack(self, pack_hash: str, key: str) -> bytes:
-        """A pack's bytes, fetched once and kept while recently used (its pack-mates follow)."""
+    def _decode_verified(self, key: str, size: int | None, blob_hash: str, what: str) -> Any:
+        try:
+            return encoding.decode(self.backend, key, size=size, expected_hash=blob_hash)
+        except encoding.ContentMismatch:
+            pass  # read it again: a fault on the way must not be taken for damage
+        try:
+            return encoding.decode(self.backend, key, size=size, expected_hash=blob_hash)
+        except encoding.ContentMismatch as mismatch:
+            raise self._damaged(key, mismatch, what) from None
+
+    def _pack(self, pack_hash: str, key: str, what: str) -> bytes:
+        """A pack's bytes, verified, fetched once and kept while recently used (its pack-mates follow)."""
         with self._lock:
             data = self._packs.get(pack_hash)
             if data is not None:
                 self._packs.move_to_end(pack_hash)
                 return data
-        data = self.backend.get_bytes(key)
+        for attempt in (1, 2):
+            data = self.backend.get_bytes(key)
+            actual = encoding.content_hash_of(data)
+            if actual == pack_hash:
+                break
+            if attempt == 2:
+                mismatch = encoding.ContentMismatch(pack_hash, actual, len(data))
+                raise self._damaged(key, mismatch, f"pack holding the {what}")
         self._cache_pack(pack_hash, data)
         return data
+
+    def _damaged(self, key: str, mismatch: encoding.ContentMismatch, what: str) -> CorruptArtifactError:
+        """Move a blob that twice failed its check aside, so the next save of its value rewrites it."""
+        self._forget(mismatch.expected_hash)
+        aside = damaged_blob_key(mismatch.expected_hash)
+        try:
+            self.backend.move(key, aside)
+            moved = f"It was moved to {self.backend.describe(aside)}"
+        except DatastoreError as error:
+            moved = f"Moving it aside failed ({error})"
+        return CorruptArtifactError(
+            f"The {what} is damaged in the datastore: the bytes at {self.backend.describe(key)} hash to "
+            f"{mismatch.actual_hash} ({mismatch.actual_size} bytes), not to {mismatch.expected_hash}, its "
+            f"name. Nothing was unpickled. {moved}; run the step that produced it again (clear its task "
+            f"in Airflow) to store it anew."
+        )
 
     def _cache_pack(self, pack_hash: str, data: bytes) -> None:
         with self._lock:

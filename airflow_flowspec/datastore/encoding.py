@@ -1,4 +1,5 @@
-"""Turning a Python value into a content-addressed blob and back, without holding it twice.
+"""Turning a Python value into a content-addressed blob and back, without holding it twice, and
+never unpickling a byte that does not hash to the blob's name.
 
 Saving pickles with cloudpickle (protocol 5) straight into a writer that hashes the bytes as they
 stream past. Small pickles stay in memory (a write to disk would cost more than the pickle); once a
@@ -13,36 +14,54 @@ Both release the GIL on large buffers.
 The blob is named by the BLAKE3 hash of its pickle. The caller checks whether that name already exists
 before storing anything, which is what makes an unchanged artifact free to save again.
 
+Reading is the reverse, with the check first: a blob's bytes are hashed in full (on both cores for
+big ones) and compared with the name they were asked for before ``pickle`` sees any of them. A
+pickle is code; one flipped byte could make it a different value, or something worse, so a
+mismatch is :class:`ContentMismatch`, never a value. Local blobs are hashed and unpickled from one
+memory map of the file (no copy, and the file that was hashed is the file that is read); remote
+ones are downloaded first (in memory up to :data:`REMOTE_IN_MEMORY_LOAD_LIMIT`, else to a scratch
+file, in parallel parts), then hashed, then unpickled.
+
 cloudpickle is imported on the first save, not when this module is imported: Airflow imports our
 package at every DAG parse and never saves an artifact there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import pickle
-import secrets
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from airflow_flowspec.datastore.backends.base import StorageBackend
+from airflow_flowspec.datastore.scratch import scratch_path, unlink_quietly
 from airflow_flowspec.errors import ArtifactSaveError, DatastoreError
 
 #: Pickles up to this size are kept in memory instead of a scratch file.
 IN_MEMORY_LIMIT = 1024 * 1024
 #: Writes at least this big are hashed on a helper thread while they are written.
 _OVERLAP_MIN_BYTES = 4 * 1024 * 1024
-#: Remote blobs up to this size are fetched in one request and unpickled from memory; bigger ones
-#: up to :data:`REMOTE_STREAM_LOAD_LIMIT` are unpickled from one streamed request as it arrives
-#: (unpickling Python objects runs at about the speed of one S3 connection, so they overlap);
-#: bigger ones still are downloaded in parallel parts to a scratch file and unpickled from there,
-#: since a single connection (50-100 MB/s on EC2) would then be the bottleneck.
-REMOTE_IN_MEMORY_LOAD_LIMIT = 8 * 1024 * 1024
-REMOTE_STREAM_LOAD_LIMIT = 64 * 1024 * 1024
+#: Remote blobs up to this size are fetched in one request into memory; bigger ones are downloaded
+#: in parallel parts to a scratch file (one connection, 50-100 MB/s on EC2, would be the limit).
+REMOTE_IN_MEMORY_LOAD_LIMIT = 64 * 1024 * 1024
+#: From this size the hash of a read runs on every core (BLAKE3 splits the input).
+_PARALLEL_HASH_MIN_BYTES = 4 * 1024 * 1024
 PICKLE_PROTOCOL = 5
-SCRATCH_PREFIX = "flowspec-blob-"
+
+
+class ContentMismatch(Exception):
+    """The bytes read under a blob's name do not hash to that name: the blob is damaged."""
+
+    def __init__(self, expected_hash: str, actual_hash: str, actual_size: int):
+        super().__init__(f"expected {expected_hash}, got {actual_hash} ({actual_size} bytes)")
+        self.expected_hash = expected_hash
+        self.actual_hash = actual_hash
+        self.actual_size = actual_size
 
 
 @dataclass
@@ -57,7 +76,7 @@ class EncodedBlob:
     def discard(self) -> None:
         """Remove the scratch file if it was not handed over to the backend."""
         if self.path is not None:
-            _unlink_quietly(self.path)
+            unlink_quietly(self.path)
             self.path = None
 
 
@@ -113,8 +132,7 @@ class _HashingSpool:
         return length
 
     def _spill(self) -> None:
-        folder = self._scratch_dir or tempfile.gettempdir()
-        path = os.path.join(folder, f"{SCRATCH_PREFIX}{secrets.token_hex(8)}.tmp")
+        path = scratch_path(self._scratch_dir or tempfile.gettempdir())
         # 0o666 rather than mkstemp's 0o600: on a local root this file becomes the blob itself.
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self.path = path
@@ -142,7 +160,7 @@ class _HashingSpool:
                 pass
             self._file = None
         if self.path is not None:
-            _unlink_quietly(self.path)
+            unlink_quietly(self.path)
             self.path = None
         self._chunks = []
 
@@ -184,29 +202,62 @@ def encode(
         raise
 
 
-def decode(backend: StorageBackend, key: str, size: int | None = None) -> Any:
-    """Unpickle the blob at ``key``, streaming it when the backend can, and clean up after."""
+def content_hash_of(data: Any) -> str:
+    """:func:`content_hash` of any buffer, on every core when it is big."""
+    from blake3 import blake3
+
+    size = memoryview(data).nbytes
+    hasher = blake3(max_threads=blake3.AUTO if size >= _PARALLEL_HASH_MIN_BYTES else 1)
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
+def decode(backend: StorageBackend, key: str, *, size: int | None, expected_hash: str) -> Any:
+    """Unpickle the blob at ``key`` once its bytes are shown to hash to ``expected_hash``.
+
+    Raises :class:`ContentMismatch` (nothing unpickled) when they do not.
+    """
+    with verified_bytes(backend, key, size=size, expected_hash=expected_hash) as data:
+        return pickle.loads(data)
+
+
+@contextlib.contextmanager
+def verified_bytes(
+    backend: StorageBackend, key: str, *, size: int | None, expected_hash: str
+) -> Iterator[Any]:
+    """The bytes stored under ``key`` (a buffer valid inside the block), verified against the hash."""
     if backend.is_local:
-        # A local file: unpickle straight from it, no copy in between.
-        with backend.open_read(key) as stream:
-            return pickle.load(stream)
+        with backend.open_read(key) as stream, _mapped(stream) as data:
+            yield _verified(data, expected_hash)
+        return
     if size is not None and size <= REMOTE_IN_MEMORY_LOAD_LIMIT:
-        return pickle.loads(backend.get_bytes(key))
-    if size is not None and size <= REMOTE_STREAM_LOAD_LIMIT:
-        # Unpickle while the bytes arrive: no scratch file, and the two overlap.
-        with backend.open_read(key) as stream:
-            return pickle.load(stream)
-    path = os.path.join(tempfile.gettempdir(), f"{SCRATCH_PREFIX}{secrets.token_hex(8)}.download")
+        yield _verified(backend.get_bytes(key), expected_hash)
+        return
+    path = scratch_path(backend.scratch_dir() or tempfile.gettempdir(), ".download")
     try:
         backend.download_file(key, path)
-        with open(path, "rb") as stream:
-            return pickle.load(stream)
+        with open(path, "rb") as stream, _mapped(stream) as data:
+            yield _verified(data, expected_hash)
     finally:
-        _unlink_quietly(path)
+        unlink_quietly(path)
 
 
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+@contextlib.contextmanager
+def _mapped(stream: BinaryIO) -> Iterator[Any]:
+    """A read-only view of the whole file, valid inside the block (empty files cannot be mapped)."""
+    if os.fstat(stream.fileno()).st_size == 0:
+        yield b""
+        return
+    with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            yield view
+        finally:
+            view.release()
+
+
+def _verified(data: Any, expected_hash: str) -> Any:
+    actual = content_hash_of(data)
+    if actual != expected_hash:
+        raise ContentMismatch(expected_hash, actual, memoryview(data).nbytes)
+    return data

@@ -3,6 +3,7 @@
 Layout, relative to the datastore root (a local folder or ``s3://bucket/prefix``)::
 
     data/<h[:2]>/<h>                                      pickled artifact, named by its BLAKE3 hash
+    damaged/<h>.<time>.<random>                           a blob that failed its hash check, moved aside
     <flow>/latest_run.json                                {"run_id": ..., "created_at": ...}
     <flow>/latest_successful_run.json                     same shape, successful runs only
     <flow>/runs/<run>/run.json                            run metadata, written when the run starts
@@ -38,6 +39,8 @@ Every part supplied by a user or by Airflow (flow, run id, step, task id, file n
 from __future__ import annotations
 
 import re
+import secrets
+import time
 from urllib.parse import unquote
 
 from airflow_flowspec.errors import UnsafeKeyError
@@ -56,6 +59,7 @@ STEP_RESULT_FILE = "result.json"
 #: Files of an attempt that only the datastore itself writes.
 RESERVED_ATTEMPT_FILES = frozenset({MANIFEST_FILE, TASK_SPEC_FILE, STEP_RESULT_FILE})
 XCOM_PREFIX = "_xcom/"
+DAMAGED_PREFIX = "damaged/"
 RUN_META_FILE = "run.json"
 RUN_STATUS_FILE = "status.json"
 LATEST_RUN_FILE = "latest_run.json"
@@ -79,6 +83,16 @@ def safe_key_part(part: str | int) -> str:
             "A datastore key part (flow name, run id, step name, task id or file name) is empty: "
             "give it a name."
         )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        # A lone surrogate (what Python makes of undecodable bytes) has no UTF-8 form: it could be
+        # stored only as something else, and would come back from a listing as a different name.
+        raise UnsafeKeyError(
+            f"The name {text!r} cannot be stored: character {error.start} is not valid Unicode text "
+            f"(an unpaired surrogate, as left by bytes that were not UTF-8). Names (run ids, step, "
+            f"flow and XCom names) must be valid UTF-8 text."
+        ) from None
     encoded = "".join(
         character if character in _SAFE_CHARACTERS else _percent_encode(character) for character in text
     )
@@ -95,11 +109,11 @@ def safe_key_part(part: str | int) -> str:
 
 def decode_key_part(encoded: str) -> str:
     """The original name for a segment that :func:`safe_key_part` produced (for listings)."""
-    return unquote(encoded)
+    return unquote(encoded, errors="strict")
 
 
 def _percent_encode(character: str) -> str:
-    return "".join(f"%{byte:02X}" for byte in character.encode("utf-8", "surrogatepass"))
+    return "".join(f"%{byte:02X}" for byte in character.encode("utf-8"))
 
 
 def blob_key(blob_hash: str) -> str:
@@ -109,6 +123,13 @@ def blob_key(blob_hash: str) -> str:
             f"pass the 'hash' of an artifact reference from a manifest."
         )
     return f"data/{blob_hash[:2]}/{blob_hash}"
+
+
+def damaged_blob_key(blob_hash: str) -> str:
+    """Where a blob that failed its hash check is moved, so its name is free for a good copy."""
+    blob_key(blob_hash)  # validates the hash
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{DAMAGED_PREFIX}{blob_hash}.{stamp}.{secrets.token_hex(4)}"
 
 
 def flow_prefix(flow: str) -> str:

@@ -21,7 +21,12 @@ from typing import Any
 from airflow_flowspec.datastore import encoding, keys
 from airflow_flowspec.datastore.artifacts import ArtifactStore
 from airflow_flowspec.datastore.backends import StorageBackend, backend_for_root
-from airflow_flowspec.errors import ArtifactNotFoundError, DatastoreError, UnsafeKeyError
+from airflow_flowspec.errors import (
+    ArtifactNotFoundError,
+    CorruptArtifactError,
+    DatastoreError,
+    UnsafeKeyError,
+)
 
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 
@@ -124,10 +129,14 @@ class Datastore:
 
     # -- pickled XCom values of ordinary Airflow tasks -------------------------------------------
 
+    # Their key is derived from the XCom's identity (dag, run, task, map index, key) and this root,
+    # never taken from anywhere else: whoever can edit an XCom row cannot point a read, an unpickle
+    # or a delete at another object, let alone outside the root.
+
     def save_xcom_value(
         self, value: Any, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str
     ) -> tuple[str, int]:
-        """Pickle an ordinary task's XCom to its own key; return (key, pickled size).
+        """Pickle an ordinary task's XCom to its own key; return (content hash, pickled size).
 
         If the value cannot be pickled, an :class:`ArtifactSaveError` names it and whatever was
         stored under the key before is left as it was.
@@ -137,28 +146,60 @@ class Datastore:
         blob = encoding.encode(value, name=name, scratch_dir=self.backend.scratch_dir())
         try:
             if blob.data is not None:
-                self.backend.put_bytes(object_key, blob.data)
+                self.backend.put_bytes(object_key, blob.data, content_hash=blob.hash)
             else:
                 path, blob.path = blob.path, None
-                self.backend.adopt_file(object_key, path)
+                self.backend.adopt_file(object_key, path, content_hash=blob.hash)
         finally:
             blob.discard()
-        return object_key, blob.size
+        return blob.hash, blob.size
 
-    def load_xcom_value(self, key: str, size: int | None) -> Any:
-        return encoding.decode(self.backend, key, size)
+    def load_xcom_value(
+        self,
+        *,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        map_index: int,
+        key: str,
+        size: int | None,
+        content_hash: str,
+    ) -> Any:
+        """The value :meth:`save_xcom_value` stored for this XCom, verified against its hash."""
+        object_key = keys.xcom_value_key(dag_id, run_id, task_id, map_index, key)
+        try:
+            return encoding.decode(self.backend, object_key, size=size, expected_hash=content_hash)
+        except encoding.ContentMismatch as mismatch:
+            raise CorruptArtifactError(
+                f"XCom '{key}' of task {task_id} (run {run_id} of DAG {dag_id}) does not match what was "
+                f"stored: {self.backend.describe(object_key)} hashes to {mismatch.actual_hash}, not to "
+                f"{content_hash} as its XCom row says. Nothing was unpickled; run task {task_id} again to "
+                f"store the value anew."
+            ) from None
 
-    def delete_xcom_value(self, key: str) -> None:
-        self.backend.delete_many([key])
+    def delete_xcom_value(self, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> None:
+        self.backend.delete_many([keys.xcom_value_key(dag_id, run_id, task_id, map_index, key)])
 
     # -- runs ------------------------------------------------------------------------------------
 
-    def write_run_meta(self, flow: str, run_id: str, meta: dict[str, Any]) -> None:
-        """Record that a run started, and make it the flow's latest run."""
+    def write_run_meta(self, flow: str, run_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """Record the run (the start step does, once its artifacts are stored); return the record.
+
+        A retry of the start step keeps the first record's ``created_at``. The run becomes the
+        flow's latest only with :meth:`advance_latest_run`, after the start step's manifest: a
+        start step killed on the way leaves the pointer where it was.
+        """
         record = {**meta, "flow": flow, "run_id": run_id}
-        record.setdefault("created_at", _now())
+        try:
+            record.setdefault("created_at", self.read_run_meta(flow, run_id)["created_at"])
+        except (ArtifactNotFoundError, KeyError):
+            record.setdefault("created_at", _now())
         self._write_json(keys.run_meta_key(flow, run_id), record)
-        self._advance_pointer(keys.latest_run_key(flow), run_id, record["created_at"])
+        return record
+
+    def advance_latest_run(self, flow: str, run_id: str, created_at: str) -> None:
+        """Make the run the flow's latest, unless a newer run already is."""
+        self._advance_pointer(keys.latest_run_key(flow), run_id, created_at)
 
     def read_run_meta(self, flow: str, run_id: str) -> dict[str, Any]:
         return self._read_json(
@@ -292,9 +333,17 @@ _open_datastores_lock = threading.Lock()
 
 def open_datastore(root: str) -> Datastore:
     """The process-wide :class:`Datastore` for ``root``, so every task in a process shares one
-    backend (and one S3 client with its connection pool)."""
+    backend (and one S3 client with its connection pool).
+
+    Opening a root the first time in a process sweeps what killed processes left behind (scratch
+    files; stale multipart uploads on S3). A sweep that fails does not stop the task.
+    """
     with _open_datastores_lock:
         datastore = _open_datastores.get(root)
         if datastore is None:
             datastore = _open_datastores[root] = Datastore(root)
+            try:
+                datastore.backend.sweep()
+            except (DatastoreError, OSError):
+                pass
         return datastore

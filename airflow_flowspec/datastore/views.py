@@ -30,9 +30,13 @@ class ArtifactLoader:
         datastore: Any,
         refs: dict[str, dict[str, Any]],
         import_flow_module: Callable[[], None] | None = None,
+        *,
+        origin: str = "",
     ):
         self.datastore = datastore
         self.refs = dict(refs)
+        # name -> pathspec of the task whose manifest listed it, for messages about it.
+        self.origins = dict.fromkeys(self.refs, origin)
         self.loaded: dict[str, Any] = {}
         # Outside a step (a plain task, a notebook), the flow file is imported on demand.
         self._import_flow_module = import_flow_module
@@ -43,16 +47,21 @@ class ArtifactLoader:
     def names(self) -> list[str]:
         return sorted(self.refs)
 
+    def add(self, name: str, ref: dict[str, Any], origin: str) -> None:
+        self.refs[name] = ref
+        self.origins[name] = origin
+
     def load(self, name: str) -> Any:
         if name not in self.loaded:
             ref = ArtifactRef.from_json(self.refs[name])
+            what = f"artifact '{name}' of {self.origins.get(name) or 'this task'}"
             try:
-                self.loaded[name] = self.datastore.artifacts.load(ref)
+                self.loaded[name] = self.datastore.artifacts.load(ref, what=what)
             except Exception as error:
                 if self._import_flow_module is None or not is_missing_flow_module(error):
                     raise
                 self._import_flow_module()
-                self.loaded[name] = self.datastore.artifacts.load(ref)
+                self.loaded[name] = self.datastore.artifacts.load(ref, what=what)
         return self.loaded[name]
 
 
@@ -64,7 +73,12 @@ class InputView:
         object.__setattr__(
             self,
             "_loader",
-            ArtifactLoader(datastore, manifest.get("artifacts", {}), self._import_flow_module),
+            ArtifactLoader(
+                datastore,
+                manifest.get("artifacts", {}),
+                self._import_flow_module,
+                origin=manifest.get("pathspec", ""),
+            ),
         )
         object.__setattr__(self, "_foreach_value", foreach_value)
 
@@ -143,9 +157,15 @@ def task_view(manifest: dict[str, Any], datastore: Any) -> InputView:
     """A task's artifacts for code outside a step (a plain Airflow task, a notebook)."""
 
     def foreach_value(frame: dict[str, Any]) -> Any:
-        return datastore.artifacts.load(ArtifactRef.from_json(frame["item"]))
+        return datastore.artifacts.load(ArtifactRef.from_json(frame["item"]), what=foreach_item_name(frame))
 
     return InputView(manifest, datastore, foreach_value)
+
+
+def foreach_item_name(frame: dict[str, Any]) -> str:
+    return (
+        f"item {frame.get('index')} of the foreach over self.{frame.get('var')} in step '{frame.get('step')}'"
+    )
 
 
 def import_flow_of_run(datastore: Any, flow_name: str, run_id: str) -> None:

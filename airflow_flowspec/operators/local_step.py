@@ -40,11 +40,13 @@ class LocalStepOperator(StepTaskMixin, BaseOperator, SkipMixin):
         self.foreach_frame = foreach_frame
 
     def execute(self, context: Any) -> Any:
+        from airflow.sdk.log import mask_secret
+
         from airflow_flowspec.runtime.step_runner import run_step
 
         with flow_mistakes_fail_at_once():
             spec = self.build_task_spec(context)
-            return self.publish_result(context, run_step(spec))
+            return self.publish_result(context, run_step(spec, mask_secret=mask_secret))
 
 
 class FlattenForeachOperator(BaseOperator):

@@ -108,16 +108,21 @@ class StepTaskMixin:
         return manifests
 
     def publish_result(self, context: Any, result: StepResult) -> Any:
+        """Push the manifest (as the step's manifest, which only this may do) and return what
+        Airflow should push itself: a foreach's children, which it maps over, else nothing."""
+        from airflow_flowspec.xcom_backend.values import publishing_step_manifest
+
         ti = context["ti"]
         if result.foreach_children is not None:
             self._check_width(len(result.foreach_children))
-            ti.xcom_push(key=SPLIT_MANIFEST_KEY, value=result.manifest)
+            with publishing_step_manifest():
+                ti.xcom_push(key=SPLIT_MANIFEST_KEY, value=result.manifest)
             return result.foreach_children
-        if result.switch_step is not None:
+        with publishing_step_manifest():
             ti.xcom_push(key="return_value", value=result.manifest)
+        if result.switch_step is not None:
             self.skip_all_except(ti, result.switch_step)  # type: ignore[attr-defined]
-            return None
-        return result.manifest
+        return None
 
     def _check_width(self, width: int) -> None:
         check_foreach_width(width, f"The foreach in step '{self.step_name}' of flow {self.flow_name}")

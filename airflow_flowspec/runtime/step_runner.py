@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from airflow_flowspec.current import TaskContext, current
-from airflow_flowspec.datastore import open_datastore
-from airflow_flowspec.datastore.artifacts import ArtifactRef, short_repr
+from airflow_flowspec.datastore import keys, open_datastore
+from airflow_flowspec.datastore.artifacts import SECRET_REPR, ArtifactRef, short_repr
 from airflow_flowspec.datastore.manifest import new_manifest
-from airflow_flowspec.datastore.views import ArtifactLoader, Inputs, InputView
+from airflow_flowspec.datastore.views import ArtifactLoader, Inputs, InputView, foreach_item_name
 from airflow_flowspec.decorators.base import step_decorators_of
 from airflow_flowspec.errors import (
     ArtifactSaveError,
@@ -33,6 +33,7 @@ from airflow_flowspec.flow_loader import load_flow_class
 from airflow_flowspec.graph import graph_of
 from airflow_flowspec.parameters import flow_parameters
 from airflow_flowspec.runtime.caught import CaughtException
+from airflow_flowspec.runtime.masking import SecretMask, masked_output
 from airflow_flowspec.runtime.task_spec import StepResult, TaskSpec
 
 # Values of these types cannot change in place, so an artifact of such a type that a step read but
@@ -54,7 +55,8 @@ class TaskState:
     def foreach_value(self, frame: dict[str, Any]) -> Any:
         digest = frame["item"]["hash"]
         if digest not in self._items:
-            self._items[digest] = self.datastore.artifacts.load(ArtifactRef.from_json(frame["item"]))
+            item = ArtifactRef.from_json(frame["item"])
+            self._items[digest] = self.datastore.artifacts.load(item, what=foreach_item_name(frame))
         return self._items[digest]
 
     def merge_artifacts(
@@ -62,9 +64,11 @@ class TaskState:
     ) -> None:
         loader: ArtifactLoader = flow.__dict__["_flowspec_artifacts"]
         offered: dict[str, dict[str, dict[str, Any]]] = {}
+        origins: dict[str, str] = {}
         for view in inputs:
             for name, ref in view._manifest.get("artifacts", {}).items():
                 offered.setdefault(name, {})[ref["hash"]] = ref
+                origins.setdefault(name, view._manifest.get("pathspec", ""))
         if include:
             missing = [name for name in include if name not in offered]
             if missing:
@@ -82,7 +86,7 @@ class TaskState:
             if len(offered[name]) > 1:
                 conflicts.append(name)
                 continue
-            loader.refs[name] = next(iter(offered[name].values()))
+            loader.add(name, next(iter(offered[name].values())), origins[name])
         if conflicts:
             raise MergeArtifactsError(
                 f"Step '{self.step_name}' of flow {self.spec.flow_name} cannot merge artifact(s) "
@@ -92,12 +96,25 @@ class TaskState:
             )
 
 
-def run_step(spec: TaskSpec, datastore: Any = None, *, store_result: bool = False) -> StepResult:
+def run_step(
+    spec: TaskSpec,
+    datastore: Any = None,
+    *,
+    store_result: bool = False,
+    mask_secret: Callable[[Any], None] | None = None,
+) -> StepResult:
     """Run the task described by ``spec`` and return what Airflow should publish.
 
     With ``store_result`` the result is also left in the datastore (before the manifest, which
-    stays the last thing written), for a process other than this one to publish.
+    stays the last thing written), for a process other than this one to publish. ``mask_secret``
+    is told the value of every secret parameter before the step runs (Airflow's log masker, on a
+    worker), so that a step printing one does not put it in the task log.
+
+    Order of writes, so that a kill at any point leaves nothing wrong: the artifacts, then (start
+    step) the run record, then the result, then the manifest, then the latest-run pointer.
     """
+    # Every name this task will write under must be storable before anything is written.
+    keys.manifest_key(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
     datastore = datastore or open_datastore(spec.datastore_root)
     flow_class = load_flow_class(spec.flow_file, spec.flow_name)
     graph = graph_of(flow_class)
@@ -117,20 +134,17 @@ def run_step(spec: TaskSpec, datastore: Any = None, *, store_result: bool = Fals
     flow.__dict__["_flowspec_task"] = state
     flow.__dict__["_flowspec_transition"] = None
     parameter_names = _restore_inputs(flow, flow_class, spec, datastore, is_join, state)
-    if spec.step == "start":
-        datastore.write_run_meta(
-            spec.flow_name,
-            spec.run_id,
-            {
-                "flow_file": os.path.abspath(spec.flow_file),
-                "parameters": {p: _describe(flow.__dict__.get(p)) for p in parameter_names},
-                "context": spec.run_context.to_json(),
-            },
-        )
+    secret_names = {p.attr_name for p in flow_parameters(flow_class) if p.secret}
+    secret_values = [getattr(flow, name) for name in sorted(secret_names & set(parameter_names))]
+    secrets = SecretMask(secret_values)
+    if mask_secret is not None:
+        for value in secret_values:
+            if value is not None:
+                mask_secret(value)
 
     print(f"[{spec.run_id}/{spec.step}/{spec.task_id}] Task is starting.", flush=True)
     caught: BaseException | None = None
-    with _task_context(spec), _environment(decorators.get("environment")):
+    with _task_context(spec), _environment(decorators.get("environment")), masked_output(secrets):
         try:
             if is_join:
                 step_func(
@@ -167,13 +181,29 @@ def run_step(spec: TaskSpec, datastore: Any = None, *, store_result: bool = Fals
     foreach_children = switch_step = None
     if caught is None:
         foreach_children, switch_step = _check_transition(flow, node, spec, datastore)
-    refs = _save_artifacts(flow, spec, datastore)
-    manifest = _manifest(spec, refs, parameter_names, node, caught, switch_step, foreach_children)
+    refs = _save_artifacts(flow, spec, datastore, secret_names, secrets)
+    run_record = None
+    if spec.step == "start":
+        run_record = datastore.write_run_meta(
+            spec.flow_name,
+            spec.run_id,
+            {
+                "flow_file": os.path.abspath(spec.flow_file),
+                "parameters": {
+                    p: SECRET_REPR if p in secret_names else _describe(flow.__dict__.get(p))
+                    for p in parameter_names
+                },
+                "context": spec.run_context.to_json(),
+            },
+        )
+    manifest = _manifest(spec, refs, parameter_names, node, caught, switch_step, foreach_children, secrets)
     result = StepResult(manifest=manifest, foreach_children=foreach_children, switch_step=switch_step)
     identity = (spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
     if store_result:
         datastore.write_step_result(*identity, result.to_json())
     datastore.write_manifest(*identity, manifest)
+    if run_record is not None:
+        datastore.advance_latest_run(spec.flow_name, spec.run_id, run_record["created_at"])
     if node.type == "end":
         datastore.finish_run(spec.flow_name, spec.run_id, True, {"end_task": spec.pathspec})
     print(f"[{spec.run_id}/{spec.step}/{spec.task_id}] Task finished successfully.", flush=True)
@@ -195,7 +225,7 @@ def _restore_inputs(
     parameters = flow_parameters(flow_class)
     if spec.step == "start":
         _set_parameters(flow, parameters, spec)
-        flow.__dict__["_flowspec_artifacts"] = ArtifactLoader(datastore, {})
+        flow.__dict__["_flowspec_artifacts"] = ArtifactLoader(datastore, {}, origin=spec.pathspec)
         return [p.attr_name for p in parameters]
     if not spec.input_manifests:
         raise StepInputError(
@@ -208,7 +238,7 @@ def _restore_inputs(
         refs = {name: first["artifacts"][name] for name in parameter_names if name in first["artifacts"]}
     else:
         refs = first.get("artifacts", {})
-    flow.__dict__["_flowspec_artifacts"] = ArtifactLoader(datastore, refs)
+    flow.__dict__["_flowspec_artifacts"] = ArtifactLoader(datastore, refs, origin=first.get("pathspec", ""))
     return parameter_names
 
 
@@ -335,7 +365,9 @@ def _foreach_children(
     return children
 
 
-def _save_artifacts(flow: Any, spec: TaskSpec, datastore: Any) -> dict[str, dict[str, Any]]:
+def _save_artifacts(
+    flow: Any, spec: TaskSpec, datastore: Any, secret_names: set[str], secrets: SecretMask
+) -> dict[str, dict[str, Any]]:
     loader: ArtifactLoader = flow.__dict__["_flowspec_artifacts"]
     refs: dict[str, dict[str, Any]] = {}
     to_save: dict[str, Any] = {}
@@ -352,8 +384,13 @@ def _save_artifacts(flow: Any, spec: TaskSpec, datastore: Any) -> dict[str, dict
         if name.startswith("_flowspec_") or name.startswith("__"):
             continue
         to_save[name] = value
+    # An artifact made from a secret (its repr shows it) is stored as a secret too: salted, so its
+    # hash in the manifest cannot confirm a guess, and shown as <secret>.
+    salted = set(secret_names)
+    if secrets:
+        salted.update(name for name, value in to_save.items() if secrets.reveals(short_repr(value)))
     try:
-        saved = datastore.artifacts.save_many(to_save)
+        saved = datastore.artifacts.save_many(to_save, secret_names=salted)
     except ArtifactSaveError as err:
         raise ArtifactSaveError(err.artifact_name, err.reason, flow=spec.flow_name, step=spec.step) from None
     for name, ref in saved.items():
@@ -369,6 +406,7 @@ def _manifest(
     caught: BaseException | None,
     switch_step: str | None,
     foreach_children: list[dict[str, Any]] | None,
+    secrets: SecretMask,
 ) -> dict[str, Any]:
     return new_manifest(
         flow=spec.flow_name,
@@ -383,5 +421,7 @@ def _manifest(
         if foreach_children is None
         else {"var": node.foreach_param, "num_splits": len(foreach_children)},
         switch=None if switch_step is None else {"condition": node.condition, "step": switch_step},
-        caught=None if caught is None else {"type": type(caught).__name__, "message": str(caught)},
+        caught=None
+        if caught is None
+        else {"type": type(caught).__name__, "message": secrets.redact(str(caught))},
     )

@@ -20,15 +20,7 @@ from typing import Any
 
 from airflow.sdk.bases.xcom import BaseXCom
 
-from airflow_flowspec.xcom_backend.values import (
-    fits_inline,
-    is_manifest,
-    is_stored_value,
-    load_stored_value,
-    manifest_view,
-    purge_stored,
-    store_value,
-)
+from airflow_flowspec.xcom_backend import values
 
 
 class FlowspecXComBackend(BaseXCom):
@@ -44,25 +36,60 @@ class FlowspecXComBackend(BaseXCom):
         run_id: str | None = None,
         map_index: int | None = None,
     ) -> Any:
-        manifest = getattr(value, "manifest", None)
-        if isinstance(manifest, dict) and is_manifest(manifest):
-            return manifest
-        if is_manifest(value):
-            return value
-        inline = fits_inline(value)
-        if inline is not None:
-            return inline
-        return store_value(value, key=key, task_id=task_id, dag_id=dag_id, run_id=run_id, map_index=map_index)
+        return values.serialize(
+            value, key=key, task_id=task_id, dag_id=dag_id, run_id=run_id, map_index=map_index
+        )
 
     @staticmethod
     def deserialize_value(result: Any) -> Any:
-        stored = result.value
-        if is_manifest(stored):
-            return manifest_view(stored)
-        if is_stored_value(stored):
-            return load_stored_value(stored)
-        return BaseXCom.deserialize_value(result)
+        ours, value = values.deserialize(result.value)
+        return value if ours else BaseXCom.deserialize_value(result)
+
+    # Where Airflow says which XCom it is reading or clearing, a stored row must be that one.
+
+    @classmethod
+    def get_one(  # type: ignore[override]
+        cls,
+        *,
+        key: str,
+        dag_id: str,
+        task_id: str,
+        run_id: str,
+        map_index: int | None = None,
+        include_prior_dates: bool = False,
+    ) -> Any:
+        run = None if include_prior_dates else run_id
+        with values.expecting(dag_id=dag_id, run_id=run, task_id=task_id, map_index=map_index, key=key):
+            return super().get_one(
+                key=key,
+                dag_id=dag_id,
+                task_id=task_id,
+                run_id=run_id,
+                map_index=map_index,
+                include_prior_dates=include_prior_dates,
+            )
+
+    @classmethod
+    def get_all(  # type: ignore[override]
+        cls, *, key: str, dag_id: str, task_id: str, run_id: str, include_prior_dates: bool = False
+    ) -> Any:
+        run = None if include_prior_dates else run_id
+        with values.expecting(dag_id=dag_id, run_id=run, task_id=task_id, map_index=None, key=key):
+            return super().get_all(
+                key=key,
+                dag_id=dag_id,
+                task_id=task_id,
+                run_id=run_id,
+                include_prior_dates=include_prior_dates,
+            )
+
+    @classmethod
+    def delete(  # type: ignore[override]
+        cls, key: str, task_id: str, dag_id: str, run_id: str, map_index: int | None = None
+    ) -> None:
+        with values.expecting(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index, key=key):
+            super().delete(key=key, task_id=task_id, dag_id=dag_id, run_id=run_id, map_index=map_index)
 
     @classmethod
     def purge(cls, xcom: Any, *args: Any) -> None:
-        purge_stored(getattr(xcom, "value", None))
+        values.purge_stored(getattr(xcom, "value", None))

@@ -1,31 +1,116 @@
 """How the XCom backend decides, stores and restores values (kept apart from the Airflow class).
 
-Ordinary XComs that are too large or not JSON are pickled to a per-XCom key (see
-:func:`airflow_flowspec.datastore.keys.xcom_value_key`): a re-run replaces exactly that object, so
-``purge`` can delete it without touching anything shared. Manifests are recognised, and artifacts
-read, by the datastore's own code: this module only decides what goes where.
+The trust boundary. Whoever can write an XCom row (a task pushing a value, or someone editing the
+metadata database) must not be able to make a reader open, unpickle or delete anything of their
+choosing, let alone outside the configured datastore root. So:
+
+* An ordinary XCom too large or not JSON is pickled to a key derived from the XCom's own
+  identity (dag, run, task, map index, key) under the configured root. Its row holds that
+  identity, the pickle's BLAKE3 hash, size, type and a short repr: no path, no root. Reading
+  derives the key again, refuses a row whose identity is not the XCom asked for (where Airflow
+  says which one that is), and checks the bytes against the hash before unpickling.
+* A value that merely looks like one of our rows (a dict with our marker, pushed by any task) is
+  stored pickled like any other value, so it comes back as the plain data it is.
+* A step's manifest is stored inline only when a step operator publishes it
+  (:func:`publishing_step_manifest`). A manifest row names artifacts by content hash only; they are
+  read from the configured root and verified, whatever the row says.
+* ``purge`` deletes only the pickle of the XCom Airflow is clearing, at its derived key.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
-from typing import Any
+import re
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 from airflow_flowspec import config
 from airflow_flowspec.datastore import open_datastore
 from airflow_flowspec.datastore.artifacts import qualified_type_name, short_repr
-from airflow_flowspec.datastore.manifest import checked_manifest, is_manifest
+from airflow_flowspec.datastore.manifest import MANIFEST_MARKER, checked_manifest, is_manifest
 from airflow_flowspec.datastore.views import InputView, task_view
+from airflow_flowspec.errors import XComReferenceError
 
-__all__ = ["fits_inline", "is_manifest", "is_stored_value", "load_stored_value", "manifest_view"]
-
-#: The key that marks an XCom row as a reference to a pickled value in the datastore.
+#: The key that marks an XCom row as a reference to a pickled value in the datastore; its value
+#: is the row format's version.
 STORED_MARKER = "flowspec_xcom"
+STORED_VERSION = 2
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+class XComIdentity(NamedTuple):
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    key: str
+
+    def describe(self) -> str:
+        index = "" if self.map_index < 0 else f"[{self.map_index}]"
+        return f"XCom '{self.key}' of task {self.task_id}{index} in run {self.run_id} of DAG {self.dag_id}"
+
+
+#: Set while a step operator pushes its manifest: only then is a manifest stored inline as one.
+_publishing_manifest: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "flowspec_publishing_manifest", default=False
+)
+#: What Airflow is reading (or clearing) right now, when it says: (dag, run, task, map index, key),
+#: None for "any" (a pull over all map indexes, or over earlier runs).
+_expected: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
+    "flowspec_expected_xcom", default=None
+)
+
+
+@contextlib.contextmanager
+def publishing_step_manifest() -> Iterator[None]:
+    token = _publishing_manifest.set(True)
+    try:
+        yield
+    finally:
+        _publishing_manifest.reset(token)
+
+
+@contextlib.contextmanager
+def expecting(*, dag_id: Any, run_id: Any, task_id: Any, map_index: Any, key: Any) -> Iterator[None]:
+    """Within the block, a stored row must be the named XCom (None fields match anything)."""
+    token = _expected.set((dag_id, run_id, task_id, map_index, key))
+    try:
+        yield
+    finally:
+        _expected.reset(token)
 
 
 def is_stored_value(value: Any) -> bool:
-    return isinstance(value, dict) and value.get(STORED_MARKER) == 1 and "key" in value
+    return isinstance(value, dict) and STORED_MARKER in value
+
+
+def _looks_like_ours(value: Any) -> bool:
+    return isinstance(value, dict) and (STORED_MARKER in value or MANIFEST_MARKER in value)
+
+
+def serialize(value: Any, *, key: Any, task_id: Any, dag_id: Any, run_id: Any, map_index: Any) -> Any:
+    """What Airflow's ``xcom`` table stores for ``value``."""
+    if isinstance(value, InputView):  # a plain task passing a step's artifacts on
+        return value.manifest
+    if _publishing_manifest.get() and is_manifest(value):
+        return value
+    if not _looks_like_ours(value):
+        inline = fits_inline(value)
+        if inline is not None:
+            return inline
+    return store_value(value, key=key, task_id=task_id, dag_id=dag_id, run_id=run_id, map_index=map_index)
+
+
+def deserialize(stored: Any) -> tuple[bool, Any]:
+    """(True, value) for our rows; (False, None) for rows Airflow's own serde should read."""
+    if is_manifest(stored):
+        return True, manifest_view(stored)
+    if is_stored_value(stored):
+        return True, load_stored_value(stored)
+    return False, None
 
 
 #: What :func:`_plain_json_size` says of a value that is not plain JSON, or is larger than asked.
@@ -93,27 +178,82 @@ def fits_inline(value: Any) -> Any:
 def store_value(
     value: Any, *, key: Any, task_id: Any, dag_id: Any, run_id: Any, map_index: Any
 ) -> dict[str, Any]:
-    datastore = open_datastore(config.datastore_root())
-    object_key, size = datastore.save_xcom_value(
-        value,
-        dag_id=dag_id or "unknown",
-        run_id=run_id or "unknown",
-        task_id=task_id or "unknown",
-        map_index=map_index if map_index is not None else -1,
-        key=key or "return_value",
+    identity = XComIdentity(
+        dag_id=str(dag_id or "unknown"),
+        run_id=str(run_id or "unknown"),
+        task_id=str(task_id or "unknown"),
+        map_index=int(map_index if map_index is not None else -1),
+        key=str(key or "return_value"),
     )
+    datastore = open_datastore(config.datastore_root())
+    content_hash, size = datastore.save_xcom_value(value, **identity._asdict())
     return {
-        STORED_MARKER: 1,
-        "root": datastore.root,
-        "key": object_key,
-        "type": qualified_type_name(value),
+        STORED_MARKER: STORED_VERSION,
+        **identity._asdict(),
+        "hash": content_hash,
         "size": size,
+        "type": qualified_type_name(value),
         "repr": short_repr(value),
     }
 
 
+def row_identity(stored: dict[str, Any]) -> XComIdentity:
+    """The identity a stored row claims, checked for shape; :class:`XComReferenceError` otherwise."""
+    version = stored.get(STORED_MARKER)
+    if version != STORED_VERSION:
+        raise XComReferenceError(
+            f"An XCom row refers to a stored value in format {version!r}, which this airflow-flowspec "
+            f"does not read (format 1 rows named a path, which is not trusted). Run the task that "
+            f"pushed it again to store the value anew. Nothing was read."
+        )
+    try:
+        identity = XComIdentity(
+            dag_id=stored["dag_id"],
+            run_id=stored["run_id"],
+            task_id=stored["task_id"],
+            map_index=stored["map_index"],
+            key=stored["key"],
+        )
+        well_formed = (
+            all(
+                isinstance(part, str)
+                for part in (identity.dag_id, identity.run_id, identity.task_id, identity.key)
+            )
+            and type(identity.map_index) is int
+            and isinstance(stored["hash"], str)
+            and _HASH.fullmatch(stored["hash"]) is not None
+            and type(stored["size"]) is int
+        )
+    except KeyError as missing:
+        raise XComReferenceError(
+            f"An XCom row refers to a stored value but lacks {missing}: it was not written by this XCom "
+            f"backend. Nothing was read."
+        ) from None
+    if not well_formed:
+        raise XComReferenceError(
+            f"An XCom row refers to a stored value with malformed fields ({stored!r:.300}): it was not "
+            f"written by this XCom backend. Nothing was read."
+        )
+    return identity
+
+
+def _check_expected(identity: XComIdentity, action: str) -> None:
+    expected = _expected.get()
+    if expected is None:
+        return
+    for name, want, have in zip(XComIdentity._fields, expected, identity, strict=True):
+        if want is not None and want != have:
+            raise XComReferenceError(
+                f"The XCom row Airflow returned for {name} {want!r} claims to be {identity.describe()}: "
+                f"the row was edited or copied. Refusing to {action} it; nothing was read or deleted."
+            )
+
+
 def load_stored_value(stored: dict[str, Any]) -> Any:
-    return open_datastore(stored["root"]).load_xcom_value(stored["key"], stored.get("size"))
+    identity = row_identity(stored)
+    _check_expected(identity, "read")
+    datastore = open_datastore(config.datastore_root())
+    return datastore.load_xcom_value(**identity._asdict(), size=stored["size"], content_hash=stored["hash"])
 
 
 def manifest_view(manifest: dict[str, Any]) -> InputView:
@@ -123,11 +263,14 @@ def manifest_view(manifest: dict[str, Any]) -> InputView:
 
 
 def purge_stored(stored: Any) -> None:
-    """Delete what a re-run replaces: an ordinary XCom's pickle, kept at a per-XCom key.
+    """Delete what a re-run replaces: an ordinary XCom's pickle, at the key its identity gives.
 
     A step's manifest needs nothing deleted: each attempt writes its own key (the attempt number is
     part of it), so a re-run replaces no stored object, and the earlier attempt stays readable if
     the re-run fails. Artifact blobs are shared by content and are left to garbage collection.
     """
-    if is_stored_value(stored):
-        open_datastore(stored["root"]).delete_xcom_value(stored["key"])
+    if not is_stored_value(stored):
+        return
+    identity = row_identity(stored)
+    _check_expected(identity, "delete")
+    open_datastore(config.datastore_root()).delete_xcom_value(**identity._asdict())

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from harness import FLOWS, FlowRun, load_flow, raw_xcom
 
+from airflow_flowspec.datastore.keys import xcom_value_key
+
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
@@ -133,7 +135,9 @@ def test_clearing_an_ordinary_task_purges_the_pickled_xcom_its_rerun_replaces(tm
     first = the_dag.test()
     assert str(first.state) == "success"
     old = raw_xcom(dag_id, first.run_id, "produce")
-    old_pickle = Path(config.datastore_root()) / old["key"]
+    old_pickle = Path(config.datastore_root()) / xcom_value_key(
+        dag_id, first.run_id, "produce", -1, "return_value"
+    )
     assert old["type"] == "bytes" and old_pickle.read_bytes().count(b"first run") == 10
 
     rerun = clear_and_rerun(the_dag, first.run_id, task_ids=["produce", "consume"])
@@ -146,6 +150,6 @@ def test_clearing_an_ordinary_task_purges_the_pickled_xcom_its_rerun_replaces(tm
         assert not old_pickle.exists()  # nothing rewrote it: purge deleted it
     else:
         # Same XCom, same key: purge deleted the old pickle and the re-run wrote the new one there.
-        assert new["key"] == old["key"] and new["size"] != old["size"]
+        assert new["hash"] != old["hash"] and new["size"] != old["size"]
         assert old_pickle.read_bytes().count(b"second run") == 20
         assert raw_xcom(dag_id, first.run_id, "consume") == repr(b"second run " * 20)

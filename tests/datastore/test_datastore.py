@@ -6,6 +6,7 @@ loopback, see ``s3_endpoint`` in conftest.py).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -30,6 +31,7 @@ from airflow_flowspec.errors import (
     ArtifactNotFoundError,
     ArtifactSaveError,
     ConfigurationError,
+    CorruptArtifactError,
     DatastoreError,
     UnsafeKeyError,
 )
@@ -58,7 +60,13 @@ def scratch(tmp_path, monkeypatch):
     folder = tmp_path / "system-temp"
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__SCRATCH_DIR", str(folder))
     return folder
+
+
+def scratch_files(folder) -> list[str]:
+    """Scratch files in ``folder`` (not the S3 sweep's marker, which is meant to stay)."""
+    return [name for name in os.listdir(folder) if not name.startswith(".multipart-sweep-")]
 
 
 def stored_keys(datastore: Datastore) -> list[str]:
@@ -163,13 +171,15 @@ def test_the_local_backend_refuses_paths_outside_its_root(tmp_path):
 
 def test_backends_keep_the_same_contract(datastore, tmp_path):
     backend = datastore.backend
-    backend.put_many_bytes({"a/one.json": b"1", "a/two.json": b"22", "a/b/c.bin": b"333"})
+    backend.put_many_bytes(
+        {"a/one.json": (b"1", None), "a/two.json": (b"22", None), "a/b/c.bin": (b"333", None)}
+    )
     assert backend.get_bytes("a/two.json") == b"22"
     assert backend.list_dir("a/") == (["b"], ["one.json", "two.json"])
     assert backend.list_dir("") == (["a"], [])
     assert backend.list_dir("nothing/here/") == ([], [])
     assert backend.exists("a/one.json") and not backend.exists("a/three.json")
-    assert backend.exists_many(["a/one.json", "a/b/c.bin", "a/zzz"]) == {"a/one.json", "a/b/c.bin"}
+    assert backend.stored_size("a/b/c.bin") == 3 and backend.stored_size("a/zzz") is None
 
     source = tmp_path / "source.bin"
     source.write_bytes(b"payload" * 1000)
@@ -181,7 +191,9 @@ def test_backends_keep_the_same_contract(datastore, tmp_path):
         assert stream.read() == source.read_bytes()
 
     backend.delete_many(["a/one.json", "a/b/c.bin", "a/never-existed"])
-    assert backend.exists_many(["a/one.json", "a/two.json", "a/b/c.bin"]) == {"a/two.json"}
+    assert [key for key in ("a/one.json", "a/two.json", "a/b/c.bin") if backend.exists(key)] == ["a/two.json"]
+    backend.move("a/two.json", "moved/two.json")
+    assert backend.get_bytes("moved/two.json") == b"22" and not backend.exists("a/two.json")
     for read in (
         backend.get_bytes,
         backend.open_read,
@@ -311,8 +323,8 @@ def test_a_damaged_pack_is_detected_not_unpickled(datastore):
     (pack_key,) = blob_keys(datastore)
     data = datastore.backend.get_bytes(pack_key)
     datastore.backend.put_bytes(pack_key, data[:-1] + bytes([data[-1] ^ 0xFF]))
-    with pytest.raises(DatastoreError, match="does not match its hash"):
-        Datastore(datastore.root).artifacts.load(refs["b"])
+    with pytest.raises(CorruptArtifactError, match="pack holding the artifact 'b' of .* is damaged"):
+        Datastore(datastore.root).artifacts.load(refs["b"], what="artifact 'b' of F/1/start/0")
 
 
 def test_medium_artifacts_reach_s3_in_parallel(s3_endpoint):
@@ -357,7 +369,7 @@ def test_an_unpicklable_value_names_the_artifact_and_leaves_nothing(datastore, s
     assert "cannot pickle" in caught.value.reason
     assert blob_keys(datastore) == []
     assert [key for key in stored_keys(datastore) if "tmp" in key] == []
-    assert os.listdir(scratch) == []
+    assert scratch_files(scratch) == []
 
 
 class _RaisesOSErrorWhenPickled:
@@ -371,15 +383,17 @@ def test_a_full_scratch_disk_is_retryable_but_a_value_raising_oserror_is_not(tmp
     from airflow_flowspec.errors import is_flow_mistake
 
     big = os.urandom(2 * 1024 * 1024)  # over the in-memory limit: goes to a scratch file
+    (tmp_path / "a-file").write_bytes(b"")
+    unwritable = str(tmp_path / "a-file" / "scratch")  # a folder that cannot be made
     with pytest.raises(DatastoreError) as caught:
-        encode(big, name="weights", scratch_dir=str(tmp_path / "no-such-folder"))
+        encode(big, name="weights", scratch_dir=unwritable)
     assert not is_flow_mistake(caught.value) and "Free some disk space" in str(caught.value)
-    assert "'weights'" in str(caught.value) and str(tmp_path / "no-such-folder") in str(caught.value)
+    assert "'weights'" in str(caught.value) and unwritable in str(caught.value)
 
     with pytest.raises(ArtifactSaveError) as caught:
         encode(_RaisesOSErrorWhenPickled(), name="model", scratch_dir=str(tmp_path))
     assert is_flow_mistake(caught.value) and "refuses to be pickled" in str(caught.value)
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["a-file"]
 
 
 def test_a_missing_blob_names_its_key(datastore):
@@ -404,7 +418,7 @@ def test_large_objects_on_s3_go_up_in_parallel_parts(s3_endpoint, scratch):
     ref = store.save("weights", value)
     assert backend.counters.requests >= 5  # HEAD + create + 3 parts + complete
     assert store.load(ref) == value
-    assert os.listdir(scratch) == []  # the downloaded copy is removed after unpickling
+    assert scratch_files(scratch) == []  # the downloaded copy is removed after unpickling
 
 
 def test_an_xcom_value_that_cannot_be_stored_names_it_and_keeps_the_earlier_one(root, scratch, monkeypatch):
@@ -422,23 +436,30 @@ def test_an_xcom_value_that_cannot_be_stored_names_it_and_keeps_the_earlier_one(
     assert "XCom 'rows' of task extract" in str(caught.value) and "lock" in str(caught.value)
     assert load_stored_value(stored) == rows  # the earlier value is untouched
     assert [key for key in stored_keys(Datastore(root)) if "tmp" in key] == []
-    assert os.listdir(scratch) == []
+    assert scratch_files(scratch) == []
 
 
-def test_a_stream_that_breaks_off_is_a_datastore_error_not_a_bad_pickle(s3_endpoint, monkeypatch):
+def test_a_stream_that_keeps_breaking_off_is_a_network_error_not_a_bad_pickle(s3_endpoint, monkeypatch):
+    """Guards the resumable read's last word: a body that ends early on every attempt (each resumed
+    from the byte reached) is a DatastoreError naming the object and the network, after the
+    configured attempts; never short bytes handed to the unpickler."""
     backend = S3Backend(f"s3://{BUCKET}/short-{uuid.uuid4().hex}")
     backend.put_bytes("value.pkl", b"0123456789")
+    backend.max_attempts = 3
     real_get = backend.client.get_object
+    ranges = []
 
     def get_object_cut_short(**kwargs):
         response = real_get(**kwargs)
-        response["ContentLength"] = 10_000  # the connection drops after the first 10 bytes
+        ranges.append(kwargs.get("Range"))
+        response["Body"] = io.BytesIO(response["Body"].read()[:4] if len(ranges) == 1 else b"")
         return response
 
     monkeypatch.setattr(backend.client, "get_object", get_object_cut_short)
     with backend.open_read("value.pkl") as stream, pytest.raises(DatastoreError) as caught:
         stream.read()
-    assert "value.pkl" in str(caught.value) and "broke off" in str(caught.value)
+    assert "value.pkl" in str(caught.value) and "kept breaking off" in str(caught.value)
+    assert ranges == [None, "bytes=4-9", "bytes=4-9"]  # 3 attempts at the rest
 
 
 # -- references -------------------------------------------------------------------------------------
@@ -524,8 +545,15 @@ def test_run_pointers_name_the_newest_run_and_the_newest_success(datastore):
     assert datastore.latest_run("Flow") is None
     assert datastore.latest_successful_run("Flow") is None
 
-    datastore.write_run_meta("Flow", "run-1", {"user": "ana"})
+    def start(run_id, meta):
+        """What a start step does: the run record, then (after its manifest) the pointer."""
+        record = datastore.write_run_meta("Flow", run_id, meta)
+        datastore.advance_latest_run("Flow", run_id, record["created_at"])
+
+    start("run-1", {"user": "ana"})
     datastore.write_run_meta("Flow", "run-2", {"user": "ana"})
+    assert datastore.latest_run("Flow") == "run-1"  # a start step killed before its manifest
+    start("run-2", {"user": "ana"})
     assert datastore.latest_run("Flow") == "run-2"
     assert datastore.run_status("Flow", "run-1") is None
 
@@ -537,11 +565,11 @@ def test_run_pointers_name_the_newest_run_and_the_newest_success(datastore):
     assert datastore.run_status("Flow", "run-1")["status"] == "succeeded"
     assert datastore.read_run_meta("Flow", "run-1")["user"] == "ana"
 
-    datastore.write_run_meta("Flow", "backfill-2020", {"created_at": "2020-01-01T00:00:00+00:00"})
+    start("backfill-2020", {"created_at": "2020-01-01T00:00:00+00:00"})
     datastore.finish_run("Flow", "backfill-2020", True, {})
     assert datastore.latest_successful_run("Flow") == "run-1"
 
-    datastore.write_run_meta("Flow", "run-3", {})
+    start("run-3", {})
     datastore.finish_run("Flow", "run-3", True, {})
     assert (datastore.latest_run("Flow"), datastore.latest_successful_run("Flow")) == ("run-3", "run-3")
 
@@ -600,7 +628,7 @@ def test_an_unreachable_s3_endpoint_names_the_bucket(monkeypatch):
 
 def test_a_missing_bucket_says_so(s3_endpoint):
     datastore = Datastore("s3://no-such-bucket-here/runs")
-    with pytest.raises(DatastoreError, match="bucket 'no-such-bucket-here'.*does not exist"):
+    with pytest.raises(ConfigurationError, match="bucket 'no-such-bucket-here'.*does not exist"):
         datastore.write_run_meta("Flow", RUN_ID, {})
 
 

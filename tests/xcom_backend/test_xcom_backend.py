@@ -286,13 +286,19 @@ def test_ordinary_xcoms_inline_when_small_json_otherwise_pickled_to_the_store(mo
     for task_id, type_name in expected_types.items():
         reference = raw(task_id)
         assert len(json.dumps(reference)) < 1024, reference
-        assert reference["flowspec_xcom"] == 1
+        assert reference["flowspec_xcom"] == 2
         assert reference["type"] == type_name
-        assert reference["root"] == str(root)
-        assert reference["key"] == "/".join(
+        # The row names the XCom, never a path: the key is derived from the root and that identity.
+        assert "root" not in reference and reference["dag_id"] == "xcom_plain_values"
+        assert (reference["task_id"], reference["map_index"], reference["key"]) == (
+            task_id,
+            -1,
+            "return_value",
+        )
+        object_key = "/".join(
             ["_xcom", "xcom_plain_values", safe_key_part(dag_run.run_id), task_id, "-1", "return_value.pkl"]
         )
-        stored = root / reference["key"]
+        stored = root / object_key
         assert stored.is_file() and stored.stat().st_size == reference["size"]
         assert len(reference["repr"]) <= 80
     assert raw("some_bytes")["repr"].startswith("b'\\x00\\x01\\xfe\\xff")
@@ -334,7 +340,7 @@ def test_foreach_whose_children_list_is_over_the_inline_limit_still_maps(tmp_pat
     run = run_flow(flow_file)
     assert run.succeeded, run.states()
     children = raw_xcom("WideForeachFlow", run.run_id, "start")
-    assert children["flowspec_xcom"] == 1 and children["type"] == "list"
+    assert children["flowspec_xcom"] == 2 and children["type"] == "list"
     assert [run.state("body", i) for i in range(12)] == ["success"] * 12
     assert run.artifacts("end")["squares"] == [i * i for i in range(12)]
     # The split's manifest, under its own key, stays inline whatever the limit.

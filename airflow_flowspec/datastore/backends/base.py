@@ -25,12 +25,14 @@ class TransferCounters:
         self.bytes_written = 0
         self.bytes_read = 0
         self.requests = 0
+        self.resumed = 0  # broken downloads picked up again from the byte they reached
 
-    def add(self, *, written: int = 0, read: int = 0, requests: int = 1) -> None:
+    def add(self, *, written: int = 0, read: int = 0, requests: int = 1, resumed: int = 0) -> None:
         with self._lock:
             self.bytes_written += written
             self.bytes_read += read
             self.requests += requests
+            self.resumed += resumed
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
@@ -38,11 +40,12 @@ class TransferCounters:
                 "bytes_written": self.bytes_written,
                 "bytes_read": self.bytes_read,
                 "requests": self.requests,
+                "resumed": self.resumed,
             }
 
     def reset(self) -> None:
         with self._lock:
-            self.bytes_written = self.bytes_read = self.requests = 0
+            self.bytes_written = self.bytes_read = self.requests = self.resumed = 0
 
     def __repr__(self) -> str:
         return f"TransferCounters({self.snapshot()})"
@@ -56,7 +59,10 @@ class StorageBackend(ABC):
     * writes are atomic: a reader sees the old object or the whole new one, never a part;
     * a missing key raises :class:`~airflow_flowspec.errors.ArtifactNotFoundError` naming it;
     * any other failure raises :class:`~airflow_flowspec.errors.DatastoreError` naming the root,
-      the key and the likely fix.
+      the key and the likely fix, after the retries the medium warrants (S3: every request and
+      every broken download, with backoff);
+    * scratch files live in :meth:`scratch_dir` and are named by :mod:`..scratch`, so that
+      :meth:`sweep` can remove what a killed process left.
     """
 
     #: The root as the user wrote it (``s3://bucket/prefix`` or a local path), for messages.
@@ -72,13 +78,14 @@ class StorageBackend(ABC):
         """Where ``key`` lives, in a form the user can paste (a path or an ``s3://`` URL)."""
 
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_bytes(self, key: str, data: bytes, *, content_hash: str | None = None) -> None:
+        """Store ``data``; ``content_hash`` (a blob's name) is recorded with it where the medium can."""
 
     @abstractmethod
-    def put_file(self, key: str, local_path: str) -> None:
+    def put_file(self, key: str, local_path: str, *, content_hash: str | None = None) -> None:
         """Store a copy of ``local_path``; the local file is left in place."""
 
-    def adopt_file(self, key: str, local_path: str) -> None:
+    def adopt_file(self, key: str, local_path: str, *, content_hash: str | None = None) -> None:
         """Store ``local_path`` under ``key`` and consume it (a rename when the backend can).
 
         The encoder writes pickles to a scratch file first; adopting it spares a copy.
@@ -86,16 +93,23 @@ class StorageBackend(ABC):
         import os
 
         try:
-            self.put_file(key, local_path)
+            self.put_file(key, local_path, content_hash=content_hash)
         finally:
             try:
                 os.unlink(local_path)
             except FileNotFoundError:
                 pass
 
-    def scratch_dir(self) -> str | None:
-        """Where scratch files should be made so :meth:`adopt_file` is cheap (None: system temp)."""
-        return None
+    @abstractmethod
+    def scratch_dir(self) -> str:
+        """Where scratch files are made (so :meth:`adopt_file` is cheap, and :meth:`sweep` finds them)."""
+
+    def sweep(self) -> None:
+        """Remove what killed processes left behind (scratch files; on S3, stale multipart uploads)."""
+        from airflow_flowspec import config
+        from airflow_flowspec.datastore import scratch
+
+        scratch.sweep(self.scratch_dir(), other_hosts_after_seconds=config.sweep_after_seconds())
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes: ...
@@ -111,11 +125,24 @@ class StorageBackend(ABC):
         """
 
     @abstractmethod
-    def exists(self, key: str) -> bool: ...
+    def stored_size(self, key: str) -> int | None:
+        """The size of the object under ``key``, or None when there is none."""
 
-    def exists_many(self, keys: Iterable[str]) -> set[str]:
-        """The subset of ``keys`` that exist; remote backends ask in parallel."""
-        return {key for key in set(keys) if self.exists(key)}
+    def exists(self, key: str) -> bool:
+        return self.stored_size(key) is not None
+
+    def blob_is_stored(self, key: str, size: int, content_hash: str) -> bool:
+        """Whether a good copy of the blob is stored: a wrong-sized one (or, where the medium keeps
+        it, one recorded with another hash) is not, and gets rewritten."""
+        return self.stored_size(key) == size
+
+    def blobs_stored(self, expected: Mapping[str, tuple[int, str]]) -> set[str]:
+        """The keys of ``expected`` (key -> (size, hash)) stored intact; remote backends ask in parallel."""
+        return {key for key, (size, digest) in expected.items() if self.blob_is_stored(key, size, digest)}
+
+    @abstractmethod
+    def move(self, key: str, new_key: str) -> None:
+        """Move an object to another key (used to set a damaged blob aside)."""
 
     @abstractmethod
     def list_dir(self, prefix: str) -> tuple[list[str], list[str]]:
@@ -128,10 +155,10 @@ class StorageBackend(ABC):
     def delete_many(self, keys: Iterable[str]) -> None:
         """Delete the keys that exist; missing keys are ignored."""
 
-    def put_many_bytes(self, objects: Mapping[str, bytes]) -> None:
-        """Write many small objects; remote backends write them in parallel."""
-        for key, data in objects.items():
-            self.put_bytes(key, data)
+    def put_many_bytes(self, objects: Mapping[str, tuple[bytes, str | None]]) -> None:
+        """Write many small objects (key -> (bytes, content hash)); remote backends in parallel."""
+        for key, (data, content_hash) in objects.items():
+            self.put_bytes(key, data, content_hash=content_hash)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.root!r})"

@@ -1,22 +1,25 @@
 """A datastore in a local folder: for tests, laptops and workers sharing a network file system.
 
 Readers may run while writers write (a join step reading while a retry rewrites a manifest), so
-every write goes to a hidden temporary file in the target's own folder and is renamed into place:
-``os.replace`` is atomic on POSIX within one file system. Hidden names (leading ``.``) can never
-be produced by :func:`~airflow_flowspec.datastore.keys.safe_key_part`, so in-flight temporary
-files cannot collide with real keys and are left out of listings.
+every write goes to a scratch file in ``<root>/.tmp/`` and is renamed into place: ``os.replace`` is
+atomic on POSIX within one file system. All in-flight files are in that one folder, so what a
+killed writer leaves is found (and swept) there, never half-written under a real key. Hidden
+names (leading ``.``) can never be produced by
+:func:`~airflow_flowspec.datastore.keys.safe_key_part`, so ``.tmp`` cannot collide with a key and
+is left out of listings.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 from airflow_flowspec.datastore.backends.base import StorageBackend
+from airflow_flowspec.datastore.scratch import scratch_path, unlink_quietly
 from airflow_flowspec.errors import ArtifactNotFoundError, DatastoreError, UnsafeKeyError
 
 _SCRATCH_FOLDER = ".tmp"
@@ -56,42 +59,39 @@ class LocalBackend(StorageBackend):
         return path
 
     def scratch_dir(self) -> str:
-        path = os.path.join(self._root_real, _SCRATCH_FOLDER)
-        os.makedirs(path, exist_ok=True)
-        return path
+        return os.path.join(self._root_real, _SCRATCH_FOLDER)
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def _temporary_sibling(self, path: str) -> tuple[str, BinaryIO]:
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        temporary = os.path.join(folder, f".{os.path.basename(path)[:64]}.{secrets.token_hex(6)}.tmp")
+    def _scratch_file(self) -> tuple[str, BinaryIO]:
+        temporary = scratch_path(self.scratch_dir())
         # os.open with 0o666 (not mkstemp's 0o600) so the final file honours the umask, and other
         # users (an Airflow worker, a notebook) can read what a Batch job wrote.
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         return temporary, os.fdopen(descriptor, "wb")
 
     def _write_atomically(self, key: str, fill: Callable[[BinaryIO], None]) -> str:
-        """Write through a temporary sibling renamed into place: readers never see half a file."""
+        """Write through a scratch file renamed into place: readers never see half a file."""
         path = self._path(key)
         try:
-            temporary, stream = self._temporary_sibling(path)
+            temporary, stream = self._scratch_file()
             try:
                 with stream:
                     fill(stream)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
                 os.replace(temporary, path)
             except BaseException:
-                _unlink_quietly(temporary)
+                unlink_quietly(temporary)
                 raise
         except OSError as error:
             raise self._write_error(key, error) from error
         return path
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, *, content_hash: str | None = None) -> None:
         self._write_atomically(key, lambda stream: stream.write(data))
         self.counters.add(written=len(data))
 
-    def put_file(self, key: str, local_path: str) -> None:
+    def put_file(self, key: str, local_path: str, *, content_hash: str | None = None) -> None:
         def copy(stream: BinaryIO) -> None:
             with open(local_path, "rb") as source:
                 shutil.copyfileobj(source, stream, 16 * 1024 * 1024)
@@ -99,7 +99,7 @@ class LocalBackend(StorageBackend):
         path = self._write_atomically(key, copy)
         self.counters.add(written=os.path.getsize(path))
 
-    def adopt_file(self, key: str, local_path: str) -> None:
+    def adopt_file(self, key: str, local_path: str, *, content_hash: str | None = None) -> None:
         path = self._path(key)
         try:
             size = os.path.getsize(local_path)
@@ -110,10 +110,10 @@ class LocalBackend(StorageBackend):
                 if error.errno != errno.EXDEV:
                     raise
                 # Scratch file on another file system: copy (atomically), then drop it.
-                super().adopt_file(key, local_path)
+                super().adopt_file(key, local_path, content_hash=content_hash)
                 return
         except OSError as error:
-            _unlink_quietly(local_path)
+            unlink_quietly(local_path)
             raise self._write_error(key, error) from error
         self.counters.add(written=size)
 
@@ -165,9 +165,24 @@ class LocalBackend(StorageBackend):
             raise DatastoreError(f"Could not copy {path} to {local_path}: {error}.") from error
         self.counters.add(read=os.path.getsize(local_path))
 
-    def exists(self, key: str) -> bool:
+    def stored_size(self, key: str) -> int | None:
         self.counters.add()
-        return os.path.isfile(self._path(key))
+        try:
+            status = os.stat(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return status.st_size if stat.S_ISREG(status.st_mode) else None
+
+    def move(self, key: str, new_key: str) -> None:
+        source, target = self._path(key), self._path(new_key)
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(source, target)
+        except FileNotFoundError as error:
+            raise self._not_found(key) from error
+        except OSError as error:
+            raise self._write_error(new_key, error) from error
+        self.counters.add()
 
     def list_dir(self, prefix: str) -> tuple[list[str], list[str]]:
         folder = self._path(prefix.rstrip("/"))
@@ -187,11 +202,4 @@ class LocalBackend(StorageBackend):
     def delete_many(self, keys: Iterable[str]) -> None:
         for key in keys:
             self.counters.add()
-            _unlink_quietly(self._path(key))
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+            unlink_quietly(self._path(key))

@@ -3,11 +3,20 @@
 boto3 and botocore are imported only when the first request is made: Airflow imports this
 package at every DAG parse, and half a second of boto3 import per parse adds up.
 
-Speed comes from three places. Big objects use boto3's managed transfer with large parts uploaded
-and downloaded by several threads (one stream rarely fills an EC2 instance's bandwidth).
-Mid-sized blobs are unpickled from one GET as it arrives (:mod:`.s3_streams`). Many small
-objects (a step setting hundreds of little artifacts) are written and checked on a thread pool,
-because each S3 request costs a round trip that dwarfs its payload.
+Speed comes from three places. Big objects are uploaded by boto3's managed transfer and downloaded
+in ranges, in large parts by several threads (one stream rarely fills an EC2 instance's
+bandwidth). Many small objects (a step setting hundreds of little artifacts) are written and
+checked on a thread pool, because each S3 request costs a round trip that dwarfs its payload.
+
+Faults are survived the same way everywhere: every request goes through botocore's retries
+(``standard`` mode with backoff and jitter; :data:`DEFAULT_MAX_ATTEMPTS` attempts unless
+``AWS_MAX_ATTEMPTS``/``AWS_RETRY_MODE`` or the AWS config file say otherwise), and every response
+body is read through :class:`~.s3_streams.ResumableBody`, which picks a broken download up from the
+byte it reached. What still fails is a :class:`DatastoreError` naming the object.
+
+Each blob is stored with its BLAKE3 hash as object metadata (``x-amz-meta-blake3``), so the check
+"is this blob already stored, intact?" is one HEAD: a blob overwritten with other bytes, or cut
+short, is rewritten by the next save of its value.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar
 
 from airflow_flowspec.datastore.backends.base import StorageBackend
+from airflow_flowspec.datastore.backends.s3_streams import ResumableBody, read_fully
 from airflow_flowspec.errors import ArtifactNotFoundError, ConfigurationError, DatastoreError
 
 _T = TypeVar("_T")
@@ -30,8 +40,16 @@ MULTIPART_THRESHOLD = 32 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 32 * 1024 * 1024
 #: Parts transferred at once for one big object.
 MULTIPART_CONCURRENCY = 8
+#: Attempts per request (and per broken download) when the AWS configuration sets none: S3 answers
+#: 503 SlowDown under load by design, and at 20% failed requests 3 attempts lose 1 request in 125.
+DEFAULT_MAX_ATTEMPTS = 10
+#: The object metadata key holding a blob's BLAKE3 hash.
+HASH_METADATA = "blake3"
+#: Stale multipart uploads are looked for at most this often per host and root.
+_MULTIPART_SWEEP_INTERVAL_SECONDS = 600
 
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+_SERVER_FAULT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "503", "500"}
 _CREDENTIAL_CODES = {
     "AccessDenied",
     "403",
@@ -78,6 +96,7 @@ class S3Backend(StorageBackend):
         self._client: Any = None
         self._transfer_config: Any = None
         self._client_lock = threading.Lock()
+        self.max_attempts = DEFAULT_MAX_ATTEMPTS
 
     def describe(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{key}"
@@ -95,12 +114,20 @@ class S3Backend(StorageBackend):
                     from botocore.config import Config
 
                     # A session per backend: boto3's default session is not safe to build clients
-                    # from concurrently. Retry mode only, so AWS_MAX_ATTEMPTS still applies.
+                    # from concurrently. What the AWS configuration says about retries wins.
                     session = boto3.session.Session()
+                    configured = session._session.get_config_variable("max_attempts")
+                    retries: dict[str, Any] = {
+                        "mode": session._session.get_config_variable("retry_mode") or "standard"
+                    }
+                    if configured is None:
+                        retries["total_max_attempts"] = DEFAULT_MAX_ATTEMPTS
+                    self.max_attempts = int(configured or DEFAULT_MAX_ATTEMPTS)
                     self._transfer_config = TransferConfig(
                         multipart_threshold=self._multipart_threshold,
                         multipart_chunksize=self._multipart_chunksize,
                         max_concurrency=MULTIPART_CONCURRENCY,
+                        num_download_attempts=self.max_attempts,
                         use_threads=True,
                     )
                     self._client = session.client(
@@ -108,7 +135,7 @@ class S3Backend(StorageBackend):
                         endpoint_url=self.endpoint_url,
                         config=Config(
                             max_pool_connections=PARALLEL_REQUESTS + MULTIPART_CONCURRENCY,
-                            retries={"mode": "standard"},
+                            retries=retries,
                         ),
                     )
         return self._client
@@ -136,7 +163,7 @@ class S3Backend(StorageBackend):
             if code in _NOT_FOUND_CODES or (status == "404" and code != "NoSuchBucket"):
                 return ArtifactNotFoundError(f"Nothing is stored under key '{key}' ({location}).")
             if code == "NoSuchBucket":
-                return DatastoreError(
+                return ConfigurationError(
                     f"The bucket '{self.bucket}' of the datastore root {self.root} does not exist{where}. "
                     f"Create it, or point the datastore at an existing bucket."
                 )
@@ -146,18 +173,26 @@ class S3Backend(StorageBackend):
                     f"Check the AWS credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, the job's IAM role) and "
                     f"that they allow s3:GetObject, s3:PutObject and s3:ListBucket on the bucket."
                 )
+            if code in _SERVER_FAULT_CODES or status.startswith("5"):
+                return DatastoreError(
+                    f"S3 kept failing to {action} {location} (bucket '{self.bucket}'{where}): {code} "
+                    f"(HTTP {status}) on each of {self.max_attempts} attempts. S3 or the network is "
+                    f"failing or overloaded: nothing half-written is visible, and the task can run again."
+                )
             return DatastoreError(
                 f"S3 refused to {action} {location} (bucket '{self.bucket}'{where}): {error}."
             )
         name = type(error).__name__
-        if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
-            return DatastoreError(
+        if name in ("NoCredentialsError", "PartialCredentialsError"):
+            return ConfigurationError(
                 f"No usable AWS credentials to {action} {location} (bucket '{self.bucket}'): {error}. "
                 f"Set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or give the job an IAM role."
             )
         return DatastoreError(
-            f"Could not {action} {location} (bucket '{self.bucket}'{where}): {error}. "
-            f"Check the network, the endpoint (AWS_ENDPOINT_URL) and that the bucket exists."
+            f"Could not {action} {location} (bucket '{self.bucket}'{where}) after {self.max_attempts} "
+            f"attempts: {type(error).__name__}: {error}. The network or S3 failed: nothing half-written "
+            f"is visible, and the task can run again. Check the network and the endpoint "
+            f"(AWS_ENDPOINT_URL) if it keeps failing."
         )
 
     def _call(self, action: str, key: str, function: Callable[[], _T]) -> _T:
@@ -175,29 +210,42 @@ class S3Backend(StorageBackend):
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    @staticmethod
+    def _metadata(content_hash: str | None) -> dict[str, Any]:
+        return {"Metadata": {HASH_METADATA: content_hash}} if content_hash else {}
+
+    def put_bytes(self, key: str, data: bytes, *, content_hash: str | None = None) -> None:
+        extra = self._metadata(content_hash)
         self._call(
             "write",
             key,
-            lambda: self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data),
+            lambda: self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, **extra),
         )
         self.counters.add(written=len(data))
 
-    def put_many_bytes(self, objects: Mapping[str, bytes]) -> None:
-        self._parallel(lambda key: self.put_bytes(key, objects[key]), list(objects))
+    def put_many_bytes(self, objects: Mapping[str, tuple[bytes, str | None]]) -> None:
+        def put(key: str) -> None:
+            data, content_hash = objects[key]
+            self.put_bytes(key, data, content_hash=content_hash)
 
-    def put_file(self, key: str, local_path: str) -> None:
+        self._parallel(put, list(objects))
+
+    def put_file(self, key: str, local_path: str, *, content_hash: str | None = None) -> None:
         size = os.path.getsize(local_path)
         client = self.client
+        extra = self._metadata(content_hash)
 
         def put_in_one_request() -> None:
             # put_object streams the open file; upload_file's transfer manager would add a
             # thread hand-off and chunk copies for nothing below the multipart threshold.
             with open(local_path, "rb") as body:
-                client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body)
+                client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body, **extra)
 
         def put_in_parts() -> None:
-            client.upload_file(local_path, self.bucket, self.prefix + key, Config=self._transfer_config)
+            # The transfer manager aborts the multipart upload if a part fails for good; one that
+            # a kill interrupts is aborted by a later sweep.
+            target = (self.bucket, self.prefix + key)
+            client.upload_file(local_path, *target, ExtraArgs=extra or None, Config=self._transfer_config)
 
         self._call("write", key, put_in_one_request if size < self._multipart_threshold else put_in_parts)
         self.counters.add(written=size, requests=self._transfer_requests(size))
@@ -207,64 +255,184 @@ class S3Backend(StorageBackend):
             return 1
         return -(-size // self._multipart_chunksize) + 2  # parts + create + complete
 
+    def move(self, key: str, new_key: str) -> None:
+        source = {"Bucket": self.bucket, "Key": self.prefix + key}
+        self._call("copy", key, lambda: self.client.copy(source, self.bucket, self.prefix + new_key))
+        self._call("delete", key, lambda: self.client.delete_object(**source))
+        self.counters.add(requests=2)
+
     # -- reading ---------------------------------------------------------------------------------
 
-    def get_bytes(self, key: str) -> bytes:
-        def get() -> bytes:
-            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
-            with response["Body"] as body:
-                return body.read()
+    def _body(self, key: str, start: int = 0, end: int | None = None) -> tuple[ResumableBody, int]:
+        """A resumable body for bytes [start, end) of the object (all of it by default), and its size."""
+        ranged = {"Range": f"bytes={start}-{'' if end is None else end - 1}"} if start or end else {}
+        response = self._call(
+            "read", key, lambda: self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **ranged)
+        )
+        size = int(response.get("ContentLength", 0))
+        etag = response.get("ETag")
+        last = start + size - 1
 
-        data = self._call("read", key, get)
+        def reopen(position: int) -> Any:
+            pinned = {"IfMatch": etag} if etag else {}
+            self.counters.add()
+            return self._call(
+                "read",
+                key,
+                lambda: self.client.get_object(
+                    Bucket=self.bucket, Key=self.prefix + key, Range=f"bytes={position}-{last}", **pinned
+                ),
+            )["Body"]
+
+        def failure(error: Exception | None) -> DatastoreError:
+            what = f"{type(error).__name__}: {error}" if error is not None else "the stream kept ending early"
+            return DatastoreError(
+                f"Reading {self.describe(key)} ({size} bytes from byte {start}) from S3 kept breaking off "
+                f"after {self.max_attempts} attempts, each resumed where the last stopped: {what}. The "
+                f"network or S3 failed; nothing was changed, and the task can run again."
+            )
+
+        body = ResumableBody(
+            response["Body"],
+            start=start,
+            size=size,
+            reopen=reopen,
+            attempts=self.max_attempts,
+            failure=failure,
+            on_resume=lambda: self.counters.add(requests=0, resumed=1),
+        )
+        return body, size
+
+    def get_bytes(self, key: str) -> bytearray:
+        body, size = self._body(key)
+        with body:
+            data = read_fully(body, size)
         self.counters.add(read=len(data))
         return data
 
     def open_read(self, key: str) -> BinaryIO:
-        """One GET, read as it arrives; a dropped or short stream raises a DatastoreError."""
+        """One GET, read as it arrives and resumed where it breaks off; the caller closes it."""
         import io
 
-        from airflow_flowspec.datastore.backends.s3_streams import CheckedBody
-
-        response = self._call(
-            "read", key, lambda: self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
-        )
-        size = int(response.get("ContentLength", 0))
+        body, size = self._body(key)
         self.counters.add(read=size)
-
-        def failure(error: Exception | None) -> DatastoreError:
-            what = f"{type(error).__name__}: {error}" if error is not None else "the stream ended early"
-            return DatastoreError(
-                f"Reading {self.describe(key)} ({size} bytes) from S3 broke off: {what}. Nothing was "
-                f"changed; run the task again (a network problem), or check the object."
-            )
-
-        return io.BufferedReader(CheckedBody(response["Body"], size, failure), 1024 * 1024)  # type: ignore[return-value]
+        return io.BufferedReader(body, 1024 * 1024)  # type: ignore[return-value]
 
     def download_file(self, key: str, local_path: str) -> None:
-        client = self.client
-        self._call(
-            "read",
-            key,
-            lambda: client.download_file(
-                self.bucket, self.prefix + key, local_path, Config=self._transfer_config
-            ),
-        )
-        size = os.path.getsize(local_path)
-        self.counters.add(read=size, requests=self._transfer_requests(size) + 1)  # + the HEAD
+        """The object into ``local_path``, in ranges fetched in parallel, each resumed on its own."""
+        size = self.stored_size(key)
+        if size is None:
+            raise ArtifactNotFoundError(f"Nothing is stored under key '{key}' ({self.describe(key)}).")
+        ranges = [
+            (start, min(start + self._multipart_chunksize, size))
+            for start in range(0, size, self._multipart_chunksize)
+        ] or [(0, 0)]
+        descriptor = os.open(local_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(descriptor, size)
 
-    def exists(self, key: str) -> bool:
+            def fetch(span: tuple[int, int]) -> None:
+                start, end = span
+                if end <= start:
+                    return
+                body, _ = self._body(key, start, end)
+                with body:  # a body that cannot go on raises; it never returns short
+                    position, chunk = start, bytearray(1024 * 1024)
+                    view = memoryview(chunk)
+                    while position < end:
+                        count = body.readinto(view[: min(len(chunk), end - position)])
+                        os.pwrite(descriptor, view[:count], position)
+                        position += count
+
+            if len(ranges) == 1:
+                fetch(ranges[0])
+            else:
+                with ThreadPoolExecutor(max_workers=min(MULTIPART_CONCURRENCY, len(ranges))) as pool:
+                    list(pool.map(fetch, ranges))
+        finally:
+            os.close(descriptor)
+        self.counters.add(read=size, requests=len(ranges))
+
+    def _head(self, key: str) -> dict[str, Any] | None:
         self.counters.add()
         try:
-            self._call(
+            return self._call(
                 "check", key, lambda: self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
             )
         except ArtifactNotFoundError:
-            return False
-        return True
+            return None
 
-    def exists_many(self, keys: Iterable[str]) -> set[str]:
-        unique = sorted(set(keys))
-        return {key for key, found in zip(unique, self._parallel(self.exists, unique), strict=True) if found}
+    def stored_size(self, key: str) -> int | None:
+        head = self._head(key)
+        return None if head is None else int(head.get("ContentLength", 0))
+
+    def blob_is_stored(self, key: str, size: int, content_hash: str) -> bool:
+        head = self._head(key)
+        if head is None:
+            return False
+        recorded = (head.get("Metadata") or {}).get(HASH_METADATA)
+        return int(head.get("ContentLength", -1)) == size and recorded == content_hash
+
+    def blobs_stored(self, expected: Mapping[str, tuple[int, str]]) -> set[str]:
+        keys = sorted(expected)
+        found = self._parallel(lambda key: self.blob_is_stored(key, *expected[key]), keys)
+        return {key for key, stored in zip(keys, found, strict=True) if stored}
+
+    # -- scratch and sweeping --------------------------------------------------------------------
+
+    def scratch_dir(self) -> str:
+        from airflow_flowspec import config
+
+        return config.scratch_dir()
+
+    def sweep(self) -> None:
+        """Scratch files of dead processes, and (at most every few minutes per host) multipart
+        uploads older than ``[flowspec] sweep_after_hours``: a kill leaves both, nothing else
+        removes them, and S3 bills for the parts of an upload never completed."""
+        super().sweep()
+        import time
+        import zlib
+
+        from airflow_flowspec import config
+
+        marker = os.path.join(self.scratch_dir(), f".multipart-sweep-{zlib.crc32(self.root.encode()):08x}")
+        try:
+            if time.time() - os.path.getmtime(marker) < _MULTIPART_SWEEP_INTERVAL_SECONDS:
+                return
+        except OSError:
+            pass
+        self.abort_stale_uploads(older_than_seconds=config.sweep_after_seconds())
+        os.makedirs(self.scratch_dir(), exist_ok=True)
+        with open(marker, "w"):
+            pass
+
+    def abort_stale_uploads(self, *, older_than_seconds: float) -> int:
+        """Abort the multipart uploads under this root started longer ago than the given age."""
+        import datetime
+
+        cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than_seconds)
+
+        def stale() -> list[tuple[str, str]]:
+            found = []
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                self.counters.add()
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] <= cutoff:
+                        found.append((upload["Key"], upload["UploadId"]))
+            return found
+
+        uploads = self._call("list uploads under", "", stale)
+        for key, upload_id in uploads:
+            self._call(
+                "abort upload of",
+                key,
+                lambda key=key, upload_id=upload_id: self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
+                ),
+            )
+            self.counters.add()
+        return len(uploads)
 
     def list_dir(self, prefix: str) -> tuple[list[str], list[str]]:
         full_prefix = self.prefix + (prefix.rstrip("/") + "/" if prefix.strip("/") else "")
