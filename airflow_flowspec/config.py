@@ -33,7 +33,7 @@ DEFAULTS: dict[str, str] = {
     "xcom_inline_max_bytes": "65536",
     "execution": "local",
     "s3_multipart_threshold_mb": "32",
-    "scratch_dir": "",  # empty: <system temp>/airflow-flowspec-scratch
+    "scratch_dir": "",  # empty: <system temp>/airflow-flowspec-scratch-<uid>
     "sweep_after_hours": "24",
 }
 
@@ -52,7 +52,7 @@ DESCRIPTIONS: dict[str, str] = {
     "are faster with one request.",
     "scratch_dir": "Where pickles and downloads of an S3 datastore wait on local disk (a local datastore "
     "uses <root>/.tmp). Files left by killed tasks are removed by the next task on the host. Empty "
-    "means <system temp>/airflow-flowspec-scratch.",
+    "means <system temp>/airflow-flowspec-scratch-<uid> (one per user).",
     "sweep_after_hours": "Scratch files of other hosts, and S3 multipart uploads that were never "
     "completed, are removed once they are this old (a task still writing is younger).",
 }
@@ -144,8 +144,18 @@ def scratch_dir() -> str:
     return (
         os.path.abspath(os.path.expanduser(folder))
         if folder
-        else os.path.join(tempfile.gettempdir(), "airflow-flowspec-scratch")
+        # One folder per user: a shared one belongs to whoever made it first (0755 under the usual
+        # umask), and nobody else could then write there or sweep what they left.
+        else os.path.join(tempfile.gettempdir(), f"airflow-flowspec-scratch-{_user_tag()}")
     )
+
+
+def _user_tag() -> str:
+    if hasattr(os, "getuid"):
+        return str(os.getuid())
+    import getpass
+
+    return getpass.getuser()
 
 
 def sweep_after_seconds() -> float:

@@ -53,8 +53,8 @@ def sweep(folder: str, *, other_hosts_after_seconds: float) -> list[str]:
             try:
                 os.unlink(entry.path)
                 removed.append(entry.path)
-            except FileNotFoundError:
-                pass
+            except OSError:
+                pass  # gone already, or another user's: not this sweep's to stop
     return removed
 
 
