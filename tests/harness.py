@@ -135,6 +135,45 @@ def raw_xcom(dag_id: str, run_id: str, task_id: str, key: str = "return_value", 
     return rows[0]
 
 
+def clear_and_rerun(dag: Any, run_id: str, task_ids: list[str] | None = None, only_failed: bool = False):
+    """Clear task instances of an existing run as the UI does, then run it to the end in process.
+
+    The loop is ``DAG.test()``'s (Airflow 3.3.2), minus the part that recreates the run: the
+    scheduler would move the cleared run from queued to running and schedule the cleared tasks.
+    """
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from airflow.sdk.definitions.dag import _run_task
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.utils.state import DagRunState, TaskInstanceState
+    from sqlalchemy import select
+
+    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    scheduler_dag.on_success_callback = dag.on_success_callback
+    scheduler_dag.on_failure_callback = dag.on_failure_callback
+    cleared = scheduler_dag.clear(run_id=run_id, task_ids=task_ids, only_failed=only_failed)
+    assert cleared, "nothing was cleared"
+
+    session = settings.Session()
+    dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag.dag_id, DagRun.run_id == run_id))
+    assert dag_run.state == DagRunState.QUEUED  # what clearing a finished run does
+    dag_run.dag = scheduler_dag
+    dag_run.state = DagRunState.RUNNING  # the scheduler's next move
+    session.commit()
+    while dag_run.state == DagRunState.RUNNING:
+        session.expire_all()
+        schedulable, _ = dag_run.update_state(session=session)
+        for ti in schedulable:
+            if ti.state != TaskInstanceState.UP_FOR_RESCHEDULE:
+                ti.try_number += 1
+            ti.state = TaskInstanceState.SCHEDULED
+        session.commit()
+        for ti in dag_run.get_task_instances(session=session):
+            if ti.state == TaskInstanceState.SCHEDULED:
+                _run_task(ti=ti, task=dag.task_dict[ti.task_id])
+    return dag_run
+
+
 _PARSE = textwrap.dedent("""
     import json, sys
     from airflow.dag_processing.dagbag import DagBag

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -268,9 +269,17 @@ def purge_stored(stored: Any) -> None:
     A step's manifest needs nothing deleted: each attempt writes its own key (the attempt number is
     part of it), so a re-run replaces no stored object, and the earlier attempt stays readable if
     the re-run fails. Artifact blobs are shared by content and are left to garbage collection.
+
+    A row this backend refuses to read (format 1, malformed, or not the XCom Airflow is clearing)
+    names nothing we may delete: nothing is deleted, and Airflow drops the row. Raising here would
+    fail the task's re-run before its code starts, every time, so the task could never replace it.
     """
     if not is_stored_value(stored):
         return
-    identity = row_identity(stored)
-    _check_expected(identity, "delete")
+    try:
+        identity = row_identity(stored)
+        _check_expected(identity, "delete")
+    except XComReferenceError as refused:
+        logging.getLogger(__name__).warning("%s Airflow drops the row; nothing else was deleted.", refused)
+        return
     open_datastore(config.datastore_root()).delete_xcom_value(**identity._asdict())

@@ -42,7 +42,9 @@ class LocalBackend(StorageBackend):
         """The file path for ``key``, refusing anything that would land outside the root.
 
         Keys come from keys.py and are already safe; this is defence in depth against a key built
-        some other way and against symlinks planted inside the root.
+        some other way and against symlinks planted inside the root. The datastore never makes a
+        symlink, so a key that goes through one (a file or a folder) is refused: following it would
+        make a read, a write or a delete of this key act on another file, in or out of the root.
         """
         parts = key.split("/")
         if key.startswith("/") or "\\" in key or "\x00" in key or any(part in (".", "..") for part in parts):
@@ -50,11 +52,14 @@ class LocalBackend(StorageBackend):
                 f"The datastore key {key!r} would escape the datastore root {self._root_real}; "
                 f"build keys with airflow_flowspec.datastore.keys."
             )
-        path = os.path.realpath(os.path.join(self._root_real, *[part for part in parts if part]))
-        if path != self._root_real and not path.startswith(self._root_real + os.sep):
+        path = os.path.join(self._root_real, *[part for part in parts if part])
+        resolved = os.path.realpath(path)
+        if resolved != path:
+            where = "outside" if not resolved.startswith(self._root_real + os.sep) else "inside"
             raise UnsafeKeyError(
-                f"The datastore key {key!r} resolves to {path}, outside the datastore root "
-                f"{self._root_real} (a symlink inside the root?). Remove the link or pick another root."
+                f"The datastore key {key!r} goes through a symlink: {path} resolves to {resolved}, "
+                f"{where} the datastore root {self._root_real}. The datastore never makes links; "
+                f"remove it (or pick another root)."
             )
         return path
 
@@ -172,6 +177,19 @@ class LocalBackend(StorageBackend):
         except (FileNotFoundError, NotADirectoryError):
             return None
         return status.st_size if stat.S_ISREG(status.st_mode) else None
+
+    def blob_is_stored(self, key: str, size: int, content_hash: str) -> bool:
+        """Size first (one stat); a blob of the right size is then hashed: on a disk, damage that
+        keeps the size (a flipped bit) is visible only in the bytes, and a save must rewrite it."""
+        from airflow_flowspec.datastore import encoding
+
+        if self.stored_size(key) != size:
+            return False
+        try:
+            with encoding.verified_bytes(self, key, size=size, expected_hash=content_hash):
+                return True
+        except encoding.ContentMismatch:
+            return False
 
     def move(self, key: str, new_key: str) -> None:
         source, target = self._path(key), self._path(new_key)
