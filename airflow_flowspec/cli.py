@@ -91,6 +91,8 @@ def _read_every_option() -> None:
     config.xcom_inline_max_bytes()
     config.s3_multipart_threshold_bytes()
     config.execution()
+    config.sweep_after_seconds()
+    config.scratch_dir()
 
 
 def _convert_parameters(flow_class: type, raw: dict[str, str]) -> dict[str, Any]:

@@ -45,6 +45,8 @@ def test_unset_root_is_the_embedded_default_under_flowspec_home(tmp_path, monkey
         ("s3_multipart_threshold_mb", "1", config.s3_multipart_threshold_bytes, "5 or more"),
         ("s3_multipart_threshold_mb", "lots", config.s3_multipart_threshold_bytes, "5 or more"),
         ("execution", "kubernetes", config.execution, "'local'"),
+        ("sweep_after_hours", "a day", config.sweep_after_seconds, "a number of hours, 0 or more"),
+        ("sweep_after_hours", "-1", config.sweep_after_seconds, "a number of hours, 0 or more"),
     ],
 )
 def test_a_bad_option_value_is_a_configuration_error_naming_option_and_accepted_values(

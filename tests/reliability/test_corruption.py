@@ -111,7 +111,7 @@ def test_datastore_load_refuses_a_damaged_blob_and_the_next_save_repairs_it(
     make_root, tmp_path, store, target, kind
 ):
     """Protections: every read is verified against the BLAKE3 name before unpickling
-    (``encoding.decode``/``verified_bytes`` for blobs, ``ArtifactStore._pack`` for packs); a blob
+    (``encoding.decode``/``verified_source`` for blobs, ``ArtifactStore._pack`` for packs); a blob
     failing twice is moved to ``damaged/``, so the next save of the same value stores it anew
     (``ArtifactStore._damaged`` + ``blob_is_stored``)."""
     root = make_root(store)
@@ -416,7 +416,7 @@ def test_a_plain_airflow_task_pulling_the_step_refuses_damaged_artifacts(flow_st
 
 
 def test_no_byte_of_a_damaged_blob_reaches_the_unpickler_in_a_run(flow_story):
-    """Protection: verification happens before ``pickle`` sees a byte (``encoding.verified_bytes``,
+    """Protection: verification happens before ``pickle`` sees a byte (``encoding.verified_source``,
     ``ArtifactStore._pack``): no tripwire in the damaged values fired, and the hostile pickle swapped
     in for one of them never ran."""
     assert flow_story["fired"] == []

@@ -186,7 +186,7 @@ class LocalBackend(StorageBackend):
         if self.stored_size(key) != size:
             return False
         try:
-            with encoding.verified_bytes(self, key, size=size, expected_hash=content_hash):
+            with encoding.verified_source(self, key, size=size, expected_hash=content_hash):
                 return True
         except encoding.ContentMismatch:
             return False
