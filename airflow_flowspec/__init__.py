@@ -9,15 +9,38 @@ from airflow_flowspec.decorators import batch, catch, environment, resources, re
 from airflow_flowspec.flowspec import FlowSpec
 from airflow_flowspec.parameters import IncludeFile, JSONType, Parameter
 
+#: The client (Metaflow's ``Flow``, ``Run``...) is imported on first use: a DAG parse never needs it.
+_CLIENT_NAMES = frozenset(
+    {"DataArtifact", "Flow", "Metaflow", "MetaflowData", "Run", "Step", "Task", "get_metadata", "metadata"}
+)
+
+
+def __getattr__(name: str):
+    if name in _CLIENT_NAMES:
+        from airflow_flowspec import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'airflow_flowspec' has no attribute {name!r}")
+
+
 __all__ = [
+    "DataArtifact",
+    "Flow",
     "FlowSpec",
     "IncludeFile",
     "JSONType",
+    "Metaflow",
+    "MetaflowData",
     "Parameter",
+    "Run",
+    "Step",
+    "Task",
     "batch",
     "catch",
     "current",
     "environment",
+    "get_metadata",
+    "metadata",
     "resources",
     "retry",
     "schedule",

@@ -162,6 +162,20 @@ class UnsafeKeyError(DatastoreError):
     retryable = False
 
 
+# ---------------------------------------------------------------------- looking results up
+
+
+class MetaflowNotFound(FlowspecError, KeyError):  # noqa: N818 - Metaflow's name, so except clauses carry over
+    """The client was asked for a flow, run, step, task or artifact that does not exist.
+
+    A ``KeyError`` too, so ``run["nope"]`` fails the way a mapping does; the message lists what exists
+    nearby.
+    """
+
+    def __str__(self) -> str:  # KeyError would show the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
 def is_flow_mistake(error: BaseException) -> bool:
     """True for our errors that running the step again cannot fix (see the module docstring)."""
     return isinstance(error, FlowspecError) and not error.retryable

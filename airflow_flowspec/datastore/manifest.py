@@ -12,6 +12,7 @@ place that builds one or decides whether a value is one; everything else reads i
       "artifacts": {name: artifact reference},  # see ArtifactRef.to_json
       "parameters": [names of the artifacts that are the run's parameters],
       "foreach_stack": [{"step", "var", "index", "num_splits", "item": artifact reference}, ...],
+      "created_at": "2026-01-01T00:00:00+00:00",  # when the attempt finished (absent before 0.2)
       "foreach": {"var", "num_splits"},         # a foreach split only
       "switch": {"condition", "step"},          # a switch only: the arm taken
       "caught": {"type", "message"},            # @catch took the step's exception
@@ -23,6 +24,7 @@ an older worker never misreads what a newer one wrote.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow_flowspec.errors import StepInputError
@@ -58,6 +60,7 @@ def new_manifest(
         "artifacts": artifacts,
         "parameters": sorted(parameters),
         "foreach_stack": foreach_stack,
+        "created_at": datetime.now(timezone.utc).isoformat(),
     }
     for name, section in (("foreach", foreach), ("switch", switch), ("caught", caught)):
         if section is not None:

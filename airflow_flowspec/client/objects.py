@@ -1,0 +1,470 @@
+"""Metaflow's client objects (``Flow``, ``Run``, ``Step``, ``Task``, ``DataArtifact``) on our datastore.
+
+Code written for Metaflow's client works after changing the import::
+
+    from airflow_flowspec import Flow
+    run = Flow("TrainFlow").latest_successful_run
+    print(run.data.best_score, run["train"].task.data.model)
+
+Everything is read from the datastore alone (no Airflow needed): run records (``run.json``,
+``status.json``), run pointers, and each task's manifest (the last attempt that wrote one). Listing
+a task's artifacts reads its manifest only; an artifact's value is downloaded (and verified) when
+``.data`` is read, through the same read path steps use (:mod:`airflow_flowspec.datastore.views`).
+
+Pathspecs are Metaflow's: ``Flow/run_id/step/task_id`` (Airflow run ids such as
+``manual__2026-11-25T10:00:00+00:00`` contain no ``/``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from airflow_flowspec.client.source import client_datastore
+from airflow_flowspec.datastore import keys
+from airflow_flowspec.errors import ArtifactNotFoundError, MetaflowNotFound
+
+#: Top-level folders of a datastore root that are not flows.
+_NOT_FLOWS = frozenset({"data", "_xcom", "damaged"})
+
+
+def _nearby(wanted: str, existing: list[str], what: str) -> str:
+    """'Close matches: ...' (or what exists, when it is short) for a not-found message."""
+    if not existing:
+        return f"There are no {what} here."
+    close = difflib.get_close_matches(wanted, existing, n=3, cutoff=0.5)
+    if close:
+        return f"Did you mean {', '.join(repr(c) for c in close)}?"
+    shown = existing[:10]
+    more = f" and {len(existing) - len(shown)} more" if len(existing) > len(shown) else ""
+    return f"It has: {', '.join(repr(e) for e in shown)}{more}."
+
+
+def _when(value: Any) -> datetime | None:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _split(pathspec: str, parts: int, kind: str) -> list[str]:
+    components = pathspec.split("/") if isinstance(pathspec, str) else []
+    if len(components) != parts or not all(components):
+        example = "/".join(["TrainFlow", "<run_id>", "<step>", "<task_id>", "<artifact>"][:parts])
+        raise MetaflowNotFound(f"{kind}({pathspec!r}): a {kind.lower()} pathspec looks like '{example}'.")
+    return components
+
+
+class MetaflowObject:
+    """What every client object has: a pathspec, an id, equality by pathspec, Metaflow's repr."""
+
+    _kind = "MetaflowObject"
+
+    def __init__(self, pathspec: str):
+        self.pathspec = pathspec
+        self.path_components = pathspec.split("/")
+        self.id = self.path_components[-1]
+        self._datastore = client_datastore()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}('{self.pathspec}')"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.pathspec == self.pathspec  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.pathspec))
+
+
+class Metaflow:
+    """The entry point that lists flows: ``Metaflow().flows``."""
+
+    @property
+    def flows(self) -> list[Flow]:
+        return [Flow(name) for name in _flow_names(client_datastore())]
+
+    def __iter__(self) -> Iterator[Flow]:
+        return iter(self.flows)
+
+    def __repr__(self) -> str:
+        return "Metaflow()"
+
+
+def _flow_names(datastore: Any) -> list[str]:
+    folders, _ = datastore.backend.list_dir("")
+    names = [keys.decode_key_part(folder) for folder in folders]
+    return sorted(name for name in names if name not in _NOT_FLOWS and not name.startswith("."))
+
+
+class Flow(MetaflowObject):
+    """A flow's runs, newest first."""
+
+    def __init__(self, pathspec: str):
+        (name,) = _split(pathspec, 1, "Flow")
+        super().__init__(name)
+        if self._datastore.latest_run(name) is None and not self._datastore.list_runs(name):
+            raise MetaflowNotFound(
+                f"Flow {name!r} has no runs in the datastore {self._datastore.root}. "
+                + _nearby(name, _flow_names(self._datastore), "flows")
+            )
+
+    @classmethod
+    def list(cls) -> list[Flow]:  # noqa: A003 - the name Metaflow users know
+        return Metaflow().flows
+
+    def runs(self, *tags: str) -> Iterator[Run]:
+        """Every run (with all of ``tags``, if given), newest first by when it started."""
+        records = []
+        for run_id in self._datastore.list_runs(self.id):
+            try:
+                record = self._datastore.read_run_meta(self.id, run_id)
+            except ArtifactNotFoundError:
+                continue  # a start step killed before its run record: no run to show
+            if all(tag in record.get("tags", ()) for tag in tags):
+                records.append(record)
+        records.sort(key=lambda record: (record.get("created_at") or "", record["run_id"]), reverse=True)
+        for record in records:
+            yield Run._with_record(f"{self.id}/{record['run_id']}", record)
+
+    def __iter__(self) -> Iterator[Run]:
+        return self.runs()
+
+    def __getitem__(self, run_id: str) -> Run:
+        return Run(f"{self.id}/{run_id}")
+
+    def __contains__(self, run_id: object) -> bool:
+        return isinstance(run_id, str) and run_id in self._datastore.list_runs(self.id)
+
+    @property
+    def latest_run(self) -> Run | None:
+        """The run that started last (a constant number of requests, however many runs exist)."""
+        run_id = self._datastore.latest_run(self.id)
+        return None if run_id is None else Run(f"{self.id}/{run_id}")
+
+    @property
+    def latest_successful_run(self) -> Run | None:
+        """The newest run (by start) that succeeded."""
+        run_id = self._datastore.latest_successful_run(self.id)
+        return None if run_id is None else Run(f"{self.id}/{run_id}")
+
+
+class Run(MetaflowObject):
+    """One run: its steps, its end step's artifacts (``run.data``), its outcome and times."""
+
+    def __init__(self, pathspec: str, *, _record: dict[str, Any] | None = None):
+        flow, run_id = _split(pathspec, 2, "Run")
+        super().__init__(pathspec)
+        self.flow_name = flow
+        if _record is None:
+            try:
+                _record = self._datastore.read_run_meta(flow, run_id)
+            except ArtifactNotFoundError:
+                runs = self._datastore.list_runs(flow)
+                raise MetaflowNotFound(
+                    f"Flow {flow!r} has no run {run_id!r} in the datastore {self._datastore.root}. "
+                    + _nearby(run_id, runs, f"runs of {flow}")
+                ) from None
+        self._record = _record
+        self._status_read = False
+        self._status: dict[str, Any] | None = None
+
+    @classmethod
+    def _with_record(cls, pathspec: str, record: dict[str, Any]) -> Run:
+        return cls(pathspec, _record=record)
+
+    def _status_record(self) -> dict[str, Any] | None:
+        if not self._status_read:
+            self._status = self._datastore.run_status(self.flow_name, self.id)
+            self._status_read = True
+        return self._status
+
+    # -- outcome and times -----------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run ended (either way); False while it is in progress."""
+        return self._status_record() is not None
+
+    @property
+    def successful(self) -> bool:
+        status = self._status_record()
+        return status is not None and status.get("status") == "succeeded"
+
+    @property
+    def finished_at(self) -> datetime | None:
+        status = self._status_record()
+        return None if status is None else _when(status.get("finished_at"))
+
+    @property
+    def created_at(self) -> datetime | None:
+        return _when(self._record.get("created_at"))
+
+    @property
+    def tags(self) -> frozenset[str]:
+        return frozenset(self._record.get("tags", ()))
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def steps(self) -> Iterator[Step]:
+        """The steps that ran, latest first (as Metaflow orders them)."""
+        steps = [Step(f"{self.pathspec}/{name}", _checked=True) for name in self._step_names()]
+        steps.sort(key=lambda step: (step._finished_key(), step.id), reverse=True)
+        return iter(steps)
+
+    def _step_names(self) -> list[str]:
+        return self._datastore.list_steps(self.flow_name, self.id)
+
+    def __iter__(self) -> Iterator[Step]:
+        return self.steps()
+
+    def __getitem__(self, step: str) -> Step:
+        return Step(f"{self.pathspec}/{step}")
+
+    def __contains__(self, step: object) -> bool:
+        return isinstance(step, str) and step in self._step_names()
+
+    @property
+    def end_task(self) -> Task | None:
+        """The end step's task, once the run got that far."""
+        if "end" not in self._step_names():
+            return None
+        task = self["end"].task
+        return task if task is not None and task.finished else None
+
+    @property
+    def data(self) -> MetaflowData | None:
+        """The end step's artifacts (None until the end step has finished), as in Metaflow."""
+        end = self.end_task
+        return None if end is None else end.data
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The run's parameter values, as the start step saw them (secrets included: they are yours)."""
+        start = self["start"].task
+        if start is None or start._manifest is None:
+            return {}
+        return {name: getattr(start.data, name) for name in start._manifest.get("parameters", [])}
+
+
+class Step(MetaflowObject):
+    """A step of a run: ``.task`` for a single task, iteration over foreach tasks in index order."""
+
+    def __init__(self, pathspec: str, *, _checked: bool = False):
+        flow, run_id, step = _split(pathspec, 3, "Step")
+        super().__init__(pathspec)
+        self.flow_name, self.run_id = flow, run_id
+        if not _checked:
+            steps = self._datastore.list_steps(flow, run_id)
+            if step not in steps:
+                Run(f"{flow}/{run_id}")  # an unknown run is reported as such
+                raise MetaflowNotFound(
+                    f"Run {flow}/{run_id} has no step {step!r} (it did not run, or not yet). "
+                    + _nearby(step, steps, "steps in this run")
+                )
+
+    def _task_ids(self) -> list[str]:
+        ids = self._datastore.list_tasks(self.flow_name, self.run_id, self.id)
+        return sorted(ids, key=lambda task_id: (len(task_id), task_id))  # numeric ids in numeric order
+
+    def tasks(self) -> Iterator[Task]:
+        """The step's tasks in foreach index order (one task for a step that is not a foreach body)."""
+        return iter([Task(f"{self.pathspec}/{task_id}", _checked=True) for task_id in self._task_ids()])
+
+    def __iter__(self) -> Iterator[Task]:
+        return self.tasks()
+
+    def __getitem__(self, task_id: str | int) -> Task:
+        return Task(f"{self.pathspec}/{task_id}")
+
+    @property
+    def task(self) -> Task | None:
+        """The step's (first) task."""
+        ids = self._task_ids()
+        return Task(f"{self.pathspec}/{ids[0]}", _checked=True) if ids else None
+
+    @property
+    def finished_at(self) -> datetime | None:
+        times = [task.finished_at for task in self.tasks()]
+        return max((t for t in times if t is not None), default=None)
+
+    def _finished_key(self) -> str:
+        finished = self.finished_at
+        return finished.isoformat() if finished else ""
+
+
+class Task(MetaflowObject):
+    """One task: its artifacts (``task.data.x``, ``task["x"]``), outcome, foreach index and attempt."""
+
+    def __init__(self, pathspec: str, *, _checked: bool = False):
+        flow, run_id, step, task_id = _split(pathspec, 4, "Task")
+        super().__init__(pathspec)
+        self.flow_name, self.run_id, self.step_name = flow, run_id, step
+        if not _checked:
+            tasks = self._datastore.list_tasks(flow, run_id, step)
+            if task_id not in tasks:
+                Step(f"{flow}/{run_id}/{step}")  # an unknown run or step is reported as such
+                raise MetaflowNotFound(
+                    f"Step {flow}/{run_id}/{step} has no task {task_id!r}. "
+                    + _nearby(task_id, tasks, "tasks in this step")
+                )
+        self._manifest = self._datastore.latest_attempt_manifest(flow, run_id, step, task_id)
+        self._view: Any = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the task ended: it stored its results, or its run ended without them (it failed)."""
+        if self._manifest is not None:
+            return True
+        return self._datastore.run_status(self.flow_name, self.run_id) is not None
+
+    @property
+    def successful(self) -> bool:
+        """Whether the task stored its results (a failure ``@catch`` took counts as success)."""
+        return self._manifest is not None
+
+    @property
+    def finished_at(self) -> datetime | None:
+        return None if self._manifest is None else _when(self._manifest.get("created_at"))
+
+    created_at = finished_at
+
+    @property
+    def index(self) -> int | None:
+        """The foreach index of this task (the innermost foreach), None outside a foreach."""
+        stack = (self._manifest or {}).get("foreach_stack") or []
+        return stack[-1].get("index") if stack else None
+
+    @property
+    def retry_count(self) -> int:
+        return int((self._manifest or {}).get("attempt", 1)) - 1
+
+    @property
+    def exception(self) -> Any:
+        """The exception ``@catch`` took on the last attempt (its variable's value, or a summary)."""
+        caught = (self._manifest or {}).get("caught")
+        if caught is None:
+            return None
+        for artifact in self:
+            if artifact.type.endswith("CaughtException"):
+                return artifact.data
+        return f"{caught.get('type')}: {caught.get('message')}"
+
+    @property
+    def metadata_dict(self) -> dict[str, Any]:
+        manifest = self._manifest or {}
+        return {
+            "pathspec": self.pathspec,
+            "attempt": manifest.get("attempt"),
+            "finished_at": manifest.get("created_at"),
+            "foreach_stack": [
+                {name: frame.get(name) for name in ("step", "var", "index", "num_splits")}
+                for frame in manifest.get("foreach_stack", [])
+            ],
+            "caught": manifest.get("caught"),
+        }
+
+    # -- artifacts -------------------------------------------------------------------------------
+
+    def _artifact_view(self) -> Any:
+        if self._manifest is None:
+            raise MetaflowNotFound(
+                f"Task {self.pathspec} has no artifacts: it has not finished, or it failed before "
+                f"storing them."
+            )
+        if self._view is None:
+            from airflow_flowspec.datastore.views import task_view
+
+            self._view = task_view(self._manifest, self._datastore)
+        return self._view
+
+    def _refs(self) -> dict[str, dict[str, Any]]:
+        return (self._manifest or {}).get("artifacts", {})
+
+    @property
+    def data(self) -> MetaflowData:
+        return MetaflowData(self)
+
+    def artifacts(self) -> Iterator[DataArtifact]:
+        return iter([DataArtifact(self, name) for name in sorted(self._refs())])
+
+    def __iter__(self) -> Iterator[DataArtifact]:
+        return self.artifacts()
+
+    def __getitem__(self, name: str) -> DataArtifact:
+        if name not in self._refs():
+            self._artifact_view()  # an unfinished task is reported as such
+            raise MetaflowNotFound(
+                f"Task {self.pathspec} has no artifact {name!r}. "
+                + _nearby(name, sorted(self._refs()), "artifacts")
+            )
+        return DataArtifact(self, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._refs()
+
+
+class MetaflowData:
+    """A task's artifacts by attribute: ``task.data.model`` loads (once) and returns the value."""
+
+    def __init__(self, task: Task):
+        self._task = task
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._task[name].data
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._task
+
+    def __iter__(self) -> Iterator[DataArtifact]:
+        return iter(self._task)
+
+    def __repr__(self) -> str:
+        return f"<MetaflowData: {', '.join(sorted(self._task._refs()))}>"
+
+
+class DataArtifact(MetaflowObject):
+    """One artifact of a task: ``.data`` (loaded when read), ``.sha``, ``.size``, ``.type``."""
+
+    def __init__(self, task: Task, name: str):
+        self._task = task
+        self.pathspec = f"{task.pathspec}/{name}"
+        self.path_components = self.pathspec.split("/")
+        self.id = name
+        self._datastore = task._datastore
+        self._ref = task._refs()[name]
+
+    @property
+    def data(self) -> Any:
+        return getattr(self._task._artifact_view(), self.id)
+
+    @property
+    def sha(self) -> str:
+        """The BLAKE3 hash of the pickled value: equal values share it, across tasks and runs."""
+        return self._ref["hash"]
+
+    @property
+    def size(self) -> int:
+        """Bytes of the pickled value."""
+        return int(self._ref["size"])
+
+    @property
+    def type(self) -> str:  # noqa: A003 - Metaflow's name
+        return self._ref["type"]
+
+    @property
+    def short_repr(self) -> str:
+        return self._ref.get("repr", "")
+
+    @property
+    def created_at(self) -> datetime | None:
+        return self._task.finished_at
+
+    @property
+    def finished_at(self) -> datetime | None:
+        return self._task.finished_at

@@ -1,0 +1,230 @@
+"""Metaflow's client API on our datastore: flows run on real Airflow, then looked up as a notebook
+user would, on the local store and on S3 (moto's server), and without Airflow installed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+from conftest import S3_TEST_BUCKET
+from harness import FLOWS, REPO, run_flow
+
+from airflow_flowspec import DataArtifact, Flow, Metaflow, Run, Step, Task, get_metadata, metadata
+from airflow_flowspec.datastore.store import Datastore
+from airflow_flowspec.errors import MetaflowNotFound
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def store(request, tmp_path_factory):
+    """A fresh datastore root with two foreach runs, a nested-foreach run, a @catch run and a failed run."""
+    if request.param == "s3":
+        request.getfixturevalue("s3_endpoint")
+        root = f"s3://{S3_TEST_BUCKET}/client-{uuid.uuid4().hex[:8]}"
+    else:
+        root = str(tmp_path_factory.mktemp("client-store"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", root)
+        runs = {
+            "first": run_flow(FLOWS / "foreach_flow.py"),
+            "second": run_flow(FLOWS / "foreach_flow.py"),
+            "nested": run_flow(FLOWS / "nested_foreach_flow.py"),
+            "caught": run_flow(FLOWS / "retry_catch_flow.py"),
+            "failed": run_flow(FLOWS / "failing_flow.py"),
+        }
+        yield root, {name: run.run_id for name, run in runs.items()}
+
+
+def test_a_notebook_answers_what_the_last_runs_produced(store):
+    """The issue's three lines: the latest successful run's result, and each of the last runs'."""
+    root, run_ids = store
+    assert get_metadata() == (root if root.startswith("s3://") else f"local@{root}")
+
+    run = Flow("ForeachFlow").latest_successful_run
+    assert (
+        run == Run(f"ForeachFlow/{run_ids['second']}")
+        and repr(run) == f"Run('ForeachFlow/{run_ids['second']}')"
+    )
+    assert run.data.results == ["0:A", "1:B", "2:C", "3:D"] and run.data.count == 4
+    assert [r.id for r in Flow("ForeachFlow")] == [run_ids["second"], run_ids["first"]]  # newest first
+    assert [r.data.count for r in Flow("ForeachFlow").runs()] == [4, 4]
+    assert Flow("ForeachFlow").latest_run.id == run_ids["second"]
+    assert {flow.id for flow in Metaflow().flows} == {
+        "ForeachFlow",
+        "NestedForeachFlow",
+        "RetryCatchFlow",
+        "FailingFlow",
+    }
+
+
+def test_runs_steps_tasks_and_artifacts_by_every_path(store):
+    _, run_ids = store
+    run = Run(f"ForeachFlow/{run_ids['first']}")
+    assert run.successful and run.finished and run.finished_at >= run.created_at
+    assert [step.id for step in run] == ["end", "join", "upper", "start"]  # latest first, as Metaflow
+    assert "upper" in run and "nope" not in run
+    assert run.end_task == Task(f"{run.pathspec}/end/0")
+
+    upper = run["upper"]
+    assert isinstance(upper, Step) and [task.index for task in upper] == [0, 1, 2, 3]
+    assert [task.data.result for task in upper] == ["0:A", "1:B", "2:C", "3:D"]
+    assert upper["2"].data.result == Task(f"{run.pathspec}/upper/2").data.result == "2:C"
+
+    start = run["start"].task
+    assert start.successful and start.retry_count == 0 and start.index is None
+    big = start["big"]
+    assert isinstance(big, DataArtifact) and big.pathspec == f"{start.pathspec}/big"
+    assert (big.type, big.size) == ("bytes", 2 * 1024 * 1024 + 9) and len(big.sha) == 64
+    assert big.sha == run["upper"]["3"]["big"].sha  # carried through: the same blob
+    assert big.created_at == start.finished_at
+    assert big.data == b"x" * (2 * 1024 * 1024)
+    assert [artifact.id for artifact in start] == ["big", "letters"] and "letters" in start.data
+
+
+def test_listing_artifacts_downloads_no_artifact_bodies(store):
+    """Guards the laziness: names, types, sizes and hashes come from the manifest alone."""
+    _, run_ids = store
+    run = Run(f"ForeachFlow/{run_ids['first']}")
+    counters = run._datastore.backend.counters
+    before = counters.snapshot()
+    described = [(a.id, a.type, a.size, a.sha) for step in run for task in step for a in task]
+    read = counters.snapshot()["bytes_read"] - before["bytes_read"]
+    assert len(described) == 19 and ("big", "bytes", 2 * 1024 * 1024 + 9) in [d[:3] for d in described]
+    assert read < 64 * 1024, f"{read} bytes read just to list artifacts: bodies were downloaded"
+
+
+def test_nested_foreach_tasks_come_in_index_order(store):
+    _, run_ids = store
+    run = Run(f"NestedForeachFlow/{run_ids['nested']}")
+    cells = list(run["cell"])
+    assert [task.data.product for task in cells] == [10, 20, 21, 30, 31, 32]
+    assert [task.index for task in cells] == [0, 0, 1, 0, 1, 2]  # the innermost foreach's index
+    assert [frame["index"] for frame in cells[4].metadata_dict["foreach_stack"]] == [2, 1]
+    assert [task.index for task in run["row"]] == [0, 1, 2]
+    assert run.data.total == sum([10, 20, 21, 30, 31, 32]) + 3
+
+
+def test_a_caught_exception_and_a_retried_task(store):
+    _, run_ids = store
+    run = Run(f"RetryCatchFlow/{run_ids['caught']}")
+    flaky, doomed = run["flaky"].task, run["doomed"].task
+    assert flaky.retry_count == 1 and flaky.exception is None
+    assert doomed.successful and doomed.retry_count == 1  # @catch took the failure: the flow went on
+    assert doomed.exception.type == "builtins.ValueError" and "attempt 1 failed" in doomed.exception.exception
+    assert doomed.data.before_failure == "kept"
+
+
+def test_a_failed_run_says_so(store):
+    _, run_ids = store
+    run = Flow("FailingFlow").latest_run
+    assert run.id == run_ids["failed"] and Flow("FailingFlow").latest_successful_run is None
+    assert run.finished and not run.successful and run.data is None and run.end_task is None
+    assert run["start"].task.data.prepared == "kept for a resume"
+    # The failed step stored nothing: it is not listed (its error is in Airflow's task log).
+    assert [step.id for step in run] == ["start"] and "crunch" not in run
+
+
+def test_a_run_in_progress_is_visible_unfinished(store):
+    """A run whose start step has stored its results but which has not ended."""
+    root, _ = store
+    datastore = Datastore(root)
+    run_id = f"manual__in-progress-{uuid.uuid4().hex[:6]}"
+    datastore.write_run_meta("ForeachFlow", run_id, {"parameters": {}})
+    datastore.write_manifest("ForeachFlow", run_id, "start", "0", 1, {"artifacts": {}, "attempt": 1})
+    run = Run(f"ForeachFlow/{run_id}")
+    assert not run.finished and not run.successful and run.finished_at is None and run.data is None
+    assert run["start"].task.finished and [step.id for step in run] == ["start"]
+
+
+def test_unknown_names_say_what_exists_nearby(store):
+    _, run_ids = store
+    run_id = run_ids["first"]
+    cases = [
+        (lambda: Flow("ForachFlow"), "Flow 'ForachFlow' has no runs .* Did you mean 'ForeachFlow'"),
+        (lambda: Run("ForeachFlow/not-a-run"), "has no run 'not-a-run'"),
+        (lambda: Run(f"ForeachFlow/{run_id}")["uper"], "has no step 'uper'.*Did you mean 'upper'"),
+        (lambda: Run(f"ForeachFlow/{run_id}")["upper"]["9"], "has no task '9'.*'0', '1', '2', '3'"),
+        (
+            lambda: Run(f"ForeachFlow/{run_id}")["start"].task["bog"],
+            "has no artifact 'bog'.*Did you mean 'big'",
+        ),
+        (lambda: Run(f"ForeachFlow/{run_id}")["start"].task.data.bog, "has no artifact 'bog'"),
+        (lambda: Run("ForeachFlow"), "a run pathspec looks like 'TrainFlow/<run_id>'"),
+    ]
+    for lookup, message in cases:
+        with pytest.raises(MetaflowNotFound, match=message) as caught:
+            lookup()
+        assert isinstance(caught.value, KeyError) and not str(caught.value).startswith("'")
+
+
+def test_metadata_switches_the_root(store, tmp_path, monkeypatch):
+    from airflow_flowspec.client import source
+
+    monkeypatch.setattr(source, "_chosen_root", None)  # whatever this test chooses is undone after it
+    root, run_ids = store
+    assert metadata(str(tmp_path / "empty")) == f"local@{tmp_path / 'empty'}"
+    assert Metaflow().flows == []
+    with pytest.raises(MetaflowNotFound, match="There are no flows here"):
+        Flow("ForeachFlow")
+    metadata(root if root.startswith("s3://") else f"local@{root}")
+    assert Flow("ForeachFlow").latest_successful_run.id == run_ids["second"]
+
+
+def test_a_step_reads_another_flows_latest_successful_run(store, tmp_path):
+    """Metaflow's tutorial pattern: a flow that starts from another flow's results."""
+    _, run_ids = store
+    flow_file = tmp_path / "consumer_flow.py"
+    flow_file.write_text(
+        textwrap.dedent("""
+            from airflow_flowspec import Flow, FlowSpec, step
+
+
+            class ConsumerFlow(FlowSpec):
+                @step
+                def start(self):
+                    upstream = Flow("ForeachFlow").latest_successful_run
+                    self.upstream_run = upstream.id
+                    self.upstream_results = upstream.data.results
+                    self.next(self.end)
+
+                @step
+                def end(self):
+                    pass
+        """)
+    )
+    consumer = run_flow(flow_file)
+    assert consumer.succeeded, consumer.states()
+    assert consumer.artifacts("start")["upstream_run"] == run_ids["second"]
+    assert consumer.artifacts("start")["upstream_results"] == ["0:A", "1:B", "2:C", "3:D"]
+
+
+def test_the_client_works_where_airflow_is_not_installed(store):
+    root, run_ids = store
+    script = textwrap.dedent("""
+        import importlib.abc, sys
+
+        class BlockAirflow(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "airflow" or name.startswith("airflow."):
+                    raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
+                return None
+
+        sys.meta_path.insert(0, BlockAirflow())
+        from airflow_flowspec import Flow
+        run = Flow("ForeachFlow").latest_successful_run
+        print(run.id, run.data.count, run["upper"]["1"].data.result)
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "AIRFLOW__FLOWSPEC__DATASTORE_ROOT": root, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [run_ids["second"], "4", "1:B"]
