@@ -11,7 +11,20 @@ from airflow_flowspec.parameters import IncludeFile, JSONType, Parameter
 
 #: The client (Metaflow's ``Flow``, ``Run``...) is imported on first use: a DAG parse never needs it.
 _CLIENT_NAMES = frozenset(
-    {"DataArtifact", "Flow", "Metaflow", "MetaflowData", "Run", "Step", "Task", "get_metadata", "metadata"}
+    {
+        "DataArtifact",
+        "Flow",
+        "Metaflow",
+        "MetaflowData",
+        "Run",
+        "Step",
+        "Task",
+        "default_namespace",
+        "get_metadata",
+        "get_namespace",
+        "metadata",
+        "namespace",
+    }
 )
 
 
@@ -38,9 +51,12 @@ __all__ = [
     "batch",
     "catch",
     "current",
+    "default_namespace",
     "environment",
     "get_metadata",
+    "get_namespace",
     "metadata",
+    "namespace",
     "resources",
     "retry",
     "schedule",

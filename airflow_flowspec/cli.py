@@ -52,6 +52,14 @@ def _parser(flow_class: type) -> argparse.ArgumentParser:
             metavar=parameter.type_name.upper(),
             help=f"{parameter.help} (default: {parameter.default!r})",
         )
+    run.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="tag the run (repeatable); the client finds runs by tag: Flow(...).runs('TAG')",
+    )
     commands.add_parser("show", help="print the steps and how they connect")
     commands.add_parser("check", help="lint the flow and check that Airflow will find the file")
     return parser
@@ -80,7 +88,12 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
     }
     from airflow_flowspec.airflow.local_run import run_locally
 
-    return run_locally(flow_class, _flow_file(flow_class), _convert_parameters(flow_class, raw), target)
+    conf = _convert_parameters(flow_class, raw)
+    if args.tags:
+        from airflow_flowspec.runtime.task_spec import RUN_TAGS_CONF_KEY
+
+        conf[RUN_TAGS_CONF_KEY] = list(args.tags)
+    return run_locally(flow_class, _flow_file(flow_class), conf, target)
 
 
 def _read_every_option() -> None:

@@ -28,6 +28,7 @@ class TaskContext:
     data_interval_end: datetime | None = None
     map_index: int = -1
     datastore_root: str = ""
+    namespace: str | None = None
 
     @property
     def pathspec(self) -> str:
@@ -66,6 +67,7 @@ class Current:
     data_interval_start = property(lambda self: self._get("data_interval_start"))
     data_interval_end = property(lambda self: self._get("data_interval_end"))
     pathspec = property(lambda self: self._get("pathspec"))
+    namespace = property(lambda self: self._get("namespace"))
 
     def __repr__(self) -> str:
         return f"current({self._context!r})"

@@ -176,6 +176,10 @@ class MetaflowNotFound(FlowspecError, KeyError):  # noqa: N818 - Metaflow's name
         return str(self.args[0]) if self.args else ""
 
 
+class MetaflowNamespaceMismatch(FlowspecError):  # noqa: N818 - Metaflow's name
+    """The client was asked for a run outside the current namespace (see ``namespace()``)."""
+
+
 def is_flow_mistake(error: BaseException) -> bool:
     """True for our errors that running the step again cannot fix (see the module docstring)."""
     return isinstance(error, FlowspecError) and not error.retryable

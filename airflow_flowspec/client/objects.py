@@ -22,9 +22,10 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from airflow_flowspec.client.namespaces import get_namespace, in_namespace
 from airflow_flowspec.client.source import client_datastore
 from airflow_flowspec.datastore import keys
-from airflow_flowspec.errors import ArtifactNotFoundError, MetaflowNotFound
+from airflow_flowspec.errors import ArtifactNotFoundError, MetaflowNamespaceMismatch, MetaflowNotFound
 
 #: Top-level folders of a datastore root that are not flows.
 _NOT_FLOWS = frozenset({"data", "_xcom", "damaged"})
@@ -117,14 +118,15 @@ class Flow(MetaflowObject):
         return Metaflow().flows
 
     def runs(self, *tags: str) -> Iterator[Run]:
-        """Every run (with all of ``tags``, if given), newest first by when it started."""
+        """The runs in the current namespace (with all of ``tags``, if given), newest first."""
+        current_namespace = get_namespace()
         records = []
         for run_id in self._datastore.list_runs(self.id):
             try:
                 record = self._datastore.read_run_meta(self.id, run_id)
             except ArtifactNotFoundError:
                 continue  # a start step killed before its run record: no run to show
-            if all(tag in record.get("tags", ()) for tag in tags):
+            if in_namespace(record, current_namespace) and all(tag in record.get("tags", ()) for tag in tags):
                 records.append(record)
         records.sort(key=lambda record: (record.get("created_at") or "", record["run_id"]), reverse=True)
         for record in records:
@@ -141,15 +143,23 @@ class Flow(MetaflowObject):
 
     @property
     def latest_run(self) -> Run | None:
-        """The run that started last (a constant number of requests, however many runs exist)."""
-        run_id = self._datastore.latest_run(self.id)
-        return None if run_id is None else Run(f"{self.id}/{run_id}")
+        """The run in the current namespace that started last (from the flow's pointer when that
+        run is in the namespace: a constant number of requests, however many runs exist)."""
+        return self._latest(self._datastore.latest_run(self.id), successful=False)
 
     @property
     def latest_successful_run(self) -> Run | None:
-        """The newest run (by start) that succeeded."""
-        run_id = self._datastore.latest_successful_run(self.id)
-        return None if run_id is None else Run(f"{self.id}/{run_id}")
+        """The newest run (by start) in the current namespace that succeeded."""
+        return self._latest(self._datastore.latest_successful_run(self.id), successful=True)
+
+    def _latest(self, pointed: str | None, *, successful: bool) -> Run | None:
+        if pointed is None:
+            return None
+        try:
+            return Run(f"{self.id}/{pointed}")
+        except MetaflowNamespaceMismatch:
+            pass  # someone else's run is the newest: look further, newest first
+        return next((run for run in self.runs() if run.successful or not successful), None)
 
 
 class Run(MetaflowObject):
@@ -168,6 +178,13 @@ class Run(MetaflowObject):
                     f"Flow {flow!r} has no run {run_id!r} in the datastore {self._datastore.root}. "
                     + _nearby(run_id, runs, f"runs of {flow}")
                 ) from None
+        current_namespace = get_namespace()
+        if not in_namespace(_record, current_namespace):
+            raise MetaflowNamespaceMismatch(
+                f"Run {pathspec} is not in the namespace {current_namespace!r} (its tags: "
+                f"{', '.join(sorted(_record.get('tags', []))) or 'none'}). Call namespace(None) to see "
+                f"every run, or namespace('<one of its tags>')."
+            )
         self._record = _record
         self._status_read = False
         self._status: dict[str, Any] | None = None
@@ -258,9 +275,9 @@ class Step(MetaflowObject):
         super().__init__(pathspec)
         self.flow_name, self.run_id = flow, run_id
         if not _checked:
+            Run(f"{flow}/{run_id}")  # an unknown run, or one outside the namespace, is reported as such
             steps = self._datastore.list_steps(flow, run_id)
             if step not in steps:
-                Run(f"{flow}/{run_id}")  # an unknown run is reported as such
                 raise MetaflowNotFound(
                     f"Run {flow}/{run_id} has no step {step!r} (it did not run, or not yet). "
                     + _nearby(step, steps, "steps in this run")
@@ -304,9 +321,9 @@ class Task(MetaflowObject):
         super().__init__(pathspec)
         self.flow_name, self.run_id, self.step_name = flow, run_id, step
         if not _checked:
+            Step(f"{flow}/{run_id}/{step}")  # an unknown run or step (or another namespace's run)
             tasks = self._datastore.list_tasks(flow, run_id, step)
             if task_id not in tasks:
-                Step(f"{flow}/{run_id}/{step}")  # an unknown run or step is reported as such
                 raise MetaflowNotFound(
                     f"Step {flow}/{run_id}/{step} has no task {task_id!r}. "
                     + _nearby(task_id, tasks, "tasks in this step")

@@ -21,7 +21,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_flowspec import config
 from airflow_flowspec.datastore.manifest import checked_manifest
 from airflow_flowspec.errors import ForeachTooWideError, is_flow_mistake
-from airflow_flowspec.runtime.task_spec import RunContext, StepResult, TaskSpec
+from airflow_flowspec.runtime.task_spec import RUN_TAGS_CONF_KEY, RunContext, StepResult, TaskSpec
 
 #: XCom key of a foreach split's manifest (its return_value is the list Airflow maps over).
 SPLIT_MANIFEST_KEY = "flowspec_split_manifest"
@@ -61,7 +61,12 @@ class StepTaskMixin:
             manifests.extend(self._pull_manifests(ti, pull, frame, stack))
         parameters = dict(context.get("params") or {}) if self.step_name == "start" else {}
         dag_run = context.get("dag_run")
-        triggered_by = str(getattr(dag_run, "triggered_by", "") or "").lower()
+        triggering_user = getattr(dag_run, "triggering_user_name", None)
+        # dag.test() (python flow.py run, airflow dags test) triggers as user "dag_test"; the task
+        # SDK's DagRun has no triggered_by. Such a run is not production, and its user is who ran it.
+        by_dag_test = (
+            triggering_user == "dag_test" or "test" in str(getattr(dag_run, "triggered_by", "") or "").lower()
+        )
         return TaskSpec(
             flow_file=self.flow_file,
             flow_name=self.flow_name,
@@ -78,9 +83,11 @@ class StepTaskMixin:
                 logical_date=context.get("logical_date"),
                 data_interval_start=context.get("data_interval_start"),
                 data_interval_end=context.get("data_interval_end"),
-                is_production="test" not in triggered_by,
-                username=getattr(dag_run, "triggering_user_name", None) or getpass.getuser(),
+                is_production=not by_dag_test,
+                username=(None if by_dag_test else triggering_user) or getpass.getuser(),
                 origin_run_id=(getattr(dag_run, "conf", None) or {}).get("origin_run_id"),
+                run_type=_run_type(dag_run),
+                tags=tuple((getattr(dag_run, "conf", None) or {}).get(RUN_TAGS_CONF_KEY) or ()),
             ),
         )
 
@@ -149,3 +156,8 @@ def check_foreach_width(width: int, what: str) -> None:
             f"workers), or split the foreach into batches. The step's artifacts are saved; clear "
             f"this task to run it again."
         )
+
+
+def _run_type(dag_run: Any) -> str | None:
+    run_type = getattr(dag_run, "run_type", None)
+    return None if run_type is None else str(getattr(run_type, "value", run_type))

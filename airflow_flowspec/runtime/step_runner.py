@@ -34,7 +34,13 @@ from airflow_flowspec.graph import graph_of
 from airflow_flowspec.parameters import flow_parameters
 from airflow_flowspec.runtime.caught import CaughtException
 from airflow_flowspec.runtime.masking import SecretMask, masked_output
-from airflow_flowspec.runtime.task_spec import StepResult, TaskSpec
+from airflow_flowspec.runtime.task_spec import (
+    RUN_TAGS_CONF_KEY,
+    StepResult,
+    TaskSpec,
+    run_namespace,
+    system_tags,
+)
 
 # Values of these types cannot change in place, so an artifact of such a type that a step read but
 # did not reassign can keep its stored reference instead of being pickled and hashed again.
@@ -115,6 +121,7 @@ def run_step(
     """
     # Every name this task will write under must be storable before anything is written.
     keys.manifest_key(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
+    run_tags = _run_tags(spec) if spec.step == "start" else []  # refused before anything runs
     datastore = datastore or open_datastore(spec.datastore_root)
     flow_class = load_flow_class(spec.flow_file, spec.flow_name)
     graph = graph_of(flow_class)
@@ -194,6 +201,7 @@ def run_step(
                     for p in parameter_names
                 },
                 "context": spec.run_context.to_json(),
+                "tags": run_tags,
             },
         )
     manifest = _manifest(spec, refs, parameter_names, node, caught, switch_step, foreach_children, secrets)
@@ -258,6 +266,19 @@ def _set_parameters(flow: Any, parameters: list[Any], spec: TaskSpec) -> None:
         flow.__dict__[parameter.attr_name] = value
 
 
+def _run_tags(spec: TaskSpec) -> list[str]:
+    """The run's tags: who started it (and production, when the schedule did), then the user's own."""
+    tags = spec.run_context.tags
+    if isinstance(tags, str) or not all(isinstance(tag, str) and 0 < len(tag) <= 512 for tag in tags):
+        raise ParameterError(
+            f"The tags of run {spec.run_id} of flow {spec.flow_name} must be a list of non-empty strings "
+            f'of at most 512 characters (run --tag NAME, or {{"{RUN_TAGS_CONF_KEY}": [...]}} in the '
+            f"trigger's conf); got {list(tags) if not isinstance(tags, str) else tags!r:.200}."
+        )
+    system = system_tags(spec.flow_name, spec.run_context)
+    return system + sorted(set(tags) - set(system))
+
+
 @contextlib.contextmanager
 def _task_context(spec: TaskSpec) -> Iterator[None]:
     run = spec.run_context
@@ -276,6 +297,7 @@ def _task_context(spec: TaskSpec) -> Iterator[None]:
             data_interval_end=run.data_interval_end,
             map_index=spec.map_index,
             datastore_root=spec.datastore_root,
+            namespace=run_namespace(spec.flow_name, run),
         )
     )
     try:

@@ -27,6 +27,8 @@ class RunContext:
     username: str | None = None
     origin_run_id: str | None = None
     is_production: bool = False
+    run_type: str | None = None  # Airflow's: manual, scheduled, backfill, asset_triggered
+    tags: tuple[str, ...] = ()  # the user's tags for the run (run --tag, or the trigger's conf)
 
     def __post_init__(self) -> None:
         # Airflow hands out pendulum dates; a step must see the standard type wherever it runs (an
@@ -46,6 +48,8 @@ class RunContext:
     def from_json(cls, value: dict[str, Any]) -> RunContext:
         known = {f.name for f in fields(cls)}
         document = {name: value[name] for name in known if name in value}
+        if "tags" in document:
+            document["tags"] = tuple(document["tags"] or ())
         for name in ("logical_date", "data_interval_start", "data_interval_end"):
             if isinstance(document.get(name), str):
                 try:
@@ -55,6 +59,28 @@ class RunContext:
                         f"The task spec's {name} {document[name]!r} is not an ISO 8601 date."
                     ) from None
         return cls(**document)
+
+
+#: The key of a run's conf (``run --tag``, or ``{"flowspec_tags": [...]}`` when triggering) holding its tags.
+RUN_TAGS_CONF_KEY = "flowspec_tags"
+#: Airflow run types whose runs belong to the production namespace (the deployed schedule).
+PRODUCTION_RUN_TYPES = frozenset({"scheduled", "backfill"})
+
+
+def run_namespace(flow_name: str, run: RunContext) -> str:
+    """Metaflow's namespace of a run: ``production:<flow>`` for scheduled and backfilled runs (the
+    deployed schedule), else ``user:<who started it>``."""
+    if run.run_type in PRODUCTION_RUN_TYPES:
+        return f"production:{flow_name}"
+    return f"user:{run.username or 'unknown'}"
+
+
+def system_tags(flow_name: str, run: RunContext) -> list[str]:
+    """The tags every run carries: its user, and production for scheduled and backfilled runs."""
+    tags = [f"user:{run.username or 'unknown'}"]
+    if run.run_type in PRODUCTION_RUN_TYPES:
+        tags.append(f"production:{flow_name}")
+    return tags
 
 
 @dataclass

@@ -228,3 +228,97 @@ def test_the_client_works_where_airflow_is_not_installed(store):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [run_ids["second"], "4", "1:B"]
+
+
+NAMESPACE_FLOW = textwrap.dedent("""
+    from airflow_flowspec import Flow, FlowSpec, current, get_namespace, step
+
+
+    class NamespaceFlow(FlowSpec):
+        @step
+        def start(self):
+            self.namespace_seen = current.namespace
+            self.client_namespace = get_namespace()
+            self.next(self.end)
+
+        @step
+        def end(self):
+            pass
+
+
+    if __name__ == "__main__":
+        NamespaceFlow()
+""")
+
+
+def test_runs_carry_their_user_and_tags_and_the_client_filters_by_namespace(tmp_path, monkeypatch):
+    """`run --tag` and the CLI user become tags; the default namespace is the user's; other users'
+    runs (and production ones) are hidden until namespace(None) or their tag is chosen."""
+    import getpass
+
+    from harness import run_cli
+
+    from airflow_flowspec import get_namespace, namespace
+    from airflow_flowspec.client import namespaces
+    from airflow_flowspec.errors import MetaflowNamespaceMismatch
+    from airflow_flowspec.runtime.step_runner import run_step
+    from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
+
+    monkeypatch.setattr(namespaces, "_chosen", namespaces._UNSET)
+    root = tmp_path / "store"
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(root))
+    flow_file = tmp_path / "namespace_flow.py"
+    flow_file.write_text(NAMESPACE_FLOW)
+    result = run_cli(flow_file, "run", "--tag", "exp1", "--tag", "baseline")
+    assert result.returncode == 0, result.stderr
+    me = f"user:{getpass.getuser()}"
+
+    (mine,) = Flow("NamespaceFlow").runs()
+    assert mine.tags == {me, "exp1", "baseline"} and get_namespace() == me
+    assert [r.id for r in Flow("NamespaceFlow").runs("exp1", "baseline")] == [mine.id]
+    assert list(Flow("NamespaceFlow").runs("exp2")) == []
+    start = mine["start"].task.data
+    assert start.namespace_seen == me and start.client_namespace == me  # a step sees its run's namespace
+
+    # A scheduled run (the production namespace) and another user's later run, stored by the runtime.
+    for run_id, context in (
+        ("scheduled__2026-11-01", RunContext(username="airflow", run_type="scheduled")),
+        ("manual__by-ana", RunContext(username="ana", run_type="manual")),
+    ):
+        spec = TaskSpec(str(flow_file), "NamespaceFlow", "start", run_id, str(root), run_context=context)
+        run_step(spec)
+    assert Flow("NamespaceFlow").latest_run.id == mine.id  # the newer runs are not in my namespace
+    with pytest.raises(MetaflowNamespaceMismatch, match="not in the namespace 'user:.*namespace\\(None\\)"):
+        Run("NamespaceFlow/manual__by-ana")
+    with pytest.raises(MetaflowNamespaceMismatch):
+        Task("NamespaceFlow/manual__by-ana/start/0")
+
+    namespace("production:NamespaceFlow")
+    (scheduled,) = Flow("NamespaceFlow").runs()
+    assert scheduled.tags == {"user:airflow", "production:NamespaceFlow"}
+    assert scheduled["start"].task.data.namespace_seen == "production:NamespaceFlow"
+    namespace(None)
+    assert {r.id for r in Flow("NamespaceFlow")} == {mine.id, "scheduled__2026-11-01", "manual__by-ana"}
+    assert Flow("NamespaceFlow").latest_run.id == "manual__by-ana"
+
+
+def test_tags_that_are_not_strings_are_refused_by_name(tmp_path):
+    from airflow_flowspec.errors import ParameterError
+    from airflow_flowspec.runtime.step_runner import run_step
+    from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
+
+    flow_file = tmp_path / "namespace_flow.py"
+    flow_file.write_text(NAMESPACE_FLOW)
+    spec = TaskSpec(
+        str(flow_file),
+        "NamespaceFlow",
+        "start",
+        "r1",
+        str(tmp_path / "store"),
+        run_context=RunContext(tags=("ok", "")),
+    )
+    with pytest.raises(
+        ParameterError, match="tags of run r1 of flow NamespaceFlow must be a list of non-empty"
+    ):
+        run_step(spec)
+    assert not (tmp_path / "store").exists()  # refused before anything was written

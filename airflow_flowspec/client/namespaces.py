@@ -1,0 +1,45 @@
+"""Metaflow's namespaces: which runs the client shows by default.
+
+Every run carries a ``user:<name>`` tag (who started it: the ``python flow.py run`` user, or the
+user who triggered it in Airflow) and, when the schedule started it (a scheduled or backfilled
+run), ``production:<flow>``. A notebook sees its own user's runs by default; a step sees the
+namespace of the run it belongs to (so a scheduled flow reads other flows' production runs);
+``namespace(None)`` shows every run. Runs recorded before tags existed show in every namespace.
+"""
+
+from __future__ import annotations
+
+import getpass
+from typing import Any
+
+_UNSET: Any = object()
+_chosen: Any = _UNSET
+
+
+def default_namespace() -> str:
+    """``user:<you>`` outside a step; inside one, the namespace of the run it belongs to."""
+    from airflow_flowspec.current import current
+
+    if current.is_running_flow and current.namespace:
+        return current.namespace
+    return f"user:{getpass.getuser()}"
+
+
+def namespace(name: str | None) -> str | None:
+    """Show only runs tagged ``name`` from now on (None: every run); returns it."""
+    global _chosen
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValueError(
+            f"A namespace is a tag such as 'user:ana' or 'production:TrainFlow', or None; got {name!r}."
+        )
+    _chosen = name
+    return name
+
+
+def get_namespace() -> str | None:
+    return default_namespace() if _chosen is _UNSET else _chosen
+
+
+def in_namespace(record: dict[str, Any], name: str | None) -> bool:
+    tags = record.get("tags")
+    return name is None or tags is None or name in tags
