@@ -222,7 +222,48 @@ class Run(MetaflowObject):
 
     @property
     def tags(self) -> frozenset[str]:
+        """Every tag: the system's (``user:``, ``production:``) and the user's."""
         return frozenset(self._record.get("tags", ()))
+
+    @property
+    def system_tags(self) -> frozenset[str]:
+        return frozenset(self._record.get("system_tags", ()))
+
+    @property
+    def user_tags(self) -> frozenset[str]:
+        return self.tags - self.system_tags
+
+    def add_tag(self, tag: str) -> None:
+        self.replace_tags([], [tag])
+
+    def add_tags(self, tags: list[str]) -> None:
+        self.replace_tags([], tags)
+
+    def remove_tag(self, tag: str) -> None:
+        self.replace_tags([tag], [])
+
+    def remove_tags(self, tags: list[str]) -> None:
+        self.replace_tags(tags, [])
+
+    def replace_tag(self, tag_to_remove: str, tag_to_add: str) -> None:
+        self.replace_tags([tag_to_remove], [tag_to_add])
+
+    def replace_tags(self, tags_to_remove: list[str], tags_to_add: list[str]) -> None:
+        """Remove some user tags and add others, in one rewrite of the run's record (system tags,
+        which say who started the run, cannot be removed)."""
+        for tag in [*tags_to_remove, *tags_to_add]:
+            if not isinstance(tag, str) or not 0 < len(tag) <= 512:
+                raise ValueError(f"A tag is a non-empty string of at most 512 characters, not {tag!r}.")
+        protected = sorted(set(tags_to_remove) & self.system_tags)
+        if protected:
+            raise ValueError(
+                f"{', '.join(protected)} of run {self.pathspec} is a system tag (who or what started "
+                f"the run) and cannot be removed."
+            )
+        record = self._datastore.read_run_meta(self.flow_name, self.id)  # the latest, not our copy
+        kept = [tag for tag in record.get("tags", []) if tag not in set(tags_to_remove)]
+        tags = kept + sorted(set(tags_to_add) - set(kept))
+        self._record = self._datastore.write_run_tags(self.flow_name, self.id, tags)
 
     # -- steps -----------------------------------------------------------------------------------
 

@@ -201,6 +201,12 @@ class Datastore:
         """Make the run the flow's latest, unless a newer run already is."""
         self._advance_pointer(keys.latest_run_key(flow), run_id, created_at)
 
+    def write_run_tags(self, flow: str, run_id: str, tags: list[str]) -> dict[str, Any]:
+        """Replace the run's tags in its record (one atomic rewrite); return the record."""
+        record = {**self.read_run_meta(flow, run_id), "tags": tags}
+        self._write_json(keys.run_meta_key(flow, run_id), record)
+        return record
+
     def read_run_meta(self, flow: str, run_id: str) -> dict[str, Any]:
         return self._read_json(
             keys.run_meta_key(flow, run_id),

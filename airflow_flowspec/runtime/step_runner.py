@@ -202,6 +202,7 @@ def run_step(
                 },
                 "context": spec.run_context.to_json(),
                 "tags": run_tags,
+                "system_tags": system_tags(spec.flow_name, spec.run_context),
             },
         )
     manifest = _manifest(spec, refs, parameter_names, node, caught, switch_step, foreach_children, secrets)

@@ -322,3 +322,33 @@ def test_tags_that_are_not_strings_are_refused_by_name(tmp_path):
     ):
         run_step(spec)
     assert not (tmp_path / "store").exists()  # refused before anything was written
+
+
+def test_user_tags_can_be_added_replaced_and_removed_but_not_system_tags(tmp_path, monkeypatch):
+    from airflow_flowspec import namespace
+    from airflow_flowspec.client import namespaces
+    from airflow_flowspec.runtime.step_runner import run_step
+    from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
+
+    monkeypatch.setattr(namespaces, "_chosen", namespaces._UNSET)
+    root = tmp_path / "store"
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(root))
+    flow_file = tmp_path / "namespace_flow.py"
+    flow_file.write_text(NAMESPACE_FLOW)
+    context = RunContext(username="ana", tags=("draft",))
+    run_step(TaskSpec(str(flow_file), "NamespaceFlow", "start", "r1", str(root), run_context=context))
+    namespace(None)
+
+    run = Run("NamespaceFlow/r1")
+    assert (run.system_tags, run.user_tags) == ({"user:ana"}, {"draft"})
+    run.add_tag("candidate")
+    run.replace_tag("draft", "reviewed")
+    assert Run("NamespaceFlow/r1").user_tags == {"candidate", "reviewed"}  # stored, not just in memory
+    assert [r.id for r in Flow("NamespaceFlow").runs("reviewed")] == ["r1"]
+    run.remove_tags(["candidate", "reviewed"])
+    assert Run("NamespaceFlow/r1").tags == {"user:ana"}
+    with pytest.raises(ValueError, match="user:ana of run NamespaceFlow/r1 is a system tag"):
+        run.remove_tag("user:ana")
+    with pytest.raises(ValueError, match="non-empty string"):
+        run.add_tag("")
+    assert Run("NamespaceFlow/r1").tags == {"user:ana"}
