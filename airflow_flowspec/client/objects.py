@@ -265,6 +265,26 @@ class Run(MetaflowObject):
         tags = kept + sorted(set(tags_to_add) - set(kept))
         self._record = self._datastore.write_run_tags(self.flow_name, self.id, tags)
 
+    @property
+    def code(self) -> Any:
+        """The flow file this run started with (``.flowspec``, ``.path``, ``.tarball``,
+        ``.extract(folder)``), or None for a run recorded before code was."""
+        from airflow_flowspec.datastore.artifacts import ArtifactRef
+        from airflow_flowspec.runtime.code_package import RunCode
+
+        code = self._record.get("code")
+        if not code:
+            return None
+        package = self._datastore.artifacts.load(
+            ArtifactRef.from_json(code["package"]), what=f"code package of run {self.pathspec}"
+        )
+        return RunCode(self.flow_name, self.id, code["path"], package)
+
+    @property
+    def versions(self) -> dict[str, Any]:
+        """Package, Airflow and Python versions the run started on."""
+        return dict(self._record.get("versions", {}))
+
     # -- steps -----------------------------------------------------------------------------------
 
     def steps(self) -> Iterator[Step]:

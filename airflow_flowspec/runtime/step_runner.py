@@ -32,6 +32,7 @@ from airflow_flowspec.errors import (
 from airflow_flowspec.flow_loader import load_flow_class
 from airflow_flowspec.graph import graph_of
 from airflow_flowspec.parameters import flow_parameters
+from airflow_flowspec.runtime import code_package
 from airflow_flowspec.runtime.caught import CaughtException
 from airflow_flowspec.runtime.masking import SecretMask, masked_output
 from airflow_flowspec.runtime.task_spec import (
@@ -202,6 +203,9 @@ def run_step(
                 },
                 "context": spec.run_context.to_json(),
                 "tags": run_tags,
+                "code": code_package.record(datastore, spec.flow_file),
+                "versions": _versions(),
+                "started_by": {"user": spec.run_context.username, "run_type": spec.run_context.run_type},
                 "system_tags": system_tags(spec.flow_name, spec.run_context),
             },
         )
@@ -265,6 +269,20 @@ def _set_parameters(flow: Any, parameters: list[Any], spec: TaskSpec) -> None:
         if parameter.is_include_file and value is not None:
             value = parameter.read(value, spec.flow_name)
         flow.__dict__[parameter.attr_name] = value
+
+
+def _versions() -> dict[str, str | None]:
+    """What the run ran on, for the record (Airflow is absent in a Batch container)."""
+    import platform
+    from importlib import metadata
+
+    from airflow_flowspec import __version__
+
+    try:
+        airflow_version: str | None = metadata.version("apache-airflow")
+    except metadata.PackageNotFoundError:
+        airflow_version = None
+    return {"airflow_flowspec": __version__, "airflow": airflow_version, "python": platform.python_version()}
 
 
 def _run_tags(spec: TaskSpec) -> list[str]:

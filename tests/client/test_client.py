@@ -352,3 +352,34 @@ def test_user_tags_can_be_added_replaced_and_removed_but_not_system_tags(tmp_pat
     with pytest.raises(ValueError, match="non-empty string"):
         run.add_tag("")
     assert Run("NamespaceFlow/r1").tags == {"user:ana"}
+
+
+def test_each_run_records_the_code_it_started_with_once_per_content(tmp_path, monkeypatch):
+    """run.code gives back the flow file as it was when the run started, after the file changed;
+    an unchanged file is stored once (the package is content-addressed and built deterministically)."""
+    from harness import run_cli
+
+    from airflow_flowspec import namespace
+    from airflow_flowspec.client import namespaces
+
+    monkeypatch.setattr(namespaces, "_chosen", namespaces._UNSET)
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(tmp_path / "store"))
+    namespace(None)
+    flow_file = tmp_path / "namespace_flow.py"
+    flow_file.write_text(NAMESPACE_FLOW)
+    for _ in range(2):
+        assert run_cli(flow_file, "run").returncode == 0
+    edited = NAMESPACE_FLOW.replace(
+        "self.namespace_seen = current.namespace", "self.namespace_seen = 'edited'"
+    )
+    flow_file.write_text(edited)
+    assert run_cli(flow_file, "run").returncode == 0
+
+    newest, second, first = Flow("NamespaceFlow").runs()
+    assert first.code.flowspec == second.code.flowspec == NAMESPACE_FLOW and newest.code.flowspec == edited
+    assert first.code.path == "namespace_flow.py"
+    packages = [run._record["code"]["package"]["hash"] for run in (first, second, newest)]
+    assert packages[0] == packages[1] != packages[2]
+    extracted = first.code.extract(str(tmp_path / "unpacked"))
+    assert open(extracted).read() == NAMESPACE_FLOW
+    assert first.versions["airflow_flowspec"] and first.versions["airflow"].startswith("3.")
