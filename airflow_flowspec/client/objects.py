@@ -275,10 +275,10 @@ class Run(MetaflowObject):
         code = self._record.get("code")
         if not code:
             return None
-        package = self._datastore.artifacts.load(
-            ArtifactRef.from_json(code["package"]), what=f"code package of run {self.pathspec}"
+        source = self._datastore.artifacts.load(
+            ArtifactRef.from_json(code["source"]), what=f"flow source of run {self.pathspec}"
         )
-        return RunCode(self.flow_name, self.id, code["path"], package)
+        return RunCode(self.flow_name, self.id, code["path"], source)
 
     @property
     def versions(self) -> dict[str, Any]:

@@ -272,16 +272,13 @@ def _set_parameters(flow: Any, parameters: list[Any], spec: TaskSpec) -> None:
 
 
 def _versions() -> dict[str, str | None]:
-    """What the run ran on, for the record (Airflow is absent in a Batch container)."""
+    """What the run ran on, for the record. Airflow's version only where it is already imported
+    (a worker): a Batch container has none, and looking a distribution up costs tens of ms."""
     import platform
-    from importlib import metadata
 
     from airflow_flowspec import __version__
 
-    try:
-        airflow_version: str | None = metadata.version("apache-airflow")
-    except metadata.PackageNotFoundError:
-        airflow_version = None
+    airflow_version = getattr(sys.modules.get("airflow"), "__version__", None)
     return {"airflow_flowspec": __version__, "airflow": airflow_version, "python": platform.python_version()}
 
 

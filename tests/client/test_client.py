@@ -378,8 +378,10 @@ def test_each_run_records_the_code_it_started_with_once_per_content(tmp_path, mo
     newest, second, first = Flow("NamespaceFlow").runs()
     assert first.code.flowspec == second.code.flowspec == NAMESPACE_FLOW and newest.code.flowspec == edited
     assert first.code.path == "namespace_flow.py"
-    packages = [run._record["code"]["package"]["hash"] for run in (first, second, newest)]
+    packages = [run._record["code"]["source"]["hash"] for run in (first, second, newest)]
     assert packages[0] == packages[1] != packages[2]
     extracted = first.code.extract(str(tmp_path / "unpacked"))
     assert open(extracted).read() == NAMESPACE_FLOW
+    with first.code.tarball as tar:
+        assert tar.extractfile("namespace_flow.py").read().decode() == NAMESPACE_FLOW
     assert first.versions["airflow_flowspec"] and first.versions["airflow"].startswith("3.")
