@@ -276,10 +276,10 @@ def _versions() -> dict[str, str | None]:
     (a worker): a Batch container has none, and looking a distribution up costs tens of ms."""
     import platform
 
-    from airflow_flowspec import __version__
-
+    # The package is imported before any of its modules; importing it here would close a cycle.
+    ours = getattr(sys.modules.get("airflow_flowspec"), "__version__", None)
     airflow_version = getattr(sys.modules.get("airflow"), "__version__", None)
-    return {"airflow_flowspec": __version__, "airflow": airflow_version, "python": platform.python_version()}
+    return {"airflow_flowspec": ours, "airflow": airflow_version, "python": platform.python_version()}
 
 
 def _run_tags(spec: TaskSpec) -> list[str]:
