@@ -1,0 +1,131 @@
+"""``airflow-flowspec``: look results up from a shell, through the client (no Airflow needed).
+
+    airflow-flowspec runs TrainFlow [--tag T] [-n 10] [--all-namespaces]
+    airflow-flowspec show TrainFlow/<run_id>[/<step>[/<task>]]
+    airflow-flowspec get TrainFlow/<run_id>/<step>[/<task>]/<artifact> [-o file]
+    airflow-flowspec code TrainFlow/<run_id> [-o folder]
+
+``--root`` reads another datastore than ``[flowspec] datastore_root`` (as ``metadata()`` does).
+A lookup that fails prints one paragraph and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+from itertools import islice
+from typing import Any
+
+from airflow_flowspec.errors import FlowspecError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="airflow-flowspec", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", help="datastore root to read (default: [flowspec] datastore_root)")
+    parser.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="show every run, not only your user's"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    runs = commands.add_parser("runs", help="a flow's runs, newest first")
+    runs.add_argument("flow")
+    runs.add_argument("--tag", action="append", default=[], help="only runs with this tag (repeatable)")
+    runs.add_argument("-n", type=int, default=10, help="how many runs (default 10)")
+    show = commands.add_parser("show", help="a run's steps, a step's tasks, or a task's artifacts")
+    show.add_argument("pathspec")
+    get = commands.add_parser("get", help="an artifact's value: printed, or pickled to a file with -o")
+    get.add_argument("pathspec")
+    get.add_argument("-o", "--output", help="write the value, pickled, to this file")
+    code = commands.add_parser("code", help="write out the flow file a run started with")
+    code.add_argument("pathspec")
+    code.add_argument("-o", "--output", default=".", help="folder to write it into (default: here)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from airflow_flowspec import client
+
+    try:
+        if args.root:
+            client.metadata(args.root)
+        if args.all_namespaces:
+            client.namespace(None)
+        return {"runs": _runs, "show": _show, "get": _get, "code": _code}[args.command](args)
+    except (FlowspecError, KeyError, ValueError) as error:
+        print(f"airflow-flowspec {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from airflow_flowspec.client import Flow
+
+    for run in islice(Flow(args.flow).runs(*args.tag), max(args.n, 0)):
+        status = "succeeded" if run.successful else ("failed" if run.finished else "running")
+        created = run.created_at.isoformat(timespec="seconds") if run.created_at else "-"
+        print(f"{run.id}\t{status}\t{created}\t{' '.join(sorted(run.tags))}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from airflow_flowspec.client import Flow, Run, Step, Task
+
+    parts = args.pathspec.strip("/").split("/")
+    kinds: dict[int, Any] = {1: Flow, 2: Run, 3: Step, 4: Task}
+    if len(parts) not in kinds:
+        raise ValueError(f"{args.pathspec!r} is not Flow[/run_id[/step[/task_id]]].")
+    target = kinds[len(parts)]("/".join(parts))
+    if isinstance(target, Flow):
+        return _runs(argparse.Namespace(flow=target.id, tag=[], n=10))
+    if isinstance(target, Run):
+        status = "succeeded" if target.successful else ("failed" if target.finished else "running")
+        print(f"{target.pathspec}\t{status}\ttags: {' '.join(sorted(target.tags))}")
+        for step in target:
+            tasks = list(step)
+            print(f"  {step.id}\t{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
+        return 0
+    tasks = list(target) if isinstance(target, Step) else [target]
+    for task in tasks:
+        index = "" if task.index is None else f"\tforeach index {task.index}"
+        print(f"{task.pathspec}\tattempt {task.retry_count + 1}{index}")
+        for artifact in task:
+            print(f"  {artifact.id}\t{artifact.type}\t{artifact.size} bytes\t{artifact.short_repr}")
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    from airflow_flowspec.client import Step, Task
+
+    parts = args.pathspec.strip("/").split("/")
+    if len(parts) == 4:  # Flow/run/step/artifact: the step's (single) task
+        step = Step("/".join(parts[:3]))
+        task = step.task
+        if task is None:
+            raise ValueError(f"Step {step.pathspec} has no task.")
+    elif len(parts) == 5:
+        task = Task("/".join(parts[:4]))
+    else:
+        raise ValueError(f"{args.pathspec!r} is not Flow/run_id/step[/task_id]/artifact.")
+    value = task[parts[-1]].data
+    if args.output:
+        with open(args.output, "wb") as handle:
+            pickle.dump(value, handle, protocol=5)
+        print(f"{task.pathspec}/{parts[-1]} pickled to {args.output}")
+    else:
+        print(value if isinstance(value, str) else repr(value))
+    return 0
+
+
+def _code(args: argparse.Namespace) -> int:
+    from airflow_flowspec.client import Run
+
+    run = Run(args.pathspec.strip("/"))
+    code = run.code
+    if code is None:
+        raise ValueError(f"Run {run.pathspec} was recorded before runs kept their code.")
+    print(code.extract(args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
