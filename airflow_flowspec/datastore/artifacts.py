@@ -21,7 +21,7 @@ import re
 import reprlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -342,12 +342,19 @@ class ArtifactStore:
         return value.value if isinstance(value, SecretValue) else value
 
     def _decode_verified(self, key: str, size: int | None, blob_hash: str, what: str) -> Any:
+        return self._read_twice(
+            key, what, lambda: encoding.decode(self.backend, key, size=size, expected_hash=blob_hash)
+        )
+
+    def _read_twice(self, key: str, what: str, read: Callable[[], Any]) -> Any:
+        """``read()``, which verifies what it reads; a mismatch is read once more (a fault on the way
+        must not be taken for damage) before the blob is set aside as damaged."""
         try:
-            return encoding.decode(self.backend, key, size=size, expected_hash=blob_hash)
+            return read()
         except encoding.ContentMismatch:
-            pass  # read it again: a fault on the way must not be taken for damage
+            pass
         try:
-            return encoding.decode(self.backend, key, size=size, expected_hash=blob_hash)
+            return read()
         except encoding.ContentMismatch as mismatch:
             raise self._damaged(key, mismatch, what) from None
 
@@ -358,14 +365,9 @@ class ArtifactStore:
             if data is not None:
                 self._packs.move_to_end(pack_hash)
                 return data
-        for attempt in (1, 2):
-            data = self.backend.get_bytes(key)
-            actual = encoding.content_hash_of(data)
-            if actual == pack_hash:
-                break
-            if attempt == 2:
-                mismatch = encoding.ContentMismatch(pack_hash, actual, len(data))
-                raise self._damaged(key, mismatch, f"pack holding the {what}")
+        data = self._read_twice(
+            key, f"pack holding the {what}", lambda: encoding.verified(self.backend.get_bytes(key), pack_hash)
+        )
         self._cache_pack(pack_hash, data)
         return data
 

@@ -166,13 +166,6 @@ class _HashingSpool:
         self._chunks = []
 
 
-def content_hash(data: bytes) -> str:
-    """The name of a blob with these bytes (the same hash :func:`encode` computes while pickling)."""
-    from blake3 import blake3
-
-    return blake3(data).hexdigest()
-
-
 def encode(
     value: Any, *, name: str, scratch_dir: str | None = None, in_memory_limit: int = IN_MEMORY_LIMIT
 ) -> EncodedBlob:
@@ -203,8 +196,9 @@ def encode(
         raise
 
 
-def content_hash_of(data: Any) -> str:
-    """:func:`content_hash` of any buffer, on every core when it is big."""
+def content_hash(data: Any) -> str:
+    """The name of a blob with these bytes (the hash :func:`encode` computes while pickling), on
+    every core when the buffer is big (BLAKE3 gives the same hash on any number of threads)."""
     from blake3 import blake3
 
     size = memoryview(data).nbytes
@@ -233,9 +227,9 @@ def verified_source(
             yield _verified_file(stream, expected_hash)
         return
     if size is not None and size <= REMOTE_IN_MEMORY_LOAD_LIMIT:
-        yield _verified(backend.get_bytes(key), expected_hash)
+        yield verified(backend.get_bytes(key), expected_hash)
         return
-    path = scratch_path(backend.scratch_dir() or tempfile.gettempdir(), ".download")
+    path = scratch_path(backend.scratch_dir(), ".download")
     try:
         backend.download_file(key, path)
         with open(path, "rb") as stream:
@@ -251,7 +245,7 @@ def _verified_file(stream: BinaryIO, expected_hash: str) -> BinaryIO:
     open file, which is faster for it than touching mapped pages one fault at a time.
     """
     with _mapped(stream) as data:
-        _verified(data, expected_hash)
+        verified(data, expected_hash)
     stream.seek(0)
     return stream
 
@@ -270,8 +264,9 @@ def _mapped(stream: BinaryIO) -> Iterator[Any]:
             view.release()
 
 
-def _verified(data: Any, expected_hash: str) -> Any:
-    actual = content_hash_of(data)
+def verified(data: Any, expected_hash: str) -> Any:
+    """``data``, once it hashes to ``expected_hash``; :class:`ContentMismatch` otherwise."""
+    actual = content_hash(data)
     if actual != expected_hash:
         raise ContentMismatch(expected_hash, actual, memoryview(data).nbytes)
     return data
