@@ -5,7 +5,17 @@ boto3 or cloudpickle: Airflow imports flow files at every parse, and Batch conta
 """
 
 from airflow_flowspec.current import current
-from airflow_flowspec.decorators import batch, catch, environment, resources, retry, schedule, step, timeout
+from airflow_flowspec.decorators import (
+    batch,
+    catch,
+    environment,
+    project,
+    resources,
+    retry,
+    schedule,
+    step,
+    timeout,
+)
 from airflow_flowspec.flowspec import FlowSpec
 from airflow_flowspec.parameters import IncludeFile, JSONType, Parameter
 
@@ -57,6 +67,7 @@ __all__ = [
     "get_namespace",
     "metadata",
     "namespace",
+    "project",
     "resources",
     "retry",
     "schedule",

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 import gc
+import getpass
 import inspect
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_flowspec import config
 from airflow_flowspec.errors import FlowspecError, ParameterError
+
+if TYPE_CHECKING:
+    from airflow_flowspec.decorators.flow_decorators import ProjectBranch
 
 
 def main(flow_class: type, argv: list[str] | None = None) -> NoReturn:
@@ -37,13 +41,19 @@ def _flow_file(flow_class: type) -> str:
 
 
 def _parser(flow_class: type) -> argparse.ArgumentParser:
+    from airflow_flowspec.decorators.flow_decorators import project_of
     from airflow_flowspec.parameters import flow_parameters
 
     parser = argparse.ArgumentParser(
         prog=os.path.basename(_flow_file(flow_class)), description=(flow_class.__doc__ or "").strip() or None
     )
+    has_project = project_of(flow_class) is not None
+    if has_project:
+        _add_project_options(parser, before_command=True)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the flow once, locally, with Airflow's dag.test()")
+    if has_project:
+        _add_project_options(run, before_command=False)
     for parameter in flow_parameters(flow_class):
         run.add_argument(
             f"--{parameter.name}",
@@ -65,6 +75,24 @@ def _parser(flow_class: type) -> argparse.ArgumentParser:
     return parser
 
 
+def _add_project_options(parser: argparse.ArgumentParser, *, before_command: bool) -> None:
+    """``--branch`` and ``--production`` of a ``@project`` flow: before the command, where Metaflow
+    takes them (``python flow.py --branch x run``), and after ``run``."""
+    # Not given after the command, the value before it must stand: the command adds no default.
+    parser.add_argument(
+        "--branch",
+        default=None if before_command else argparse.SUPPRESS,
+        metavar="NAME",
+        help="run on the @project branch test.NAME (prod.NAME with --production) instead of user.<you>",
+    )
+    parser.add_argument(
+        "--production",
+        action="store_true",
+        default=False if before_command else argparse.SUPPRESS,
+        help="run on the @project's production branch, prod",
+    )
+
+
 def _dispatch(flow_class: type, argv: list[str]) -> int:
     from airflow_flowspec.graph import graph_of
     from airflow_flowspec.lint import airflow_target, lint_flow
@@ -79,8 +107,9 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
     target = airflow_target()
     lint_flow(graph, target)
     _read_every_option()
+    project = _project_branch(flow_class, args)
     if args.command == "check":
-        return _check(flow_class, graph)
+        return _check(flow_class, graph, project)
     raw = {
         key.split(":", 1)[1]: value
         for key, value in vars(args).items()
@@ -93,7 +122,19 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
         from airflow_flowspec.runtime.task_spec import RUN_TAGS_CONF_KEY
 
         conf[RUN_TAGS_CONF_KEY] = list(args.tags)
-    return run_locally(flow_class, _flow_file(flow_class), conf, target)
+    return run_locally(flow_class, _flow_file(flow_class), conf, target, project)
+
+
+def _project_branch(flow_class: type, args: argparse.Namespace) -> ProjectBranch | None:
+    """The branch this command runs on, by Metaflow's rule (None for a flow without ``@project``)."""
+    from airflow_flowspec.decorators.flow_decorators import branch_for_run
+
+    return branch_for_run(
+        flow_class,
+        getpass.getuser(),
+        branch=getattr(args, "branch", None),
+        production=getattr(args, "production", False),
+    )
 
 
 def _read_every_option() -> None:
@@ -106,6 +147,7 @@ def _read_every_option() -> None:
     config.execution()
     config.sweep_after_seconds()
     config.scratch_dir()
+    config.project_branch()
 
 
 def _convert_parameters(flow_class: type, raw: dict[str, str]) -> dict[str, Any]:
@@ -126,11 +168,19 @@ def _convert_parameters(flow_class: type, raw: dict[str, str]) -> dict[str, Any]
     return values
 
 
-def _check(flow_class: type, graph: Any) -> int:
+def _check(flow_class: type, graph: Any, project: ProjectBranch | None) -> int:
     from airflow_flowspec.airflow.discovery import DISCOVERY_CALLABLE, discovery_skips
+    from airflow_flowspec.decorators.flow_decorators import branch_for_deployment
 
     flow_file = _flow_file(flow_class)
     print(f"Flow {flow_class.__name__} in {flow_file}: {len(graph.nodes)} steps, lint passed.")
+    if project is not None:
+        deployed = branch_for_deployment(flow_class, config.project_branch(), getpass.getuser())
+        assert deployed is not None
+        print(
+            f"Project {project.project_name}: run uses branch {project.branch_name}; in Airflow's dags "
+            f"folder the flow is the DAG {deployed.project_flow_name} ([flowspec] project_branch)."
+        )
     if discovery_skips(flow_file):
         print(
             f"Warning: Airflow's safe-mode DAG discovery ([core] might_contain_dag_callable = "

@@ -35,6 +35,7 @@ DEFAULTS: dict[str, str] = {
     "s3_multipart_threshold_mb": "32",
     "scratch_dir": "",  # empty: <system temp>/airflow-flowspec-scratch-<uid>
     "sweep_after_hours": "24",
+    "project_branch": "",  # empty: production
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -55,6 +56,10 @@ DESCRIPTIONS: dict[str, str] = {
     "means <system temp>/airflow-flowspec-scratch-<uid> (one per user).",
     "sweep_after_hours": "Scratch files of other hosts, and S3 multipart uploads that were never "
     "completed, are removed once they are this old (a task still writing is younger).",
+    "project_branch": "The branch @project flows in the dags folder are deployed on, as `--branch` "
+    "names it: 'staging' deploys the branch test.staging (DAG id <project>.test.staging.<Flow>). "
+    "Empty or 'prod' means production (<project>.prod.<Flow>). A flow whose @project sets branch= "
+    "or production= keeps its own.",
 }
 
 
@@ -173,6 +178,23 @@ def execution() -> str:
     value = get_option("execution")
     if value not in EXECUTION_MODES:
         raise _invalid("execution", value, " or ".join(repr(mode) for mode in EXECUTION_MODES))
+    return value
+
+
+def project_branch() -> str | None:
+    """``[flowspec] project_branch`` as ``--branch`` takes it: None for production (empty or ``prod``)."""
+    from airflow_flowspec.decorators.flow_decorators import MAX_NAME_LENGTH, is_valid_project_name
+
+    value = get_option("project_branch").strip()
+    if value in ("", "prod"):
+        return None
+    if not is_valid_project_name(value):
+        raise _invalid(
+            "project_branch",
+            value,
+            f"empty or 'prod' (production), or a branch name of lowercase letters, digits and "
+            f"underscores, at most {MAX_NAME_LENGTH} characters (e.g. staging)",
+        )
     return value
 
 

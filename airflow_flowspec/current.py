@@ -29,10 +29,24 @@ class TaskContext:
     map_index: int = -1
     datastore_root: str = ""
     namespace: str | None = None
+    project_name: str | None = None  # only for a flow with @project
+    branch_name: str | None = None
 
     @property
     def pathspec(self) -> str:
         return f"{self.flow_name}/{self.run_id}/{self.step_name}/{self.task_id}"
+
+    @property
+    def project_flow_name(self) -> str | None:
+        if self.project_name is None:
+            return None
+        return f"{self.project_name}.{self.branch_name}.{self.flow_name}"
+
+    @property
+    def is_user_branch(self) -> bool | None:
+        if self.branch_name is None:
+            return None
+        return self.branch_name.startswith("user.")
 
 
 class Current:
@@ -55,6 +69,27 @@ class Current:
             )
         return getattr(self._context, name)
 
+    def _get_project(self, name: str) -> Any:
+        """A ``@project`` field: absent, as in Metaflow, from a flow without ``@project``."""
+        value = self._get(name)
+        if self._context is not None and self._context.project_name is None:
+            raise AttributeError(
+                f"current.{name} exists only in flows decorated with @project(name=...), and flow "
+                f"{self._context.flow_name} has none. current.get({name!r}) gives None instead, and "
+                f"{name!r} in current is False, as in Metaflow."
+            )
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """``current.<name>``, or ``default`` where it does not exist (Metaflow's ``current.get``)."""
+        try:
+            return getattr(self, name)
+        except (AttributeError, FlowspecError):
+            return default
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
     flow_name = property(lambda self: self._get("flow_name"))
     run_id = property(lambda self: self._get("run_id"))
     step_name = property(lambda self: self._get("step_name"))
@@ -68,6 +103,10 @@ class Current:
     data_interval_end = property(lambda self: self._get("data_interval_end"))
     pathspec = property(lambda self: self._get("pathspec"))
     namespace = property(lambda self: self._get("namespace"))
+    project_name = property(lambda self: self._get_project("project_name"))
+    branch_name = property(lambda self: self._get_project("branch_name"))
+    project_flow_name = property(lambda self: self._get_project("project_flow_name"))
+    is_user_branch = property(lambda self: self._get_project("is_user_branch"))
 
     def __repr__(self) -> str:
         return f"current({self._context!r})"

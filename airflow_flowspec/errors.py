@@ -55,6 +55,11 @@ class DecoratorError(FlowspecError):
     """A decorator is misplaced or has an invalid argument."""
 
 
+class ProjectError(DecoratorError):
+    """``@project`` cannot name a deployment: a bad project or branch name, or a branch or production
+    flag given both in the decorator and on the command line."""
+
+
 class ParameterError(FlowspecError):
     """A parameter is declared wrongly or was given a value of the wrong type."""
 
@@ -160,6 +165,12 @@ class UnsafeKeyError(DatastoreError):
     """A run id, step name or other key part would escape the datastore root."""
 
     retryable = False
+
+
+class GarbageCollectionError(FlowspecError):
+    """``airflow-flowspec gc`` was asked for something unsafe (a grace period too short for running
+    tasks) or impossible (an unknown flow), or found a kept run's record it cannot read, so it cannot
+    tell which artifacts that run needs. Raised before anything is deleted."""
 
 
 # ---------------------------------------------------------------------- looking results up

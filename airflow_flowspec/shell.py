@@ -4,16 +4,21 @@
     airflow-flowspec show TrainFlow/<run_id>[/<step>[/<task>]]
     airflow-flowspec get TrainFlow/<run_id>/<step>[/<task>]/<artifact> [-o file]
     airflow-flowspec code TrainFlow/<run_id> [-o folder]
+    airflow-flowspec gc --older-than 30d [--keep-last N] [--flow F] [--dry-run] [--grace 1d]
 
 ``--root`` reads another datastore than ``[flowspec] datastore_root`` (as ``metadata()`` does).
-A lookup that fails prints one paragraph and exits 1.
+A lookup that fails prints one paragraph and exits 1. ``gc`` is the one command that deletes: its
+rules are in :mod:`airflow_flowspec.datastore.gc`, and its ``--help`` states the safety rule.
 """
 
 from __future__ import annotations
 
 import argparse
 import pickle
+import re
 import sys
+import textwrap
+from datetime import timedelta
 from itertools import islice
 from typing import Any
 
@@ -39,7 +44,63 @@ def _parser() -> argparse.ArgumentParser:
     code = commands.add_parser("code", help="write out the flow file a run started with")
     code.add_argument("pathspec")
     code.add_argument("-o", "--output", default=".", help="folder to write it into (default: here)")
+    _add_gc_parser(commands)
     return parser
+
+
+def _add_gc_parser(commands: Any) -> None:
+    from airflow_flowspec.datastore.gc import DEFAULT_GRACE, MIN_GRACE, SAFETY_RULE, format_age
+
+    gc = commands.add_parser(
+        "gc",
+        help="delete old runs, then the stored artifacts no kept run references",
+        description=textwrap.fill(
+            "Delete runs that started before --older-than (except each flow's --keep-last newest, its "
+            "latest successful run in each namespace, and runs still running), then the artifacts, "
+            "ordinary tasks' XComs and damaged blobs nothing kept needs.",
+            100,
+            break_on_hyphens=False,
+        )
+        + "\n\n"
+        + textwrap.fill(SAFETY_RULE, 100, break_on_hyphens=False),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gc.add_argument(
+        "--older-than",
+        required=True,
+        type=_age,
+        metavar="AGE",
+        help="delete runs that started longer ago than this: 30d, 12h, 90m, 2w",
+    )
+    gc.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep each flow's N newest runs")
+    gc.add_argument(
+        "--flow", help="only this flow's runs (what every other flow's runs reference is kept all the same)"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="print what would go, delete nothing")
+    gc.add_argument(
+        "--grace",
+        type=_age,
+        default=None,
+        metavar="AGE",
+        help=f"spare unreferenced artifacts written or re-confirmed this recently (default "
+        f"{format_age(DEFAULT_GRACE)}; at least {format_age(MIN_GRACE)}; 0 only when no flow is running)",
+    )
+    gc.add_argument("--root", default=argparse.SUPPRESS, help="datastore root to collect")
+
+
+_AGE = re.compile(r"(?P<number>\d+(\.\d+)?)(?P<unit>[smhdw])")
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _age(text: str) -> timedelta:
+    if text.strip() == "0":
+        return timedelta(0)
+    match = _AGE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an age: write a number and a unit (s, m, h, d or w), e.g. 30d or 12h"
+        )
+    return timedelta(seconds=float(match["number"]) * _AGE_UNITS[match["unit"]])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             client.metadata(args.root)
         if args.all_namespaces:
             client.namespace(None)
-        return {"runs": _runs, "show": _show, "get": _get, "code": _code}[args.command](args)
+        return {"runs": _runs, "show": _show, "get": _get, "code": _code, "gc": _gc}[args.command](args)
     except (FlowspecError, KeyError, ValueError) as error:
         print(f"airflow-flowspec {args.command}: {error}", file=sys.stderr)
         return 1
@@ -124,6 +185,32 @@ def _code(args: argparse.Namespace) -> int:
     if code is None:
         raise ValueError(f"Run {run.pathspec} was recorded before runs kept their code.")
     print(code.extract(args.output))
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from airflow_flowspec.client.source import client_root
+    from airflow_flowspec.datastore.gc import DEFAULT_GRACE, collect_garbage
+    from airflow_flowspec.datastore.store import Datastore
+
+    grace = DEFAULT_GRACE if args.grace is None else args.grace
+    if not grace:
+        print(
+            "airflow-flowspec gc: --grace 0 deletes unreferenced artifacts however recently they were "
+            "stored: a flow running now can lose artifacts it has just saved. Use it only when no flow "
+            "is running on this datastore.",
+            file=sys.stderr,
+        )
+    result = collect_garbage(
+        Datastore(client_root()),
+        older_than=args.older_than,
+        keep_last=args.keep_last,
+        flow=args.flow,
+        grace=grace,
+        dry_run=args.dry_run,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(result.summary())
     return 0
 
 

@@ -23,6 +23,7 @@ from airflow_flowspec.airflow.discovery import DISCOVERY_CALLABLE
 from airflow_flowspec.config import default_home
 
 if TYPE_CHECKING:
+    from airflow_flowspec.decorators.flow_decorators import ProjectBranch
     from airflow_flowspec.lint.registry import LintTarget
 
 XCOM_BACKEND = "airflow_flowspec.xcom_backend.FlowspecXComBackend"
@@ -91,8 +92,18 @@ def sync_dag(dag: Any) -> None:
     sync_bag_to_db(bag, "dags-folder", None)
 
 
-def run_locally(flow_class: type, flow_file: str, parameters: dict[str, Any], target: LintTarget) -> int:
-    """Lint (for ``target``), register and run the flow once; return the exit status."""
+def run_locally(
+    flow_class: type,
+    flow_file: str,
+    parameters: dict[str, Any],
+    target: LintTarget,
+    project: ProjectBranch | None = None,
+) -> int:
+    """Lint (for ``target``), register and run the flow once; return the exit status.
+
+    A ``@project`` flow runs as the DAG of ``project``, its branch; its runs are stored, and
+    reported, under the flow's own name.
+    """
     home = prepare_environment()
     quiet_airflow_warnings()
     # Importing Airflow allocates hundreds of thousands of long-lived objects; the cyclic garbage
@@ -102,7 +113,8 @@ def run_locally(flow_class: type, flow_file: str, parameters: dict[str, Any], ta
     try:
         from airflow_flowspec.airflow.registration import dag_for
 
-        dag = dag_for(flow_class, flow_file, target)  # lint errors surface here, before Airflow starts
+        # Lint and @project errors surface here, before Airflow starts.
+        dag = dag_for(flow_class, flow_file, target, project)
         logging.getLogger("airflow").setLevel(logging.WARNING)
         ensure_database(home)
         sync_dag(dag)
@@ -120,6 +132,8 @@ def run_locally(flow_class: type, flow_file: str, parameters: dict[str, Any], ta
         run_type=DagRunType.MANUAL, logical_date=logical_date, run_after=logical_date
     )
     print(f"Run id: {run_id}", flush=True)
+    if project is not None:
+        print(f"Project: {project.project_name}, Branch: {project.branch_name}", flush=True)
     dag_run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=parameters)
     return _report(flow_class.__name__, dag_run)
 

@@ -8,10 +8,12 @@ stays usable in a container without Airflow.
 
 from __future__ import annotations
 
+import getpass
 import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from airflow_flowspec.decorators.flow_decorators import ProjectBranch
     from airflow_flowspec.lint.registry import LintTarget
 
 _CONTEXT_MODULE = "airflow.sdk.definitions._internal.contextmanager"
@@ -54,10 +56,17 @@ def _defines_steps(flow_class: type) -> bool:
     return any(getattr(value, "is_step", False) for value in vars(flow_class).values())
 
 
-def dag_for(flow_class: type, flow_file: str, target: LintTarget | None = None) -> Any:
+def dag_for(
+    flow_class: type,
+    flow_file: str,
+    target: LintTarget | None = None,
+    project: ProjectBranch | None = None,
+) -> Any:
     """Lint the flow (for ``target``, by default this environment's Airflow) and build its DAG.
 
-    A lint error is raised before Airflow is imported.
+    ``project`` is the branch a caller chose (``python flow.py run --branch``); without it a
+    ``@project`` flow is deployed on the branch ``[flowspec] project_branch`` names. A lint error,
+    a bad project or branch name and a bad option are raised before Airflow is imported.
     """
     from airflow_flowspec.airflow.translator import build_dag
     from airflow_flowspec.graph import graph_of
@@ -65,4 +74,16 @@ def dag_for(flow_class: type, flow_file: str, target: LintTarget | None = None) 
 
     graph = graph_of(flow_class)
     lint_flow(graph, target or airflow_target())
-    return build_dag(flow_class, graph, flow_file)
+    if project is None:
+        project = deployed_branch(flow_class)
+    return build_dag(flow_class, graph, flow_file, project)
+
+
+def deployed_branch(flow_class: type) -> ProjectBranch | None:
+    """The branch of a ``@project`` flow in the dags folder (None for a flow without ``@project``)."""
+    from airflow_flowspec import config
+    from airflow_flowspec.decorators.flow_decorators import branch_for_deployment, project_of
+
+    if project_of(flow_class) is None:
+        return None  # the option is not even read: a bad value fails only the flows it applies to
+    return branch_for_deployment(flow_class, config.project_branch(), getpass.getuser())

@@ -13,19 +13,25 @@ every task at most one level of mapping deep, which Airflow supports fully (UI, 
 
 from __future__ import annotations
 
+import functools
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from airflow_flowspec import config
 from airflow_flowspec.decorators.base import step_decorators_of
+from airflow_flowspec.decorators.flow_decorators import ProjectBranch
+from airflow_flowspec.errors import ProjectError
 from airflow_flowspec.graph import FlowGraph
 from airflow_flowspec.operators.step_task import (
+    PROJECT_BRANCH_ATTRIBUTE,
     PULL_ALL_CHILDREN,
     PULL_SAME,
     PULL_SPLIT_PARENT,
     SPLIT_MANIFEST_KEY,
 )
 from airflow_flowspec.parameters import JSONType, flow_parameters
+from airflow_flowspec.runtime.task_spec import RUN_TAGS_CONF_KEY
 
 #: Fixed so that parsing is deterministic; with catchup off only the latest interval runs.
 START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -33,11 +39,19 @@ START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
 _PARAM_SCHEMA_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
-def build_dag(flow_class: type, graph: FlowGraph, flow_file: str) -> Any:
+#: What Airflow accepts as a DAG id (``airflow.sdk``'s ``validate_key``).
+_DAG_ID = re.compile(r"[\w.-]{1,250}")
+
+
+def build_dag(
+    flow_class: type, graph: FlowGraph, flow_file: str, project: ProjectBranch | None = None
+) -> Any:
+    """The flow's DAG, named after the class, or for a ``@project`` flow after its branch
+    (``project``), so that branches of one flow can be deployed side by side."""
     from airflow.sdk import DAG
 
     with DAG(
-        dag_id=flow_class.__name__,
+        dag_id=_dag_id(flow_class, project),
         schedule=_schedule(flow_class),
         start_date=START_DATE,
         catchup=False,
@@ -45,20 +59,39 @@ def build_dag(flow_class: type, graph: FlowGraph, flow_file: str) -> Any:
         doc_md=(flow_class.__doc__ or "").strip() or None,
         tags=["flowspec"],
         max_active_runs=16,
-        on_failure_callback=record_failed_run,
+        on_failure_callback=functools.partial(record_failed_run, flow_name=flow_class.__name__),
     ) as dag:
         _add_tasks(flow_class, graph, flow_file)
     dag.fileloc = flow_file
+    # Where the step tasks learn the branch: it belongs to the deployment, not to a run's conf.
+    setattr(dag, PROJECT_BRANCH_ATTRIBUTE, project)
     return dag
 
 
-def record_failed_run(context: Any) -> None:
-    """Mark the run failed in the datastore, so the client's run listing says so too."""
+def _dag_id(flow_class: type, project: ProjectBranch | None) -> str:
+    if project is None:
+        return flow_class.__name__
+    dag_id = project.project_flow_name
+    if not _DAG_ID.fullmatch(dag_id):
+        raise ProjectError(
+            f"Flow {flow_class.__name__} of @project {project.project_name} would be the DAG "
+            f"{dag_id!r} on branch {project.branch_name}, which Airflow refuses: a DAG id is at most "
+            f"250 letters, digits, dots, dashes and underscores. Choose a branch that fits (--branch "
+            f"NAME, or [flowspec] project_branch in the dags folder), or a shorter project name."
+        )
+    return dag_id
+
+
+def record_failed_run(context: Any, flow_name: str) -> None:
+    """Mark the run failed in the datastore, so the client's run listing says so too.
+
+    Runs are stored under the flow's name, which is not the DAG id of a ``@project`` flow.
+    """
     from airflow_flowspec.datastore import open_datastore
 
     dag_run = context["dag_run"]
     open_datastore(config.datastore_root()).finish_run(
-        dag_run.dag_id, dag_run.run_id, False, {"reason": str(context.get("reason") or "a step failed")}
+        flow_name, dag_run.run_id, False, {"reason": str(context.get("reason") or "a step failed")}
     )
 
 
@@ -103,6 +136,15 @@ def _params(flow_class: type) -> dict[str, Any]:
             params[parameter.name] = Param(type=schema_type, description=description)
         else:
             params[parameter.name] = Param(default, type=schema_type, description=description)
+    if RUN_TAGS_CONF_KEY not in params:  # a flow parameter of that name keeps it
+        params[RUN_TAGS_CONF_KEY] = Param(
+            [],
+            type="array",
+            items={"type": "string", "minLength": 1, "maxLength": 512},
+            title="Run tags",
+            description="Your tags for this run (as `run --tag` gives them): the client finds runs by them, "
+            "e.g. Flow(...).runs('experiment_7').",
+        )
     return params
 
 

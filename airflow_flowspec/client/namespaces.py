@@ -12,6 +12,8 @@ from __future__ import annotations
 import getpass
 from typing import Any
 
+from airflow_flowspec.runtime.task_spec import SYSTEM_TAG_PREFIXES
+
 _UNSET: Any = object()
 _chosen: Any = _UNSET
 
@@ -43,3 +45,8 @@ def get_namespace() -> str | None:
 def in_namespace(record: dict[str, Any], name: str | None) -> bool:
     tags = record.get("tags")
     return name is None or tags is None or name in tags
+
+
+def is_indexed_namespace(name: str | None) -> bool:
+    """Whether the run index answers this namespace directly (every run, or a system tag)."""
+    return name is None or name.startswith(SYSTEM_TAG_PREFIXES)

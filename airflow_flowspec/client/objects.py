@@ -18,17 +18,26 @@ Pathspecs are Metaflow's: ``Flow/run_id/step/task_id`` (Airflow run ids such as
 from __future__ import annotations
 
 import difflib
+import itertools
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from airflow_flowspec.client.namespaces import get_namespace, in_namespace
+from airflow_flowspec.client.namespaces import get_namespace, in_namespace, is_indexed_namespace
 from airflow_flowspec.client.source import client_datastore
 from airflow_flowspec.datastore import keys
-from airflow_flowspec.errors import ArtifactNotFoundError, MetaflowNamespaceMismatch, MetaflowNotFound
+from airflow_flowspec.errors import (
+    ArtifactNotFoundError,
+    MetaflowNamespaceMismatch,
+    MetaflowNotFound,
+    UnsafeKeyError,
+)
+from airflow_flowspec.runtime.task_spec import SYSTEM_TAG_PREFIXES
 
 #: Top-level folders of a datastore root that are not flows.
 _NOT_FLOWS = frozenset({"data", "_xcom", "damaged"})
+#: Run ids read from the index per request while iterating a flow's runs.
+_RUNS_PAGE = 50
 
 
 def _nearby(wanted: str, existing: list[str], what: str) -> str:
@@ -118,8 +127,34 @@ class Flow(MetaflowObject):
         return Metaflow().flows
 
     def runs(self, *tags: str) -> Iterator[Run]:
-        """The runs in the current namespace (with all of ``tags``, if given), newest first."""
+        """The runs in the current namespace (with all of ``tags``, if given), newest first.
+
+        Read from the run index a page at a time as you iterate: the last ten runs of a flow
+        with a thousand cost about a dozen requests. A system-tag namespace (``user:``,
+        ``production:``, ``project:``...) has its own index, so other users' runs are not read.
+        """
         current_namespace = get_namespace()
+        indexed = current_namespace if is_indexed_namespace(current_namespace) else None
+        run_ids = self._datastore.indexed_runs(self.id, namespace=indexed, page_size=_RUNS_PAGE)
+        first = next(run_ids, None)
+        if first is None and self._recorded_before_index():
+            yield from self._runs_by_listing(current_namespace, tags)
+            return
+        for run_id in itertools.chain([] if first is None else [first], run_ids):
+            try:
+                record = self._datastore.read_run_meta(self.id, run_id)
+            except ArtifactNotFoundError:
+                continue  # deleted (gc) since the index was read
+            if in_namespace(record, current_namespace) and all(tag in record.get("tags", ()) for tag in tags):
+                yield Run._with_record(f"{self.id}/{run_id}", record)
+
+    def _recorded_before_index(self) -> bool:
+        """Whether the flow's runs predate the run index (it lists none, the runs folder has some)."""
+        return self._datastore.latest_run(self.id) is None and bool(self._datastore.list_runs(self.id))
+
+    def _runs_by_listing(self, current_namespace: str | None, tags: tuple[str, ...]) -> Iterator[Run]:
+        """Runs of a datastore written before the run index: every record is read and sorted
+        (``airflow-flowspec gc`` indexes them, after which the index answers)."""
         records = []
         for run_id in self._datastore.list_runs(self.id):
             try:
@@ -139,26 +174,36 @@ class Flow(MetaflowObject):
         return Run(f"{self.id}/{run_id}")
 
     def __contains__(self, run_id: object) -> bool:
-        return isinstance(run_id, str) and run_id in self._datastore.list_runs(self.id)
+        if not isinstance(run_id, str):
+            return False
+        try:
+            return self._datastore.backend.exists(keys.run_meta_key(self.id, run_id))
+        except UnsafeKeyError:
+            return False
 
     @property
     def latest_run(self) -> Run | None:
-        """The run in the current namespace that started last (from the flow's pointer when that
-        run is in the namespace: a constant number of requests, however many runs exist)."""
-        return self._latest(self._datastore.latest_run(self.id), successful=False)
+        """The run in the current namespace that started last: one index lookup and one record
+        read however many runs the flow has."""
+        return self._latest(successful=False)
 
     @property
     def latest_successful_run(self) -> Run | None:
         """The newest run (by start) in the current namespace that succeeded."""
-        return self._latest(self._datastore.latest_successful_run(self.id), successful=True)
+        return self._latest(successful=True)
 
-    def _latest(self, pointed: str | None, *, successful: bool) -> Run | None:
-        if pointed is None:
-            return None
-        try:
-            return Run(f"{self.id}/{pointed}")
-        except MetaflowNamespaceMismatch:
-            pass  # someone else's run is the newest: look further, newest first
+    def _latest(self, *, successful: bool) -> Run | None:
+        current_namespace = get_namespace()
+        if is_indexed_namespace(current_namespace):
+            find = self._datastore.latest_successful_run if successful else self._datastore.latest_run
+            run_id = find(self.id, namespace=current_namespace)
+            if run_id is not None:
+                try:
+                    return Run(f"{self.id}/{run_id}")
+                except MetaflowNotFound:
+                    pass  # deleted (gc) since the index was read: look further
+            elif not self._recorded_before_index():
+                return None
         return next((run for run in self.runs() if run.successful or not successful), None)
 
 
@@ -254,6 +299,13 @@ class Run(MetaflowObject):
         for tag in [*tags_to_remove, *tags_to_add]:
             if not isinstance(tag, str) or not 0 < len(tag) <= 512:
                 raise ValueError(f"A tag is a non-empty string of at most 512 characters, not {tag!r}.")
+        taken = sorted(tag for tag in tags_to_add if tag.startswith(SYSTEM_TAG_PREFIXES))
+        if taken:
+            raise ValueError(
+                f"{', '.join(taken)} cannot be added to run {self.pathspec}: tags starting with "
+                f"{', '.join(SYSTEM_TAG_PREFIXES)} are the system's (who started the run, its project "
+                f"and branch)."
+            )
         protected = sorted(set(tags_to_remove) & self.system_tags)
         if protected:
             raise ValueError(
@@ -310,7 +362,7 @@ class Run(MetaflowObject):
         """The end step's task, once the run got that far."""
         if "end" not in self._step_names():
             return None
-        task = self["end"].task
+        task = Step(f"{self.pathspec}/end", _checked=True).task
         return task if task is not None and task.finished else None
 
     @property
@@ -422,14 +474,49 @@ class Task(MetaflowObject):
 
     @property
     def exception(self) -> Any:
-        """The exception ``@catch`` took on the last attempt (its variable's value, or a summary)."""
-        caught = (self._manifest or {}).get("caught")
+        """The exception ``@catch`` took on the last attempt (its variable's value, or a summary);
+        for a task that failed, the last line of its traceback (``ValueError: ...``)."""
+        if self._manifest is None:
+            lines = [line for line in self.stderr.splitlines() if line.strip()]
+            return lines[-1] if lines and self.finished else None
+        caught = self._manifest.get("caught")
         if caught is None:
             return None
         for artifact in self:
             if artifact.type.endswith("CaughtException"):
                 return artifact.data
         return f"{caught.get('type')}: {caught.get('message')}"
+
+    @property
+    def stdout(self) -> str:
+        """What the step printed on its last attempt ("" if nothing).
+
+        Kept by the step runtime with the attempt's results, wherever the step ran; output that
+        bypasses Python's ``sys.stdout`` (a child process, a C library writing to the file
+        descriptor) is only in the Airflow task log or the terminal, as are runs recorded before
+        output was kept."""
+        return self._log(keys.STDOUT_FILE)
+
+    @property
+    def stderr(self) -> str:
+        """What the step wrote to stderr on its last attempt, with the traceback if it failed."""
+        return self._log(keys.STDERR_FILE)
+
+    def _log(self, name: str) -> str:
+        if self._manifest is not None:
+            attempt = self._manifest.get("attempt")
+        else:  # a failed task: its last attempt
+            attempts = self._datastore.list_attempts(self.flow_name, self.run_id, self.step_name, self.id)
+            attempt = attempts[-1] if attempts else None
+        if not isinstance(attempt, int):
+            return ""
+        try:
+            data = self._datastore.read_attempt_file(
+                self.flow_name, self.run_id, self.step_name, self.id, attempt, name
+            )
+        except ArtifactNotFoundError:
+            return ""
+        return bytes(data).decode("utf-8", "replace")
 
     @property
     def metadata_dict(self) -> dict[str, Any]:

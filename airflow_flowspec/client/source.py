@@ -40,4 +40,4 @@ def client_root() -> str:
 def client_datastore() -> Any:
     from airflow_flowspec.datastore import open_datastore
 
-    return open_datastore(client_root())
+    return open_datastore(client_root(), sweep=False)

@@ -20,6 +20,7 @@ import pickle
 import re
 import reprlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,13 @@ PACK_ITEM_MAX_BYTES = 64 * 1024
 PACK_MAX_BYTES = 4 * 1024 * 1024
 #: Packs kept in memory after a load (most recently used first out), by total size.
 _PACK_CACHE_BYTES = 64 * 1024 * 1024
+#: The longest a save relies on an earlier sign that a blob is stored. The garbage collector
+#: (:mod:`.gc`) spares an unreferenced blob while its last write is younger than its grace period,
+#: so a save that reuses a blob must renew that write: one found stored whose last write is older
+#: than half of this is freshened (its modification time set to now, as git does), and this process
+#: forgets that a blob is stored after the other half. Every blob a save relies on was therefore
+#: written or confirmed at most this long before the save.
+FRESHEN_INTERVAL_SECONDS = 3600.0
 
 
 #: Where a blob is: (pack hash, offset) for a packed pickle, (None, 0) for a blob of its own.
@@ -165,6 +173,11 @@ class SecretValue:
         return SECRET_REPR
 
 
+def _freshen_after() -> float:
+    """Seconds after which a blob's last write (or this process's memory of it) is too old to rely on."""
+    return FRESHEN_INTERVAL_SECONDS / 2
+
+
 class ArtifactStore:
     """Saves values as blobs under ``data/`` and loads them back by hash, verified.
 
@@ -178,11 +191,15 @@ class ArtifactStore:
 
     def __init__(self, backend: StorageBackend):
         self.backend = backend
-        # Where each blob this process has stored, seen stored, or loaded lives. Blobs are
-        # immutable, so a value re-saved unchanged (a step touching an inherited artifact) costs no
-        # request at all. A garbage collector must therefore spare blobs younger than the longest
-        # task, which it has to do anyway for blobs whose manifest is not written yet.
-        self._locations: dict[str, _Location] = {}
+        # Where each blob this process has stored or seen stored (freshened) lives, and when
+        # (time.monotonic()) it was last confirmed: a value re-saved unchanged within half the
+        # freshen interval costs no request at all; later, it is checked (and freshened) again.
+        # Loads do not count: a blob read from another run may be on its way to the garbage
+        # collector, and only a save's check renews it.
+        self._locations: dict[str, tuple[_Location, float]] = {}
+        # Blobs (own, not packed) this process read and verified, and when: a re-save of such a
+        # value still checks and freshens the blob, but need not re-read its bytes to verify them.
+        self._verified: dict[str, float] = {}
         self._lock = threading.Lock()
         self._packs: OrderedDict[str, bytes] = OrderedDict()  # recently loaded packs
         self._packs_bytes = 0
@@ -217,6 +234,8 @@ class ArtifactStore:
         pending: dict[str, tuple[bytes, str]] = {}  # blob key -> (medium pickle, hash), for a batch
         pending_bytes = 0
         scratch_dir = self.backend.scratch_dir()
+        # Taken before any check or write, so what this call remembers never looks fresher than it is.
+        checked_at = time.monotonic()
         for name, value in values.items():
             secret = name in secret_set
             blob = encoding.encode(
@@ -228,7 +247,7 @@ class ArtifactStore:
                 size=blob.size,
                 repr=SECRET_REPR if secret else short_repr(value),
             )
-            known = self._locations.get(blob.hash)
+            known = self._confirmed_location(blob.hash)
             if known is not None:
                 blob.discard()
                 refs[name] = ref.located(known)
@@ -236,7 +255,7 @@ class ArtifactStore:
             if blob.data is not None and blob.size <= PACK_ITEM_MAX_BYTES:
                 pack.add(name, ref, blob.data)
                 if pack.size >= PACK_MAX_BYTES:
-                    refs.update(self._store_pack(pack))
+                    refs.update(self._store_pack(pack, checked_at))
                     pack = _PackBuilder()
                 continue
             refs[name] = ref
@@ -246,54 +265,80 @@ class ArtifactStore:
                     pending[key] = (blob.data, blob.hash)
                     pending_bytes += blob.size
                 if pending_bytes >= _BATCH_BYTES:
-                    self._store_small(pending)
+                    self._store_small(pending, checked_at)
                     pending, pending_bytes = {}, 0
                 continue
             try:
-                if not self.backend.blob_is_stored(key, blob.size, blob.hash):
+                if not self.backend.blob_is_stored(
+                    key,
+                    blob.size,
+                    blob.hash,
+                    freshen_after=_freshen_after(),
+                    known_intact=self._intact(blob.hash),
+                ):
                     assert blob.path is not None
                     path, blob.path = blob.path, None
                     self.backend.adopt_file(key, path, content_hash=blob.hash)
             finally:
                 blob.discard()
-            self._remember(blob.hash, (None, 0))
-        refs.update(self._store_pack(pack))
-        self._store_small(pending)
+            self._remember(blob.hash, (None, 0), checked_at)
+        refs.update(self._store_pack(pack, checked_at))
+        self._store_small(pending, checked_at)
         return {name: refs[name] for name in values}
 
-    def _store_pack(self, pack: _PackBuilder) -> dict[str, ArtifactRef]:
+    def _store_pack(self, pack: _PackBuilder, checked_at: float) -> dict[str, ArtifactRef]:
         if not pack.items:
             return {}
         data = pack.data()
         pack_hash = encoding.content_hash(data)
         key = blob_key(pack_hash)
         # One check per pack: a re-run's identical pack is free, a damaged one is rewritten.
-        if not self.backend.blob_is_stored(key, len(data), pack_hash):
+        if not self.backend.blob_is_stored(key, len(data), pack_hash, freshen_after=_freshen_after()):
             self.backend.put_bytes(key, data, content_hash=pack_hash)
         refs = {}
         for name, ref, offset in pack.items:
             refs[name] = ref.located((pack_hash, offset))
-            self._remember(ref.hash, (pack_hash, offset))
+            self._remember(ref.hash, (pack_hash, offset), checked_at)
         self._cache_pack(pack_hash, data)
         return refs
 
-    def _store_small(self, pending: dict[str, tuple[bytes, str]]) -> None:
+    def _store_small(self, pending: dict[str, tuple[bytes, str]], checked_at: float) -> None:
         if not pending:
             return
         stored = self.backend.blobs_stored(
-            {key: (len(data), blob_hash) for key, (data, blob_hash) in pending.items()}
+            {key: (len(data), blob_hash) for key, (data, blob_hash) in pending.items()},
+            freshen_after=_freshen_after(),
+            known_intact=frozenset(key for key, (_, blob_hash) in pending.items() if self._intact(blob_hash)),
         )
         self.backend.put_many_bytes({key: item for key, item in pending.items() if key not in stored})
         for _, blob_hash in pending.values():
-            self._remember(blob_hash, (None, 0))
+            self._remember(blob_hash, (None, 0), checked_at)
 
-    def _remember(self, blob_hash: str, location: _Location) -> None:
+    def _remember(self, blob_hash: str, location: _Location, checked_at: float) -> None:
+        """Note that a save stored or confirmed (and so freshened) the blob, checking from ``checked_at``."""
         with self._lock:
-            self._locations.setdefault(blob_hash, location)
+            self._locations[blob_hash] = (location, checked_at)
+
+    def _intact(self, blob_hash: str) -> bool:
+        """Whether this process read and verified the blob within half the freshen interval."""
+        with self._lock:
+            verified = self._verified.get(blob_hash)
+        return verified is not None and time.monotonic() - verified <= _freshen_after()
+
+    def _confirmed_location(self, blob_hash: str) -> _Location | None:
+        with self._lock:
+            known = self._locations.get(blob_hash)
+            if known is None:
+                return None
+            if time.monotonic() - known[1] > _freshen_after():
+                del self._locations[blob_hash]
+                return None
+            return known[0]
 
     def _forget(self, blob_hash: str) -> None:
         with self._lock:
             self._locations.pop(blob_hash, None)
+            self._verified.pop(blob_hash, None)
             data = self._packs.pop(blob_hash, None)
             if data is not None:
                 self._packs_bytes -= len(data)
@@ -324,6 +369,8 @@ class ArtifactStore:
                 value = pickle.loads(pickled)
             else:
                 value = self._decode_verified(key, size, blob_hash, what)
+                with self._lock:
+                    self._verified[blob_hash] = time.monotonic()
         except ArtifactNotFoundError as error:
             raise ArtifactNotFoundError(
                 f"The {what} with hash {blob_hash} is missing from the datastore {self.backend.root}: "
@@ -338,7 +385,6 @@ class ArtifactStore:
                 f"here: {type(error).__name__}: {error}. If a module or class is missing, install the same "
                 f"packages (and versions) as the step that saved it."
             ) from error
-        self._remember(blob_hash, (pack_hash, ref.offset if ref is not None else 0))
         return value.value if isinstance(value, SecretValue) else value
 
     def _decode_verified(self, key: str, size: int | None, blob_hash: str, what: str) -> Any:

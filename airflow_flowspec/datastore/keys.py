@@ -4,13 +4,13 @@ Layout, relative to the datastore root (a local folder or ``s3://bucket/prefix``
 
     data/<h[:2]>/<h>                                      pickled artifact, named by its BLAKE3 hash
     damaged/<h>.<time>.<random>                           a blob that failed its hash check, moved aside
-    <flow>/latest_run.json                                {"run_id": ..., "created_at": ...}
-    <flow>/latest_successful_run.json                     same shape, successful runs only
+    <flow>/index/<list>/<namespace>/<newest-first>/<run>  one empty-ish entry per run and list
     <flow>/runs/<run>/run.json                            run metadata, written when the run starts
     <flow>/runs/<run>/status.json                         {"status": "succeeded"|"failed", ...} at the end
     <flow>/runs/<run>/<step>/<task>/attempt-<n>/manifest.json   written last by a task attempt
     <flow>/runs/<run>/<step>/<task>/attempt-<n>/spec.json       the task's spec, for a step process
     <flow>/runs/<run>/<step>/<task>/attempt-<n>/result.json     what that process leaves to publish
+    <flow>/runs/<run>/<step>/<task>/attempt-<n>/stdout.log      what the step printed (and stderr.log)
     <flow>/runs/<run>/<step>/<task>/attempt-<n>/<name>           any other file of that attempt
     _xcom/<dag>/<run>/<task>/<map_index>/<key>.pkl        pickled XCom value of an ordinary task
 
@@ -22,8 +22,14 @@ Why this shape:
   task's attempts are the same one-level listing one folder deeper. Files and sub-folders of a
   folder never share a name pattern (``run.json``/``status.json`` next to step folders, step names
   being identifiers), so one delimited listing separates them.
-* "The latest (successful) run" must not need listing every run and reading every status: the
-  two pointer files answer it with ONE read.
+* "The latest (successful) run" and "the last ten runs" must not list every run and read every
+  record. The run index answers them from the first keys of one listing: an entry's folder is the
+  run's start time counted down (:func:`newest_first`), so the newest run sorts first in S3's key
+  order and ``MaxKeys=1`` returns it. There is a list of runs that started and one of runs that
+  succeeded, each kept for every run (``all``) and per system tag (``user:ana``,
+  ``production:TrainFlow``, ``project:...``): the client's default namespaces are answered without
+  reading a single other user's run. Entries are written once and never rewritten, each under its
+  own key, so concurrent runs cannot lose each other's updates (a shared index file could).
 * Artifacts are content-addressed in one global namespace so an unchanged value is stored once
   however many steps, tasks, attempts or runs carry it; the manifests say which names point where.
   The two-character fan-out keeps local folders small. ``data`` cannot clash with a flow named
@@ -56,14 +62,21 @@ _ATTEMPT_FOLDER = re.compile(r"attempt-(\d+)")
 MANIFEST_FILE = "manifest.json"
 TASK_SPEC_FILE = "spec.json"
 STEP_RESULT_FILE = "result.json"
+#: What the step printed on an attempt (the step runtime keeps it, the client shows it).
+STDOUT_FILE = "stdout.log"
+STDERR_FILE = "stderr.log"
 #: Files of an attempt that only the datastore itself writes.
 RESERVED_ATTEMPT_FILES = frozenset({MANIFEST_FILE, TASK_SPEC_FILE, STEP_RESULT_FILE})
 XCOM_PREFIX = "_xcom/"
 DAMAGED_PREFIX = "damaged/"
 RUN_META_FILE = "run.json"
 RUN_STATUS_FILE = "status.json"
-LATEST_RUN_FILE = "latest_run.json"
-LATEST_SUCCESSFUL_RUN_FILE = "latest_successful_run.json"
+#: The run index's lists: runs that started (after the start step's manifest), runs that succeeded.
+RUNS_STARTED = "started"
+RUNS_SUCCEEDED = "succeeded"
+#: The index's list of every run, beside the per-tag ones (a tag always contains ``:``).
+ALL_RUNS = "all"
+_NEWEST_FIRST_LIMIT = 10**17  # microseconds since 1970: good until the year 5138
 
 
 def safe_key_part(part: str | int) -> str:
@@ -136,12 +149,33 @@ def flow_prefix(flow: str) -> str:
     return f"{safe_key_part(flow)}/"
 
 
-def latest_run_key(flow: str) -> str:
-    return flow_prefix(flow) + LATEST_RUN_FILE
+def newest_first(microseconds_since_epoch: int) -> str:
+    """A fixed-width folder name that sorts later runs first (S3 lists keys in ascending order)."""
+    return f"{_NEWEST_FIRST_LIMIT - 1 - max(0, microseconds_since_epoch):017d}"
 
 
-def latest_successful_run_key(flow: str) -> str:
-    return flow_prefix(flow) + LATEST_SUCCESSFUL_RUN_FILE
+def run_index_prefix(flow: str, which: str, namespace: str | None = None) -> str:
+    """Where the index list ``which`` (:data:`RUNS_STARTED`/:data:`RUNS_SUCCEEDED`) of a namespace
+    (a system tag; None for every run) keeps its entries."""
+    if which not in (RUNS_STARTED, RUNS_SUCCEEDED):
+        raise UnsafeKeyError(f"{which!r} is not a run index list ({RUNS_STARTED!r} or {RUNS_SUCCEEDED!r}).")
+    return flow_prefix(flow) + f"index/{which}/{safe_key_part(namespace or ALL_RUNS)}/"
+
+
+def run_index_key(flow: str, which: str, namespace: str | None, started_us: int, run_id: str) -> str:
+    return run_index_prefix(flow, which, namespace) + f"{newest_first(started_us)}/{safe_key_part(run_id)}"
+
+
+def parse_run_index_key(index_prefix: str, key: str) -> str | None:
+    """The run id of an index entry (``key`` as listed under ``index_prefix``), None for a stray key."""
+    rest = key[len(index_prefix) :] if key.startswith(index_prefix) else ""
+    stamp, _, run = rest.partition("/")
+    if len(stamp) != 17 or not stamp.isdigit() or not run or "/" in run:
+        return None
+    try:
+        return decode_key_part(run)
+    except UnicodeDecodeError:
+        return None
 
 
 def runs_prefix(flow: str) -> str:

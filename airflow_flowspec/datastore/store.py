@@ -4,18 +4,19 @@ It is the only place that knows what the files mean; :mod:`.keys` knows where th
 backends know how to move bytes. Nothing here needs Airflow: a task in an AWS Batch container and
 a notebook reading results use the same class.
 
-Run pointers (``latest_run.json``, ``latest_successful_run.json``) are ordered by the run's
-``created_at`` (set when :meth:`Datastore.write_run_meta` is called, unless the caller gives one
-as an ISO-8601 string), so a late-finishing old run or a backfill never takes the pointer from a
-newer run. The update is read-then-write: two runs of one flow finishing in the same instant may
-race, and the loser is still found by :meth:`Datastore.list_runs`.
+Which runs are newest is answered by the run index (see :mod:`.keys`): one entry per run, written
+once, ordered by the run's ``created_at`` (set when :meth:`Datastore.write_run_meta` is first
+called, unless the caller gives one as an ISO-8601 string). A late-finishing old run or a backfill
+therefore never passes for newer than a run that started after it, and runs started at the same
+time by different processes never overwrite each other's entries.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from airflow_flowspec.datastore import encoding, keys
@@ -29,6 +30,7 @@ from airflow_flowspec.errors import (
 )
 
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class Datastore:
@@ -93,6 +95,20 @@ class Datastore:
                 f"write_task_spec() or write_step_result()."
             )
         self.backend.put_bytes(keys.attempt_file_key(flow, run_id, step, task_id, attempt, name), data)
+
+    def write_attempt_files(
+        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, files: dict[str, bytes]
+    ) -> None:
+        """Store several files beside a task attempt's manifest (in parallel where the medium can)."""
+        reserved = sorted(set(files) & keys.RESERVED_ATTEMPT_FILES)
+        if reserved:
+            raise UnsafeKeyError(f"{', '.join(reserved)} is reserved for the datastore's own use.")
+        self.backend.put_many_bytes(
+            {
+                keys.attempt_file_key(flow, run_id, step, task_id, attempt, name): (data, None)
+                for name, data in files.items()
+            }
+        )
 
     def read_attempt_file(
         self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, name: str
@@ -186,20 +202,26 @@ class Datastore:
         """Record the run (the start step does, once its artifacts are stored); return the record.
 
         A retry of the start step keeps the first record's ``created_at``. The run becomes the
-        flow's latest only with :meth:`advance_latest_run`, after the start step's manifest: a
+        flow's latest only with :meth:`index_run`, after the start step's manifest: a
         start step killed on the way leaves the pointer where it was.
         """
         record = {**meta, "flow": flow, "run_id": run_id}
-        try:
-            record.setdefault("created_at", self.read_run_meta(flow, run_id)["created_at"])
-        except (ArtifactNotFoundError, KeyError):
-            record.setdefault("created_at", _now())
+        if "created_at" not in record:
+            try:
+                record["created_at"] = self.read_run_meta(flow, run_id)["created_at"]
+            except (ArtifactNotFoundError, KeyError):
+                record["created_at"] = _now()
         self._write_json(keys.run_meta_key(flow, run_id), record)
         return record
 
-    def advance_latest_run(self, flow: str, run_id: str, created_at: str) -> None:
-        """Make the run the flow's latest, unless a newer run already is."""
-        self._advance_pointer(keys.latest_run_key(flow), run_id, created_at)
+    def index_run(self, flow: str, run_id: str, record: dict[str, Any]) -> None:
+        """Add the run to the flow's index of started runs, making it the latest unless a run that
+        started later is already there (``record`` is what :meth:`write_run_meta` returned).
+
+        Called once the start step's manifest is written: a start step killed on the way leaves
+        the index as it was.
+        """
+        self._add_to_index(flow, run_id, record, keys.RUNS_STARTED)
 
     def write_run_tags(self, flow: str, run_id: str, tags: list[str]) -> dict[str, Any]:
         """Replace the run's tags in its record (one atomic rewrite); return the record."""
@@ -214,18 +236,19 @@ class Datastore:
         )
 
     def finish_run(self, flow: str, run_id: str, succeeded: bool, meta: dict[str, Any]) -> None:
-        """Record how a run ended and move the latest-run pointers to it if it is the newest."""
+        """Record how a run ended; a successful run joins the index of successful runs."""
         finished_at = _now()
         status = {**meta, "flow": flow, "run_id": run_id, "finished_at": finished_at}
         status["status"] = "succeeded" if succeeded else "failed"
         self._write_json(keys.run_status_key(flow, run_id), status)
-        try:
-            created_at = self.read_run_meta(flow, run_id).get("created_at", finished_at)
-        except ArtifactNotFoundError:
-            created_at = finished_at
-        self._advance_pointer(keys.latest_run_key(flow), run_id, created_at)
         if succeeded:
-            self._advance_pointer(keys.latest_successful_run_key(flow), run_id, created_at)
+            try:
+                record = self.read_run_meta(flow, run_id)
+            except ArtifactNotFoundError:
+                record = {"created_at": finished_at}
+            # The started entries again (the same keys: a no-op where the start step wrote them),
+            # so a run whose start was recorded some other way is never successful yet unlisted.
+            self._add_to_index(flow, run_id, record, keys.RUNS_STARTED, keys.RUNS_SUCCEEDED)
 
     def run_status(self, flow: str, run_id: str) -> dict[str, Any] | None:
         """The run's ``status.json``, or None while it has not finished."""
@@ -234,11 +257,66 @@ class Datastore:
         except ArtifactNotFoundError:
             return None
 
-    def latest_run(self, flow: str) -> str | None:
-        return self._pointed_run(keys.latest_run_key(flow))
+    def latest_run(self, flow: str, *, namespace: str | None = None) -> str | None:
+        """The run that started last (with the system tag ``namespace``, if given), or None."""
+        return next(self.indexed_runs(flow, namespace=namespace, page_size=1), None)
 
-    def latest_successful_run(self, flow: str) -> str | None:
-        return self._pointed_run(keys.latest_successful_run_key(flow))
+    def latest_successful_run(self, flow: str, *, namespace: str | None = None) -> str | None:
+        return next(self.indexed_runs(flow, successful=True, namespace=namespace, page_size=1), None)
+
+    def indexed_runs(
+        self, flow: str, *, successful: bool = False, namespace: str | None = None, page_size: int = 100
+    ) -> Iterator[str]:
+        """Run ids from the index, newest first, read a page at a time as the caller goes on.
+
+        ``namespace`` is a system tag (``user:ana``, ``production:TrainFlow``, ``project:x``...);
+        only system tags are indexed.
+        """
+        prefix = keys.run_index_prefix(
+            flow, keys.RUNS_SUCCEEDED if successful else keys.RUNS_STARTED, namespace
+        )
+        seen: set[str] = set()
+        for stored in self.backend.iter_objects(prefix, page_size=page_size):
+            run_id = keys.parse_run_index_key(prefix, stored.key)
+            if run_id is not None and run_id not in seen:
+                seen.add(run_id)
+                yield run_id
+
+    def reindex(self, flow: str) -> int:
+        """Index the runs of ``flow`` that are missing from the run index (runs recorded by a
+        version from before it); return how many were added. Safe while runs are being written:
+        entries are written once, under keys that depend only on the run."""
+        started = set(self.indexed_runs(flow, page_size=1000))
+        succeeded = set(self.indexed_runs(flow, successful=True, page_size=1000))
+        added = 0
+        for run_id in self.list_runs(flow):
+            if run_id in started and run_id in succeeded:
+                continue
+            try:
+                record = self.read_run_meta(flow, run_id)
+            except ArtifactNotFoundError:
+                continue  # a start step that never finished: not a run to list
+            status = self.run_status(flow, run_id) or {}
+            lists = [] if run_id in started else [keys.RUNS_STARTED]
+            if status.get("status") == "succeeded" and run_id not in succeeded:
+                lists.append(keys.RUNS_SUCCEEDED)
+            if lists:
+                self._add_to_index(flow, run_id, record, *lists)
+                added += 1
+        return added
+
+    def _add_to_index(self, flow: str, run_id: str, record: dict[str, Any], *lists: str) -> None:
+        started = _moment(record.get("created_at"))
+        micros = (started - _EPOCH) // timedelta(microseconds=1)
+        entry = json.dumps({"run_id": run_id, "created_at": record.get("created_at")}).encode()
+        namespaces = [None, *sorted(set(record.get("system_tags") or ()))]
+        self.backend.put_many_bytes(
+            {
+                keys.run_index_key(flow, which, tag, micros, run_id): (entry, None)
+                for which in lists
+                for tag in namespaces
+            }
+        )
 
     # -- listings (one delimited listing each) ---------------------------------------------------
 
@@ -289,27 +367,6 @@ class Datastore:
             )
         return document
 
-    def _pointed_run(self, key: str) -> str | None:
-        try:
-            return self._read_json(key, missing="")["run_id"]
-        except ArtifactNotFoundError:
-            return None
-        except KeyError:
-            raise DatastoreError(f"The run pointer {self.backend.describe(key)} has no run_id.") from None
-
-    def _advance_pointer(self, key: str, run_id: str, created_at: str) -> None:
-        try:
-            current = self._read_json(key, missing="")
-        except (ArtifactNotFoundError, DatastoreError):
-            current = None  # no pointer yet, or a broken one: replace it
-        if (
-            current is not None
-            and current.get("run_id") != run_id
-            and _moment(current.get("created_at")) > _moment(created_at)
-        ):
-            return  # the pointer already names a newer run
-        self._write_json(key, {"run_id": run_id, "created_at": created_at, "updated_at": _now()})
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
@@ -334,20 +391,25 @@ def _json_default(value: Any) -> Any:
 
 
 _open_datastores: dict[str, Datastore] = {}
+_swept_roots: set[str] = set()
 _open_datastores_lock = threading.Lock()
 
 
-def open_datastore(root: str) -> Datastore:
+def open_datastore(root: str, *, sweep: bool = True) -> Datastore:
     """The process-wide :class:`Datastore` for ``root``, so every task in a process shares one
     backend (and one S3 client with its connection pool).
 
     Opening a root the first time in a process sweeps what killed processes left behind (scratch
-    files; stale multipart uploads on S3). A sweep that fails does not stop the task.
+    files; stale multipart uploads on S3). A sweep that fails does not stop the task. Readers
+    (the client) pass ``sweep=False``: a notebook with read-only credentials has nothing to
+    clean and should not spend a request trying.
     """
     with _open_datastores_lock:
         datastore = _open_datastores.get(root)
         if datastore is None:
             datastore = _open_datastores[root] = Datastore(root)
+        if sweep and root not in _swept_roots:
+            _swept_roots.add(root)
             try:
                 datastore.backend.sweep()
             except (DatastoreError, OSError):

@@ -25,6 +25,9 @@ from airflow_flowspec.runtime.task_spec import RUN_TAGS_CONF_KEY, RunContext, St
 
 #: XCom key of a foreach split's manifest (its return_value is the list Airflow maps over).
 SPLIT_MANIFEST_KEY = "flowspec_split_manifest"
+#: The DAG attribute holding a ``@project`` flow's ``ProjectBranch`` (None for other flows). The
+#: translator sets it on every DAG it builds, including the one each worker builds from the file.
+PROJECT_BRANCH_ATTRIBUTE = "flowspec_project_branch"
 
 #: How a step reads a parent's manifest.
 PULL_SAME = "same"  # the parent task at this task's own map index (or the unmapped parent)
@@ -67,6 +70,8 @@ class StepTaskMixin:
         by_dag_test = (
             triggering_user == "dag_test" or "test" in str(getattr(dag_run, "triggered_by", "") or "").lower()
         )
+        # As in Metaflow, a @project flow's runs are production runs when its branch is.
+        project = getattr(context.get("dag"), PROJECT_BRANCH_ATTRIBUTE, None)
         return TaskSpec(
             flow_file=self.flow_file,
             flow_name=self.flow_name,
@@ -83,11 +88,13 @@ class StepTaskMixin:
                 logical_date=context.get("logical_date"),
                 data_interval_start=context.get("data_interval_start"),
                 data_interval_end=context.get("data_interval_end"),
-                is_production=not by_dag_test,
+                is_production=project.is_production if project else not by_dag_test,
                 username=(None if by_dag_test else triggering_user) or getpass.getuser(),
                 origin_run_id=(getattr(dag_run, "conf", None) or {}).get("origin_run_id"),
                 run_type=_run_type(dag_run),
-                tags=tuple((getattr(dag_run, "conf", None) or {}).get(RUN_TAGS_CONF_KEY) or ()),
+                tags=_run_tags(context, dag_run),
+                project=project.project_name if project else None,
+                project_branch=project.branch_name if project else None,
             ),
         )
 
@@ -161,3 +168,16 @@ def check_foreach_width(width: int, what: str) -> None:
 def _run_type(dag_run: Any) -> str | None:
     run_type = getattr(dag_run, "run_type", None)
     return None if run_type is None else str(getattr(run_type, "value", run_type))
+
+
+def _run_tags(context: Any, dag_run: Any) -> tuple[str, ...]:
+    """The user's tags: the trigger form's "Run tags" field (a DAG param), which a trigger's conf
+    overrides as it does any param; the conf alone where the param is missing (a DAG serialized
+    before it existed)."""
+    params = context.get("params") or {}
+    tags = params[RUN_TAGS_CONF_KEY] if RUN_TAGS_CONF_KEY in params else None
+    if tags is None:
+        tags = (getattr(dag_run, "conf", None) or {}).get(RUN_TAGS_CONF_KEY)
+    if isinstance(tags, str):
+        return (tags,)  # refused with its message by the start step, as any malformed value
+    return tuple(tags or ())

@@ -35,8 +35,10 @@ from airflow_flowspec.parameters import flow_parameters
 from airflow_flowspec.runtime import code_package
 from airflow_flowspec.runtime.caught import CaughtException
 from airflow_flowspec.runtime.masking import SecretMask, masked_output
+from airflow_flowspec.runtime.task_log import TaskLog
 from airflow_flowspec.runtime.task_spec import (
     RUN_TAGS_CONF_KEY,
+    SYSTEM_TAG_PREFIXES,
     StepResult,
     TaskSpec,
     run_namespace,
@@ -112,13 +114,42 @@ def run_step(
 ) -> StepResult:
     """Run the task described by ``spec`` and return what Airflow should publish.
 
+    The step's output is kept with the attempt (:mod:`.task_log`), on success before the manifest,
+    on failure with the traceback; a failure to keep it never hides the step's own error.
+    """
+    log = TaskLog()
+    with log.capture():
+        try:
+            return _run_step(spec, datastore, log, store_result=store_result, mask_secret=mask_secret)
+        except BaseException as error:
+            if log.mask is not None:  # refused before the step began: nothing is written
+                log.add_failure(error, log.mask)
+                identity = (spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
+                try:
+                    log.store(datastore or open_datastore(spec.datastore_root), identity)
+                except Exception:  # noqa: BLE001 - the step's error is the one to report
+                    pass
+            raise
+
+
+def _run_step(
+    spec: TaskSpec,
+    datastore: Any,
+    log: TaskLog,
+    *,
+    store_result: bool,
+    mask_secret: Callable[[Any], None] | None,
+) -> StepResult:
+    """Run the task described by ``spec`` and return what Airflow should publish.
+
     With ``store_result`` the result is also left in the datastore (before the manifest, which
     stays the last thing written), for a process other than this one to publish. ``mask_secret``
     is told the value of every secret parameter before the step runs (Airflow's log masker, on a
     worker), so that a step printing one does not put it in the task log.
 
     Order of writes, so that a kill at any point leaves nothing wrong: the artifacts, then (start
-    step) the run record, then the result, then the manifest, then the latest-run pointer.
+    step) the run record, then the output logs and the result, then the manifest, then (start step)
+    the run index entry.
     """
     # Every name this task will write under must be storable before anything is written.
     keys.manifest_key(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
@@ -144,7 +175,7 @@ def run_step(
     parameter_names = _restore_inputs(flow, flow_class, spec, datastore, is_join, state)
     secret_names = {p.attr_name for p in flow_parameters(flow_class) if p.secret}
     secret_values = [getattr(flow, name) for name in sorted(secret_names & set(parameter_names))]
-    secrets = SecretMask(secret_values)
+    secrets = log.mask = SecretMask(secret_values)
     if mask_secret is not None:
         for value in secret_values:
             if value is not None:
@@ -212,11 +243,14 @@ def run_step(
     manifest = _manifest(spec, refs, parameter_names, node, caught, switch_step, foreach_children, secrets)
     result = StepResult(manifest=manifest, foreach_children=foreach_children, switch_step=switch_step)
     identity = (spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
-    if store_result:
+    if store_result or foreach_children is not None:
+        # A split's item references otherwise live only in Airflow's XCom, which gc cannot read:
+        # the result beside the manifest keeps the children's inputs referenced while they queue.
         datastore.write_step_result(*identity, result.to_json())
+    log.store(datastore, identity)
     datastore.write_manifest(*identity, manifest)
     if run_record is not None:
-        datastore.advance_latest_run(spec.flow_name, spec.run_id, run_record["created_at"])
+        datastore.index_run(spec.flow_name, spec.run_id, run_record)
     if node.type == "end":
         datastore.finish_run(spec.flow_name, spec.run_id, True, {"end_task": spec.pathspec})
     print(f"[{spec.run_id}/{spec.step}/{spec.task_id}] Task finished successfully.", flush=True)
@@ -291,6 +325,13 @@ def _run_tags(spec: TaskSpec) -> list[str]:
             f'of at most 512 characters (run --tag NAME, or {{"{RUN_TAGS_CONF_KEY}": [...]}} in the '
             f"trigger's conf); got {list(tags) if not isinstance(tags, str) else tags!r:.200}."
         )
+    taken = sorted(tag for tag in tags if tag.startswith(SYSTEM_TAG_PREFIXES))
+    if taken:
+        raise ParameterError(
+            f"Run {spec.run_id} of flow {spec.flow_name} cannot be given the tag(s) {', '.join(taken)}: "
+            f"tags starting with {', '.join(SYSTEM_TAG_PREFIXES)} are the system's (who started the run, "
+            f"its project and branch) and are set by it. Choose another name for your tag."
+        )
     system = system_tags(spec.flow_name, spec.run_context)
     return system + sorted(set(tags) - set(system))
 
@@ -314,6 +355,8 @@ def _task_context(spec: TaskSpec) -> Iterator[None]:
             map_index=spec.map_index,
             datastore_root=spec.datastore_root,
             namespace=run_namespace(spec.flow_name, run),
+            project_name=run.project,
+            branch_name=run.project_branch if run.project else None,
         )
     )
     try:

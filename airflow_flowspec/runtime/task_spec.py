@@ -26,9 +26,12 @@ class RunContext:
     data_interval_end: datetime | None = None
     username: str | None = None
     origin_run_id: str | None = None
+    # A @project flow's: whether its branch is a production one; any other flow's: not run by dag.test().
     is_production: bool = False
     run_type: str | None = None  # Airflow's: manual, scheduled, backfill, asset_triggered
     tags: tuple[str, ...] = ()  # the user's tags for the run (run --tag, or the trigger's conf)
+    project: str | None = None  # @project(name=...), None for a flow without @project
+    project_branch: str | None = None  # e.g. user.ana, test.staging, prod, prod.staging
 
     def __post_init__(self) -> None:
         # Airflow hands out pendulum dates; a step must see the standard type wherever it runs (an
@@ -75,11 +78,20 @@ def run_namespace(flow_name: str, run: RunContext) -> str:
     return f"user:{run.username or 'unknown'}"
 
 
+#: Prefixes of the tags the system gives a run when it starts; they never change afterwards, so
+#: the run index keeps a list per such tag, and a user's own tag may not take one of them.
+SYSTEM_TAG_PREFIXES = ("user:", "production:", "project:", "project_branch:")
+
+
 def system_tags(flow_name: str, run: RunContext) -> list[str]:
-    """The tags every run carries: its user, and production for scheduled and backfilled runs."""
+    """The tags every run carries: its user, production for scheduled and backfilled runs, and a
+    ``@project`` flow's project and branch (Metaflow's tag names), so the client finds a project's
+    or a branch's runs with ``namespace("project:<name>")`` or ``runs("project_branch:<branch>")``."""
     tags = [f"user:{run.username or 'unknown'}"]
     if run.run_type in PRODUCTION_RUN_TYPES:
         tags.append(f"production:{flow_name}")
+    if run.project:
+        tags += [f"project:{run.project}", f"project_branch:{run.project_branch}"]
     return tags
 
 

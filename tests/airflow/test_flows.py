@@ -7,6 +7,8 @@ from datetime import datetime
 import pytest
 from harness import FLOWS, run_flow
 
+from airflow_flowspec.errors import ArtifactNotFoundError
+
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
@@ -112,9 +114,14 @@ def test_retry_then_success_and_catch_after_the_last_retry():
     assert end["caught_message"] == "attempt 1 failed"  # caught only after the last retry
     assert end["before_failure"] == "kept"  # what the failing step set before raising is kept
     assert run.manifest("doomed")["caught"]["type"] == "ValueError"
-    # The first attempt of flaky failed without a manifest; the second wrote its own key.
+    # The first attempt of flaky failed without a manifest (its traceback is kept in its own
+    # folder); the second wrote its own key.
     attempts = run.datastore.list_attempts("RetryCatchFlow", run.run_id, "flaky", "0")
-    assert attempts == [2]
+    assert attempts == [1, 2]
+    with pytest.raises(ArtifactNotFoundError):
+        run.datastore.read_manifest("RetryCatchFlow", run.run_id, "flaky", "0", 1)
+    failed_log = run.datastore.read_attempt_file("RetryCatchFlow", run.run_id, "flaky", "0", 1, "stderr.log")
+    assert b"RuntimeError: first attempt always fails" in failed_log
 
 
 def test_timeout_fails_the_step():

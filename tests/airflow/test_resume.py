@@ -58,8 +58,11 @@ def test_clearing_the_failed_step_resumes_the_run_without_rerunning_start(tmp_pa
     end = resumed.artifacts("end")
     assert end["summary"] == f"{tokens[0]}:12"
     assert end["token"] == tokens[0] and end["numbers"] == [3, 4, 5]
-    # middle's failed first attempt left no manifest; the re-run is its second attempt.
-    assert resumed.datastore.list_attempts("ResumeFlow", first.run_id, "middle", "0") == [2]
+    # middle's failed first attempt left no manifest (only its output); the re-run is its second.
+    assert resumed.datastore.list_attempts("ResumeFlow", first.run_id, "middle", "0") == [1, 2]
+    assert (
+        resumed.datastore.latest_attempt_manifest("ResumeFlow", first.run_id, "middle", "0")["attempt"] == 2
+    )
     assert resumed.datastore.list_attempts("ResumeFlow", first.run_id, "start", "0") == [1]
     assert resumed.datastore.run_status("ResumeFlow", first.run_id)["status"] == "succeeded"
 

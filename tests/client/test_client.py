@@ -125,8 +125,11 @@ def test_a_failed_run_says_so(store):
     assert run.id == run_ids["failed"] and Flow("FailingFlow").latest_successful_run is None
     assert run.finished and not run.successful and run.data is None and run.end_task is None
     assert run["start"].task.data.prepared == "kept for a resume"
-    # The failed step stored nothing: it is not listed (its error is in Airflow's task log).
-    assert [step.id for step in run] == ["start"] and "crunch" not in run
+    # The failed step stored no artifacts, but its output and traceback are kept with its attempt.
+    crunch = run["crunch"].task
+    assert crunch.finished and not crunch.successful and list(crunch) == []
+    assert crunch.exception == "ZeroDivisionError: the data had no rows to average"
+    assert "Traceback (most recent call last)" in crunch.stderr and "crunching" in crunch.stdout
 
 
 def test_a_run_in_progress_is_visible_unfinished(store):
@@ -385,3 +388,31 @@ def test_each_run_records_the_code_it_started_with_once_per_content(tmp_path, mo
     with first.code.tarball as tar:
         assert tar.extractfile("namespace_flow.py").read().decode() == NAMESPACE_FLOW
     assert first.versions["airflow_flowspec"] and first.versions["airflow"].startswith("3.")
+
+
+def test_tags_from_the_trigger_form_and_no_impersonating_system_tags(tmp_path, monkeypatch):
+    """The trigger form has a "Run tags" field (a DAG param) whose tags the run carries; a user's
+    tag may not take a system prefix (``user:``, ``production:``...), which the run index trusts
+    to say who started a run, neither when triggering nor with add_tag."""
+    from harness import load_flow
+
+    from airflow_flowspec.airflow.registration import dag_for
+    from airflow_flowspec.client import namespaces
+
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(tmp_path / "store"))
+    flow_file = tmp_path / "namespace_flow.py"
+    flow_file.write_text(NAMESPACE_FLOW)
+    form = dag_for(load_flow(flow_file), str(flow_file)).params.get_param("flowspec_tags")
+    assert form.value == [] and form.schema["type"] == "array" and form.schema["title"] == "Run tags"
+
+    monkeypatch.setattr(namespaces, "_chosen", None)  # every namespace, for this test only
+    tagged = run_flow(flow_file, params={"flowspec_tags": ["from_form", "exp7"]})
+    assert tagged.succeeded, tagged.states()
+    assert {"from_form", "exp7"} <= Run(f"NamespaceFlow/{tagged.run_id}").tags
+    assert [r.id for r in Flow("NamespaceFlow").runs("from_form")] == [tagged.run_id]
+
+    impostor = run_flow(flow_file, params={"flowspec_tags": ["user:mallory"]})
+    assert impostor.state("start") == "failed"
+    assert impostor.run_id not in Flow("NamespaceFlow")
+    with pytest.raises(ValueError, match="production:NamespaceFlow cannot be added .* the system's"):
+        Run(f"NamespaceFlow/{tagged.run_id}").add_tag("production:NamespaceFlow")

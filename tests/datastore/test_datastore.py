@@ -129,13 +129,16 @@ def test_empty_or_absurd_key_parts_are_refused(part):
 def test_unsafe_names_cannot_escape_the_root(datastore, tmp_path):
     nasty = ["../../etc", "a/b", "..", ".", "x\x00y", "/abs", "c:\\win"]
     for index, name in enumerate(nasty):
-        datastore.write_run_meta(name, name, {"index": index})
+        record = datastore.write_run_meta(name, name, {"index": index, "system_tags": [f"user:{name}"]})
+        datastore.index_run(name, name, record)
         datastore.write_manifest(name, name, name, name, 0, {"index": index})
         datastore.write_attempt_file(name, name, name, name, 0, name, b"log")
         datastore.finish_run(name, name, True, {})
 
     keys = stored_keys(datastore)
-    assert len(keys) == len(nasty) * 6  # run.json, status.json, 2 pointers, manifest, attempt file
+    # run.json, status.json, manifest, attempt file, and index entries (started and succeeded, each
+    # for every run and for the run's user tag, itself made of the nasty name)
+    assert len(keys) == len(nasty) * 8
     for key in keys:
         segments = key.split("/")
         assert not any(segment in ("", ".", "..") or segment.startswith(".") for segment in segments), key
@@ -148,6 +151,7 @@ def test_unsafe_names_cannot_escape_the_root(datastore, tmp_path):
         assert datastore.list_tasks(name, name, name) == [name]
         assert datastore.read_manifest(name, name, name, name, 0) == {"index": index}
         assert datastore.latest_successful_run(name) == name
+        assert datastore.latest_run(name, namespace=f"user:{name}") == name
 
     with pytest.raises(UnsafeKeyError):
         datastore.write_run_meta("", "run", {})
@@ -548,7 +552,7 @@ def test_run_pointers_name_the_newest_run_and_the_newest_success(datastore):
     def start(run_id, meta):
         """What a start step does: the run record, then (after its manifest) the pointer."""
         record = datastore.write_run_meta("Flow", run_id, meta)
-        datastore.advance_latest_run("Flow", run_id, record["created_at"])
+        datastore.index_run("Flow", run_id, record)
 
     start("run-1", {"user": "ana"})
     datastore.write_run_meta("Flow", "run-2", {"user": "ana"})
@@ -687,3 +691,31 @@ def test_the_datastore_works_where_airflow_is_not_installed(tmp_path):
         """
     )
     assert output.split() == ["False", "False"]
+
+
+def test_a_value_loaded_and_saved_again_is_not_read_back_to_be_checked(tmp_path):
+    """A step that reads a large artifact and stores it unchanged (a mutable value the runtime
+    cannot know was left alone) pays no second read of the stored blob: the load verified it. A
+    blob this process did not just verify is still read and hashed before it is trusted, so a
+    same-size damaged copy is rewritten."""
+    root = str(tmp_path / "store")
+    value = list(range(200_000))  # ~1 MB pickled: a blob of its own, not packed
+    ref = Datastore(root).artifacts.save("numbers", value)
+
+    step = Datastore(root)  # a fresh process: nothing remembered
+    loaded = step.artifacts.load(ref)
+    before = step.backend.counters.snapshot()
+    assert step.artifacts.save("numbers", loaded) == ref
+    after = step.backend.counters.snapshot()
+    assert after["bytes_read"] == before["bytes_read"] and after["bytes_written"] == before["bytes_written"]
+
+    path = step.backend.describe(f"data/{ref.hash[:2]}/{ref.hash}")
+    with open(path, "r+b") as blob:  # a flipped byte, same size
+        blob.seek(100)
+        byte = blob.read(1)
+        blob.seek(100)
+        blob.write(bytes([byte[0] ^ 0xFF]))
+    other = Datastore(root)
+    assert other.artifacts.save("numbers", value) == ref
+    assert other.backend.counters.snapshot()["bytes_written"] == ref.size  # found damaged, rewritten
+    assert Datastore(root).artifacts.load(ref) == value

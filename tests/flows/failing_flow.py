@@ -9,6 +9,7 @@ class FailingFlow(FlowSpec):
 
     @step
     def crunch(self):
+        print("crunching 0 rows")
         raise ZeroDivisionError("the data had no rows to average")
         self.next(self.end)
 

@@ -22,7 +22,7 @@ Then, as the product promises (``open_datastore`` sweeps what killed processes l
    loads, verified against its hash, and equals what the step set (the values are derived from a
    per-run seed, so the checker can recompute them); nothing is lost or wrong;
 3. the scratch folder (``<root>/.tmp/`` or ``[flowspec] scratch_dir``) holds no file, S3 holds no
-   incomplete multipart upload under the root, and ``latest_run.json`` (checked after every kill)
+   incomplete multipart upload under the root, and the run index (checked after every kill)
    never names a run whose start step has no manifest;
 4. killed tasks are run again (the next attempt, or the same one) and succeed, with artifacts that
    load and keep the run's first ``created_at``.
@@ -159,7 +159,7 @@ KILL_POINTS: tuple[KillPoint, ...] = (
     KillPoint("run record written", _STORE, "Datastore.write_run_meta", "after", retry=True),
     KillPoint("result written", _STORE, "Datastore.write_step_result", "after"),
     KillPoint("manifest written", _STORE, "Datastore.write_manifest", "after", retry=True),
-    KillPoint("latest_run moved", _STORE, "Datastore.advance_latest_run", "after"),
+    KillPoint("run indexed", _STORE, "Datastore.index_run", "after"),
     # Last: the sweeping process then has a scratch file to remove, whatever the other tasks swept.
     KillPoint("pickle half spilled to scratch", _ENCODING, "_HashingSpool._spill", "after", retry=True),
 )
@@ -390,7 +390,7 @@ class _Place:
 
 
 def _latest_run_is_sound(datastore: Any) -> tuple[bool, str | None]:
-    """Whether ``latest_run.json`` names no run, or one whose start step has a manifest."""
+    """Whether the latest indexed run is none, or one whose start step has a manifest."""
     run_id = datastore.latest_run(FLOW_NAME)
     if run_id is None:
         return True, None
@@ -648,7 +648,9 @@ class _Campaign:
         sound, run_id = _latest_run_is_sound(self.place.datastore)
         if not sound:
             self.report.latest_run_without_start_manifest += 1
-            self.report.note(f"{when}: latest_run.json names {run_id}, whose start step has no manifest")
+            self.report.note(
+                f"{when}: the run index names {run_id} as latest, whose start step has no manifest"
+            )
 
     # -- the whole campaign -----------------------------------------------------------------------
 

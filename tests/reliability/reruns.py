@@ -20,3 +20,4 @@ def forget_open_datastores(monkeypatch: Any) -> None:
     from airflow_flowspec.datastore import store
 
     monkeypatch.setattr(store, "_open_datastores", {})
+    monkeypatch.setattr(store, "_swept_roots", set())

@@ -116,12 +116,13 @@ def test_multipart_uploads_of_killed_tasks_are_aborted(campaign):
 
 
 def test_a_killed_start_never_moves_latest_run(campaign):
-    """Guards the order in ``run_step``: ``latest_run.json`` moves (``advance_latest_run``) only
+    """Guards the order in ``run_step``: the run enters the run index (``index_run``) only
     after the start step's manifest is written, never with the run record (``write_run_meta``).
 
-    Checked after every kill, after the sweep and after the retries: the pointer names no run, or a
-    run whose start step has a manifest. Fails when ``write_run_meta`` moves the pointer (as it
-    did): the "run record written" kill point leaves it naming a run with nothing in it.
+    Checked after every kill, after the sweep and after the retries: the latest run is none, or a
+    run whose start step has a manifest. Fails when ``write_run_meta`` indexes the run (the
+    pointer it replaced once did): the "run record written" kill point leaves the index naming a
+    run with nothing in it.
     """
     report = campaign
     assert report.latest_run_checks == report.kills + 2, figures(report)

@@ -48,8 +48,9 @@ def secret_run(tmp_path_factory):
 
 
 def test_a_secret_never_shows_in_output_manifests_run_records_or_xcoms(secret_run):
-    """Guards the output mask (runtime/masking.py), <secret> reprs for the parameter and for an
-    artifact made from it, the redacted @catch message, and run.json's parameters."""
+    """Guards the output mask (runtime/masking.py) on screen and in the stored task output,
+    <secret> reprs for the parameter and for an artifact made from it, the redacted @catch
+    message, and run.json's parameters."""
     token, root, run, output = secret_run
     assert run.succeeded, run.states()
     assert "calling the API in eu-west-1 with ***" in output
@@ -61,6 +62,11 @@ def test_a_secret_never_shows_in_output_manifests_run_records_or_xcoms(secret_ru
         name.endswith("run.json") for name in records
     )
     assert [name for name, content in records.items() if token.encode() in content] == []
+    # the step's output kept for the client (task.stdout) went through the same mask
+    start_log = next(
+        content for name, content in records.items() if name.endswith("start/0/attempt-1/stdout.log")
+    )
+    assert b"calling the API in eu-west-1 with ***" in start_log
     assert run.datastore.read_run_meta("SecretFlow", run.run_id)["parameters"] == {
         "token": "<secret>",
         "region": "eu-west-1",

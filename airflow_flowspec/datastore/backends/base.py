@@ -10,8 +10,18 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import BinaryIO
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object found by :meth:`StorageBackend.iter_objects`."""
+
+    key: str  # relative to the backend's root
+    size: int
+    modified: float  # seconds since the epoch (last write)
 
 
 class TransferCounters:
@@ -131,14 +141,48 @@ class StorageBackend(ABC):
     def exists(self, key: str) -> bool:
         return self.stored_size(key) is not None
 
-    def blob_is_stored(self, key: str, size: int, content_hash: str) -> bool:
+    def blob_is_stored(
+        self,
+        key: str,
+        size: int,
+        content_hash: str,
+        *,
+        freshen_after: float | None = None,
+        known_intact: bool = False,
+    ) -> bool:
         """Whether a good copy of the blob is stored: a wrong-sized one (or, where the medium keeps
-        it, one recorded with another hash) is not, and gets rewritten."""
+        it, one recorded with another hash) is not, and gets rewritten. ``known_intact`` says this
+        process has just read the blob and verified its hash: a backend that would otherwise
+        re-read the bytes to check them may skip that.
+
+        With ``freshen_after`` (seconds), a save is about to rely on the blob: a good copy last
+        written longer ago than that gets its modification time set to now ("freshened", as git
+        does), because the garbage collector spares unreferenced blobs by the age of their last
+        write. When freshening fails (the blob vanished, the file is not ours to touch) the answer
+        is False, and the rewrite that follows refreshes it just as well. This generic version
+        cannot read or set an age, so with ``freshen_after`` it always answers False.
+        """
+        if freshen_after is not None:
+            return False
         return self.stored_size(key) == size
 
-    def blobs_stored(self, expected: Mapping[str, tuple[int, str]]) -> set[str]:
-        """The keys of ``expected`` (key -> (size, hash)) stored intact; remote backends ask in parallel."""
-        return {key for key, (size, digest) in expected.items() if self.blob_is_stored(key, size, digest)}
+    def blobs_stored(
+        self,
+        expected: Mapping[str, tuple[int, str]],
+        *,
+        freshen_after: float | None = None,
+        known_intact: frozenset[str] = frozenset(),
+    ) -> set[str]:
+        """The keys of ``expected`` (key -> (size, hash)) stored intact, freshened as
+        :meth:`blob_is_stored` does (``known_intact``: keys this process just read and verified);
+        remote backends ask in parallel."""
+        return {
+            key
+            for key, (size, digest) in expected.items()
+            if self.blob_is_stored(
+                key, size, digest, freshen_after=freshen_after, known_intact=key in known_intact
+            )
+        }
 
     @abstractmethod
     def move(self, key: str, new_key: str) -> None:
@@ -149,6 +193,17 @@ class StorageBackend(ABC):
         """Sorted (sub-folder names, file names) directly under ``prefix`` (``""`` is the root).
 
         A missing folder is empty, not an error: "no runs yet" is a normal answer.
+        """
+
+    @abstractmethod
+    def iter_objects(self, prefix: str, *, page_size: int = 1000) -> Iterator[StoredObject]:
+        """Every object under ``prefix`` (a folder, ending in ``/``), at any depth, in key order,
+        fetched a page at a time as the caller iterates: taking the first ten of a million costs
+        one request.
+
+        "Key order" is S3's (by UTF-8 bytes of the whole key); the local backend walks folders in
+        name order, which is the same whenever no name in a folder is a prefix of another followed
+        by a character that sorts below ``/``, as with the fixed-width names of the run index.
         """
 
     @abstractmethod

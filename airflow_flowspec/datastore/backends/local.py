@@ -15,10 +15,10 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
-from airflow_flowspec.datastore.backends.base import StorageBackend
+from airflow_flowspec.datastore.backends.base import StorageBackend, StoredObject
 from airflow_flowspec.datastore.scratch import scratch_path, unlink_quietly
 from airflow_flowspec.errors import ArtifactNotFoundError, DatastoreError, UnsafeKeyError
 
@@ -83,8 +83,7 @@ class LocalBackend(StorageBackend):
             try:
                 with stream:
                     fill(stream)
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                os.replace(temporary, path)
+                _replace_into_folder(temporary, path)
             except BaseException:
                 unlink_quietly(temporary)
                 raise
@@ -108,9 +107,8 @@ class LocalBackend(StorageBackend):
         path = self._path(key)
         try:
             size = os.path.getsize(local_path)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
             try:
-                os.replace(local_path, path)
+                _replace_into_folder(local_path, path)
             except OSError as error:
                 if error.errno != errno.EXDEV:
                     raise
@@ -178,24 +176,49 @@ class LocalBackend(StorageBackend):
             return None
         return status.st_size if stat.S_ISREG(status.st_mode) else None
 
-    def blob_is_stored(self, key: str, size: int, content_hash: str) -> bool:
-        """Size first (one stat); a blob of the right size is then hashed: on a disk, damage that
-        keeps the size (a flipped bit) is visible only in the bytes, and a save must rewrite it."""
+    def blob_is_stored(
+        self,
+        key: str,
+        size: int,
+        content_hash: str,
+        *,
+        freshen_after: float | None = None,
+        known_intact: bool = False,
+    ) -> bool:
+        """Size first (one stat); a blob of the right size is then hashed, unless this process has
+        just verified it (``known_intact``): on a disk, damage that keeps the size (a flipped bit)
+        is visible only in the bytes, and a save must rewrite it. Freshening (see the base class)
+        is ``os.utime``, from the stat already made."""
+        import time
+
         from airflow_flowspec.datastore import encoding
 
-        if self.stored_size(key) != size:
-            return False
+        self.counters.add()
+        path = self._path(key)
         try:
-            with encoding.verified_source(self, key, size=size, expected_hash=content_hash):
-                return True
-        except encoding.ContentMismatch:
+            status = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
             return False
+        if not stat.S_ISREG(status.st_mode) or status.st_size != size:
+            return False
+        if not known_intact:
+            try:
+                with encoding.verified_source(self, key, size=size, expected_hash=content_hash):
+                    pass
+            except (encoding.ContentMismatch, ArtifactNotFoundError):  # damaged, or deleted since the stat
+                return False
+        if freshen_after is not None and time.time() - status.st_mtime > freshen_after:
+            try:
+                os.utime(path)
+            except OSError:
+                return False  # gone meanwhile, or another user's file: the caller writes it anew
+            self.counters.add()
+        return True
 
     def move(self, key: str, new_key: str) -> None:
         source, target = self._path(key), self._path(new_key)
         try:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(source, target)
+            _replace_into_folder(source, target)
         except FileNotFoundError as error:
             raise self._not_found(key) from error
         except OSError as error:
@@ -217,7 +240,49 @@ class LocalBackend(StorageBackend):
             (folders if entry.is_dir() else files).append(entry.name)
         return sorted(folders), sorted(files)
 
+    def iter_objects(self, prefix: str, *, page_size: int = 1000) -> Iterator[StoredObject]:
+        base = prefix.rstrip("/")
+        yield from self._walk(self._path(base) if base else self._root_real, base)
+
+    def _walk(self, folder: str, key: str) -> Iterator[StoredObject]:
+        self.counters.add()
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted((entry for entry in scan if not entry.name.startswith(".")), key=_name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            entry_key = f"{key}/{entry.name}" if key else entry.name
+            if entry.is_symlink():
+                continue  # the datastore never makes links: whatever one points at is not ours
+            if entry.is_dir():
+                yield from self._walk(entry.path, entry_key)
+                continue
+            try:
+                info = entry.stat()
+            except FileNotFoundError:
+                continue  # deleted while we walked
+            yield StoredObject(entry_key, info.st_size, info.st_mtime)
+
     def delete_many(self, keys: Iterable[str]) -> None:
         for key in keys:
             self.counters.add()
             unlink_quietly(self._path(key))
+
+
+def _name(entry: os.DirEntry) -> str:
+    return entry.name
+
+
+def _replace_into_folder(source: str, path: str) -> None:
+    """``os.replace`` into the key's folder, made if needed: ``airflow-flowspec gc`` removes folders
+    it emptied, and may do so between the ``makedirs`` and the rename, so the folder is made again,
+    once."""
+    for attempt in (1, 2):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.replace(source, path)
+            return
+        except FileNotFoundError:
+            if attempt == 2 or not os.path.exists(source):
+                raise

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar
 
-from airflow_flowspec.datastore.backends.base import StorageBackend
+from airflow_flowspec.datastore.backends.base import StorageBackend, StoredObject
 from airflow_flowspec.datastore.backends.s3_streams import ResumableBody, read_fully
 from airflow_flowspec.errors import ArtifactNotFoundError, ConfigurationError, DatastoreError
 
@@ -366,16 +366,61 @@ class S3Backend(StorageBackend):
         head = self._head(key)
         return None if head is None else int(head.get("ContentLength", 0))
 
-    def blob_is_stored(self, key: str, size: int, content_hash: str) -> bool:
+    def blob_is_stored(
+        self,
+        key: str,
+        size: int,
+        content_hash: str,
+        *,
+        freshen_after: float | None = None,
+        known_intact: bool = False,
+    ) -> bool:
+        """One HEAD, which also says when the blob was last written. Freshening (see the base class)
+        copies the object onto itself, keeping its metadata (the recorded hash) and content type:
+        S3 has no other way to renew LastModified, and the copy stays inside S3."""
+        import time
+
         head = self._head(key)
         if head is None:
             return False
         recorded = (head.get("Metadata") or {}).get(HASH_METADATA)
-        return int(head.get("ContentLength", -1)) == size and recorded == content_hash
+        if int(head.get("ContentLength", -1)) != size or recorded != content_hash:
+            return False
+        modified = head.get("LastModified")
+        if freshen_after is None or (
+            modified is not None and time.time() - modified.timestamp() <= freshen_after
+        ):
+            return True
+        source = {"Bucket": self.bucket, "Key": self.prefix + key}
+        kept = {"Metadata": head.get("Metadata") or {}, "MetadataDirective": "REPLACE"}
+        for name in ("ContentType", "StorageClass"):
+            if head.get(name):
+                kept[name] = head[name]
 
-    def blobs_stored(self, expected: Mapping[str, tuple[int, str]]) -> set[str]:
+        def copy_onto_itself() -> None:
+            if size < 5 * 1024**3:  # CopyObject's limit; beyond it, the transfer manager copies in parts
+                self.client.copy_object(CopySource=source, **source, **kept)
+            else:
+                self.client.copy(source, *source.values(), ExtraArgs=kept, Config=self._transfer_config)
+
+        try:
+            self._call("freshen", key, copy_onto_itself)
+        except DatastoreError:
+            return False  # gone meanwhile, or archived: the caller writes it anew, which refreshes it too
+        self.counters.add()
+        return True
+
+    def blobs_stored(
+        self,
+        expected: Mapping[str, tuple[int, str]],
+        *,
+        freshen_after: float | None = None,
+        known_intact: frozenset[str] = frozenset(),
+    ) -> set[str]:
         keys = sorted(expected)
-        found = self._parallel(lambda key: self.blob_is_stored(key, *expected[key]), keys)
+        found = self._parallel(
+            lambda key: self.blob_is_stored(key, *expected[key], freshen_after=freshen_after), keys
+        )
         return {key for key, stored in zip(keys, found, strict=True) if stored}
 
     # -- scratch and sweeping --------------------------------------------------------------------
@@ -458,6 +503,25 @@ class S3Backend(StorageBackend):
             return sorted(folders), sorted(files)
 
         return self._call("list", prefix, list_all)
+
+    def iter_objects(self, prefix: str, *, page_size: int = 1000) -> Iterator[StoredObject]:
+        full_prefix = self.prefix + (prefix.rstrip("/") + "/" if prefix.strip("/") else "")
+        token: str | None = None
+        while True:
+            arguments = {"Bucket": self.bucket, "Prefix": full_prefix, "MaxKeys": page_size}
+            if token:
+                arguments["ContinuationToken"] = token
+            page = self._call(
+                "list", prefix, lambda arguments=arguments: self.client.list_objects_v2(**arguments)
+            )
+            self.counters.add()
+            for entry in page.get("Contents", []):
+                yield StoredObject(
+                    entry["Key"][len(self.prefix) :], int(entry["Size"]), entry["LastModified"].timestamp()
+                )
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
 
     def delete_many(self, keys: Iterable[str]) -> None:
         unique = sorted(set(keys))

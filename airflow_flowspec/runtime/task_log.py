@@ -1,0 +1,100 @@
+"""A task's own output, kept with its results so the client can show it (``task.stdout``).
+
+Airflow keeps task logs where its logging is configured (a worker's disk, remote logging), which a
+notebook reading the datastore may not reach, and which mix Airflow's lines with the step's.
+While a step runs, what it writes to ``sys.stdout`` and ``sys.stderr`` also goes into a buffer,
+stored beside the attempt's manifest (``stdout.log``, ``stderr.log``) when the attempt ends,
+whether it succeeded or failed (a failure adds its traceback to ``stderr.log``). The secrets mask
+sits in front of the buffer, so nothing masked on screen is stored in clear.
+
+Only Python-level writes are seen: a child process writing to the file descriptors directly
+(``os.system``, a compiled library's own ``printf``) shows in the Airflow task log or the
+terminal only. A stream that outgrows :data:`MAX_LOG_CHARS` keeps its start and its end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from airflow_flowspec.datastore.keys import STDERR_FILE, STDOUT_FILE
+
+#: Characters kept per stream; beyond it the middle is dropped (the start and the end say most).
+MAX_LOG_CHARS = 4 * 1024 * 1024
+
+
+class _Buffer:
+    def __init__(self) -> None:
+        self.head: list[str] = []
+        self.head_chars = 0
+        self.tail: list[str] = []
+        self.tail_chars = 0
+        self.dropped = 0
+
+    def add(self, text: str) -> None:
+        if self.head_chars < MAX_LOG_CHARS // 2:
+            self.head.append(text)
+            self.head_chars += len(text)
+            return
+        self.tail.append(text)
+        self.tail_chars += len(text)
+        while self.tail_chars > MAX_LOG_CHARS // 2 and len(self.tail) > 1:
+            dropped = self.tail.pop(0)
+            self.tail_chars -= len(dropped)
+            self.dropped += len(dropped)
+
+    def text(self) -> str:
+        cut = f"\n[... {self.dropped} characters of output not kept ...]\n" if self.dropped else ""
+        return "".join(self.head) + cut + "".join(self.tail)
+
+
+class _Tee:
+    """Writes through to the real stream and into a buffer."""
+
+    def __init__(self, target: TextIO, buffer: _Buffer):
+        self._target = target
+        self._buffer = buffer
+
+    def write(self, text: str) -> int:
+        self._buffer.add(text)
+        return self._target.write(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, encoding, isatty...
+        return getattr(self._target, name)
+
+
+class TaskLog:
+    """The output of one task attempt while it runs; :meth:`store` saves it."""
+
+    def __init__(self) -> None:
+        self._stdout = _Buffer()
+        self._stderr = _Buffer()
+        self.mask: Any = None  # the task's SecretMask, set once its inputs are in place
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        stdout, stderr = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(stdout, self._stdout), _Tee(stderr, self._stderr)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
+
+    def add_failure(self, error: BaseException, mask: Any = None) -> None:
+        """Put the traceback of the exception that ends the attempt at the end of ``stderr.log``."""
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        self._stderr.add(mask.redact(text) if mask else text)
+
+    def store(self, datastore: Any, identity: tuple[Any, ...]) -> None:
+        """Save the streams that are not empty beside the attempt's manifest (``identity``: flow,
+        run, step, task id, attempt); a quiet step costs no request."""
+        files = {
+            name: buffer.text().encode("utf-8", "replace")
+            for name, buffer in ((STDOUT_FILE, self._stdout), (STDERR_FILE, self._stderr))
+            if buffer.head
+        }
+        if files:
+            datastore.write_attempt_files(*identity, files)

@@ -1,0 +1,490 @@
+"""``airflow-flowspec gc``: old runs go, and exactly what no kept run uses; nothing a kept or running
+run needs is lost, even while a flow writes.
+
+Every test runs against a local folder and against S3 (moto's server on loopback). Flows run for
+real (``dag.test()``, or the step runtime without Airflow where Airflow adds nothing). Time is made
+to pass the way it looks to gc: a run's ``created_at`` is rewritten in its run.json, and objects'
+last-write times are set back (``os.utime`` locally; on S3, in moto's in-process store, since S3
+itself cannot backdate an object).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from conftest import S3_TEST_BUCKET
+from harness import FLOWS, run_flow
+
+from airflow_flowspec import Flow, Metaflow, Run, namespace
+from airflow_flowspec.datastore import artifacts, keys, open_datastore
+from airflow_flowspec.datastore import gc as gc_module
+from airflow_flowspec.datastore.gc import SAFETY_RULE, collect_garbage
+from airflow_flowspec.datastore.store import Datastore
+from airflow_flowspec.errors import DatastoreError, GarbageCollectionError, MetaflowNotFound
+from airflow_flowspec.runtime.step_runner import run_step
+from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
+from airflow_flowspec.shell import main as shell_main
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+DAY = 86400.0
+MONTH = timedelta(days=30)
+
+GC_FLOW = """
+import os
+
+from airflow_flowspec import FlowSpec, current, step
+
+
+class GcFlow(FlowSpec):
+    @step
+    def start(self):
+        self.stamp = current.run_id  # small, so in the start step's pack: different in every run
+        self.payload = os.urandom(100 * 1024)  # a blob of its own, different in every run
+        self.shared = b"s" * (100 * 1024)  # a blob of its own, the same in every run: stored once
+        self.next(self.end)
+
+    @step
+    def end(self):
+        self.echo = self.stamp + "!"  # the end step's pack, different in every run
+"""
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path, monkeypatch):
+    """A fresh datastore root that flows write to and the client reads, every namespace shown."""
+    from airflow_flowspec.client import namespaces, source
+
+    if request.param == "s3":
+        request.getfixturevalue("s3_endpoint")
+        root = f"s3://{S3_TEST_BUCKET}/gc-{uuid.uuid4().hex[:8]}"
+    else:
+        root = str(tmp_path / "store")
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", root)
+    monkeypatch.setattr(source, "_chosen_root", None)
+    monkeypatch.setattr(namespaces, "_chosen", namespaces._UNSET)
+    namespace(None)
+    return root
+
+
+@pytest.fixture
+def gc_flow(tmp_path) -> Path:
+    path = tmp_path / "gc_flow.py"
+    path.write_text(GC_FLOW)
+    return path
+
+
+# -- making time pass --------------------------------------------------------------------------------
+
+
+def age_objects(root: str, prefix: str, seconds: float) -> None:
+    """Set the last write of every object under ``prefix`` back to ``seconds`` ago, and make this
+    process forget which blobs it saw stored (as it does on its own after the freshen interval)."""
+    datastore = open_datastore(root)
+    moment = time.time() - seconds
+    backend = datastore.backend
+    stored = [obj.key for obj in backend.iter_objects(prefix)]
+    if backend.is_local:
+        for key in stored:
+            os.utime(backend.describe(key), (moment, moment))
+    else:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        bucket = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].buckets[backend.bucket]
+        naive_utc = datetime.fromtimestamp(moment, timezone.utc).replace(tzinfo=None)
+        for key in stored:
+            bucket.keys[backend.prefix + key].last_modified = naive_utc
+    open_datastore(root).artifacts._locations.clear()
+
+
+def age_run(root: str, flow: str, run_id: str, *, started_days_ago: float, written_days_ago: float = 3):
+    """A run that started ``started_days_ago`` and last wrote anything ``written_days_ago``."""
+    datastore = open_datastore(root)
+    record = datastore.read_run_meta(flow, run_id)
+    started = datetime.now(timezone.utc) - timedelta(days=started_days_ago)
+    datastore.write_run_meta(flow, run_id, {**record, "created_at": started.isoformat()})
+    age_objects(root, keys.run_prefix(flow, run_id), written_days_ago * DAY)
+
+
+def stored(root: str, prefix: str = "") -> dict[str, int]:
+    """Every object under ``prefix``: key -> size."""
+    return {obj.key: obj.size for obj in open_datastore(root).backend.iter_objects(prefix)}
+
+
+def run_steps(
+    flow_file: Path, root: str, run_id: str, *, user: str = "ana", steps=("start", "end"), flow="GcFlow"
+) -> None:
+    """Run a flow's steps in this process with the step runtime (no Airflow): a real run, fast."""
+    context = RunContext(username=user, run_type="manual")
+    manifests: list = []
+    for step in steps:
+        spec = TaskSpec(
+            str(flow_file), flow, step, run_id, root, input_manifests=manifests, run_context=context
+        )
+        manifests = [run_step(spec).manifest]
+
+
+def load_everything(flow: str) -> int:
+    """Read every artifact of every run of the flow through the client; the number read."""
+    count = 0
+    for run in Flow(flow):
+        assert run.code is None or run.code.flowspec
+        for step in run:
+            for task in step:
+                for artifact in task:
+                    artifact.data  # noqa: B018 - downloads and verifies it
+                    count += 1
+    return count
+
+
+# -- what goes ---------------------------------------------------------------------------------------
+
+
+def test_old_runs_go_with_exactly_the_blobs_only_they_used(root, gc_flow):
+    """Guards marking by reference: a blob goes only when no kept run's manifest or record names it
+    (the code blob and the blob every run shares stay with the kept run), and the counts are exact."""
+    kept = run_flow(gc_flow)
+    before_first = stored(root, "data/")
+    first = run_flow(gc_flow)
+    before_second = stored(root, "data/")
+    second = run_flow(gc_flow)
+    only_theirs = {k: s for k, s in stored(root, "data/").items() if k not in before_first}
+    assert len(only_theirs) == 6 and len(set(before_second) - set(before_first)) == 3
+    age_run(root, "GcFlow", first.run_id, started_days_ago=61)
+    age_run(root, "GcFlow", second.run_id, started_days_ago=60)
+    age_objects(root, "data/", 3 * DAY)  # every blob, the kept run's too, is old
+    gone = (first.run_id, second.run_id)
+    their_files = {
+        **stored(root, keys.run_prefix("GcFlow", gone[0])),
+        **stored(root, keys.run_prefix("GcFlow", gone[1])),
+    }
+    their_index = {
+        k: size for k, size in stored(root, "GcFlow/index/").items() if k.rpartition("/")[2] in gone
+    }
+
+    result = collect_garbage(open_datastore(root), older_than=MONTH)
+
+    assert result.runs_deleted == {"GcFlow": [second.run_id, first.run_id]}  # newest first
+    assert result.runs_kept == {"GcFlow": 1}
+    assert (result.blobs_deleted, result.blob_bytes_freed) == (6, sum(only_theirs.values()))
+    assert result.bytes_freed == sum([*only_theirs.values(), *their_files.values(), *their_index.values()])
+    assert len(their_index) == 2 * 4  # started and succeeded, each for every run and for the user
+    assert result.blobs_kept == len(before_first)
+    assert stored(root, "data/") == before_first
+    assert not stored(root, keys.run_prefix("GcFlow", first.run_id))
+    assert [run.id for run in Flow("GcFlow")] == [kept.run_id]
+    assert Flow("GcFlow").latest_run.id == kept.run_id  # the index no longer offers the deleted runs
+    assert load_everything("GcFlow") == 3 + 4  # start's three, end's echo and the three it carries
+    with pytest.raises(MetaflowNotFound):
+        Run(f"GcFlow/{first.run_id}")
+    if not root.startswith("s3://"):  # no empty run or index folder left behind, as none is on S3
+        empty = [path for path, folders, files in os.walk(root) if not folders and not files]
+        assert all(Path(path).parent.name == "data" or Path(path).name == ".tmp" for path in empty), empty
+
+    again = collect_garbage(open_datastore(root), older_than=MONTH)
+    assert (again.runs_deleted, again.blobs_deleted, again.bytes_freed) == ({}, 0, 0)
+
+
+def test_latest_successful_and_running_runs_are_kept_however_old(root, gc_flow):
+    """Guards the run protections: each namespace's latest successful run (other flows read it), a
+    run still running (wrote recently, no status.json), and a run without run.json judged by its
+    folder's last write; a failed, a dead and an abandoned run go."""
+    datastore = open_datastore(root)
+    run_steps(gc_flow, root, "ana-old-success", user="ana")
+    run_steps(gc_flow, root, "ana-success", user="ana")
+    run_steps(gc_flow, root, "bob-success", user="bob")
+    run_steps(gc_flow, root, "ana-failed", user="ana", steps=["start"])
+    datastore.finish_run("GcFlow", "ana-failed", False, {"reason": "a step failed"})
+    run_steps(gc_flow, root, "running", user="ana", steps=["start"])
+    run_steps(gc_flow, root, "dead", user="ana", steps=["start"])
+    for number, run_id in enumerate(["ana-old-success", "ana-success", "bob-success", "ana-failed"]):
+        age_run(root, "GcFlow", run_id, started_days_ago=70 - number)
+    age_run(root, "GcFlow", "dead", started_days_ago=66, written_days_ago=40)  # killed, never recorded
+    age_run(root, "GcFlow", "running", started_days_ago=65, written_days_ago=0)
+    # Runs whose start step never wrote run.json: one abandoned long ago, one being written now.
+    for run_id in ("abandoned", "starting"):
+        datastore.write_manifest("GcFlow", run_id, "start", "0", 1, {"artifacts": {}})
+    age_objects(root, keys.run_prefix("GcFlow", "abandoned"), 40 * DAY)
+    # A flow that never succeeded: nothing protects its old run, and the flow goes with it.
+    run_steps(FLOWS / "failing_flow.py", root, "failed", flow="FailingFlow", steps=["start"])
+    datastore.finish_run("FailingFlow", "failed", False, {"reason": "crunch failed"})
+    age_run(root, "FailingFlow", "failed", started_days_ago=50)
+
+    result = collect_garbage(datastore, older_than=MONTH)
+
+    assert result.runs_deleted == {
+        "GcFlow": ["abandoned", "dead", "ana-failed", "ana-old-success"],
+        "FailingFlow": ["failed"],
+    }
+    assert {flow.id for flow in Metaflow().flows} == {"GcFlow"}
+    assert sorted(datastore.list_runs("GcFlow")) == ["ana-success", "bob-success", "running", "starting"]
+    assert Flow("GcFlow").latest_successful_run.id == "bob-success"
+    namespace("user:ana")
+    assert Flow("GcFlow").latest_successful_run.id == "ana-success"
+    namespace(None)
+    assert load_everything("GcFlow") == 7 + 7 + 3  # both successful runs, and what "running" has so far
+
+
+def test_keep_last_flow_and_dry_run(root, gc_flow):
+    """Guards --keep-last (the N newest runs stay, however old), --flow (other flows' runs are not
+    touched, yet what they reference is kept) and --dry-run (it deletes nothing and reports exactly
+    what the real run then deletes)."""
+    for number in range(4):
+        run_steps(gc_flow, root, f"r{number}")
+        age_run(root, "GcFlow", f"r{number}", started_days_ago=60 - number)
+    foreach = [run_flow(FLOWS / "foreach_flow.py").run_id for _ in range(2)]
+    for number, run_id in enumerate(foreach):
+        age_run(root, "ForeachFlow", run_id, started_days_ago=50 - number)
+    age_objects(root, "data/", 3 * DAY)
+    everything = stored(root)
+
+    dry = collect_garbage(open_datastore(root), older_than=MONTH, keep_last=2, flow="GcFlow", dry_run=True)
+    assert stored(root) == everything
+    assert dry.runs_deleted == {"GcFlow": ["r1", "r0"]} and dry.runs_kept == {"GcFlow": 2}
+    assert dry.blobs_deleted == 2 * 3  # each deleted run's payload and two packs
+
+    real = collect_garbage(open_datastore(root), older_than=MONTH, keep_last=2, flow="GcFlow")
+    assert real == gc_module.GcResult(**{**vars(dry), "dry_run": False})
+    assert sorted(open_datastore(root).list_runs("GcFlow")) == ["r2", "r3"]
+    assert sorted(open_datastore(root).list_runs("ForeachFlow")) == sorted(foreach)
+    assert load_everything("ForeachFlow") == 2 * 19
+
+    every_flow = collect_garbage(open_datastore(root), older_than=MONTH)
+    assert every_flow.runs_deleted == {"GcFlow": ["r2"], "ForeachFlow": [foreach[0]]}
+    assert load_everything("ForeachFlow") == 19 and load_everything("GcFlow") == 7
+
+
+# -- what must survive -------------------------------------------------------------------------------
+
+
+def test_gc_during_a_run_keeps_every_kept_artifact_loadable(root, gc_flow):
+    """Guards the grace period and freshening under concurrency: gc runs again and again while a
+    flow writes. The new run's fresh blobs are spared by age until its manifests reference them; the
+    old blobs it saves again (left unreferenced by a dead run that gc deletes meanwhile) are
+    freshened by the save and spared too; the kept old runs stay whole."""
+    branch = run_flow(FLOWS / "branch_flow.py")
+    age_run(root, "BranchFlow", branch.run_id, started_days_ago=90)
+    run_steps(gc_flow, root, "dead", steps=["start"])  # its blobs are what the next run saves again
+    age_run(root, "GcFlow", "dead", started_days_ago=60, written_days_ago=40)
+    age_objects(root, "data/", 3 * DAY)
+
+    results, failures, stop = [], [], threading.Event()
+    collector_store = Datastore(root)  # as if in another process
+
+    def collect_until_stopped() -> None:
+        while not stop.is_set():
+            try:
+                results.append(collect_garbage(collector_store, older_than=MONTH))
+            except Exception as error:  # noqa: BLE001 - reported by the test below
+                failures.append(error)
+                return
+
+    collector = threading.Thread(target=collect_until_stopped)
+    collector.start()
+    try:
+        running = run_flow(gc_flow)  # Airflow's dag.test() needs the main thread: gc runs beside it
+        running_foreach = run_flow(FLOWS / "foreach_flow.py")
+    finally:
+        stop.set()
+        collector.join()
+    assert not failures, failures
+    assert running.succeeded and running_foreach.succeeded and len(results) >= 2
+    assert any(result.runs_deleted.get("GcFlow") == ["dead"] for result in results)
+
+    final = collect_garbage(open_datastore(root), older_than=MONTH)
+    assert final.runs_deleted == {}
+    assert [run.id for run in Flow("GcFlow")] == [running.run_id]
+    assert load_everything("GcFlow") == 7 and load_everything("ForeachFlow") == 19
+    assert load_everything("BranchFlow") > 20
+    assert {flow.id for flow in Metaflow().flows} == {"GcFlow", "ForeachFlow", "BranchFlow"}
+
+
+def test_an_old_unreferenced_blob_saved_again_is_freshened_and_survives(root, monkeypatch):
+    """Guards freshening: a save that finds an old blob already stored renews its last write (on S3
+    keeping its recorded hash), and a process stops trusting its memory of stored blobs after the
+    freshen interval, so a blob about to be referenced again is not collected."""
+    worker = Datastore(root)  # a long-lived worker process
+    values = {"again": os.urandom(200 * 1024), "small": "packed", "control": os.urandom(300 * 1024)}
+    refs = worker.artifacts.save_many(values)
+    age_objects(root, "data/", 3 * DAY)  # a worker of another host wrote them long ago...
+
+    def ages() -> dict[str, float]:
+        now = time.time()
+        return {obj.key: now - obj.modified for obj in worker.backend.iter_objects("data/")}
+
+    again, pack = keys.blob_key(refs["again"].hash), keys.blob_key(refs["small"].pack)
+    counters = worker.backend.counters
+    writes, requests = counters.bytes_written, counters.requests
+    worker.artifacts.save_many({"again": values["again"], "small": "packed"})  # ...this one just did
+    assert (counters.bytes_written, counters.requests) == (writes, requests)  # remembered: no request
+    assert ages()[again] > 2 * DAY
+
+    monkeypatch.setattr(artifacts, "FRESHEN_INTERVAL_SECONDS", 0.2)  # remembered for 0.1 s from now on
+    time.sleep(0.15)
+    assert worker.artifacts.save_many({"again": values["again"], "small": "packed"}) == {
+        "again": refs["again"],
+        "small": refs["small"],
+    }
+    assert counters.requests > requests and counters.bytes_written == writes  # checked, freshened
+    assert (
+        ages()[again] < 600 and ages()[pack] < 600 and ages()[keys.blob_key(refs["control"].hash)] > 2 * DAY
+    )
+
+    result = collect_garbage(open_datastore(root), older_than=MONTH)
+    assert (result.blobs_deleted, result.blob_bytes_freed) == (1, refs["control"].size)
+    reader = Datastore(root)
+    assert reader.artifacts.load(refs["again"]) == values["again"]
+    assert reader.artifacts.load(refs["small"]) == "packed"
+    assert reader.backend.blob_is_stored(again, refs["again"].size, refs["again"].hash)  # hash kept on S3
+
+    # Another process saving it, with the real interval, freshens it just the same.
+    monkeypatch.setattr(artifacts, "FRESHEN_INTERVAL_SECONDS", 3600.0)
+    age_objects(root, "data/", 3 * DAY)
+    Datastore(root).artifacts.save("again", values["again"])
+    assert ages()[again] < 600 and ages()[pack] > 2 * DAY
+
+
+def test_ordinary_xcoms_damaged_blobs_and_scratch_files_are_swept(root, gc_flow, tmp_path, monkeypatch):
+    """Guards the XCom rule (a deleted run's folder, under its flow's DAG or the DAG its record
+    names; other DAGs' folders only when all old and no kept run has their run id), the horizon
+    for damaged blobs, and the scratch sweep."""
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__SCRATCH_DIR", str(tmp_path / "scratch"))
+    datastore = open_datastore(root)
+    run_steps(gc_flow, root, "gone", steps=["start"])
+    record = datastore.read_run_meta("GcFlow", "gone")
+    datastore.write_run_meta(
+        "GcFlow", "gone", {**record, "context": {**record["context"], "dag_id": "GcDag"}}
+    )
+    age_run(root, "GcFlow", "gone", started_days_ago=60, written_days_ago=0)
+    datastore.finish_run("GcFlow", "gone", False, {})
+    run_steps(gc_flow, root, "kept")
+    age_run(root, "GcFlow", "kept", started_days_ago=60)
+    folders = [
+        ("GcFlow", "gone"),
+        ("GcDag", "gone"),
+        ("report", "old"),
+        ("report", "new"),
+        ("report", "kept"),
+    ]
+    for dag_id, run_id in folders:
+        datastore.save_xcom_value(
+            [dag_id, run_id], dag_id=dag_id, run_id=run_id, task_id="t", map_index=-1, key="k"
+        )
+    for dag_id, run_id in folders[2:]:
+        if run_id != "new":
+            age_objects(root, f"_xcom/{dag_id}/{run_id}/", 40 * DAY)
+    damaged = {
+        "old": f"damaged/{'a' * 64}.20000101T000000Z.0123abcd",
+        "new": f"damaged/{'b' * 64}.29990101T000000Z.0",
+    }
+    for key in damaged.values():
+        datastore.backend.put_bytes(key, b"bad")
+    age_objects(root, damaged["old"].rsplit("/", 1)[0] + "/", 40 * DAY)  # both look old on disk...
+    scratch = Path(datastore.backend.scratch_dir())
+    scratch.mkdir(exist_ok=True)
+    leftover = scratch / "flowspec-otherhost-1-0123abcd.tmp"  # a killed task's, on another host
+    leftover.write_bytes(b"half a pickle")
+    os.utime(leftover, (time.time() - 40 * DAY,) * 2)
+
+    only_flow = collect_garbage(datastore, older_than=MONTH, flow="GcFlow")
+    assert sorted(only_flow.xcom_runs_deleted) == [("GcDag", "gone"), ("GcFlow", "gone")]
+    assert only_flow.damaged_deleted == 1 and not leftover.exists()
+    result = collect_garbage(datastore, older_than=MONTH)
+    assert result.xcom_runs_deleted == [("report", "old")]
+    assert sorted(stored(root, "_xcom/")) == [
+        keys.xcom_value_key("report", run_id, "t", -1, "k") for run_id in ("kept", "new")
+    ]
+    assert list(stored(root, "damaged/")) == [damaged["new"]]  # ...but its name says it moved later
+
+
+def test_a_gc_stopped_half_way_is_finished_by_the_next(root, gc_flow, monkeypatch):
+    """Guards the deletion order (index entries first, run.json and status.json last) and reading
+    before deleting: a gc that fails leaves a run still recognisably a run, which the next one
+    deletes; a kept run's manifest that cannot be read stops gc before it deleted anything."""
+    run_steps(gc_flow, root, "old")
+    run_steps(gc_flow, root, "new")
+    age_run(root, "GcFlow", "old", started_days_ago=60)
+    age_objects(root, "data/", 3 * DAY)
+
+    newest = open_datastore(root)
+    manifest = keys.manifest_key("GcFlow", "new", "end", "0", 1)
+    good = newest.backend.get_bytes(manifest)
+    newest.backend.put_bytes(manifest, b"{not json")
+    everything = stored(root)
+    with pytest.raises(GarbageCollectionError, match="not valid JSON.*stopped before deleting anything"):
+        collect_garbage(newest, older_than=MONTH)
+    assert stored(root) == everything
+    newest.backend.put_bytes(manifest, good)
+
+    failing = Datastore(root)
+    delete_many = failing.backend.delete_many
+
+    def fail_on_the_run_record(batch):
+        if any(key.endswith("/" + keys.RUN_META_FILE) for key in batch):
+            raise DatastoreError("the network went away")
+        delete_many(batch)
+
+    monkeypatch.setattr(failing.backend, "delete_many", fail_on_the_run_record)
+    with pytest.raises(DatastoreError):
+        collect_garbage(failing, older_than=MONTH)
+    left = sorted(stored(root, keys.run_prefix("GcFlow", "old")))
+    assert left == [keys.run_meta_key("GcFlow", "old"), keys.run_status_key("GcFlow", "old")]
+    assert Run("GcFlow/old").finished and "old" in open_datastore(root).list_runs("GcFlow")
+    assert not any("old" in key for key in stored(root, "GcFlow/index/"))  # no longer offered
+    assert [run.id for run in Flow("GcFlow")] == ["new"]
+
+    finished = collect_garbage(open_datastore(root), older_than=MONTH)
+    assert finished.runs_deleted == {"GcFlow": ["old"]} and finished.blobs_deleted == 3
+    assert not stored(root, keys.run_prefix("GcFlow", "old"))
+
+
+# -- the command -------------------------------------------------------------------------------------
+
+
+def test_the_gc_command(root, gc_flow, capsys, monkeypatch):
+    """The shell command as a user types it: --help states the safety rule, --dry-run reports, a
+    real run deletes, a grace too short is refused and --grace 0 warns, and progress goes to stderr."""
+    with pytest.raises(SystemExit):
+        shell_main(["gc", "--help"])
+    assert " ".join(SAFETY_RULE.split()) in " ".join(capsys.readouterr().out.split())
+
+    run_steps(gc_flow, root, "old")
+    run_steps(gc_flow, root, "new")
+    age_run(root, "GcFlow", "old", started_days_ago=45)
+    age_objects(root, "data/", 3 * DAY)
+    everything = stored(root)
+
+    assert shell_main(["--root", root, "gc", "--older-than", "30d", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "GcFlow: would delete 1 run (old), kept 1 run." in out and "Nothing was deleted (--dry-run)" in out
+    assert "Would delete 3 artifact blobs" in out and stored(root) == everything
+
+    assert shell_main(["gc", "--older-than", "30d", "--root", root, "--grace", "1h"]) == 1
+    assert "grace period of 1h is too short" in capsys.readouterr().err and stored(root) == everything
+    assert shell_main(["gc", "--older-than", "30d", "--root", root, "--flow", "NoSuchFlow"]) == 1
+    assert "Flow 'NoSuchFlow' has no runs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        shell_main(["gc", "--older-than", "a month", "--root", root])
+    assert "is not an age" in capsys.readouterr().err
+
+    monkeypatch.setattr(gc_module, "PROGRESS_EVERY", 5)
+    assert shell_main(["gc", "--older-than", "30d", "--root", root, "--keep-last", "0"]) == 0
+    captured = capsys.readouterr()
+    assert (
+        "GcFlow: deleted 1 run (old), kept 1 run." in captured.out
+        and "Deleted 3 artifact blobs" in captured.out
+    )
+    assert "objects examined so far" in captured.err
+    assert [run.id for run in Flow("GcFlow")] == ["new"]
+
+    assert shell_main(["gc", "--older-than", "0", "--grace", "0", "--root", root]) == 0
+    captured = capsys.readouterr()
+    assert "--grace 0 deletes unreferenced artifacts" in captured.err
+    assert "kept 1 run" in captured.out and load_everything("GcFlow") == 7  # the latest successful run
