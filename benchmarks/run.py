@@ -32,6 +32,8 @@ CASES = {
     8: "foreach_width",
     9: "xcom_vs_object_storage",
     10: "hello_time",
+    11: "client_latest_run",
+    12: "client_fresh_load",
 }
 
 
