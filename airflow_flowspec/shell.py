@@ -85,6 +85,14 @@ def _add_gc_parser(commands: Any) -> None:
         help=f"spare unreferenced artifacts written or re-confirmed this recently (default "
         f"{format_age(DEFAULT_GRACE)}; at least {format_age(MIN_GRACE)}; 0 only when no flow is running)",
     )
+    gc.add_argument(
+        "--xcom-older-than",
+        type=_age,
+        default=None,
+        metavar="AGE",
+        help="also delete ordinary (non-flow) DAGs' pickled XComs older than this; Airflow may still "
+        "read such an XCom (include_prior_dates), so only when nothing does",
+    )
     gc.add_argument("--root", default=argparse.SUPPRESS, help="datastore root to collect")
 
 
@@ -209,6 +217,7 @@ def _gc(args: argparse.Namespace) -> int:
         grace=grace,
         dry_run=args.dry_run,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
+        xcom_older_than=args.xcom_older_than,
     )
     print(result.summary())
     return 0

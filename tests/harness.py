@@ -90,15 +90,16 @@ class FlowRun:
         return {name: self.datastore.artifacts.load(ArtifactRef.from_json(ref)) for name, ref in refs.items()}
 
 
-def run_flow(path: Path, params: dict[str, Any] | None = None) -> FlowRun:
-    """Translate the flow, register its DAG, and run it once with dag.test()."""
+def run_flow(path: Path, params: dict[str, Any] | None = None, **test_arguments: Any) -> FlowRun:
+    """Translate the flow, register its DAG, and run it once with dag.test() (``test_arguments``,
+    e.g. ``logical_date``, go to dag.test())."""
     from airflow_flowspec.airflow.local_run import sync_dag
     from airflow_flowspec.airflow.registration import dag_for
 
     flow_class = load_flow(path)
     dag = dag_for(flow_class, str(path))
     sync_dag(dag)
-    return FlowRun(flow_class.__name__, dag.test(run_conf=params or {}))
+    return FlowRun(flow_class.__name__, dag.test(run_conf=params or {}, **test_arguments))
 
 
 def run_cli(

@@ -176,18 +176,25 @@ def test_dags_folder_deploys_branches_side_by_side_and_the_decorator_pins_its_ow
 
 @pytest.mark.usefixtures("airflow_db")
 def test_a_deployed_branch_runs_on_airflow_and_its_runs_are_the_flows(client_store, monkeypatch):
-    """``dag.test()`` of the DAGs the dags folder would build, production then staging."""
-    production = run_flow(PROJECT_FLOW)
+    """``dag.test()`` of the DAGs the dags folder would build, production then staging, for the
+    same interval: both get the same Airflow run id (as two branches' schedules do), and each run
+    is stored under its branch's run id, so neither writes into the other's run."""
+    from datetime import datetime, timezone
+
+    interval = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    production = run_flow(PROJECT_FLOW, logical_date=interval, run_after=interval)
     assert production.succeeded, production.states()
     assert production.dag_run.dag_id == f"{PROJECT}.prod.ProjectFlow"
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__PROJECT_BRANCH", "staging")
-    staging = run_flow(PROJECT_FLOW)
+    staging = run_flow(PROJECT_FLOW, logical_date=interval, run_after=interval)
     assert staging.succeeded and staging.dag_run.dag_id == f"{PROJECT}.test.staging.ProjectFlow"
+    assert staging.run_id == production.run_id  # Airflow's
 
     namespace(None)
+    assert len(list(Flow("ProjectFlow"))) == 2
     for run, branch, is_production in ((production, "prod", True), (staging, "test.staging", False)):
         (found,) = Flow("ProjectFlow").runs(f"project_branch:{branch}")
-        assert found.id == run.run_id and found.successful
+        assert found.id == f"{branch}:{run.run_id}" and found.successful
         assert {f"project:{PROJECT}", f"project_branch:{branch}"} <= found.system_tags
         seen = found["start"].task.data.seen
         assert (seen["branch_name"], seen["is_production"], seen["is_user_branch"]) == (
@@ -206,7 +213,7 @@ def test_a_failed_project_run_is_recorded_under_the_flow_name(tmp_path, client_s
     assert not run.succeeded and run.dag_run.dag_id == f"{PROJECT}.prod.ProjectFlow"
     namespace(None)
     latest = Flow("ProjectFlow").latest_run
-    assert latest.id == run.run_id and latest.finished and not latest.successful
+    assert latest.id == f"prod:{run.run_id}" and latest.finished and not latest.successful
 
 
 @pytest.mark.usefixtures("airflow_db")

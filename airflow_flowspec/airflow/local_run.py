@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_flowspec.airflow.discovery import DISCOVERY_CALLABLE
 from airflow_flowspec.config import default_home
+from airflow_flowspec.runtime.task_spec import stored_run_id
 
 if TYPE_CHECKING:
     from airflow_flowspec.decorators.flow_decorators import ProjectBranch
@@ -131,11 +132,12 @@ def run_locally(
     run_id = DagRun.generate_run_id(
         run_type=DagRunType.MANUAL, logical_date=logical_date, run_after=logical_date
     )
-    print(f"Run id: {run_id}", flush=True)
+    branch = project.branch_name if project is not None else None
+    print(f"Run id: {stored_run_id(run_id, branch)}", flush=True)
     if project is not None:
         print(f"Project: {project.project_name}, Branch: {project.branch_name}", flush=True)
     dag_run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=parameters)
-    return _report(flow_class.__name__, dag_run)
+    return _report(flow_class.__name__, dag_run, branch)
 
 
 def _build_lean_execution_api() -> None:
@@ -208,11 +210,12 @@ def _initialize_metrics() -> None:
         stats.initialize(factory=factory, export_legacy_names=legacy_names)
 
 
-def _report(flow_name: str, dag_run: Any) -> int:
+def _report(flow_name: str, dag_run: Any, branch: str | None) -> int:
     from airflow.utils.state import DagRunState, TaskInstanceState
 
+    run_id = stored_run_id(dag_run.run_id, branch)
     if dag_run.state == DagRunState.SUCCESS:
-        print(f"Flow {flow_name} run {dag_run.run_id} succeeded.", flush=True)
+        print(f"Flow {flow_name} run {run_id} succeeded.", flush=True)
         return 0
     failed = sorted(
         (ti.task_id, ti.map_index)
@@ -222,7 +225,7 @@ def _report(flow_name: str, dag_run: Any) -> int:
     )
     names = ", ".join(t if m < 0 else f"{t}[{m}]" for t, m in failed) or "unknown"
     print(
-        f"Flow {flow_name} run {dag_run.run_id} failed in step(s): {names}. The step's error is shown above.",
+        f"Flow {flow_name} run {run_id} failed in step(s): {names}. The step's error is shown above.",
         file=sys.stderr,
         flush=True,
     )

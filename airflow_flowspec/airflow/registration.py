@@ -86,4 +86,8 @@ def deployed_branch(flow_class: type) -> ProjectBranch | None:
 
     if project_of(flow_class) is None:
         return None  # the option is not even read: a bad value fails only the flows it applies to
-    return branch_for_deployment(flow_class, config.project_branch(), getpass.getuser())
+    try:
+        username = getpass.getuser()  # used only for a user branch (@project(production=False))
+    except (KeyError, OSError):  # a container user without a passwd entry or USER variable
+        username = "unknown"
+    return branch_for_deployment(flow_class, config.project_branch(), username)

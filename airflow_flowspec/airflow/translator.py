@@ -31,7 +31,7 @@ from airflow_flowspec.operators.step_task import (
     SPLIT_MANIFEST_KEY,
 )
 from airflow_flowspec.parameters import JSONType, flow_parameters
-from airflow_flowspec.runtime.task_spec import RUN_TAGS_CONF_KEY
+from airflow_flowspec.runtime.task_spec import RUN_TAGS_CONF_KEY, stored_run_id
 
 #: Fixed so that parsing is deterministic; with catchup off only the latest interval runs.
 START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -59,7 +59,11 @@ def build_dag(
         doc_md=(flow_class.__doc__ or "").strip() or None,
         tags=["flowspec"],
         max_active_runs=16,
-        on_failure_callback=functools.partial(record_failed_run, flow_name=flow_class.__name__),
+        on_failure_callback=functools.partial(
+            record_failed_run,
+            flow_name=flow_class.__name__,
+            branch_name=project.branch_name if project else None,
+        ),
     ) as dag:
         _add_tasks(flow_class, graph, flow_file)
     dag.fileloc = flow_file
@@ -82,16 +86,20 @@ def _dag_id(flow_class: type, project: ProjectBranch | None) -> str:
     return dag_id
 
 
-def record_failed_run(context: Any, flow_name: str) -> None:
+def record_failed_run(context: Any, flow_name: str, branch_name: str | None = None) -> None:
     """Mark the run failed in the datastore, so the client's run listing says so too.
 
-    Runs are stored under the flow's name, which is not the DAG id of a ``@project`` flow.
+    Runs are stored under the flow's name, which is not the DAG id of a ``@project`` flow, and a
+    project run's id starts with its branch (:func:`stored_run_id`).
     """
     from airflow_flowspec.datastore import open_datastore
 
     dag_run = context["dag_run"]
     open_datastore(config.datastore_root()).finish_run(
-        flow_name, dag_run.run_id, False, {"reason": str(context.get("reason") or "a step failed")}
+        flow_name,
+        stored_run_id(dag_run.run_id, branch_name),
+        False,
+        {"reason": str(context.get("reason") or "a step failed")},
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import getpass
 from typing import Any
 
-from airflow_flowspec.runtime.task_spec import SYSTEM_TAG_PREFIXES
+from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES
 
 _UNSET: Any = object()
 _chosen: Any = _UNSET

@@ -18,7 +18,6 @@ Pathspecs are Metaflow's: ``Flow/run_id/step/task_id`` (Airflow run ids such as
 from __future__ import annotations
 
 import difflib
-import itertools
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -26,13 +25,13 @@ from typing import Any
 from airflow_flowspec.client.namespaces import get_namespace, in_namespace, is_indexed_namespace
 from airflow_flowspec.client.source import client_datastore
 from airflow_flowspec.datastore import keys
+from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES
 from airflow_flowspec.errors import (
     ArtifactNotFoundError,
     MetaflowNamespaceMismatch,
     MetaflowNotFound,
     UnsafeKeyError,
 )
-from airflow_flowspec.runtime.task_spec import SYSTEM_TAG_PREFIXES
 
 #: Top-level folders of a datastore root that are not flows.
 _NOT_FLOWS = frozenset({"data", "_xcom", "damaged"})
@@ -116,7 +115,8 @@ class Flow(MetaflowObject):
     def __init__(self, pathspec: str):
         (name,) = _split(pathspec, 1, "Flow")
         super().__init__(name)
-        if self._datastore.latest_run(name) is None and not self._datastore.list_runs(name):
+        self._index_complete: bool | None = self._datastore.index_is_complete(name)
+        if not self._index_complete and not self._datastore.list_runs(name):
             raise MetaflowNotFound(
                 f"Flow {name!r} has no runs in the datastore {self._datastore.root}. "
                 + _nearby(name, _flow_names(self._datastore), "flows")
@@ -134,13 +134,11 @@ class Flow(MetaflowObject):
         ``production:``, ``project:``...) has its own index, so other users' runs are not read.
         """
         current_namespace = get_namespace()
-        indexed = current_namespace if is_indexed_namespace(current_namespace) else None
-        run_ids = self._datastore.indexed_runs(self.id, namespace=indexed, page_size=_RUNS_PAGE)
-        first = next(run_ids, None)
-        if first is None and self._recorded_before_index():
+        if self._recorded_before_index():
             yield from self._runs_by_listing(current_namespace, tags)
             return
-        for run_id in itertools.chain([] if first is None else [first], run_ids):
+        indexed = current_namespace if is_indexed_namespace(current_namespace) else None
+        for run_id in self._datastore.indexed_runs(self.id, namespace=indexed, page_size=_RUNS_PAGE):
             try:
                 record = self._datastore.read_run_meta(self.id, run_id)
             except ArtifactNotFoundError:
@@ -149,8 +147,11 @@ class Flow(MetaflowObject):
                 yield Run._with_record(f"{self.id}/{run_id}", record)
 
     def _recorded_before_index(self) -> bool:
-        """Whether the flow's runs predate the run index (it lists none, the runs folder has some)."""
-        return self._datastore.latest_run(self.id) is None and bool(self._datastore.list_runs(self.id))
+        """Whether some of the flow's runs may be missing from the run index: runs recorded before
+        it, until the flow's next run or ``airflow-flowspec gc`` adds them (one request to know)."""
+        if self._index_complete is None:
+            self._index_complete = self._datastore.index_is_complete(self.id)
+        return not self._index_complete
 
     def _runs_by_listing(self, current_namespace: str | None, tags: tuple[str, ...]) -> Iterator[Run]:
         """Runs of a datastore written before the run index: every record is read and sorted
@@ -194,16 +195,15 @@ class Flow(MetaflowObject):
 
     def _latest(self, *, successful: bool) -> Run | None:
         current_namespace = get_namespace()
-        if is_indexed_namespace(current_namespace):
+        if is_indexed_namespace(current_namespace) and not self._recorded_before_index():
             find = self._datastore.latest_successful_run if successful else self._datastore.latest_run
             run_id = find(self.id, namespace=current_namespace)
-            if run_id is not None:
-                try:
-                    return Run(f"{self.id}/{run_id}")
-                except MetaflowNotFound:
-                    pass  # deleted (gc) since the index was read: look further
-            elif not self._recorded_before_index():
+            if run_id is None:
                 return None
+            try:
+                return Run(f"{self.id}/{run_id}")
+            except MetaflowNotFound:
+                pass  # deleted (gc) since the index was read: look further
         return next((run for run in self.runs() if run.successful or not successful), None)
 
 

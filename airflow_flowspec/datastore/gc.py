@@ -17,8 +17,8 @@ horizon (``--older-than``), except
 * the ``--keep-last`` newest runs;
 * the latest successful run, overall and in each system namespace (``user:...``,
   ``production:...``), because other flows read it by that name;
-* a run that has not finished (no status.json) and wrote something more recently than the horizon
-  or the grace period: it is still running.
+* a run that wrote something more recently than the horizon or the grace period: it is still
+  running, or a failed run is being resumed (its status.json says failed until it finishes).
 
 A run whose start never wrote run.json is judged by when its folder was last written.
 
@@ -32,8 +32,9 @@ The order is what makes every step safe to interrupt (a gc killed half-way is fi
 3. Sweep ``data/`` by the safety rule, deleting what it lists within a second or so, so that a blob
    a save freshens meanwhile is rarely judged on a listing older than the freshening.
 4. Pickled XComs of ordinary tasks (``_xcom/<dag>/<run>/``): those of a run deleted here (its flow's
-   DAG, or the DAG its record names); and, when every flow is collected, those whose objects are all
-   older than the horizon and whose run id no kept run has.
+   DAG, or the DAG its record names); and, only when asked (``--xcom-older-than``) and every flow is
+   collected, those whose objects are all older than that and whose run id no kept run has. Not by
+   default: Airflow's row for such an XCom may still be read (``include_prior_dates``).
 5. ``damaged/`` blobs set aside before the horizon; then the backend's sweep (scratch files of dead
    processes, S3 multipart uploads never completed); then kept runs missing from the run index
    (recorded by a version before it) are added to it.
@@ -165,11 +166,13 @@ def collect_garbage(
     dry_run: bool = False,
     now: float | None = None,
     progress: Callable[[str], None] | None = None,
+    xcom_older_than: timedelta | None = None,
 ) -> GcResult:
     """Delete runs that started before ``now - older_than`` (with the exceptions in the module
     docstring), then what no kept run references; only ``flow``'s runs when given (every flow's
     kept runs still count as references). ``now`` (seconds since the epoch) is the moment every age
     is measured from; ``progress`` receives a line every :data:`PROGRESS_EVERY` objects examined.
+    ``xcom_older_than`` also deletes other DAGs' pickled XComs that old (see the module docstring).
     """
     if older_than < timedelta(0):
         raise GarbageCollectionError(f"--older-than must not be negative, got {older_than}.")
@@ -182,7 +185,10 @@ def collect_garbage(
             f"an artifact a running flow is about to reference. Use --grace {format_age(MIN_GRACE)} or more "
             f"(the default is {format_age(DEFAULT_GRACE)}), or --grace 0 only when no flow is running."
         )
-    return _Collector(datastore, older_than, keep_last, flow, grace, dry_run, now, progress).run()
+    collector = _Collector(datastore, older_than, keep_last, flow, grace, dry_run, now, progress)
+    if xcom_older_than is not None:
+        collector.xcom_horizon = collector.now - xcom_older_than.total_seconds()
+    return collector.run()
 
 
 @dataclass
@@ -192,6 +198,8 @@ class _RunFolder:
     run_id: str
     prefix: str
     newest: float = 0.0  # last write of any of its objects
+    newest_work: float = 0.0  # last write of any object but status.json
+    status_written: float = 0.0  # last write of status.json
     objects: int = 0
     size: int = 0
     has_record: bool = False
@@ -239,6 +247,7 @@ class _Collector:
         self.now = time.time() if now is None else now
         self.horizon = self.now - older_than.total_seconds()
         self.grace_cutoff = self.now - grace.total_seconds()
+        self.xcom_horizon: float | None = None  # ordinary DAGs' XComs are deleted by age only if set
         self.progress = progress
         self.examined = 0
         self.result = GcResult(dry_run=dry_run)
@@ -300,6 +309,10 @@ class _Collector:
             current.objects += 1
             current.size += stored.size
             current.newest = max(current.newest, stored.modified)
+            if inner == keys.RUN_STATUS_FILE:
+                current.status_written = stored.modified
+            else:
+                current.newest_work = max(current.newest_work, stored.modified)
             parts = inner.split("/")
             if inner == keys.RUN_META_FILE:
                 current.has_record = True
@@ -347,7 +360,12 @@ class _Collector:
             if (
                 id(run) in keep
                 or run.started >= self.horizon
-                or (not run.has_status and run.newest >= still_running)
+                # written to recently without an outcome after it: running, or a failed run being
+                # resumed (clearing a failed task re-runs it; the failure's status.json stays)
+                or (
+                    run.newest >= still_running
+                    and (not run.has_status or run.newest_work > run.status_written)
+                )
             ):
                 flow.kept.append(run)
             else:
@@ -429,7 +447,15 @@ class _Collector:
         for entry in entries:
             stamp_folder = entry.key.rpartition("/")[0] + "/"
             self._prune_local_folders(stamp_folder, up_to=stamp_folder)
-        if not flow.kept:  # no run left: the flow's folder goes too, as it would on S3
+        if not flow.kept:  # no run left: the flow goes, its index marker too (on S3 as locally)
+            marker = keys.run_index_complete_key(flow.name)
+            self._delete(
+                [
+                    obj
+                    for obj in self.backend.iter_objects(keys.flow_prefix(flow.name) + "index/")
+                    if obj.key == marker
+                ]
+            )
             self._prune_local_folders(keys.flow_prefix(flow.name), up_to="")
         self.result.runs_deleted[flow.name] = [run.run_id for run in flow.gone]
 
@@ -481,8 +507,9 @@ class _Collector:
                 continue
             if (dag_id, run_id) in gone or (
                 self.only_flow is None
+                and self.xcom_horizon is not None
                 and run_id not in kept_run_ids
-                and all(obj.modified < self.horizon for obj in objects)
+                and all(obj.modified < self.xcom_horizon for obj in objects)
             ):
                 self._delete(objects)
                 self.result.xcom_runs_deleted.append((dag_id, run_id))

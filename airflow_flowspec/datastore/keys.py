@@ -5,6 +5,7 @@ Layout, relative to the datastore root (a local folder or ``s3://bucket/prefix``
     data/<h[:2]>/<h>                                      pickled artifact, named by its BLAKE3 hash
     damaged/<h>.<time>.<random>                           a blob that failed its hash check, moved aside
     <flow>/index/<list>/<namespace>/<newest-first>/<run>  one empty-ish entry per run and list
+    <flow>/index/complete.json                            every run of the flow is in the index
     <flow>/runs/<run>/run.json                            run metadata, written when the run starts
     <flow>/runs/<run>/status.json                         {"status": "succeeded"|"failed", ...} at the end
     <flow>/runs/<run>/<step>/<task>/attempt-<n>/manifest.json   written last by a task attempt
@@ -76,6 +77,9 @@ RUNS_STARTED = "started"
 RUNS_SUCCEEDED = "succeeded"
 #: The index's list of every run, beside the per-tag ones (a tag always contains ``:``).
 ALL_RUNS = "all"
+#: Prefixes of the tags the system gives a run when it starts; they never change afterwards, so
+#: the run index keeps a list per such tag, and a user's own tag may not take one of them.
+SYSTEM_TAG_PREFIXES = ("user:", "production:", "project:", "project_branch:")
 _NEWEST_FIRST_LIMIT = 10**17  # microseconds since 1970: good until the year 5138
 
 
@@ -160,6 +164,11 @@ def run_index_prefix(flow: str, which: str, namespace: str | None = None) -> str
     if which not in (RUNS_STARTED, RUNS_SUCCEEDED):
         raise UnsafeKeyError(f"{which!r} is not a run index list ({RUNS_STARTED!r} or {RUNS_SUCCEEDED!r}).")
     return flow_prefix(flow) + f"index/{which}/{safe_key_part(namespace or ALL_RUNS)}/"
+
+
+def run_index_complete_key(flow: str) -> str:
+    """Written once every run of the flow is in the index (runs recorded before it, by reindex)."""
+    return flow_prefix(flow) + "index/complete.json"
 
 
 def run_index_key(flow: str, which: str, namespace: str | None, started_us: int, run_id: str) -> str:

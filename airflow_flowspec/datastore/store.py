@@ -222,6 +222,10 @@ class Datastore:
         the index as it was.
         """
         self._add_to_index(flow, run_id, record, keys.RUNS_STARTED)
+        if not self.index_is_complete(flow):
+            # The flow's first run with the index (or one of the first): bring earlier runs in.
+            # A new flow has few; a flow from before the upgrade pays this once.
+            self.reindex(flow)
 
     def write_run_tags(self, flow: str, run_id: str, tags: list[str]) -> dict[str, Any]:
         """Replace the run's tags in its record (one atomic rewrite); return the record."""
@@ -283,27 +287,39 @@ class Datastore:
                 yield run_id
 
     def reindex(self, flow: str) -> int:
-        """Index the runs of ``flow`` that are missing from the run index (runs recorded by a
-        version from before it); return how many were added. Safe while runs are being written:
-        entries are written once, under keys that depend only on the run."""
+        """Add the runs of ``flow`` missing from the run index (recorded by a version before it)
+        and mark the index complete; return how many were added.
+
+        Only runs whose start step wrote its manifest are added, as :meth:`index_run` would have:
+        a start that died on the way is not a run to list. Safe while runs are being written:
+        entries are written once, under keys that depend only on the run, and a run whose start
+        finishes after this pass indexes itself.
+        """
         started = set(self.indexed_runs(flow, page_size=1000))
-        succeeded = set(self.indexed_runs(flow, successful=True, page_size=1000))
         added = 0
         for run_id in self.list_runs(flow):
-            if run_id in started and run_id in succeeded:
+            if run_id in started:
                 continue
             try:
                 record = self.read_run_meta(flow, run_id)
             except ArtifactNotFoundError:
-                continue  # a start step that never finished: not a run to list
-            status = self.run_status(flow, run_id) or {}
-            lists = [] if run_id in started else [keys.RUNS_STARTED]
-            if status.get("status") == "succeeded" and run_id not in succeeded:
+                continue
+            if self.latest_attempt_manifest(flow, run_id, "start", "0") is None:
+                continue
+            if "system_tags" not in record:  # recorded before system tags were told apart
+                record = {**record, "system_tags": [t for t in record.get("tags", []) if _is_system_tag(t)]}
+            lists = [keys.RUNS_STARTED]
+            if (self.run_status(flow, run_id) or {}).get("status") == "succeeded":
                 lists.append(keys.RUNS_SUCCEEDED)
-            if lists:
-                self._add_to_index(flow, run_id, record, *lists)
-                added += 1
+            self._add_to_index(flow, run_id, record, *lists)
+            added += 1
+        self._write_json(keys.run_index_complete_key(flow), {"flow": flow, "completed_at": _now()})
         return added
+
+    def index_is_complete(self, flow: str) -> bool:
+        """Whether every run of ``flow`` is in the run index (False for a flow whose runs were
+        recorded before the index, until :meth:`reindex`: the client then lists them all)."""
+        return self.backend.exists(keys.run_index_complete_key(flow))
 
     def _add_to_index(self, flow: str, run_id: str, record: dict[str, Any], *lists: str) -> None:
         started = _moment(record.get("created_at"))
@@ -366,6 +382,10 @@ class Datastore:
                 f"{self.backend.describe(key)} holds {type(document).__name__}, not a JSON object."
             )
         return document
+
+
+def _is_system_tag(tag: Any) -> bool:
+    return isinstance(tag, str) and tag.startswith(keys.SYSTEM_TAG_PREFIXES)
 
 
 def _now() -> str:

@@ -21,7 +21,13 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_flowspec import config
 from airflow_flowspec.datastore.manifest import checked_manifest
 from airflow_flowspec.errors import ForeachTooWideError, is_flow_mistake
-from airflow_flowspec.runtime.task_spec import RUN_TAGS_CONF_KEY, RunContext, StepResult, TaskSpec
+from airflow_flowspec.runtime.task_spec import (
+    RUN_TAGS_CONF_KEY,
+    RunContext,
+    StepResult,
+    TaskSpec,
+    stored_run_id,
+)
 
 #: XCom key of a foreach split's manifest (its return_value is the list Airflow maps over).
 SPLIT_MANIFEST_KEY = "flowspec_split_manifest"
@@ -76,7 +82,7 @@ class StepTaskMixin:
             flow_file=self.flow_file,
             flow_name=self.flow_name,
             step=self.step_name,
-            run_id=ti.run_id,
+            run_id=stored_run_id(ti.run_id, project.branch_name if project else None),
             datastore_root=config.datastore_root(),
             map_index=ti.map_index if ti.map_index is not None else -1,
             attempt=ti.try_number or 1,
@@ -95,6 +101,7 @@ class StepTaskMixin:
                 tags=_run_tags(context, dag_run),
                 project=project.project_name if project else None,
                 project_branch=project.branch_name if project else None,
+                dag_id=getattr(dag_run, "dag_id", None) or ti.dag_id,
             ),
         )
 

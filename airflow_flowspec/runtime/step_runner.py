@@ -17,6 +17,7 @@ from typing import Any
 from airflow_flowspec.current import TaskContext, current
 from airflow_flowspec.datastore import keys, open_datastore
 from airflow_flowspec.datastore.artifacts import SECRET_REPR, ArtifactRef, short_repr
+from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES
 from airflow_flowspec.datastore.manifest import new_manifest
 from airflow_flowspec.datastore.views import ArtifactLoader, Inputs, InputView, foreach_item_name
 from airflow_flowspec.decorators.base import step_decorators_of
@@ -38,7 +39,6 @@ from airflow_flowspec.runtime.masking import SecretMask, masked_output
 from airflow_flowspec.runtime.task_log import TaskLog
 from airflow_flowspec.runtime.task_spec import (
     RUN_TAGS_CONF_KEY,
-    SYSTEM_TAG_PREFIXES,
     StepResult,
     TaskSpec,
     run_namespace,
@@ -219,7 +219,7 @@ def _run_step(
 
     foreach_children = switch_step = None
     if caught is None:
-        foreach_children, switch_step = _check_transition(flow, node, spec, datastore)
+        foreach_children, switch_step = _check_transition(flow, node, spec, datastore, secrets)
     refs = _save_artifacts(flow, spec, datastore, secret_names, secrets)
     run_record = None
     if spec.step == "start":
@@ -384,7 +384,7 @@ def _environment(decorator: Any) -> Iterator[None]:
 
 
 def _check_transition(
-    flow: Any, node: Any, spec: TaskSpec, datastore: Any
+    flow: Any, node: Any, spec: TaskSpec, datastore: Any, secrets: SecretMask
 ) -> tuple[list[dict[str, Any]] | None, str | None]:
     where = f"Step '{spec.step}' of flow {spec.flow_name}"
     if node.type == "end":
@@ -401,7 +401,7 @@ def _check_transition(
             f"self.next({', '.join(node.out_funcs)}); transitions must be static."
         )
     if node.type == "foreach":
-        return _foreach_children(flow, node, spec, datastore, where), None
+        return _foreach_children(flow, node, spec, datastore, where, secrets), None
     if node.type == "split-switch":
         value = getattr(flow, node.condition)
         cases = node.switch_cases or {}
@@ -416,7 +416,7 @@ def _check_transition(
 
 
 def _foreach_children(
-    flow: Any, node: Any, spec: TaskSpec, datastore: Any, where: str
+    flow: Any, node: Any, spec: TaskSpec, datastore: Any, where: str, secrets: SecretMask
 ) -> list[dict[str, Any]]:
     var = node.foreach_param
     try:
@@ -437,7 +437,10 @@ def _foreach_children(
             f"{where}: the foreach over self.{var} produced zero splits (it is empty). A foreach needs at "
             f"least one item; check the value or branch around the foreach."
         )
-    refs = datastore.artifacts.save_many({f"{var}[{i}]": item for i, item in enumerate(items)})
+    named = {f"{var}[{i}]": item for i, item in enumerate(items)}
+    # An item made from a secret is stored as artifacts made from one are: salted, shown as <secret>.
+    salted = [name for name, item in named.items() if secrets and secrets.reveals(short_repr(item))]
+    refs = datastore.artifacts.save_many(named, secret_names=salted)
     children = []
     for i in range(len(items)):
         ref = refs[f"{var}[{i}]"]

@@ -14,6 +14,7 @@ terminal only. A stream that outgrows :data:`MAX_LOG_CHARS` keeps its start and 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import sys
 import traceback
@@ -27,24 +28,39 @@ MAX_LOG_CHARS = 4 * 1024 * 1024
 
 
 class _Buffer:
+    """The start of a stream and its end, each up to half of :data:`MAX_LOG_CHARS`."""
+
     def __init__(self) -> None:
         self.head: list[str] = []
         self.head_chars = 0
-        self.tail: list[str] = []
+        self.tail: collections.deque[str] = collections.deque()
         self.tail_chars = 0
         self.dropped = 0
 
     def add(self, text: str) -> None:
-        if self.head_chars < MAX_LOG_CHARS // 2:
-            self.head.append(text)
-            self.head_chars += len(text)
-            return
+        half = MAX_LOG_CHARS // 2
+        if self.head_chars < half:
+            kept = text[: half - self.head_chars]
+            self.head.append(kept)
+            self.head_chars += len(kept)
+            text = text[len(kept) :]
+            if not text:
+                return
+        if len(text) > half:
+            self.dropped += len(text) - half
+            text = text[-half:]
         self.tail.append(text)
         self.tail_chars += len(text)
-        while self.tail_chars > MAX_LOG_CHARS // 2 and len(self.tail) > 1:
-            dropped = self.tail.pop(0)
-            self.tail_chars -= len(dropped)
-            self.dropped += len(dropped)
+        while self.tail_chars > half:
+            oldest = self.tail.popleft()
+            excess = self.tail_chars - half
+            if len(oldest) > excess:  # keep the end of the oldest piece
+                self.tail.appendleft(oldest[excess:])
+                self.tail_chars -= excess
+                self.dropped += excess
+            else:
+                self.tail_chars -= len(oldest)
+                self.dropped += len(oldest)
 
     def text(self) -> str:
         cut = f"\n[... {self.dropped} characters of output not kept ...]\n" if self.dropped else ""
@@ -59,8 +75,10 @@ class _Tee:
         self._buffer = buffer
 
     def write(self, text: str) -> int:
-        self._buffer.add(text)
-        return self._target.write(text)
+        written = self._target.write(text)  # what the real stream refuses (bytes...) is not kept
+        if isinstance(text, str):
+            self._buffer.add(text)
+        return written
 
     def __getattr__(self, name: str) -> Any:  # flush, fileno, encoding, isatty...
         return getattr(self._target, name)
@@ -91,8 +109,11 @@ class TaskLog:
     def store(self, datastore: Any, identity: tuple[Any, ...]) -> None:
         """Save the streams that are not empty beside the attempt's manifest (``identity``: flow,
         run, step, task id, attempt); a quiet step costs no request."""
+        redact = self.mask.redact if self.mask else (lambda text: text)
+        # Masked once more as a whole: a secret split across writes, or written by a thread after
+        # the step's masked output ended, is not stored in clear.
         files = {
-            name: buffer.text().encode("utf-8", "replace")
+            name: redact(buffer.text()).encode("utf-8", "replace")
             for name, buffer in ((STDOUT_FILE, self._stdout), (STDERR_FILE, self._stderr))
             if buffer.head
         }

@@ -32,6 +32,7 @@ class RunContext:
     tags: tuple[str, ...] = ()  # the user's tags for the run (run --tag, or the trigger's conf)
     project: str | None = None  # @project(name=...), None for a flow without @project
     project_branch: str | None = None  # e.g. user.ana, test.staging, prod, prod.staging
+    dag_id: str | None = None  # the Airflow DAG that ran it (a @project flow's is not its name)
 
     def __post_init__(self) -> None:
         # Airflow hands out pendulum dates; a step must see the standard type wherever it runs (an
@@ -70,17 +71,21 @@ RUN_TAGS_CONF_KEY = "flowspec_tags"
 PRODUCTION_RUN_TYPES = frozenset({"scheduled", "backfill"})
 
 
+def _production_tag(flow_name: str, run: RunContext) -> str:
+    """``production:<flow>``; for a ``@project`` flow ``production:<project>.<branch>``, shared by
+    the project's flows on that branch (as Metaflow's production token is), so a scheduled flow
+    reads its project's other flows on its own branch, never another branch's."""
+    if run.project:
+        return f"production:{run.project}.{run.project_branch}"
+    return f"production:{flow_name}"
+
+
 def run_namespace(flow_name: str, run: RunContext) -> str:
-    """Metaflow's namespace of a run: ``production:<flow>`` for scheduled and backfilled runs (the
+    """Metaflow's namespace of a run: its production tag for scheduled and backfilled runs (the
     deployed schedule), else ``user:<who started it>``."""
     if run.run_type in PRODUCTION_RUN_TYPES:
-        return f"production:{flow_name}"
+        return _production_tag(flow_name, run)
     return f"user:{run.username or 'unknown'}"
-
-
-#: Prefixes of the tags the system gives a run when it starts; they never change afterwards, so
-#: the run index keeps a list per such tag, and a user's own tag may not take one of them.
-SYSTEM_TAG_PREFIXES = ("user:", "production:", "project:", "project_branch:")
 
 
 def system_tags(flow_name: str, run: RunContext) -> list[str]:
@@ -89,10 +94,20 @@ def system_tags(flow_name: str, run: RunContext) -> list[str]:
     or a branch's runs with ``namespace("project:<name>")`` or ``runs("project_branch:<branch>")``."""
     tags = [f"user:{run.username or 'unknown'}"]
     if run.run_type in PRODUCTION_RUN_TYPES:
-        tags.append(f"production:{flow_name}")
+        tags.append(_production_tag(flow_name, run))
     if run.project:
         tags += [f"project:{run.project}", f"project_branch:{run.project_branch}"]
     return tags
+
+
+def stored_run_id(airflow_run_id: str, branch_name: str | None) -> str:
+    """The id a run is stored under: Airflow's run id, after the branch for a ``@project`` run.
+
+    Deployments of two branches of a flow (a staging and a production DAG on one datastore) make
+    the same Airflow run ids (``scheduled__<date>``) and store under the same flow name: without
+    the branch, one would write into the other's run.
+    """
+    return airflow_run_id if branch_name is None else f"{branch_name}:{airflow_run_id}"
 
 
 @dataclass

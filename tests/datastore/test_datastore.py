@@ -136,9 +136,9 @@ def test_unsafe_names_cannot_escape_the_root(datastore, tmp_path):
         datastore.finish_run(name, name, True, {})
 
     keys = stored_keys(datastore)
-    # run.json, status.json, manifest, attempt file, and index entries (started and succeeded, each
-    # for every run and for the run's user tag, itself made of the nasty name)
-    assert len(keys) == len(nasty) * 8
+    # run.json, status.json, manifest, attempt file, index entries (started and succeeded, each
+    # for every run and for the run's user tag, itself made of the nasty name), the index's marker
+    assert len(keys) == len(nasty) * 9
     for key in keys:
         segments = key.split("/")
         assert not any(segment in ("", ".", "..") or segment.startswith(".") for segment in segments), key

@@ -353,8 +353,8 @@ def test_an_old_unreferenced_blob_saved_again_is_freshened_and_survives(root, mo
 
 def test_ordinary_xcoms_damaged_blobs_and_scratch_files_are_swept(root, gc_flow, tmp_path, monkeypatch):
     """Guards the XCom rule (a deleted run's folder, under its flow's DAG or the DAG its record
-    names; other DAGs' folders only when all old and no kept run has their run id), the horizon
-    for damaged blobs, and the scratch sweep."""
+    names; other DAGs' folders only when asked, all older than asked and no kept run has their run
+    id), the horizon for damaged blobs, and the scratch sweep."""
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__SCRATCH_DIR", str(tmp_path / "scratch"))
     datastore = open_datastore(root)
     run_steps(gc_flow, root, "gone", steps=["start"])
@@ -396,7 +396,8 @@ def test_ordinary_xcoms_damaged_blobs_and_scratch_files_are_swept(root, gc_flow,
     only_flow = collect_garbage(datastore, older_than=MONTH, flow="GcFlow")
     assert sorted(only_flow.xcom_runs_deleted) == [("GcDag", "gone"), ("GcFlow", "gone")]
     assert only_flow.damaged_deleted == 1 and not leftover.exists()
-    result = collect_garbage(datastore, older_than=MONTH)
+    assert collect_garbage(datastore, older_than=MONTH).xcom_runs_deleted == []  # not by age, unasked
+    result = collect_garbage(datastore, older_than=MONTH, xcom_older_than=MONTH)
     assert result.xcom_runs_deleted == [("report", "old")]
     assert sorted(stored(root, "_xcom/")) == [
         keys.xcom_value_key("report", run_id, "t", -1, "k") for run_id in ("kept", "new")
@@ -488,3 +489,22 @@ def test_the_gc_command(root, gc_flow, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert "--grace 0 deletes unreferenced artifacts" in captured.err
     assert "kept 1 run" in captured.out and load_everything("GcFlow") == 7  # the latest successful run
+
+
+def test_a_failed_run_being_resumed_is_kept_with_its_artifacts(root, gc_flow):
+    """Guards "still running" for a run that has an outcome: clearing a failed task re-runs it while
+    the failure's status.json stays, so a run written to after its outcome was recorded is being
+    resumed and is kept, however long ago it started (gc deleted it, and the artifacts the resumed
+    task was about to read, when only runs without status.json counted as running)."""
+    run_steps(gc_flow, root, "resumed", steps=["start"])
+    datastore = open_datastore(root)
+    datastore.finish_run("GcFlow", "resumed", False, {"reason": "end failed"})
+    age_run(root, "GcFlow", "resumed", started_days_ago=3, written_days_ago=3)
+    age_objects(root, "data/", 3 * DAY)
+    # the cleared end task starts its second attempt now
+    datastore.write_attempt_file("GcFlow", "resumed", "end", "0", 2, "stdout.log", b"resuming\n")
+
+    result = collect_garbage(open_datastore(root), older_than=timedelta(days=1))
+    assert result.runs_deleted == {} and result.blobs_deleted == 0
+    start = Run("GcFlow/resumed")["start"].task
+    assert len(start.data.payload) == 100 * 1024 and start.data.shared == b"s" * (100 * 1024)

@@ -111,3 +111,54 @@ def test_the_dag_carries_no_secret_default(monkeypatch):
     assert params["token"] is None and params["region"] == "eu-west-1"
     assert "secret" in dag.params.get_param("token").description
     assert token not in repr(params)
+
+
+def test_a_foreach_item_made_from_a_secret_is_stored_as_a_secret(tmp_path):
+    """Guards the mask on foreach items (step_runner._foreach_children): an item whose repr shows a
+    secret is salted and shown as <secret> in the split's result and its children's frames, like
+    any artifact made from one; the child still gets the real value."""
+    from airflow_flowspec.runtime.step_runner import run_step
+    from airflow_flowspec.runtime.task_spec import TaskSpec
+
+    flow_file = tmp_path / "secret_foreach_flow.py"
+    flow_file.write_text(
+        "from airflow_flowspec import FlowSpec, Parameter, step\n\n\n"
+        "class SecretForeachFlow(FlowSpec):\n"
+        "    token = Parameter('token', secret=True)\n\n"
+        "    @step\n"
+        "    def start(self):\n"
+        "        self.calls = [f'Bearer {self.token}', 'anonymous']\n"
+        "        self.next(self.call, foreach='calls')\n\n"
+        "    @step\n"
+        "    def call(self):\n"
+        "        self.header = self.input\n"
+        "        self.next(self.join)\n\n"
+        "    @step\n"
+        "    def join(self, inputs):\n"
+        "        self.next(self.end)\n\n"
+        "    @step\n"
+        "    def end(self):\n"
+        "        pass\n"
+    )
+    token = f"tok-{uuid.uuid4().hex}"
+    root = str(tmp_path / "store")
+    spec = TaskSpec(str(flow_file), "SecretForeachFlow", "start", "r1", root, parameters={"token": token})
+    result = run_step(spec)
+    items = [child["stack"][-1]["item"] for child in result.foreach_children]
+    assert [item["repr"] for item in items] == ["<secret>", "'anonymous'"]
+    assert token not in json.dumps(result.to_json())
+
+    child = TaskSpec(
+        str(flow_file),
+        "SecretForeachFlow",
+        "call",
+        "r1",
+        root,
+        map_index=0,
+        input_manifests=[result.manifest],
+        foreach_stack=result.foreach_children[0]["stack"],
+    )
+    from airflow_flowspec.datastore import ArtifactRef, Datastore
+
+    header = run_step(child).manifest["artifacts"]["header"]
+    assert Datastore(root).artifacts.load(ArtifactRef.from_json(header)) == f"Bearer {token}"
