@@ -21,7 +21,7 @@ from typing import Any
 from airflow_flowspec import config
 from airflow_flowspec.decorators.base import step_decorators_of
 from airflow_flowspec.decorators.flow_decorators import ProjectBranch
-from airflow_flowspec.errors import ProjectError
+from airflow_flowspec.errors import ParameterError, ProjectError
 from airflow_flowspec.graph import FlowGraph
 from airflow_flowspec.operators.step_task import (
     PROJECT_BRANCH_ATTRIBUTE,
@@ -144,15 +144,20 @@ def _params(flow_class: type) -> dict[str, Any]:
             params[parameter.name] = Param(type=schema_type, description=description)
         else:
             params[parameter.name] = Param(default, type=schema_type, description=description)
-    if RUN_TAGS_CONF_KEY not in params:  # a flow parameter of that name keeps it
-        params[RUN_TAGS_CONF_KEY] = Param(
-            [],
-            type="array",
-            items={"type": "string", "minLength": 1, "maxLength": 512},
-            title="Run tags",
-            description="Your tags for this run (as `run --tag` gives them): the client finds runs by them, "
-            "e.g. Flow(...).runs('experiment_7').",
+    if RUN_TAGS_CONF_KEY in params:
+        raise ParameterError(
+            f"Flow {flow_class.__name__} has a parameter named '{RUN_TAGS_CONF_KEY}', the name of the "
+            f"trigger form's \"Run tags\" field (a run's tags come from it). Rename the parameter, "
+            f"e.g. Parameter('tags_list', ...)."
         )
+    params[RUN_TAGS_CONF_KEY] = Param(
+        [],
+        type="array",
+        items={"type": "string", "minLength": 1, "maxLength": 512},
+        title="Run tags",
+        description="Your tags for this run (as `run --tag` gives them): the client finds runs by them, "
+        "e.g. Flow(...).runs('experiment_7').",
+    )
     return params
 
 

@@ -416,3 +416,28 @@ def test_tags_from_the_trigger_form_and_no_impersonating_system_tags(tmp_path, m
     assert impostor.run_id not in Flow("NamespaceFlow")
     with pytest.raises(ValueError, match="production:NamespaceFlow cannot be added .* the system's"):
         Run(f"NamespaceFlow/{tagged.run_id}").add_tag("production:NamespaceFlow")
+
+
+def test_a_parameter_may_not_take_the_run_tags_fields_name(tmp_path):
+    """A flow parameter named like the trigger form's "Run tags" field would have its value read
+    as the run's tags: refused at once with one paragraph, before anything runs."""
+    from harness import run_cli
+
+    flow_file = tmp_path / "tags_param_flow.py"
+    flow_file.write_text(
+        "from airflow_flowspec import FlowSpec, Parameter, step\n\n\n"
+        "class TagsParamFlow(FlowSpec):\n"
+        "    flowspec_tags = Parameter('flowspec_tags', default='a')\n\n"
+        "    @step\n"
+        "    def start(self):\n"
+        "        self.next(self.end)\n\n"
+        "    @step\n"
+        "    def end(self):\n"
+        "        pass\n\n\n"
+        "if __name__ == '__main__':\n"
+        "    TagsParamFlow()\n"
+    )
+    result = run_cli(flow_file, "run", env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "TagsParamFlow has a parameter named 'flowspec_tags'" in result.stderr
+    assert not (tmp_path / "store").exists()
