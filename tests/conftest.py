@@ -56,3 +56,25 @@ def s3_endpoint():
             yield endpoint_url
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def local_aws():
+    """A local AWS whose Batch really runs jobs (``airflow_flowspec.testing.local_aws``), started
+    once for the session with a short dwell per status. It sets no environment variables: use
+    ``local_aws_environment`` for that. On teardown every job is terminated and no process is left.
+    """
+    from airflow_flowspec.testing.local_aws import LocalAws
+
+    with LocalAws(dwell_seconds=0.2, max_vcpus=4) as aws:
+        yield aws
+
+
+@pytest.fixture
+def local_aws_environment(local_aws, monkeypatch):
+    """``local_aws`` with its AWS_* and AIRFLOW__FLOWSPEC__* variables set for one test."""
+    for variable in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(variable, raising=False)
+    for name, value in local_aws.environment.items():
+        monkeypatch.setenv(name, value)
+    return local_aws

@@ -32,6 +32,9 @@ LAZY_ENTRY_POINTS = {
     ("airflow_flowspec.cli", "airflow_flowspec.airflow.discovery"),  # python flow.py check
 }
 AIRFLOW_ONLY = ("airflow", "moto")
+#: The local AWS (test support that ships with the package) is the one place outside the edge that
+#: may import moto; it imports no Airflow, and nothing else in the package imports it.
+MOTO_PACKAGES = ("airflow_flowspec.testing",)
 
 
 class Import(NamedTuple):
@@ -193,15 +196,33 @@ def test_the_package_has_no_import_cycles():
     )
 
 
+def is_moto_allowed(module: str) -> bool:
+    return any(module == package or module.startswith(package + ".") for package in MOTO_PACKAGES)
+
+
 def test_airflow_and_moto_are_imported_only_at_the_edge():
     outside = [
         f"{edge.importer} imports {edge.imported} (line {edge.line})"
         for edge in IMPORTS
-        if edge.imported in AIRFLOW_ONLY and not is_edge(edge.importer)
+        if edge.imported in AIRFLOW_ONLY
+        and not is_edge(edge.importer)
+        and not (edge.imported == "moto" and is_moto_allowed(edge.importer))
     ]
     assert outside == [], "Airflow outside airflow_flowspec/{airflow,operators,xcom_backend}: " + ", ".join(
         outside
     )
+
+
+def test_the_local_aws_is_reached_by_nothing_else_in_the_package():
+    """Importing airflow_flowspec must never import moto: only the local AWS's own modules import
+    each other."""
+    inward = [
+        f"{edge.importer} imports {edge.imported} (line {edge.line})"
+        for edge in IMPORTS
+        if is_moto_allowed(edge.imported) and not is_moto_allowed(edge.importer)
+    ]
+    assert inward == [], ", ".join(inward)
+    assert any(edge.imported == "moto" and is_moto_allowed(edge.importer) for edge in IMPORTS)
 
 
 def test_the_rest_of_the_package_reaches_the_edge_only_through_its_lazy_entry_points():

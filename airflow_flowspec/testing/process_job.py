@@ -1,0 +1,229 @@
+"""moto's Batch job, run as a local process instead of a Docker container.
+
+moto's ``BatchBackend.submit_job`` looks up the module-level name ``Job`` each time it is called, so
+``LocalAws`` swaps in a subclass of ``ProcessJob`` (bound to itself) while it runs and puts moto's
+class back when it stops. Everything else (queues, compute environments, job definitions,
+DescribeJobs, CloudWatch Logs) stays moto's.
+
+What a job does, as AWS Batch would show it: SUBMITTED, (PENDING while it has unfinished
+dependencies), RUNNABLE (for as long as no ENABLED compute environment of an ENABLED queue can fit
+its vCPUs), STARTING, RUNNING, then SUCCEEDED or FAILED by the command's exit code, with
+``statusReason`` and ``container.exitCode``. Its output goes to CloudWatch Logs
+(``/aws/batch/job``, stream ``<job definition>/default/<job id>``) line by line as it is printed.
+
+This module imports moto at the top: only ``LocalAws.start`` imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import moto.batch.models as batch_models
+
+if TYPE_CHECKING:
+    from airflow_flowspec.testing.local_aws import LocalAws
+
+LOG_GROUP = "/aws/batch/job"
+#: Runs as ``python -I -S -c LIMITER <bytes> <command...>``: sets the data-segment limit, then
+#: becomes the job's command. ``RLIMIT_DATA`` rather than ``RLIMIT_AS``: the address-space limit
+#: counts reserved but unused memory (thread stacks, read-only maps) and breaks ordinary programs
+#: long before they use their memory. An exec trampoline rather than ``preexec_fn``, which is unsafe
+#: in a process with threads (moto's server is one).
+LIMITER = (
+    "import os,resource,sys;n=int(sys.argv[1]);"
+    "resource.setrlimit(resource.RLIMIT_DATA,(n,n));os.execvp(sys.argv[2],sys.argv[2:])"
+)
+#: How long a terminated job's processes get between SIGTERM and SIGKILL.
+KILL_GRACE_SECONDS = 2.0
+TERMINAL = ("SUCCEEDED", "FAILED")
+
+
+class ProcessJob(batch_models.Job):
+    """One Batch job: a thread that runs the job's command as a local process group.
+
+    ``emulator`` is set on the per-``LocalAws`` subclass: it gives the dwell per status, the
+    environment every job starts from, and whether a job fits its queue.
+    """
+
+    emulator: LocalAws
+
+    # moto's ManagedState advances the status when it is read; here only run() moves it.
+    status = property(lambda self: self._status, lambda self, value: setattr(self, "_status", value))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._last_log_timestamp = 0
+        self.emulator.adopt(self)
+
+    # --- what DescribeJobs shows -------------------------------------------------------------
+
+    def _get_container_property(self, p: str, default: Any) -> Any:
+        if p == "environment":  # moto's version appends to the overrides on every describe
+            return [{"name": name, "value": value} for name, value in self.batch_environment().items()]
+        if p == "vcpus":
+            return self.requirement("VCPU", default)
+        if p == "memory":
+            return self.requirement("MEMORY", default)
+        return super()._get_container_property(p, default)
+
+    def _container_details(self) -> dict[str, Any]:
+        details = super()._container_details()  # moto drops the exitCode describe_short set
+        if self.exit_code is not None:
+            details["exitCode"] = self.exit_code
+        if self.job_stopped and self.job_stopped_reason:
+            details["reason"] = self.job_stopped_reason
+        return details
+
+    def batch_environment(self) -> dict[str, str]:
+        """The job definition's environment, the overrides' on top, then what Batch itself sets."""
+        properties = self.job_definition.container_properties or {}
+        environment = {item["name"]: item["value"] for item in properties.get("environment", [])}
+        environment.update(
+            {item["name"]: item["value"] for item in self.container_overrides.get("environment", [])}
+        )
+        environment["AWS_BATCH_JOB_ID"] = self.job_id
+        environment["AWS_BATCH_JOB_ATTEMPT"] = str(len(self.attempts) or 1)
+        environment["AWS_BATCH_JQ_NAME"] = self.job_queue.name
+        if "index" in self.array_properties:
+            environment["AWS_BATCH_JOB_ARRAY_INDEX"] = str(self.array_properties["index"])
+        return environment
+
+    def requirement(self, kind: str, default: Any) -> int:
+        """vCPUs or memory (MiB): the overrides' ``resourceRequirements`` (or their legacy
+        ``vcpus``/``memory``), else the job definition's. moto ignores the overrides' list."""
+        for item in self.container_overrides.get("resourceRequirements", []):
+            if item.get("type") == kind:
+                return int(float(item["value"]))
+        legacy = "vcpus" if kind == "VCPU" else "memory"
+        if legacy in self.container_overrides:
+            return int(self.container_overrides[legacy])
+        return int(self.job_definition._get_resource_requirement(legacy, default))
+
+    # --- the job's life ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as error:  # an emulator bug must end the job, not leave it RUNNING forever
+            self.job_stopped_reason = self.job_stopped_reason or f"Emulator error: {error!r}"
+            self.kill_process_group()
+            self._mark_stopped(success=False)
+
+    def _run(self) -> None:
+        self._dwell()
+        if self.depends_on:
+            self.status = "PENDING"
+            if not self._dependencies_succeeded():
+                return
+        self.status = "RUNNABLE"
+        self._dwell()
+        while not self.stop and not self.emulator.fits(self):  # as Batch: unfit jobs wait here
+            time.sleep(0.1)
+        if self.stop:
+            self._mark_stopped(success=False)
+            return
+        self.status = "STARTING"
+        self._dwell()
+        self.job_started_at = datetime.now()
+        self.log_stream_name = self._stream_name
+        self._log_backend.ensure_log_group(LOG_GROUP)
+        self._log_backend.ensure_log_stream(LOG_GROUP, self.log_stream_name)
+        self._start_attempt()
+        command = self.emulator.resolve_command(
+            self._add_parameters_to_command(self._get_container_property("command", []))
+        )
+        memory_bytes = self.requirement("MEMORY", 2048) << 20
+        self.process = subprocess.Popen(
+            [self.emulator.python, "-I", "-S", "-c", LIMITER, str(memory_bytes), *command],
+            env={**self.emulator.job_base_environment, **self.batch_environment()},
+            cwd=self.emulator.job_workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.status = "RUNNING"
+        pump = threading.Thread(target=self._pump_output, name=f"{self.name}-logs", daemon=True)
+        pump.start()
+        limit = self._get_attempt_duration()
+        while self.process.poll() is None:
+            timed_out = limit is not None and (datetime.now() - self.job_started_at).total_seconds() > limit
+            if self.stop or timed_out:
+                if timed_out and not self.stop:
+                    self.job_stopped_reason = "Job attempt duration exceeded timeout"
+                self.kill_process_group()
+                break
+            time.sleep(0.05)
+        self.process.wait()
+        self._kill_leftovers()  # a container's processes end with it
+        pump.join(5)
+        code = self.process.returncode
+        self.exit_code = 128 - code if code < 0 else code  # killed by signal n: 128 + n, as Docker
+        self.job_stopped_reason = self.job_stopped_reason or "Essential container in task exited"
+        self._mark_stopped(success=code == 0 and not self.stop)
+
+    def _dwell(self) -> None:
+        deadline = time.monotonic() + self.emulator.dwell_seconds
+        while not self.stop and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _dependencies_succeeded(self) -> bool:
+        wanted = [dependency["jobId"] for dependency in self.depends_on or []]
+        while not self.stop:
+            statuses = [getattr(self.all_jobs.get(job_id), "status", None) for job_id in wanted]
+            if "FAILED" in statuses:
+                self.job_stopped_reason = "Dependent Job failed"
+                self._mark_stopped(success=False)
+                return False
+            if all(status == "SUCCEEDED" for status in statuses):
+                return True
+            time.sleep(0.1)
+        self._mark_stopped(success=False)
+        return False
+
+    def _pump_output(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for raw_line in iter(self.process.stdout.readline, b""):
+            # moto's GetLogEvents sorts by timestamp and pages by index: a timestamp that went
+            # backwards would make a reader skip or repeat lines.
+            self._last_log_timestamp = max(int(time.time() * 1000), self._last_log_timestamp)
+            message = raw_line.decode("utf-8", "replace").rstrip("\r\n")
+            self._log_backend.put_log_events(
+                LOG_GROUP, self.log_stream_name, [{"timestamp": self._last_log_timestamp, "message": message}]
+            )
+
+    def kill_process_group(self) -> None:
+        """SIGTERM the job's process group, SIGKILL after ``KILL_GRACE_SECONDS``, as ECS stops a
+        container."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.process.wait(KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self._signal_group(signal.SIGKILL)
+            self.process.wait()
+
+    def _kill_leftovers(self) -> None:
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, signum: int) -> None:
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, signum)  # start_new_session: the group id is the pid
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def terminate(self, reason: str) -> None:
+        if not self.job_stopped:  # moto's would rewrite a finished job's reason
+            super().terminate(reason)
+
+    def is_finished(self) -> bool:
+        return self.job_stopped or self._status in TERMINAL
