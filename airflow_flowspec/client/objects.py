@@ -33,8 +33,6 @@ from airflow_flowspec.errors import (
     UnsafeKeyError,
 )
 
-#: Top-level folders of a datastore root that are not flows.
-_NOT_FLOWS = frozenset({"data", "_xcom", "damaged"})
 #: Run ids read from the index per request while iterating a flow's runs.
 _RUNS_PAGE = 50
 
@@ -106,7 +104,7 @@ class Metaflow:
 def _flow_names(datastore: Any) -> list[str]:
     folders, _ = datastore.backend.list_dir("")
     names = [keys.decode_key_part(folder) for folder in folders]
-    return sorted(name for name in names if name not in _NOT_FLOWS and not name.startswith("."))
+    return sorted(name for name in names if name not in keys.NOT_FLOW_FOLDERS and not name.startswith("."))
 
 
 class Flow(MetaflowObject):
@@ -299,7 +297,7 @@ class Run(MetaflowObject):
         for tag in [*tags_to_remove, *tags_to_add]:
             if not isinstance(tag, str) or not 0 < len(tag) <= 512:
                 raise ValueError(f"A tag is a non-empty string of at most 512 characters, not {tag!r}.")
-        taken = sorted(tag for tag in tags_to_add if tag.startswith(SYSTEM_TAG_PREFIXES))
+        taken = keys.system_tags_among(tags_to_add)
         if taken:
             raise ValueError(
                 f"{', '.join(taken)} cannot be added to run {self.pathspec}: tags starting with "
@@ -312,10 +310,8 @@ class Run(MetaflowObject):
                 f"{', '.join(protected)} of run {self.pathspec} is a system tag (who or what started "
                 f"the run) and cannot be removed."
             )
-        record = self._datastore.read_run_meta(self.flow_name, self.id)  # the latest, not our copy
-        kept = [tag for tag in record.get("tags", []) if tag not in set(tags_to_remove)]
-        tags = kept + sorted(set(tags_to_add) - set(kept))
-        self._record = self._datastore.write_run_tags(self.flow_name, self.id, tags)
+        # on the latest record, not our copy
+        self._record = self._datastore.replace_run_tags(self.flow_name, self.id, tags_to_remove, tags_to_add)
 
     @property
     def code(self) -> Any:

@@ -57,7 +57,7 @@ from typing import Any
 
 from airflow_flowspec.datastore import artifacts, keys
 from airflow_flowspec.datastore.backends.base import StorageBackend, StoredObject
-from airflow_flowspec.datastore.store import Datastore
+from airflow_flowspec.datastore.store import EARLIEST, Datastore, moment_of
 from airflow_flowspec.errors import ArtifactNotFoundError, GarbageCollectionError, UnsafeKeyError
 
 #: The longest a save relies on an earlier sign that an artifact is stored (see artifacts.py).
@@ -71,8 +71,6 @@ _DELETE_BATCH = 1000
 #: Unreferenced blobs found are deleted once this many seconds passed since the first was listed.
 _SWEEP_FLUSH_SECONDS = 1.0
 _PARALLEL_READS = 16
-_TOP_LEVEL_NOT_FLOWS = frozenset({"data", keys.XCOM_PREFIX.rstrip("/"), keys.DAMAGED_PREFIX.rstrip("/")})
-_BLOB_HASH = re.compile(r"[0-9a-f]{16,128}")
 _DAMAGED_NAME = re.compile(r"(?P<hash>[0-9a-f]+)\.(?P<stamp>\d{8}T\d{6}Z)\.[0-9a-f]+")
 
 
@@ -279,7 +277,7 @@ class _Collector:
         names = []
         for folder in folders:
             name = _name_of(folder)
-            if name is not None and folder not in _TOP_LEVEL_NOT_FLOWS:
+            if name is not None and folder not in keys.NOT_FLOW_FOLDERS:
                 names.append(name)
         if self.only_flow is not None and self.only_flow not in names:
             raise GarbageCollectionError(
@@ -329,8 +327,8 @@ class _Collector:
             run.record = record if isinstance(record, dict) else None
             run.record_unreadable = run.has_record and record is _INVALID
             run.status = status if isinstance(status, dict) else None
-            started = _timestamp(run.record.get("created_at")) if run.record else None
-            run.started = run.newest if started is None else started
+            started = moment_of(run.record.get("created_at")) if run.record else None
+            run.started = run.newest if started in (None, EARLIEST) else started.timestamp()
         return runs
 
     def _decide(self, flow: _Flow) -> None:
@@ -449,13 +447,9 @@ class _Collector:
             self._prune_local_folders(stamp_folder, up_to=stamp_folder)
         if not flow.kept:  # no run left: the flow goes, its index marker too (on S3 as locally)
             marker = keys.run_index_complete_key(flow.name)
-            self._delete(
-                [
-                    obj
-                    for obj in self.backend.iter_objects(keys.flow_prefix(flow.name) + "index/")
-                    if obj.key == marker
-                ]
-            )
+            size = self.backend.stored_size(marker)
+            if size is not None:
+                self._delete([StoredObject(marker, size, self.now)])
             self._prune_local_folders(keys.flow_prefix(flow.name), up_to="")
         self.result.runs_deleted[flow.name] = [run.run_id for run in flow.gone]
 
@@ -473,7 +467,7 @@ class _Collector:
         for stored in self.backend.iter_objects("data/"):
             self._tick("data/")
             blob_hash = stored.key.rpartition("/")[2]
-            if not _BLOB_HASH.fullmatch(blob_hash) or keys.blob_key(blob_hash) != stored.key:
+            if not keys.is_blob_hash(blob_hash) or keys.blob_key(blob_hash) != stored.key:
                 continue  # not a blob the datastore wrote: not ours to judge
             if blob_hash in marked or stored.modified >= self.grace_cutoff:
                 self.result.blobs_kept += 1
@@ -595,22 +589,12 @@ def _collect_hashes(document: Any, marked: set[str]) -> None:
         value = pending.pop()
         if isinstance(value, dict):
             for name, item in value.items():
-                if name in ("hash", "pack") and isinstance(item, str) and _BLOB_HASH.fullmatch(item):
+                if name in ("hash", "pack") and keys.is_blob_hash(item):
                     marked.add(item)
                 elif isinstance(item, (dict, list)):
                     pending.append(item)
         elif isinstance(value, list):
             pending.extend(item for item in value if isinstance(item, (dict, list)))
-
-
-def _timestamp(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _count(number: int, noun: str) -> str:

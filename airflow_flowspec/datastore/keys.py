@@ -80,6 +80,8 @@ ALL_RUNS = "all"
 #: Prefixes of the tags the system gives a run when it starts; they never change afterwards, so
 #: the run index keeps a list per such tag, and a user's own tag may not take one of them.
 SYSTEM_TAG_PREFIXES = ("user:", "production:", "project:", "project_branch:")
+#: Top-level folders of a datastore root that are not flows.
+NOT_FLOW_FOLDERS = frozenset({"data", XCOM_PREFIX.rstrip("/"), DAMAGED_PREFIX.rstrip("/")})
 _NEWEST_FIRST_LIMIT = 10**17  # microseconds since 1970: good until the year 5138
 
 
@@ -133,8 +135,19 @@ def _percent_encode(character: str) -> str:
     return "".join(f"%{byte:02X}" for byte in character.encode("utf-8"))
 
 
+def system_tags_among(tags: object) -> list[str]:
+    """The tags of ``tags`` that take a system prefix (:data:`SYSTEM_TAG_PREFIXES`)."""
+    items = tags if isinstance(tags, (list, tuple, set, frozenset)) else []
+    return sorted(tag for tag in items if isinstance(tag, str) and tag.startswith(SYSTEM_TAG_PREFIXES))
+
+
+def is_blob_hash(text: object) -> bool:
+    """Whether ``text`` can name a blob (lowercase hex, as :func:`blob_key` accepts)."""
+    return isinstance(text, str) and _BLOB_HASH.fullmatch(text) is not None
+
+
 def blob_key(blob_hash: str) -> str:
-    if not isinstance(blob_hash, str) or not _BLOB_HASH.fullmatch(blob_hash):
+    if not is_blob_hash(blob_hash):
         raise UnsafeKeyError(
             f"{blob_hash!r} is not an artifact hash (lowercase hex digits expected); "
             f"pass the 'hash' of an artifact reference from a manifest."

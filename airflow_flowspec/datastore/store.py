@@ -29,7 +29,7 @@ from airflow_flowspec.errors import (
     UnsafeKeyError,
 )
 
-_EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -89,12 +89,7 @@ class Datastore:
         self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, name: str, data: bytes
     ) -> None:
         """Store a file beside a task attempt's manifest (logs, a traceback, a card...)."""
-        if name in keys.RESERVED_ATTEMPT_FILES:
-            raise UnsafeKeyError(
-                f"'{name}' is reserved for the datastore's own use: use write_manifest(), "
-                f"write_task_spec() or write_step_result()."
-            )
-        self.backend.put_bytes(keys.attempt_file_key(flow, run_id, step, task_id, attempt, name), data)
+        self.write_attempt_files(flow, run_id, step, task_id, attempt, {name: data})
 
     def write_attempt_files(
         self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, files: dict[str, bytes]
@@ -102,7 +97,10 @@ class Datastore:
         """Store several files beside a task attempt's manifest (in parallel where the medium can)."""
         reserved = sorted(set(files) & keys.RESERVED_ATTEMPT_FILES)
         if reserved:
-            raise UnsafeKeyError(f"{', '.join(reserved)} is reserved for the datastore's own use.")
+            raise UnsafeKeyError(
+                f"{', '.join(repr(name) for name in reserved)} is reserved for the datastore's own use: use "
+                f"write_manifest(), write_task_spec() or write_step_result()."
+            )
         self.backend.put_many_bytes(
             {
                 keys.attempt_file_key(flow, run_id, step, task_id, attempt, name): (data, None)
@@ -227,9 +225,12 @@ class Datastore:
             # A new flow has few; a flow from before the upgrade pays this once.
             self.reindex(flow)
 
-    def write_run_tags(self, flow: str, run_id: str, tags: list[str]) -> dict[str, Any]:
-        """Replace the run's tags in its record (one atomic rewrite); return the record."""
-        record = {**self.read_run_meta(flow, run_id), "tags": tags}
+    def replace_run_tags(self, flow: str, run_id: str, remove: list[str], add: list[str]) -> dict[str, Any]:
+        """Remove some tags from the run's latest record and add others (one read, one atomic
+        rewrite); return the record."""
+        record = self.read_run_meta(flow, run_id)
+        kept = [tag for tag in record.get("tags", []) if tag not in set(remove)]
+        record["tags"] = kept + sorted(set(add) - set(kept))
         self._write_json(keys.run_meta_key(flow, run_id), record)
         return record
 
@@ -307,7 +308,7 @@ class Datastore:
             if self.latest_attempt_manifest(flow, run_id, "start", "0") is None:
                 continue
             if "system_tags" not in record:  # recorded before system tags were told apart
-                record = {**record, "system_tags": [t for t in record.get("tags", []) if _is_system_tag(t)]}
+                record = {**record, "system_tags": keys.system_tags_among(record.get("tags"))}
             lists = [keys.RUNS_STARTED]
             if (self.run_status(flow, run_id) or {}).get("status") == "succeeded":
                 lists.append(keys.RUNS_SUCCEEDED)
@@ -322,7 +323,7 @@ class Datastore:
         return self.backend.exists(keys.run_index_complete_key(flow))
 
     def _add_to_index(self, flow: str, run_id: str, record: dict[str, Any], *lists: str) -> None:
-        started = _moment(record.get("created_at"))
+        started = moment_of(record.get("created_at"))
         micros = (started - _EPOCH) // timedelta(microseconds=1)
         entry = json.dumps({"run_id": run_id, "created_at": record.get("created_at")}).encode()
         namespaces = [None, *sorted(set(record.get("system_tags") or ()))]
@@ -384,21 +385,19 @@ class Datastore:
         return document
 
 
-def _is_system_tag(tag: Any) -> bool:
-    return isinstance(tag, str) and tag.startswith(keys.SYSTEM_TAG_PREFIXES)
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-def _moment(value: Any) -> datetime:
+def moment_of(value: Any) -> datetime:
+    """An ISO-8601 time as recorded (``created_at``...), in UTC when it names no zone; the earliest
+    moment for anything unreadable, so it sorts before every real one."""
     if not isinstance(value, str):
-        return _EARLIEST
+        return EARLIEST
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        return _EARLIEST
+        return EARLIEST
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 

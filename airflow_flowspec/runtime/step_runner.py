@@ -325,7 +325,7 @@ def _run_tags(spec: TaskSpec) -> list[str]:
             f'of at most 512 characters (run --tag NAME, or {{"{RUN_TAGS_CONF_KEY}": [...]}} in the '
             f"trigger's conf); got {list(tags) if not isinstance(tags, str) else tags!r:.200}."
         )
-    taken = sorted(tag for tag in tags if tag.startswith(SYSTEM_TAG_PREFIXES))
+    taken = keys.system_tags_among(tags)
     if taken:
         raise ParameterError(
             f"Run {spec.run_id} of flow {spec.flow_name} cannot be given the tag(s) {', '.join(taken)}: "
