@@ -157,6 +157,11 @@ def test_unsafe_names_cannot_escape_the_root(datastore, tmp_path):
         datastore.write_run_meta("", "run", {})
     with pytest.raises(UnsafeKeyError):
         datastore.write_manifest("Flow", RUN_ID, "start", "1", -1, {})
+    # an attempt file may not take the name of what the datastore itself writes there
+    datastore.write_manifest("Flow", RUN_ID, "start", "1", 1, {"kept": True})
+    with pytest.raises(UnsafeKeyError, match="'manifest.json' is reserved .* use write_manifest"):
+        datastore.write_attempt_file("Flow", RUN_ID, "start", "1", 1, "manifest.json", b"{}")
+    assert datastore.read_manifest("Flow", RUN_ID, "start", "1", 1) == {"kept": True}
 
 
 def test_the_local_backend_refuses_paths_outside_its_root(tmp_path):
