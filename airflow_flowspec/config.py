@@ -19,8 +19,8 @@ from pathlib import Path
 from airflow_flowspec.errors import ConfigurationError
 
 SECTION = "flowspec"
-#: Where steps can run; ``batch`` arrives with the AWS Batch operator.
-EXECUTION_MODES = ("local",)
+#: Where steps run: on the Airflow worker, or each step as an AWS Batch job.
+EXECUTION_MODES = ("local", "batch")
 
 
 def default_home() -> Path:
@@ -36,6 +36,15 @@ DEFAULTS: dict[str, str] = {
     "scratch_dir": "",  # empty: <system temp>/airflow-flowspec-scratch-<uid>
     "sweep_after_hours": "24",
     "project_branch": "",  # empty: production
+    "code_include": "",  # empty: the flow file and the modules it imports from its folder
+    "batch_job_queue": "",
+    "batch_job_definition": "",
+    "batch_image": "",
+    "batch_iam_role": "",
+    "aws_conn_id": "aws_default",
+    "region_name": "",
+    "batch_poll_seconds": "30",
+    "batch_deferrable": "False",
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -43,8 +52,9 @@ DESCRIPTIONS: dict[str, str] = {
     "Empty means ~/.airflow_flowspec/datastore (the embedded default).",
     "xcom_inline_max_bytes": "XCom values of ordinary tasks up to this many bytes of JSON stay in "
     "Airflow's table; larger or non-JSON values are pickled to the datastore.",
-    "execution": "Where steps run: 'local' (on the Airflow worker). "
-    "'batch' comes with the AWS Batch operator.",
+    "execution": "Where steps run: 'local' (on the Airflow worker) or 'batch' (every step an AWS "
+    "Batch job; needs batch_job_queue and batch_job_definition or batch_image, and an s3:// "
+    "datastore_root). A step with @batch runs on Batch in either mode.",
     "s3_multipart_threshold_mb": "Artifacts and XCom values from this size (MB) go to S3 in parallel "
     "parts (a multipart upload); smaller ones in one request. Blobs over both this size and 64 MB "
     "are downloaded in "
@@ -60,6 +70,25 @@ DESCRIPTIONS: dict[str, str] = {
     "names it: 'staging' deploys the branch test.staging (DAG id <project>.test.staging.<Flow>). "
     "Empty or 'prod' means production (<project>.prod.<Flow>). A flow whose @project sets branch= "
     "or production= keeps its own.",
+    "code_include": "Files besides the flow file and the modules it imports from its own folder "
+    "that every task of a run must see as they were when the run started (data files, modules "
+    "imported lazily inside a step): comma-separated glob patterns relative to the flow file's "
+    "folder, e.g. 'sql/*.sql, lib/**/*.py'.",
+    "batch_job_queue": "The AWS Batch job queue steps run in (a step's @batch(queue=...) wins).",
+    "batch_job_definition": "An existing job definition (name, name:revision or ARN) to run steps "
+    "with. Empty: one is registered per distinct image and settings from batch_image, named by "
+    "their hash and reused.",
+    "batch_image": "The container image of steps on Batch when no batch_job_definition is set (a "
+    "step's @batch(image=...) wins). It needs Python with boto3, cloudpickle and airflow-flowspec "
+    "(installed with --no-deps); never Airflow.",
+    "batch_iam_role": "The IAM role the job's container runs as (a step's @batch(iam_role=...) wins); "
+    "it needs read and write access to the datastore_root.",
+    "aws_conn_id": "The Airflow connection the Batch operator uses for AWS (the worker's "
+    "credentials); empty means boto3's default chain.",
+    "region_name": "The AWS region of the Batch queue; empty means the connection's or boto3's.",
+    "batch_poll_seconds": "How often the Batch operator asks a job's status (seconds).",
+    "batch_deferrable": "Whether Batch steps wait for their job in the triggerer (True) instead of "
+    "holding a worker slot (False).",
 }
 
 
@@ -179,6 +208,29 @@ def execution() -> str:
     if value not in EXECUTION_MODES:
         raise _invalid("execution", value, " or ".join(repr(mode) for mode in EXECUTION_MODES))
     return value
+
+
+def code_include() -> list[str]:
+    """``[flowspec] code_include``: glob patterns relative to the flow file's folder."""
+    return [pattern.strip() for pattern in get_option("code_include").split(",") if pattern.strip()]
+
+
+def batch_poll_seconds() -> float:
+    value = get_option("batch_poll_seconds")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0
+    if not 0 < seconds < float("inf"):
+        raise _invalid("batch_poll_seconds", value, "a number of seconds greater than 0 (e.g. 30)")
+    return seconds
+
+
+def batch_deferrable() -> bool:
+    value = get_option("batch_deferrable").strip().lower()
+    if value not in ("true", "false", "1", "0", "t", "f"):
+        raise _invalid("batch_deferrable", value, "True or False")
+    return value in ("true", "1", "t")
 
 
 def project_branch() -> str | None:

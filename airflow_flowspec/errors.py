@@ -173,6 +173,27 @@ class GarbageCollectionError(FlowspecError):
     tell which artifacts that run needs. Raised before anything is deleted."""
 
 
+# ---------------------------------------------------------------------- code and AWS Batch
+
+
+class CodePackageError(FlowspecError):
+    """The code a run starts with cannot be recorded (a file of the include list is missing or
+    unreadable, or the package is too large to ship to every task)."""
+
+
+class BatchJobSpecError(FlowspecError):
+    """A step's AWS Batch job cannot be assembled: conflicting ``@batch``/``@resources`` values, a
+    missing job queue or image, container overrides over Batch's size limit. A flow mistake."""
+
+
+class BatchJobFailedError(FlowspecError):
+    """A step's AWS Batch job ended FAILED: the message has Batch's status reason and the last
+    lines of the step's log. Retryable (``@retry``): the step's own exception, a lost instance
+    or an out-of-memory kill may not happen again."""
+
+    retryable = True
+
+
 # ---------------------------------------------------------------------- looking results up
 
 

@@ -85,7 +85,13 @@ class ResourcesDecorator(StepDecorator):
 
 
 class BatchDecorator(StepDecorator):
-    """Run the step as an AWS Batch job (executed by the Batch operator; recorded here)."""
+    """Run the step as an AWS Batch job, in either execution mode, with Metaflow 2.19's arguments.
+
+    ``container_properties`` is the escape hatch: a dict merged over the job definition's container
+    properties, for what the arguments do not cover (its keys are Batch's own, e.g.
+    ``{"linuxParameters": {"devices": [...]}}``). ``job_definition`` names an existing definition
+    to run instead of one registered from the image and settings.
+    """
 
     name = "batch"
     defaults = {
@@ -99,13 +105,59 @@ class BatchDecorator(StepDecorator):
         "shared_memory": None,
         "max_swap": None,
         "swappiness": None,
+        "inferentia": None,
+        "trainium": None,  # Metaflow's alias for inferentia
+        "efa": None,
         "use_tmpfs": False,
+        "tmpfs_tempdir": True,
         "tmpfs_size": None,
+        "tmpfs_path": "/metaflow_temp",
         "host_volumes": None,
         "efs_volumes": None,
-        "job_definition": None,
+        "ephemeral_storage": None,
+        "log_driver": None,
+        "log_options": None,
+        "privileged": False,
+        "aws_batch_tags": None,
         "tags": None,
+        "job_definition": None,
+        "container_properties": None,
     }
+
+    def validate(self) -> None:
+        a = self.attributes
+        for key in (
+            "cpu",
+            "gpu",
+            "memory",
+            "shared_memory",
+            "max_swap",
+            "swappiness",
+            "inferentia",
+            "trainium",
+            "efa",
+            "tmpfs_size",
+            "ephemeral_storage",
+        ):
+            if a[key] is not None:
+                try:
+                    number = float(a[key])
+                except (TypeError, ValueError):
+                    number = -1
+                if isinstance(a[key], bool) or not 0 <= number < float("inf"):
+                    raise DecoratorError(f"@batch({key}=...) must be a number >= 0, got {a[key]!r}.")
+        if a["inferentia"] and a["trainium"] and float(a["inferentia"]) != float(a["trainium"]):
+            raise DecoratorError(
+                "@batch got both inferentia and trainium (its alias) with different values; give one."
+            )
+        for key in ("aws_batch_tags", "tags", "container_properties", "log_options"):
+            if a[key] is not None and not isinstance(a[key], (dict, list)):
+                raise DecoratorError(f"@batch({key}=...) must be a dict, got {type(a[key]).__name__}.")
+        if a["container_properties"] is not None and not isinstance(a["container_properties"], dict):
+            raise DecoratorError(
+                "@batch(container_properties=...) must be a dict of AWS Batch container properties, "
+                'e.g. {"linuxParameters": {"devices": [...]}}.'
+            )
 
 
 retry = make_step_decorator(RetryDecorator)
