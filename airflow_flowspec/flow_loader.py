@@ -10,6 +10,7 @@ that name does not build a DAG (the Airflow registration only acts during a DagB
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import os
 import sys
@@ -53,6 +54,58 @@ def load_flow_class(flow_file: str, flow_name: str) -> Any:
     if not isinstance(flow_class, type):
         raise FlowLoadError(f"Flow file {path} does not define a class named {flow_name}.")
     return flow_class
+
+
+def load_recorded_flow_class(folder: str, index: dict[str, Any], flow_name: str) -> Any:
+    """Import the flow from a run's recorded code (see :mod:`airflow_flowspec.runtime.code_package`),
+    written out in ``folder``: the flow file, and the modules it imported from its folder.
+
+    The task's own DAG parse has already imported the *current* versions of those modules from the
+    dags folder; they are evicted, and a finder serves their names from the recorded copies, so
+    ``import helpers`` in the flow (or in a step) gets the code the run started with. The flow's
+    ``__file__`` is the recorded copy, so the graph is read from the source that runs.
+    """
+    path = os.path.join(folder, index["flow"])
+    cached = _loaded.get(flow_name)
+    if cached and cached[0] == path:
+        module = cached[2]
+    else:
+        modules = {name: os.path.join(folder, relpath) for name, relpath in index.get("modules", {}).items()}
+        for name in modules:
+            sys.modules.pop(name, None)
+        _RECORDED_MODULES.update(modules)
+        if _FINDER not in sys.meta_path:
+            sys.meta_path.insert(0, _FINDER)
+        module = _import(path, flow_name)
+        _loaded[flow_name] = (path, 0.0, module)
+    flow_class = getattr(module, flow_name, None)
+    if not isinstance(flow_class, type):
+        raise FlowLoadError(
+            f"The recorded flow file {index['flow']} does not define a class named {flow_name}."
+        )
+    return flow_class
+
+
+#: Module name -> the recorded file it is imported from (the runs loaded by this process).
+_RECORDED_MODULES: dict[str, str] = {}
+
+
+class _RecordedModuleFinder(importlib.abc.MetaPathFinder):
+    """Serves the modules of a run's recorded code ahead of ``sys.path`` (whose dags folder holds
+    the current, possibly edited, versions)."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        location = _RECORDED_MODULES.get(fullname)
+        if location is None:
+            return None
+        if os.path.basename(location) == "__init__.py":
+            return importlib.util.spec_from_file_location(
+                fullname, location, submodule_search_locations=[os.path.dirname(location)]
+            )
+        return importlib.util.spec_from_file_location(fullname, location)
+
+
+_FINDER = _RecordedModuleFinder()
 
 
 def is_missing_flow_module(error: BaseException) -> bool:

@@ -4,6 +4,7 @@
     airflow-flowspec show TrainFlow/<run_id>[/<step>[/<task>]]
     airflow-flowspec get TrainFlow/<run_id>/<step>[/<task>]/<artifact> [-o file]
     airflow-flowspec code TrainFlow/<run_id> [-o folder]
+    airflow-flowspec repin TrainFlow/<run_id> [--flow-file PATH]
     airflow-flowspec gc --older-than 30d [--keep-last N] [--flow F] [--dry-run] [--grace 1d]
 
 ``--root`` reads another datastore than ``[flowspec] datastore_root`` (as ``metadata()`` does).
@@ -44,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     code = commands.add_parser("code", help="write out the flow file a run started with")
     code.add_argument("pathspec")
     code.add_argument("-o", "--output", default=".", help="folder to write it into (default: here)")
+    repin = commands.add_parser(
+        "repin",
+        help="make a run's retried and cleared tasks run the flow file as it is now (fix, repin, clear)",
+        description="A run executes the code it started with, also when a failed task is cleared. After "
+        "fixing the flow, repin the run to its current code, then clear the failed task: it and every "
+        "task after it run the fixed code. The code the run started with stays in its record.",
+    )
+    repin.add_argument("pathspec", help="Flow/run_id")
+    repin.add_argument("--flow-file", help="the fixed flow file (default: the path the run recorded)")
     _add_gc_parser(commands)
     return parser
 
@@ -120,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             client.metadata(args.root)
         if args.all_namespaces:
             client.namespace(None)
-        return {"runs": _runs, "show": _show, "get": _get, "code": _code, "gc": _gc}[args.command](args)
+        commands = {"runs": _runs, "show": _show, "get": _get, "code": _code, "repin": _repin, "gc": _gc}
+        return commands[args.command](args)
     except (FlowspecError, KeyError, ValueError) as error:
         print(f"airflow-flowspec {args.command}: {error}", file=sys.stderr)
         return 1
@@ -193,6 +204,36 @@ def _code(args: argparse.Namespace) -> int:
     if code is None:
         raise ValueError(f"Run {run.pathspec} was recorded before runs kept their code.")
     print(code.extract(args.output))
+    return 0
+
+
+def _repin(args: argparse.Namespace) -> int:
+    import os
+
+    from airflow_flowspec.client.source import client_root
+    from airflow_flowspec.datastore.store import Datastore
+    from airflow_flowspec.flow_loader import load_flow_class
+    from airflow_flowspec.runtime import code_package
+
+    flow_name, _, run_id = args.pathspec.strip("/").partition("/")
+    if not run_id or "/" in run_id:
+        raise ValueError(f"repin takes Flow/run_id, not {args.pathspec!r}.")
+    datastore = Datastore(client_root())
+    record = datastore.read_run_meta(flow_name, run_id)
+    flow_file = os.path.abspath(args.flow_file or record.get("flow_file") or "")
+    # Importing the flow imports the modules beside it that it uses: they are recorded with it.
+    load_flow_class(flow_file, flow_name)
+    package = code_package.record(datastore, flow_file)
+    folder, index = code_package.materialize(datastore, package)
+    code = code_package.run_record_code(datastore, package, folder, index)
+    if code["package"] == (record.get("code") or {}).get("package"):
+        print(f"Run {flow_name}/{run_id} already runs this code ({flow_file}).")
+        return 0
+    datastore.repin_run_code(flow_name, run_id, code)
+    print(
+        f"Run {flow_name}/{run_id} now runs {flow_file} as it is now, from its next retried or cleared "
+        f"task on. Clear the failed task in Airflow to run it again."
+    )
     return 0
 
 

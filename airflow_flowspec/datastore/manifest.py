@@ -16,6 +16,7 @@ place that builds one or decides whether a value is one; everything else reads i
       "foreach": {"var", "num_splits"},         # a foreach split only
       "switch": {"condition", "step"},          # a switch only: the arm taken
       "caught": {"type", "message"},            # @catch took the step's exception
+      "code": artifact reference,               # the run's recorded code package
     }
 
 A reader accepts every version up to :data:`MANIFEST_VERSION` and refuses a newer one by name, so
@@ -48,6 +49,7 @@ def new_manifest(
     foreach: dict[str, Any] | None = None,
     switch: dict[str, Any] | None = None,
     caught: dict[str, Any] | None = None,
+    code: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         MANIFEST_MARKER: MANIFEST_VERSION,
@@ -62,7 +64,7 @@ def new_manifest(
         "foreach_stack": foreach_stack,
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
-    for name, section in (("foreach", foreach), ("switch", switch), ("caught", caught)):
+    for name, section in (("foreach", foreach), ("switch", switch), ("caught", caught), ("code", code)):
         if section is not None:
             manifest[name] = section
     return manifest

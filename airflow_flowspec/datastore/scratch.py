@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import socket
 import time
 
@@ -29,7 +30,8 @@ def scratch_path(folder: str, suffix: str = ".tmp") -> str:
 
 
 def sweep(folder: str, *, other_hosts_after_seconds: float) -> list[str]:
-    """Remove scratch files left behind by processes that are gone; return the paths removed.
+    """Remove scratch files (and folders) left behind by processes that are gone; return the paths
+    removed.
 
     Only names this module makes are touched; anything else in the folder is left alone.
     """
@@ -41,7 +43,7 @@ def sweep(folder: str, *, other_hosts_after_seconds: float) -> list[str]:
     now = time.time()
     for entry in entries:
         match = _NAME.fullmatch(entry.name)
-        if match is None or not entry.is_file(follow_symlinks=False):
+        if match is None or entry.is_symlink():
             continue
         try:
             old = now - entry.stat(follow_symlinks=False).st_mtime > other_hosts_after_seconds
@@ -51,7 +53,10 @@ def sweep(folder: str, *, other_hosts_after_seconds: float) -> list[str]:
         abandoned = old or (match["host"] == _HOST and not _alive(int(match["pid"])))
         if abandoned:
             try:
-                os.unlink(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
                 removed.append(entry.path)
             except OSError:
                 pass  # gone already, or another user's: not this sweep's to stop

@@ -234,6 +234,13 @@ class Datastore:
         self._write_json(keys.run_meta_key(flow, run_id), record)
         return record
 
+    def repin_run_code(self, flow: str, run_id: str, code: dict[str, Any]) -> None:
+        """Make ``code`` what the run's retried and cleared tasks run (``airflow-flowspec repin``);
+        the codes it ran before stay in ``code_history``, so gc keeps them for its finished tasks."""
+        record = self.read_run_meta(flow, run_id)
+        history = [*record.get("code_history", []), record["code"]] if record.get("code") else []
+        self._write_json(keys.run_meta_key(flow, run_id), {**record, "code": code, "code_history": history})
+
     def read_run_meta(self, flow: str, run_id: str) -> dict[str, Any]:
         return self._read_json(
             keys.run_meta_key(flow, run_id),

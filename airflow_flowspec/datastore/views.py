@@ -19,7 +19,12 @@ from typing import Any
 
 from airflow_flowspec.datastore.artifacts import ArtifactRef
 from airflow_flowspec.errors import FlowLoadError
-from airflow_flowspec.flow_loader import is_missing_flow_module, load_flow_class, stable_module_name
+from airflow_flowspec.flow_loader import (
+    is_missing_flow_module,
+    load_flow_class,
+    load_recorded_flow_class,
+    stable_module_name,
+)
 
 
 class ArtifactLoader:
@@ -173,12 +178,21 @@ def import_flow_of_run(datastore: Any, flow_name: str, run_id: str) -> None:
 
     A step imports its flow file anyway; a plain Airflow task or a notebook reading the run's
     artifacts has not, and an instance of a class from the flow file (pickled by reference to
-    ``flowspec_flows.<FlowName>``) cannot be rebuilt without it. The run's metadata says which
-    file the run used.
+    ``flowspec_flows.<FlowName>``) cannot be rebuilt without it. The run's recorded code is
+    imported (the classes as the run defined them); a run recorded before code was, from the flow
+    file its metadata names.
     """
     if stable_module_name(flow_name) in sys.modules:
         return
-    flow_file = datastore.read_run_meta(flow_name, run_id).get("flow_file")
+    meta = datastore.read_run_meta(flow_name, run_id)
+    package_ref = (meta.get("code") or {}).get("package")
+    if package_ref:
+        from airflow_flowspec.runtime import code_package
+
+        folder, index = code_package.materialize(datastore, package_ref)
+        load_recorded_flow_class(folder, index, flow_name)
+        return
+    flow_file = meta.get("flow_file")
     if not flow_file or not os.path.isfile(flow_file):
         raise FlowLoadError(
             f"An artifact of run {run_id} of flow {flow_name} is an instance of a class defined in the "

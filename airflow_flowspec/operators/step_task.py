@@ -78,11 +78,13 @@ class StepTaskMixin:
         )
         # As in Metaflow, a @project flow's runs are production runs when its branch is.
         project = getattr(context.get("dag"), PROJECT_BRANCH_ATTRIBUTE, None)
+        run_id = stored_run_id(ti.run_id, project.branch_name if project else None)
         return TaskSpec(
+            code=self._run_code(manifests, run_id, ti.try_number or 1),
             flow_file=self.flow_file,
             flow_name=self.flow_name,
             step=self.step_name,
-            run_id=stored_run_id(ti.run_id, project.branch_name if project else None),
+            run_id=run_id,
             datastore_root=config.datastore_root(),
             map_index=ti.map_index if ti.map_index is not None else -1,
             attempt=ti.try_number or 1,
@@ -104,6 +106,32 @@ class StepTaskMixin:
                 dag_id=getattr(dag_run, "dag_id", None) or ti.dag_id,
             ),
         )
+
+    def _run_code(
+        self, manifests: list[dict[str, Any]], run_id: str, try_number: int
+    ) -> dict[str, Any] | None:
+        """The code the run started with: recorded here, on the worker, for the start step (a Batch
+        container has no dags folder), and handed on from the parents' manifests to every other.
+
+        A retried or cleared task, or one whose parents ran different code, runs the code the run's
+        record names: ``airflow-flowspec repin`` changes it there after a fix (one read, only then).
+        """
+        from airflow_flowspec.datastore import open_datastore
+
+        if self.step_name == "start":
+            from airflow_flowspec.runtime import code_package
+
+            return code_package.record(open_datastore(config.datastore_root()), self.flow_file)
+        codes = [m["code"] for m in manifests if m.get("code")]
+        if codes and (try_number > 1 or any(code != codes[0] for code in codes)):
+            from airflow_flowspec.errors import ArtifactNotFoundError
+
+            try:
+                record = open_datastore(config.datastore_root()).read_run_meta(self.flow_name, run_id)
+            except ArtifactNotFoundError:
+                record = {}
+            return (record.get("code") or {}).get("package") or codes[0]
+        return codes[0] if codes else None
 
     def _pull_manifests(
         self, ti: Any, pull: dict[str, Any], frame: dict[str, Any], stack: list[dict[str, Any]]

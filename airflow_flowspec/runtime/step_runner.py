@@ -30,7 +30,7 @@ from airflow_flowspec.errors import (
     TransitionError,
     is_flow_mistake,
 )
-from airflow_flowspec.flow_loader import load_flow_class
+from airflow_flowspec.flow_loader import load_flow_class, load_recorded_flow_class
 from airflow_flowspec.graph import graph_of
 from airflow_flowspec.parameters import flow_parameters
 from airflow_flowspec.runtime import code_package
@@ -155,13 +155,14 @@ def _run_step(
     keys.manifest_key(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
     run_tags = _run_tags(spec) if spec.step == "start" else []  # refused before anything runs
     datastore = datastore or open_datastore(spec.datastore_root)
-    flow_class = load_flow_class(spec.flow_file, spec.flow_name)
+    flow_class, code = _load_flow(spec, datastore)
     graph = graph_of(flow_class)
     if spec.step not in graph:
         raise FlowLoadError(
-            f"Flow {spec.flow_name} in {spec.flow_file} has no step '{spec.step}' (its steps: "
-            f"{', '.join(graph.sorted_nodes())}). The flow file was changed after the run started, "
-            f"or the task names a step that never existed: start a new run of the current flow."
+            f"Flow {spec.flow_name} in {spec.flow_file} has no step '{spec.step}' in the code run "
+            f"{spec.run_id} started with (its steps: {', '.join(graph.sorted_nodes())}). The flow file "
+            f"gained the step after the run started (a run keeps its code), or the task names a step "
+            f"that never existed: start a new run of the current flow."
         )
     node = graph[spec.step]
     step_func = getattr(flow_class, spec.step)
@@ -234,13 +235,15 @@ def _run_step(
                 },
                 "context": spec.run_context.to_json(),
                 "tags": run_tags,
-                "code": code_package.record(datastore, spec.flow_file),
+                "code": code,
                 "versions": _versions(),
                 "started_by": {"user": spec.run_context.username, "run_type": spec.run_context.run_type},
                 "system_tags": system_tags(spec.flow_name, spec.run_context),
             },
         )
-    manifest = _manifest(spec, refs, parameter_names, node, caught, switch_step, foreach_children, secrets)
+    manifest = _manifest(
+        spec, refs, parameter_names, node, caught, switch_step, foreach_children, secrets, code
+    )
     result = StepResult(manifest=manifest, foreach_children=foreach_children, switch_step=switch_step)
     identity = (spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
     if store_result or foreach_children is not None:
@@ -255,6 +258,22 @@ def _run_step(
         datastore.finish_run(spec.flow_name, spec.run_id, True, {"end_task": spec.pathspec})
     print(f"[{spec.run_id}/{spec.step}/{spec.task_id}] Task finished successfully.", flush=True)
     return result
+
+
+def _load_flow(spec: TaskSpec, datastore: Any) -> tuple[type, dict[str, Any] | None]:
+    """The flow class from the code the run started with, and (start step) the run record's
+    ``code``. The operator records it before the start step; a spec without it (run by hand) is
+    recorded here, from the flow file, before anything of the flow runs."""
+    package_ref = spec.code
+    if package_ref is None and spec.step == "start":
+        package_ref = code_package.record(datastore, spec.flow_file)
+    if package_ref is None:  # a run started before code was recorded: the file as it is now
+        return load_flow_class(spec.flow_file, spec.flow_name), None
+    folder, index = code_package.materialize(datastore, package_ref)
+    flow_class = load_recorded_flow_class(folder, index, spec.flow_name)
+    if spec.step != "start":
+        return flow_class, {"package": package_ref}
+    return flow_class, code_package.run_record_code(datastore, package_ref, folder, index)
 
 
 def _describe(value: Any) -> Any:
@@ -491,6 +510,7 @@ def _manifest(
     switch_step: str | None,
     foreach_children: list[dict[str, Any]] | None,
     secrets: SecretMask,
+    code: dict[str, Any] | None,
 ) -> dict[str, Any]:
     return new_manifest(
         flow=spec.flow_name,
@@ -508,4 +528,5 @@ def _manifest(
         caught=None
         if caught is None
         else {"type": type(caught).__name__, "message": secrets.redact(str(caught))},
+        code=code["package"] if code else None,
     )

@@ -124,6 +124,9 @@ class TaskSpec:
     foreach_stack: list[dict[str, Any]] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)  # start step only: raw values by name
     run_context: RunContext = field(default_factory=RunContext)
+    # The run's recorded code package (an artifact reference): what the step runs. None only for a
+    # run started before code was recorded, which runs the flow file as it is now.
+    code: dict[str, Any] | None = None
 
     @property
     def task_id(self) -> str:

@@ -117,3 +117,70 @@ def test_clearing_an_ordinary_task_purges_the_pickled_xcom_its_rerun_replaces(tm
         assert new["hash"] != old["hash"] and new["size"] != old["size"]
         assert old_pickle.read_bytes().count(b"second run") == 20
         assert raw_xcom(dag_id, first.run_id, "consume") == repr(b"second run " * 20)
+
+
+FIX_ME_FLOW = """
+from airflow_flowspec import FlowSpec, step
+
+DIVISOR = 0  # the bug
+
+
+class FixMeFlow(FlowSpec):
+    @step
+    def start(self):
+        self.total = 12
+        self.next(self.middle)
+
+    @step
+    def middle(self):
+        self.share = self.total / DIVISOR
+        self.next(self.end)
+
+    @step
+    def end(self):
+        self.result = self.share
+"""
+
+
+def test_a_fix_needs_repin_before_clear_since_a_run_keeps_the_code_it_started_with(tmp_path):
+    """Guards code pinning on clear: a cleared task runs the run's recorded code (the fix alone
+    changes nothing), and ``airflow-flowspec repin`` makes the cleared task and those after it run
+    the fixed file, keeping the code the run started with in the record's history."""
+    import subprocess
+    import sys
+
+    from airflow_flowspec import config
+
+    path = tmp_path / "fix_me_flow.py"
+    path.write_text(FIX_ME_FLOW)
+    flow_class, dag = build_flow_dag(path)
+    first = FlowRun("FixMeFlow", dag.test())
+    assert first.state("middle") == "failed"
+    started_with = first.datastore.read_run_meta("FixMeFlow", first.run_id)["code"]
+
+    path.write_text(FIX_ME_FLOW.replace("DIVISOR = 0", "DIVISOR = 4"))
+    again = clear_and_rerun(dag, first.run_id, only_failed=True)
+    assert str(again.state) == "failed"  # the cleared task ran the code the run started with
+
+    repin = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airflow_flowspec.shell",
+            "--root",
+            config.datastore_root(),
+            "repin",
+            f"FixMeFlow/{first.run_id}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert repin.returncode == 0, repin.stderr
+    assert "Clear the failed task" in repin.stdout
+    fixed = FlowRun("FixMeFlow", clear_and_rerun(dag, first.run_id, only_failed=True))
+    assert fixed.succeeded, fixed.states()
+    assert fixed.artifacts("end")["result"] == 3.0
+    record = fixed.datastore.read_run_meta("FixMeFlow", first.run_id)
+    assert record["code_history"] == [started_with]
+    assert fixed.manifest("end")["code"] == record["code"]["package"] != started_with["package"]
+    assert fixed.manifest("start")["code"] == started_with["package"]  # start did not run again

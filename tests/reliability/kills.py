@@ -343,7 +343,9 @@ class _Place:
         return Datastore(self.root)
 
     def scratch_files(self) -> dict[str, int]:
-        """Name -> size of every file in the scratch folder but the multipart-sweep markers."""
+        """Name -> size of every file in the scratch folder but the multipart-sweep markers and the
+        recorded code written out for tasks (``code/<hash>``, a cache kept on purpose; a half-written
+        copy a kill left, a scratch-named folder in ``code/``, counts)."""
         try:
             entries = list(os.scandir(self.scratch_dir))
         except FileNotFoundError:
@@ -351,6 +353,11 @@ class _Place:
         files = {}
         for entry in entries:
             if entry.name.startswith(_MULTIPART_MARKER_PREFIX):
+                continue
+            if entry.name == "code" and entry.is_dir(follow_symlinks=False):
+                for staging in os.scandir(entry.path):
+                    if staging.name.startswith("flowspec-"):
+                        files[f"code/{staging.name}"] = 0
                 continue
             with contextlib.suppress(FileNotFoundError):
                 files[entry.name] = entry.stat(follow_symlinks=False).st_size
