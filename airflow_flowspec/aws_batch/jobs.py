@@ -123,9 +123,10 @@ def step_job_settings(
     ``[flowspec]`` options given as arguments (an empty string means the option is unset).
 
     A step's ``@batch`` value wins over the option. A step's ``@batch(image=...)`` also wins over a
-    configured ``batch_job_definition``: the step asked for its own container. ``@resources(disk=MB)``
-    asks for ephemeral storage (whole GiB, the larger of it and ``@batch(ephemeral_storage=...)``),
-    which Batch honours only on Fargate. ``@timeout`` becomes the job's attempt timeout, at least a
+    configured ``batch_job_definition``: the step asked for its own container. ``@resources(disk=...)``
+    is not applied, as in Metaflow: on EC2 a job's disk is the compute environment's launch
+    template's, and ``@batch(ephemeral_storage=GiB)`` (Fargate only) is the explicit way; a flow
+    written for Kubernetes with ``disk`` still runs on Batch. ``@timeout`` becomes the job's attempt timeout, at least a
     minute because Batch refuses less.
 
     Raises :class:`BatchJobSpecError` naming the flow, the step and the fix when the job cannot be
@@ -328,16 +329,10 @@ def _optional_whole_number(where: str, key: str, value: Any) -> int | None:
 def _ephemeral_storage(
     where: str, batch_args: Mapping[str, Any], resources_args: Mapping[str, Any] | None
 ) -> int | None:
-    candidates = []
-    if batch_args.get("ephemeral_storage") is not None:
-        gib = _number(where, "@batch(ephemeral_storage=...)", batch_args["ephemeral_storage"], "GiB")
-        candidates.append(math.ceil(gib))
-    disk = resources_args.get("disk") if resources_args is not None else None
-    if disk is not None:
-        megabytes = _number(where, "@resources(disk=...)", disk, "a size in MB, e.g. disk=30720")
-        candidates.append(math.ceil(megabytes / 1024))
-    storage = max(candidates, default=0)
-    return storage or None
+    if batch_args.get("ephemeral_storage") is None:
+        return None
+    gib = _number(where, "@batch(ephemeral_storage=...)", batch_args["ephemeral_storage"], "GiB")
+    return math.ceil(gib) or None
 
 
 def _log_options(where: str, options: Any) -> dict[str, str]:
