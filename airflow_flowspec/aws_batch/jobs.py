@@ -126,8 +126,8 @@ def step_job_settings(
     configured ``batch_job_definition``: the step asked for its own container. ``@resources(disk=...)``
     is not applied, as in Metaflow: on EC2 a job's disk is the compute environment's launch
     template's, and ``@batch(ephemeral_storage=GiB)`` (Fargate only) is the explicit way; a flow
-    written for Kubernetes with ``disk`` still runs on Batch. ``@timeout`` becomes the job's attempt timeout, at least a
-    minute because Batch refuses less.
+    written for Kubernetes with ``disk`` still runs on Batch. ``@timeout`` becomes the job's
+    attempt timeout, at least a minute because Batch refuses less.
 
     Raises :class:`BatchJobSpecError` naming the flow, the step and the fix when the job cannot be
     assembled: no queue, no image nor job definition, conflicting or unusable sizes, settings an
