@@ -22,7 +22,12 @@ from harness import REPO
 
 PACKAGE = "airflow_flowspec"
 #: Code that needs Airflow lives here, and only here.
-EDGE_PACKAGES = ("airflow_flowspec.airflow", "airflow_flowspec.operators", "airflow_flowspec.xcom_backend")
+EDGE_PACKAGES = (
+    "airflow_flowspec.airflow",
+    "airflow_flowspec.operators",
+    "airflow_flowspec.triggers",
+    "airflow_flowspec.xcom_backend",
+)
 #: Kept at the top level because users write this path in airflow.cfg.
 EDGE_MODULES = ("airflow_flowspec.discovery",)
 #: The only imports from the rest of the package into the edge: lazy (inside a function), named.
@@ -208,8 +213,8 @@ def test_airflow_and_moto_are_imported_only_at_the_edge():
         and not is_edge(edge.importer)
         and not (edge.imported == "moto" and is_moto_allowed(edge.importer))
     ]
-    assert outside == [], "Airflow outside airflow_flowspec/{airflow,operators,xcom_backend}: " + ", ".join(
-        outside
+    assert outside == [], (
+        "Airflow outside airflow_flowspec/{airflow,operators,triggers,xcom_backend}: " + ", ".join(outside)
     )
 
 
