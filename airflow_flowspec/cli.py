@@ -50,10 +50,12 @@ def _parser(flow_class: type) -> argparse.ArgumentParser:
     has_project = project_of(flow_class) is not None
     if has_project:
         _add_project_options(parser, before_command=True)
+    _add_with_option(parser, before_command=True)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the flow once, locally, with Airflow's dag.test()")
     if has_project:
         _add_project_options(run, before_command=False)
+    _add_with_option(run, before_command=False)
     for parameter in flow_parameters(flow_class):
         run.add_argument(
             f"--{parameter.name}",
@@ -73,6 +75,19 @@ def _parser(flow_class: type) -> argparse.ArgumentParser:
     commands.add_parser("show", help="print the steps and how they connect")
     commands.add_parser("check", help="lint the flow and check that Airflow will find the file")
     return parser
+
+
+def _add_with_option(parser: argparse.ArgumentParser, *, before_command: bool) -> None:
+    """``--with batch``: every step as an AWS Batch job, before the command (Metaflow's place) or
+    after ``run``."""
+    parser.add_argument(
+        "--with",
+        dest="with_",
+        action="append",
+        default=[] if before_command else argparse.SUPPRESS,
+        metavar="batch",
+        help="run every step on AWS Batch (the [flowspec] batch_* options say where)",
+    )
 
 
 def _add_project_options(parser: argparse.ArgumentParser, *, before_command: bool) -> None:
@@ -98,6 +113,7 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
     from airflow_flowspec.lint import airflow_target, lint_flow
 
     args = _parser(flow_class).parse_args(argv)
+    _apply_with(flow_class, args.with_)
     graph = graph_of(flow_class)
     if args.command == "show":
         print(graph.to_text())
@@ -125,6 +141,28 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
     return run_locally(flow_class, _flow_file(flow_class), conf, target, project)
 
 
+def _apply_with(flow_class: type, extensions: list[str]) -> None:
+    """``--with batch`` is ``[flowspec] execution = batch`` for this command."""
+    from airflow_flowspec.errors import ConfigurationError
+
+    unknown = [name for name in extensions if name != "batch"]
+    if unknown:
+        raise ConfigurationError(
+            f"--with {unknown[0]} is not something flow {flow_class.__name__} can run with here: "
+            f"--with batch (every step an AWS Batch job) is. Put other step decorators in the flow file."
+        )
+    if extensions:
+        os.environ["AIRFLOW__FLOWSPEC__EXECUTION"] = "batch"
+        root = config.datastore_root()
+        if not root.startswith("s3://"):
+            raise ConfigurationError(
+                f"--with batch runs flow {flow_class.__name__}'s steps in AWS Batch containers, which "
+                f"read and write artifacts in S3, but [flowspec] datastore_root is {root!r}. Set "
+                f"AIRFLOW__FLOWSPEC__DATASTORE_ROOT=s3://bucket/prefix (for the local AWS emulator, "
+                f"run `python -m airflow_flowspec.testing.local_aws` and use the lines it prints)."
+            )
+
+
 def _project_branch(flow_class: type, args: argparse.Namespace) -> ProjectBranch | None:
     """The branch this command runs on, by Metaflow's rule (None for a flow without ``@project``)."""
     from airflow_flowspec.decorators.flow_decorators import branch_for_run
@@ -148,6 +186,9 @@ def _read_every_option() -> None:
     config.sweep_after_seconds()
     config.scratch_dir()
     config.project_branch()
+    config.code_include()
+    config.batch_poll_seconds()
+    config.batch_deferrable()
 
 
 def _convert_parameters(flow_class: type, raw: dict[str, str]) -> dict[str, Any]:

@@ -85,8 +85,12 @@ class FlowRun:
 
     def artifacts(self, step: str, task_id: str = "0") -> dict[str, Any]:
         from airflow_flowspec.datastore.artifacts import ArtifactRef
+        from airflow_flowspec.datastore.views import import_flow_of_run
 
         refs = self.manifest(step, task_id)["artifacts"]
+        # Classes from the flow file unpickle once the run's code is imported (by a step that ran
+        # in this process, or here: every step of a Batch run ran in a container).
+        import_flow_of_run(self.datastore, self.flow_name, self.run_id)
         return {name: self.datastore.artifacts.load(ArtifactRef.from_json(ref)) for name, ref in refs.items()}
 
 

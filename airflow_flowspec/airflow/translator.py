@@ -173,18 +173,38 @@ def _foreach_domain(graph: FlowGraph, name: str) -> str | None:
     return foreach_parents[-1] if foreach_parents else None
 
 
-def step_operator_class(execution: str) -> type:
-    """The operator that runs steps for ``[flowspec] execution`` (one place decides; cosmos does
-    the same). The AWS Batch operator joins the local one here."""
-    from airflow_flowspec.operators.local_step import LocalStepOperator
+def step_operator(flow_class: type, step_name: str, execution: str) -> tuple[type, dict[str, Any]]:
+    """The operator that runs a step, and its own arguments: one place decides (cosmos does the
+    same). A step runs on AWS Batch with ``[flowspec] execution = batch`` or its own ``@batch``;
+    its job's settings are resolved here, so a missing queue or image fails the DAG at once."""
+    step_func = getattr(flow_class, step_name)
+    decorators = step_decorators_of(step_func)
+    if execution != "batch" and "batch" not in decorators:
+        from airflow_flowspec.operators.local_step import LocalStepOperator
 
-    return {"local": LocalStepOperator}[execution]
+        return LocalStepOperator, {}
+    from dataclasses import asdict
+
+    from airflow_flowspec.aws_batch.jobs import step_job_settings
+    from airflow_flowspec.operators.batch_step import StepBatchOperator
+
+    settings = step_job_settings(
+        step_func,
+        flow_name=flow_class.__name__,
+        step_name=step_name,
+        queue=config.get_option("batch_job_queue"),
+        job_definition=config.get_option("batch_job_definition"),
+        image=config.get_option("batch_image"),
+        iam_role=config.get_option("batch_iam_role"),
+    )
+    # Plain values: a mapped task's arguments are serialized with the DAG.
+    return StepBatchOperator, {"batch_settings": asdict(settings), "catches": "catch" in decorators}
 
 
 def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
     from airflow_flowspec.operators.local_step import FlattenForeachOperator
 
-    step_operator = step_operator_class(config.execution())
+    execution = config.execution()
     order = graph.sorted_nodes()
     domain = {name: _foreach_domain(graph, name) for name in order}
     tasks: dict[str, Any] = {}
@@ -192,6 +212,7 @@ def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
 
     for name in order:
         node = graph[name]
+        operator_class, operator_kwargs = step_operator(flow_class, name, execution)
         kwargs = dict(
             task_id=name,
             flow_file=flow_file,
@@ -202,11 +223,12 @@ def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
             doc_md=node.doc.strip() or None if node.doc else None,
             trigger_rule=_trigger_rule(graph, name),
             **_decorator_settings(getattr(flow_class, name)),
+            **operator_kwargs,
         )
         if domain[name] is None:
-            task = step_operator(**kwargs)
+            task = operator_class(**kwargs)
         else:
-            task = step_operator.partial(**kwargs).expand(foreach_frame=domain_source[domain[name]])
+            task = operator_class.partial(**kwargs).expand(foreach_frame=domain_source[domain[name]])
         tasks[name] = task
         if node.type == "foreach":
             if domain[name] is None:

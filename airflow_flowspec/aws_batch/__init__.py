@@ -1,8 +1,9 @@
-"""The AWS Batch pieces that need no Airflow: what a step's job is made of.
+"""The AWS Batch pieces that need no Airflow: what a step's job is made of, and following it.
 
 A Batch container, a notebook and the Airflow operator all assemble the same job from the same
-flow file, so this folder imports neither Airflow nor boto3; AWS calls go through a client the
-caller passes in.
+flow file, and the operator, the deferrable trigger and ``python flow.py run --with batch`` follow a
+job the same way, so this folder imports neither Airflow nor boto3; AWS calls go through clients
+the caller passes in.
 
 Not named ``batch``: importing a subpackage sets it as an attribute of its parent, and
 ``airflow_flowspec.batch`` is the ``@batch`` decorator that flow files import.

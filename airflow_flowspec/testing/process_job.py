@@ -79,6 +79,11 @@ class ProcessJob(batch_models.Job):
             details["exitCode"] = self.exit_code
         if self.job_stopped and self.job_stopped_reason:
             details["reason"] = self.job_stopped_reason
+        # As Batch shows them: the sizes the job runs with, overrides applied.
+        details["resourceRequirements"] = [
+            {"type": "VCPU", "value": str(self.requirement("VCPU", 1))},
+            {"type": "MEMORY", "value": str(self.requirement("MEMORY", 2048))},
+        ] + [r for r in self.container_overrides.get("resourceRequirements", []) if r.get("type") == "GPU"]
         return details
 
     def batch_environment(self) -> dict[str, str]:

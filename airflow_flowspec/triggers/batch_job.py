@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_flowspec.batch.watch import JobWatcher, exit_code, is_transient
+from airflow_flowspec.aws_batch.watch import JobWatcher, exit_code, is_transient
 
 #: Lines of the job's log an event carries (events are stored in Airflow's database).
 EVENT_TAIL_LINES = 20

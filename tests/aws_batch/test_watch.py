@@ -1,4 +1,4 @@
-"""Following a Batch job (``airflow_flowspec.batch.watch``) on the local AWS, whose Batch really runs
+"""Following a Batch job (``airflow_flowspec.aws_batch.watch``) on the local AWS, whose Batch really runs
 each job: what a user sees while a step runs on Batch, when it fails, and when it cannot start."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from airflow_flowspec.batch.watch import JobWatcher, runnable_hint
+from airflow_flowspec.aws_batch.watch import JobWatcher, runnable_hint
 from airflow_flowspec.errors import BatchJobFailedError
 
 BATCH_ORDER = ["SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED"]
@@ -99,7 +99,8 @@ def test_a_succeeding_job_shows_each_status_once_in_order_and_every_line_once(aw
 def test_a_label_names_the_job_in_every_line(aws):
     """Guards the console with several jobs at once: every line says which step it is from, and the
     status lines still give the job id to look up in the AWS console."""
-    job_id = submit(aws, "print('hello')")
+    # Long enough in RUNNING for a poll to see it on a loaded machine.
+    job_id = submit(aws, "import time; print('hello'); time.sleep(0.5)")
     watcher, shown = watcher_for(aws, job_id, label="TrainFlow.train")
 
     follow(watcher)

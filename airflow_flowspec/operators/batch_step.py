@@ -1,0 +1,297 @@
+"""Run a step as an AWS Batch job: the Amazon provider's ``BatchOperator`` submits it and links it
+in the UI, the shared mixin builds the task spec and publishes the manifest, and the container runs
+the same step runtime as a worker does (``python -m airflow_flowspec.runtime``).
+
+What this subclass adds is what a step needs and ``BatchOperator`` does not do: the job assembled
+from the step's decorators at run time (a registered, content-named job definition; overrides
+that carry only the spec's datastore key), a wait that reports every status change and the step's
+own log lines and explains a job stuck in RUNNABLE, a failure message with Batch's reason and the
+log's last lines, a flow mistake (the runtime's exit status 202) failing without retries, and a
+job found again after the worker that submitted it died, instead of a duplicate beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from airflow.providers.amazon.aws.operators.batch import BatchOperator
+from airflow.sdk.bases.skipmixin import SkipMixin
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_flowspec import config
+from airflow_flowspec.aws_batch.jobs import (
+    BatchJobSettings,
+    container_overrides,
+    ensure_job_definition,
+    job_name,
+    job_tags,
+)
+from airflow_flowspec.aws_batch.watch import JobWatcher
+from airflow_flowspec.errors import EXIT_DISALLOW_RETRY, BatchJobFailedError, BatchJobSpecError
+from airflow_flowspec.operators.step_task import StepTaskMixin, flow_mistakes_fail_at_once
+
+#: The task state store key holding the job this task instance submitted (kept across tries).
+JOB_RECORD_KEY = "flowspec_batch_job"
+#: ``[flowspec]`` options a step's container needs to read and write the datastore as a worker does.
+CONTAINER_OPTIONS = ("s3_multipart_threshold_mb",)
+#: Set by ``python flow.py run``: job statuses and the step's log lines go to the terminal too.
+CONSOLE_ENVIRONMENT_VARIABLE = "FLOWSPEC_CONSOLE"
+
+
+class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
+    """One flow step, executed as an AWS Batch job."""
+
+    ui_color = "#f4e3c1"
+    # The overrides and names are built in execute(); the rendered-fields view shows those.
+    overwrite_rtif_after_execution = True
+
+    def __init__(
+        self,
+        *,
+        flow_file: str,
+        flow_name: str,
+        step_name: str,
+        input_pulls: list[dict[str, Any]],
+        batch_settings: BatchJobSettings | dict[str, Any],
+        catches: bool = False,
+        is_foreach_split: bool = False,
+        foreach_frame: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("aws_conn_id", config.get_option("aws_conn_id") or None)
+        kwargs.setdefault("region_name", config.get_option("region_name") or None)
+        settings = batch_settings if isinstance(batch_settings, dict) else vars(batch_settings)
+        super().__init__(
+            job_name=f"{flow_name}-{step_name}",  # the real ones are made per task in execute()
+            job_definition=settings["job_definition"] or "",
+            job_queue=settings["queue"],
+            deferrable=config.batch_deferrable(),
+            awslogs_enabled=False,  # the step's log lines come through JobWatcher
+            **kwargs,
+        )
+        self.flow_file = flow_file
+        self.flow_name = flow_name
+        self.step_name = step_name
+        self.input_pulls = input_pulls
+        self.is_foreach_split = is_foreach_split
+        self.foreach_frame = foreach_frame
+        self.batch_settings = (
+            batch_settings
+            if isinstance(batch_settings, BatchJobSettings)
+            else BatchJobSettings(**batch_settings)
+        )
+        self.catches = catches  # the step has @catch
+        self._attempt: int | None = None
+
+    # -- execute ---------------------------------------------------------------------------------
+
+    def execute(self, context: Any) -> Any:
+        from airflow_flowspec.runtime.process import write_task_spec
+
+        with flow_mistakes_fail_at_once():
+            spec = self.build_task_spec(context)
+            if not spec.datastore_root.startswith("s3://"):
+                raise BatchJobSpecError(
+                    f"Step '{self.step_name}' of flow {self.flow_name} runs on AWS Batch, which reads and "
+                    f"writes artifacts in S3, but [flowspec] datastore_root is {spec.datastore_root!r}. "
+                    f"Set it to s3://bucket/prefix (a bucket the job role can read and write)."
+                )
+            adopted = self._adopt_earlier_job(context, spec)
+            if adopted is None:
+                key = write_task_spec(spec)
+                self._assemble_job(context, spec, key)
+        if adopted is None:
+            self.submit_job(context)
+            self._attempt = spec.attempt
+            self._remember_job(context, spec.attempt)
+        return self._wait_and_publish(context, spec.attempt)
+
+    def _assemble_job(self, context: Any, spec: Any, spec_key: str) -> None:
+        settings = self.batch_settings
+        ti = context["ti"]
+        self.job_definition = ensure_job_definition(self.hook.client, settings)
+        self.job_queue = settings.queue
+        self.job_name = job_name(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
+        self.tags = job_tags(
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            task_id=ti.task_id,
+            map_index=spec.map_index,
+            try_number=spec.attempt,
+            flow_name=spec.flow_name,
+            step=spec.step,
+            extra=settings.tags,
+        )
+        command = [
+            "python",
+            "-m",
+            "airflow_flowspec.runtime",
+            "--root",
+            spec.datastore_root,
+            "--spec-key",
+            spec_key,
+        ]
+        environment = {
+            f"AIRFLOW__FLOWSPEC__{option.upper()}": config.get_option(option)
+            for option in CONTAINER_OPTIONS
+            if config.get_option(option) != config.DEFAULTS[option]
+        }
+        self.container_overrides = container_overrides(settings, command=command, environment=environment)
+        self.submit_job_timeout = settings.timeout_seconds
+
+    # -- one job per try; a dead worker's job is adopted, not duplicated ---------------------------
+
+    def _adopt_earlier_job(self, context: Any, spec: Any) -> dict[str, Any] | None:
+        """The job an earlier try of this task submitted, if it is still going and can stand for
+        this try: the worker that waited for it died, and a second job beside it would run the step
+        twice at once. A finished job is not adopted (a cleared task means: run it again)."""
+        store = context.get("task_state_store")
+        record = _get_record(store)
+        if not record or not record.get("job_id"):
+            return None
+        job = self.hook.client.describe_jobs(jobs=[record["job_id"]])["jobs"]
+        if not job or JobWatcher.is_finished(job[0]):
+            return None
+        catch_on_last_try = self.catches and spec.attempt >= spec.max_attempts
+        if catch_on_last_try and record.get("attempt", 0) < spec.attempt:
+            # Its spec says it is not the last attempt, so @catch would not take its failure.
+            self.hook.client.terminate_job(
+                jobId=record["job_id"], reason="Replaced by the last try, whose @catch applies"
+            )
+            return None
+        self.job_id = record["job_id"]
+        self._attempt = int(record.get("attempt") or spec.attempt)
+        self.log.info(
+            "AWS Batch job %s of an earlier try of this task is still %s: waiting for it instead of "
+            "submitting another.",
+            self.job_id,
+            job[0]["status"],
+        )
+        return job[0]
+
+    def _remember_job(self, context: Any, attempt: int) -> None:
+        store = context.get("task_state_store")
+        if store is None:
+            return
+        try:
+            store.set(JOB_RECORD_KEY, {"job_id": self.job_id, "attempt": attempt})
+        except Exception as error:  # noqa: BLE001 - a lost record costs a duplicate, never the step
+            self.log.warning("Could not record AWS Batch job %s for a retry to find: %s", self.job_id, error)
+
+    # -- waiting --------------------------------------------------------------------------------
+
+    def _wait_and_publish(self, context: Any, attempt: int) -> Any:
+        job = self._persist_links(context)
+        if self.deferrable and not JobWatcher.is_finished(job):
+            from airflow_flowspec.triggers.batch_job import BatchJobWaitTrigger
+
+            deadline = None
+            if self.execution_timeout:
+                started = getattr(context.get("ti"), "start_date", None) or datetime.now(timezone.utc)
+                deadline = (started + self.execution_timeout).isoformat()
+            self.defer(
+                trigger=BatchJobWaitTrigger(
+                    job_id=self.job_id,
+                    aws_conn_id=self.aws_conn_id,
+                    region_name=self.region_name,
+                    poll_seconds=config.batch_poll_seconds(),
+                    deadline=deadline,
+                    label=self.step_name,
+                ),
+                method_name="execute_complete",
+                kwargs={"attempt": attempt},
+                # A backstop only: the trigger's own deadline terminates the job first.
+                timeout=self.execution_timeout + timedelta(minutes=5) if self.execution_timeout else None,
+            )
+        watcher = JobWatcher(
+            self.hook.client, self._logs_client(), self.job_id, self._emit, label=self.step_name
+        )
+        job = watcher.poll()
+        while not watcher.is_finished(job):
+            time.sleep(config.batch_poll_seconds())
+            job = watcher.poll()
+        watcher.drain()
+        self._persist_cloudwatch_link(context)
+        if job["status"] != "SUCCEEDED":
+            self._fail(
+                job, watcher.failure_message(job, what=f"Step '{self.step_name}' of flow {self.flow_name}")
+            )
+        return self._publish(context, attempt)
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None, attempt: int = 1) -> Any:
+        event = event or {}
+        self.job_id = event.get("job_id") or self.job_id
+        self._persist_cloudwatch_link(context)
+        for line in event.get("log_tail") or []:
+            self._emit(line)
+        if event.get("status") == "timeout":
+            from airflow.sdk.exceptions import AirflowTaskTimeout
+
+            raise AirflowTaskTimeout(event.get("message") or f"{self._what()}: the job ran past its timeout.")
+        if event.get("status") != "success":
+            self._fail(
+                {"container": {"exitCode": event.get("exit_code")}}, event.get("message") or str(event)
+            )
+        return self._publish(context, attempt)
+
+    def _fail(self, job: dict[str, Any], message: str) -> None:
+        exit_code = (job.get("container") or {}).get("exitCode")
+        if exit_code == EXIT_DISALLOW_RETRY:
+            raise AirflowFailException(f"{message} (a mistake in the flow: not retried)")
+        raise BatchJobFailedError(message)
+
+    def _publish(self, context: Any, attempt: int) -> Any:
+        from airflow_flowspec.datastore import open_datastore
+        from airflow_flowspec.operators.step_task import PROJECT_BRANCH_ATTRIBUTE
+        from airflow_flowspec.runtime.task_spec import StepResult, stored_run_id
+
+        ti = context["ti"]
+        project = getattr(context.get("dag"), PROJECT_BRANCH_ATTRIBUTE, None)
+        run_id = stored_run_id(ti.run_id, project.branch_name if project else None)
+        task_id = str(max(ti.map_index if ti.map_index is not None else -1, 0))
+        document = open_datastore(config.datastore_root()).read_step_result(
+            self.flow_name, run_id, self.step_name, task_id, attempt
+        )
+        return self.publish_result(context, StepResult.from_json(document))
+
+    # -- kill -----------------------------------------------------------------------------------
+
+    def on_kill(self) -> None:
+        """The task was killed or timed out while waiting: the job must not run on unwatched."""
+        if not self.job_id:
+            return
+        try:
+            self.hook.client.terminate_job(
+                jobId=self.job_id, reason=f"The Airflow task running {self._what()} was stopped"
+            )
+            self.log.info("AWS Batch job %s terminated.", self.job_id)
+        except Exception as error:  # noqa: BLE001 - report, the kill goes on
+            self.log.error("Could not terminate AWS Batch job %s: %s", self.job_id, error)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _logs_client(self) -> Any:
+        from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
+
+        return AwsLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn
+
+    def _emit(self, line: str) -> None:
+        self.log.info("%s", line)
+        if os.environ.get(CONSOLE_ENVIRONMENT_VARIABLE) == "1":
+            print(line, flush=True)
+
+    def _what(self) -> str:
+        return f"step '{self.step_name}' of flow {self.flow_name}"
+
+
+def _get_record(store: Any) -> dict[str, Any] | None:
+    if store is None:
+        return None
+    try:
+        record = store.get(JOB_RECORD_KEY)
+    except Exception:  # noqa: BLE001 - no store (an older API server): no adoption, a fresh job
+        return None
+    return record if isinstance(record, dict) else None

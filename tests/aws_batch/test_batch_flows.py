@@ -1,0 +1,199 @@
+"""Whole flows with every step an AWS Batch job (``[flowspec] execution = batch``, what ``--with
+batch`` sets): Airflow (``dag.test()``), the step operator (a ``BatchOperator``), and the local AWS,
+whose jobs really run ``python -m airflow_flowspec.runtime`` as processes with the job's
+environment, their output in CloudWatch Logs.
+
+Guards the Batch path end to end: the same results as local mode, each step visibly a job (its
+manifest written by the container, its job tagged with the task), failures with Batch's reason and
+the log's last lines, a flow mistake not retried, timeouts and kills terminating the job.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from harness import FLOWS, run_flow
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+@pytest.fixture
+def batch(local_aws_environment, monkeypatch, capfd):
+    """Every step on the local AWS's Batch, polled fast (production polls every 30 s)."""
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__EXECUTION", "batch")
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__BATCH_POLL_SECONDS", "0.05")
+    monkeypatch.setenv("FLOWSPEC_CONSOLE", "1")
+    return local_aws_environment
+
+
+def jobs_of(aws, run_id: str) -> list[dict]:
+    """Every Batch job of an Airflow run (found by the tags the operator puts on each job)."""
+    batch = aws.client("batch")
+    found = []
+    for status in ("SUCCEEDED", "FAILED"):
+        summaries = batch.list_jobs(jobQueue=aws.job_queue, jobStatus=status)["jobSummaryList"]
+        ids = [s["jobId"] for s in summaries]
+        for start in range(0, len(ids), 100):
+            for job in batch.describe_jobs(jobs=ids[start : start + 100])["jobs"]:
+                if job.get("tags", {}).get("flowspec:run") == run_id:
+                    found.append(job)
+    return found
+
+
+def test_branch_join_parameters_and_a_class_from_the_flow_file_on_batch(batch, capfd):
+    run = run_flow(FLOWS / "branch_flow.py", {"alpha": 0.25, "label": "tuned", "verbose": True})
+    assert run.succeeded, run.states()
+    end = run.artifacts("end")
+    assert (end["alpha"], end["label"], end["summary"]) == (0.25, "tuned", "tuned:True:same everywhere")
+    assert end["left_value"] == 2.5 and end["point_is_point"] is True
+    assert end["greeting"] == "hello from left" and end["env_leaked"] is False
+    jobs = jobs_of(batch, run.run_id)
+    assert sorted(job["tags"]["flowspec:step"] for job in jobs) == sorted(
+        ["start", "left", "right", "join", "end"]
+    )
+    assert {job["status"] for job in jobs} == {"SUCCEEDED"}
+    out = capfd.readouterr().out
+    # Each step is visibly a job: its id, its statuses, and the step's own output from CloudWatch.
+    for status in ("RUNNABLE", "RUNNING", "SUCCEEDED"):
+        assert f"status: {status}" in out, out[-3000:]
+    assert jobs[0]["jobId"] in out
+    assert f"[{run.run_id}/end/0] Task finished successfully." in out
+
+
+def test_foreach_and_nested_foreach_on_batch(batch):
+    run = run_flow(FLOWS / "foreach_flow.py")
+    assert run.succeeded, run.states()
+    assert run.artifacts("end")["results"] == ["0:A", "1:B", "2:C", "3:D"]
+    nested = run_flow(FLOWS / "nested_foreach_flow.py")
+    assert nested.succeeded, nested.states()
+    assert nested.artifacts("end")["products"] == [[10], [20, 21], [30, 31, 32]]
+    assert len([j for j in jobs_of(batch, nested.run_id) if j["tags"]["flowspec:step"] == "cell"]) == 6
+
+
+def test_switch_retry_and_catch_on_batch(batch):
+    switch = run_flow(FLOWS / "switch_flow.py", {"mode": "slow"})
+    assert switch.succeeded and switch.state("fast") == "skipped"
+    assert switch.artifacts("end")["final"] == "TOOK THE SLOW ARM TWICE"
+
+    run = run_flow(FLOWS / "retry_catch_flow.py")
+    assert run.succeeded, run.states()
+    end = run.artifacts("end")
+    assert end["attempts_seen"] == 1 and end["caught_message"] == "attempt 1 failed"
+    flaky = [j for j in jobs_of(batch, run.run_id) if j["tags"]["flowspec:step"] == "flaky"]
+    # An Airflow retry submits a fresh job: one failed, one succeeded, each tagged with its try.
+    assert sorted((j["tags"]["flowspec:try"], j["status"]) for j in flaky) == [
+        ("1", "FAILED"),
+        ("2", "SUCCEEDED"),
+    ]
+
+
+MISTAKE_FLOW = textwrap.dedent("""
+    from airflow_flowspec import FlowSpec, retry, step
+
+
+    class MistakeFlow(FlowSpec):
+        @step
+        def start(self):
+            self.next(self.work)
+
+        @retry(times=3, minutes_between_retries=0)
+        @step
+        def work(self):
+            self.merge_artifacts([])  # a join-only call: a flow mistake, the same on every try
+            self.next(self.end)
+
+        @step
+        def end(self):
+            pass
+""")
+
+FAILING_FLOW = textwrap.dedent("""
+    from airflow_flowspec import FlowSpec, step
+
+
+    class FailingBatchFlow(FlowSpec):
+        @step
+        def start(self):
+            for number in range(30):
+                print(f"line {number}")
+            raise RuntimeError("the model diverged")
+            self.next(self.end)
+
+        @step
+        def end(self):
+            pass
+""")
+
+
+def test_a_flow_mistake_fails_without_retries_and_a_failure_says_why(batch, tmp_path, capfd):
+    path = tmp_path / "mistake_flow.py"
+    path.write_text(MISTAKE_FLOW)
+    run = run_flow(path)
+    assert run.state("work") == "failed"
+    work = [j for j in jobs_of(batch, run.run_id) if j["tags"]["flowspec:step"] == "work"]
+    assert len(work) == 1  # @retry(times=3), yet one job: retrying a mistake repeats it
+    assert work[0]["container"]["exitCode"] == 202
+    assert "not retried" in capfd.readouterr().out
+
+    path = tmp_path / "failing_flow.py"
+    path.write_text(FAILING_FLOW)
+    run = run_flow(path)
+    assert run.state("start") == "failed"
+    out = capfd.readouterr().out
+    # The task's failure: Batch's status reason, the exit code and the log's last lines.
+    failure = out[
+        out.index("BatchJobFailedError: Step 'start' of flow FailingBatchFlow failed on AWS Batch") :
+    ]
+    assert "Batch says: Essential container in task exited; exit code 1." in failure
+    assert "    line 29\n" in failure and "RuntimeError: the model diverged" in failure
+
+
+def test_a_step_past_its_timeout_has_its_job_terminated(batch):
+    run = run_flow(FLOWS / "timeout_flow.py")
+    assert run.state("slow") == "failed"
+    slow = [j for j in jobs_of(batch, run.run_id) if j["tags"]["flowspec:step"] == "slow"]
+    assert len(slow) == 1 and slow[0]["status"] == "FAILED"
+    assert "was stopped" in slow[0]["statusReason"]
+
+
+MIXED_FLOW = textwrap.dedent("""
+    import os
+
+    from airflow_flowspec import FlowSpec, batch, resources, step
+
+
+    class MixedFlow(FlowSpec):
+        @step
+        def start(self):
+            self.where = [os.environ.get("AWS_BATCH_JOB_ID")]
+            self.next(self.train)
+
+        @batch(cpu=2)
+        @resources(memory=1024)
+        @step
+        def train(self):
+            self.where = self.where + [os.environ.get("AWS_BATCH_JOB_ID")]
+            self.next(self.end)
+
+        @step
+        def end(self):
+            self.where = self.where + [os.environ.get("AWS_BATCH_JOB_ID")]
+""")
+
+
+def test_in_local_mode_only_the_batch_step_is_a_job_with_its_resources(
+    local_aws_environment, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__BATCH_POLL_SECONDS", "0.05")
+    path = tmp_path / "mixed_flow.py"
+    path.write_text(MIXED_FLOW)
+    run = run_flow(path)
+    assert run.succeeded, run.states()
+    start, train, end = run.artifacts("end")["where"]
+    assert start is None and end is None and train  # only train ran in a Batch job
+    (job,) = jobs_of(local_aws_environment, run.run_id)
+    assert job["jobId"] == train
+    requirements = {r["type"]: r["value"] for r in job["container"]["resourceRequirements"]}
+    assert requirements["VCPU"] == "2"  # @batch(cpu=2) over @resources' default 1
+    assert requirements["MEMORY"] == "1024"  # @resources(memory=1024): @batch gave none
