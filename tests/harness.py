@@ -199,3 +199,42 @@ def parse_dags_folder(folder, extra_env=None):
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
+
+
+#: A flow whose start step edits its own file and its helper module (in the folder --edit_dir names),
+#: as a user does while a long run is in progress; its end step reports which code it ran.
+PINNED_FLOW = textwrap.dedent("""
+    from pathlib import Path
+
+    import pinned_helpers
+    from airflow_flowspec import FlowSpec, Parameter, step
+
+    VERSION = "ORIGINAL"
+
+
+    class PinnedFlow(FlowSpec):
+        edit_dir = Parameter("edit_dir", default="")
+
+        @step
+        def start(self):
+            if self.edit_dir:
+                folder = Path(self.edit_dir)
+                for name in ("pinned_flow.py", "pinned_helpers.py"):
+                    path = folder / name
+                    path.write_text(path.read_text().replace("ORIGINAL", "EDITED"))
+            self.next(self.end)
+
+        @step
+        def end(self):
+            self.flow_version = VERSION
+            self.helper_version = pinned_helpers.VERSION
+""")
+
+
+def write_pinned_flow(folder: Path, monkeypatch: Any) -> Path:
+    """``PINNED_FLOW`` and its helper in ``folder``, which goes on sys.path as a dags folder does."""
+    folder.mkdir(parents=True)
+    (folder / "pinned_flow.py").write_text(PINNED_FLOW)
+    (folder / "pinned_helpers.py").write_text('VERSION = "ORIGINAL"\n')
+    monkeypatch.syspath_prepend(str(folder))
+    return folder

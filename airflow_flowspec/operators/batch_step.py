@@ -107,7 +107,8 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
             self.submit_job(context)
             self._attempt = spec.attempt
             self._remember_job(context, spec.attempt)
-        return self._wait_and_publish(context, spec.attempt)
+        # An adopted job runs (and stores its result under) the attempt that submitted it.
+        return self._wait_and_publish(context, self._attempt or spec.attempt)
 
     def _assemble_job(self, context: Any, spec: Any, spec_key: str) -> None:
         settings = self.batch_settings

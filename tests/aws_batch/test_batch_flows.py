@@ -197,3 +197,99 @@ def test_in_local_mode_only_the_batch_step_is_a_job_with_its_resources(
     requirements = {r["type"]: r["value"] for r in job["container"]["resourceRequirements"]}
     assert requirements["VCPU"] == "2"  # @batch(cpu=2) over @resources' default 1
     assert requirements["MEMORY"] == "1024"  # @resources(memory=1024): @batch gave none
+
+
+SLOW_FLOW = textwrap.dedent("""
+    import time
+
+    from airflow_flowspec import FlowSpec, current, retry, step
+
+
+    class SlowFlow(FlowSpec):
+        @step
+        def start(self):
+            self.next(self.work)
+
+        @retry(times=1, minutes_between_retries=0)
+        @step
+        def work(self):
+            time.sleep(2)
+            self.ran_as_attempt = current.retry_count
+            self.next(self.end)
+
+        @step
+        def end(self):
+            pass
+""")
+
+
+def test_a_retry_after_the_worker_died_waits_for_the_running_job_instead_of_a_duplicate(
+    batch, tmp_path, monkeypatch
+):
+    """Guards the adoption of an earlier try's job (task state store): the first try stops waiting
+    as a dead worker would, without terminating its job; the retry finds that job still running,
+    waits for it and publishes its result, and no second job runs the step."""
+    from airflow_flowspec.aws_batch.watch import JobWatcher
+
+    polls = {"work": 0}
+    real_poll = JobWatcher.poll
+
+    def poll_then_die(self):
+        job = real_poll(self)
+        if self.label == "work" and job.get("status") == "RUNNING" and polls["work"] == 0:
+            polls["work"] += 1
+            raise ConnectionResetError("the worker died")  # as a lost worker, without on_kill
+        return job
+
+    monkeypatch.setattr(JobWatcher, "poll", poll_then_die)
+    path = tmp_path / "slow_flow.py"
+    path.write_text(SLOW_FLOW)
+    run = run_flow(path)
+    assert run.succeeded, run.states()
+    work = [j for j in jobs_of(batch, run.run_id) if j["tags"]["flowspec:step"] == "work"]
+    assert [(j["tags"]["flowspec:try"], j["status"]) for j in work] == [("1", "SUCCEEDED")]
+    assert run.artifacts("work")["ran_as_attempt"] == 0  # the first try's job, adopted
+
+
+def test_deferrable_batch_steps_wait_in_the_trigger(batch, monkeypatch, capfd):
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__BATCH_DEFERRABLE", "True")
+    run = run_flow(FLOWS / "foreach_flow.py")
+    assert run.succeeded, run.states()
+    assert run.artifacts("end")["results"] == ["0:A", "1:B", "2:C", "3:D"]
+    # Resumed after the trigger's event, the task shows the end of the step's log.
+    assert f"[{run.run_id}/end/0] Task finished successfully." in capfd.readouterr().out
+
+
+def test_a_flow_edited_mid_run_keeps_its_code_in_every_container(batch, tmp_path, monkeypatch):
+    """Guards code pinning where it matters most: each step runs in a fresh container that has no
+    dags folder; every one loads the package the start task recorded, not the edited files."""
+    from harness import write_pinned_flow
+
+    folder = write_pinned_flow(tmp_path / "dags", monkeypatch)
+    try:
+        run = run_flow(folder / "pinned_flow.py", {"edit_dir": str(folder)})  # start edits both files
+    finally:
+        import sys
+
+        sys.modules.pop("pinned_helpers", None)
+    assert run.succeeded, run.states()
+    assert 'VERSION = "EDITED"' in (folder / "pinned_helpers.py").read_text()
+    assert run.artifacts("end")["flow_version"] == run.artifacts("end")["helper_version"] == "ORIGINAL"
+
+
+def test_python_flow_py_run_with_batch_prints_each_jobs_statuses_and_output(local_aws_environment):
+    from harness import run_cli
+
+    result = run_cli(
+        FLOWS / "foreach_flow.py",
+        "run",
+        "--with",
+        "batch",
+        env={"AIRFLOW__FLOWSPEC__BATCH_POLL_SECONDS": "0.1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for status in ("SUBMITTED", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"):
+        assert f"status: {status}" in out, out[-3000:]
+    assert "[upper] " in out and "Task finished successfully." in out
+    assert "succeeded." in out.splitlines()[-1]

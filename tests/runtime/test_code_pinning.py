@@ -8,14 +8,13 @@ manifest, recorded modules served ahead of the (edited) dags folder, and one upl
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from harness import run_flow
+from harness import run_flow, write_pinned_flow
 
 from airflow_flowspec import config
 from airflow_flowspec.datastore import keys, open_datastore
@@ -24,52 +23,19 @@ from airflow_flowspec.runtime import code_package
 from airflow_flowspec.runtime.process import write_task_spec
 from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 
-FLOW = textwrap.dedent("""
-    import os
-    from pathlib import Path
-
-    import pinned_helpers
-    from airflow_flowspec import FlowSpec, step
-
-    VERSION = "ORIGINAL"
-
-
-    class PinnedFlow(FlowSpec):
-        @step
-        def start(self):
-            # What a user does while a long run is in progress: edit the flow and its helper.
-            if os.environ.get("PINNED_EDIT_DIR"):
-                folder = Path(os.environ["PINNED_EDIT_DIR"])
-                for name in ("pinned_flow.py", "pinned_helpers.py"):
-                    path = folder / name
-                    path.write_text(path.read_text().replace("ORIGINAL", "EDITED"))
-            self.next(self.end)
-
-        @step
-        def end(self):
-            self.flow_version = VERSION
-            self.helper_version = pinned_helpers.VERSION
-""")
-
 
 @pytest.fixture
 def flow_dir(tmp_path: Path, monkeypatch) -> Path:
-    folder = tmp_path / "dags"
-    folder.mkdir()
-    (folder / "pinned_flow.py").write_text(FLOW)
-    (folder / "pinned_helpers.py").write_text('VERSION = "ORIGINAL"\n')
-    monkeypatch.syspath_prepend(str(folder))  # as Airflow puts the dags folder on sys.path
-    yield folder
+    yield write_pinned_flow(tmp_path / "dags", monkeypatch)
     sys.modules.pop("pinned_helpers", None)
 
 
 @pytest.mark.usefixtures("airflow_db")
 def test_a_flow_and_its_helper_edited_mid_run_do_not_change_the_runs_remaining_tasks(flow_dir, monkeypatch):
-    monkeypatch.setenv("PINNED_EDIT_DIR", str(flow_dir))
-    run = run_flow(flow_dir / "pinned_flow.py")
+    run = run_flow(flow_dir / "pinned_flow.py", {"edit_dir": str(flow_dir)})
     assert run.succeeded
     assert 'VERSION = "EDITED"' in (flow_dir / "pinned_flow.py").read_text()  # the edit happened
-    assert run.artifacts("end") == {"flow_version": "ORIGINAL", "helper_version": "ORIGINAL"}
+    assert run.artifacts("end")["flow_version"] == run.artifacts("end")["helper_version"] == "ORIGINAL"
 
     # A worker runs each task in a fresh process that first parses the (edited) dags file, which
     # imports the edited helper: the task must still run the recorded code.
@@ -94,8 +60,7 @@ def test_a_flow_and_its_helper_edited_mid_run_do_not_change_the_runs_remaining_t
         from airflow_flowspec.runtime.process import main
         sys.exit(main(["--root", {config.datastore_root()!r}, "--spec-key", {key!r}]))
     """)
-    env = {k: v for k, v in os.environ.items() if k != "PINNED_EDIT_DIR"}
-    result = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True, env=env)
+    result = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     manifest = run.datastore.read_manifest("PinnedFlow", run.run_id, "end", "0", 2)
     assert manifest["code"] == start["code"]
@@ -104,14 +69,11 @@ def test_a_flow_and_its_helper_edited_mid_run_do_not_change_the_runs_remaining_t
     values = {
         n: run.datastore.artifacts.load(ArtifactRef.from_json(r)) for n, r in manifest["artifacts"].items()
     }
-    assert values == {"flow_version": "ORIGINAL", "helper_version": "ORIGINAL"}
+    assert values["flow_version"] == values["helper_version"] == "ORIGINAL"
 
     # The next run starts with the edited code.
-    monkeypatch.delenv("PINNED_EDIT_DIR")
-    assert run_flow(flow_dir / "pinned_flow.py").artifacts("end") == {
-        "flow_version": "EDITED",
-        "helper_version": "EDITED",
-    }
+    edited = run_flow(flow_dir / "pinned_flow.py").artifacts("end")
+    assert edited["flow_version"] == edited["helper_version"] == "EDITED"
 
 
 @pytest.mark.usefixtures("airflow_db")
