@@ -34,6 +34,7 @@ CASES = {
     10: "hello_time",
     11: "client_latest_run",
     12: "client_fresh_load",
+    13: "batch_step",
 }
 
 

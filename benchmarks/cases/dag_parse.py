@@ -306,6 +306,23 @@ def run(context: Context) -> list[Measurement]:
         for mode, file, dag_id in (("ours", flow_file, FLOW_NAME), ("base", dag_file, "ParseSixtyDag")):
             worker[mode].append(run_python(WORKER, str(file), dag_id, "body5", heavy, env=env))
         imports.append(run_python(IMPORT, heavy, env=env))
+    # The same flow file with every step a StepBatchOperator ([flowspec] execution = batch).
+    batch_env = {
+        **env,
+        "AIRFLOW__FLOWSPEC__EXECUTION": "batch",
+        "AIRFLOW__FLOWSPEC__BATCH_JOB_QUEUE": "default-queue",
+        "AIRFLOW__FLOWSPEC__BATCH_IMAGE": "my-registry/flow:1",
+    }
+    run_python(FORKED, str(flow_file), str(dag_file), "1", env=batch_env)
+    batch_forked = {"ours": [], "base": []}
+    batch_worker = {"ours": [], "base": []}
+    for _ in range(context.repeat):
+        runs = run_python(FORKED, str(flow_file), str(dag_file), str(n), env=batch_env)
+        for mode in ("ours", "base"):
+            assert all(r["tasks"] == 60 and not r["errors"] for r in runs[mode]), runs[mode][:1]
+            batch_forked[mode].append(runs[mode])
+        for mode, file, dag_id in (("ours", flow_file, FLOW_NAME), ("base", dag_file, "ParseSixtyDag")):
+            batch_worker[mode].append(run_python(WORKER, str(file), dag_id, "body5", heavy, env=batch_env))
     standalone = [run_python(STANDALONE, heavy, env=env) for _ in range(context.repeat)]
     no_pyc = [
         run_python(IMPORT, heavy, env={**env, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": ""})
@@ -354,7 +371,36 @@ def run(context: Context) -> list[Measurement]:
         f"{', '.join(heavy_base) or 'none'})"
     )
     baseline = "hand-written BatchOperator DAG"
-    return [
+
+    def batch_fork_total(mode: str) -> float:
+        return median([median([r["parse"] + r["serialize"] for r in runs]) for runs in batch_forked[mode]])
+
+    heavy_batch = sorted({m for w in batch_worker["ours"] for m in w["heavy_after"]})
+    batch_rows = [
+        Measurement(
+            case,
+            "execution=batch: DAG processor parse + serialize",
+            batch_fork_total("ours"),
+            batch_fork_total("base"),
+            "s",
+            baseline,
+            max_ratio=1.2,
+            note="every step a StepBatchOperator (a BatchOperator subclass; job settings resolved from "
+            "@batch/@resources and [flowspec] at parse, no AWS call)",
+        ),
+        Measurement(
+            case,
+            "execution=batch: worker re-parse for one task",
+            median([w["time"] for w in batch_worker["ours"]]),
+            median([w["time"] for w in batch_worker["base"]]),
+            "s",
+            baseline,
+            max_ratio=1.2,
+            note=f"heavy after the parse: {', '.join(heavy_batch) or 'none'} (the BatchOperator file: "
+            f"{', '.join(sorted({m for w in batch_worker['base'] for m in w['heavy_after']})) or 'none'})",
+        ),
+    ]
+    return batch_rows + [
         Measurement(
             case,
             "DagBag parse, imports warm",
