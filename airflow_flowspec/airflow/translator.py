@@ -197,8 +197,11 @@ def step_operator(flow_class: type, step_name: str, execution: str) -> tuple[typ
         image=config.get_option("batch_image"),
         iam_role=config.get_option("batch_iam_role"),
     )
-    # Plain values: a mapped task's arguments are serialized with the DAG.
-    return StepBatchOperator, {"batch_settings": asdict(settings), "catches": "catch" in decorators}
+    arguments: dict[str, Any] = {"batch_settings": asdict(settings), "catches": "catch" in decorators}
+    if step_name == "start":  # never mapped: its IncludeFiles and callable defaults are read on the worker
+        arguments["start_parameters"] = flow_parameters(flow_class)
+    # Plain values (but the start step's): a mapped task's arguments are serialized with the DAG.
+    return StepBatchOperator, arguments
 
 
 def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:

@@ -57,6 +57,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         input_pulls: list[dict[str, Any]],
         batch_settings: BatchJobSettings | dict[str, Any],
         catches: bool = False,
+        start_parameters: list[Any] | None = None,
         is_foreach_split: bool = False,
         foreach_frame: dict[str, Any] | None = None,
         **kwargs: Any,
@@ -84,6 +85,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
             else BatchJobSettings(**batch_settings)
         )
         self.catches = catches  # the step has @catch
+        self.start_parameters = start_parameters or []  # the flow's Parameters (start step only)
         self._attempt: int | None = None
 
     # -- execute ---------------------------------------------------------------------------------
@@ -100,6 +102,16 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
                     f"Set it to s3://bucket/prefix (a bucket the job role can read and write)."
                 )
             adopted = self._adopt_earlier_job(context, spec)
+            if adopted is None and self.start_parameters:
+                from airflow_flowspec.datastore import open_datastore
+                from airflow_flowspec.runtime.parameter_values import resolve_where_the_run_starts
+
+                spec.parameters = resolve_where_the_run_starts(
+                    self.start_parameters,
+                    spec.parameters,
+                    open_datastore(spec.datastore_root),
+                    self.flow_name,
+                )
             if adopted is None:
                 key = write_task_spec(spec)
                 self._assemble_job(context, spec, key)

@@ -33,7 +33,7 @@ from airflow_flowspec.errors import (
 from airflow_flowspec.flow_loader import load_flow_class, load_recorded_flow_class
 from airflow_flowspec.graph import graph_of
 from airflow_flowspec.parameters import flow_parameters
-from airflow_flowspec.runtime import code_package
+from airflow_flowspec.runtime import code_package, parameter_values
 from airflow_flowspec.runtime.caught import CaughtException
 from airflow_flowspec.runtime.masking import SecretMask, masked_output
 from airflow_flowspec.runtime.task_log import TaskLog
@@ -290,7 +290,7 @@ def _restore_inputs(
 ) -> list[str]:
     parameters = flow_parameters(flow_class)
     if spec.step == "start":
-        _set_parameters(flow, parameters, spec)
+        _set_parameters(flow, parameters, spec, datastore)
         flow.__dict__["_flowspec_artifacts"] = ArtifactLoader(datastore, {}, origin=spec.pathspec)
         return [p.attr_name for p in parameters]
     if not spec.input_manifests:
@@ -308,9 +308,15 @@ def _restore_inputs(
     return parameter_names
 
 
-def _set_parameters(flow: Any, parameters: list[Any], spec: TaskSpec) -> None:
+def _set_parameters(flow: Any, parameters: list[Any], spec: TaskSpec, datastore: Any) -> None:
     for parameter in parameters:
         raw = spec.parameters.get(parameter.name)
+        stored = parameter_values.stored_value(raw, datastore, parameter.name)
+        if stored is not None:  # resolved where the run started (a start step on Batch)
+            kind, raw = stored
+            if kind == parameter_values.CONTENT:
+                flow.__dict__[parameter.attr_name] = raw
+                continue
         if raw is None:
             raw = parameter.default_value()
         if raw is None and parameter.required:

@@ -293,3 +293,45 @@ def test_python_flow_py_run_with_batch_prints_each_jobs_statuses_and_output(loca
         assert f"status: {status}" in out, out[-3000:]
     assert "[upper] " in out and "Task finished successfully." in out
     assert "succeeded." in out.splitlines()[-1]
+
+
+WORKER_VALUES_FLOW = textwrap.dedent("""
+    import os
+
+    from airflow_flowspec import FlowSpec, IncludeFile, Parameter, step
+
+
+    class WorkerValuesFlow(FlowSpec):
+        notes = IncludeFile("notes", help="a text file, relative to where the run starts")
+        owner = Parameter("owner", default=lambda: os.environ["FLOWSPEC_TEST_OWNER"])
+        token = Parameter("token", secret=True, default=lambda: os.environ["FLOWSPEC_TEST_TOKEN"])
+
+        @step
+        def start(self):
+            self.token_length = len(self.token)
+            self.next(self.end)
+
+        @step
+        def end(self):
+            self.seen = (self.notes, self.owner)
+""")
+
+
+def test_include_files_and_callable_defaults_are_read_where_the_run_starts(batch, tmp_path, monkeypatch):
+    """Guards parameter_values: the start job's container has neither the machine's files (a path
+    relative to where `run` was typed) nor its environment; the worker reads both, and a secret
+    travels as a salted artifact, never in the spec the container reads."""
+    path = tmp_path / "worker_values_flow.py"
+    path.write_text(WORKER_VALUES_FLOW)
+    (tmp_path / "notes.txt").write_text("première version", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FLOWSPEC_TEST_OWNER", "ada")
+    monkeypatch.setenv("FLOWSPEC_TEST_TOKEN", "s3cr3t-value")
+    run = run_flow(path, {"notes": "notes.txt"})
+    assert run.succeeded, run.states()
+    assert run.artifacts("end")["seen"] == ("première version", "ada")
+    assert run.artifacts("start")["token_length"] == len("s3cr3t-value")
+    from airflow_flowspec.datastore import keys
+
+    spec = run.datastore.read_task_spec(keys.task_spec_key("WorkerValuesFlow", run.run_id, "start", "0", 1))
+    assert "s3cr3t-value" not in str(spec) and "première" not in str(spec)
