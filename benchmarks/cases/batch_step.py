@@ -18,7 +18,9 @@ import json, logging, os, sys, time
 from datetime import datetime, timezone
 from pathlib import Path
 mode, steps, home, flows, dwell = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5])
-from airflow_flowspec.airflow.local_run import airflow_environment, ensure_database, quiet_airflow_warnings, sync_dag
+from airflow_flowspec.airflow.local_run import (
+    airflow_environment, ensure_database, quiet_airflow_warnings, sync_dag,
+)
 from airflow_flowspec.testing.local_aws import LocalAws
 
 requests = {"batch": 0, "other": 0}
