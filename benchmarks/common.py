@@ -45,16 +45,23 @@ class Measurement:
         return self.ours / self.baseline if self.baseline else float("inf")
 
     @property
+    def reported_only(self) -> bool:
+        """A figure the issue asks to report, with no target to meet."""
+        return self.min_ratio is None and self.max_ratio is None
+
+    @property
     def target(self) -> str:
         if self.min_ratio is not None:
             return f">= {self.min_ratio:g}x faster"
+        if self.max_ratio is None:
+            return "reported"
         return f"<= {self.max_ratio:g}x"
 
     @property
     def passed(self) -> bool:
         if self.min_ratio is not None:
             return self.ratio >= self.min_ratio
-        return self.max_ratio is not None and self.ratio <= self.max_ratio
+        return self.max_ratio is None or self.ratio <= self.max_ratio
 
 
 @dataclass

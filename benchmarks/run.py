@@ -76,7 +76,7 @@ def table(rows: list[Measurement]) -> str:
                 f"{_format_value(row.baseline, row.unit)} ({row.baseline_name})",
                 f"{row.ratio:.2f}x",
                 row.target,
-                "PASS" if row.passed else "MISS",
+                "-" if row.reported_only else "PASS" if row.passed else "MISS",
             ]
         )
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]

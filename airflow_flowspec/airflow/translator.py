@@ -150,10 +150,12 @@ def _params(flow_class: type) -> dict[str, Any]:
             f"trigger form's \"Run tags\" field (a run's tags come from it). Rename the parameter, "
             f"e.g. Parameter('tags_list', ...)."
         )
+    # An array without an item schema is the form's one-string-per-line field. The start step
+    # checks each tag; a schema here would be checked again for every task whenever Airflow
+    # serializes the DAG (an item schema doubles that cost).
     params[RUN_TAGS_CONF_KEY] = Param(
         [],
         type="array",
-        items={"type": "string", "minLength": 1, "maxLength": 512},
         title="Run tags",
         description="Your tags for this run (as `run --tag` gives them): the client finds runs by them, "
         "e.g. Flow(...).runs('experiment_7').",
@@ -173,41 +175,62 @@ def _foreach_domain(graph: FlowGraph, name: str) -> str | None:
     return foreach_parents[-1] if foreach_parents else None
 
 
-def step_operator(flow_class: type, step_name: str, execution: str) -> tuple[type, dict[str, Any]]:
+def step_operator(
+    flow_class: type, step_name: str, execution: str, batch_options: dict[str, Any] | None = None
+) -> tuple[type, dict[str, Any]]:
     """The operator that runs a step, and its own arguments: one place decides (cosmos does the
     same). A step runs on AWS Batch with ``[flowspec] execution = batch`` or its own ``@batch``;
-    its job's settings are resolved here, so a missing queue or image fails the DAG at once."""
+    its job's settings are resolved here, so a missing queue or image fails the DAG at once.
+    ``batch_options`` are the ``[flowspec]`` Batch options, read once per DAG by the caller."""
     step_func = getattr(flow_class, step_name)
     decorators = step_decorators_of(step_func)
     if execution != "batch" and "batch" not in decorators:
         from airflow_flowspec.operators.local_step import LocalStepOperator
 
         return LocalStepOperator, {}
-    from dataclasses import asdict
-
     from airflow_flowspec.aws_batch.jobs import step_job_settings
     from airflow_flowspec.operators.batch_step import StepBatchOperator
 
+    options = batch_options or batch_options_from_config()
     settings = step_job_settings(
         step_func,
         flow_name=flow_class.__name__,
         step_name=step_name,
-        queue=config.get_option("batch_job_queue"),
-        job_definition=config.get_option("batch_job_definition"),
-        image=config.get_option("batch_image"),
-        iam_role=config.get_option("batch_iam_role"),
+        queue=options["queue"],
+        job_definition=options["job_definition"],
+        image=options["image"],
+        iam_role=options["iam_role"],
     )
-    arguments: dict[str, Any] = {"batch_settings": asdict(settings), "catches": "catch" in decorators}
+    arguments: dict[str, Any] = {
+        "batch_settings": StepBatchOperator.settings_arguments(settings),
+        "catches": "catch" in decorators,
+        "aws_conn_id": options["aws_conn_id"],
+        "region_name": options["region_name"],
+        "deferrable": options["deferrable"],
+    }
     if step_name == "start":  # never mapped: its IncludeFiles and callable defaults are read on the worker
         arguments["start_parameters"] = flow_parameters(flow_class)
     # Plain values (but the start step's): a mapped task's arguments are serialized with the DAG.
     return StepBatchOperator, arguments
 
 
+def batch_options_from_config() -> dict[str, Any]:
+    return {
+        "queue": config.get_option("batch_job_queue"),
+        "job_definition": config.get_option("batch_job_definition"),
+        "image": config.get_option("batch_image"),
+        "iam_role": config.get_option("batch_iam_role"),
+        "aws_conn_id": config.get_option("aws_conn_id") or None,
+        "region_name": config.get_option("region_name") or None,
+        "deferrable": config.batch_deferrable(),
+    }
+
+
 def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
     from airflow_flowspec.operators.local_step import FlattenForeachOperator
 
     execution = config.execution()
+    batch_options = batch_options_from_config()  # read once: a DAG of 60 steps is parsed often
     order = graph.sorted_nodes()
     domain = {name: _foreach_domain(graph, name) for name in order}
     tasks: dict[str, Any] = {}
@@ -215,7 +238,7 @@ def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
 
     for name in order:
         node = graph[name]
-        operator_class, operator_kwargs = step_operator(flow_class, name, execution)
+        operator_class, operator_kwargs = step_operator(flow_class, name, execution, batch_options)
         kwargs = dict(
             task_id=name,
             flow_file=flow_file,

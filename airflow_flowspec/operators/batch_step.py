@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import MISSING, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -37,6 +38,12 @@ from airflow_flowspec.operators.step_task import StepTaskMixin, flow_mistakes_fa
 JOB_RECORD_KEY = "flowspec_batch_job"
 #: ``[flowspec]`` options a step's container needs to read and write the datastore as a worker does.
 CONTAINER_OPTIONS = ("s3_multipart_threshold_mb",)
+_SETTINGS_FIELDS = [f.name for f in fields(BatchJobSettings)]
+_SETTINGS_DEFAULTS = {
+    f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    for f in fields(BatchJobSettings)
+    if f.default is not MISSING or f.default_factory is not MISSING
+}
 #: Set by ``python flow.py run``: job statuses and the step's log lines go to the terminal too.
 CONSOLE_ENVIRONMENT_VARIABLE = "FLOWSPEC_CONSOLE"
 
@@ -62,14 +69,18 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         foreach_frame: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
-        kwargs.setdefault("aws_conn_id", config.get_option("aws_conn_id") or None)
-        kwargs.setdefault("region_name", config.get_option("region_name") or None)
-        settings = batch_settings if isinstance(batch_settings, dict) else vars(batch_settings)
+        if "aws_conn_id" not in kwargs:
+            kwargs["aws_conn_id"] = config.get_option("aws_conn_id") or None
+        if "region_name" not in kwargs:
+            kwargs["region_name"] = config.get_option("region_name") or None
+        if "deferrable" not in kwargs:
+            kwargs["deferrable"] = config.batch_deferrable()
+        if not isinstance(batch_settings, BatchJobSettings):
+            batch_settings = BatchJobSettings(**batch_settings)
         super().__init__(
             job_name=f"{flow_name}-{step_name}",  # the real ones are made per task in execute()
-            job_definition=settings["job_definition"] or "",
-            job_queue=settings["queue"],
-            deferrable=config.batch_deferrable(),
+            job_definition=batch_settings.job_definition or "",
+            job_queue=batch_settings.queue,
             awslogs_enabled=False,  # the step's log lines come through JobWatcher
             **kwargs,
         )
@@ -79,20 +90,25 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         self.input_pulls = input_pulls
         self.is_foreach_split = is_foreach_split
         self.foreach_frame = foreach_frame
-        self.batch_settings = (
-            batch_settings
-            if isinstance(batch_settings, BatchJobSettings)
-            else BatchJobSettings(**batch_settings)
-        )
+        self.batch_settings = batch_settings
         self.catches = catches  # the step has @catch
         self.start_parameters = start_parameters or []  # the flow's Parameters (start step only)
         self._attempt: int | None = None
 
+    @staticmethod
+    def settings_arguments(settings: BatchJobSettings) -> dict[str, Any]:
+        """``settings`` as plain values, defaults left out: a mapped task's arguments are
+        serialized with the DAG every time it is parsed."""
+        arguments = {}
+        for name in _SETTINGS_FIELDS:
+            value = getattr(settings, name)
+            if name not in _SETTINGS_DEFAULTS or value != _SETTINGS_DEFAULTS[name]:
+                arguments[name] = value
+        return arguments
+
     # -- execute ---------------------------------------------------------------------------------
 
     def execute(self, context: Any) -> Any:
-        from airflow_flowspec.runtime.process import write_task_spec
-
         with flow_mistakes_fail_at_once():
             spec = self.build_task_spec(context)
             if not spec.datastore_root.startswith("s3://"):
@@ -101,26 +117,25 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
                     f"writes artifacts in S3, but [flowspec] datastore_root is {spec.datastore_root!r}. "
                     f"Set it to s3://bucket/prefix (a bucket the job role can read and write)."
                 )
-            adopted = self._adopt_earlier_job(context, spec)
-            if adopted is None and self.start_parameters:
-                from airflow_flowspec.datastore import open_datastore
-                from airflow_flowspec.runtime.parameter_values import resolve_where_the_run_starts
-
-                spec.parameters = resolve_where_the_run_starts(
-                    self.start_parameters,
-                    spec.parameters,
-                    open_datastore(spec.datastore_root),
-                    self.flow_name,
-                )
-            if adopted is None:
-                key = write_task_spec(spec)
-                self._assemble_job(context, spec, key)
-        if adopted is None:
-            self.submit_job(context)
-            self._attempt = spec.attempt
-            self._remember_job(context, spec.attempt)
+            if self._adopt_earlier_job(context, spec) is None:
+                self._submit(context, spec)
         # An adopted job runs (and stores its result under) the attempt that submitted it.
         return self._wait_and_publish(context, self._attempt or spec.attempt)
+
+    def _submit(self, context: Any, spec: Any) -> None:
+        from airflow_flowspec.runtime.process import write_task_spec
+
+        if self.start_parameters:
+            from airflow_flowspec.datastore import open_datastore
+            from airflow_flowspec.runtime.parameter_values import resolve_where_the_run_starts
+
+            spec.parameters = resolve_where_the_run_starts(
+                self.start_parameters, spec.parameters, open_datastore(spec.datastore_root), self.flow_name
+            )
+        self._assemble_job(context, spec, write_task_spec(spec))
+        self.submit_job(context)
+        self._attempt = spec.attempt
+        self._remember_job(context, spec.attempt)
 
     def _assemble_job(self, context: Any, spec: Any, spec_key: str) -> None:
         settings = self.batch_settings

@@ -77,14 +77,16 @@ def flow_source() -> str:
 
 
 def dag_source() -> str:
-    """What our translator builds, written by hand with AWS Batch operators."""
+    """What our translator builds, written by hand with AWS Batch operators: the same edges, the
+    same trigger form (the "Run tags" field every flow's DAG has; Airflow checks each param's schema
+    for every task whenever it serializes a DAG, so a param costs the same in either file)."""
     order, edges, _ = _edges()
     in_foreach = set(BODY)
     lines = [
         "from datetime import datetime, timezone",
         "",
         "from airflow.providers.amazon.aws.operators.batch import BatchOperator",
-        "from airflow.sdk import DAG",
+        "from airflow.sdk import DAG, Param",
         "",
         "",
         "def record_failed_run(context):",
@@ -96,7 +98,7 @@ def dag_source() -> str:
         "    schedule=None,",
         "    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),",
         "    catchup=False,",
-        "    params={},",
+        '    params={"flowspec_tags": Param([], type="array", title="Run tags", description="Your tags")},',
         '    tags=["flowspec"],',
         "    max_active_runs=16,",
         "    on_failure_callback=record_failed_run,",
