@@ -25,6 +25,8 @@ from typing import Any
 from airflow_flowspec.decorators.base import step_decorators_of
 from airflow_flowspec.errors import BatchJobSpecError
 
+#: Batch's final job statuses.
+FINISHED = ("SUCCEEDED", "FAILED")
 #: Batch's limit on the serialised size of a job's container overrides (characters).
 MAX_CONTAINER_OVERRIDES_CHARS = 8192
 #: Batch's limits on job names and job definition names.

@@ -20,11 +20,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from airflow_flowspec.aws_batch.jobs import FINISHED
 from airflow_flowspec.errors import BatchJobFailedError
 
 #: Where Batch's default ``awslogs`` configuration writes every job's output.
 LOG_GROUP = "/aws/batch/job"
-FINISHED = ("SUCCEEDED", "FAILED")
 #: Lines of the job's log kept for a failure message or a trigger event.
 TAIL_LINES = 50
 #: Lines of the log a failure message quotes: enough for a traceback's end, short enough to read.

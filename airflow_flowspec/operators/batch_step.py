@@ -24,13 +24,13 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_flowspec import config
 from airflow_flowspec.aws_batch.jobs import (
+    FINISHED,
     BatchJobSettings,
     container_overrides,
     ensure_job_definition,
     job_name,
     job_tags,
 )
-from airflow_flowspec.aws_batch.watch import JobWatcher
 from airflow_flowspec.errors import EXIT_DISALLOW_RETRY, BatchJobFailedError, BatchJobSpecError
 from airflow_flowspec.operators.step_task import StepTaskMixin, flow_mistakes_fail_at_once
 
@@ -181,7 +181,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         if not record or not record.get("job_id"):
             return None
         job = self.hook.client.describe_jobs(jobs=[record["job_id"]])["jobs"]
-        if not job or JobWatcher.is_finished(job[0]):
+        if not job or job[0].get("status") in FINISHED:
             return None
         catch_on_last_try = self.catches and spec.attempt >= spec.max_attempts
         if catch_on_last_try and record.get("attempt", 0) < spec.attempt:
@@ -213,7 +213,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
 
     def _wait_and_publish(self, context: Any, attempt: int) -> Any:
         job = self._persist_links(context)
-        if self.deferrable and not JobWatcher.is_finished(job):
+        if self.deferrable and job.get("status") not in FINISHED:
             from airflow_flowspec.triggers.batch_job import BatchJobWaitTrigger
 
             deadline = None
@@ -234,6 +234,10 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
                 # A backstop only: the trigger's own deadline terminates the job first.
                 timeout=self.execution_timeout + timedelta(minutes=5) if self.execution_timeout else None,
             )
+        # Imported here: the DAG processor imports this module for every parse, the watcher is
+        # needed only by a running task.
+        from airflow_flowspec.aws_batch.watch import JobWatcher
+
         watcher = JobWatcher(
             self.hook.client, self._logs_client(), self.job_id, self._emit, label=self.step_name
         )
