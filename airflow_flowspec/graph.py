@@ -16,6 +16,7 @@ import inspect
 import linecache
 import sys
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -497,6 +498,21 @@ def _snippet(expr: ast.AST) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _every_node(root: ast.AST) -> Iterator[ast.AST]:
+    """Every node under ``root``, as ``ast.walk`` gives them but depth first and without its
+    per-node generators: the DAG processor builds every flow's graph on every parse."""
+    pending = [root]
+    while pending:
+        node = pending.pop()
+        yield node
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, ast.AST):
+                pending.append(value)
+            elif isinstance(value, list):
+                pending.extend(item for item in value if isinstance(item, ast.AST))
+
+
 def _make_node(func: ast.FunctionDef | ast.AsyncFunctionDef, source_file: str, class_name: str) -> StepNode:
     """A node from a ``def`` whose line numbers are already absolute."""
     args = func.args
@@ -512,7 +528,7 @@ def _make_node(func: ast.FunctionDef | ast.AsyncFunctionDef, source_file: str, c
     )
     next_lines: set[int] = set()
     mentions: dict[str, int] = {}  # self.<attr> occurrences, read or written
-    for child in ast.walk(func):
+    for child in _every_node(func):
         if _is_self_next(child):
             next_lines.add(child.lineno)
         elif isinstance(child, ast.Assign) and len(child.targets) == 1 and _self_attribute(child.targets[0]):
