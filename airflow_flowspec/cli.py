@@ -135,7 +135,7 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
 
     conf = _convert_parameters(flow_class, raw)
     if args.tags:
-        from airflow_flowspec.runtime.task_spec import RUN_TAGS_CONF_KEY
+        from airflow_flowspec.parameters import RUN_TAGS_CONF_KEY
 
         conf[RUN_TAGS_CONF_KEY] = list(args.tags)
     return run_locally(flow_class, _flow_file(flow_class), conf, target, project)

@@ -26,6 +26,9 @@ class JSONTypeClass:
 JSONType = JSONTypeClass()
 
 _SUPPORTED_TYPES = (str, int, float, bool)
+#: The key of a run's conf (``run --tag``, or ``{"flowspec_tags": [...]}`` when triggering) holding
+#: its tags, and so the name of the trigger form's "Run tags" field: no flow Parameter may take it.
+RUN_TAGS_CONF_KEY = "flowspec_tags"
 
 
 def _parse_bool(text: str) -> bool:

@@ -30,8 +30,7 @@ from airflow_flowspec.operators.step_task import (
     PULL_SPLIT_PARENT,
     SPLIT_MANIFEST_KEY,
 )
-from airflow_flowspec.parameters import JSONType, flow_parameters
-from airflow_flowspec.runtime.task_spec import RUN_TAGS_CONF_KEY, stored_run_id
+from airflow_flowspec.parameters import RUN_TAGS_CONF_KEY, JSONType, flow_parameters
 
 #: Fixed so that parsing is deterministic; with catchup off only the latest interval runs.
 START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -93,6 +92,7 @@ def record_failed_run(context: Any, flow_name: str, branch_name: str | None = No
     project run's id starts with its branch (:func:`stored_run_id`).
     """
     from airflow_flowspec.datastore import open_datastore
+    from airflow_flowspec.runtime.task_spec import stored_run_id
 
     dag_run = context["dag_run"]
     open_datastore(config.datastore_root()).finish_run(

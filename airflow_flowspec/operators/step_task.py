@@ -14,20 +14,19 @@ from __future__ import annotations
 import contextlib
 import getpass
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_flowspec import config
-from airflow_flowspec.datastore.manifest import checked_manifest
 from airflow_flowspec.errors import ForeachTooWideError, is_flow_mistake
-from airflow_flowspec.runtime.task_spec import (
-    RUN_TAGS_CONF_KEY,
-    RunContext,
-    StepResult,
-    TaskSpec,
-    stored_run_id,
-)
+from airflow_flowspec.parameters import RUN_TAGS_CONF_KEY
+
+if TYPE_CHECKING:
+    from airflow_flowspec.runtime.task_spec import StepResult, TaskSpec
+
+# The task spec and the manifest check (which imports the datastore) are imported when a task
+# runs: the DAG processor imports this module for every parse of a flow file.
 
 #: XCom key of a foreach split's manifest (its return_value is the list Airflow maps over).
 SPLIT_MANIFEST_KEY = "flowspec_split_manifest"
@@ -78,6 +77,8 @@ class StepTaskMixin:
         )
         # As in Metaflow, a @project flow's runs are production runs when its branch is.
         project = getattr(context.get("dag"), PROJECT_BRANCH_ATTRIBUTE, None)
+        from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec, stored_run_id
+
         run_id = stored_run_id(ti.run_id, project.branch_name if project else None)
         return TaskSpec(
             code=self._run_code(manifests, run_id, ti.try_number or 1),
@@ -177,6 +178,8 @@ class StepTaskMixin:
         check_foreach_width(width, f"The foreach in step '{self.step_name}' of flow {self.flow_name}")
 
     def _manifest_of(self, value: Any, parent_task_id: str) -> dict[str, Any]:
+        from airflow_flowspec.datastore.manifest import checked_manifest
+
         return checked_manifest(
             value,
             where=f"Step '{self.step_name}' of flow {self.flow_name}, reading the XCom of {parent_task_id},",

@@ -32,13 +32,12 @@ from airflow_flowspec.errors import (
 )
 from airflow_flowspec.flow_loader import load_flow_class, load_recorded_flow_class
 from airflow_flowspec.graph import graph_of
-from airflow_flowspec.parameters import flow_parameters
+from airflow_flowspec.parameters import RUN_TAGS_CONF_KEY, flow_parameters
 from airflow_flowspec.runtime import code_package, parameter_values
 from airflow_flowspec.runtime.caught import CaughtException
 from airflow_flowspec.runtime.masking import SecretMask, masked_output
 from airflow_flowspec.runtime.task_log import TaskLog
 from airflow_flowspec.runtime.task_spec import (
-    RUN_TAGS_CONF_KEY,
     StepResult,
     TaskSpec,
     run_namespace,

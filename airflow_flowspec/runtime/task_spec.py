@@ -65,8 +65,6 @@ class RunContext:
         return cls(**document)
 
 
-#: The key of a run's conf (``run --tag``, or ``{"flowspec_tags": [...]}`` when triggering) holding its tags.
-RUN_TAGS_CONF_KEY = "flowspec_tags"
 #: Airflow run types whose runs belong to the production namespace (the deployed schedule).
 PRODUCTION_RUN_TYPES = frozenset({"scheduled", "backfill"})
 
