@@ -175,10 +175,15 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
     def _adopt_earlier_job(self, context: Any, spec: Any) -> dict[str, Any] | None:
         """The job an earlier try of this task submitted, if it is still going and can stand for
         this try: the worker that waited for it died, and a second job beside it would run the step
-        twice at once. A finished job is not adopted (a cleared task means: run it again)."""
-        store = context.get("task_state_store")
-        record = _get_record(store)
+        twice at once. A finished job is not adopted (a cleared task means: run it again).
+
+        The job is the one the task state store recorded; without a record (the worker died
+        between submitting and recording), the one Batch knows by the previous try's name whose
+        tags name this very task instance."""
+        record = _get_record(context.get("task_state_store"))
         if not record or not record.get("job_id"):
+            record = self._find_by_name_and_tags(context, spec)
+        if not record:
             return None
         job = self.hook.client.describe_jobs(jobs=[record["job_id"]])["jobs"]
         if not job or job[0].get("status") in FINISHED:
@@ -199,6 +204,34 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
             job[0]["status"],
         )
         return job[0]
+
+    def _find_by_name_and_tags(self, context: Any, spec: Any) -> dict[str, Any] | None:
+        ti = context["ti"]
+        for attempt in (spec.attempt - 1, spec.attempt):
+            if attempt < 1:
+                continue
+            expected = job_tags(
+                dag_id=ti.dag_id,
+                run_id=ti.run_id,
+                task_id=ti.task_id,
+                map_index=spec.map_index,
+                try_number=attempt,
+                flow_name=spec.flow_name,
+                step=spec.step,
+                extra={},
+            )
+            name = job_name(spec.flow_name, spec.run_id, spec.step, spec.task_id, attempt)
+            summaries = self.hook.client.list_jobs(
+                jobQueue=self.batch_settings.queue, filters=[{"name": "JOB_NAME", "values": [name]}]
+            ).get("jobSummaryList", [])
+            active = [s["jobId"] for s in summaries if s.get("status") not in FINISHED]
+            if not active:
+                continue
+            for job in self.hook.client.describe_jobs(jobs=active[:100])["jobs"]:
+                tags = job.get("tags") or {}
+                if all(tags.get(key) == value for key, value in expected.items()):
+                    return {"job_id": job["jobId"], "attempt": attempt}
+        return None
 
     def _remember_job(self, context: Any, attempt: int) -> None:
         store = context.get("task_state_store")

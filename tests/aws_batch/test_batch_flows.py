@@ -223,13 +223,19 @@ SLOW_FLOW = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "died-before-recording"])
 def test_a_retry_after_the_worker_died_waits_for_the_running_job_instead_of_a_duplicate(
-    batch, tmp_path, monkeypatch
+    batch, tmp_path, monkeypatch, recorded
 ):
-    """Guards the adoption of an earlier try's job (task state store): the first try stops waiting
-    as a dead worker would, without terminating its job; the retry finds that job still running,
-    waits for it and publishes its result, and no second job runs the step."""
+    """Guards the adoption of an earlier try's job: the first try stops waiting as a dead worker
+    would, without terminating its job; the retry finds that job still running (by the task state
+    store's record, or, when the worker died before recording it, by its name and tags), waits for
+    it and publishes its result, and no second job runs the step."""
     from airflow_flowspec.aws_batch.watch import JobWatcher
+    from airflow_flowspec.operators.batch_step import StepBatchOperator
+
+    if not recorded:
+        monkeypatch.setattr(StepBatchOperator, "_remember_job", lambda self, context, attempt: None)
 
     polls = {"work": 0}
     real_poll = JobWatcher.poll
