@@ -209,7 +209,11 @@ class ArtifactStore:
         return self.save_many({name: value})[name]
 
     def save_many(
-        self, values: Mapping[str, Any], *, secret_names: Iterable[str] = ()
+        self,
+        values: Mapping[str, Any],
+        *,
+        secret_names: Iterable[str] = (),
+        written: set[str] | None = None,
     ) -> dict[str, ArtifactRef]:
         """Store several artifacts in as few requests as their sizes allow.
 
@@ -223,7 +227,8 @@ class ArtifactStore:
           they are pickled, so at most one large scratch file exists at a time.
 
         Values named in ``secret_names`` are stored salted (:class:`SecretValue`), with
-        :data:`SECRET_REPR` as their repr.
+        :data:`SECRET_REPR` as their repr. ``written``, if given, receives the hash of every value
+        this call had to write (the others were already stored): what a step's log reports.
 
         If one value cannot be pickled, :class:`ArtifactSaveError` names it; some values before it
         may already be stored, unreferenced, which is harmless.
@@ -255,7 +260,7 @@ class ArtifactStore:
             if blob.data is not None and blob.size <= PACK_ITEM_MAX_BYTES:
                 pack.add(name, ref, blob.data)
                 if pack.size >= PACK_MAX_BYTES:
-                    refs.update(self._store_pack(pack, checked_at))
+                    refs.update(self._store_pack(pack, checked_at, written))
                     pack = _PackBuilder()
                 continue
             refs[name] = ref
@@ -265,7 +270,7 @@ class ArtifactStore:
                     pending[key] = (blob.data, blob.hash)
                     pending_bytes += blob.size
                 if pending_bytes >= _BATCH_BYTES:
-                    self._store_small(pending, checked_at)
+                    self._store_small(pending, checked_at, written)
                     pending, pending_bytes = {}, 0
                 continue
             try:
@@ -279,14 +284,18 @@ class ArtifactStore:
                     assert blob.path is not None
                     path, blob.path = blob.path, None
                     self.backend.adopt_file(key, path, content_hash=blob.hash)
+                    if written is not None:
+                        written.add(blob.hash)
             finally:
                 blob.discard()
             self._remember(blob.hash, (None, 0), checked_at)
-        refs.update(self._store_pack(pack, checked_at))
-        self._store_small(pending, checked_at)
+        refs.update(self._store_pack(pack, checked_at, written))
+        self._store_small(pending, checked_at, written)
         return {name: refs[name] for name in values}
 
-    def _store_pack(self, pack: _PackBuilder, checked_at: float) -> dict[str, ArtifactRef]:
+    def _store_pack(
+        self, pack: _PackBuilder, checked_at: float, written: set[str] | None = None
+    ) -> dict[str, ArtifactRef]:
         if not pack.items:
             return {}
         data = pack.data()
@@ -295,6 +304,8 @@ class ArtifactStore:
         # One check per pack: a re-run's identical pack is free, a damaged one is rewritten.
         if not self.backend.blob_is_stored(key, len(data), pack_hash, freshen_after=_freshen_after()):
             self.backend.put_bytes(key, data, content_hash=pack_hash)
+            if written is not None:
+                written.update(ref.hash for _, ref, _ in pack.items)
         refs = {}
         for name, ref, offset in pack.items:
             refs[name] = ref.located((pack_hash, offset))
@@ -302,7 +313,9 @@ class ArtifactStore:
         self._cache_pack(pack_hash, data)
         return refs
 
-    def _store_small(self, pending: dict[str, tuple[bytes, str]], checked_at: float) -> None:
+    def _store_small(
+        self, pending: dict[str, tuple[bytes, str]], checked_at: float, written: set[str] | None = None
+    ) -> None:
         if not pending:
             return
         stored = self.backend.blobs_stored(
@@ -310,7 +323,10 @@ class ArtifactStore:
             freshen_after=_freshen_after(),
             known_intact=frozenset(key for key, (_, blob_hash) in pending.items() if self._intact(blob_hash)),
         )
-        self.backend.put_many_bytes({key: item for key, item in pending.items() if key not in stored})
+        missing = {key: item for key, item in pending.items() if key not in stored}
+        self.backend.put_many_bytes(missing)
+        if written is not None:
+            written.update(blob_hash for _, blob_hash in missing.values())
         for _, blob_hash in pending.values():
             self._remember(blob_hash, (None, 0), checked_at)
 

@@ -139,7 +139,8 @@ class GcResult:
                 + f", kept {_count(kept, 'run')}."
             )
         lines.append(
-            f"{verb} {_count(self.blobs_deleted, 'artifact blob')} ({_size(self.blob_bytes_freed)}) that "
+            f"{verb} {_count(self.blobs_deleted, 'artifact blob')} "
+            f"({format_size(self.blob_bytes_freed)}) that "
             f"no kept run references, kept {_count(self.blobs_kept, 'blob')}; {verb.lower()} "
             f"{_count(len(self.xcom_runs_deleted), 'XCom folder')} of ordinary tasks and "
             f"{_count(self.damaged_deleted, 'damaged blob')}."
@@ -148,7 +149,7 @@ class GcResult:
             lines.append(f"Added {_count(self.runs_indexed, 'run')} recorded before the run index to it.")
         freed = "would be freed" if self.dry_run else "freed"
         lines.append(
-            f"{_size(self.bytes_freed)} {freed} in all."
+            f"{format_size(self.bytes_freed)} {freed} in all."
             + (" Nothing was deleted (--dry-run)." if self.dry_run else "")
         )
         return "\n".join(lines)
@@ -601,7 +602,8 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _size(size: int) -> str:
+def format_size(size: int) -> str:
+    """Bytes as a person reads them: 512 bytes, 3.4 KB, 12.0 MB."""
     value = float(size)
     for unit in ("bytes", "KB", "MB", "GB"):
         if value < 1024 or unit == "GB":

@@ -162,6 +162,7 @@ class StepTaskMixin:
         Airflow should push itself: a foreach's children, which it maps over, else nothing."""
         from airflow_flowspec.xcom_backend.values import publishing_step_manifest
 
+        self._log_storage(result.storage)
         ti = context["ti"]
         if result.foreach_children is not None:
             self._check_width(len(result.foreach_children))
@@ -173,6 +174,25 @@ class StepTaskMixin:
         if result.switch_step is not None:
             self.skip_all_except(ti, result.switch_step)  # type: ignore[attr-defined]
         return None
+
+    def _log_storage(self, storage: dict[str, Any] | None) -> None:
+        """What the step stored, at the end of the task's log: a line per artifact saved, then
+        the bytes the task moved (``python flow.py run`` shows only warnings: it stays quiet)."""
+        if not storage:
+            return
+        from airflow_flowspec.datastore.gc import format_size
+
+        log = self.log  # type: ignore[attr-defined]
+        for name, size, state in storage.get("saved", []):
+            log.info("Artifact %s: %s, %s", name, format_size(size), state)
+        log.info(
+            "Stored %d artifact(s) (%d carried unchanged): %s written and %s read for the step's "
+            "code, inputs and artifacts.",
+            len(storage.get("saved", [])),
+            storage.get("carried", 0),
+            format_size(storage.get("bytes_written", 0)),
+            format_size(storage.get("bytes_read", 0)),
+        )
 
     def _check_width(self, width: int) -> None:
         check_foreach_width(width, f"The foreach in step '{self.step_name}' of flow {self.flow_name}")

@@ -154,6 +154,7 @@ def _run_step(
     keys.manifest_key(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
     run_tags = _run_tags(spec) if spec.step == "start" else []  # refused before anything runs
     datastore = datastore or open_datastore(spec.datastore_root)
+    moved_before = _moved(datastore)
     flow_class, code = _load_flow(spec, datastore)
     graph = graph_of(flow_class)
     if spec.step not in graph:
@@ -220,7 +221,8 @@ def _run_step(
     foreach_children = switch_step = None
     if caught is None:
         foreach_children, switch_step = _check_transition(flow, node, spec, datastore, secrets)
-    refs = _save_artifacts(flow, spec, datastore, secret_names, secrets)
+    saved_report: list[list[Any]] = []
+    refs = _save_artifacts(flow, spec, datastore, secret_names, secrets, saved_report)
     run_record = None
     if spec.step == "start":
         run_record = datastore.write_run_meta(
@@ -243,7 +245,16 @@ def _run_step(
     manifest = _manifest(
         spec, refs, parameter_names, node, caught, switch_step, foreach_children, secrets, code
     )
-    result = StepResult(manifest=manifest, foreach_children=foreach_children, switch_step=switch_step)
+    moved = _moved(datastore)
+    storage = {
+        "saved": saved_report,
+        "carried": len(refs) - len(saved_report),
+        "bytes_written": moved["bytes_written"] - moved_before["bytes_written"],
+        "bytes_read": moved["bytes_read"] - moved_before["bytes_read"],
+    }
+    result = StepResult(
+        manifest=manifest, foreach_children=foreach_children, switch_step=switch_step, storage=storage
+    )
     identity = (spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
     if store_result or foreach_children is not None:
         # A split's item references otherwise live only in Airflow's XCom, which gc cannot read:
@@ -273,6 +284,12 @@ def _load_flow(spec: TaskSpec, datastore: Any) -> tuple[type, dict[str, Any] | N
     if spec.step != "start":
         return flow_class, {"package": package_ref}
     return flow_class, code_package.run_record_code(datastore, package_ref, folder, index)
+
+
+def _moved(datastore: Any) -> dict[str, int]:
+    """Bytes the datastore's backend has written and read so far in this process."""
+    counters = getattr(getattr(datastore, "backend", None), "counters", None)
+    return counters.snapshot() if counters is not None else {"bytes_written": 0, "bytes_read": 0}
 
 
 def _describe(value: Any) -> Any:
@@ -474,8 +491,15 @@ def _foreach_children(
 
 
 def _save_artifacts(
-    flow: Any, spec: TaskSpec, datastore: Any, secret_names: set[str], secrets: SecretMask
+    flow: Any,
+    spec: TaskSpec,
+    datastore: Any,
+    secret_names: set[str],
+    secrets: SecretMask,
+    saved_report: list[list[Any]],
 ) -> dict[str, dict[str, Any]]:
+    """The manifest's artifact references; ``saved_report`` receives ``[name, size, "new" or
+    "reused"]`` for each artifact this step saved (not those it carried unread)."""
     loader: ArtifactLoader = flow.__dict__["_flowspec_artifacts"]
     refs: dict[str, dict[str, Any]] = {}
     to_save: dict[str, Any] = {}
@@ -497,12 +521,14 @@ def _save_artifacts(
     salted = set(secret_names)
     if secrets:
         salted.update(name for name, value in to_save.items() if secrets.reveals(short_repr(value)))
+    written: set[str] = set()
     try:
-        saved = datastore.artifacts.save_many(to_save, secret_names=salted)
+        saved = datastore.artifacts.save_many(to_save, secret_names=salted, written=written)
     except ArtifactSaveError as err:
         raise ArtifactSaveError(err.artifact_name, err.reason, flow=spec.flow_name, step=spec.step) from None
     for name, ref in saved.items():
         refs[name] = ref.to_json()
+        saved_report.append([name, ref.size, "new" if ref.hash in written else "reused"])
     return {name: refs[name] for name in sorted(refs)}
 
 

@@ -174,6 +174,9 @@ class StepResult:
     manifest: dict[str, Any]
     foreach_children: list[dict[str, Any]] | None = None  # one element per mapped child task
     switch_step: str | None = None  # the switch arm taken
+    # What the step stored: [name, size, "new" or "reused"] per artifact saved, the number carried
+    # unread, and the bytes the task wrote and read (the operator logs it at the end of the task).
+    storage: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,4 +187,5 @@ class StepResult:
             manifest=document["manifest"],
             foreach_children=document.get("foreach_children"),
             switch_step=document.get("switch_step"),
+            storage=document.get("storage"),
         )
