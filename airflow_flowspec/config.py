@@ -159,15 +159,23 @@ def xcom_inline_max_bytes() -> int:
     return limit
 
 
-def s3_multipart_threshold_bytes() -> int:
-    value = get_option("s3_multipart_threshold_mb")
+def _finite_number(option: str, lowest: float, *, above: bool, accepted: str) -> float:
+    """A number option: finite, and at least (or, with ``above``, more than) ``lowest``."""
+    value = get_option(option)
     try:
-        megabytes = float(value)
+        number = float(value)
     except ValueError:
-        megabytes = 0
+        number = float("nan")  # fails every comparison below
+    if not ((number > lowest) if above else (number >= lowest)) or number == float("inf"):
+        raise _invalid(option, value, accepted)
+    return number
+
+
+def s3_multipart_threshold_bytes() -> int:
     # S3 refuses parts under 5 MB (but the last).
-    if not 5 <= megabytes < float("inf"):
-        raise _invalid("s3_multipart_threshold_mb", value, "a number of megabytes, 5 or more (e.g. 32)")
+    megabytes = _finite_number(
+        "s3_multipart_threshold_mb", 5, above=False, accepted="a number of megabytes, 5 or more (e.g. 32)"
+    )
     return int(megabytes * 1024 * 1024)
 
 
@@ -193,13 +201,9 @@ def _user_tag() -> str:
 
 
 def sweep_after_seconds() -> float:
-    value = get_option("sweep_after_hours")
-    try:
-        hours = float(value)
-    except ValueError:
-        hours = -1
-    if not 0 <= hours < float("inf"):
-        raise _invalid("sweep_after_hours", value, "a number of hours, 0 or more (e.g. 24)")
+    hours = _finite_number(
+        "sweep_after_hours", 0, above=False, accepted="a number of hours, 0 or more (e.g. 24)"
+    )
     return hours * 3600
 
 
@@ -216,14 +220,9 @@ def code_include() -> list[str]:
 
 
 def batch_poll_seconds() -> float:
-    value = get_option("batch_poll_seconds")
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = 0
-    if not 0 < seconds < float("inf"):
-        raise _invalid("batch_poll_seconds", value, "a number of seconds greater than 0 (e.g. 30)")
-    return seconds
+    return _finite_number(
+        "batch_poll_seconds", 0, above=True, accepted="a number of seconds greater than 0 (e.g. 30)"
+    )
 
 
 def batch_deferrable() -> bool:

@@ -64,6 +64,20 @@ def test_bad_parameter_value_is_refused_before_anything_runs():
     assert "Parameter 'epochs' of flow BranchFlow expects a value of type int, got 'many'" in result.stderr
 
 
+def test_run_with_batch_is_refused_at_once_for_an_unknown_extension_or_a_local_datastore(tmp_path):
+    """Guards ``--with``: only batch is known, and Batch containers need an S3 datastore; both are
+    one paragraph before anything runs, not a failure inside the first job."""
+    env = {"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")}
+    unknown = run_cli(FLOWS / "branch_flow.py", "run", "--with", "kubernetes", env=env)
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    assert "--with kubernetes is not something flow BranchFlow can run with here" in unknown.stderr
+    local = run_cli(FLOWS / "branch_flow.py", "--with", "batch", "run", env=env)
+    assert local.returncode == 1 and "Traceback" not in local.stderr
+    assert f"[flowspec] datastore_root is {str(tmp_path / 'store')!r}" in local.stderr
+    assert "AIRFLOW__FLOWSPEC__DATASTORE_ROOT=s3://bucket/prefix" in local.stderr
+    assert not (tmp_path / "store").exists()  # nothing ran, nothing was written
+
+
 def test_show_prints_steps_and_edges():
     result = run_cli(FLOWS / "foreach_flow.py", "show")
     assert result.returncode == 0

@@ -47,6 +47,10 @@ def test_unset_root_is_the_embedded_default_under_flowspec_home(tmp_path, monkey
         ("execution", "kubernetes", config.execution, "'local'"),
         ("sweep_after_hours", "a day", config.sweep_after_seconds, "a number of hours, 0 or more"),
         ("sweep_after_hours", "-1", config.sweep_after_seconds, "a number of hours, 0 or more"),
+        ("sweep_after_hours", "inf", config.sweep_after_seconds, "a number of hours, 0 or more"),
+        ("batch_poll_seconds", "0", config.batch_poll_seconds, "a number of seconds greater than 0"),
+        ("batch_poll_seconds", "often", config.batch_poll_seconds, "a number of seconds greater than 0"),
+        ("batch_deferrable", "maybe", config.batch_deferrable, "True or False"),
     ],
 )
 def test_a_bad_option_value_is_a_configuration_error_naming_option_and_accepted_values(
