@@ -225,6 +225,20 @@ def batch_poll_seconds() -> float:
     )
 
 
+def batch_options() -> dict[str, object]:
+    """The ``[flowspec]`` options every Batch step of a DAG shares, read once (a DAG of many steps
+    is parsed often): the defaults under a step's ``@batch``, and the operator's AWS settings."""
+    return {
+        "queue": get_option("batch_job_queue"),
+        "job_definition": get_option("batch_job_definition"),
+        "image": get_option("batch_image"),
+        "iam_role": get_option("batch_iam_role"),
+        "aws_conn_id": get_option("aws_conn_id") or None,
+        "region_name": get_option("region_name") or None,
+        "deferrable": batch_deferrable(),
+    }
+
+
 def batch_deferrable() -> bool:
     value = get_option("batch_deferrable").strip().lower()
     if value not in ("true", "false", "1", "0", "t", "f"):

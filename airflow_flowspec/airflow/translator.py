@@ -181,7 +181,8 @@ def step_operator(
     """The operator that runs a step, and its own arguments: one place decides (cosmos does the
     same). A step runs on AWS Batch with ``[flowspec] execution = batch`` or its own ``@batch``;
     its job's settings are resolved here, so a missing queue or image fails the DAG at once.
-    ``batch_options`` are the ``[flowspec]`` Batch options, read once per DAG by the caller."""
+    ``batch_options`` is :func:`config.batch_options`, which a caller building many steps reads
+    once (and fills here, when the first Batch step needs it)."""
     step_func = getattr(flow_class, step_name)
     decorators = step_decorators_of(step_func)
     if execution != "batch" and "batch" not in decorators:
@@ -191,7 +192,9 @@ def step_operator(
     from airflow_flowspec.aws_batch.jobs import step_job_settings
     from airflow_flowspec.operators.batch_step import StepBatchOperator
 
-    options = batch_options or batch_options_from_config()
+    options = batch_options if batch_options is not None else {}
+    if not options:  # the first Batch step of the DAG reads them for all
+        options.update(config.batch_options())
     settings = step_job_settings(
         step_func,
         flow_name=flow_class.__name__,
@@ -214,23 +217,11 @@ def step_operator(
     return StepBatchOperator, arguments
 
 
-def batch_options_from_config() -> dict[str, Any]:
-    return {
-        "queue": config.get_option("batch_job_queue"),
-        "job_definition": config.get_option("batch_job_definition"),
-        "image": config.get_option("batch_image"),
-        "iam_role": config.get_option("batch_iam_role"),
-        "aws_conn_id": config.get_option("aws_conn_id") or None,
-        "region_name": config.get_option("region_name") or None,
-        "deferrable": config.batch_deferrable(),
-    }
-
-
 def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
     from airflow_flowspec.operators.local_step import FlattenForeachOperator
 
     execution = config.execution()
-    batch_options = batch_options_from_config()  # read once: a DAG of 60 steps is parsed often
+    batch_options: dict[str, Any] = {}  # read by the first Batch step, shared by the others
     order = graph.sorted_nodes()
     domain = {name: _foreach_domain(graph, name) for name in order}
     tasks: dict[str, Any] = {}

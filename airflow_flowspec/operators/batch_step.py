@@ -69,12 +69,10 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         foreach_frame: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
-        if "aws_conn_id" not in kwargs:
-            kwargs["aws_conn_id"] = config.get_option("aws_conn_id") or None
-        if "region_name" not in kwargs:
-            kwargs["region_name"] = config.get_option("region_name") or None
-        if "deferrable" not in kwargs:
-            kwargs["deferrable"] = config.batch_deferrable()
+        missing = [name for name in ("aws_conn_id", "region_name", "deferrable") if name not in kwargs]
+        if missing:  # the translator passes them; an operator made by hand reads the options
+            options = config.batch_options()
+            kwargs.update({name: options[name] for name in missing})
         if not isinstance(batch_settings, BatchJobSettings):
             batch_settings = BatchJobSettings(**batch_settings)
         super().__init__(
@@ -143,16 +141,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         self.job_definition = ensure_job_definition(self.hook.client, settings)
         self.job_queue = settings.queue
         self.job_name = job_name(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
-        self.tags = job_tags(
-            dag_id=ti.dag_id,
-            run_id=ti.run_id,
-            task_id=ti.task_id,
-            map_index=spec.map_index,
-            try_number=spec.attempt,
-            flow_name=spec.flow_name,
-            step=spec.step,
-            extra=settings.tags,
-        )
+        self.tags = _task_job_tags(ti, spec, spec.attempt, settings.tags)
         command = [
             "python",
             "-m",
@@ -162,10 +151,11 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
             "--spec-key",
             spec_key,
         ]
+        values = {option: config.get_option(option) for option in CONTAINER_OPTIONS}
         environment = {
-            f"AIRFLOW__FLOWSPEC__{option.upper()}": config.get_option(option)
-            for option in CONTAINER_OPTIONS
-            if config.get_option(option) != config.DEFAULTS[option]
+            f"AIRFLOW__FLOWSPEC__{option.upper()}": value
+            for option, value in values.items()
+            if value != config.DEFAULTS[option]
         }
         self.container_overrides = container_overrides(settings, command=command, environment=environment)
         self.submit_job_timeout = settings.timeout_seconds
@@ -210,16 +200,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         for attempt in (spec.attempt - 1, spec.attempt):
             if attempt < 1:
                 continue
-            expected = job_tags(
-                dag_id=ti.dag_id,
-                run_id=ti.run_id,
-                task_id=ti.task_id,
-                map_index=spec.map_index,
-                try_number=attempt,
-                flow_name=spec.flow_name,
-                step=spec.step,
-                extra={},
-            )
+            expected = _task_job_tags(ti, spec, attempt, {})
             name = job_name(spec.flow_name, spec.run_id, spec.step, spec.task_id, attempt)
             summaries = self.hook.client.list_jobs(
                 jobQueue=self.batch_settings.queue, filters=[{"name": "JOB_NAME", "values": [name]}]
@@ -310,15 +291,12 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
 
     def _publish(self, context: Any, attempt: int) -> Any:
         from airflow_flowspec.datastore import open_datastore
-        from airflow_flowspec.operators.step_task import PROJECT_BRANCH_ATTRIBUTE
-        from airflow_flowspec.runtime.task_spec import StepResult, stored_run_id
+        from airflow_flowspec.runtime.task_spec import StepResult
 
         ti = context["ti"]
-        project = getattr(context.get("dag"), PROJECT_BRANCH_ATTRIBUTE, None)
-        run_id = stored_run_id(ti.run_id, project.branch_name if project else None)
         task_id = str(max(ti.map_index if ti.map_index is not None else -1, 0))
         document = open_datastore(config.datastore_root()).read_step_result(
-            self.flow_name, run_id, self.step_name, task_id, attempt
+            self.flow_name, self.stored_run_id(context), self.step_name, task_id, attempt
         )
         return self.publish_result(context, StepResult.from_json(document))
 
@@ -350,6 +328,20 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
 
     def _what(self) -> str:
         return f"step '{self.step_name}' of flow {self.flow_name}"
+
+
+def _task_job_tags(ti: Any, spec: Any, attempt: int, extra: dict[str, str]) -> dict[str, str]:
+    """The tags naming the task instance and try a job runs for (how a retry finds it again)."""
+    return job_tags(
+        dag_id=ti.dag_id,
+        run_id=ti.run_id,
+        task_id=ti.task_id,
+        map_index=spec.map_index,
+        try_number=attempt,
+        flow_name=spec.flow_name,
+        step=spec.step,
+        extra=extra,
+    )
 
 
 def _get_record(store: Any) -> dict[str, Any] | None:

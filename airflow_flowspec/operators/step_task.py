@@ -77,9 +77,9 @@ class StepTaskMixin:
         )
         # As in Metaflow, a @project flow's runs are production runs when its branch is.
         project = getattr(context.get("dag"), PROJECT_BRANCH_ATTRIBUTE, None)
-        from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec, stored_run_id
+        from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 
-        run_id = stored_run_id(ti.run_id, project.branch_name if project else None)
+        run_id = self.stored_run_id(context)
         return TaskSpec(
             code=self._run_code(manifests, run_id, ti.try_number or 1),
             flow_file=self.flow_file,
@@ -107,6 +107,13 @@ class StepTaskMixin:
                 dag_id=getattr(dag_run, "dag_id", None) or ti.dag_id,
             ),
         )
+
+    def stored_run_id(self, context: Any) -> str:
+        """The id the task's run is stored under (a ``@project`` run's starts with its branch)."""
+        from airflow_flowspec.runtime.task_spec import stored_run_id
+
+        project = getattr(context.get("dag"), PROJECT_BRANCH_ATTRIBUTE, None)
+        return stored_run_id(context["ti"].run_id, project.branch_name if project else None)
 
     def _run_code(
         self, manifests: list[dict[str, Any]], run_id: str, try_number: int
