@@ -224,8 +224,7 @@ def _repin(args: argparse.Namespace) -> int:
     # Importing the flow imports the modules beside it that it uses: they are recorded with it.
     load_flow_class(flow_file, flow_name)
     package = code_package.record(datastore, flow_file)
-    folder, index = code_package.materialize(datastore, package)
-    code = code_package.run_record_code(datastore, package, folder, index)
+    code = code_package.run_record_code(datastore, package, flow_file)
     if code["package"] == (record.get("code") or {}).get("package"):
         print(f"Run {flow_name}/{run_id} already runs this code ({flow_file}).")
         return 0

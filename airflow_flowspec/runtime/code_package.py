@@ -40,14 +40,13 @@ def record(datastore: Any, flow_file: str) -> dict[str, Any]:
     return datastore.artifacts.save("code package", build_package(os.path.abspath(flow_file))).to_json()
 
 
-def run_record_code(
-    datastore: Any, package_ref: dict[str, Any], folder: str, index: dict[str, Any]
-) -> dict[str, Any]:
-    """The run record's ``code``: the package, and the flow file alone (``source``), which the client
-    gives back as ``run.code`` without unpacking the package."""
-    with open(os.path.join(folder, index["flow"]), "rb") as handle:
+def run_record_code(datastore: Any, package_ref: dict[str, Any], flow_file: str) -> dict[str, Any]:
+    """The run record's ``code``: the package, and the flow file alone (``source``, read from
+    ``flow_file``, the package's copy or the file it was recorded from), which the client gives
+    back as ``run.code`` without unpacking the package."""
+    with open(flow_file, "rb") as handle:
         source = datastore.artifacts.save("flow source", handle.read())
-    return {"package": package_ref, "source": source.to_json(), "path": os.path.basename(index["flow"])}
+    return {"package": package_ref, "source": source.to_json(), "path": os.path.basename(flow_file)}
 
 
 def build_package(flow_file: str) -> dict[str, Any]:

@@ -283,7 +283,8 @@ def _load_flow(spec: TaskSpec, datastore: Any) -> tuple[type, dict[str, Any] | N
     flow_class = load_recorded_flow_class(folder, index, spec.flow_name)
     if spec.step != "start":
         return flow_class, {"package": package_ref}
-    return flow_class, code_package.run_record_code(datastore, package_ref, folder, index)
+    recorded_flow_file = os.path.join(folder, index["flow"])
+    return flow_class, code_package.run_record_code(datastore, package_ref, recorded_flow_file)
 
 
 def _moved(datastore: Any) -> dict[str, int]:
