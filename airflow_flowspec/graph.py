@@ -347,6 +347,21 @@ class FlowGraph:
 # ---------------------------------------------------------------------- parsing helpers
 
 
+def graph_record(graph: FlowGraph) -> list[dict[str, Any]]:
+    """The graph as a run records it (in its metadata), for those who draw a run without its code:
+    each step in order, with its type, the steps it goes to, its foreach variable and docstring."""
+    return [
+        {
+            "name": name,
+            "type": graph[name].type,
+            "next": list(graph[name].out_funcs),
+            "foreach": graph[name].foreach_param,
+            "doc": graph[name].doc.strip().split("\n")[0] if graph[name].doc else "",
+        }
+        for name in graph.sorted_nodes()
+    ]
+
+
 def _class_source_ast(cls: type, trees: dict[str, ast.Module]) -> tuple[ast.ClassDef, str] | None:
     """The ``ClassDef`` of ``cls`` (absolute line numbers) and its file; None without readable source.
 

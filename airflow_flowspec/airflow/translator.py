@@ -104,17 +104,13 @@ def record_failed_run(context: Any, flow_name: str, branch_name: str | None = No
 
 
 def _schedule(flow_class: type) -> Any:
+    """A ``@schedule`` flow's timetable: one run per period, named by the period's start."""
     schedule = getattr(flow_class, "_flowspec_schedule", None)
     if schedule is None:
         return None
-    from airflow.sdk import CronTriggerTimetable
+    from airflow_flowspec.plugins.timetable import FlowScheduleTimetable
 
-    interval = {"hourly": timedelta(hours=1), "daily": timedelta(days=1), "weekly": timedelta(weeks=1)}
-    return CronTriggerTimetable(
-        schedule.cron,
-        timezone=schedule.timezone,
-        interval=interval.get(schedule.interval_name or "", timedelta(0)),
-    )
+    return FlowScheduleTimetable(schedule.cron, timezone=schedule.timezone)
 
 
 def _params(flow_class: type) -> dict[str, Any]:

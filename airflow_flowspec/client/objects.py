@@ -333,6 +333,16 @@ class Run(MetaflowObject):
         """Package, Airflow and Python versions the run started on."""
         return dict(self._record.get("versions", {}))
 
+    @property
+    def graph(self) -> list[dict[str, Any]]:
+        """The flow's steps as the run started with them, in order: each a dict with ``name``,
+        ``type``, ``next`` (step names), ``foreach`` and ``doc``. Empty for a run recorded before
+        runs kept their graph (draw those from :meth:`steps`)."""
+        graph = self._record.get("graph")
+        if not isinstance(graph, list):
+            return []
+        return [dict(step) for step in graph if isinstance(step, dict) and isinstance(step.get("name"), str)]
+
     # -- steps -----------------------------------------------------------------------------------
 
     def steps(self) -> Iterator[Step]:
@@ -625,6 +635,27 @@ class DataArtifact(MetaflowObject):
     @property
     def created_at(self) -> datetime | None:
         return self._task.finished_at
+
+    def _artifact_ref(self) -> Any:
+        from airflow_flowspec.datastore.artifacts import ArtifactRef
+
+        return ArtifactRef.from_json(self._ref)
+
+    @property
+    def preview(self) -> dict[str, Any] | None:
+        """What the value looks like, recorded by the step that saved it, without unpickling it:
+        ``{"repr": text, "repr_truncated": bool, "table": {"columns", "index", "rows",
+        "total_rows", "total_columns"}}`` (``table`` for data frames only). None when
+        :attr:`short_repr` already shows the whole value, for secrets, and for artifacts saved
+        before previews were recorded."""
+        return self._datastore.artifacts.load_preview(self._artifact_ref(), what=f"artifact {self.pathspec}")
+
+    def verified_pickle(self) -> Any:
+        """A context manager giving the artifact's pickle (bytes, or a file at its start), checked
+        against its hash and never unpickled: what a download serves."""
+        return self._datastore.artifacts.verified_pickle(
+            self._artifact_ref(), what=f"artifact {self.pathspec}"
+        )
 
     @property
     def finished_at(self) -> datetime | None:

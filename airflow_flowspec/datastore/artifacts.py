@@ -15,6 +15,7 @@ reading one small artifact downloads at most its small pack-mates, never a large
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import pickle
 import re
@@ -22,13 +23,14 @@ import reprlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from airflow_flowspec.datastore import encoding
 from airflow_flowspec.datastore.backends.base import StorageBackend
-from airflow_flowspec.datastore.keys import blob_key, damaged_blob_key
+from airflow_flowspec.datastore.keys import blob_key, damaged_blob_key, is_blob_hash
+from airflow_flowspec.datastore.previews import make_preview, read_preview
 from airflow_flowspec.errors import (
     ArtifactLoadError,
     ArtifactNotFoundError,
@@ -70,16 +72,24 @@ class ArtifactRef:
     repr: str  # short, one line, at most MAX_REPR_CHARS
     pack: str | None = None  # hash of the pack holding this pickle (small artifacts), else None
     offset: int = 0  # where the pickle starts in the pack
+    #: Where the value's preview (:mod:`.previews`) is: {"hash", "size", "pack", "offset"}; None
+    #: when the repr says it all, for a secret, and for artifacts saved before previews existed.
+    preview: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict (JSON-able) for manifests and XComs."""
-        ref = {"hash": self.hash, "type": self.type, "size": self.size, "repr": self.repr}
+        ref: dict[str, Any] = {"hash": self.hash, "type": self.type, "size": self.size, "repr": self.repr}
         if self.pack is not None:
             ref["pack"], ref["offset"] = self.pack, self.offset
+        if self.preview is not None:
+            ref["preview"] = self.preview
         return ref
 
     def located(self, location: _Location) -> ArtifactRef:
-        return ArtifactRef(self.hash, self.type, self.size, self.repr, *location)
+        return ArtifactRef(self.hash, self.type, self.size, self.repr, *location, preview=self.preview)
+
+    def with_preview(self, preview: dict[str, Any] | None) -> ArtifactRef:
+        return ArtifactRef(self.hash, self.type, self.size, self.repr, self.pack, self.offset, preview)
 
     @property
     def location(self) -> _Location:
@@ -95,11 +105,29 @@ class ArtifactRef:
                 repr=value["repr"],
                 pack=value.get("pack"),
                 offset=int(value.get("offset", 0)),
+                preview=_preview_location(value.get("preview")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise DatastoreError(
                 f"{value!r} is not an artifact reference (expected hash, type, size and repr): {error}."
             ) from error
+
+
+def _preview_location(value: Any) -> dict[str, Any] | None:
+    """A reference's preview location, checked for shape (a reader trusts nothing it reads)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"preview {value!r} is not a preview location")
+    pack = value.get("pack")
+    if not (
+        is_blob_hash(value.get("hash"))
+        and (pack is None or is_blob_hash(pack))
+        and isinstance(value.get("size"), int)
+        and isinstance(value.get("offset", 0), int)
+    ):
+        raise ValueError(f"preview {value!r} is not a preview location")
+    return {"hash": value["hash"], "size": value["size"], "pack": pack, "offset": value.get("offset", 0)}
 
 
 def qualified_type_name(value: Any) -> str:
@@ -235,6 +263,7 @@ class ArtifactStore:
         """
         secret_set = set(secret_names)
         refs: dict[str, ArtifactRef] = {}
+        previews: dict[str, dict[str, Any]] = {}  # name -> where its preview is
         pack = _PackBuilder()
         pending: dict[str, tuple[bytes, str]] = {}  # blob key -> (medium pickle, hash), for a batch
         pending_bytes = 0
@@ -252,6 +281,9 @@ class ArtifactStore:
                 size=blob.size,
                 repr=SECRET_REPR if secret else short_repr(value),
             )
+            preview = None if secret else make_preview(value, ref.repr)
+            if preview is not None:
+                self._place_preview(name, preview, pack, previews)
             known = self._confirmed_location(blob.hash)
             if known is not None:
                 blob.discard()
@@ -260,7 +292,7 @@ class ArtifactStore:
             if blob.data is not None and blob.size <= PACK_ITEM_MAX_BYTES:
                 pack.add(name, ref, blob.data)
                 if pack.size >= PACK_MAX_BYTES:
-                    refs.update(self._store_pack(pack, checked_at, written))
+                    refs.update(self._store_pack(pack, checked_at, written, previews))
                     pack = _PackBuilder()
                 continue
             refs[name] = ref
@@ -289,14 +321,29 @@ class ArtifactStore:
             finally:
                 blob.discard()
             self._remember(blob.hash, (None, 0), checked_at)
-        refs.update(self._store_pack(pack, checked_at, written))
+        refs.update(self._store_pack(pack, checked_at, written, previews))
         self._store_small(pending, checked_at, written)
-        return {name: refs[name] for name in values}
+        return {name: refs[name].with_preview(previews.get(name)) for name in values}
+
+    def _place_preview(
+        self, name: str, data: bytes, pack: _PackBuilder, previews: dict[str, dict[str, Any]]
+    ) -> None:
+        """Put a preview in the pack being built, unless this process already stored it."""
+        preview_hash = encoding.content_hash(data)
+        known = self._confirmed_location(preview_hash)
+        if known is not None:
+            previews[name] = {"hash": preview_hash, "size": len(data), "pack": known[0], "offset": known[1]}
+        else:
+            pack.add_preview(name, preview_hash, data)
 
     def _store_pack(
-        self, pack: _PackBuilder, checked_at: float, written: set[str] | None = None
+        self,
+        pack: _PackBuilder,
+        checked_at: float,
+        written: set[str] | None = None,
+        previews: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, ArtifactRef]:
-        if not pack.items:
+        if not pack.items and not pack.previews:
             return {}
         data = pack.data()
         pack_hash = encoding.content_hash(data)
@@ -310,6 +357,10 @@ class ArtifactStore:
         for name, ref, offset in pack.items:
             refs[name] = ref.located((pack_hash, offset))
             self._remember(ref.hash, (pack_hash, offset), checked_at)
+        for name, preview_hash, size, offset in pack.previews:
+            if previews is not None:
+                previews[name] = {"hash": preview_hash, "size": size, "pack": pack_hash, "offset": offset}
+            self._remember(preview_hash, (pack_hash, offset), checked_at)
         self._cache_pack(pack_hash, data)
         return refs
 
@@ -403,6 +454,61 @@ class ArtifactStore:
             ) from error
         return value.value if isinstance(value, SecretValue) else value
 
+    def load_preview(self, ref: ArtifactRef, *, what: str) -> dict[str, Any] | None:
+        """The preview stored with an artifact (:mod:`.previews`), verified; None if it has none.
+
+        Nothing is unpickled: a preview is JSON, so a server showing artifacts can read it.
+        """
+        location = ref.preview
+        if location is None:
+            return None
+        pack_hash, preview_hash = location["pack"], location["hash"]
+        what = f"preview of the {what}"
+        if pack_hash is not None:
+            start = location["offset"]
+            data = self._pack(pack_hash, blob_key(pack_hash), what)[start : start + location["size"]]
+        else:
+            key = blob_key(preview_hash)
+            data = self._read_twice(key, what, lambda: self.backend.get_bytes(key))
+        if encoding.content_hash(data) != preview_hash:
+            raise CorruptArtifactError(
+                f"The {what} is not where its reference says: no bytes hashing to {preview_hash} at "
+                f"offset {location['offset']} of pack {pack_hash}. The manifest that lists it is wrong."
+            )
+        try:
+            return read_preview(data)
+        except ValueError as error:
+            raise CorruptArtifactError(f"The {what} is not a preview: {error}.") from None
+
+    @contextlib.contextmanager
+    def verified_pickle(self, ref: ArtifactRef, *, what: str) -> Iterator[bytes | BinaryIO]:
+        """The artifact's pickle, verified against its hash and not unpickled, valid inside the
+        block: bytes (packed or small remote blobs) or a file at its start. For downloads."""
+        key = blob_key(ref.pack or ref.hash)
+        try:
+            if ref.pack is not None:
+                pickled = self._pack(ref.pack, key, what)[ref.offset : ref.offset + ref.size]
+                if len(pickled) != ref.size or encoding.content_hash(pickled) != ref.hash:
+                    raise CorruptArtifactError(
+                        f"The {what} is not where its reference says: pack {ref.pack} holds no pickle "
+                        f"hashing to {ref.hash} at offset {ref.offset}."
+                    )
+                yield pickled
+                return
+            with contextlib.ExitStack() as stack:
+
+                def enter() -> Any:
+                    return stack.enter_context(
+                        encoding.verified_source(self.backend, key, size=ref.size, expected_hash=ref.hash)
+                    )
+
+                yield self._read_twice(key, what, enter)
+        except ArtifactNotFoundError as error:
+            raise ArtifactNotFoundError(
+                f"The {what} with hash {ref.hash} is missing from the datastore {self.backend.root}: "
+                f"nothing is stored under key '{key}'."
+            ) from error
+
     def _decode_verified(self, key: str, size: int | None, blob_hash: str, what: str) -> Any:
         return self._read_twice(
             key, what, lambda: encoding.decode(self.backend, key, size=size, expected_hash=blob_hash)
@@ -465,17 +571,24 @@ class _PackBuilder:
 
     def __init__(self) -> None:
         self.items: list[tuple[str, ArtifactRef, int]] = []
+        self.previews: list[tuple[str, str, int, int]] = []  # (artifact name, hash, size, offset)
         self._chunks: list[bytes] = []
         self._offsets: dict[str, int] = {}  # blob hash -> offset: equal values are packed once
         self.size = 0
 
     def add(self, name: str, ref: ArtifactRef, data: bytes) -> None:
-        offset = self._offsets.get(ref.hash)
+        self.items.append((name, ref, self._offset(ref.hash, data)))
+
+    def add_preview(self, name: str, preview_hash: str, data: bytes) -> None:
+        self.previews.append((name, preview_hash, len(data), self._offset(preview_hash, data)))
+
+    def _offset(self, blob_hash: str, data: bytes) -> int:
+        offset = self._offsets.get(blob_hash)
         if offset is None:
-            offset = self._offsets[ref.hash] = self.size
+            offset = self._offsets[blob_hash] = self.size
             self._chunks.append(data)
             self.size += len(data)
-        self.items.append((name, ref, offset))
+        return offset
 
     def data(self) -> bytes:
         return b"".join(self._chunks)

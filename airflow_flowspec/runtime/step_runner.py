@@ -31,7 +31,7 @@ from airflow_flowspec.errors import (
     is_flow_mistake,
 )
 from airflow_flowspec.flow_loader import load_flow_class, load_recorded_flow_class
-from airflow_flowspec.graph import graph_of
+from airflow_flowspec.graph import graph_of, graph_record
 from airflow_flowspec.parameters import RUN_TAGS_CONF_KEY, flow_parameters
 from airflow_flowspec.runtime import code_package, parameter_values
 from airflow_flowspec.runtime.caught import CaughtException
@@ -237,6 +237,7 @@ def _run_step(
                 "context": spec.run_context.to_json(),
                 "tags": run_tags,
                 "code": code,
+                "graph": graph_record(graph),
                 "versions": _versions(),
                 "started_by": {"user": spec.run_context.username, "run_type": spec.run_context.run_type},
                 "system_tags": system_tags(spec.flow_name, spec.run_context),

@@ -1,0 +1,188 @@
+"""A run, a task or an artifact as plain JSON-able dicts: what the artifact view in the Airflow UI
+(and its HTTP API) shows, read with the client's objects and nothing else.
+
+Nothing here unpickles: listings come from manifests (name, type, size and the one-line repr
+recorded at save time), a value's page from the preview the saving step recorded
+(:mod:`airflow_flowspec.datastore.previews`). Names arrive from URLs, so each is checked before
+it reaches the datastore: a pathspec component that could leave its folder is refused here, and
+the datastore's keys refuse it again.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from airflow_flowspec.client.objects import Run, Task
+from airflow_flowspec.errors import MetaflowNotFound
+
+#: Tasks of one step listed on a run's page (a 10,000-wide foreach is paged on its step).
+TASKS_PER_STEP = 100
+#: Characters of a preview's repr per page.
+REPR_PAGE_CHARS = 4096
+#: Rows of a data frame's preview per page.
+TABLE_PAGE_ROWS = 25
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+# Airflow's run ids (RUN_ID_REGEX) plus the ':' a @project branch puts in front; never '.' or '..'.
+_RUN_ID = re.compile(r"[A-Za-z0-9_.~:+-]{1,250}")
+_TASK_ID = re.compile(r"[0-9]{1,9}")
+
+
+def check_part(kind: str, value: str) -> str:
+    """``value`` if it can name a ``kind`` (flow, run, step, task, artifact); else MetaflowNotFound."""
+    pattern = {"run": _RUN_ID, "task": _TASK_ID}.get(kind, _NAME)
+    if not isinstance(value, str) or not pattern.fullmatch(value) or value in (".", ".."):
+        raise MetaflowNotFound(f"{value!r} is not a {kind} name.")
+    return value
+
+
+def run_overview(flow: str, run_id: str, *, tasks_per_step: int = TASKS_PER_STEP) -> dict[str, Any]:
+    """The run's graph and, per step, its tasks with their artifacts' summaries."""
+    run = Run(f"{check_part('flow', flow)}/{check_part('run', run_id)}")
+    graph = run.graph or [
+        {"name": name, "type": "", "next": [], "foreach": None, "doc": ""} for name in _ran(run)
+    ]
+    ran = set(_ran(run))
+    steps = []
+    for node in graph:
+        name = node["name"]
+        task_ids = run[name]._task_ids() if name in ran else []
+        shown = sorted(task_ids, key=int)[:tasks_per_step]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            tasks = list(pool.map(lambda task_id, name=name: _task_summary(run, name, task_id), shown))
+        steps.append({**node, "task_count": len(task_ids), "tasks": tasks})
+    return {
+        "flow": run.flow_name,
+        "run_id": run.id,
+        "finished": run.finished,
+        "successful": run.successful,
+        "created_at": _iso(run.created_at),
+        "finished_at": _iso(run.finished_at),
+        "parameters": run._record.get("parameters", {}),
+        "steps": steps,
+    }
+
+
+def task_overview(flow: str, run_id: str, step: str, task_id: str) -> dict[str, Any]:
+    """One task's artifacts, foreach position, attempt and output."""
+    task = _task(flow, run_id, step, task_id)
+    summary = _summary_of(task)
+    summary.update(
+        {
+            "flow": flow,
+            "run_id": run_id,
+            "step": step,
+            "stdout": task.stdout[-20000:] if task.successful or task.finished else "",
+            "stderr": task.stderr[-20000:] if task.successful or task.finished else "",
+        }
+    )
+    return summary
+
+
+def artifact_page(
+    flow: str, run_id: str, step: str, task_id: str, name: str, page: int = 1
+) -> dict[str, Any]:
+    """One artifact: its summary and one page of its recorded preview (repr text or table rows)."""
+    task = _task(flow, run_id, step, task_id)
+    check_part("artifact", name)
+    if name not in task:
+        raise MetaflowNotFound(f"Task {task.pathspec} has no artifact {name!r}.")
+    artifact = task[name]
+    preview = artifact.preview
+    result: dict[str, Any] = {
+        "flow": flow,
+        "run_id": run_id,
+        "step": step,
+        "task_id": task_id,
+        "name": name,
+        "type": artifact.type,
+        "size": artifact.size,
+        "sha": artifact.sha,
+        "repr": artifact.short_repr,
+        "page": 1,
+        "pages": 1,
+    }
+    if preview is None:
+        result["text"] = artifact.short_repr
+        return result
+    table = preview.get("table")
+    if isinstance(table, dict) and isinstance(table.get("rows"), list):
+        rows = table["rows"]
+        pages = max(1, -(-len(rows) // TABLE_PAGE_ROWS))
+        page = min(max(page, 1), pages)
+        start = (page - 1) * TABLE_PAGE_ROWS
+        result["table"] = {
+            "columns": [str(c) for c in table.get("columns", [])],
+            "index": [str(i) for i in table.get("index", [])][start : start + TABLE_PAGE_ROWS],
+            "rows": [[str(cell) for cell in row] for row in rows[start : start + TABLE_PAGE_ROWS]],
+            "total_rows": table.get("total_rows"),
+            "total_columns": table.get("total_columns"),
+            "kept_rows": len(rows),
+        }
+        result["text"] = preview["repr"]
+    else:
+        text = preview["repr"]
+        pages = max(1, -(-len(text) // REPR_PAGE_CHARS))
+        page = min(max(page, 1), pages)
+        result["text"] = text[(page - 1) * REPR_PAGE_CHARS : page * REPR_PAGE_CHARS]
+        result["truncated"] = bool(preview.get("repr_truncated"))
+    result["page"], result["pages"] = page, pages
+    return result
+
+
+def artifact_for_download(flow: str, run_id: str, step: str, task_id: str, name: str) -> Any:
+    """The :class:`DataArtifact` to serve as a pickle (its ``verified_pickle()``)."""
+    task = _task(flow, run_id, step, task_id)
+    check_part("artifact", name)
+    if name not in task:
+        raise MetaflowNotFound(f"Task {task.pathspec} has no artifact {name!r}.")
+    return task[name]
+
+
+def _task(flow: str, run_id: str, step: str, task_id: str) -> Task:
+    parts = (
+        check_part("flow", flow),
+        check_part("run", run_id),
+        check_part("step", step),
+        check_part("task", task_id),
+    )
+    return Task("/".join(parts))
+
+
+def _ran(run: Run) -> list[str]:
+    return run._step_names()
+
+
+def _task_summary(run: Run, step: str, task_id: str) -> dict[str, Any]:
+    return _summary_of(Task(f"{run.pathspec}/{step}/{task_id}", _checked=True))
+
+
+def _summary_of(task: Task) -> dict[str, Any]:
+    manifest = task._manifest or {}
+    stack = manifest.get("foreach_stack") or []
+    return {
+        "id": task.id,
+        "foreach_path": [frame.get("index") for frame in stack if isinstance(frame, dict)],
+        "attempt": manifest.get("attempt"),
+        "successful": task.successful,
+        "finished_at": _iso(task.finished_at),
+        "caught": manifest.get("caught"),
+        "artifacts": [
+            {
+                "name": artifact.id,
+                "type": artifact.type,
+                "size": artifact.size,
+                "repr": artifact.short_repr,
+                "has_preview": bool(artifact._ref.get("preview")),
+            }
+            for artifact in task.artifacts()
+        ]
+        if task.successful
+        else [],
+    }
+
+
+def _iso(moment: Any) -> str | None:
+    return None if moment is None else moment.isoformat()

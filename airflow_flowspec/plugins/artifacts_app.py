@@ -1,0 +1,260 @@
+"""The artifact view: a FastAPI app the API server mounts at ``/flowspec``.
+
+Pages (HTML, :mod:`.pages`) and the same data as JSON under ``/flowspec/api/``:
+
+- ``/`` the flow DAGs the user may read; ``/dags/{dag_id}`` its recent runs;
+- ``/dags/{dag_id}/runs/{run_id}`` a run: its graph, each step's tasks and their artifacts;
+- ``.../tasks/{step}?map_index=N`` one task; ``.../artifacts/{name}?page=P`` one value;
+- ``.../artifacts/{name}/download`` the value's pickle, verified against its hash.
+
+Who may see what is Airflow's decision, not ours: a plugin's routes are not protected by Airflow
+on their own, so every route resolves the user from the same bearer token or session cookie the UI
+uses and asks the configured auth manager whether that user may read the DAG's XComs (artifacts
+are a task's outputs), exactly as Airflow's own XCom endpoints do. A DAG run is shown only if
+Airflow has it, and only the datastore run of that DAG's flow (``[flowspec] datastore_root``):
+names from the URL are checked before they reach the datastore, whose keys check them again.
+Nothing is unpickled: listings come from manifests, values from the preview recorded when the
+step saved them (:mod:`airflow_flowspec.datastore.previews`), downloads are bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+
+from airflow_flowspec.plugins import pages
+
+_CHUNK = 1024 * 1024
+
+
+def create_app() -> FastAPI:
+    from airflow_flowspec.client import namespace
+
+    # Airflow decides who sees a run; the client's namespaces (a notebook's default filter) do not.
+    namespace(None)
+
+    app = FastAPI(title="Flow artifacts", docs_url=None, redoc_url=None, openapi_url=None)
+    can_read = [Depends(requires_access_dag("GET", DagAccessEntity.XCOM))]
+
+    @app.exception_handler(HTTPException)
+    async def explain(request: Request, error: HTTPException) -> Response:
+        if _wants_json(request):
+            return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+        root = _root(request)
+        if error.status_code == 401:
+            login = f"{_airflow_root(request)}/auth/login/?next={request.url}"
+            page = pages.message_page(
+                root, "Log in to Airflow", "Log in to see flow artifacts.", ("Log in", login)
+            )
+        else:
+            page = pages.message_page(root, f"Error {error.status_code}", str(error.detail))
+        return HTMLResponse(page, status_code=error.status_code)
+
+    @app.get("/", response_class=HTMLResponse)
+    @app.get("/api/dags")
+    def index(request: Request, user: GetUserDep) -> Any:
+        dags = _readable_flow_dags(user)
+        return dags if _wants_json(request) else HTMLResponse(pages.index_page(_root(request), dags))
+
+    @app.get("/dags/{dag_id}", dependencies=can_read)
+    @app.get("/api/dags/{dag_id}", dependencies=can_read)
+    def dag_runs(request: Request, dag_id: str) -> Any:
+        runs = _recent_runs(dag_id)
+        if _wants_json(request):
+            return runs
+        return HTMLResponse(pages.dag_page(_root(request), dag_id, runs))
+
+    @app.get("/dags/{dag_id}/runs/{run_id}", dependencies=can_read)
+    @app.get("/api/dags/{dag_id}/runs/{run_id}", dependencies=can_read)
+    def run(request: Request, dag_id: str, run_id: str) -> Any:
+        from airflow_flowspec.client.overview import run_overview
+
+        flow, stored = _stored_run(dag_id, run_id)
+        overview = _reading(lambda: run_overview(flow, stored))
+        overview["dag_id"], overview["dag_run_id"] = dag_id, run_id
+        if _wants_json(request):
+            return overview
+        overview["run_id"] = run_id
+        return HTMLResponse(pages.run_page(_root(request), dag_id, overview))
+
+    @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}", dependencies=can_read)
+    @app.get("/api/dags/{dag_id}/runs/{run_id}/tasks/{step}", dependencies=can_read)
+    def task(request: Request, dag_id: str, run_id: str, step: str, map_index: _MapIndex = -1) -> Any:
+        from airflow_flowspec.client.overview import task_overview
+
+        flow, stored = _stored_run(dag_id, run_id)
+        summary = _reading(lambda: task_overview(flow, stored, step, _task_id(map_index)))
+        if _wants_json(request):
+            return summary
+        summary["run_id"] = run_id
+        return HTMLResponse(pages.task_page(_root(request), dag_id, summary))
+
+    @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}", dependencies=can_read)
+    @app.get("/api/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}", dependencies=can_read)
+    def artifact(
+        request: Request,
+        dag_id: str,
+        run_id: str,
+        step: str,
+        name: str,
+        map_index: _MapIndex = -1,
+        page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    ) -> Any:
+        from airflow_flowspec.client.overview import artifact_page
+
+        flow, stored = _stored_run(dag_id, run_id)
+        shown = _reading(lambda: artifact_page(flow, stored, step, _task_id(map_index), name, page))
+        if _wants_json(request):
+            return shown
+        shown["run_id"] = run_id
+        return HTMLResponse(pages.artifact_page(_root(request), dag_id, shown))
+
+    @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}/download", dependencies=can_read)
+    @app.get("/api/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}/download", dependencies=can_read)
+    def download(dag_id: str, run_id: str, step: str, name: str, map_index: _MapIndex = -1) -> Any:
+        from airflow_flowspec.client.overview import artifact_for_download
+
+        flow, stored = _stored_run(dag_id, run_id)
+        artifact = _reading(lambda: artifact_for_download(flow, stored, step, _task_id(map_index), name))
+        opened = artifact.verified_pickle()
+        source = _reading(opened.__enter__)  # verified in full before the first byte is sent
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                if isinstance(source, (bytes, bytearray, memoryview)):
+                    for start in range(0, len(source), _CHUNK):
+                        yield bytes(source[start : start + _CHUNK])
+                else:
+                    while block := source.read(_CHUNK):
+                        yield block
+            finally:
+                opened.__exit__(None, None, None)
+
+        filename = f"{step}-{_task_id(map_index)}-{name}.pkl"
+        return StreamingResponse(
+            chunks(),
+            media_type="application/octet-stream",
+            headers={
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "Content-Length": str(artifact.size),
+                "X-Content-Sha": artifact.sha,
+            },
+        )
+
+    return app
+
+
+_MapIndex = Annotated[int, Query(ge=-1, le=10_000_000)]
+
+
+def _task_id(map_index: int) -> str:
+    return str(max(map_index, 0))
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith(f"{request.scope.get('root_path', '')}/api/")
+
+
+def _root(request: Request) -> str:
+    """Where this app is mounted, as the browser sees it (links must survive a base path)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _airflow_root(request: Request) -> str:
+    root = _root(request)
+    return root[: -len("/flowspec")] if root.endswith("/flowspec") else ""
+
+
+def _reading(read: Any) -> Any:
+    """``read()``, with what the datastore says turned into an HTTP answer a person can act on."""
+    from airflow_flowspec.errors import DatastoreError, MetaflowNotFound, UnsafeKeyError
+
+    try:
+        return read()
+    except (MetaflowNotFound, UnsafeKeyError) as error:
+        raise HTTPException(404, str(error)) from None
+    except DatastoreError as error:
+        raise HTTPException(502, f"The datastore could not answer: {error}") from None
+
+
+def flow_of_dag(dag_id: str) -> tuple[str, str | None]:
+    """The flow a DAG runs and the ``@project`` branch it is deployed on (None for no project).
+
+    A ``@project`` flow's DAG id is ``<project>.<branch>.<FlowClass>`` (a branch may hold dots); a
+    flow class name holds none, so any other DAG id is the flow's own name.
+    """
+    if "." not in dag_id:
+        return dag_id, None
+    _project, _, rest = dag_id.partition(".")
+    branch, _, flow = rest.rpartition(".")
+    return flow, (branch or None)
+
+
+def _stored_run(dag_id: str, run_id: str) -> tuple[str, str]:
+    """The datastore run of an Airflow DAG run, which must exist in Airflow and belong to the DAG."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from airflow_flowspec.client.overview import check_part
+    from airflow_flowspec.errors import MetaflowNotFound
+    from airflow_flowspec.runtime.task_spec import stored_run_id
+
+    try:
+        check_part("run", run_id)
+        flow, branch = flow_of_dag(dag_id)
+        check_part("flow", flow)
+    except MetaflowNotFound as error:
+        raise HTTPException(404, str(error)) from None
+    with create_session() as session:
+        found = session.scalar(select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    if found is None:
+        raise HTTPException(404, f"DAG {dag_id} has no run {run_id!r}.")
+    return flow, stored_run_id(run_id, branch)
+
+
+def _readable_flow_dags(user: Any) -> list[dict[str, Any]]:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.models.dag import DagModel, DagTag
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
+    with create_session() as session:
+        rows = session.execute(
+            select(DagModel.dag_id, DagModel.description)
+            .join(DagTag, DagTag.dag_id == DagModel.dag_id)
+            .where(DagTag.name == "flowspec", DagModel.is_stale.is_(False))
+            .order_by(DagModel.dag_id)
+        ).all()
+    return [
+        {"dag_id": dag_id, "description": description} for dag_id, description in rows if dag_id in readable
+    ]
+
+
+def _recent_runs(dag_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(DagRun.run_id, DagRun.state, DagRun.logical_date, DagRun.run_type)
+            .where(DagRun.dag_id == dag_id)
+            .order_by(DagRun.id.desc())
+            .limit(limit)
+        ).all()
+    return [
+        {
+            "run_id": run_id,
+            "state": str(state) if state else None,
+            "logical_date": logical_date.isoformat() if logical_date else None,
+            "run_type": str(run_type) if run_type else None,
+        }
+        for run_id, state, logical_date, run_type in rows
+    ]

@@ -1,0 +1,229 @@
+"""The artifact view's HTML: server-rendered, no JavaScript, every value escaped.
+
+Airflow shows the pages in an iframe (a tab on the DAG run and task pages, and under Browse) and
+the "Artifacts" button opens them full-page. With no script, the sandbox Airflow puts on plugin
+iframes changes nothing, and a repr holding markup shows as text.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+from urllib.parse import quote, urlencode
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:16px;color:#1a202c;font-size:14px}
+a{color:#2b6cb0;text-decoration:none}a:hover{text-decoration:underline}
+h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:20px 0 6px}
+.crumbs{color:#718096;margin-bottom:12px}.muted{color:#718096}
+table{border-collapse:collapse;margin:6px 0 12px}td,th{border:1px solid #e2e8f0;padding:3px 8px;
+text-align:left;vertical-align:top}th{background:#f7fafc}
+code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
+pre{background:#f7fafc;border:1px solid #e2e8f0;padding:8px;white-space:pre-wrap;word-break:break-all}
+.step{border-left:3px solid #90cdf4;padding-left:10px;margin:14px 0}.ok{color:#2f855a}.bad{color:#c53030}
+.pager a,.pager span{margin-right:8px}
+"""
+
+
+def document(title: str, crumbs: list[tuple[str, str | None]], body: str) -> str:
+    trail = " / ".join(
+        f'<a href="{escape(href)}">{escape(text)}</a>' if href else escape(text) for text, href in crumbs
+    )
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>"
+        f'<div class="crumbs">{trail}</div>{body}</body></html>'
+    )
+
+
+def size_text(size: int) -> str:
+    from airflow_flowspec.datastore.gc import format_size
+
+    return format_size(int(size))
+
+
+def index_page(root: str, dags: list[dict[str, Any]]) -> str:
+    rows = "".join(
+        f'<tr><td><a href="{escape(root)}/dags/{quote(d["dag_id"], safe="")}">{escape(d["dag_id"])}</a></td>'
+        f"<td>{escape(d.get('description') or '')}</td></tr>"
+        for d in dags
+    )
+    body = "<h1>Flows</h1>" + (
+        f"<table><tr><th>DAG</th><th>Description</th></tr>{rows}</table>"
+        if rows
+        else '<p class="muted">No flow DAGs you may read.</p>'
+    )
+    return document("Flows", [("Flows", None)], body)
+
+
+def dag_page(root: str, dag_id: str, runs: list[dict[str, Any]]) -> str:
+    rows = "".join(
+        f'<tr><td><a href="{escape(run_href(root, dag_id, r["run_id"]))}">{escape(r["run_id"])}</a></td>'
+        f"<td>{escape(str(r.get('state') or ''))}</td><td>{escape(str(r.get('logical_date') or ''))}</td>"
+        f"<td>{escape(str(r.get('run_type') or ''))}</td></tr>"
+        for r in runs
+    )
+    body = f"<h1>{escape(dag_id)}</h1><h2>Recent runs</h2>" + (
+        f"<table><tr><th>Run</th><th>State</th><th>Logical date</th><th>Type</th></tr>{rows}</table>"
+        if rows
+        else '<p class="muted">No runs yet.</p>'
+    )
+    return document(dag_id, [("Flows", f"{root}/"), (dag_id, None)], body)
+
+
+def run_href(root: str, dag_id: str, run_id: str) -> str:
+    return f"{root}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def task_href(root: str, dag_id: str, run_id: str, step: str, task_id: str | int) -> str:
+    return (
+        f"{run_href(root, dag_id, run_id)}/tasks/{quote(step, safe='')}?{urlencode({'map_index': task_id})}"
+    )
+
+
+def artifact_href(
+    root: str, dag_id: str, run_id: str, step: str, task_id: str | int, name: str, **query: Any
+) -> str:
+    base = f"{run_href(root, dag_id, run_id)}/tasks/{quote(step, safe='')}/artifacts/{quote(name, safe='')}"
+    return f"{base}?{urlencode({'map_index': task_id, **query})}"
+
+
+def download_href(root: str, dag_id: str, run_id: str, step: str, task_id: str | int, name: str) -> str:
+    base = f"{run_href(root, dag_id, run_id)}/tasks/{quote(step, safe='')}/artifacts/{quote(name, safe='')}"
+    return f"{base}/download?{urlencode({'map_index': task_id})}"
+
+
+def _artifact_table(root: str, dag_id: str, run_id: str, step: str, task: dict[str, Any]) -> str:
+    if not task["artifacts"]:
+        return '<p class="muted">No artifacts.</p>'
+    rows = "".join(
+        f'<tr><td><a href="{escape(artifact_href(root, dag_id, run_id, step, task["id"], a["name"]))}">'
+        f"<code>{escape(a['name'])}</code></a></td><td><code>{escape(a['type'])}</code></td>"
+        f"<td>{escape(size_text(a['size']))}</td><td><code>{escape(a['repr'])}</code></td></tr>"
+        for a in task["artifacts"]
+    )
+    return f"<table><tr><th>Artifact</th><th>Type</th><th>Size</th><th>Value</th></tr>{rows}</table>"
+
+
+def _task_label(task: dict[str, Any]) -> str:
+    path = task.get("foreach_path") or []
+    return "task " + str(task["id"]) + ("".join(f"[{i}]" for i in path) if path else "")
+
+
+def run_page(root: str, dag_id: str, overview: dict[str, Any]) -> str:
+    run_id = overview["run_id"]
+    state = (
+        '<span class="ok">succeeded</span>'
+        if overview["successful"]
+        else ('<span class="bad">failed</span>' if overview["finished"] else "running")
+    )
+    parts = [
+        f"<h1>{escape(overview['flow'])} <span class='muted'>{escape(run_id)}</span></h1>",
+        f"<p>Run {state}. DAG <code>{escape(dag_id)}</code>.</p>",
+    ]
+    if overview.get("parameters"):
+        rows = "".join(
+            f"<tr><td><code>{escape(str(k))}</code></td><td><code>{escape(str(v))}</code></td></tr>"
+            for k, v in sorted(overview["parameters"].items())
+        )
+        parts.append(f"<h2>Parameters</h2><table>{rows}</table>")
+    parts.append("<h2>Steps</h2>")
+    for step in overview["steps"]:
+        name = step["name"]
+        goes = ", ".join(step.get("next") or [])
+        kind = step.get("type") or ""
+        head = f"<b>{escape(name)}</b> <span class='muted'>{escape(kind)}"
+        if step.get("foreach"):
+            head += f" over self.{escape(step['foreach'])}"
+        head += f"{' → ' + escape(goes) if goes else ''}</span>"
+        tasks = []
+        for task in step["tasks"]:
+            href = task_href(root, dag_id, run_id, name, task["id"])
+            status = "" if task["successful"] else ' <span class="bad">no results</span>'
+            tasks.append(
+                f'<div><a href="{escape(href)}">{escape(_task_label(task))}</a>{status}</div>'
+                + _artifact_table(root, dag_id, run_id, name, task)
+            )
+        if step["task_count"] > len(step["tasks"]):
+            tasks.append(
+                f"<p class='muted'>{step['task_count'] - len(step['tasks'])} more tasks not shown.</p>"
+            )
+        if not step["tasks"]:
+            tasks.append("<p class='muted'>Not run (yet).</p>")
+        parts.append(f'<div class="step">{head}{"".join(tasks)}</div>')
+    crumbs = [("Flows", f"{root}/"), (dag_id, f"{root}/dags/{quote(dag_id, safe='')}"), (run_id, None)]
+    return document(f"{overview['flow']} {run_id}", crumbs, "".join(parts))
+
+
+def task_page(root: str, dag_id: str, task: dict[str, Any]) -> str:
+    run_id, step = task["run_id"], task["step"]
+    parts = [
+        f"<h1>{escape(step)} <span class='muted'>{escape(_task_label(task))}</span></h1>",
+        f"<p>Attempt {escape(str(task.get('attempt')))}"
+        + (f", finished {escape(task['finished_at'])}" if task.get("finished_at") else "")
+        + ("" if task["successful"] else ' <span class="bad">(no results stored)</span>')
+        + "</p>",
+    ]
+    if task.get("caught"):
+        parts.append(f"<p class='bad'>@catch took: <code>{escape(str(task['caught']))}</code></p>")
+    parts.append("<h2>Artifacts</h2>" + _artifact_table(root, dag_id, run_id, step, task))
+    for stream in ("stdout", "stderr"):
+        if task.get(stream):
+            parts.append(f"<h2>{stream}</h2><pre>{escape(task[stream])}</pre>")
+    crumbs = [
+        ("Flows", f"{root}/"),
+        (dag_id, f"{root}/dags/{quote(dag_id, safe='')}"),
+        (run_id, run_href(root, dag_id, run_id)),
+        (f"{step} {_task_label(task)}", None),
+    ]
+    return document(f"{step} of {run_id}", crumbs, "".join(parts))
+
+
+def artifact_page(root: str, dag_id: str, artifact: dict[str, Any]) -> str:
+    run_id, step, task_id, name = artifact["run_id"], artifact["step"], artifact["task_id"], artifact["name"]
+    parts = [
+        f"<h1><code>{escape(name)}</code></h1>",
+        f"<p><code>{escape(artifact['type'])}</code>, {escape(size_text(artifact['size']))} pickled. "
+        f'<a href="{escape(download_href(root, dag_id, run_id, step, task_id, name))}" download>'
+        f"Download pickle</a> <span class='muted'>(sha {escape(artifact['sha'][:12])})</span></p>",
+    ]
+    table = artifact.get("table")
+    if table:
+        head = "".join(f"<th>{escape(c)}</th>" for c in table["columns"])
+        rows = "".join(
+            f"<tr><th>{escape(i)}</th>{''.join(f'<td>{escape(cell)}</td>' for cell in row)}</tr>"
+            for i, row in zip(table["index"], table["rows"], strict=False)
+        )
+        parts.append(
+            f"<p class='muted'>{table['total_rows']} rows × {table['total_columns']} columns; the first "
+            f"{table['kept_rows']} rows were recorded when the step saved it.</p>"
+            f"<table><tr><th></th>{head}</tr>{rows}</table>"
+        )
+    else:
+        parts.append(f"<pre>{escape(artifact['text'])}</pre>")
+        if artifact.get("truncated") and artifact["page"] == artifact["pages"]:
+            parts.append("<p class='muted'>The rest was not recorded; download the pickle for all of it.</p>")
+    if artifact["pages"] > 1:
+        links = []
+        for page in range(1, artifact["pages"] + 1):
+            if page == artifact["page"]:
+                links.append(f"<span>{page}</span>")
+            else:
+                href = artifact_href(root, dag_id, run_id, step, task_id, name, page=page)
+                links.append(f'<a href="{escape(href)}">{page}</a>')
+        parts.append(f'<div class="pager">Page: {"".join(links)}</div>')
+    crumbs = [
+        ("Flows", f"{root}/"),
+        (dag_id, f"{root}/dags/{quote(dag_id, safe='')}"),
+        (run_id, run_href(root, dag_id, run_id)),
+        (f"{step} task {task_id}", task_href(root, dag_id, run_id, step, task_id)),
+        (name, None),
+    ]
+    return document(f"{name} of {step}", crumbs, "".join(parts))
+
+
+def message_page(root: str, title: str, message: str, link: tuple[str, str] | None = None) -> str:
+    extra = f' <a href="{escape(link[1])}">{escape(link[0])}</a>' if link else ""
+    return document(
+        title, [("Flows", f"{root}/")], f"<h1>{escape(title)}</h1><p>{escape(message)}{extra}</p>"
+    )
