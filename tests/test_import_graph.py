@@ -25,6 +25,7 @@ PACKAGE = "airflow_flowspec"
 EDGE_PACKAGES = (
     "airflow_flowspec.airflow",
     "airflow_flowspec.operators",
+    "airflow_flowspec.plugins",
     "airflow_flowspec.triggers",
     "airflow_flowspec.xcom_backend",
 )

@@ -228,6 +228,9 @@ class ArtifactStore:
         # Blobs (own, not packed) this process read and verified, and when: a re-save of such a
         # value still checks and freshens the blob, but need not re-read its bytes to verify them.
         self._verified: dict[str, float] = {}
+        # The preview of each value this process loaded or saved, by the value's hash: a value
+        # saved again unchanged (a step handing on what it read) keeps its preview, made once.
+        self._previews: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._packs: OrderedDict[str, bytes] = OrderedDict()  # recently loaded packs
         self._packs_bytes = 0
@@ -265,6 +268,8 @@ class ArtifactStore:
         refs: dict[str, ArtifactRef] = {}
         previews: dict[str, dict[str, Any]] = {}  # name -> where its preview is
         pack = _PackBuilder()
+        # Previews have packs of their own: loading an artifact never downloads them.
+        preview_pack = _PackBuilder()
         pending: dict[str, tuple[bytes, str]] = {}  # blob key -> (medium pickle, hash), for a batch
         pending_bytes = 0
         scratch_dir = self.backend.scratch_dir()
@@ -281,9 +286,13 @@ class ArtifactStore:
                 size=blob.size,
                 repr=SECRET_REPR if secret else short_repr(value),
             )
-            preview = None if secret else make_preview(value, ref.repr)
-            if preview is not None:
-                self._place_preview(name, preview, pack, previews)
+            if not secret and blob.hash in self._previews:
+                previews[name] = self._previews[blob.hash]
+            elif not secret and (preview := make_preview(value, ref.repr)) is not None:
+                self._place_preview(name, preview, preview_pack, previews)
+                if preview_pack.size >= PACK_MAX_BYTES:
+                    self._store_pack(preview_pack, checked_at, None, previews)
+                    preview_pack = _PackBuilder()
             known = self._confirmed_location(blob.hash)
             if known is not None:
                 blob.discard()
@@ -292,7 +301,7 @@ class ArtifactStore:
             if blob.data is not None and blob.size <= PACK_ITEM_MAX_BYTES:
                 pack.add(name, ref, blob.data)
                 if pack.size >= PACK_MAX_BYTES:
-                    refs.update(self._store_pack(pack, checked_at, written, previews))
+                    refs.update(self._store_pack(pack, checked_at, written))
                     pack = _PackBuilder()
                 continue
             refs[name] = ref
@@ -321,14 +330,23 @@ class ArtifactStore:
             finally:
                 blob.discard()
             self._remember(blob.hash, (None, 0), checked_at)
-        refs.update(self._store_pack(pack, checked_at, written, previews))
+        refs.update(self._store_pack(pack, checked_at, written))
+        self._store_pack(preview_pack, checked_at, None, previews)
         self._store_small(pending, checked_at, written)
-        return {name: refs[name].with_preview(previews.get(name)) for name in values}
+        result = {name: refs[name].with_preview(previews.get(name)) for name in values}
+        self._note_previews(result.values())
+        return result
+
+    def _note_previews(self, refs: Iterable[ArtifactRef]) -> None:
+        with self._lock:
+            for ref in refs:
+                if ref.preview is not None:
+                    self._previews[ref.hash] = ref.preview
 
     def _place_preview(
         self, name: str, data: bytes, pack: _PackBuilder, previews: dict[str, dict[str, Any]]
     ) -> None:
-        """Put a preview in the pack being built, unless this process already stored it."""
+        """Put a preview in the preview pack being built, unless this process already stored it."""
         preview_hash = encoding.content_hash(data)
         known = self._confirmed_location(preview_hash)
         if known is not None:
@@ -417,6 +435,7 @@ class ArtifactStore:
         """
         if isinstance(ref_or_hash, ArtifactRef):
             ref: ArtifactRef | None = ref_or_hash
+            self._note_previews([ref_or_hash])
             blob_hash, size = ref_or_hash.hash, ref_or_hash.size
             what = what or f"artifact of type {ref_or_hash.type} ({ref_or_hash.repr})"
         else:

@@ -5,8 +5,9 @@ The artifact view in the Airflow UI (and anyone browsing a run) must never unpic
 code, and the API server is no place to run a step's. So the step, which holds the value anyway,
 writes down what it looks like: a repr bounded in size (reprlib, so a list of ten million items
 costs a few thousand element reprs, not ten million) and, for a pandas or polars data frame, a
-table of its first rows as strings. The preview is JSON, stored as a blob named by its hash next
-to the pickles (in the same pack, so it costs no request of its own), and read back verified.
+table of its first rows as strings. The preview is JSON, stored as a blob named by its hash; the
+previews of one save share a pack of their own (one write; loading an artifact never downloads
+them), and are read back verified.
 
 A value whose one-line repr in the manifest already says everything gets no preview.
 """
@@ -25,6 +26,8 @@ PREVIEW_REPR_CHARS = 48 * 1024
 TABLE_ROWS = 100
 TABLE_COLUMNS = 40
 CELL_CHARS = 120
+#: The bytes a preview shows of a bytes value inside another (a dict of them, say).
+_BYTES_SHOWN = 256
 #: A preview's JSON is kept under this size (rows are dropped to fit): it rides in a pack.
 PREVIEW_MAX_BYTES = 64 * 1024
 
@@ -35,14 +38,14 @@ class _LongRepr(reprlib.Repr):
     def __init__(self) -> None:
         super().__init__()
         self.maxlevel = 6
-        self.maxtuple = self.maxlist = self.maxarray = self.maxdeque = 500
-        self.maxdict = self.maxset = self.maxfrozenset = 500
+        self.maxtuple = self.maxlist = self.maxarray = self.maxdeque = 5000
+        self.maxdict = self.maxset = self.maxfrozenset = 2000
         self.maxstring = self.maxother = PREVIEW_REPR_CHARS
         self.maxlong = 2000
 
     def _repr_binary(self, value: Any, level: int) -> str:
-        text = builtins.repr(value[: self.maxstring // 4])
-        if len(value) > self.maxstring // 4:
+        text = builtins.repr(value[:_BYTES_SHOWN])
+        if len(value) > _BYTES_SHOWN:
             text = text[:-1] + "..." + text[-1]
         return text
 
@@ -65,8 +68,12 @@ _LONG_REPR = _LongRepr()
 def make_preview(value: Any, short_repr: str) -> bytes | None:
     """The preview of ``value`` as JSON bytes, or None when ``short_repr`` already shows all of it.
 
-    Never raises: a value whose repr or table fails gets what could be made, or no preview.
+    Never raises: a value whose repr or table fails gets what could be made, or no preview. Raw
+    bytes get none: a page of escaped bytes tells a person nothing the one-line repr does not (the
+    download is there for them).
     """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return None
     try:
         text = _LONG_REPR.repr(value)
     except Exception as error:

@@ -1,0 +1,231 @@
+"""The artifact view in Airflow's own API server app (built in-process, with its real auth manager
+and plugin loading): what it shows, who may see it, and what it refuses.
+
+The integration test (``tests/integration``) runs the same view in a real API server process, with
+PostgreSQL and a browser; this one covers the edges in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import textwrap
+from urllib.parse import quote
+
+import pytest
+from harness import run_flow
+
+FLOW = """
+import pandas as pd
+
+from airflow_flowspec import FlowSpec, Parameter, step
+
+MARK = {mark!r}
+
+
+class Marker:
+    \"\"\"Leaves a line in MARK whenever it is unpickled: the server must never do that.\"\"\"
+
+    def __init__(self):
+        self.note = "kept"
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        with open(MARK, "a") as mark:
+            mark.write("unpickled\\n")
+
+    def __repr__(self):
+        return "<script>alert('x')</script>" + "m" * 200
+
+
+class ArtifactViewFlow(FlowSpec):
+    \"\"\"Artifacts of every shape the view shows.\"\"\"
+
+    rows = Parameter("rows", default=120)
+
+    @step
+    def start(self):
+        users = [f"u{{i}}" for i in range(self.rows)]
+        self.frame = pd.DataFrame({{"user": users, "score": range(self.rows)}})
+        self.numbers = list(range(3000))
+        self.marker = Marker()
+        self.groups = ["a", "b"]
+        self.next(self.outer, foreach="groups")
+
+    @step
+    def outer(self):
+        self.group = self.input
+        self.members = [1, 2, 3]
+        self.next(self.inner, foreach="members")
+
+    @step
+    def inner(self):
+        self.label = f"{{self.group}}-{{self.input}}"
+        self.next(self.join_inner)
+
+    @step
+    def join_inner(self, inputs):
+        self.labels = [i.label for i in inputs]
+        self.next(self.join_outer)
+
+    @step
+    def join_outer(self, inputs):
+        self.labels = sorted(label for i in inputs for label in i.labels)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+"""
+
+PASSWORDS = {"admin": "admin-pw", "viewer": "viewer-pw", "outsider": "outsider-pw"}
+
+
+@pytest.fixture(scope="module")
+def view(airflow_db, tmp_path_factory):
+    """(test client of Airflow's API server app, finished run, mark file)."""
+    from fastapi.testclient import TestClient
+
+    folder = tmp_path_factory.mktemp("artifact-view")
+    mark = folder / "unpickled.txt"
+    flow_file = folder / "artifact_view_flow.py"
+    flow_file.write_text(textwrap.dedent(FLOW.format(mark=str(mark))))
+    run = run_flow(flow_file, {"rows": 120})
+    assert run.succeeded
+    mark.unlink(missing_ok=True)  # the run itself may unpickle; from here on nothing may
+
+    passwords = folder / "passwords.json"
+    passwords.write_text(json.dumps(PASSWORDS))
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("AIRFLOW__CORE__AUTH_MANAGER", "integration.auth_manager.DagRefusingAuthManager")
+        environment.setenv(
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,viewer:viewer,outsider:viewer"
+        )
+        environment.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
+        from airflow.api_fastapi.app import create_app
+
+        client = TestClient(create_app(apps="all"))
+        yield client, run, mark
+
+
+def headers(client, user: str) -> dict[str, str]:
+    response = client.post("/auth/token", json={"username": user, "password": PASSWORDS[user]})
+    assert response.status_code == 201, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def run_path(run, api: bool = True) -> str:
+    return f"/flowspec/{'api/' if api else ''}dags/ArtifactViewFlow/runs/{quote(run.run_id, safe='')}"
+
+
+def test_a_run_page_shows_the_graph_every_task_by_foreach_index_and_each_artifact(view):
+    client, run, mark = view
+    viewer = headers(client, "viewer")
+    overview = client.get(run_path(run), headers=viewer).json()
+    steps = {step["name"]: step for step in overview["steps"]}
+    assert [s["name"] for s in overview["steps"]][0] == "start" and overview["steps"][-1]["name"] == "end"
+    assert steps["start"]["next"] == ["outer"] and steps["start"]["foreach"] == "groups"
+    inner = steps["inner"]
+    assert inner["task_count"] == 6
+    assert sorted(tuple(t["foreach_path"]) for t in inner["tasks"]) == [
+        (g, m) for g in (0, 1) for m in (0, 1, 2)
+    ]
+    start = {a["name"]: a for a in steps["start"]["tasks"][0]["artifacts"]}
+    assert start["frame"]["type"].endswith("DataFrame") and start["frame"]["has_preview"]
+    assert start["numbers"]["repr"].startswith("[0, 1, 2") and start["numbers"]["size"] > 1000
+    assert start["rows"]["repr"] == "120"
+
+    page = client.get(run_path(run, api=False), headers=viewer)
+    assert page.status_code == 200 and "inner" in page.text and "task 5[1][2]" in page.text
+    assert "<script>" not in page.text and "&lt;script&gt;" in page.text  # a repr is text, never markup
+    assert not mark.exists()
+
+
+def test_a_value_opens_paginated_a_data_frame_as_a_table_and_downloads_as_its_pickle(view):
+    client, run, mark = view
+    viewer = headers(client, "viewer")
+    base = f"{run_path(run)}/tasks/start/artifacts"
+
+    numbers = client.get(f"{base}/numbers", headers=viewer).json()
+    assert numbers["pages"] > 1 and numbers["text"].startswith("[0, 1, 2")
+    second = client.get(f"{base}/numbers?page=2", headers=viewer).json()
+    assert second["page"] == 2 and second["text"] and second["text"] not in numbers["text"]
+
+    frame = client.get(f"{base}/frame", headers=viewer).json()
+    assert frame["table"]["columns"] == ["user", "score"] and frame["table"]["total_rows"] == 120
+    assert frame["table"]["rows"][0] == ["u0", "0"] and frame["pages"] == 4  # 100 rows kept, 25 a page
+    html = client.get(f"{run_path(run, api=False)}/tasks/start/artifacts/frame?page=2", headers=viewer).text
+    assert "<td>u25</td>" in html and "Download pickle" in html
+
+    download = client.get(f"{base}/numbers/download", headers=viewer)
+    assert download.status_code == 200
+    assert download.headers["content-disposition"] == 'attachment; filename="start-0-numbers.pkl"'
+    assert pickle.loads(download.content) == list(range(3000))  # here, in the test: not on the server
+
+    marker = client.get(f"{base}/marker", headers=viewer).json()
+    assert marker["text"].startswith("<script>")  # the repr recorded at save time, as JSON text
+    assert client.get(f"{base}/marker/download", headers=viewer).status_code == 200
+    assert not mark.exists(), "the server unpickled an artifact"
+
+
+def test_each_step_task_carries_an_artifacts_link_to_its_page(view):
+    client, run, _ = view
+    viewer = headers(client, "viewer")
+    links = client.get(
+        f"/api/v2/dags/ArtifactViewFlow/dagRuns/{quote(run.run_id, safe='')}/taskInstances/inner/links",
+        params={"map_index": 4},
+        headers=viewer,
+    ).json()
+    url = links["extra_links"]["Artifacts"]
+    assert url.startswith("/flowspec/dags/ArtifactViewFlow/runs/") and url.endswith(
+        "/tasks/inner?map_index=4"
+    )
+    page = client.get(url, headers=viewer)
+    assert page.status_code == 200 and "label" in page.text and "b-2" in page.text
+
+    plugins = client.get("/api/v2/plugins", headers=viewer).json()["plugins"]
+    views = [v for p in plugins if p["name"] == "flowspec" for v in p["external_views"]]
+    assert {v["destination"] for v in views} == {"nav", "dag_run", "task_instance"}
+
+
+def test_only_users_airflow_lets_read_the_dag_see_its_artifacts(view):
+    """Guards: plugin routes are not protected by Airflow on their own; the view asks the
+    configured auth manager, for every route, whether the user may read the DAG."""
+    client, run, _ = view
+    outsider = headers(client, "outsider")
+    for path in (
+        run_path(run),
+        run_path(run, api=False),
+        f"{run_path(run)}/tasks/start/artifacts/numbers",
+        f"{run_path(run)}/tasks/start/artifacts/numbers/download",
+        "/flowspec/api/dags/ArtifactViewFlow",
+    ):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers=outsider).status_code == 403, path
+    assert client.get("/flowspec/api/dags", headers=outsider).json() == []
+    assert "ArtifactViewFlow" in [
+        d["dag_id"] for d in client.get("/flowspec/api/dags", headers=headers(client, "viewer")).json()
+    ]
+    login = client.get(run_path(run, api=False))
+    assert login.status_code == 401 and "/auth/login/" in login.text
+
+
+def test_names_from_the_url_cannot_reach_outside_the_run(view):
+    """Guards: run ids, step and artifact names from the URL never reach outside the datastore
+    root; a run is shown only if Airflow has it for that DAG."""
+    client, run, _ = view
+    viewer = headers(client, "viewer")
+    run_id = quote(run.run_id, safe="")
+    refused = [
+        "/flowspec/api/dags/ArtifactViewFlow/runs/%2E%2E",
+        "/flowspec/api/dags/ArtifactViewFlow/runs/..%2F..%2Fetc/tasks/start",
+        f"/flowspec/api/dags/ArtifactViewFlow/runs/{run_id}/tasks/%2E%2E%2Fstart",
+        f"/flowspec/api/dags/ArtifactViewFlow/runs/{run_id}/tasks/start/artifacts/..%2F..%2Fpasswd",
+        f"/flowspec/api/dags/ArtifactViewFlow/runs/{run_id}/tasks/start/artifacts/__class__",
+        f"/flowspec/api/dags/ArtifactViewFlow/runs/{run_id}/tasks/inner?map_index=99",
+        "/flowspec/api/dags/ArtifactViewFlow/runs/manual__1999-01-01T00:00:00+00:00",  # not in Airflow
+        f"/flowspec/api/dags/OtherFlow/runs/{run_id}",  # Airflow has no such run of that DAG
+    ]
+    for path in refused:
+        response = client.get(path, headers=viewer)
+        assert response.status_code in (404, 422), (path, response.status_code, response.text)
