@@ -84,7 +84,7 @@ def create_app() -> FastAPI:
 
     @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}", dependencies=can_read)
     @app.get("/api/dags/{dag_id}/runs/{run_id}/tasks/{step}", dependencies=can_read)
-    def task(request: Request, dag_id: str, run_id: str, step: str, map_index: _MapIndex = -1) -> Any:
+    def task(request: Request, dag_id: str, run_id: str, step: str, map_index: _MapIndex = "-1") -> Any:
         from airflow_flowspec.client.overview import task_overview
 
         flow, stored = _stored_run(dag_id, run_id)
@@ -102,7 +102,7 @@ def create_app() -> FastAPI:
         run_id: str,
         step: str,
         name: str,
-        map_index: _MapIndex = -1,
+        map_index: _MapIndex = "-1",
         page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     ) -> Any:
         from airflow_flowspec.client.overview import artifact_page
@@ -116,7 +116,7 @@ def create_app() -> FastAPI:
 
     @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}/download", dependencies=can_read)
     @app.get("/api/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}/download", dependencies=can_read)
-    def download(dag_id: str, run_id: str, step: str, name: str, map_index: _MapIndex = -1) -> Any:
+    def download(dag_id: str, run_id: str, step: str, name: str, map_index: _MapIndex = "-1") -> Any:
         from airflow_flowspec.client.overview import artifact_for_download
 
         flow, stored = _stored_run(dag_id, run_id)
@@ -149,11 +149,19 @@ def create_app() -> FastAPI:
     return app
 
 
-_MapIndex = Annotated[int, Query(ge=-1, le=10_000_000)]
+#: A task instance's map index, as the UI's tab links pass it: ``{MAP_INDEX}`` stays unreplaced
+#: for a task that is not mapped, which means -1.
+_MapIndex = Annotated[str, Query(max_length=20)]
 
 
-def _task_id(map_index: int) -> str:
-    return str(max(map_index, 0))
+def _task_id(map_index: str) -> str:
+    """The datastore's task id of a step's task instance (a foreach's is its map index)."""
+    text = map_index.strip()
+    if text.lstrip("-").isdigit() and -1 <= int(text) <= 10_000_000:
+        return str(max(int(text), 0))
+    if text in ("", "{MAP_INDEX}"):
+        return "0"
+    raise HTTPException(404, f"{map_index!r} is not a map index.")
 
 
 def _wants_json(request: Request) -> bool:

@@ -107,7 +107,7 @@ def _artifact_table(root: str, dag_id: str, run_id: str, step: str, task: dict[s
 
 def _task_label(task: dict[str, Any]) -> str:
     path = task.get("foreach_path") or []
-    return "task " + str(task["id"]) + ("".join(f"[{i}]" for i in path) if path else "")
+    return f"task {task['id']}" + (" " + "".join(f"[{i}]" for i in path) if path else "")
 
 
 def run_page(root: str, dag_id: str, overview: dict[str, Any]) -> str:

@@ -67,7 +67,8 @@ class FlowspecPlugin(AirflowPlugin):
             "url_route": "flow-run-artifacts",
         },
         {
-            "name": "Artifacts",
+            # Not "Artifacts": that is the task's button (an extra link) on the same page.
+            "name": "Step artifacts",
             "href": f"{_VIEW}/dags/{{DAG_ID}}/runs/{{RUN_ID}}/tasks/{{TASK_ID}}?map_index={{MAP_INDEX}}",
             "destination": "task_instance",
             "url_route": "flow-task-artifacts",

@@ -136,7 +136,7 @@ def test_a_run_page_shows_the_graph_every_task_by_foreach_index_and_each_artifac
     assert start["rows"]["repr"] == "120"
 
     page = client.get(run_path(run, api=False), headers=viewer)
-    assert page.status_code == 200 and "inner" in page.text and "task 5[1][2]" in page.text
+    assert page.status_code == 200 and "inner" in page.text and "task 5 [1][2]" in page.text
     assert "<script>" not in page.text and "&lt;script&gt;" in page.text  # a repr is text, never markup
     assert not mark.exists()
 
@@ -184,8 +184,12 @@ def test_each_step_task_carries_an_artifacts_link_to_its_page(view):
     assert page.status_code == 200 and "label" in page.text and "b-2" in page.text
 
     plugins = client.get("/api/v2/plugins", headers=viewer).json()["plugins"]
-    views = [v for p in plugins if p["name"] == "flowspec" for v in p["external_views"]]
-    assert {v["destination"] for v in views} == {"nav", "dag_run", "task_instance"}
+    views = {v["destination"]: v for p in plugins if p["name"] == "flowspec" for v in p["external_views"]}
+    assert set(views) == {"nav", "dag_run", "task_instance"}
+    # The task tab's link as the UI fills it in for a task that is not mapped ({MAP_INDEX} stays).
+    tab = views["task_instance"]["href"].replace("{DAG_ID}", "ArtifactViewFlow")
+    tab = tab.replace("{RUN_ID}", quote(run.run_id, safe="")).replace("{TASK_ID}", "start")
+    assert "frame" in client.get(tab, headers=viewer).text
 
 
 def test_only_users_airflow_lets_read_the_dag_see_its_artifacts(view):

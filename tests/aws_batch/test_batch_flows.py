@@ -61,7 +61,7 @@ def test_branch_join_parameters_and_a_class_from_the_flow_file_on_batch(batch, c
     assert f"[{run.run_id}/end/0] Task finished successfully." in out
 
 
-def test_foreach_and_nested_foreach_on_batch(batch):
+def test_foreach_and_nested_foreach_on_batch(batch, monkeypatch):
     run = run_flow(FLOWS / "foreach_flow.py")
     assert run.succeeded, run.states()
     assert run.artifacts("end")["results"] == ["0:A", "1:B", "2:C", "3:D"]
@@ -69,6 +69,24 @@ def test_foreach_and_nested_foreach_on_batch(batch):
     assert nested.succeeded, nested.states()
     assert nested.artifacts("end")["products"] == [[10], [20, 21], [30, 31, 32]]
     assert len([j for j in jobs_of(batch, nested.run_id) if j["tags"]["flowspec:step"] == "cell"]) == 6
+
+    # The artifact view reads a Batch run as any other: previews were recorded in the containers.
+    from airflow_flowspec.client import namespaces
+    from airflow_flowspec.client.overview import artifact_page, run_overview
+
+    monkeypatch.setattr(namespaces, "_chosen", None)
+    overview = run_overview("NestedForeachFlow", nested.run_id)
+    cell = next(step for step in overview["steps"] if step["name"] == "cell")
+    assert sorted(tuple(t["foreach_path"]) for t in cell["tasks"]) == [
+        (0, 0),
+        (1, 0),
+        (1, 1),
+        (2, 0),
+        (2, 1),
+        (2, 2),
+    ]
+    stacks = artifact_page("NestedForeachFlow", nested.run_id, "end", "0", "stacks")
+    assert len(stacks["repr"]) < len(stacks["text"]) == len(repr(nested.artifacts("end")["stacks"]))
 
 
 def test_switch_retry_and_catch_on_batch(batch):
