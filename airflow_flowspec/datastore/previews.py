@@ -79,7 +79,8 @@ def make_preview(value: Any, short_repr: str) -> bytes | None:
     except Exception as error:
         text = f"<repr failed: {type(error).__name__}>"
     table = _table(value)
-    if table is None and re.sub(r"\s*\n\s*", " ", text) == short_repr:
+    # The one-line repr is at most 80 characters: a longer text always says more.
+    if table is None and len(text) <= 2 * len(short_repr) and re.sub(r"\s*\n\s*", " ", text) == short_repr:
         return None
     preview: dict[str, Any] = {"repr": text[:PREVIEW_REPR_CHARS]}
     if len(text) > PREVIEW_REPR_CHARS:

@@ -33,7 +33,6 @@ from airflow_flowspec.aws_batch.jobs import (
 )
 from airflow_flowspec.errors import EXIT_DISALLOW_RETRY, BatchJobFailedError, BatchJobSpecError
 from airflow_flowspec.operators.step_task import StepTaskMixin, flow_mistakes_fail_at_once
-from airflow_flowspec.plugins.links import ArtifactsLink
 
 #: The task state store key holding the job this task instance submitted (kept across tries).
 JOB_RECORD_KEY = "flowspec_batch_job"
@@ -53,7 +52,6 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
     """One flow step, executed as an AWS Batch job."""
 
     ui_color = "#f4e3c1"
-    operator_extra_links = (*BatchOperator.operator_extra_links, ArtifactsLink())
     # The overrides and names are built in execute(); the rendered-fields view shows those.
     overwrite_rtif_after_execution = True
 

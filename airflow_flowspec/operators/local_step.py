@@ -12,7 +12,6 @@ from airflow_flowspec.operators.step_task import (
     check_foreach_width,
     flow_mistakes_fail_at_once,
 )
-from airflow_flowspec.plugins.links import ArtifactsLink
 
 
 class LocalStepOperator(StepTaskMixin, BaseOperator, SkipMixin):
@@ -20,7 +19,6 @@ class LocalStepOperator(StepTaskMixin, BaseOperator, SkipMixin):
 
     ui_color = "#d9ecf2"
     template_fields = ()
-    operator_extra_links = (ArtifactsLink(),)
 
     def __init__(
         self,

@@ -18,12 +18,23 @@ def task_page_path(dag_id: str, run_id: str, task_id: str, map_index: int) -> st
     return path if map_index < 0 else f"{path}?map_index={map_index}"
 
 
+#: The operators whose task instances have an artifact page (by Airflow's ``task_type``).
+STEP_OPERATORS = frozenset({"LocalStepOperator", "StepBatchOperator"})
+
+
 class ArtifactsLink(BaseOperatorLink):
-    """Computed on the worker when the task runs (Airflow 3 keeps the URL in an XCom)."""
+    """A global link (the plugin's), computed by the API server when the UI asks for it.
+
+    An operator's own links are computed by the worker after every task and stored as an XCom:
+    that is a write per step, a tenth of a step's overhead. A global link costs nothing until
+    someone looks; for tasks that are not flow steps it has no URL, and the UI shows no button.
+    """
 
     name = "Artifacts"
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        if getattr(operator, "task_type", None) not in STEP_OPERATORS:
+            return ""
         from airflow.configuration import conf
 
         base_url = (conf.get("api", "base_url", fallback="") or "").rstrip("/")

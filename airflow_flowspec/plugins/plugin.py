@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from airflow_flowspec.plugins.links import URL_PREFIX
+from airflow_flowspec.plugins.links import URL_PREFIX, ArtifactsLink
 from airflow_flowspec.plugins.timetable import FlowScheduleTimetable
 
 
@@ -51,6 +51,7 @@ _VIEW = f"{_base_path()}{URL_PREFIX}"
 class FlowspecPlugin(AirflowPlugin):
     name = "flowspec"
     timetables = [FlowScheduleTimetable]
+    global_operator_extra_links = [ArtifactsLink()]
     fastapi_apps = [{"app": _ArtifactsApp(), "url_prefix": URL_PREFIX, "name": "Flow artifacts"}]
     external_views = [
         {
