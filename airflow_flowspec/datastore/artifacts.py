@@ -19,7 +19,6 @@ import contextlib
 import os
 import pickle
 import re
-import reprlib
 import threading
 import time
 from collections import OrderedDict
@@ -30,7 +29,7 @@ from typing import Any, BinaryIO
 from airflow_flowspec.datastore import encoding
 from airflow_flowspec.datastore.backends.base import StorageBackend
 from airflow_flowspec.datastore.keys import blob_key, damaged_blob_key, is_blob_hash
-from airflow_flowspec.datastore.previews import make_preview, read_preview
+from airflow_flowspec.datastore.previews import BoundedRepr, make_preview, read_preview
 from airflow_flowspec.errors import (
     ArtifactLoadError,
     ArtifactNotFoundError,
@@ -137,12 +136,8 @@ def qualified_type_name(value: Any) -> str:
     return name if module in (None, "builtins") else f"{module}.{name}"
 
 
-class _ShortRepr(reprlib.Repr):
-    """reprlib with limits for a one-line summary, and no giant intermediate strings.
-
-    reprlib already slices str before calling repr, but not bytes: repr() of a 256 MB bytes value
-    would build a 1 GB string only to cut it to 80 characters.
-    """
+class _ShortRepr(BoundedRepr):
+    """reprlib with limits for a one-line summary."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -151,17 +146,6 @@ class _ShortRepr(reprlib.Repr):
         self.maxdict = self.maxset = self.maxfrozenset = 4
         self.maxstring = self.maxother = 60
         self.maxlong = 40
-
-    def _repr_binary(self, value: Any, level: int) -> str:
-        text = builtins.repr(value[: self.maxstring])
-        if len(value) > self.maxstring:
-            text = text[:-1] + "..." + text[-1]
-        return text
-
-    repr_bytes = repr_bytearray = _repr_binary
-
-    def repr_memoryview(self, value: memoryview, level: int) -> str:
-        return f"<memoryview of {value.nbytes} bytes>"
 
     def repr_instance(self, value: Any, level: int) -> str:
         try:

@@ -26,14 +26,35 @@ PREVIEW_REPR_CHARS = 48 * 1024
 TABLE_ROWS = 100
 TABLE_COLUMNS = 40
 CELL_CHARS = 120
-#: The bytes a preview shows of a bytes value inside another (a dict of them, say).
-_BYTES_SHOWN = 256
 #: A preview's JSON is kept under this size (rows are dropped to fit): it rides in a pack.
 PREVIEW_MAX_BYTES = 64 * 1024
 
 
-class _LongRepr(reprlib.Repr):
-    """reprlib with generous but finite limits: enough to read, never the whole of a huge value."""
+class BoundedRepr(reprlib.Repr):
+    """reprlib that never builds a giant intermediate string.
+
+    reprlib already slices str before calling repr, but not bytes: repr() of a 256 MB bytes value
+    would build a 1 GB string only to cut it. ``bytes_shown`` bounds that.
+    """
+
+    bytes_shown = 60
+
+    def _repr_binary(self, value: Any, level: int) -> str:
+        text = builtins.repr(value[: self.bytes_shown])
+        if len(value) > self.bytes_shown:
+            text = text[:-1] + "..." + text[-1]
+        return text
+
+    repr_bytes = repr_bytearray = _repr_binary
+
+    def repr_memoryview(self, value: memoryview, level: int) -> str:
+        return f"<memoryview of {value.nbytes} bytes>"
+
+
+class _LongRepr(BoundedRepr):
+    """Generous but finite limits: enough to read, never the whole of a huge value."""
+
+    bytes_shown = 256
 
     def __init__(self) -> None:
         super().__init__()
@@ -42,17 +63,6 @@ class _LongRepr(reprlib.Repr):
         self.maxdict = self.maxset = self.maxfrozenset = 2000
         self.maxstring = self.maxother = PREVIEW_REPR_CHARS
         self.maxlong = 2000
-
-    def _repr_binary(self, value: Any, level: int) -> str:
-        text = builtins.repr(value[:_BYTES_SHOWN])
-        if len(value) > _BYTES_SHOWN:
-            text = text[:-1] + "..." + text[-1]
-        return text
-
-    repr_bytes = repr_bytearray = _repr_binary
-
-    def repr_memoryview(self, value: memoryview, level: int) -> str:
-        return f"<memoryview of {value.nbytes} bytes>"
 
     def repr_instance(self, value: Any, level: int) -> str:
         try:

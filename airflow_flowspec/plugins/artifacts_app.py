@@ -76,11 +76,7 @@ def create_app() -> FastAPI:
 
         flow, stored = _stored_run(dag_id, run_id)
         overview = _reading(lambda: run_overview(flow, stored))
-        overview["dag_id"], overview["dag_run_id"] = dag_id, run_id
-        if _wants_json(request):
-            return overview
-        overview["run_id"] = run_id
-        return HTMLResponse(pages.run_page(_root(request), dag_id, overview))
+        return _answer(request, dag_id, run_id, overview, pages.run_page)
 
     @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}", dependencies=can_read)
     @app.get("/api/dags/{dag_id}/runs/{run_id}/tasks/{step}", dependencies=can_read)
@@ -89,10 +85,7 @@ def create_app() -> FastAPI:
 
         flow, stored = _stored_run(dag_id, run_id)
         summary = _reading(lambda: task_overview(flow, stored, step, _task_id(map_index)))
-        if _wants_json(request):
-            return summary
-        summary["run_id"] = run_id
-        return HTMLResponse(pages.task_page(_root(request), dag_id, summary))
+        return _answer(request, dag_id, run_id, summary, pages.task_page)
 
     @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}", dependencies=can_read)
     @app.get("/api/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}", dependencies=can_read)
@@ -109,10 +102,7 @@ def create_app() -> FastAPI:
 
         flow, stored = _stored_run(dag_id, run_id)
         shown = _reading(lambda: artifact_page(flow, stored, step, _task_id(map_index), name, page))
-        if _wants_json(request):
-            return shown
-        shown["run_id"] = run_id
-        return HTMLResponse(pages.artifact_page(_root(request), dag_id, shown))
+        return _answer(request, dag_id, run_id, shown, pages.artifact_page)
 
     @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}/download", dependencies=can_read)
     @app.get("/api/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}/download", dependencies=can_read)
@@ -162,6 +152,15 @@ def _task_id(map_index: str) -> str:
     if text in ("", "{MAP_INDEX}"):
         return "0"
     raise HTTPException(404, f"{map_index!r} is not a map index.")
+
+
+def _answer(request: Request, dag_id: str, run_id: str, data: dict[str, Any], render: Any) -> Any:
+    """``data`` as JSON under ``/api/``, else as the page ``render`` makes of it. JSON keeps the
+    datastore's run id (a ``@project`` run's starts with its branch); pages link by Airflow's."""
+    data["dag_id"], data["dag_run_id"] = dag_id, run_id
+    if _wants_json(request):
+        return data
+    return HTMLResponse(render(_root(request), dag_id, {**data, "run_id": run_id}))
 
 
 def _wants_json(request: Request) -> bool:

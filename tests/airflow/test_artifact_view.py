@@ -183,10 +183,8 @@ def test_each_step_task_carries_an_artifacts_link_to_its_page(view):
     page = client.get(url, headers=viewer)
     assert page.status_code == 200 and "label" in page.text and "b-2" in page.text
     # A task that is not a step (the translator's flattening of the nested foreach) gets no button.
-    flatten = client.get(
-        f"/api/v2/dags/ArtifactViewFlow/dagRuns/{quote(run.run_id, safe='')}/taskInstances/outer__foreach/links",
-        headers=viewer,
-    ).json()
+    instances = f"/api/v2/dags/ArtifactViewFlow/dagRuns/{quote(run.run_id, safe='')}/taskInstances"
+    flatten = client.get(f"{instances}/outer__foreach/links", headers=viewer).json()
     assert not flatten["extra_links"].get("Artifacts")
 
     plugins = client.get("/api/v2/plugins", headers=viewer).json()["plugins"]

@@ -92,6 +92,18 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         _stop_services()
 
 
+@pytest.fixture
+def client(airflow_services: AirflowServices, monkeypatch: pytest.MonkeyPatch):
+    """Our client (``airflow_flowspec.client``), reading the services' datastore, every user's runs."""
+    from airflow_flowspec import client
+    from airflow_flowspec.client import namespaces
+
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(airflow_services.datastore_root))
+    monkeypatch.setattr(namespaces, "_chosen", namespaces._chosen)  # restored after the test
+    client.namespace(None)
+    return client
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: needs the real Airflow services (slow start-up)")
 

@@ -45,11 +45,9 @@ def view_path(run_id: str, rest: str = "", api: bool = True) -> str:
     return f"{prefix}/dags/NestedForeachFlow/runs/{quote(run_id, safe='')}{rest}"
 
 
-def test_the_plugin_api_serves_a_run_only_to_users_airflow_lets_read_it(airflow_services, nested_run):
+def test_the_plugin_api_serves_a_run_only_to_users_airflow_lets_read_it(airflow_services, nested_run, client):
     """Guards (in the API server process): authentication, Airflow's per-DAG authorization, path
     escapes, and downloads that are the stored pickle."""
-    from airflow_flowspec.client import Flow, metadata, namespace
-
     services = airflow_services
     overview = services.get_json(view_path(nested_run), user="viewer")
     cell = next(step for step in overview["steps"] if step["name"] == "cell")
@@ -67,9 +65,7 @@ def test_the_plugin_api_serves_a_run_only_to_users_airflow_lets_read_it(airflow_
         "GET", view_path(nested_run, "/tasks/end/artifacts/products/download"), user="viewer"
     )
     assert download.status_code == 200
-    metadata(str(services.datastore_root))
-    namespace(None)
-    stored = Flow("NestedForeachFlow")[nested_run]["end"].task
+    stored = client.Flow("NestedForeachFlow")[nested_run]["end"].task
     assert pickle.loads(download.content) == stored.data.products == [[10], [20, 21], [30, 31, 32]]
 
     assert services.http.get(view_path(nested_run)).status_code == 401  # no token, no cookie

@@ -80,18 +80,6 @@ def module_flows(airflow_services: AirflowServices) -> ModuleFlows:
     return ModuleFlows(airflow_services)
 
 
-@pytest.fixture
-def client(airflow_services: AirflowServices, monkeypatch: pytest.MonkeyPatch):
-    """Our client (``airflow_flowspec.client``), reading the services' datastore, every user's runs."""
-    from airflow_flowspec import client
-    from airflow_flowspec.client import namespaces
-
-    monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(airflow_services.datastore_root))
-    monkeypatch.setattr(namespaces, "_chosen", namespaces._chosen)  # restored after the test
-    client.namespace(None)
-    return client
-
-
 def when(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
