@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from services import DAG_FILES, DAG_IDS, AirflowServices, start_airflow
+
+from .services import DAG_FILES, DAG_IDS, AirflowServices, start_airflow
 
 HERE = Path(__file__).resolve().parent
 

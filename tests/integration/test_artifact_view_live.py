@@ -16,7 +16,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from services import REPO, AirflowServices
+
+from .services import REPO, AirflowServices
 
 CHROMIUM = "/usr/bin/chromium"
 #: Flags that keep Chromium off the network this machine closes (see the environment notes).

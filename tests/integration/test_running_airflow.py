@@ -13,7 +13,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from services import DAG_FILES, DAG_IDS, AirflowServices, wait_until
+
+from .services import DAG_FILES, DAG_IDS, AirflowServices, wait_until
 
 MARKER_GATE_FLOW = '''\
 """Written by tests/integration: the gate step fails until its marker file exists."""
