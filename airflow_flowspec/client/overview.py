@@ -38,21 +38,11 @@ def check_part(kind: str, value: str) -> str:
     return value
 
 
-def run_overview(flow: str, run_id: str, *, tasks_per_step: int = TASKS_PER_STEP) -> dict[str, Any]:
-    """The run's graph and, per step, its tasks with their artifacts' summaries."""
+def run_overview(flow: str, run_id: str) -> dict[str, Any]:
+    """The run's graph and, per step, its first tasks (:data:`TASKS_PER_STEP`) with their
+    artifacts' summaries."""
     run = Run(f"{check_part('flow', flow)}/{check_part('run', run_id)}")
-    graph = run.graph or [
-        {"name": name, "type": "", "next": [], "foreach": None, "doc": ""} for name in _ran(run)
-    ]
     ran = set(_ran(run))
-    steps = []
-    for node in graph:
-        name = node["name"]
-        task_ids = run[name]._task_ids() if name in ran else []
-        shown = sorted(task_ids, key=int)[:tasks_per_step]
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            tasks = list(pool.map(lambda task_id, name=name: _task_summary(run, name, task_id), shown))
-        steps.append({**node, "task_count": len(task_ids), "tasks": tasks})
     return {
         "flow": run.flow_name,
         "run_id": run.id,
@@ -61,8 +51,38 @@ def run_overview(flow: str, run_id: str, *, tasks_per_step: int = TASKS_PER_STEP
         "created_at": _iso(run.created_at),
         "finished_at": _iso(run.finished_at),
         "parameters": run._record.get("parameters", {}),
-        "steps": steps,
+        "steps": [_step_summary(run, node, 1, ran) for node in _graph(run, ran)],
     }
+
+
+def step_overview(flow: str, run_id: str, step: str, page: int = 1) -> dict[str, Any]:
+    """One page of a step's tasks (a 10,000-wide foreach has 100 pages)."""
+    run = Run(f"{check_part('flow', flow)}/{check_part('run', run_id)}")
+    check_part("step", step)
+    ran = set(_ran(run))
+    node = next((node for node in _graph(run, ran) if node["name"] == step), None)
+    if node is None:
+        raise MetaflowNotFound(f"Run {run.pathspec} has no step {step!r}.")
+    return {"flow": run.flow_name, "run_id": run.id, **_step_summary(run, node, page, ran)}
+
+
+def _graph(run: Run, ran: set[str]) -> list[dict[str, Any]]:
+    """The run's recorded graph; for a run recorded before graphs were, the steps that ran."""
+    return run.graph or [
+        {"name": name, "type": "", "next": [], "foreach": None, "doc": ""} for name in sorted(ran)
+    ]
+
+
+def _step_summary(run: Run, node: dict[str, Any], page: int, ran: set[str]) -> dict[str, Any]:
+    name = node["name"]
+    per_page = TASKS_PER_STEP
+    task_ids = sorted(run[name]._task_ids(), key=int) if name in ran else []
+    pages = max(1, -(-len(task_ids) // per_page))
+    page = min(max(page, 1), pages)
+    shown = task_ids[(page - 1) * per_page : page * per_page]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tasks = list(pool.map(lambda task_id: _task_summary(run, name, task_id), shown))
+    return {**node, "task_count": len(task_ids), "page": page, "pages": pages, "tasks": tasks}
 
 
 def task_overview(flow: str, run_id: str, step: str, task_id: str) -> dict[str, Any]:

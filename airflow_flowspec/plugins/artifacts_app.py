@@ -78,6 +78,15 @@ def create_app() -> FastAPI:
         overview = _reading(lambda: run_overview(flow, stored))
         return _answer(request, dag_id, run_id, overview, pages.run_page)
 
+    @app.get("/dags/{dag_id}/runs/{run_id}/steps/{step}", dependencies=can_read)
+    @app.get("/api/dags/{dag_id}/runs/{run_id}/steps/{step}", dependencies=can_read)
+    def step(request: Request, dag_id: str, run_id: str, step: str, page: _Page = 1) -> Any:
+        from airflow_flowspec.client.overview import step_overview
+
+        flow, stored = _stored_run(dag_id, run_id)
+        summary = _reading(lambda: step_overview(flow, stored, step, page))
+        return _answer(request, dag_id, run_id, summary, pages.step_page)
+
     @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}", dependencies=can_read)
     @app.get("/api/dags/{dag_id}/runs/{run_id}/tasks/{step}", dependencies=can_read)
     def task(request: Request, dag_id: str, run_id: str, step: str, map_index: _MapIndex = "-1") -> Any:
@@ -96,7 +105,7 @@ def create_app() -> FastAPI:
         step: str,
         name: str,
         map_index: _MapIndex = "-1",
-        page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+        page: _Page = 1,
     ) -> Any:
         from airflow_flowspec.client.overview import artifact_page
 
@@ -139,6 +148,7 @@ def create_app() -> FastAPI:
     return app
 
 
+_Page = Annotated[int, Query(ge=1, le=100_000)]
 #: A task instance's map index, as the UI's tab links pass it: ``{MAP_INDEX}`` stays unreplaced
 #: for a task that is not mapped, which means -1.
 _MapIndex = Annotated[str, Query(max_length=20)]

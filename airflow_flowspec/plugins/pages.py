@@ -136,23 +136,63 @@ def run_page(root: str, dag_id: str, overview: dict[str, Any]) -> str:
         if step.get("foreach"):
             head += f" over self.{escape(step['foreach'])}"
         head += f"{' → ' + escape(goes) if goes else ''}</span>"
-        tasks = []
-        for task in step["tasks"]:
-            href = task_href(root, dag_id, run_id, name, task["id"])
-            status = "" if task["successful"] else ' <span class="bad">no results</span>'
-            tasks.append(
-                f'<div><a href="{escape(href)}">{escape(_task_label(task))}</a>{status}</div>'
-                + _artifact_table(root, dag_id, run_id, name, task)
-            )
-        if step["task_count"] > len(step["tasks"]):
-            tasks.append(
-                f"<p class='muted'>{step['task_count'] - len(step['tasks'])} more tasks not shown.</p>"
-            )
-        if not step["tasks"]:
-            tasks.append("<p class='muted'>Not run (yet).</p>")
-        parts.append(f'<div class="step">{head}{"".join(tasks)}</div>')
+        tasks = _task_list(root, dag_id, run_id, step)
+        if step["pages"] > 1:
+            href = step_href(root, dag_id, run_id, name, page=2)
+            more = step["task_count"] - len(step["tasks"])
+            tasks += f'<p><a href="{escape(href)}">{more} more tasks of {escape(name)}</a></p>'
+        parts.append(f'<div class="step">{head}{tasks}</div>')
     crumbs = [("Flows", f"{root}/"), (dag_id, f"{root}/dags/{quote(dag_id, safe='')}"), (run_id, None)]
     return document(f"{overview['flow']} {run_id}", crumbs, "".join(parts))
+
+
+def _task_list(root: str, dag_id: str, run_id: str, step: dict[str, Any]) -> str:
+    if not step["tasks"]:
+        return "<p class='muted'>Not run (yet).</p>"
+    tasks = []
+    for task in step["tasks"]:
+        href = task_href(root, dag_id, run_id, step["name"], task["id"])
+        status = "" if task["successful"] else ' <span class="bad">no results</span>'
+        tasks.append(
+            f'<div><a href="{escape(href)}">{escape(_task_label(task))}</a>{status}</div>'
+            + _artifact_table(root, dag_id, run_id, step["name"], task)
+        )
+    return "".join(tasks)
+
+
+def step_href(root: str, dag_id: str, run_id: str, step: str, **query: Any) -> str:
+    return f"{run_href(root, dag_id, run_id)}/steps/{quote(step, safe='')}?{urlencode(query)}"
+
+
+def _pager(current: int, total: int, href: Any) -> str:
+    """Links to pages 1..total (the first, last and those near ``current``), ``href(page)`` each."""
+    shown = sorted({1, total, *range(max(1, current - 3), min(total, current + 3) + 1)})
+    links, previous = [], 0
+    for page in shown:
+        if page > previous + 1:
+            links.append("<span>…</span>")
+        links.append(
+            f"<span>{page}</span>" if page == current else f'<a href="{escape(href(page))}">{page}</a>'
+        )
+        previous = page
+    return f'<div class="pager">Page: {"".join(links)}</div>'
+
+
+def step_page(root: str, dag_id: str, step: dict[str, Any]) -> str:
+    run_id, name = step["run_id"], step["name"]
+    head = (
+        f"<h1>{escape(name)} <span class='muted'>{step['task_count']} tasks, page {step['page']} of "
+        f"{step['pages']}</span></h1>"
+    )
+    pager = _pager(step["page"], step["pages"], lambda page: step_href(root, dag_id, run_id, name, page=page))
+    crumbs = [
+        ("Flows", f"{root}/"),
+        (dag_id, f"{root}/dags/{quote(dag_id, safe='')}"),
+        (run_id, run_href(root, dag_id, run_id)),
+        (name, None),
+    ]
+    body = head + (pager if step["pages"] > 1 else "") + _task_list(root, dag_id, run_id, step)
+    return document(f"{name} of {run_id}", crumbs, body)
 
 
 def task_page(root: str, dag_id: str, task: dict[str, Any]) -> str:
@@ -204,14 +244,13 @@ def artifact_page(root: str, dag_id: str, artifact: dict[str, Any]) -> str:
         if artifact.get("truncated") and artifact["page"] == artifact["pages"]:
             parts.append("<p class='muted'>The rest was not recorded; download the pickle for all of it.</p>")
     if artifact["pages"] > 1:
-        links = []
-        for page in range(1, artifact["pages"] + 1):
-            if page == artifact["page"]:
-                links.append(f"<span>{page}</span>")
-            else:
-                href = artifact_href(root, dag_id, run_id, step, task_id, name, page=page)
-                links.append(f'<a href="{escape(href)}">{page}</a>')
-        parts.append(f'<div class="pager">Page: {"".join(links)}</div>')
+        parts.append(
+            _pager(
+                artifact["page"],
+                artifact["pages"],
+                lambda page: artifact_href(root, dag_id, run_id, step, task_id, name, page=page),
+            )
+        )
     crumbs = [
         ("Flows", f"{root}/"),
         (dag_id, f"{root}/dags/{quote(dag_id, safe='')}"),

@@ -237,3 +237,25 @@ def test_names_from_the_url_cannot_reach_outside_the_run(view):
     for path in refused:
         response = client.get(path, headers=viewer)
         assert response.status_code in (404, 422), (path, response.status_code, response.text)
+
+
+def test_a_wide_step_lists_its_first_tasks_on_the_run_page_and_the_rest_page_by_page(view, monkeypatch):
+    from airflow_flowspec.client import overview
+
+    client, run, _ = view
+    viewer = headers(client, "viewer")
+    monkeypatch.setattr(overview, "TASKS_PER_STEP", 4)  # inner has 6 tasks: two pages
+    inner = next(s for s in client.get(run_path(run), headers=viewer).json()["steps"] if s["name"] == "inner")
+    assert (inner["task_count"], inner["pages"], [t["id"] for t in inner["tasks"]]) == (
+        6,
+        2,
+        ["0", "1", "2", "3"],
+    )
+    assert "2 more tasks of inner" in client.get(run_path(run, api=False), headers=viewer).text
+
+    second = client.get(f"{run_path(run)}/steps/inner?page=2", headers=viewer).json()
+    assert [(t["id"], t["foreach_path"]) for t in second["tasks"]] == [("4", [1, 1]), ("5", [1, 2])]
+    html = client.get(f"{run_path(run, api=False)}/steps/inner?page=2", headers=viewer).text
+    assert "page 2 of 2" in html and "b-2" in html
+    assert client.get(f"{run_path(run)}/steps/nowhere", headers=viewer).status_code == 404
+    assert client.get(f"{run_path(run)}/steps/inner", headers=headers(client, "outsider")).status_code == 403

@@ -87,7 +87,9 @@ def test_a_succeeding_job_shows_each_status_once_in_order_and_every_line_once(aw
 
     seen = statuses(shown)
     assert job["status"] == "SUCCEEDED" and seen[-1] == "SUCCEEDED"
-    assert seen[0] in ("SUBMITTED", "RUNNABLE") and {"STARTING", "RUNNING"} & set(seen)
+    # The first poll comes after the watcher's clients are made: on a loaded machine the job may
+    # already be past RUNNABLE (each status lasts the emulator's dwell), never past RUNNING.
+    assert seen[0] in ("SUBMITTED", "RUNNABLE", "STARTING") and {"STARTING", "RUNNING"} & set(seen)
     assert seen == sorted(set(seen), key=BATCH_ORDER.index), "a status repeated or out of order"
     printed = [f"line {number}" for number in range(12)] + ["", "done"]
     assert log_lines(shown, f"[{job_id}] ") == printed
