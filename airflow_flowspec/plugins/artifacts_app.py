@@ -3,7 +3,8 @@
 Pages (HTML, :mod:`.pages`) and the same data as JSON under ``/flowspec/api/``:
 
 - ``/`` the flow DAGs the user may read; ``/dags/{dag_id}`` its recent runs;
-- ``/dags/{dag_id}/runs/{run_id}`` a run: its graph, each step's tasks and their artifacts;
+- ``/dags/{dag_id}/runs/{run_id}`` a run: its graph, each step's first tasks and their artifacts;
+- ``.../steps/{step}?page=P`` all of a step's tasks, a page at a time;
 - ``.../tasks/{step}?map_index=N`` one task; ``.../artifacts/{name}?page=P`` one value;
 - ``.../artifacts/{name}/download`` the value's pickle, verified against its hash.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
@@ -47,7 +49,7 @@ def create_app() -> FastAPI:
             return JSONResponse({"detail": error.detail}, status_code=error.status_code)
         root = _root(request)
         if error.status_code == 401:
-            login = f"{_airflow_root(request)}/auth/login/?next={request.url}"
+            login = f"{_airflow_root(request)}/auth/login/?{urlencode({'next': str(request.url)})}"
             page = pages.message_page(
                 root, "Log in to Airflow", "Log in to see flow artifacts.", ("Log in", login)
             )
