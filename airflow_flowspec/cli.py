@@ -65,6 +65,11 @@ def _parser(flow_class: type) -> argparse.ArgumentParser:
             help=f"{parameter.help} (default: {parameter.default!r})",
         )
     run.add_argument(
+        "--no-preload",
+        action="store_true",
+        help="start Airflow in this process instead of using the warm one kept between runs",
+    )
+    run.add_argument(
         "--tag",
         dest="tags",
         action="append",
@@ -131,9 +136,15 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
         for key, value in vars(args).items()
         if key.startswith("param:") and value is not None
     }
+    conf = _convert_parameters(flow_class, raw)
+    from airflow_flowspec import preload
+
+    if preload.enabled(args.no_preload):
+        code = preload.run_preloaded([_flow_file(flow_class), *argv])
+        if code is not None:
+            return code
     from airflow_flowspec.airflow.local_run import run_locally
 
-    conf = _convert_parameters(flow_class, raw)
     if args.tags:
         from airflow_flowspec.parameters import RUN_TAGS_CONF_KEY
 

@@ -45,6 +45,8 @@ DEFAULTS: dict[str, str] = {
     "region_name": "",
     "batch_poll_seconds": "30",
     "batch_deferrable": "False",
+    "preload": "True",
+    "preload_idle_minutes": "15",
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -89,6 +91,9 @@ DESCRIPTIONS: dict[str, str] = {
     "batch_poll_seconds": "How often the Batch operator asks a job's status (seconds).",
     "batch_deferrable": "Whether Batch steps wait for their job in the triggerer (True) instead of "
     "holding a worker slot (False).",
+    "preload": "Whether `python flow.py run` goes through a warm Airflow kept between runs (a "
+    "preloader per user, started on first use) instead of starting Airflow each time.",
+    "preload_idle_minutes": "A preloader with no run for this long exits.",
 }
 
 
@@ -240,9 +245,21 @@ def batch_options() -> dict[str, object]:
 
 
 def batch_deferrable() -> bool:
-    value = get_option("batch_deferrable").strip().lower()
+    return _boolean("batch_deferrable")
+
+
+def preload_enabled() -> bool:
+    return _boolean("preload")
+
+
+def preload_idle_minutes() -> float:
+    return _finite_number("preload_idle_minutes", 0, above=True, accepted="a number of minutes above 0")
+
+
+def _boolean(option: str) -> bool:
+    value = get_option(option).strip().lower()
     if value not in ("true", "false", "1", "0", "t", "f"):
-        raise _invalid("batch_deferrable", value, "True or False")
+        raise _invalid(option, value, "True or False")
     return value in ("true", "1", "t")
 
 

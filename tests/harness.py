@@ -32,6 +32,9 @@ def configure_airflow() -> Path:
         **airflow_environment(home),
         "AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(root / "datastore"),
         "FLOWSPEC_HOME": str(root / "flowspec-home"),
+        # `python flow.py run` in tests starts Airflow itself; tests/airflow/test_preloader.py
+        # turns the preloader on where it is the subject.
+        "FLOWSPEC_PRELOAD": "0",
     }
     os.environ.update(env)
     return root

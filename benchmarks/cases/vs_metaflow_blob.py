@@ -31,6 +31,7 @@ def ours_env(context: Context, tag: str) -> dict[str, str]:
         "AIRFLOW_HOME": "",  # unset: our CLI then prepares (and keeps) its own home under FLOWSPEC_HOME
         "FLOWSPEC_HOME": str(flowspec_home(context)),
         "AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(context.workdir / "datastores" / tag),
+        "FLOWSPEC_PRELOAD": "0",  # cold runs: a case that wants the preloader turns it on
     }
 
 

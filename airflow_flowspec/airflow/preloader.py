@@ -1,0 +1,392 @@
+"""The preloader: a warm Airflow that forks a fresh child for each ``python flow.py run``.
+
+Started by :mod:`airflow_flowspec.preload` (``python -m airflow_flowspec.airflow.preloader
+--socket PATH``), detached from any terminal. It prepares what every run would otherwise pay for
+(the private Airflow home's settings, ``airflow.sdk`` and the ORM imported, the database checked,
+the lean in-process execution API, metrics), then waits on a Unix socket only its user can open.
+
+For each request it forks a supervisor, which forks the run's child and reports how the child
+ended: a status the shell would see, or the signal that ended it. The child takes the caller's
+terminal (the descriptors arrive over the socket), working directory, environment and arguments,
+imports the flow file fresh and runs it exactly as a cold ``run`` does (the same ``dag.test()``
+path). The preloader itself never runs a flow, so nothing one run does reaches the next.
+
+It serves a run only while nothing it imported has changed (every module file, the folders on
+``sys.path``: an install or an edit shows in their modification times) and the caller's Python
+and Airflow-relevant environment are its own; otherwise it answers "stale" and exits, and the
+caller starts a new one. It exits after ``[flowspec] preload_idle_minutes`` without a request, and
+as soon as it finds itself stale while idle. Forking needs a single thread: the warm-up starts
+none, and the preloader checks before each fork.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from airflow_flowspec import config
+from airflow_flowspec.preload import CHILD_VARIABLE, fingerprint, write_message
+
+#: How often an idle preloader checks whether it is stale.
+_CHECK_SECONDS = 5.0
+
+
+class Snapshot:
+    """What the preloader imported, as files and folders with their modification times."""
+
+    def __init__(self) -> None:
+        self.stats = self._take()
+
+    @staticmethod
+    def _take() -> dict[str, tuple[int, int]]:
+        paths = {
+            module.__file__
+            for module in list(sys.modules.values())
+            if isinstance(getattr(module, "__file__", None), str)
+        }
+        paths.update(entry for entry in sys.path if entry and os.path.isdir(entry))
+        paths.add(sys.executable)
+        from airflow.configuration import AIRFLOW_CONFIG  # the airflow.cfg Airflow read
+
+        paths.add(AIRFLOW_CONFIG)
+        stats = {}
+        for path in paths:
+            try:
+                status = os.stat(path)
+            except OSError:
+                continue
+            stats[path] = (status.st_mtime_ns, status.st_size)
+        return stats
+
+    def changed(self) -> str | None:
+        """The first file or folder that changed since the snapshot, or None."""
+        for path, (mtime, size) in self.stats.items():
+            try:
+                status = os.stat(path)
+            except OSError:
+                return path
+            if (status.st_mtime_ns, status.st_size) != (mtime, size):
+                return path
+        return None
+
+
+def warm_up() -> None:
+    """Everything a run would do before its flow is imported, done once."""
+    from airflow_flowspec.airflow import local_run
+
+    home = local_run.prepare_environment()
+    local_run.quiet_airflow_warnings()
+    gc.disable()
+    try:
+        import logging
+
+        import airflow.sdk  # noqa: F401 - config, settings, ORM
+        from airflow.models.dagrun import DagRun  # noqa: F401
+
+        logging.getLogger("airflow").setLevel(logging.WARNING)
+        local_run.ensure_database(home)
+        local_run._build_lean_execution_api()
+        local_run._initialize_metrics()
+        import airflow.api_fastapi.execution_api.app  # noqa: F401
+        import airflow.dag_processing.dagbag  # noqa: F401
+        import airflow.sdk.execution_time.task_runner  # noqa: F401
+
+        from airflow_flowspec.airflow import registration  # noqa: F401
+        from airflow_flowspec.operators import local_step  # noqa: F401
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+class Preloader:
+    def __init__(self, path: Path, idle_seconds: float, print_: dict[str, Any]):
+        self.path = path
+        self.idle_seconds = idle_seconds
+        self.print = print_  # taken before the warm-up set the private home's variables
+        self.snapshot = Snapshot()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.children: set[int] = set()
+        self.inode = 0
+        self.stale_reason = ""
+
+    def bind(self) -> bool:
+        """Listen at the path; False when another live preloader already does."""
+        try:
+            self.listener.bind(str(self.path) + ".new")
+        except OSError:
+            os.unlink(str(self.path) + ".new")
+            self.listener.bind(str(self.path) + ".new")
+        os.chmod(str(self.path) + ".new", 0o600)
+        self.listener.listen(16)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.path))
+            probe.close()
+            os.unlink(str(self.path) + ".new")
+            return False  # someone else serves this path
+        except OSError:
+            probe.close()
+        os.replace(str(self.path) + ".new", str(self.path))
+        self.inode = os.stat(self.path).st_ino
+        return True
+
+    def serve(self) -> None:
+        last_request = last_check = time.monotonic()
+        while True:
+            self._reap()
+            readable, _, _ = select.select([self.listener], [], [], 1.0)
+            now = time.monotonic()
+            if readable:
+                connection, _ = self.listener.accept()
+                last_request = now
+                if not self._handle(connection):
+                    return self._exit(f"stale: {self.stale_reason}")
+                continue
+            if now - last_request > self.idle_seconds:
+                return self._exit("idle")
+            if now - last_check > _CHECK_SECONDS:
+                last_check = now
+                changed = self.snapshot.changed()
+                if changed is not None:
+                    return self._exit(f"stale: {changed} changed")
+                if not self._still_ours():
+                    return self._exit("another preloader took the socket")
+
+    def _exit(self, reason: str) -> None:
+        print(f"preloader {os.getpid()} exits: {reason}", file=sys.stderr, flush=True)
+
+    def _still_ours(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except OSError:
+            return False
+
+    def _handle(self, connection: socket.socket) -> bool:
+        """Serve one request; False when this preloader must exit (it is stale)."""
+        fds: list[int] = []
+        try:
+            connection.settimeout(10)
+            if not _same_user(connection):
+                write_message(connection, {"status": "refused", "reason": "another user"})
+                return True
+            request, fds = _receive(connection)
+            changed = self.snapshot.changed()
+            if changed is None and request.get("fingerprint") != self.print:
+                changed = f"the caller's environment ({_difference(request.get('fingerprint'), self.print)})"
+            if changed is not None:
+                write_message(connection, {"status": "stale", "reason": changed})
+                self.stale_reason = changed
+                return False
+            if threading.active_count() != 1:
+                write_message(connection, {"status": "refused", "reason": "threads running"})
+                return False
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    self.listener.close()
+                    _supervise(connection, request, fds)
+                finally:
+                    os._exit(0)
+            self.children.add(pid)
+            print(f"preloader {os.getpid()} serves {request['argv'][0]} (supervisor {pid})", flush=True)
+            return True
+        except (OSError, ValueError) as error:
+            print(f"request failed: {error}", file=sys.stderr, flush=True)
+            return True
+        finally:
+            for fd in fds:
+                os.close(fd)
+            connection.close()
+
+    def _reap(self) -> None:
+        for pid in list(self.children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.children.discard(pid)
+
+    def close(self) -> None:
+        try:
+            if self._still_ours():
+                os.unlink(self.path)
+        finally:
+            self.listener.close()
+
+
+def _difference(theirs: Any, ours: dict[str, Any]) -> str:
+    """Which part of a caller's fingerprint differs from ours, by name (values may be secrets)."""
+    if not isinstance(theirs, dict):
+        return "no fingerprint"
+    names = [k for k in ("python", "prefix") if theirs.get(k) != ours.get(k)]
+    environment = theirs.get("environment") if isinstance(theirs.get("environment"), dict) else {}
+    names += sorted(
+        k
+        for k in set(environment) | set(ours["environment"])
+        if environment.get(k) != ours["environment"].get(k)
+    )
+    return ", ".join(names) or "unknown"
+
+
+def _same_user(connection: socket.socket) -> bool:
+    if not hasattr(socket, "SO_PEERCRED"):
+        return True  # the folder's permissions are the guard
+    import struct
+
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return uid == os.getuid()
+
+
+def _receive(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    data, fds, _flags, _address = socket.recv_fds(connection, 1024 * 1024, 3)
+    if len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("a run needs the caller's three standard streams")
+    from airflow_flowspec.preload import _HEADER
+
+    (length,) = _HEADER.unpack(data[: _HEADER.size])
+    body = data[_HEADER.size :]
+    while len(body) < length:
+        chunk = connection.recv(length - len(body))
+        if not chunk:
+            raise ValueError("the caller went away")
+        body += chunk
+    import json
+
+    request = json.loads(body)
+    if not isinstance(request, dict) or not isinstance(request.get("argv"), list):
+        raise ValueError("not a run request")
+    return request, fds
+
+
+def _supervise(connection: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+    """In the forked supervisor: start the run's child, tell the caller its pid, report its end."""
+    pid = os.fork()
+    if pid == 0:
+        connection.close()
+        _become_run(request, fds)  # never returns
+    for fd in fds:
+        os.close(fd)
+    fds.clear()
+    write_message(connection, {"pid": pid})
+    connection.settimeout(None)
+    # A pidfd becomes readable the moment the child ends (Linux); elsewhere, poll.
+    try:
+        ended: list[Any] = [os.pidfd_open(pid)]
+    except (AttributeError, OSError):
+        ended = []
+    caller_gone = False
+    while True:
+        # The caller going away (its terminal closed) ends the run, as it would end a cold one.
+        watched = ended + ([] if caller_gone else [connection])
+        readable, _, _ = select.select(watched, [], [], 0.05 if not ended else None)
+        if connection in readable and not connection.recv(1, socket.MSG_PEEK):
+            caller_gone = True
+            os.kill(pid, signal.SIGHUP)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+    if os.WIFSIGNALED(status):
+        end = {"signal": os.WTERMSIG(status)}
+    else:
+        end = {"exit": os.waitstatus_to_exitcode(status)}
+    try:
+        write_message(connection, end)
+    except OSError:
+        pass
+
+
+def _become_run(request: dict[str, Any], fds: list[int]) -> None:
+    """In the run's child: become the caller's ``python flow.py run`` and run it; never returns."""
+    code = 1
+    try:
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.setsid()  # its own session: the preloader's signals and lifetime are not the run's
+        for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGCHLD"):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        os.chdir(request.get("cwd") or "/")
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in (request.get("environment") or {}).items()})
+        os.environ[CHILD_VARIABLE] = "1"
+        from airflow_flowspec.airflow.local_run import prepare_environment
+
+        prepare_environment()
+        from airflow import settings
+
+        if getattr(settings, "engine", None) is not None:
+            settings.engine.dispose(close=False)  # the preloader's connections are not ours
+        argv = [str(a) for a in request["argv"]]
+        sys.argv = argv
+        sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+        import runpy
+
+        try:
+            runpy.run_path(argv[0], run_name="__main__")
+            code = 0
+        except SystemExit as end:
+            code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+            if end.code is not None and not isinstance(end.code, int):
+                print(end.code, file=sys.stderr)
+        except KeyboardInterrupt:
+            traceback.print_exc()
+            _flush()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        except BaseException:  # noqa: BLE001 - reported as Python would, then exit 1
+            traceback.print_exc()
+            code = 1
+    finally:
+        _flush()
+        os._exit(code)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed terminal
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m airflow_flowspec.airflow.preloader")
+    parser.add_argument("--socket", required=True, type=Path)
+    parser.add_argument("--idle-minutes", type=float, default=None)
+    args = parser.parse_args(argv)
+    idle = args.idle_minutes if args.idle_minutes is not None else config.preload_idle_minutes()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    print_ = fingerprint()
+    warm_up()
+    preloader = Preloader(args.socket, idle * 60, print_)
+    if not preloader.bind():
+        return 0
+    print(f"preloader {os.getpid()} ready at {args.socket}", flush=True)
+    try:
+        preloader.serve()
+    finally:
+        preloader.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

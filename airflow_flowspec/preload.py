@@ -1,0 +1,224 @@
+"""``python flow.py run`` through a warm Airflow: the client side of the preloader.
+
+Most of a small flow's ``run`` is Airflow starting: importing ``airflow.sdk``, preparing the private
+home, building the in-process execution API. The preloader
+(:mod:`airflow_flowspec.airflow.preloader`) does that once and forks a fresh child for each run, the
+pattern of Ruby's Spring or CPython's forkserver. This module is what ``run`` does instead of
+starting Airflow itself: it hands the preloader its terminal (the file descriptors themselves,
+passed over a Unix socket, so ``isatty``, colours and progress bars behave), its arguments,
+working directory and environment, forwards the signals it gets (Ctrl-C) to the child, and exits
+with the child's status. It imports no Airflow.
+
+The preloader starts on first use (that run is cold), exits after ``[flowspec]
+preload_idle_minutes``, and serves a run only while nothing it imported has changed; a different
+Python or Airflow-relevant environment gets a preloader of its own. ``run --no-preload``,
+``[flowspec] preload = False`` or ``FLOWSPEC_PRELOAD=0`` turn it off; where fork or Unix sockets do
+not exist it is off. If it cannot be reached, or fails before the run starts, the run goes on cold
+and says so in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+#: Set in the preloader's children: their ``run`` runs in place (never through a preloader).
+CHILD_VARIABLE = "FLOWSPEC_PRELOAD_CHILD"
+#: ``0`` turns the preloader off for a shell (as ``run --no-preload`` does for one command).
+SWITCH_VARIABLE = "FLOWSPEC_PRELOAD"
+#: Signals a user sends the run through this process (Ctrl-C, Ctrl-\, a kill, a closed terminal).
+FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+#: How long a client waits for a preloader to take its run (the fork is milliseconds).
+_HANDSHAKE_SECONDS = 10.0
+_HEADER = struct.Struct("!I")
+
+
+def supported() -> bool:
+    return hasattr(os, "fork") and hasattr(socket, "AF_UNIX") and hasattr(socket, "send_fds")
+
+
+def enabled(no_preload: bool = False) -> bool:
+    """Whether this ``run`` may go through a preloader."""
+    if no_preload or os.environ.get(CHILD_VARIABLE) or not supported():
+        return False
+    if os.environ.get(SWITCH_VARIABLE, "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    from airflow_flowspec import config
+
+    return config.preload_enabled()
+
+
+def fingerprint(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """What a preloader must share with a run it serves: the Python, and the environment Airflow
+    reads when it starts (a preloader with another one would run stale settings). ``[flowspec]``
+    options are left out: this package reads them when it needs them, in the run's child."""
+    environ = dict(os.environ if environ is None else environ)
+    relevant = {
+        name: value
+        for name, value in environ.items()
+        if name in ("AIRFLOW_HOME", "PYTHONPATH", "FLOWSPEC_HOME", "AIRFLOW_CONFIG")
+        or (name.startswith("AIRFLOW__") and not name.startswith("AIRFLOW__FLOWSPEC__"))
+    }
+    return {"python": os.path.realpath(sys.executable), "prefix": sys.prefix, "environment": relevant}
+
+
+def socket_path(print_: dict[str, Any] | None = None) -> Path:
+    """Where this user's preloader for this fingerprint listens: a folder only the user can open."""
+    digest = hashlib.sha256(json.dumps(print_ or fingerprint(), sort_keys=True).encode()).hexdigest()[:20]
+    return private_folder() / f"{digest}.sock"
+
+
+def private_folder() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    folder = Path(base) / f"airflow-flowspec-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+    except OSError:
+        pass
+    status = folder.lstat()
+    if not folder.is_dir() or folder.is_symlink() or status.st_uid != os.getuid() or status.st_mode & 0o077:
+        raise PermissionError(f"{folder} is not a folder only you can open")
+    return folder
+
+
+def run_preloaded(argv: list[str]) -> int | None:
+    """Run ``python <argv>`` in a preloader; its exit status, or None to run cold here."""
+    try:
+        path = socket_path()
+    except OSError as error:
+        _say(f"the preloader's folder cannot be used ({error}); running without it")
+        return None
+    connection = _connect(path)
+    if connection is None:
+        _start_after_this_run(path)
+        return None
+    with connection:
+        try:
+            reply = _hand_over(connection, argv)
+        except (OSError, ValueError) as error:
+            _say(f"the preloader did not take the run ({error}); running it cold")
+            return None
+        if reply.get("status") == "stale":
+            _start_after_this_run(path)  # the old one has exited: something it imported changed
+            return None
+        if "pid" not in reply:
+            _say(f"the preloader refused the run ({reply.get('reason', reply)}); running it cold")
+            return None
+        return _follow(connection, int(reply["pid"]))
+
+
+def _connect(path: Path) -> socket.socket | None:
+    if not path.exists():
+        return None
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(str(path))
+    except OSError:
+        connection.close()
+        return None
+    return connection
+
+
+def _hand_over(connection: socket.socket, argv: list[str]) -> dict[str, Any]:
+    request = {
+        "argv": argv,
+        "cwd": os.getcwd(),
+        "environment": dict(os.environ),
+        "fingerprint": fingerprint(),
+    }
+    data = json.dumps(request).encode()
+    connection.settimeout(_HANDSHAKE_SECONDS)
+    socket.send_fds(connection, [_HEADER.pack(len(data)) + data], [0, 1, 2])
+    return read_message(connection)
+
+
+def _follow(connection: socket.socket, pid: int) -> int:
+    """Forward signals to the run until it ends; its exit status, as the shell should see it."""
+
+    def forward(number: int, _frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, number)
+
+    for name in FORWARDED_SIGNALS:
+        signal.signal(getattr(signal, name), forward)
+    connection.settimeout(None)
+    try:
+        end = read_message(connection)
+    except (OSError, ValueError) as error:
+        _say(f"lost the preloaded run (pid {pid}): {error}")
+        return 1
+    if "signal" in end:  # die the same way, so the shell sees what it would have seen
+        number = int(end["signal"])
+        sys.stdout.flush()
+        signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
+        time.sleep(1)
+        return 128 + number
+    return int(end.get("exit", 1))
+
+
+def _start_after_this_run(path: Path) -> None:
+    """Start a preloader for the next run once this (cold) one is over: started now, it would
+    migrate the same new database and compete for the same cores."""
+    import atexit
+
+    # With the environment as the caller has it now: the run is about to add the private home's.
+    atexit.register(start_preloader, path, dict(os.environ))
+
+
+def start_preloader(path: Path, environ: dict[str, str] | None = None) -> None:
+    """Start a preloader in the background, detached from this terminal (it warms up while this
+    run goes on)."""
+    log = path.with_suffix(".log")
+    with open(log, "ab") as output:
+        subprocess.Popen(  # noqa: S603 - our own module, this interpreter
+            [sys.executable, "-m", "airflow_flowspec.airflow.preloader", "--socket", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+            cwd="/",
+            env=environ,
+            close_fds=True,
+        )
+
+
+def read_message(connection: socket.socket) -> dict[str, Any]:
+    header = _read_exactly(connection, _HEADER.size)
+    (length,) = _HEADER.unpack(header)
+    if length > 64 * 1024 * 1024:
+        raise ValueError("message too long")
+    message = json.loads(_read_exactly(connection, length))
+    if not isinstance(message, dict):
+        raise ValueError("not a message")
+    return message
+
+
+def write_message(connection: socket.socket, message: dict[str, Any]) -> None:
+    data = json.dumps(message).encode()
+    connection.sendall(_HEADER.pack(len(data)) + data)
+
+
+def _read_exactly(connection: socket.socket, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = connection.recv(left)
+        if not chunk:
+            raise ValueError("the preloader closed the connection")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _say(message: str) -> None:
+    print(f"airflow-flowspec: {message}.", file=sys.stderr, flush=True)
