@@ -103,9 +103,43 @@ def warm_up() -> None:
 
         from airflow_flowspec.airflow import registration  # noqa: F401
         from airflow_flowspec.operators import local_step  # noqa: F401
+
+        _prebuild_execution_api()
+        from sqlalchemy.orm import configure_mappers
+
+        configure_mappers()  # the ORM's relationships, set up on first use: a quarter second a run
     finally:
         gc.freeze()
         gc.enable()
+
+
+def _prebuild_execution_api() -> None:
+    """Build dag.test()'s in-process execution API, and its versioned routers, before forking.
+
+    Airflow keeps one ``InProcessExecutionAPI`` per process (``in_process_api_server``, cached);
+    its app is built on first use and Cadwyn generates the routers on the first request: about
+    half a second a run. Both are done here, the request served on an event loop that is closed
+    again, so no thread is left running at the fork; each child starts the transport thread of
+    its inherited instance as usual.
+    """
+    import asyncio
+
+    try:
+        import httpx
+        from airflow.sdk.execution_time.supervisor import in_process_api_server
+    except ImportError:
+        return
+    app = in_process_api_server().app
+
+    async def first_request() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as client:
+            await client.get("/execution/health")
+
+    try:
+        asyncio.run(first_request())
+    except Exception as error:  # noqa: BLE001 - only a speed-up: the child builds them if not
+        print(f"preloader: execution API not prebuilt ({error})", file=sys.stderr, flush=True)
 
 
 class Preloader:
@@ -339,8 +373,14 @@ def _become_run(request: dict[str, Any], fds: list[int]) -> None:
         sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
         import runpy
 
+        profile = os.environ.get("FLOWSPEC_PRELOAD_PROFILE")  # where to write a cProfile of the run
         try:
-            runpy.run_path(argv[0], run_name="__main__")
+            if profile:
+                import cProfile
+
+                cProfile.runctx("runpy.run_path(argv[0], run_name='__main__')", globals(), locals(), profile)
+            else:
+                runpy.run_path(argv[0], run_name="__main__")
             code = 0
         except SystemExit as end:
             code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
