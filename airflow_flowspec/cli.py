@@ -1,9 +1,10 @@
 """``python flow.py run|show|check``: the command line a flow file gets from ``TrainFlow()``.
 
 ``run`` executes the flow once with Airflow's ``dag.test()`` (tasks one after another in this
-process, on SQLite). With no ``AIRFLOW_HOME`` set it prepares a private Airflow home under
-``~/.airflow_flowspec/airflow`` the first time, so a data scientist needs no Airflow set-up to try
-a flow. Mistakes in the flow print one paragraph and exit non-zero, without a traceback.
+process, on SQLite), always on a private Airflow home under ``~/.airflow_flowspec/airflow``
+(prepared the first time; a user's ``AIRFLOW_HOME`` is only read, see
+:func:`airflow_flowspec.airflow.local_run.run_environment`), so a data scientist needs no Airflow
+set-up to try a flow. Mistakes in the flow print one paragraph and exit non-zero, without a traceback.
 """
 
 from __future__ import annotations

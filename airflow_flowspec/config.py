@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import configparser
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from airflow_flowspec.errors import ConfigurationError
@@ -23,9 +24,10 @@ SECTION = "flowspec"
 EXECUTION_MODES = ("local", "batch")
 
 
-def default_home() -> Path:
+def default_home(environ: Mapping[str, str] | None = None) -> Path:
     """Where the embedded default keeps its Airflow home and local datastore."""
-    return Path(os.environ.get("FLOWSPEC_HOME", Path.home() / ".airflow_flowspec"))
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("FLOWSPEC_HOME", Path.home() / ".airflow_flowspec"))
 
 
 DEFAULTS: dict[str, str] = {
@@ -97,11 +99,21 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
-def _airflow_cfg_path() -> Path:
-    if os.environ.get("AIRFLOW_CONFIG"):
-        return Path(os.environ["AIRFLOW_CONFIG"])
-    home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
+def _airflow_cfg_path(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    if environ.get("AIRFLOW_CONFIG"):
+        return Path(environ["AIRFLOW_CONFIG"])
+    home = environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
     return Path(home) / "airflow.cfg"
+
+
+def airflow_cfg_options(
+    section: str, environ: Mapping[str, str] | None = None
+) -> tuple[Path, dict[str, str]]:
+    """The airflow.cfg Airflow would read with ``environ`` (default: this process's), and the
+    options its ``section`` sets there (the file only: no environment variable, no default)."""
+    cfg = _airflow_cfg_path(environ)
+    return cfg, dict(_cfg_section(cfg, section))
 
 
 def get_option(option: str) -> str:

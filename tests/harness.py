@@ -110,16 +110,22 @@ def run_flow(path: Path, params: dict[str, Any] | None = None, **test_arguments:
 
 
 def run_cli(
-    flow_file: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 240
+    flow_file: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    unset: tuple[str, ...] = (),
+    timeout: float = 240,
 ) -> subprocess.CompletedProcess:
-    """``python flow.py ARGS`` in a fresh process, as a user types it."""
+    """``python flow.py ARGS`` in a fresh process, as a user types it (with ``env`` added to this
+    process's environment and the ``unset`` variables removed from it)."""
+    environment = {name: value for name, value in os.environ.items() if name not in unset}
     return subprocess.run(
         [sys.executable, str(flow_file), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=flow_file.parent,
-        env={**os.environ, **(env or {})},
+        env={**environment, **(env or {})},
     )
 
 

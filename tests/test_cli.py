@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sqlite3
+import time
 
-from harness import FLOWS, run_cli
+from harness import FLOWS, parse_dags_folder, run_cli
 
 
 def test_run_prints_run_id_first_then_progress_and_step_output(tmp_path):
@@ -142,3 +145,228 @@ def test_run_keeps_legacy_metric_names_only_for_a_configured_exporter(monkeypatc
     monkeypatch.setenv("AIRFLOW__METRICS__LEGACY_NAMES_ON", "False")
     _initialize_metrics()
     assert core_stats._export_legacy_names is False
+
+
+RETRY_FLOW = """
+from airflow_flowspec import FlowSpec, current, retry, step
+
+
+class RetryAtOnceFlow(FlowSpec):
+    @retry(times=1)
+    @step
+    def start(self):
+        if current.retry_count == 0:
+            raise RuntimeError("the first attempt fails")
+        print(f"attempt {current.retry_count} went through")
+        self.items = [1, 2]
+        self.next(self.body, foreach="items")
+
+    @retry(times=1)
+    @step
+    def body(self):
+        if current.retry_count == 0:
+            raise RuntimeError("the first attempt of each item fails")
+        self.value = self.input
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        self.total = sum(i.value for i in inputs)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        print("total", self.total)
+
+
+if __name__ == "__main__":
+    RetryAtOnceFlow()
+"""
+
+
+def test_run_retries_a_failed_step_at_once_while_the_dags_folder_keeps_its_delay(tmp_path):
+    """@retry's default 2-minute delay used to make `run` wait 2 minutes per retry, warning
+    "No tasks to run" every second; Metaflow's local runtime retries at once, and so does `run`."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    flow_file = dags / "retry_at_once_flow.py"
+    flow_file.write_text(RETRY_FLOW)
+
+    started = time.monotonic()
+    result = run_cli(flow_file, "run", env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")})
+    elapsed = time.monotonic() - started
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert elapsed < 60, elapsed  # three retries of 2 minutes each before; a few seconds now
+    assert "No tasks to run" not in output and "Sleeping" not in output
+    run_id = re.fullmatch(r"Run id: (\S+)", result.stdout.splitlines()[0]).group(1)
+    lines = result.stdout.splitlines()
+    for task in ("start/0", "body/0", "body/1"):
+        assert lines.count(f"[{run_id}/{task}] Task is starting.") == 2, task
+        assert lines.count(f"[{run_id}/{task}] Task finished successfully.") == 1, task
+    assert "attempt 1 went through" in lines and "total 3" in lines
+    assert lines[-1] == f"Flow RetryAtOnceFlow run {run_id} succeeded."
+
+    # Airflow proper reads the file from its dags folder with the delay the flow asks for.
+    parsed = parse_dags_folder(dags)["dags"]["RetryAtOnceFlow"]["dag"]
+    for task in parsed["tasks"]:
+        settings = task["__var"].get("partial_kwargs", task["__var"])  # a foreach step is mapped
+        if task["__var"]["task_id"] in ("start", "body"):
+            delay = settings["retry_delay"]
+            assert settings["retries"] == 1
+            assert (delay["__var"] if isinstance(delay, dict) else delay) == 120.0, task
+
+
+HOME_FLOW = """
+from airflow_flowspec import FlowSpec, step
+
+
+class HomeFlow(FlowSpec):
+    @step
+    def start(self):
+        from airflow.sdk.execution_time.xcom import XCom  # the class [core] xcom_backend selects
+
+        self.xcom_backend = f"{XCom.__module__}.{XCom.__qualname__}"
+        self.next(self.end)
+
+    @step
+    def end(self):
+        print("HomeFlow is done.")
+
+
+if __name__ == "__main__":
+    HomeFlow()
+"""
+
+#: An Airflow user's own airflow.cfg: chatty logs, example DAGs, Airflow's default XCom backend.
+USER_AIRFLOW_CFG = """\
+[core]
+load_examples = True
+xcom_backend = airflow.sdk.bases.xcom.BaseXCom
+
+[logging]
+logging_level = INFO
+
+[flowspec]
+datastore_root = {datastore_root}
+"""
+
+
+def test_run_shows_the_same_output_whatever_the_users_airflow_home_and_leaves_it_untouched(
+    tmp_path, monkeypatch
+):
+    """`run` runs on its private home, with our XCom backend and quiet logs, even when AIRFLOW_HOME
+    names a user's Airflow; it reads their [flowspec] options and writes nothing there."""
+    from airflow_flowspec import namespace
+    from airflow_flowspec.airflow.local_run import airflow_environment
+    from airflow_flowspec.client import Run, namespaces
+
+    flow_file = tmp_path / "home_flow.py"
+    flow_file.write_text(HOME_FLOW)
+    flowspec_home = {"FLOWSPEC_HOME": str(tmp_path / "flowspec-home")}
+    plain = run_cli(
+        flow_file, "run", env={**flowspec_home, "AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")}
+    )
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+
+    user_home = tmp_path / "user-airflow"
+    user_home.mkdir()
+    cfg = user_home / "airflow.cfg"
+    cfg.write_text(USER_AIRFLOW_CFG.format(datastore_root=tmp_path / "user-store"))
+    cfg_before = cfg.read_bytes()
+    # Only the user's home speaks: none of the session's Airflow variables are set.
+    session_variables = (*airflow_environment(tmp_path), "AIRFLOW__FLOWSPEC__DATASTORE_ROOT")
+    users = run_cli(
+        flow_file, "run", env={**flowspec_home, "AIRFLOW_HOME": str(user_home)}, unset=session_variables
+    )
+    assert users.returncode == 0, users.stdout + users.stderr
+
+    def normalized(text: str, result) -> str:
+        run_id = re.fullmatch(r"Run id: (\S+)", result.stdout.splitlines()[0]).group(1)
+        return text.replace(run_id, "<run>")
+
+    assert normalized(users.stdout, users) == normalized(plain.stdout, plain)
+    assert normalized(users.stderr, users) == normalized(plain.stderr, plain) == ""
+    assert "[info" not in users.stdout and "example" not in users.stdout
+    assert cfg.read_bytes() == cfg_before
+    assert sorted(p.name for p in user_home.iterdir()) == ["airflow.cfg"]  # no airflow.db, no logs
+
+    # Artifacts went where the user's [flowspec] datastore_root says, through our XCom backend.
+    run_id = re.fullmatch(r"Run id: (\S+)", users.stdout.splitlines()[0]).group(1)
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(tmp_path / "user-store"))
+    monkeypatch.setattr(namespaces, "_chosen", namespaces._UNSET)
+    namespace(None)
+    start = Run(f"HomeFlow/{run_id}")["start"].task
+    assert start.data.xcom_backend == "airflow_flowspec.xcom_backend._backend.FlowspecXComBackend"
+    # ...and Airflow's XCom table (in run's private home) holds the step's manifest.
+    with sqlite3.connect(tmp_path / "flowspec-home" / "airflow" / "airflow.db") as db:
+        (row,) = db.execute(
+            "SELECT value FROM xcom WHERE dag_id = 'HomeFlow' AND run_id = ? AND task_id = 'start'"
+            " AND key = 'return_value'",
+            (run_id,),
+        ).fetchall()
+    manifest = json.loads(row[0])
+    assert manifest["flowspec_manifest"] == 1 and manifest["pathspec"] == f"HomeFlow/{run_id}/start/0"
+    assert sorted(manifest["artifacts"]) == ["xcom_backend"]
+
+
+WARNING_FLOW = '''
+import warnings
+
+from airflow_flowspec import FlowSpec, step
+
+
+class ConvergenceWarning(UserWarning):
+    """As scikit-learn's: raised by a model that stopped before converging."""
+
+
+class WarningFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.fit)
+
+    @step
+    def fit(self):
+        for _ in range(2):
+            warnings.warn(
+                "lbfgs failed to converge (status=1):\\nSTOP: TOTAL NO. OF ITERATIONS REACHED LIMIT.\\n\\n"
+                "Increase the number of iterations (max_iter).",
+                ConvergenceWarning,
+            )
+        print("fitted")
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    WarningFlow()
+'''
+
+
+def test_a_library_warning_shows_once_as_one_line_naming_the_step(tmp_path, monkeypatch):
+    from airflow_flowspec import namespace
+    from airflow_flowspec.client import Run, namespaces
+
+    flow_file = tmp_path / "warning_flow.py"
+    flow_file.write_text(WARNING_FLOW)
+    result = run_cli(flow_file, "run", env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = re.fullmatch(r"Run id: (\S+)", result.stdout.splitlines()[0]).group(1)
+    line = (
+        f"[{run_id}/fit/0] ConvergenceWarning: lbfgs failed to converge (status=1): STOP: TOTAL NO. OF "
+        f"ITERATIONS REACHED LIMIT. Increase the number of iterations (max_iter)."
+    )
+    output = result.stdout + result.stderr
+    assert [text for text in output.splitlines() if "ConvergenceWarning" in text or "converge" in text] == [
+        line
+    ]
+    assert result.stderr.splitlines() == [line]
+    assert "py.warnings" not in output and "Traceback" not in output and "warning_flow.py" not in output
+    # The line is kept with the task's output, as everything the step writes is.
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(tmp_path / "store"))
+    monkeypatch.setattr(namespaces, "_chosen", namespaces._UNSET)
+    namespace(None)
+    assert Run(f"WarningFlow/{run_id}")["fit"].task.stderr == line + "\n"

@@ -9,8 +9,7 @@ import sys
 from datetime import date
 
 import pytest
-from harness import REPO, run_cli, run_flow
-from test_dags_folder import parse_dags_folder
+from harness import REPO, parse_dags_folder, run_cli, run_flow
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

@@ -1,9 +1,15 @@
 """Run a flow once on the embedded default: Airflow's ``dag.test()`` on SQLite, local datastore.
 
 Airflow reads its configuration when first imported, so the environment is prepared before that
-import. With ``AIRFLOW_HOME`` unset we use a private home (``~/.airflow_flowspec/airflow``) with an
-empty dags folder: ``dag.test()`` syncs its bundle to the database on every call and an empty
-folder keeps that free; the flow's own DAG is written to the database directly.
+import. ``run`` always uses its private home (``$FLOWSPEC_HOME/airflow``, by default
+``~/.airflow_flowspec/airflow``), whatever ``AIRFLOW_HOME`` says: its own SQLite database, quiet
+logs, no example DAGs, our XCom backend, and an empty dags folder (``dag.test()`` syncs its bundle
+to the database on every call and an empty folder keeps that free; the flow's own DAG is written to
+the database directly). A user's airflow.cfg is only read, for what a flow depends on (the
+``[flowspec]`` options, ``[core] max_map_length``), never written; nothing lands in their home.
+
+Steps that fail retry at once, as in Metaflow's local runtime (``@retry``'s
+``minutes_between_retries`` is honoured by Airflow proper and by steps on AWS Batch).
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ import os
 import re
 import sys
 import types
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_flowspec.airflow.discovery import DISCOVERY_CALLABLE
-from airflow_flowspec.config import default_home
+from airflow_flowspec.config import SECTION, airflow_cfg_options, default_home
 from airflow_flowspec.runtime.task_spec import stored_run_id
 
 if TYPE_CHECKING:
@@ -38,6 +45,7 @@ def airflow_environment(home: Path) -> dict[str, str]:
     """
     return {
         "AIRFLOW_HOME": str(home),
+        "AIRFLOW_CONFIG": str(home / "airflow.cfg"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
         "AIRFLOW__CORE__XCOM_BACKEND": XCOM_BACKEND,
@@ -47,15 +55,47 @@ def airflow_environment(home: Path) -> dict[str, str]:
     }
 
 
+#: Options of a user's airflow.cfg that ``run`` keeps, besides its whole ``[flowspec]`` section:
+#: what the lint checked the flow against must hold while it runs.
+KEPT_AIRFLOW_OPTIONS = (("core", "max_map_length"),)
+
+
+def run_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables ``python flow.py run`` sets in its own process, started with ``environ``.
+
+    The private home's settings (:func:`airflow_environment`) always win: with them the output,
+    the XCom backend and the database are the same whatever home or ``AIRFLOW__*`` variables the
+    user has. From the airflow.cfg ``environ`` points to (``AIRFLOW_CONFIG``, ``AIRFLOW_HOME`` or
+    ``~/airflow``) only the ``[flowspec]`` options and :data:`KEPT_AIRFLOW_OPTIONS` are carried, as
+    ``AIRFLOW__*`` variables, where no variable already sets them: ``check``, the client and the
+    user's Airflow read that file, and ``run`` must store artifacts where they look for them. It
+    only reads (that file), so a parent process can compute it once for the runs it forks.
+    """
+    home = default_home(environ) / "airflow"
+    private = airflow_environment(home)
+    carried: dict[str, str] = {}
+    user_cfg, flowspec_options = airflow_cfg_options(SECTION, environ)
+    if user_cfg != Path(private["AIRFLOW_CONFIG"]):
+        options = {(SECTION, name): value for name, value in flowspec_options.items()}
+        for section, name in KEPT_AIRFLOW_OPTIONS:
+            options[(section, name)] = airflow_cfg_options(section, environ)[1].get(name, "")
+        for (section, name), value in options.items():
+            variable = f"AIRFLOW__{section.upper()}__{name.upper()}"
+            if value and not environ.get(variable):
+                carried[variable] = value
+    return {**carried, **private}
+
+
 def prepare_environment() -> Path:
-    """Point Airflow at a ready-to-use home; return it. A user's AIRFLOW_HOME is left as it is."""
-    if os.environ.get("AIRFLOW_HOME"):
-        return Path(os.environ["AIRFLOW_HOME"])
-    home = default_home() / "airflow"
+    """Point this process at ``run``'s private Airflow home, ready to use; return the home.
+
+    Sets :func:`run_environment` in ``os.environ`` (idempotent: a second call changes nothing) and
+    creates the home's dags folder. Call it before Airflow is imported.
+    """
+    environment = run_environment(os.environ)
+    home = Path(environment["AIRFLOW_HOME"])
     (home / "dags").mkdir(parents=True, exist_ok=True)
-    os.environ["AIRFLOW_HOME"] = str(home)
-    for name, value in airflow_environment(home).items():
-        os.environ.setdefault(name, value)
+    os.environ.update(environment)
     return home
 
 
@@ -118,6 +158,7 @@ def run_locally(
 
         # Lint and @project errors surface here, before Airflow starts.
         dag = dag_for(flow_class, flow_file, target, project)
+        retry_at_once(dag)
         logging.getLogger("airflow").setLevel(logging.WARNING)
         ensure_database(home)
         sync_dag(dag)
@@ -138,8 +179,63 @@ def run_locally(
     print(f"Run id: {stored_run_id(run_id, branch)}", flush=True)
     if project is not None:
         print(f"Project: {project.project_name}, Branch: {project.branch_name}", flush=True)
-    dag_run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=parameters)
+    dag_test_log = logging.getLogger("airflow.sdk.definitions.dag")
+    notice = RetryWaitNotice(dag, branch)
+    dag_test_log.addFilter(notice)
+    try:
+        dag_run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=parameters)
+    finally:
+        dag_test_log.removeFilter(notice)
     return _report(flow_class.__name__, dag_run, branch)
+
+
+def retry_at_once(dag: Any) -> None:
+    """Let the run's steps retry as soon as they fail, as Metaflow's local runtime does.
+
+    ``dag.test()`` waits out a task's ``retry_delay`` (``@retry``'s ``minutes_between_retries``,
+    2 by default) polling once a second and warning "No tasks to run" each time. Only this
+    process's copy of the DAG changes: the dags folder's DAG keeps its delay, and so do steps on
+    AWS Batch, whose retries Metaflow delays too (a job may fail for reasons that take time to pass).
+    """
+    from airflow_flowspec.operators.local_step import LocalStepOperator
+
+    for task in dag.task_dict.values():
+        operator_class = getattr(task, "operator_class", type(task))  # a foreach step is mapped
+        runs_here = isinstance(operator_class, type) and issubclass(operator_class, LocalStepOperator)
+        if runs_here and task.retries:
+            task.retry_delay = timedelta(0)
+
+
+class RetryWaitNotice(logging.Filter):
+    """One line per wait for a retry, instead of dag.test()'s warning every second.
+
+    While a task waits out its retry delay (under ``run``, only a step on AWS Batch does: see
+    :func:`retry_at_once`), ``dag.test()`` logs "No tasks to run" once a second. Metaflow says once
+    "Sleeping 2 minutes before the next AWS Batch retry"; this filter does the same, and lets the
+    warning through when no task is waiting for a retry (something else is wrong then).
+    """
+
+    def __init__(self, dag: Any, branch: str | None):
+        super().__init__()
+        self._dag = dag
+        self._branch = branch
+        self._told: set[tuple[str, str, int, int]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("No tasks to run") or not record.args:
+            return True
+        unrunnable = record.args[0] if isinstance(record.args, tuple) else ()
+        waiting = [ti for ti in unrunnable if str(getattr(ti, "state", "")) == "up_for_retry"]
+        for ti in sorted(waiting, key=lambda ti: (ti.task_id, ti.map_index)):
+            attempt = (ti.run_id, ti.task_id, ti.map_index, ti.try_number)
+            if attempt in self._told:
+                continue
+            self._told.add(attempt)
+            delay = self._dag.task_dict[ti.task_id].retry_delay.total_seconds() / 60
+            if delay > 0:  # a step retried at once can be seen waiting for an instant
+                label = f"{stored_run_id(ti.run_id, self._branch)}/{ti.task_id}/{max(ti.map_index, 0)}"
+                print(f"[{label}] Sleeping {delay:g} minute(s) before the next retry.", flush=True)
+        return not waiting
 
 
 def _build_lean_execution_api() -> None:

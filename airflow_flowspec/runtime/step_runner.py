@@ -36,6 +36,7 @@ from airflow_flowspec.parameters import RUN_TAGS_CONF_KEY, flow_parameters
 from airflow_flowspec.runtime import code_package, parameter_values
 from airflow_flowspec.runtime.caught import CaughtException
 from airflow_flowspec.runtime.masking import SecretMask, masked_output
+from airflow_flowspec.runtime.step_warnings import one_line_warnings
 from airflow_flowspec.runtime.task_log import TaskLog
 from airflow_flowspec.runtime.task_spec import (
     StepResult,
@@ -182,9 +183,15 @@ def _run_step(
             if value is not None:
                 mask_secret(value)
 
-    print(f"[{spec.run_id}/{spec.step}/{spec.task_id}] Task is starting.", flush=True)
+    label = f"{spec.run_id}/{spec.step}/{spec.task_id}"
+    print(f"[{label}] Task is starting.", flush=True)
     caught: BaseException | None = None
-    with _task_context(spec), _environment(decorators.get("environment")), masked_output(secrets):
+    with (
+        _task_context(spec),
+        _environment(decorators.get("environment")),
+        masked_output(secrets),
+        one_line_warnings(label),
+    ):
         try:
             if is_join:
                 step_func(
@@ -267,7 +274,7 @@ def _run_step(
         datastore.index_run(spec.flow_name, spec.run_id, run_record)
     if node.type == "end":
         datastore.finish_run(spec.flow_name, spec.run_id, True, {"end_task": spec.pathspec})
-    print(f"[{spec.run_id}/{spec.step}/{spec.task_id}] Task finished successfully.", flush=True)
+    print(f"[{label}] Task finished successfully.", flush=True)
     return result
 
 

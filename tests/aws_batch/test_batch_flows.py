@@ -319,6 +319,56 @@ def test_python_flow_py_run_with_batch_prints_each_jobs_statuses_and_output(loca
     assert "succeeded." in out.splitlines()[-1]
 
 
+BATCH_RETRY_FLOW = textwrap.dedent("""
+    from airflow_flowspec import FlowSpec, current, retry, step
+
+
+    class BatchRetryFlow(FlowSpec):
+        @step
+        def start(self):
+            self.next(self.flaky)
+
+        @retry(times=1, minutes_between_retries=0.05)
+        @step
+        def flaky(self):
+            if current.retry_count == 0:
+                raise RuntimeError("the first job fails")
+            self.next(self.end)
+
+        @step
+        def end(self):
+            pass
+
+
+    if __name__ == "__main__":
+        BatchRetryFlow()
+""")
+
+
+def test_python_flow_py_run_with_batch_waits_before_a_retry_and_says_so_once(local_aws_environment, tmp_path):
+    """As in Metaflow, a step on Batch waits minutes_between_retries before its next job (a local
+    step retries at once); `run` says so in one line, not a "No tasks to run" warning a second."""
+    from harness import run_cli
+
+    flow_file = tmp_path / "batch_retry_flow.py"
+    flow_file.write_text(BATCH_RETRY_FLOW)
+    result = run_cli(
+        flow_file, "run", "--with", "batch", env={"AIRFLOW__FLOWSPEC__BATCH_POLL_SECONDS": "0.1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_id = result.stdout.splitlines()[0].removeprefix("Run id: ")
+    output = result.stdout + result.stderr
+    assert "No tasks to run" not in output
+    waits = [line for line in output.splitlines() if "Sleeping" in line]
+    assert waits == [f"[{run_id}/flaky/0] Sleeping 0.05 minute(s) before the next retry."]
+    first, second = sorted(
+        (job for job in jobs_of(local_aws_environment, run_id) if job["tags"]["flowspec:step"] == "flaky"),
+        key=lambda job: job["createdAt"],
+    )
+    assert (first["status"], second["status"]) == ("FAILED", "SUCCEEDED")
+    assert second["createdAt"] - first["stoppedAt"] >= 3000  # milliseconds: the 3 s delay was kept
+
+
 WORKER_VALUES_FLOW = textwrap.dedent("""
     import os
 

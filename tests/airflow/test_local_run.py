@@ -1,0 +1,52 @@
+"""What ``python flow.py run`` sets up before Airflow starts (no Airflow needed)."""
+
+from __future__ import annotations
+
+from airflow_flowspec.airflow.local_run import airflow_environment, run_environment
+
+USER_CFG = """\
+[core]
+max_map_length = 2048
+xcom_backend = airflow.sdk.bases.xcom.BaseXCom
+load_examples = True
+
+[database]
+sql_alchemy_conn = postgresql://airflow@db/airflow
+
+[logging]
+logging_level = INFO
+
+[flowspec]
+datastore_root = s3://team-bucket/flows
+batch_job_queue = from-the-file
+"""
+
+
+def test_run_uses_its_private_home_and_keeps_only_the_flow_options_of_a_users_airflow_cfg(tmp_path):
+    user_home = tmp_path / "airflow"
+    user_home.mkdir()
+    (user_home / "airflow.cfg").write_text(USER_CFG)
+    environ = {
+        "AIRFLOW_HOME": str(user_home),
+        "FLOWSPEC_HOME": str(tmp_path / "flowspec"),
+        "AIRFLOW__FLOWSPEC__BATCH_JOB_QUEUE": "from-the-environment",  # a variable wins over the file
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "DEBUG",  # run's own settings win over any variable
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://airflow@db/airflow",
+    }
+    environment = run_environment(environ)
+    assert environment == {
+        **airflow_environment(tmp_path / "flowspec" / "airflow"),
+        "AIRFLOW__FLOWSPEC__DATASTORE_ROOT": "s3://team-bucket/flows",
+        "AIRFLOW__CORE__MAX_MAP_LENGTH": "2048",
+    }
+    # Applied, it is stable: a second call (a preloaded run, a nested one) changes nothing.
+    applied = {**environ, **environment}
+    assert {**applied, **run_environment(applied)} == applied
+
+
+def test_airflow_config_names_the_users_file_and_a_missing_file_carries_nothing(tmp_path):
+    (tmp_path / "elsewhere.cfg").write_text(USER_CFG)
+    environ = {"AIRFLOW_CONFIG": str(tmp_path / "elsewhere.cfg"), "FLOWSPEC_HOME": str(tmp_path / "fh")}
+    assert run_environment(environ)["AIRFLOW__FLOWSPEC__DATASTORE_ROOT"] == "s3://team-bucket/flows"
+    nothing = {"AIRFLOW_HOME": str(tmp_path / "no-such-home"), "FLOWSPEC_HOME": str(tmp_path / "fh")}
+    assert run_environment(nothing) == airflow_environment(tmp_path / "fh" / "airflow")
