@@ -175,7 +175,7 @@ def test_ctrl_c_reaches_the_step_of_a_warm_run(preloading, tmp_path):
     sleepy.write_text(
         FLOW.replace(
             'print("stdout is a terminal:", sys.stdout.isatty())',
-            'print("sleeping", flush=True)\n        import time; time.sleep(60)',
+            'print("sleeping", flush=True)\n        import time; time.sleep(30)',
         )  # fmt: skip
     )
     preloading.run()
@@ -189,8 +189,9 @@ def test_ctrl_c_reaches_the_step_of_a_warm_run(preloading, tmp_path):
             line = process.stdout.readline()
             assert line, seen
             seen += line
+        time.sleep(0.5)  # the step is in its sleep by now, as a user's Ctrl-C would find it
         process.send_signal(signal.SIGINT)
-        rest, _ = process.communicate(timeout=60)
+        rest, _ = process.communicate(timeout=120)
         return process.returncode, seen + rest
 
     cold_code, cold_output = interrupted("--no-preload")
