@@ -42,7 +42,7 @@ def run_overview(flow: str, run_id: str) -> dict[str, Any]:
     """The run's graph and, per step, its first tasks (:data:`TASKS_PER_STEP`) with their
     artifacts' summaries."""
     run = Run(f"{check_part('flow', flow)}/{check_part('run', run_id)}")
-    ran = set(_ran(run))
+    ran = set(run._step_names())
     return {
         "flow": run.flow_name,
         "run_id": run.id,
@@ -59,7 +59,7 @@ def step_overview(flow: str, run_id: str, step: str, page: int = 1) -> dict[str,
     """One page of a step's tasks (a 10,000-wide foreach has 100 pages)."""
     run = Run(f"{check_part('flow', flow)}/{check_part('run', run_id)}")
     check_part("step", step)
-    ran = set(_ran(run))
+    ran = set(run._step_names())
     node = next((node for node in _graph(run, ran) if node["name"] == step), None)
     if node is None:
         raise MetaflowNotFound(f"Run {run.pathspec} has no step {step!r}.")
@@ -94,8 +94,8 @@ def task_overview(flow: str, run_id: str, step: str, task_id: str) -> dict[str, 
             "flow": flow,
             "run_id": run_id,
             "step": step,
-            "stdout": task.stdout[-20000:] if task.successful or task.finished else "",
-            "stderr": task.stderr[-20000:] if task.successful or task.finished else "",
+            "stdout": task.stdout[-20000:] if task.finished else "",
+            "stderr": task.stderr[-20000:] if task.finished else "",
         }
     )
     return summary
@@ -105,11 +105,7 @@ def artifact_page(
     flow: str, run_id: str, step: str, task_id: str, name: str, page: int = 1
 ) -> dict[str, Any]:
     """One artifact: its summary and one page of its recorded preview (repr text or table rows)."""
-    task = _task(flow, run_id, step, task_id)
-    check_part("artifact", name)
-    if name not in task:
-        raise MetaflowNotFound(f"Task {task.pathspec} has no artifact {name!r}.")
-    artifact = task[name]
+    artifact = artifact_for_download(flow, run_id, step, task_id, name)
     preview = artifact.preview
     result: dict[str, Any] = {
         "flow": flow,
@@ -153,7 +149,8 @@ def artifact_page(
 
 
 def artifact_for_download(flow: str, run_id: str, step: str, task_id: str, name: str) -> Any:
-    """The :class:`DataArtifact` to serve as a pickle (its ``verified_pickle()``)."""
+    """The :class:`DataArtifact` named by a URL's parts (served as a pickle through its
+    ``verified_pickle()``, or shown by :func:`artifact_page`)."""
     task = _task(flow, run_id, step, task_id)
     check_part("artifact", name)
     if name not in task:
@@ -169,10 +166,6 @@ def _task(flow: str, run_id: str, step: str, task_id: str) -> Task:
         check_part("task", task_id),
     )
     return Task("/".join(parts))
-
-
-def _ran(run: Run) -> list[str]:
-    return run._step_names()
 
 
 def _task_summary(run: Run, step: str, task_id: str) -> dict[str, Any]:

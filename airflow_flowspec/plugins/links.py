@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink
 
@@ -13,8 +12,9 @@ URL_PREFIX = "/flowspec"
 
 def task_page_path(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
     """The artifact view's page of one task instance (path only, every part quoted)."""
-    parts = (quote(part, safe="") for part in (dag_id, run_id, task_id))
-    path = "{}/dags/{}/runs/{}/tasks/{}".format(URL_PREFIX, *parts)
+    from airflow_flowspec.plugins.pages import task_path
+
+    path = task_path(URL_PREFIX, dag_id, run_id, task_id)
     return path if map_index < 0 else f"{path}?map_index={map_index}"
 
 

@@ -75,22 +75,36 @@ def run_href(root: str, dag_id: str, run_id: str) -> str:
     return f"{root}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
 
 
+def task_path(root: str, dag_id: str, run_id: str, step: str) -> str:
+    """A step's task page, before its ``?map_index=`` (the "Artifacts" link builds on it too)."""
+    return f"{run_href(root, dag_id, run_id)}/tasks/{quote(step, safe='')}"
+
+
 def task_href(root: str, dag_id: str, run_id: str, step: str, task_id: str | int) -> str:
-    return (
-        f"{run_href(root, dag_id, run_id)}/tasks/{quote(step, safe='')}?{urlencode({'map_index': task_id})}"
-    )
+    return f"{task_path(root, dag_id, run_id, step)}?{urlencode({'map_index': task_id})}"
+
+
+def _artifact_path(root: str, dag_id: str, run_id: str, step: str, name: str) -> str:
+    return f"{task_path(root, dag_id, run_id, step)}/artifacts/{quote(name, safe='')}"
 
 
 def artifact_href(
     root: str, dag_id: str, run_id: str, step: str, task_id: str | int, name: str, **query: Any
 ) -> str:
-    base = f"{run_href(root, dag_id, run_id)}/tasks/{quote(step, safe='')}/artifacts/{quote(name, safe='')}"
+    base = _artifact_path(root, dag_id, run_id, step, name)
     return f"{base}?{urlencode({'map_index': task_id, **query})}"
 
 
 def download_href(root: str, dag_id: str, run_id: str, step: str, task_id: str | int, name: str) -> str:
-    base = f"{run_href(root, dag_id, run_id)}/tasks/{quote(step, safe='')}/artifacts/{quote(name, safe='')}"
+    base = _artifact_path(root, dag_id, run_id, step, name)
     return f"{base}/download?{urlencode({'map_index': task_id})}"
+
+
+def _run_crumbs(root: str, dag_id: str, run_id: str, *rest: tuple[str, str | None]) -> list[Any]:
+    """Flows / DAG / run, then ``rest``: the trail above every page of a run (the run links to
+    its page unless it is the page)."""
+    dag = (dag_id, f"{root}/dags/{quote(dag_id, safe='')}")
+    return [("Flows", f"{root}/"), dag, (run_id, run_href(root, dag_id, run_id) if rest else None), *rest]
 
 
 def _artifact_table(root: str, dag_id: str, run_id: str, step: str, task: dict[str, Any]) -> str:
@@ -142,8 +156,7 @@ def run_page(root: str, dag_id: str, overview: dict[str, Any]) -> str:
             more = step["task_count"] - len(step["tasks"])
             tasks += f'<p><a href="{escape(href)}">{more} more tasks of {escape(name)}</a></p>'
         parts.append(f'<div class="step">{head}{tasks}</div>')
-    crumbs = [("Flows", f"{root}/"), (dag_id, f"{root}/dags/{quote(dag_id, safe='')}"), (run_id, None)]
-    return document(f"{overview['flow']} {run_id}", crumbs, "".join(parts))
+    return document(f"{overview['flow']} {run_id}", _run_crumbs(root, dag_id, run_id), "".join(parts))
 
 
 def _task_list(root: str, dag_id: str, run_id: str, step: dict[str, Any]) -> str:
@@ -185,12 +198,7 @@ def step_page(root: str, dag_id: str, step: dict[str, Any]) -> str:
         f"{step['pages']}</span></h1>"
     )
     pager = _pager(step["page"], step["pages"], lambda page: step_href(root, dag_id, run_id, name, page=page))
-    crumbs = [
-        ("Flows", f"{root}/"),
-        (dag_id, f"{root}/dags/{quote(dag_id, safe='')}"),
-        (run_id, run_href(root, dag_id, run_id)),
-        (name, None),
-    ]
+    crumbs = _run_crumbs(root, dag_id, run_id, (name, None))
     body = head + (pager if step["pages"] > 1 else "") + _task_list(root, dag_id, run_id, step)
     return document(f"{name} of {run_id}", crumbs, body)
 
@@ -210,12 +218,7 @@ def task_page(root: str, dag_id: str, task: dict[str, Any]) -> str:
     for stream in ("stdout", "stderr"):
         if task.get(stream):
             parts.append(f"<h2>{stream}</h2><pre>{escape(task[stream])}</pre>")
-    crumbs = [
-        ("Flows", f"{root}/"),
-        (dag_id, f"{root}/dags/{quote(dag_id, safe='')}"),
-        (run_id, run_href(root, dag_id, run_id)),
-        (f"{step} {_task_label(task)}", None),
-    ]
+    crumbs = _run_crumbs(root, dag_id, run_id, (f"{step} {_task_label(task)}", None))
     return document(f"{step} of {run_id}", crumbs, "".join(parts))
 
 
@@ -251,13 +254,13 @@ def artifact_page(root: str, dag_id: str, artifact: dict[str, Any]) -> str:
                 lambda page: artifact_href(root, dag_id, run_id, step, task_id, name, page=page),
             )
         )
-    crumbs = [
-        ("Flows", f"{root}/"),
-        (dag_id, f"{root}/dags/{quote(dag_id, safe='')}"),
-        (run_id, run_href(root, dag_id, run_id)),
+    crumbs = _run_crumbs(
+        root,
+        dag_id,
+        run_id,
         (f"{step} task {task_id}", task_href(root, dag_id, run_id, step, task_id)),
         (name, None),
-    ]
+    )
     return document(f"{name} of {step}", crumbs, "".join(parts))
 
 
