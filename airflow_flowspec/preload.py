@@ -193,12 +193,15 @@ def start_preloader(path: Path, environ: dict[str, str] | None = None) -> None:
         )
 
 
-def read_message(connection: socket.socket) -> dict[str, Any]:
-    header = _read_exactly(connection, _HEADER.size)
+def read_message(connection: socket.socket, received: bytes = b"") -> dict[str, Any]:
+    """One length-prefixed JSON message; ``received`` is what of it already arrived (with the
+    descriptors, which come with the first bytes)."""
+    header = received[: _HEADER.size] + _read_exactly(connection, max(0, _HEADER.size - len(received)))
     (length,) = _HEADER.unpack(header)
     if length > 64 * 1024 * 1024:
         raise ValueError("message too long")
-    message = json.loads(_read_exactly(connection, length))
+    body = received[_HEADER.size :]
+    message = json.loads(body + _read_exactly(connection, max(0, length - len(body))))
     if not isinstance(message, dict):
         raise ValueError("not a message")
     return message
@@ -214,7 +217,7 @@ def _read_exactly(connection: socket.socket, size: int) -> bytes:
     while left:
         chunk = connection.recv(left)
         if not chunk:
-            raise ValueError("the preloader closed the connection")
+            raise ValueError("the connection closed mid-message")
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_flowspec import config
-from airflow_flowspec.preload import CHILD_VARIABLE, fingerprint, write_message
+from airflow_flowspec.preload import CHILD_VARIABLE, fingerprint, read_message, write_message
 
 #: How often an idle preloader checks whether it is stale.
 _CHECK_SECONDS = 5.0
@@ -289,20 +289,14 @@ def _receive(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
         for fd in fds:
             os.close(fd)
         raise ValueError("a run needs the caller's three standard streams")
-    from airflow_flowspec.preload import _HEADER
-
-    (length,) = _HEADER.unpack(data[: _HEADER.size])
-    body = data[_HEADER.size :]
-    while len(body) < length:
-        chunk = connection.recv(length - len(body))
-        if not chunk:
-            raise ValueError("the caller went away")
-        body += chunk
-    import json
-
-    request = json.loads(body)
-    if not isinstance(request, dict) or not isinstance(request.get("argv"), list):
-        raise ValueError("not a run request")
+    try:
+        request = read_message(connection, data)
+        if not isinstance(request.get("argv"), list):
+            raise ValueError("not a run request")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
     return request, fds
 
 
