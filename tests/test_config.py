@@ -51,6 +51,9 @@ def test_unset_root_is_the_embedded_default_under_flowspec_home(tmp_path, monkey
         ("batch_poll_seconds", "0", config.batch_poll_seconds, "a number of seconds greater than 0"),
         ("batch_poll_seconds", "often", config.batch_poll_seconds, "a number of seconds greater than 0"),
         ("batch_deferrable", "maybe", config.batch_deferrable, "True or False"),
+        ("preload", "sometimes", config.preload_enabled, "True or False"),
+        ("preload_idle_minutes", "0", config.preload_idle_minutes, "a number of minutes above 0"),
+        ("preload_idle_minutes", "forever", config.preload_idle_minutes, "a number of minutes above 0"),
     ],
 )
 def test_a_bad_option_value_is_a_configuration_error_naming_option_and_accepted_values(
