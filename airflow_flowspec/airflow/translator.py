@@ -7,8 +7,13 @@ Foreach bodies become dynamic task mapping over the split's list of children. A 
 another foreach cannot be a mapping inside a mapping (Airflow 3.3 refuses ``expand`` inside an
 expanded task group), so it is flattened instead: one extra task ``<split>__foreach`` concatenates
 the inner children of every outer item, and the inner body maps over that flat list; the inner join
-is mapped over the outer items and picks its own children by their foreach indices. This keeps
-every task at most one level of mapping deep, which Airflow supports fully (UI, clearing, retries).
+is mapped over the outer items and reads only its own children, a contiguous run of the flat
+list's map indexes that the flatten task records. This keeps every task at most one level of
+mapping deep, which Airflow supports fully (UI, clearing, retries).
+
+A split returns its children as a chunked list (``xcom_backend.values.ChunkedList``): Airflow
+resolves a mapped task's element by pulling the whole list, so each child pulls a small row and
+reads the one chunk that holds its element, whatever the width.
 """
 
 from __future__ import annotations
@@ -247,7 +252,7 @@ def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
             if domain[name] is None:
                 domain_source[name] = task.output
             else:
-                flatten = FlattenForeachOperator(task_id=f"{name}__foreach", split_task_id=name)
+                flatten = FlattenForeachOperator(task_id=_flatten_task_id(name), split_task_id=name)
                 task >> flatten
                 domain_source[name] = flatten.output
 
@@ -267,8 +272,17 @@ def _input_pulls(graph: FlowGraph, name: str, domain: dict[str, str | None]) -> 
             mode = PULL_ALL_CHILDREN  # this step joins the foreach its parent is mapped over
         else:
             mode = PULL_SAME
-        pulls.append({"task_id": parent, "key": key, "mode": mode})
+        pull = {"task_id": parent, "key": key, "mode": mode}
+        if mode == PULL_ALL_CHILDREN and domain[name] is not None:
+            # It joins a nested foreach once per outer item: the flatten task says where its own are.
+            pull["offsets"] = _flatten_task_id(str(domain[parent]))
+        pulls.append(pull)
     return pulls
+
+
+def _flatten_task_id(split: str) -> str:
+    """The task that flattens the children of a foreach nested in another one."""
+    return f"{split}__foreach"
 
 
 def _trigger_rule(graph: FlowGraph, name: str) -> str:

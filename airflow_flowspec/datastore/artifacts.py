@@ -229,6 +229,7 @@ class ArtifactStore:
         *,
         secret_names: Iterable[str] = (),
         written: set[str] | None = None,
+        pack_items: int | None = None,
     ) -> dict[str, ArtifactRef]:
         """Store several artifacts in as few requests as their sizes allow.
 
@@ -245,6 +246,11 @@ class ArtifactStore:
         :data:`SECRET_REPR` as their repr. ``written``, if given, receives the hash of every value
         this call had to write (the others were already stored): what a step's log reports.
 
+        ``pack_items`` closes a pack once it holds that many artifacts: for a foreach's items, each
+        of which a child task loads alone, so that the child reads the pack holding its own item
+        and at most ``pack_items - 1`` of its siblings, not up to :data:`PACK_MAX_BYTES` of them.
+        Packs closed so are written together (one parallel check, one parallel upload).
+
         If one value cannot be pickled, :class:`ArtifactSaveError` names it; some values before it
         may already be stored, unreferenced, which is harmless.
         """
@@ -252,6 +258,7 @@ class ArtifactStore:
         refs: dict[str, ArtifactRef] = {}
         previews: dict[str, dict[str, Any]] = {}  # name -> where its preview is
         pack = _PackBuilder()
+        closed: list[_PackBuilder] = []  # packs closed by pack_items, not yet stored
         # Previews have packs of their own: loading an artifact never downloads them.
         preview_pack = _PackBuilder()
         pending: dict[str, tuple[bytes, str]] = {}  # blob key -> (medium pickle, hash), for a batch
@@ -287,6 +294,12 @@ class ArtifactStore:
                 if pack.size >= PACK_MAX_BYTES:
                     refs.update(self._store_pack(pack, checked_at, written))
                     pack = _PackBuilder()
+                elif pack_items is not None and len(pack.items) >= pack_items:
+                    closed.append(pack)
+                    pack = _PackBuilder()
+                    if sum(closed_pack.size for closed_pack in closed) >= _BATCH_BYTES:
+                        refs.update(self._store_packs(closed, checked_at, written))
+                        closed = []
                 continue
             refs[name] = ref
             key = blob_key(blob.hash)
@@ -314,7 +327,7 @@ class ArtifactStore:
             finally:
                 blob.discard()
             self._remember(blob.hash, (None, 0), checked_at)
-        refs.update(self._store_pack(pack, checked_at, written))
+        refs.update(self._store_packs([*closed, pack], checked_at, written))
         self._store_pack(preview_pack, checked_at, None, previews)
         self._store_small(pending, checked_at, written)
         result = {name: refs[name].with_preview(previews.get(name)) for name in values}
@@ -355,6 +368,42 @@ class ArtifactStore:
             self.backend.put_bytes(key, data, content_hash=pack_hash)
             if written is not None:
                 written.update(ref.hash for _, ref, _ in pack.items)
+        return self._placed(pack, pack_hash, data, checked_at, previews)
+
+    def _store_packs(
+        self, packs: list[_PackBuilder], checked_at: float, written: set[str] | None = None
+    ) -> dict[str, ArtifactRef]:
+        """Store several artifact packs: one parallel check, one parallel upload of the missing."""
+        built = [(pack, pack.data()) for pack in packs if pack.items]
+        if len(built) <= 1:
+            return self._store_pack(built[0][0], checked_at, written) if built else {}
+        hashed = [(pack, data, encoding.content_hash(data)) for pack, data in built]
+        stored = self.backend.blobs_stored(
+            {blob_key(pack_hash): (len(data), pack_hash) for _, data, pack_hash in hashed},
+            freshen_after=_freshen_after(),
+        )
+        missing = {
+            blob_key(pack_hash): (data, pack_hash)
+            for _, data, pack_hash in hashed
+            if blob_key(pack_hash) not in stored
+        }
+        self.backend.put_many_bytes(missing)
+        refs: dict[str, ArtifactRef] = {}
+        for pack, data, pack_hash in hashed:
+            if written is not None and blob_key(pack_hash) in missing:
+                written.update(ref.hash for _, ref, _ in pack.items)
+            refs.update(self._placed(pack, pack_hash, data, checked_at))
+        return refs
+
+    def _placed(
+        self,
+        pack: _PackBuilder,
+        pack_hash: str,
+        data: bytes,
+        checked_at: float,
+        previews: dict[str, dict[str, Any]] | None = None,
+    ) -> dict[str, ArtifactRef]:
+        """The references of a stored pack's artifacts (and where its previews are), remembered."""
         refs = {}
         for name, ref, offset in pack.items:
             refs[name] = ref.located((pack_hash, offset))

@@ -14,6 +14,7 @@ Layout, relative to the datastore root (a local folder or ``s3://bucket/prefix``
     <flow>/runs/<run>/<step>/<task>/attempt-<n>/stdout.log      what the step printed (and stderr.log)
     <flow>/runs/<run>/<step>/<task>/attempt-<n>/<name>           any other file of that attempt
     _xcom/<dag>/<run>/<task>/<map_index>/<key>.pkl        pickled XCom value of an ordinary task
+    _xcom/<dag>/<run>/<task>/<map_index>/<key>.chunk-<i>.json   chunk i of a list tasks map over
 
 Why this shape:
 
@@ -59,6 +60,7 @@ _SAFE_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 _MAX_PART_BYTES = 255
 _BLOB_HASH = re.compile(r"[0-9a-f]{16,128}")
 _ATTEMPT_FOLDER = re.compile(r"attempt-(\d+)")
+_CHUNK_POSITION = re.compile(r"(0|[1-9]\d*)\.json")
 
 MANIFEST_FILE = "manifest.json"
 TASK_SPEC_FILE = "spec.json"
@@ -258,5 +260,30 @@ def step_result_key(flow: str, run_id: str, step: str, task_id: str | int, attem
 
 def xcom_value_key(dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> str:
     """Where an ordinary task's pickled XCom lives: one key per XCom, so a re-run replaces exactly it."""
-    parts = [dag_id, run_id, task_id, str(map_index)]
-    return XCOM_PREFIX + "/".join([*(safe_key_part(part) for part in parts), safe_key_part(f"{key}.pkl")])
+    return xcom_folder(dag_id, run_id, task_id, map_index) + safe_key_part(f"{key}.pkl")
+
+
+def xcom_folder(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+    """The folder of one task instance's stored XComs."""
+    return XCOM_PREFIX + "".join(
+        f"{safe_key_part(part)}/" for part in (dag_id, run_id, task_id, str(map_index))
+    )
+
+
+def xcom_chunk_key(dag_id: str, run_id: str, task_id: str, map_index: int, key: str, position: int) -> str:
+    """Where chunk ``position`` of a chunked XCom (a list that mapped tasks read one element of each,
+    see :mod:`.chunks`) lives: beside where the XCom's pickle would be, one key per chunk."""
+    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+        raise UnsafeKeyError(f"A chunk position must be a whole number from 0 up, got {position!r}.")
+    return xcom_folder(dag_id, run_id, task_id, map_index) + xcom_chunk_name(key, position)
+
+
+def xcom_chunk_name(key: str, position: int) -> str:
+    return safe_key_part(f"{key}.chunk-{position}.json")
+
+
+def parse_xcom_chunk_name(key: str, name: str) -> int | None:
+    """The position of a file named like chunk ``position`` of XCom ``key``, None for any other file."""
+    prefix = safe_key_part(f"{key}.chunk-")
+    match = _CHUNK_POSITION.fullmatch(name[len(prefix) :]) if name.startswith(prefix) else None
+    return int(match.group(1)) if match else None

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from airflow_flowspec.datastore import encoding, keys
+from airflow_flowspec.datastore import chunks, encoding, keys
 from airflow_flowspec.datastore.artifacts import ArtifactStore
 from airflow_flowspec.datastore.backends import StorageBackend, backend_for_root
 from airflow_flowspec.errors import (
@@ -193,6 +193,67 @@ class Datastore:
 
     def delete_xcom_value(self, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> None:
         self.backend.delete_many([keys.xcom_value_key(dag_id, run_id, task_id, map_index, key)])
+
+    # -- lists that mapped tasks read one element of each (a foreach's children) -----------------
+
+    def save_xcom_chunks(
+        self,
+        items: list[Any],
+        *,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        map_index: int,
+        key: str,
+        chunk_items: int = chunks.CHUNK_ITEMS,
+    ) -> tuple[str, int]:
+        """Store a list of plain JSON values in chunks under the XCom's own keys (in parallel where
+        the medium can); return (the root hash that proves each chunk, bytes written)."""
+        root, objects = chunks.chunk_list(items, chunk_items)
+        self.backend.put_many_bytes(
+            {
+                keys.xcom_chunk_key(dag_id, run_id, task_id, map_index, key, position): (data, None)
+                for position, data in enumerate(objects)
+            }
+        )
+        return root, sum(len(data) for data in objects)
+
+    def load_xcom_chunk(
+        self,
+        *,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        map_index: int,
+        key: str,
+        position: int,
+        length: int,
+        chunk_items: int,
+        root: str,
+    ) -> list[Any]:
+        """Chunk ``position`` of a list :meth:`save_xcom_chunks` stored, proven against ``root``;
+        :class:`chunks.ChunkMismatch` when what is stored there is not that chunk."""
+        object_key = keys.xcom_chunk_key(dag_id, run_id, task_id, map_index, key, position)
+        return chunks.read_chunk(
+            self.backend.get_bytes(object_key),
+            position=position,
+            length=length,
+            chunk_items=chunk_items,
+            root=root,
+        )
+
+    def delete_xcom_chunks(self, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> None:
+        """Delete every chunk stored for the XCom, however many its row claims (one listing)."""
+        folder = keys.xcom_folder(dag_id, run_id, task_id, map_index)
+        _, files = self.backend.list_dir(folder)
+        self.backend.delete_many(
+            [folder + name for name in files if keys.parse_xcom_chunk_name(key, name) is not None]
+        )
+
+    def describe_xcom_chunk(
+        self, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str, position: int
+    ) -> str:
+        return self.backend.describe(keys.xcom_chunk_key(dag_id, run_id, task_id, map_index, key, position))
 
     # -- runs ------------------------------------------------------------------------------------
 

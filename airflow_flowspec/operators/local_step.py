@@ -8,6 +8,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.bases.skipmixin import SkipMixin
 
 from airflow_flowspec.operators.step_task import (
+    FOREACH_OFFSETS_KEY,
     StepTaskMixin,
     check_foreach_width,
     flow_mistakes_fail_at_once,
@@ -55,6 +56,8 @@ class FlattenForeachOperator(BaseOperator):
     Airflow 3.3 cannot expand a task inside an expanded task group, so a nested foreach is
     flattened: every (outer item, inner item) pair becomes one mapped task of the inner body. This
     task turns the per-outer-item lists into that flat list; it exists only for nested foreach.
+    It also records where each outer item's children start in it and how many there are
+    (``FOREACH_OFFSETS_KEY``), so that the inner join of one outer item reads only its own.
     """
 
     ui_color = "#eeeeee"
@@ -65,16 +68,23 @@ class FlattenForeachOperator(BaseOperator):
         self.split_task_id = split_task_id
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
-        per_item = context["ti"].xcom_pull(task_ids=self.split_task_id) or []
+        from airflow_flowspec.xcom_backend.values import ChunkedList
+
+        ti = context["ti"]
+        per_item = ti.xcom_pull(task_ids=self.split_task_id) or []
         if not isinstance(per_item, list) or (per_item and isinstance(per_item[0], dict)):
             per_item = [per_item]
         flat: list[dict[str, Any]] = []
+        offsets: list[list[int]] = []
         for children in per_item:
+            start = len(flat)
             flat.extend(children)
+            offsets.append([start, len(flat) - start])
+        nested = f"nested foreach of step '{self.split_task_id}' of flow {ti.dag_id}"
         with flow_mistakes_fail_at_once():
-            check_foreach_width(
-                len(flat),
-                f"The nested foreach of step '{self.split_task_id}' of flow {context['ti'].dag_id} "
-                f"(all items of every outer item)",
-            )
-        return flat
+            check_foreach_width(len(flat), f"The {nested} (all items of every outer item)")
+        ti.xcom_push(
+            key=FOREACH_OFFSETS_KEY,
+            value=ChunkedList(offsets, description=f"where each outer item's children start in the {nested}"),
+        )
+        return ChunkedList(flat, description=f"the children of the {nested}, every outer item's")

@@ -2,8 +2,9 @@
 
 ``StepTaskMixin`` gathers the parents' manifests from XCom into a ``TaskSpec`` and publishes the
 ``StepResult``: the manifest as the task's XCom, the children of a foreach as the list Airflow maps
-over, the switch arm to follow. The local operator runs the spec in-process; the AWS Batch
-operator (a later issue) will run the same spec in a container and reuse this mixin unchanged.
+over (stored in chunks, so that each child reads only its own), the switch arm to follow. The
+local operator runs the spec in-process; the AWS Batch operator runs the same spec in a container
+and reuses this mixin unchanged.
 
 Both fail a task at once on a flow mistake (``AirflowFailException``: no retry can fix it), and
 let the step's own exceptions go to Airflow's retries.
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_flowspec import config
-from airflow_flowspec.errors import ForeachTooWideError, is_flow_mistake
+from airflow_flowspec.errors import ForeachTooWideError, StepInputError, is_flow_mistake
 from airflow_flowspec.parameters import RUN_TAGS_CONF_KEY
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 #: XCom key of a foreach split's manifest (its return_value is the list Airflow maps over).
 SPLIT_MANIFEST_KEY = "flowspec_split_manifest"
+#: XCom key of where each outer item's children start in a flattened nested foreach, and how many
+#: there are: ``[start, count]`` per outer item (pushed by ``FlattenForeachOperator``).
+FOREACH_OFFSETS_KEY = "flowspec_foreach_offsets"
 #: The DAG attribute holding a ``@project`` flow's ``ProjectBranch`` (None for other flows). The
 #: translator sets it on every DAG it builds, including the one each worker builds from the file.
 PROJECT_BRANCH_ATTRIBUTE = "flowspec_project_branch"
@@ -38,6 +42,8 @@ PROJECT_BRANCH_ATTRIBUTE = "flowspec_project_branch"
 PULL_SAME = "same"  # the parent task at this task's own map index (or the unmapped parent)
 PULL_SPLIT_PARENT = "split_parent"  # the foreach split that created this task's item
 PULL_ALL_CHILDREN = "all_children"  # every task of a foreach body (this step joins them)
+# A pull in PULL_ALL_CHILDREN mode by a join inside an outer foreach also names, under "offsets",
+# the task that flattened the nested foreach it joins: where its own children are.
 
 
 @contextlib.contextmanager
@@ -154,20 +160,93 @@ class StepTaskMixin:
             return [] if value is None else [self._manifest_of(value, task_id)]
         if mode == PULL_SPLIT_PARENT:
             value = ti.xcom_pull(task_ids=task_id, key=key, map_indexes=frame.get("parent_map_index", -1))
-            return [self._manifest_of(value, task_id)]
+            split = self._manifest_of(value, task_id)
+            self._check_frame(ti, frame, stack, split)
+            return [split]
+        if pull.get("offsets"):  # a join inside an outer foreach joins only its own item's children
+            return self._pull_own_children(ti, pull, stack)
         values = ti.xcom_pull(task_ids=task_id, key=key) or []
         if not isinstance(values, list):
             values = [values]
-        manifests = [self._manifest_of(v, task_id) for v in values if v is not None]
-        if stack:  # a join inside an outer foreach joins only the children of its own item
-            own = [f["index"] for f in stack]
-            manifests = [m for m in manifests if [f["index"] for f in m["foreach_stack"][:-1]] == own]
+        return [self._manifest_of(v, task_id) for v in values if v is not None]
+
+    def _check_frame(
+        self, ti: Any, frame: dict[str, Any], stack: list[dict[str, Any]], split: dict[str, Any]
+    ) -> None:
+        """Refuse a foreach item that is not one of the split's, before anything of it is used.
+
+        Airflow resolved ``frame`` from the split's list of children, each chunk of which was
+        proven against the root in the split's XCom row; this checks it against the split's
+        manifest too: the same foreach, an index in range, the split's own place in any outer
+        foreach, and, for a foreach that is not nested, the index Airflow mapped this task to.
+        """
+        item = stack[-1] if stack and isinstance(stack[-1], dict) else {}
+        foreach = split.get("foreach") or {}
+        num_splits = foreach.get("num_splits")
+        index = item.get("index")
+        fits = (
+            item.get("step") == split.get("step")
+            and item.get("var") == foreach.get("var")
+            and item.get("num_splits") == num_splits
+            and type(index) is int
+            and type(num_splits) is int
+            and 0 <= index < num_splits
+            and stack[:-1] == split.get("foreach_stack")
+            and (frame.get("parent_map_index", -1) != -1 or index == ti.map_index)
+        )
+        if not fits:
+            raise StepInputError(
+                f"Step '{self.step_name}' of flow {self.flow_name} (map index {ti.map_index}) was handed "
+                f"item {index!r} of the foreach over self.{item.get('var')} in step '{item.get('step')}' "
+                f"as its input, which is not an item of the foreach of step '{split.get('step')}' it runs "
+                f"in (its manifest says {num_splits!r} items of self.{foreach.get('var')}). The split's "
+                f"list of children was edited or mixed up; nothing of the item was used. Clear task "
+                f"{split.get('step')} to run the foreach again."
+            )
+
+    def _pull_own_children(
+        self, ti: Any, pull: dict[str, Any], stack: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The manifests of this join's own children, and no one else's.
+
+        This join runs once per item of an outer foreach and closes the inner foreach of that item.
+        The inner body is mapped over the flattened children of every outer item, so this item's
+        children are one contiguous run of its map indexes: the flatten task recorded where each
+        run starts and how long it is. One request reads that entry, one reads the run's manifests.
+        """
+        task_id, key = pull["task_id"], pull["key"]
+        offsets = ti.xcom_pull(task_ids=pull["offsets"], key=FOREACH_OFFSETS_KEY, map_indexes=-1)
+        entry = offsets[ti.map_index] if offsets is not None and 0 <= ti.map_index < len(offsets) else None
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and all(type(number) is int and number >= 0 for number in entry)
+        ):
+            raise StepInputError(
+                f"Step '{self.step_name}' of flow {self.flow_name} (map index {ti.map_index}) found no "
+                f"record of where its children of step '{task_id}' are in {pull['offsets']}'s XCom "
+                f"'{FOREACH_OFFSETS_KEY}' (got {entry!r:.100}). Clear task {pull['offsets']} and what "
+                f"follows it to run the nested foreach again."
+            )
+        start, count = entry
+        values = _xcom_slice(self, ti, task_id, key, start, start + count)
+        manifests = [self._manifest_of(v, task_id) for v in values]
+        own = [f["index"] for f in stack]
+        found = [[f.get("index") for f in m.get("foreach_stack") or []] for m in manifests]
+        if found != [[*own, position] for position in range(count)]:
+            raise StepInputError(
+                f"Step '{self.step_name}' of flow {self.flow_name} joins the {count} children of item "
+                f"{own} of its foreach, at map indexes {start} to {start + count - 1} of {task_id}, but "
+                f"those map indexes hold the children {found!r:.300}. A child's XCom is missing or the "
+                f"record was edited; clear task {pull['offsets']} and what follows it to run the nested "
+                f"foreach again."
+            )
         return manifests
 
     def publish_result(self, context: Any, result: StepResult) -> Any:
         """Push the manifest (as the step's manifest, which only this may do) and return what
         Airflow should push itself: a foreach's children, which it maps over, else nothing."""
-        from airflow_flowspec.xcom_backend.values import publishing_step_manifest
+        from airflow_flowspec.xcom_backend.values import ChunkedList, publishing_step_manifest
 
         self._log_storage(result.storage)
         ti = context["ti"]
@@ -175,7 +254,8 @@ class StepTaskMixin:
             self._check_width(len(result.foreach_children))
             with publishing_step_manifest():
                 ti.xcom_push(key=SPLIT_MANIFEST_KEY, value=result.manifest)
-            return result.foreach_children
+            what = f"the children of the foreach in step '{self.step_name}' of flow {self.flow_name}"
+            return ChunkedList(result.foreach_children, description=what)
         with publishing_step_manifest():
             ti.xcom_push(key="return_value", value=result.manifest)
         if result.switch_step is not None:
@@ -228,6 +308,18 @@ def check_foreach_width(width: int, what: str) -> None:
             f"workers), or split the foreach into batches. The step's artifacts are saved; clear "
             f"this task to run it again."
         )
+
+
+def _xcom_slice(task: Any, ti: Any, task_id: str, key: str, start: int, stop: int) -> list[Any]:
+    """The XComs ``key`` of map indexes ``start`` up to ``stop`` of the mapped task ``task_id``, in
+    one request: the sequence Airflow hands a task downstream of a mapped one, sliced."""
+    from airflow.sdk.definitions.xcom_arg import XComArg
+    from airflow.sdk.execution_time.lazy_sequence import LazyXComSequence
+
+    if stop <= start:
+        return []
+    sequence: Any = LazyXComSequence(xcom_arg=XComArg(task.dag.get_task(task_id), key), ti=ti)
+    return list(sequence[start:stop])
 
 
 def _run_type(dag_run: Any) -> str | None:

@@ -17,6 +17,7 @@ from typing import Any
 from airflow_flowspec.current import TaskContext, current
 from airflow_flowspec.datastore import keys, open_datastore
 from airflow_flowspec.datastore.artifacts import SECRET_REPR, ArtifactRef, short_repr
+from airflow_flowspec.datastore.chunks import CHUNK_ITEMS
 from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES
 from airflow_flowspec.datastore.manifest import new_manifest
 from airflow_flowspec.datastore.views import ArtifactLoader, Inputs, InputView, foreach_item_name
@@ -490,7 +491,9 @@ def _foreach_children(
     named = {f"{var}[{i}]": item for i, item in enumerate(items)}
     # An item made from a secret is stored as artifacts made from one are: salted, shown as <secret>.
     salted = [name for name, item in named.items() if secrets and secrets.reveals(short_repr(item))]
-    refs = datastore.artifacts.save_many(named, secret_names=salted)
+    # Each child loads only its own item: in packs of a chunk's worth of items, it reads a few
+    # siblings' pickles with it, not a pack of up to 4 MB of them, however wide the foreach.
+    refs = datastore.artifacts.save_many(named, secret_names=salted, pack_items=CHUNK_ITEMS)
     children = []
     for i in range(len(items)):
         ref = refs[f"{var}[{i}]"]

@@ -11,10 +11,16 @@ choosing, let alone outside the configured datastore root. So:
   says which one that is), and checks the bytes against the hash before unpickling.
 * A value that merely looks like one of our rows (a dict with our marker, pushed by any task) is
   stored pickled like any other value, so it comes back as the plain data it is.
+* A list that mapped tasks read one element of each (a :class:`ChunkedList`: a foreach's children)
+  is stored in chunks at keys derived from the XCom's identity. Its row holds that identity, the
+  length and the root of a hash tree over the chunks (:mod:`~airflow_flowspec.datastore.chunks`):
+  a reader checks the one chunk it reads against that root, so neither an edited row nor an
+  edited chunk can hand a task an element its upstream did not return.
 * A step's manifest is stored inline only when a step operator publishes it
   (:func:`publishing_step_manifest`). A manifest row names artifacts by content hash only; they are
   read from the configured root and verified, whatever the row says.
-* ``purge`` deletes only the pickle of the XCom Airflow is clearing, at its derived key.
+* ``purge`` deletes only the pickle (or the chunks) of the XCom Airflow is clearing, at its derived
+  keys.
 """
 
 from __future__ import annotations
@@ -23,21 +29,30 @@ import contextlib
 import contextvars
 import json
 import logging
+import operator
 import re
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, overload
 
 from airflow_flowspec import config
 from airflow_flowspec.datastore import open_datastore
 from airflow_flowspec.datastore.artifacts import qualified_type_name, short_repr
+from airflow_flowspec.datastore.chunks import CHUNK_ITEMS, ChunkMismatch
 from airflow_flowspec.datastore.manifest import MANIFEST_MARKER, checked_manifest, is_manifest
 from airflow_flowspec.datastore.views import InputView, task_view
-from airflow_flowspec.errors import XComReferenceError
+from airflow_flowspec.errors import ArtifactNotFoundError, CorruptArtifactError, XComReferenceError
 
 #: The key that marks an XCom row as a reference to a pickled value in the datastore; its value
 #: is the row format's version.
 STORED_MARKER = "flowspec_xcom"
 STORED_VERSION = 2
+#: The key that marks an XCom row as a list stored in chunks (:class:`ChunkedList`); its value is
+#: the row format's version.
+CHUNKED_MARKER = "flowspec_xcom_chunks"
+CHUNKED_VERSION = 1
+#: The longest description of a chunked list a row keeps (it is for people and messages only).
+_MAX_DESCRIPTION_CHARS = 200
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
 _HASH = re.compile(r"[0-9a-f]{64}")
 
@@ -84,12 +99,34 @@ def expecting(*, dag_id: Any, run_id: Any, task_id: Any, map_index: Any, key: An
         _expected.reset(token)
 
 
+class ChunkedList(list):
+    """A list that downstream tasks map over, one element each: return one from a task.
+
+    Airflow 3.3 gives a mapped task its element by pulling the upstream's whole return value and
+    indexing it, so a list of N elements stored whole costs each of N mapped tasks all N. This
+    one is stored in chunks (:mod:`~airflow_flowspec.datastore.chunks`), and a reader gets a
+    :class:`ChunkedSequence`, which reads only the chunk holding the element asked for.
+    ``description`` says what the list is, in the row and in messages. Elements must be plain
+    JSON; a list that is not is stored as any other value.
+    """
+
+    def __init__(self, items: Iterable[Any] = (), *, description: str = "a list mapped tasks read"):
+        super().__init__(items)
+        self.description = description
+
+
 def is_stored_value(value: Any) -> bool:
     return isinstance(value, dict) and STORED_MARKER in value
 
 
+def is_chunked_row(value: Any) -> bool:
+    return isinstance(value, dict) and CHUNKED_MARKER in value
+
+
 def _looks_like_ours(value: Any) -> bool:
-    return isinstance(value, dict) and (STORED_MARKER in value or MANIFEST_MARKER in value)
+    return isinstance(value, dict) and (
+        STORED_MARKER in value or MANIFEST_MARKER in value or CHUNKED_MARKER in value
+    )
 
 
 def serialize(value: Any, *, key: Any, task_id: Any, dag_id: Any, run_id: Any, map_index: Any) -> Any:
@@ -98,6 +135,11 @@ def serialize(value: Any, *, key: Any, task_id: Any, dag_id: Any, run_id: Any, m
         return value.manifest
     if _publishing_manifest.get() and is_manifest(value):
         return value
+    if isinstance(value, ChunkedList):
+        identity = _identity(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index, key=key)
+        row = store_chunked(value, identity)
+        if row is not None:
+            return row
     if not _looks_like_ours(value):
         inline = fits_inline(value)
         if inline is not None:
@@ -111,6 +153,8 @@ def deserialize(stored: Any) -> tuple[bool, Any]:
         return True, manifest_view(stored)
     if is_stored_value(stored):
         return True, load_stored_value(stored)
+    if is_chunked_row(stored):
+        return True, load_chunked(stored)
     return False, None
 
 
@@ -176,16 +220,20 @@ def fits_inline(value: Any) -> Any:
     return None
 
 
-def store_value(
-    value: Any, *, key: Any, task_id: Any, dag_id: Any, run_id: Any, map_index: Any
-) -> dict[str, Any]:
-    identity = XComIdentity(
+def _identity(*, dag_id: Any, run_id: Any, task_id: Any, map_index: Any, key: Any) -> XComIdentity:
+    return XComIdentity(
         dag_id=str(dag_id or "unknown"),
         run_id=str(run_id or "unknown"),
         task_id=str(task_id or "unknown"),
         map_index=int(map_index if map_index is not None else -1),
         key=str(key or "return_value"),
     )
+
+
+def store_value(
+    value: Any, *, key: Any, task_id: Any, dag_id: Any, run_id: Any, map_index: Any
+) -> dict[str, Any]:
+    identity = _identity(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index, key=key)
     datastore = open_datastore(config.datastore_root())
     content_hash, size = datastore.save_xcom_value(value, **identity._asdict())
     return {
@@ -207,6 +255,19 @@ def row_identity(stored: dict[str, Any]) -> XComIdentity:
             f"does not read (format 1 rows named a path, which is not trusted). Run the task that "
             f"pushed it again to store the value anew. Nothing was read."
         )
+    return _claimed_identity(
+        stored,
+        "a stored value",
+        lambda: (
+            isinstance(stored["hash"], str)
+            and _HASH.fullmatch(stored["hash"]) is not None
+            and type(stored["size"]) is int
+        ),
+    )
+
+
+def _claimed_identity(stored: dict[str, Any], what: str, fields_ok: Any) -> XComIdentity:
+    """The identity a row claims, checked for shape with the row's other fields (``fields_ok()``)."""
     try:
         identity = XComIdentity(
             dag_id=stored["dag_id"],
@@ -221,18 +282,16 @@ def row_identity(stored: dict[str, Any]) -> XComIdentity:
                 for part in (identity.dag_id, identity.run_id, identity.task_id, identity.key)
             )
             and type(identity.map_index) is int
-            and isinstance(stored["hash"], str)
-            and _HASH.fullmatch(stored["hash"]) is not None
-            and type(stored["size"]) is int
+            and fields_ok()
         )
     except KeyError as missing:
         raise XComReferenceError(
-            f"An XCom row refers to a stored value but lacks {missing}: it was not written by this XCom "
+            f"An XCom row refers to {what} but lacks {missing}: it was not written by this XCom "
             f"backend. Nothing was read."
         ) from None
     if not well_formed:
         raise XComReferenceError(
-            f"An XCom row refers to a stored value with malformed fields ({stored!r:.300}): it was not "
+            f"An XCom row refers to {what} with malformed fields ({stored!r:.300}): it was not "
             f"written by this XCom backend. Nothing was read."
         )
     return identity
@@ -257,6 +316,138 @@ def load_stored_value(stored: dict[str, Any]) -> Any:
     return datastore.load_xcom_value(**identity._asdict(), size=stored["size"], content_hash=stored["hash"])
 
 
+def store_chunked(value: ChunkedList, identity: XComIdentity) -> dict[str, Any] | None:
+    """Store a :class:`ChunkedList` in chunks at keys derived from its XCom's identity and return
+    its row; None (nothing stored) when its elements are not plain JSON."""
+    items = list(value)
+    if _plain_json_size(items, sys.maxsize) < 0:
+        return None
+    datastore = open_datastore(config.datastore_root())
+    try:
+        root, size = datastore.save_xcom_chunks(items, **identity._asdict(), chunk_items=CHUNK_ITEMS)
+    except (TypeError, ValueError):  # NaN or infinity: not JSON after all
+        return None
+    return {
+        CHUNKED_MARKER: CHUNKED_VERSION,
+        **identity._asdict(),
+        "length": len(value),
+        "chunk_items": CHUNK_ITEMS,
+        "root": root,
+        "size": size,
+        "description": str(value.description)[:_MAX_DESCRIPTION_CHARS],
+    }
+
+
+def chunked_row_fields(stored: dict[str, Any]) -> tuple[XComIdentity, int, int, str, str]:
+    """(identity, length, chunk size, root, description) a chunked row claims, checked for shape;
+    :class:`XComReferenceError` otherwise. Nothing here is trusted: every chunk read is proven
+    against the root, which binds the length and chunk size too."""
+    version = stored.get(CHUNKED_MARKER)
+    if version != CHUNKED_VERSION:
+        raise XComReferenceError(
+            f"An XCom row refers to a chunked list in format {version!r}, which this airflow-flowspec "
+            f"does not read. Run the task that pushed it again with this version. Nothing was read."
+        )
+    identity = _claimed_identity(
+        stored,
+        "a chunked list",
+        lambda: (
+            type(stored["length"]) is int
+            and stored["length"] >= 0
+            and type(stored["chunk_items"]) is int
+            and stored["chunk_items"] >= 1
+            and isinstance(stored["root"], str)
+            and _HASH.fullmatch(stored["root"]) is not None
+        ),
+    )
+    description = stored.get("description")
+    if not isinstance(description, str):
+        description = "a chunked list"
+    return (
+        identity,
+        stored["length"],
+        stored["chunk_items"],
+        stored["root"],
+        description[:_MAX_DESCRIPTION_CHARS],
+    )
+
+
+def load_chunked(stored: dict[str, Any]) -> ChunkedSequence:
+    identity, length, chunk_items, root, description = chunked_row_fields(stored)
+    _check_expected(identity, "read")
+    return ChunkedSequence(identity, length, chunk_items, root, description)
+
+
+class ChunkedSequence(Sequence):
+    """What a task pulling a :class:`ChunkedList` gets: its length at once, and each element by
+    reading only the chunk that holds it, proven against the root its row names.
+
+    Airflow's mapping asks for ``len()`` and one element; iterating reads each chunk once.
+    """
+
+    def __init__(self, identity: XComIdentity, length: int, chunk_items: int, root: str, description: str):
+        self._identity = identity
+        self._length = length
+        self._chunk_items = chunk_items
+        self._root = root
+        self._description = description
+        self._last: tuple[int, list[Any]] | None = None  # the chunk read last: (position, items)
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        index = operator.index(index)
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError(f"index {index} is out of range for {self._length} items of {self._description}")
+        position, offset = divmod(index, self._chunk_items)
+        return self._chunk(position, index)[offset]
+
+    def __repr__(self) -> str:
+        return f"<{self._length} items of {self._description}, read a chunk at a time>"
+
+    def _chunk(self, position: int, index: int) -> list[Any]:
+        if self._last is not None and self._last[0] == position:
+            return self._last[1]
+        datastore = open_datastore(config.datastore_root())
+        where = dict(self._identity._asdict(), position=position)
+        item = f"Item {index} of {self._description} ({self._identity.describe()})"
+        try:
+            items = datastore.load_xcom_chunk(
+                **where, length=self._length, chunk_items=self._chunk_items, root=self._root
+            )
+        except ArtifactNotFoundError as error:
+            raise ArtifactNotFoundError(
+                f"{item} is missing from the datastore {datastore.root}: nothing is stored where its "
+                f"chunk {position} belongs ({datastore.describe_xcom_chunk(**where)}). Run task "
+                f"{self._identity.task_id} again to store the list anew."
+            ) from error
+        except ChunkMismatch as mismatch:
+            raise CorruptArtifactError(
+                f"{item} is refused: the chunk stored for it at {datastore.describe_xcom_chunk(**where)} "
+                f"{mismatch.reason} (the root its XCom row names). The chunk or the row was edited, or "
+                f"the row was copied from another list; nothing of it was used. Run task "
+                f"{self._identity.task_id} again to store the list anew."
+            ) from None
+        expected = min(self._chunk_items, self._length - position * self._chunk_items)
+        if len(items) != expected:  # unreachable for a chunk proven against the root; a last guard
+            raise CorruptArtifactError(
+                f"{item} is refused: its chunk {position} holds {len(items)} items, not {expected}."
+            )
+        self._last = (position, items)
+        return items
+
+
 def manifest_view(manifest: dict[str, Any]) -> InputView:
     """A step's manifest as an object with lazy attribute access to its artifacts."""
     checked = checked_manifest(manifest, where="An XCom pull")
@@ -274,12 +465,16 @@ def purge_stored(stored: Any) -> None:
     names nothing we may delete: nothing is deleted, and Airflow drops the row. Raising here would
     fail the task's re-run before its code starts, every time, so the task could never replace it.
     """
-    if not is_stored_value(stored):
+    if not is_stored_value(stored) and not is_chunked_row(stored):
         return
     try:
-        identity = row_identity(stored)
+        identity = row_identity(stored) if is_stored_value(stored) else chunked_row_fields(stored)[0]
         _check_expected(identity, "delete")
     except XComReferenceError as refused:
         logging.getLogger(__name__).warning("%s Airflow drops the row; nothing else was deleted.", refused)
         return
-    open_datastore(config.datastore_root()).delete_xcom_value(**identity._asdict())
+    datastore = open_datastore(config.datastore_root())
+    if is_stored_value(stored):
+        datastore.delete_xcom_value(**identity._asdict())
+    else:
+        datastore.delete_xcom_chunks(**identity._asdict())

@@ -333,6 +333,25 @@ def test_many_small_artifacts_are_packed_into_one_object(datastore):
     assert rerun.backend.counters.bytes_written == 0
 
 
+def test_a_foreachs_items_are_packed_a_few_at_a_time_so_a_child_reads_few_siblings(datastore):
+    """A foreach child loads only its own item: with ``pack_items`` it fetches one pack of at most
+    that many items, however many the foreach has; the packs go up in one parallel batch."""
+    items = {f"items[{index}]": f"item {index} " * 40 for index in range(200)}
+    refs = datastore.artifacts.save_many(items, pack_items=64)
+    packs = {ref.pack for ref in refs.values()}
+    assert len(packs) == 4  # 64 + 64 + 64 + 8 items
+    assert len(blob_keys(datastore)) == 5  # and one pack of their previews (their reprs are cut)
+    assert datastore.backend.counters.requests <= 2 * 5  # a check and a write each
+
+    child = Datastore(datastore.root)  # a child task's process: nothing cached
+    assert child.artifacts.load(refs["items[150]"]) == items["items[150]"]
+    assert child.backend.counters.requests == 1
+    assert child.backend.counters.bytes_read == child.backend.stored_size(
+        f"data/{refs['items[150]'].pack[:2]}/{refs['items[150]'].pack}"
+    )
+    assert child.backend.counters.bytes_read < 64 * 500
+
+
 def test_a_damaged_pack_is_detected_not_unpickled(datastore):
     refs = datastore.artifacts.save_many({"a": [1, 2, 3], "b": {"x": 1}})
     (pack_key,) = blob_keys(datastore)

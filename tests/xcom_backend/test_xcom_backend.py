@@ -331,16 +331,18 @@ class WideForeachFlow(FlowSpec):
 """
 
 
-def test_foreach_whose_children_list_is_over_the_inline_limit_still_maps(tmp_path, monkeypatch):
-    """The list a foreach split returns is an ordinary XCom: too big, it goes to the store, yet
-    Airflow still expands the body over it (the length travels apart from the value)."""
+def test_foreach_children_are_a_small_chunked_row_whatever_the_inline_limit(tmp_path, monkeypatch):
+    """The list a foreach split returns is stored in chunks, its row a small readable reference
+    (see test_chunked_lists.py), yet Airflow still expands the body over it (the length travels
+    apart from the value)."""
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__XCOM_INLINE_MAX_BYTES", "1024")
     flow_file = tmp_path / "wide_foreach_flow.py"
     flow_file.write_text(WIDE_FOREACH_SOURCE, encoding="utf-8")
     run = run_flow(flow_file)
     assert run.succeeded, run.states()
     children = raw_xcom("WideForeachFlow", run.run_id, "start")
-    assert children["flowspec_xcom"] == 2 and children["type"] == "list"
+    assert children["flowspec_xcom_chunks"] == 1 and children["length"] == 12
+    assert children["description"] == "the children of the foreach in step 'start' of flow WideForeachFlow"
     assert [run.state("body", i) for i in range(12)] == ["success"] * 12
     assert run.artifacts("end")["squares"] == [i * i for i in range(12)]
     # The split's manifest, under its own key, stays inline whatever the limit.
