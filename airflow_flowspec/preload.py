@@ -135,11 +135,19 @@ def _hand_over(connection: socket.socket, argv: list[str]) -> dict[str, Any]:
         "cwd": os.getcwd(),
         "environment": dict(os.environ),
         "fingerprint": fingerprint(),
+        # A run started with Ctrl-C ignored (as a shell starts a background job) must ignore it
+        # too, as a cold run's Python would: the child takes these dispositions from the caller.
+        "ignored_signals": ignored_signals(),
     }
     data = json.dumps(request).encode()
     connection.settimeout(_HANDSHAKE_SECONDS)
     socket.send_fds(connection, [_HEADER.pack(len(data)) + data], [0, 1, 2])
     return read_message(connection)
+
+
+def ignored_signals() -> list[str]:
+    """Which of the signals a run would react to this process ignores (inherited, or set here)."""
+    return [name for name in FORWARDED_SIGNALS if signal.getsignal(getattr(signal, name)) is signal.SIG_IGN]
 
 
 def _follow(connection: socket.socket, pid: int) -> int:
@@ -149,8 +157,10 @@ def _follow(connection: socket.socket, pid: int) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, number)
 
+    ignored = ignored_signals()
     for name in FORWARDED_SIGNALS:
-        signal.signal(getattr(signal, name), forward)
+        if name not in ignored:  # an ignored one stays ignored here, as it is in the run
+            signal.signal(getattr(signal, name), forward)
     connection.settimeout(None)
     try:
         end = read_message(connection)

@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from airflow_flowspec import config
-from airflow_flowspec.preload import CHILD_VARIABLE, fingerprint, read_message, write_message
+from airflow_flowspec.preload import (
+    CHILD_VARIABLE,
+    FORWARDED_SIGNALS,
+    fingerprint,
+    read_message,
+    write_message,
+)
 
 #: How often an idle preloader checks whether it is stale.
 _CHECK_SECONDS = 5.0
@@ -337,6 +343,21 @@ def _supervise(connection: socket.socket, request: dict[str, Any], fds: list[int
         pass
 
 
+def _take_signal_dispositions(ignored: Any) -> None:
+    """Handle signals as the caller's own Python would: a signal the caller ignores (Ctrl-C in a
+    shell's background job) stays ignored, Ctrl-C otherwise raises KeyboardInterrupt, and the rest
+    do what they do by default."""
+    ignored = set(ignored) if isinstance(ignored, list) else set()
+    for name in (*FORWARDED_SIGNALS, "SIGCHLD"):
+        number = getattr(signal, name)
+        if name in ignored and name in FORWARDED_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+        elif name == "SIGINT":
+            signal.signal(number, signal.default_int_handler)
+        else:
+            signal.signal(number, signal.SIG_DFL)
+
+
 def _become_run(request: dict[str, Any], fds: list[int]) -> None:
     """In the run's child: become the caller's ``python flow.py run`` and run it; never returns."""
     code = 1
@@ -345,9 +366,7 @@ def _become_run(request: dict[str, Any], fds: list[int]) -> None:
             os.dup2(fd, target)
             os.close(fd)
         os.setsid()  # its own session: the preloader's signals and lifetime are not the run's
-        for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGCHLD"):
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _take_signal_dispositions(request.get("ignored_signals"))
         sys.stdin = open(0, closefd=False)  # noqa: SIM115
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
