@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_flowspec.airflow.discovery import DISCOVERY_CALLABLE
-from airflow_flowspec.config import SECTION, airflow_cfg_options, default_home
+from airflow_flowspec.config import DEFAULTS, SECTION, airflow_cfg_options, default_home
 from airflow_flowspec.runtime.task_spec import stored_run_id
 
 if TYPE_CHECKING:
@@ -83,7 +83,23 @@ def run_environment(environ: Mapping[str, str]) -> dict[str, str]:
             variable = f"AIRFLOW__{section.upper()}__{name.upper()}"
             if value and not environ.get(variable):
                 carried[variable] = value
-    return {**carried, **private}
+    return {**carried, **_aws_connection(environ, carried), **private}
+
+
+def _aws_connection(environ: Mapping[str, str], carried: Mapping[str, str]) -> dict[str, str]:
+    """An empty AWS connection under the configured id, unless a variable defines one.
+
+    ``run`` sees no connection stored in a database, so the Amazon provider would warn "Unable
+    to find AWS Connection ID" on every hook and then use boto3's own credentials anyway (the
+    environment, ``~/.aws``, an instance role). An empty connection of type ``aws`` does the same
+    without the warning; a user's ``AIRFLOW_CONN_*`` variable still wins.
+    """
+    variable = f"AIRFLOW__{SECTION.upper()}__AWS_CONN_ID"
+    conn_id = environ[variable] if variable in environ else carried.get(variable, DEFAULTS["aws_conn_id"])
+    name = f"AIRFLOW_CONN_{conn_id.upper()}"
+    if not conn_id or environ.get(name):
+        return {}
+    return {name: '{"conn_type": "aws"}'}
 
 
 def prepare_environment() -> Path:

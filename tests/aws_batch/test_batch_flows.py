@@ -317,6 +317,9 @@ def test_python_flow_py_run_with_batch_prints_each_jobs_statuses_and_output(loca
         assert f"status: {status}" in out, out[-3000:]
     assert "[upper] " in out and "Task finished successfully." in out
     assert "succeeded." in out.splitlines()[-1]
+    # run has no connections database: an empty AWS connection stands in, without the provider's
+    # "Unable to find AWS Connection ID" warning on every hook
+    assert "AWS Connection" not in out + result.stderr
 
 
 BATCH_RETRY_FLOW = textwrap.dedent("""
