@@ -38,7 +38,12 @@ def test_run_uses_its_private_home_and_keeps_only_the_flow_options_of_a_users_ai
         **airflow_environment(tmp_path / "flowspec" / "airflow"),
         "AIRFLOW__FLOWSPEC__DATASTORE_ROOT": "s3://team-bucket/flows",
         "AIRFLOW__CORE__MAX_MAP_LENGTH": "2048",
+        # run reads no connections database: an empty AWS connection means boto3's own credentials
+        "AIRFLOW_CONN_AWS_DEFAULT": '{"conn_type": "aws"}',
     }
+    # A connection variable of the user's, under the id they configured, is theirs to keep.
+    theirs = {**environ, "AIRFLOW__FLOWSPEC__AWS_CONN_ID": "team_aws", "AIRFLOW_CONN_TEAM_AWS": "aws://k:s@"}
+    assert not any(name.startswith("AIRFLOW_CONN_") for name in run_environment(theirs))
     # Applied, it is stable: a second call (a preloaded run, a nested one) changes nothing.
     applied = {**environ, **environment}
     assert {**applied, **run_environment(applied)} == applied
@@ -49,4 +54,7 @@ def test_airflow_config_names_the_users_file_and_a_missing_file_carries_nothing(
     environ = {"AIRFLOW_CONFIG": str(tmp_path / "elsewhere.cfg"), "FLOWSPEC_HOME": str(tmp_path / "fh")}
     assert run_environment(environ)["AIRFLOW__FLOWSPEC__DATASTORE_ROOT"] == "s3://team-bucket/flows"
     nothing = {"AIRFLOW_HOME": str(tmp_path / "no-such-home"), "FLOWSPEC_HOME": str(tmp_path / "fh")}
-    assert run_environment(nothing) == airflow_environment(tmp_path / "fh" / "airflow")
+    assert run_environment(nothing) == {
+        **airflow_environment(tmp_path / "fh" / "airflow"),
+        "AIRFLOW_CONN_AWS_DEFAULT": '{"conn_type": "aws"}',
+    }
