@@ -220,11 +220,11 @@ class Preloaded:
     def stop_preloaders(self) -> None:
         """Stop this benchmark's preloaders, if any, and wait until they are gone."""
         pattern = f"--socket {self.runtime}"
-        subprocess.run(["pkill", "-f", pattern], check=False)
+        subprocess.run(["pkill", "-f", "--", pattern], check=False)
         deadline = time.monotonic() + 30
-        while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0:
+        while subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True).returncode == 0:
             if time.monotonic() > deadline:
-                subprocess.run(["pkill", "-9", "-f", pattern], check=False)
+                subprocess.run(["pkill", "-9", "-f", "--", pattern], check=False)
             time.sleep(0.1)
 
     def stop(self) -> None:
