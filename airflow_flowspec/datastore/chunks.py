@@ -81,6 +81,10 @@ def read_chunk(data: bytes, *, position: int, length: int, chunk_items: int, roo
         proof = json.loads(proof_line)
     except ValueError:
         raise ChunkMismatch("is not a chunk (its proof line is not JSON)") from None
+    except RecursionError:  # nested deeper than the parser goes: no proof is more than a flat list
+        raise ChunkMismatch(
+            "is not a chunk (its proof line is nested lists or objects, not hashes)"
+        ) from None
     if not isinstance(proof, list) or not all(_is_hex_hash(entry) for entry in proof):
         raise ChunkMismatch("is not a chunk (its proof is not a list of hashes)")
     computed = _root_of(

@@ -15,7 +15,8 @@ choosing, let alone outside the configured datastore root. So:
   is stored in chunks at keys derived from the XCom's identity. Its row holds that identity, the
   length and the root of a hash tree over the chunks (:mod:`~airflow_flowspec.datastore.chunks`):
   a reader checks the one chunk it reads against that root, so neither an edited row nor an
-  edited chunk can hand a task an element its upstream did not return.
+  edited chunk can hand a task an element its upstream did not return, nor fewer of them (an
+  answer resting on the row's length alone reads a chunk to prove it).
 * A step's manifest is stored inline only when a step operator publishes it
   (:func:`publishing_step_manifest`). A manifest row names artifacts by content hash only; they are
   read from the configured root and verified, whatever the row says.
@@ -51,6 +52,11 @@ STORED_VERSION = 2
 #: the row format's version.
 CHUNKED_MARKER = "flowspec_xcom_chunks"
 CHUNKED_VERSION = 1
+#: The most elements (and elements per chunk) a chunked list's row may claim: far beyond what
+#: Airflow maps over (``[core] max_map_length``, 1,024 by default). ``len()`` answers with the
+#: row's claim before any chunk is read, and ``list()`` sizes its buffer by it, so a row claiming
+#: more is refused before anything is sized by it (a longer list is stored as any other value).
+MAX_CHUNKED_LENGTH = 10_000_000
 #: The longest description of a chunked list a row keeps (it is for people and messages only).
 _MAX_DESCRIPTION_CHARS = 200
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
@@ -318,9 +324,10 @@ def load_stored_value(stored: dict[str, Any]) -> Any:
 
 def store_chunked(value: ChunkedList, identity: XComIdentity) -> dict[str, Any] | None:
     """Store a :class:`ChunkedList` in chunks at keys derived from its XCom's identity and return
-    its row; None (nothing stored) when its elements are not plain JSON."""
+    its row; None (nothing stored) when its elements are not plain JSON, or are more than
+    :data:`MAX_CHUNKED_LENGTH`."""
     items = list(value)
-    if _plain_json_size(items, sys.maxsize) < 0:
+    if len(items) > MAX_CHUNKED_LENGTH or _plain_json_size(items, sys.maxsize) < 0:
         return None
     datastore = open_datastore(config.datastore_root())
     try:
@@ -339,7 +346,8 @@ def store_chunked(value: ChunkedList, identity: XComIdentity) -> dict[str, Any] 
 
 
 def chunked_row_fields(stored: dict[str, Any]) -> tuple[XComIdentity, int, int, str, str]:
-    """(identity, length, chunk size, root, description) a chunked row claims, checked for shape;
+    """(identity, length, chunk size, root, description) a chunked row claims, checked for shape
+    (a length and chunk size from 0 and 1 up to :data:`MAX_CHUNKED_LENGTH`);
     :class:`XComReferenceError` otherwise. Nothing here is trusted: every chunk read is proven
     against the root, which binds the length and chunk size too."""
     version = stored.get(CHUNKED_MARKER)
@@ -353,9 +361,9 @@ def chunked_row_fields(stored: dict[str, Any]) -> tuple[XComIdentity, int, int, 
         "a chunked list",
         lambda: (
             type(stored["length"]) is int
-            and stored["length"] >= 0
+            and 0 <= stored["length"] <= MAX_CHUNKED_LENGTH
             and type(stored["chunk_items"]) is int
-            and stored["chunk_items"] >= 1
+            and 1 <= stored["chunk_items"] <= MAX_CHUNKED_LENGTH
             and isinstance(stored["root"], str)
             and _HASH.fullmatch(stored["root"]) is not None
         ),
@@ -382,7 +390,11 @@ class ChunkedSequence(Sequence):
     """What a task pulling a :class:`ChunkedList` gets: its length at once, and each element by
     reading only the chunk that holds it, proven against the root its row names.
 
-    Airflow's mapping asks for ``len()`` and one element; iterating reads each chunk once.
+    Airflow's mapping asks for ``len()`` and one element; iterating reads each chunk once. The
+    length is the row's claim until a chunk is read: each chunk's proof binds the list's length,
+    so every element read proves it too. An answer that rests on the length alone (iterating an
+    empty list, an empty slice, an index out of range) reads chunk 0 first to prove it, so an
+    edited length cannot shorten or empty the list unnoticed.
     """
 
     def __init__(self, identity: XComIdentity, length: int, chunk_items: int, root: str, description: str):
@@ -392,6 +404,7 @@ class ChunkedSequence(Sequence):
         self._root = root
         self._description = description
         self._last: tuple[int, list[Any]] | None = None  # the chunk read last: (position, items)
+        self._length_proven = False  # a chunk was read, so the length is the writer's
 
     def __len__(self) -> int:
         return self._length
@@ -404,24 +417,49 @@ class ChunkedSequence(Sequence):
 
     def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._length))]
+            indexes = range(*index.indices(self._length))
+            if not indexes:
+                self._prove_length()
+            return [self[i] for i in indexes]
         index = operator.index(index)
         if index < 0:
             index += self._length
         if not 0 <= index < self._length:
+            self._prove_length()
             raise IndexError(f"index {index} is out of range for {self._length} items of {self._description}")
         position, offset = divmod(index, self._chunk_items)
         return self._chunk(position, index)[offset]
 
+    def __iter__(self) -> Iterator[Any]:
+        if not self._length:
+            self._prove_length()
+        for index in range(self._length):
+            yield self[index]
+
+    def __reversed__(self) -> Iterator[Any]:
+        if not self._length:
+            self._prove_length()
+        for index in reversed(range(self._length)):
+            yield self[index]
+
     def __repr__(self) -> str:
         return f"<{self._length} items of {self._description}, read a chunk at a time>"
 
-    def _chunk(self, position: int, index: int) -> list[Any]:
+    def _prove_length(self) -> None:
+        if not self._length_proven:
+            self._chunk(0, None)
+
+    def _chunk(self, position: int, index: int | None) -> list[Any]:
+        """Chunk ``position``, proven, read for item ``index`` (None: to check the length)."""
         if self._last is not None and self._last[0] == position:
             return self._last[1]
         datastore = open_datastore(config.datastore_root())
         where = dict(self._identity._asdict(), position=position)
-        item = f"Item {index} of {self._description} ({self._identity.describe()})"
+        item = f"{self._description} ({self._identity.describe()})"
+        if index is None:
+            item = f"Chunk 0 of {item}, read to check the length its row gives ({self._length} items),"
+        else:
+            item = f"Item {index} of {item}"
         try:
             items = datastore.load_xcom_chunk(
                 **where, length=self._length, chunk_items=self._chunk_items, root=self._root
@@ -445,6 +483,7 @@ class ChunkedSequence(Sequence):
                 f"{item} is refused: its chunk {position} holds {len(items)} items, not {expected}."
             )
         self._last = (position, items)
+        self._length_proven = True
         return items
 
 

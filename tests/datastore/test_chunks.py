@@ -55,3 +55,4 @@ def test_a_chunk_edited_moved_or_from_another_list_does_not_verify():
     assert "does not fit" in refused(json.dumps([]).encode() + b"\n" + payload)  # proof cut short
     assert "no proof line" in refused(payload)
     assert "not a list of hashes" in refused(b'["../../etc/passwd"]\n' + payload)
+    assert "not a chunk" in refused(b"[" * 100_000 + b"\n" + payload)  # deeper than the parser goes

@@ -327,9 +327,13 @@ def markdown(figures: dict[str, Any]) -> str:
         "XCom rows a task or a database editor could write: old path-holding rows, `../` and absolute "
         "paths, other buckets and prefixes, rows copied from another task or run, hashes of planted "
         "pickles, malformed rows, fake manifests and (local root) symlinks under the derived key; each "
-        "through the backend's read and purge paths. *Let in* means anything outside the root was opened "
-        "or deleted, a planted pickle ran, another XCom's pickle was touched, or a value other than the "
-        "XCom's own came back.",
+        "through the backend's read and purge paths. Half the tries attack a chunked list (a foreach's "
+        "children) instead: its row edited (identity, length, chunk size, root, version, fields) or "
+        "copied from another list, or its stored chunks replaced (another list's chunk, a cut or edited "
+        "chunk, a pickle, a symlink), and every element, slice and iteration compared with the real "
+        "list's. *Let in* means anything outside the root was opened or deleted, a planted pickle ran, "
+        "another XCom's pickle or chunk was touched, or a value (or element) other than the XCom's own "
+        "came back.",
         "",
     ]
     rows = [

@@ -512,7 +512,9 @@ def test_format1_rows_naming_another_bucket_or_prefix_are_refused_on_an_s3_root(
 @pytest.mark.parametrize(("store", "ci", "soak"), [("local", 300, 20000), ("s3", 60, 2000)])
 def test_hostile_campaign(request, tmp_path, store, ci, soak):
     """Protections: all of the above, at random (every way in, mixed, with partly open pulls and,
-    on a local root, symlinks): nothing let in. ``FLOWSPEC_SOAK=1`` runs the soak count."""
+    on a local root, symlinks), and the same against a chunked list's row and its stored chunks
+    (``values.chunked_row_fields``, ``ChunkedSequence``, ``chunks.read_chunk``): nothing let in,
+    every refusal one of our errors. ``FLOWSPEC_SOAK=1`` runs the soak count."""
     if store == "s3":
         request.getfixturevalue("s3_endpoint")
         root = f"s3://{S3_TEST_BUCKET}/campaign-{uuid.uuid4().hex[:12]}"
@@ -523,7 +525,10 @@ def test_hostile_campaign(request, tmp_path, store, ci, soak):
     print(json.dumps({key: value for key, value in figures.items() if key != "examples"}))
     assert figures["tried"] == tries
     assert figures["let_in"] == 0, figures["examples"]
+    assert figures["refused_unclearly"] == 0, figures["examples"]
     assert figures["refused"] + figures["answered_from_derived_key"] == tries
+    chunk_ways = [way for way in figures["by_way"] if way.startswith("chunk_")]
+    assert len(chunk_ways) >= 10, sorted(figures["by_way"])
 
 
 # -- names -----------------------------------------------------------------------------------------------

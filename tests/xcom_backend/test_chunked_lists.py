@@ -116,6 +116,74 @@ def test_an_edited_row_is_refused(edit):
         read(row, 64)
 
 
+@pytest.mark.parametrize("length", [0, 150, 199])
+def test_an_edited_length_cannot_empty_or_shorten_the_list(length):
+    """Guards what rests on the row's length alone: an empty list, an empty slice, an index out of
+    range are answered only once a chunk has proven the length (``ChunkedSequence._prove_length``),
+    so a row whose length was cut cannot hand a reader no children, or fewer."""
+    row = {**stored_row(200), "length": length}
+    with values.expecting(**{**IDENTITY, "map_index": None}):
+        sequence = values.deserialize(row)[1]
+        for read in (
+            list,
+            lambda s: s[150:],
+            lambda s: s[180],
+            lambda s: s[-200],
+            lambda s: list(reversed(s)),
+        ):
+            with pytest.raises(CorruptArtifactError, match="does not belong there") as refusal:
+                read(sequence)
+            assert f"of {DESCRIPTION} (XCom 'return_value' of task start in run manual__1" in str(
+                refusal.value
+            )
+    if length == 0:
+        assert str(refusal.value).startswith(
+            f"Chunk 0 of {DESCRIPTION} (XCom 'return_value' of task start in run manual__1 of DAG "
+            f"ChunkFlow), read to check the length its row gives (0 items), is refused"
+        )
+
+
+def test_empty_answers_of_an_intact_list_cost_one_read_at_most():
+    empty, full = stored_row(0), stored_row(100, {**IDENTITY, "task_id": "full"})
+    counters = open_datastore(config.datastore_root()).backend.counters
+    with values.expecting(**{**IDENTITY, "task_id": None, "map_index": None}):
+        before = counters.snapshot()["requests"]
+        assert list(values.deserialize(empty)[1]) == [] and values.deserialize(empty)[1][5:] == []
+        assert counters.snapshot()["requests"] - before == 2  # one each: the empty chunk proves it
+        sequence = values.deserialize(full)[1]
+        assert sequence[99] == children(100)[99] and sequence[100:] == []
+        with pytest.raises(IndexError, match="index 100 is out of range for 100 items"):
+            sequence[100]
+        assert counters.snapshot()["requests"] - before == 3  # the chunk read for item 99 proved it
+
+
+@pytest.mark.parametrize("length", [values.MAX_CHUNKED_LENGTH + 1, 2**63, 10**30])
+def test_a_row_claiming_more_items_than_any_list_is_refused_before_anything_is_sized_by_it(length):
+    """Guards ``len()`` and ``list()``, which use the row's length before any chunk is read (list()
+    allocates for it: MemoryError, or OverflowError past sys.maxsize): ``chunked_row_fields``
+    refuses a length over ``MAX_CHUNKED_LENGTH``."""
+    row = {**stored_row(100), "length": length}
+    with values.expecting(**IDENTITY), pytest.raises(XComReferenceError, match="malformed fields"):
+        values.deserialize(row)
+
+
+def test_a_list_longer_than_a_row_may_claim_is_stored_as_any_value(monkeypatch):
+    monkeypatch.setattr(values, "MAX_CHUNKED_LENGTH", 5)
+    long = {**IDENTITY, "task_id": "long"}
+    row = values.serialize(values.ChunkedList(children(6), description=DESCRIPTION), **long)
+    assert row == children(6) and not chunk_path(0, long).exists()  # inline, as any small plain list
+
+
+@pytest.mark.parametrize("opening", [b"[", b'{"a":'])
+def test_a_chunk_nested_past_the_json_parser_is_refused_as_not_a_chunk(opening):
+    """Guards ``chunks.read_chunk``: a proof line nested deeper than the parser recurses (a planted
+    object) is refused as not a chunk, not a RecursionError."""
+    row = stored_row(100)
+    chunk_path(1).write_bytes(opening * 100_000 + b"\n[]")
+    with pytest.raises(CorruptArtifactError, match="is refused: .* is not a chunk"):
+        read(row, 70)
+
+
 def test_a_row_copied_from_another_task_or_missing_its_chunks_is_refused():
     other = {**IDENTITY, "task_id": "other_split"}
     row = stored_row(10, other)
