@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cases.vs_metaflow_blob import (
@@ -255,11 +256,7 @@ def _warm(context: Context) -> list[Measurement]:
                 assert expected in result[2], result[2][-2000:]
                 return result[0]
 
-            def metaflow(index: int, flow=flow, expected=expected):
-                result = run_metaflow(context, metaflow_copies[flow], f"warm-{flow.stem}-{index}")
-                assert expected in result[2], result[2][-2000:]
-                return result[0]
-
+            metaflow = _metaflow_runner(context, metaflow_copies[flow], f"warm-{flow.stem}", expected)
             ours_walls, metaflow_walls = alternate(context, ours, metaflow)
             assert preloaded.served() - before == len(ours_walls), "a run was not served warm"
             rows.append(
@@ -271,14 +268,28 @@ def _warm(context: Context) -> list[Measurement]:
                     "s",
                     "Metaflow 2.19 local",
                     max_ratio=0.5,
-                    note=f"ours {'/'.join(f'{w:.2f}' for w in ours_walls)} s, Metaflow "
-                    f"{'/'.join(f'{w:.2f}' for w in metaflow_walls)} s",
+                    note=_walls(ours_walls, metaflow_walls),
                 )
             )
         rows.append(_after_the_preloader_is_gone(context, preloaded, metaflow_copies[HELLO]))
         return rows
     finally:
         preloaded.stop()
+
+
+def _metaflow_runner(context: Context, flow: Path, tag: str, expected: str) -> Callable[[int], float]:
+    """Metaflow's run of its copy of a flow, checked for ``expected`` in its output: its wall time."""
+
+    def metaflow(index: int) -> float:
+        result = run_metaflow(context, flow, f"{tag}-{index}")
+        assert expected in result[2], result[2][-2000:]
+        return result[0]
+
+    return metaflow
+
+
+def _walls(ours: list[float], metaflow: list[float]) -> str:
+    return f"ours {'/'.join(f'{w:.2f}' for w in ours)} s, Metaflow {'/'.join(f'{w:.2f}' for w in metaflow)} s"
 
 
 def _after_the_preloader_is_gone(context: Context, preloaded: Preloaded, metaflow_flow: Path) -> Measurement:
@@ -295,12 +306,9 @@ def _after_the_preloader_is_gone(context: Context, preloaded: Preloaded, metaflo
         preloaded.stop_preloaders()
         return result[0]
 
-    def metaflow(index: int):
-        result = run_metaflow(context, metaflow_flow, f"after-gone-{index}")
-        assert expected in result[2], result[2][-2000:]
-        return result[0]
-
-    ours_walls, metaflow_walls = alternate(context, ours, metaflow)
+    ours_walls, metaflow_walls = alternate(
+        context, ours, _metaflow_runner(context, metaflow_flow, "after-gone", expected)
+    )
     return Measurement(
         "10 hello flow vs Metaflow",
         "hello flow, cold: the first run after the preloader is gone: wall time",
@@ -309,8 +317,7 @@ def _after_the_preloader_is_gone(context: Context, preloaded: Preloaded, metaflo
         "s",
         "Metaflow 2.19 local",
         max_ratio=1.5,
-        note=f"ours {'/'.join(f'{w:.2f}' for w in ours_walls)} s, Metaflow "
-        f"{'/'.join(f'{w:.2f}' for w in metaflow_walls)} s",
+        note=_walls(ours_walls, metaflow_walls),
     )
 
 
@@ -324,16 +331,10 @@ def _cold(context: Context) -> list[Measurement]:
         assert expected in result[2], result[2][-2000:]
         return result[0]
 
-    def metaflow(index: int):
-        result = run_metaflow(context, metaflow_flow, f"hello-{index}")
-        assert expected in result[2], result[2][-2000:]
-        return result[0]
-
-    ours_walls, metaflow_walls = alternate(context, ours, metaflow)
-    note = (
-        f"ours {'/'.join(f'{w:.2f}' for w in ours_walls)} s, Metaflow "
-        f"{'/'.join(f'{w:.2f}' for w in metaflow_walls)} s; {first_run_note(context)}. " + breakdown(context)
+    ours_walls, metaflow_walls = alternate(
+        context, ours, _metaflow_runner(context, metaflow_flow, "hello", expected)
     )
+    note = f"{_walls(ours_walls, metaflow_walls)}; {first_run_note(context)}. " + breakdown(context)
     return [
         Measurement(
             "10 hello flow vs Metaflow",
