@@ -45,6 +45,9 @@ from airflow_flowspec.preload import (
 
 #: How often an idle preloader checks whether it is stale.
 _CHECK_SECONDS = 5.0
+#: How long a run whose caller is gone has to end on SIGHUP before it is killed: a cold run dies
+#: with its process, and a caller that ignores SIGHUP (``nohup``) has the run ignore it too.
+_CALLER_GONE_GRACE_SECONDS = 5.0
 
 
 class Snapshot:
@@ -323,13 +326,22 @@ def _supervise(connection: socket.socket, request: dict[str, Any], fds: list[int
     except (AttributeError, OSError):
         ended = []
     caller_gone = False
+    kill_at: float | None = None  # when a run whose caller is gone is killed, if it has not ended
     while True:
-        # The caller going away (its terminal closed) ends the run, as it would end a cold one.
+        # The caller going away (killed, or its terminal closed) ends the run, as a cold run ends
+        # with its process: SIGHUP first, then SIGKILL for a run that ignores SIGHUP.
         watched = ended + ([] if caller_gone else [connection])
-        readable, _, _ = select.select(watched, [], [], 0.05 if not ended else None)
+        timeout = 0.05 if not ended else None
+        if kill_at is not None:
+            timeout = max(0.0, min(timeout or _CALLER_GONE_GRACE_SECONDS, kill_at - time.monotonic()))
+        readable, _, _ = select.select(watched, [], [], timeout)
         if connection in readable and not connection.recv(1, socket.MSG_PEEK):
             caller_gone = True
+            kill_at = time.monotonic() + _CALLER_GONE_GRACE_SECONDS
             os.kill(pid, signal.SIGHUP)
+        elif kill_at is not None and time.monotonic() >= kill_at:
+            kill_at = None
+            os.kill(pid, signal.SIGKILL)
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             break

@@ -170,18 +170,24 @@ def test_a_failing_step_and_a_lint_error_end_warm_runs_as_they_end_cold_ones(pre
     assert cold.returncode == 1 and "nowhere" in cold.stderr
 
 
+def sleepy_flow(folder: Path) -> Path:
+    """The test flow, its start step printing "sleeping" and then sleeping ``--nap`` seconds (30)."""
+    sleepy = folder / "sleepy_flow.py"
+    sleepy.write_text(
+        FLOW.replace('    fail = Parameter(', '    nap = Parameter("nap", default=30)\n    fail = Parameter(')
+        .replace('print("stdout is a terminal:", sys.stdout.isatty())',
+                 'print("sleeping", flush=True)\n        import time; time.sleep(self.nap)')
+    )  # fmt: skip
+    return sleepy
+
+
 def test_ctrl_c_ends_warm_and_cold_runs_alike_and_is_ignored_alike_where_the_caller_ignores_it(
     preloading, tmp_path
 ):
     """Guards: Ctrl-C reaches a warm run's step as it reaches a cold one's, and a caller that
     ignores it (a shell's background job) has both runs ignore it: the child takes the caller's
     signal dispositions, not the preloader's."""
-    sleepy = tmp_path / "sleepy_flow.py"
-    sleepy.write_text(
-        FLOW.replace('    fail = Parameter(', '    nap = Parameter("nap", default=30)\n    fail = Parameter(')
-        .replace('print("stdout is a terminal:", sys.stdout.isatty())',
-                 'print("sleeping", flush=True)\n        import time; time.sleep(self.nap)')
-    )  # fmt: skip
+    sleepy = sleepy_flow(tmp_path)
     preloading.run()
     preloading.wait_until_ready()
 
@@ -209,6 +215,36 @@ def test_ctrl_c_ends_warm_and_cold_runs_alike_and_is_ignored_alike_where_the_cal
         code, output, took = interrupted(*args, "--nap", "3", ctrl_c=signal.SIG_IGN)
         assert code == 0 and "said HELLO" in output and "KeyboardInterrupt" not in output, (args, output)
     assert preloading.log().count(" serves ") == 2  # both runs without --no-preload were warm
+
+
+def test_a_warm_run_whose_caller_is_killed_ends_also_when_it_ignores_sighup(preloading, tmp_path):
+    """Guards: nothing is left running. A cold run dies with its process; a warm run's caller
+    killed (SIGKILL: it forwards nothing) ends the run with SIGHUP, and with SIGKILL a few seconds
+    later when the run ignores SIGHUP, as a run started under nohup does."""
+    sleepy = sleepy_flow(tmp_path)
+    preloading.run()
+    preloading.wait_until_ready()
+    for hangup, within in ((signal.SIG_DFL, 3), (signal.SIG_IGN, 12)):
+
+        def hangup_disposition(hangup=hangup) -> None:
+            signal.signal(signal.SIGHUP, hangup)
+
+        process = subprocess.Popen([sys.executable, str(sleepy), "run"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, env=preloading.env,
+                                   preexec_fn=hangup_disposition)  # fmt: skip
+        seen = ""
+        while "sleeping" not in seen:
+            line = process.stdout.readline()
+            assert line, seen
+            seen += line
+        supervisor = int(re.findall(r"\(supervisor (\d+)\)", preloading.log())[-1])
+        (run,) = psutil.Process(supervisor).children()
+        process.kill()
+        process.communicate(timeout=10)
+        started = time.monotonic()
+        _, alive = psutil.wait_procs([run], timeout=within + 10)
+        assert not alive, f"the run outlived its killed caller (SIGHUP {hangup!r})"
+        assert time.monotonic() - started < within
 
 
 def test_a_changed_package_file_makes_a_new_preloader_before_it_serves(preloading):
