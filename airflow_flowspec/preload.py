@@ -165,7 +165,10 @@ def _follow(connection: socket.socket, pid: int) -> int:
     try:
         end = read_message(connection)
     except (OSError, ValueError) as error:
-        _say(f"lost the preloaded run (pid {pid}): {error}")
+        # Its supervisor is gone: nothing would report its end, so it must not go on unseen.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+        _say(f"lost the preloaded run (pid {pid}): {error}; it was stopped")
         return 1
     if "signal" in end:  # die the same way, so the shell sees what it would have seen
         number = int(end["signal"])

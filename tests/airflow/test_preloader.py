@@ -246,6 +246,21 @@ def test_a_warm_run_whose_caller_is_killed_ends_also_when_it_ignores_sighup(prel
         assert not alive, f"the run outlived its killed caller (SIGHUP {hangup!r})"
         assert time.monotonic() - started < within
 
+    # The other way round: the run's supervisor killed. Nothing would report the run's end, so
+    # the caller stops it, says so in one line and exits 1.
+    process = subprocess.Popen([sys.executable, str(sleepy), "run"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=preloading.env)  # fmt: skip
+    while "sleeping" not in process.stdout.readline():
+        assert process.poll() is None, process.stderr.read()
+    supervisor = psutil.Process(int(re.findall(r"\(supervisor (\d+)\)", preloading.log())[-1]))
+    (run,) = supervisor.children()
+    supervisor.kill()
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 1 and "lost the preloaded run" in stderr and "it was stopped" in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    _, alive = psutil.wait_procs([run], timeout=5)
+    assert not alive, "the run outlived its supervisor"
+
 
 def test_a_changed_package_file_makes_a_new_preloader_before_it_serves(preloading):
     """Guards: the preloader never serves a run with code that has changed since it started."""
