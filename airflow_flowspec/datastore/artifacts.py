@@ -374,10 +374,10 @@ class ArtifactStore:
         self, packs: list[_PackBuilder], checked_at: float, written: set[str] | None = None
     ) -> dict[str, ArtifactRef]:
         """Store several artifact packs: one parallel check, one parallel upload of the missing."""
-        built = [(pack, pack.data()) for pack in packs if pack.items]
-        if len(built) <= 1:
-            return self._store_pack(built[0][0], checked_at, written) if built else {}
-        hashed = [(pack, data, encoding.content_hash(data)) for pack, data in built]
+        filled = [pack for pack in packs if pack.items]
+        if len(filled) <= 1:  # the common case: one pack, checked and written on its own
+            return self._store_pack(filled[0], checked_at, written) if filled else {}
+        hashed = [(pack, data, encoding.content_hash(data)) for pack in filled for data in (pack.data(),)]
         stored = self.backend.blobs_stored(
             {blob_key(pack_hash): (len(data), pack_hash) for _, data, pack_hash in hashed},
             freshen_after=_freshen_after(),
