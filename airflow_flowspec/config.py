@@ -120,9 +120,14 @@ def get_option(option: str) -> str:
     return airflow_option(SECTION, option, DEFAULTS[option])
 
 
+def option_variable(section: str, option: str) -> str:
+    """The environment variable that sets ``[section] option``, ahead of airflow.cfg."""
+    return f"AIRFLOW__{section.upper()}__{option.upper()}"
+
+
 def airflow_option(section: str, option: str, default: str) -> str:
     """An option of any airflow.cfg section, resolved as Airflow does (environment, file, default)."""
-    env = os.environ.get(f"AIRFLOW__{section.upper()}__{option.upper()}")
+    env = os.environ.get(option_variable(section, option))
     if env is not None and env != "":
         return env
     value = _cfg_section(_airflow_cfg_path(), section).get(option, "")
@@ -156,7 +161,7 @@ def _invalid(option: str, value: str, accepted: str) -> ConfigurationError:
     return ConfigurationError(
         f"[flowspec] {option} is {value!r}, which is not usable: it must be {accepted}. Fix it in "
         f"airflow.cfg ({_airflow_cfg_path()}) or in the environment variable "
-        f"AIRFLOW__FLOWSPEC__{option.upper()}."
+        f"{option_variable(SECTION, option)}."
     )
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_flowspec.airflow.discovery import DISCOVERY_CALLABLE
-from airflow_flowspec.config import DEFAULTS, SECTION, airflow_cfg_options, default_home
+from airflow_flowspec.config import DEFAULTS, SECTION, airflow_cfg_options, default_home, option_variable
 from airflow_flowspec.runtime.task_spec import stored_run_id
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def run_environment(environ: Mapping[str, str]) -> dict[str, str]:
         for section, name in KEPT_AIRFLOW_OPTIONS:
             options[(section, name)] = airflow_cfg_options(section, environ)[1].get(name, "")
         for (section, name), value in options.items():
-            variable = f"AIRFLOW__{section.upper()}__{name.upper()}"
+            variable = option_variable(section, name)
             if value and not environ.get(variable):
                 carried[variable] = value
     return {**carried, **_aws_connection(environ, carried), **private}
@@ -94,7 +94,7 @@ def _aws_connection(environ: Mapping[str, str], carried: Mapping[str, str]) -> d
     environment, ``~/.aws``, an instance role). An empty connection of type ``aws`` does the same
     without the warning; a user's ``AIRFLOW_CONN_*`` variable still wins.
     """
-    variable = f"AIRFLOW__{SECTION.upper()}__AWS_CONN_ID"
+    variable = option_variable(SECTION, "aws_conn_id")
     conn_id = environ[variable] if variable in environ else carried.get(variable, DEFAULTS["aws_conn_id"])
     name = f"AIRFLOW_CONN_{conn_id.upper()}"
     if not conn_id or environ.get(name):

@@ -153,7 +153,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         ]
         values = {option: config.get_option(option) for option in CONTAINER_OPTIONS}
         environment = {
-            f"AIRFLOW__FLOWSPEC__{option.upper()}": value
+            config.option_variable(config.SECTION, option): value
             for option, value in values.items()
             if value != config.DEFAULTS[option]
         }
