@@ -30,6 +30,9 @@ class FlowspecError(Exception):
 
     #: Whether running the step again could succeed. Flow mistakes (the default) cannot.
     retryable = False
+    #: What a failure that is not retried is called in the task's last line ("...: not retried"):
+    #: only what the flow's author can fix is called a mistake in the flow.
+    failure_kind = "a mistake in the flow"
 
 
 # ---------------------------------------------------------------------- the flow's definition
@@ -88,6 +91,17 @@ class StepInputError(FlowspecError):
     """A task was handed inputs that do not fit its step (no parent manifest, a foreign value)."""
 
 
+# ---------------------------------------------------------------------- the run's name
+
+
+class RunIdentityError(FlowspecError):
+    """A run cannot be named: a flow, project, branch or Airflow run id that does not fit the one
+    scheme every stored run, DAG id and XCom folder is derived from (:mod:`airflow_flowspec.identity`),
+    or a run that would be stored where another deployment's run is."""
+
+    failure_kind = "a run id this flow cannot be stored under, not a mistake in the flow"
+
+
 # ---------------------------------------------------------------------- configuration
 
 
@@ -105,6 +119,7 @@ class DatastoreError(FlowspecError):
     """
 
     retryable = True
+    failure_kind = "a problem with the datastore, not a mistake in the flow"
 
 
 class ArtifactNotFoundError(DatastoreError):
@@ -145,6 +160,19 @@ class CorruptArtifactError(DatastoreError):
     """
 
     retryable = False
+
+
+class RunDeletedError(ArtifactNotFoundError):
+    """The run a task belongs to was deleted by ``airflow-flowspec gc`` (or is being deleted):
+    there is nothing left for the task to run on. Raised before the task reads or writes anything."""
+
+    failure_kind = "a run deleted by airflow-flowspec gc, not a mistake in the flow"
+
+
+class LeaseLostError(DatastoreError):
+    """A running task could not renew the record that tells ``airflow-flowspec gc`` it is running
+    (its lease) for longer than gc waits for one: what it was about to reference may be gone, so it
+    stops before writing its results, and a retry starts afresh. Retryable."""
 
 
 class XComReferenceError(FlowspecError):
@@ -213,5 +241,13 @@ class MetaflowNamespaceMismatch(FlowspecError):  # noqa: N818 - Metaflow's name
 
 
 def is_flow_mistake(error: BaseException) -> bool:
-    """True for our errors that running the step again cannot fix (see the module docstring)."""
+    """True for our errors that running the step again cannot fix (see the module docstring): they
+    fail the task at once and ``@catch`` does not take them. Most are mistakes in the flow;
+    :attr:`FlowspecError.failure_kind` names the others (a missing artifact, a deleted run)."""
     return isinstance(error, FlowspecError) and not error.retryable
+
+
+def not_retried_label(error: BaseException) -> str:
+    """The end of the message of a task failed at once: ``(<kind>: not retried)``."""
+    kind = getattr(error, "failure_kind", FlowspecError.failure_kind)
+    return f"({kind}: not retried)"

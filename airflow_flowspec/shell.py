@@ -23,7 +23,7 @@ from datetime import timedelta
 from itertools import islice
 from typing import Any
 
-from airflow_flowspec.errors import FlowspecError
+from airflow_flowspec.errors import FlowspecError, GarbageCollectionError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +102,22 @@ def _add_gc_parser(commands: Any) -> None:
         metavar="AGE",
         help="also delete ordinary (non-flow) DAGs' pickled XComs older than this; Airflow may still "
         "read such an XCom (include_prior_dates), so only when nothing does",
+    )
+    gc.add_argument(
+        "--airflow",
+        dest="airflow",
+        action="store_const",
+        const=True,
+        default=None,
+        help="ask Airflow's metadata database which DAG runs are queued or running, and fail if it "
+        "cannot be reached (default: ask it when an Airflow configuration is found here)",
+    )
+    gc.add_argument(
+        "--no-airflow",
+        dest="airflow",
+        action="store_const",
+        const=False,
+        help="do not ask Airflow: a run whose cleared task waits in a queue is judged by time alone",
     )
     gc.add_argument("--root", default=argparse.SUPPRESS, help="datastore root to collect")
 
@@ -211,8 +227,10 @@ def _repin(args: argparse.Namespace) -> int:
     import os
 
     from airflow_flowspec.client.source import client_root
+    from airflow_flowspec.datastore.leases import Lease
     from airflow_flowspec.datastore.store import Datastore
     from airflow_flowspec.flow_loader import load_flow_class
+    from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime import code_package
 
     flow_name, _, run_id = args.pathspec.strip("/").partition("/")
@@ -223,12 +241,14 @@ def _repin(args: argparse.Namespace) -> int:
     flow_file = os.path.abspath(args.flow_file or record.get("flow_file") or "")
     # Importing the flow imports the modules beside it that it uses: they are recorded with it.
     load_flow_class(flow_file, flow_name)
-    package = code_package.record(datastore, flow_file)
-    code = code_package.run_record_code(datastore, package, flow_file)
-    if code["package"] == (record.get("code") or {}).get("package"):
-        print(f"Run {flow_name}/{run_id} already runs this code ({flow_file}).")
-        return 0
-    datastore.repin_run_code(flow_name, run_id, code)
+    # The code stored here is referenced only once the record is rewritten: held like a task's.
+    with Lease(datastore, RunIdentity.of_record(flow_name, run_id, record), holder="repin"):
+        package = code_package.record(datastore, flow_file)
+        code = code_package.run_record_code(datastore, package, flow_file)
+        if code["package"] == (record.get("code") or {}).get("package"):
+            print(f"Run {flow_name}/{run_id} already runs this code ({flow_file}).")
+            return 0
+        datastore.repin_run_code(flow_name, run_id, code)
     print(
         f"Run {flow_name}/{run_id} now runs {flow_file} as it is now, from its next retried or cleared "
         f"task on. Clear the failed task in Airflow to run it again."
@@ -249,6 +269,7 @@ def _gc(args: argparse.Namespace) -> int:
             "is running on this datastore.",
             file=sys.stderr,
         )
+    run_active, asked = _airflow_run_states(args.airflow)
     result = collect_garbage(
         Datastore(client_root()),
         older_than=args.older_than,
@@ -258,9 +279,45 @@ def _gc(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
         xcom_older_than=args.xcom_older_than,
+        airflow_run_active=run_active,
     )
+    result.airflow = asked
     print(result.summary())
     return 0
+
+
+def _airflow_run_states(wanted: bool | None) -> tuple[Any, str]:
+    """Airflow's answer to "is this DAG run queued or running?" for gc, and a line saying where it
+    came from. Asked where an Airflow configuration is found (or ``--airflow``); Airflow is
+    imported only then (it writes a configuration where it finds none)."""
+    from airflow_flowspec.config import airflow_cfg_options
+
+    cfg, _ = airflow_cfg_options("core")
+    not_asked = (
+        "Airflow was not asked which runs it has queued or running ({why}): a run whose cleared task "
+        "waits in a queue counted as running only while it wrote something within the grace period."
+    )
+    if wanted is False:
+        return None, not_asked.format(why="--no-airflow")
+    if wanted is None and not cfg.is_file():
+        return None, not_asked.format(why=f"no Airflow configuration at {cfg}")
+    try:
+        from airflow_flowspec.airflow.run_states import metadata_database_run_states
+
+        run_active, where = metadata_database_run_states()
+    except Exception as error:  # noqa: BLE001 - any failure to reach Airflow is reported the same way
+        if wanted:
+            raise GarbageCollectionError(
+                f"--airflow: Airflow's metadata database (configured in {cfg}) could not be asked which "
+                f"runs are queued or running: {type(error).__name__}: {error}. Nothing was deleted."
+            ) from None
+        print(
+            f"airflow-flowspec gc: Airflow's metadata database could not be reached ({type(error).__name__}: "
+            f"{str(error)[:200]}); going on without it.",
+            file=sys.stderr,
+        )
+        return None, not_asked.format(why="its database could not be reached")
+    return run_active, f"Asked Airflow ({where}) which runs are queued or running: those were kept."
 
 
 if __name__ == "__main__":

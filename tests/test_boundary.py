@@ -68,6 +68,7 @@ DRIVER = textwrap.dedent("""
     from airflow_flowspec.graph import FlowGraph
     from airflow_flowspec.lint import lint_flow, airflow_target
     from airflow_flowspec.runtime.process import read_step_result, write_task_spec
+    from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.task_spec import TaskSpec
 
     flow_class = load_flow_class(flow_file, "NoAirflowFlow")
@@ -75,7 +76,7 @@ DRIVER = textwrap.dedent("""
     lint_flow(graph, airflow_target())
 
     def run(step, inputs, map_index=-1, stack=()):
-        spec = TaskSpec(flow_file=flow_file, flow_name="NoAirflowFlow", step=step, run_id="no-airflow-1",
+        spec = TaskSpec(flow_file=flow_file, run=RunIdentity("NoAirflowFlow", "no-airflow-1"), step=step,
                         datastore_root=store, map_index=map_index, input_manifests=list(inputs),
                         foreach_stack=list(stack))
         sys.argv = ["airflow_flowspec.runtime", "--root", store, "--spec-key", write_task_spec(spec)]

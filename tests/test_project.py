@@ -178,7 +178,7 @@ def test_dags_folder_deploys_branches_side_by_side_and_the_decorator_pins_its_ow
 def test_a_deployed_branch_runs_on_airflow_and_its_runs_are_the_flows(client_store, monkeypatch):
     """``dag.test()`` of the DAGs the dags folder would build, production then staging, for the
     same interval: both get the same Airflow run id (as two branches' schedules do), and each run
-    is stored under its branch's run id, so neither writes into the other's run."""
+    is stored under its project's and branch's run id, so neither writes into the other's run."""
     from datetime import datetime, timezone
 
     interval = datetime(2026, 11, 2, tzinfo=timezone.utc)
@@ -194,7 +194,8 @@ def test_a_deployed_branch_runs_on_airflow_and_its_runs_are_the_flows(client_sto
     assert len(list(Flow("ProjectFlow"))) == 2
     for run, branch, is_production in ((production, "prod", True), (staging, "test.staging", False)):
         (found,) = Flow("ProjectFlow").runs(f"project_branch:{branch}")
-        assert found.id == f"{branch}:{run.run_id}" and found.successful
+        assert found.id == f"{PROJECT}.{branch}:{run.run_id}" and found.successful
+        assert found.identity.dag_id == run.dag_run.dag_id and found.identity.airflow_run_id == run.run_id
         assert {f"project:{PROJECT}", f"project_branch:{branch}"} <= found.system_tags
         seen = found["start"].task.data.seen
         assert (seen["branch_name"], seen["is_production"], seen["is_user_branch"]) == (
@@ -213,7 +214,7 @@ def test_a_failed_project_run_is_recorded_under_the_flow_name(tmp_path, client_s
     assert not run.succeeded and run.dag_run.dag_id == f"{PROJECT}.prod.ProjectFlow"
     namespace(None)
     latest = Flow("ProjectFlow").latest_run
-    assert latest.id == f"prod:{run.run_id}" and latest.finished and not latest.successful
+    assert latest.id == f"{PROJECT}.prod:{run.run_id}" and latest.finished and not latest.successful
 
 
 @pytest.mark.usefixtures("airflow_db")
@@ -264,6 +265,7 @@ NO_PROJECT_FLOW = textwrap.dedent("""
 def test_a_flow_without_project_has_no_project_fields_as_in_metaflow(tmp_path):
     from airflow_flowspec.datastore import open_datastore
     from airflow_flowspec.datastore.artifacts import ArtifactRef
+    from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.step_runner import run_step
     from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 
@@ -271,7 +273,13 @@ def test_a_flow_without_project_has_no_project_fields_as_in_metaflow(tmp_path):
     flow_file.write_text(NO_PROJECT_FLOW)
     root = str(tmp_path / "store")
     run_step(
-        TaskSpec(str(flow_file), "PlainFlow", "start", "r1", root, run_context=RunContext(username="ana"))
+        TaskSpec(
+            str(flow_file),
+            RunIdentity("PlainFlow", "r1"),
+            "start",
+            root,
+            run_context=RunContext(username="ana"),
+        )
     )
     datastore = open_datastore(root)
     refs = datastore.latest_attempt_manifest("PlainFlow", "r1", "start", "0")["artifacts"]

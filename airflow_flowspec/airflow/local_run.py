@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_flowspec.airflow.discovery import DISCOVERY_CALLABLE
 from airflow_flowspec.config import DEFAULTS, SECTION, airflow_cfg_options, default_home, option_variable
-from airflow_flowspec.runtime.task_spec import stored_run_id
+from airflow_flowspec.identity import RunIdentity
 
 if TYPE_CHECKING:
     from airflow_flowspec.decorators.flow_decorators import ProjectBranch
@@ -188,21 +188,21 @@ def run_locally(
     from airflow.utils.types import DagRunType
 
     logical_date = datetime.now(timezone.utc)
-    run_id = DagRun.generate_run_id(
+    airflow_run_id = DagRun.generate_run_id(
         run_type=DagRunType.MANUAL, logical_date=logical_date, run_after=logical_date
     )
-    branch = project.branch_name if project is not None else None
-    print(f"Run id: {stored_run_id(run_id, branch)}", flush=True)
+    run = RunIdentity.of_deployment(flow_class.__name__, airflow_run_id, project)
+    print(f"Run id: {run.run_id}", flush=True)
     if project is not None:
         print(f"Project: {project.project_name}, Branch: {project.branch_name}", flush=True)
     dag_test_log = logging.getLogger("airflow.sdk.definitions.dag")
-    notice = RetryWaitNotice(dag, branch)
+    notice = RetryWaitNotice(dag, run)
     dag_test_log.addFilter(notice)
     try:
         dag_run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=parameters)
     finally:
         dag_test_log.removeFilter(notice)
-    return _report(flow_class.__name__, dag_run, branch)
+    return _report(run, dag_run)
 
 
 def retry_at_once(dag: Any) -> None:
@@ -231,10 +231,10 @@ class RetryWaitNotice(logging.Filter):
     warning through when no task is waiting for a retry (something else is wrong then).
     """
 
-    def __init__(self, dag: Any, branch: str | None):
+    def __init__(self, dag: Any, run: RunIdentity):
         super().__init__()
         self._dag = dag
-        self._branch = branch
+        self._run = run
         self._told: set[tuple[str, str, int, int]] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -249,7 +249,7 @@ class RetryWaitNotice(logging.Filter):
             self._told.add(attempt)
             delay = self._dag.task_dict[ti.task_id].retry_delay.total_seconds() / 60
             if delay > 0:  # a step retried at once can be seen waiting for an instant
-                label = f"{stored_run_id(ti.run_id, self._branch)}/{ti.task_id}/{max(ti.map_index, 0)}"
+                label = f"{self._run.run_id}/{ti.task_id}/{max(ti.map_index, 0)}"
                 print(f"[{label}] Sleeping {delay:g} minute(s) before the next retry.", flush=True)
         return not waiting
 
@@ -324,10 +324,10 @@ def _initialize_metrics() -> None:
         stats.initialize(factory=factory, export_legacy_names=legacy_names)
 
 
-def _report(flow_name: str, dag_run: Any, branch: str | None) -> int:
+def _report(run: RunIdentity, dag_run: Any) -> int:
     from airflow.utils.state import DagRunState, TaskInstanceState
 
-    run_id = stored_run_id(dag_run.run_id, branch)
+    flow_name, run_id = run.flow, run.run_id
     if dag_run.state == DagRunState.SUCCESS:
         print(f"Flow {flow_name} run {run_id} succeeded.", flush=True)
         return 0

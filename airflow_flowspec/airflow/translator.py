@@ -28,7 +28,9 @@ from airflow_flowspec.decorators.base import step_decorators_of
 from airflow_flowspec.decorators.flow_decorators import ProjectBranch
 from airflow_flowspec.errors import ParameterError, ProjectError
 from airflow_flowspec.graph import FlowGraph
+from airflow_flowspec.identity import Deployment, RunIdentity, deployment_dag_id
 from airflow_flowspec.operators.step_task import (
+    DEPLOYMENT_FIELD,
     PROJECT_BRANCH_ATTRIBUTE,
     PULL_ALL_CHILDREN,
     PULL_SAME,
@@ -64,12 +66,16 @@ def build_dag(
         tags=["flowspec"],
         max_active_runs=16,
         on_failure_callback=functools.partial(
-            record_failed_run,
-            flow_name=flow_class.__name__,
-            branch_name=project.branch_name if project else None,
+            record_failed_run, flow_name=flow_class.__name__, deployment=project
         ),
     ) as dag:
         _add_tasks(flow_class, graph, flow_file)
+    deployment = Deployment(
+        flow_class.__name__,
+        project.project_name if project else None,
+        project.branch_name if project else None,
+    )
+    setattr(dag.get_task("start"), DEPLOYMENT_FIELD, deployment.to_text())
     dag.fileloc = flow_file
     # Where the step tasks learn the branch: it belongs to the deployment, not to a run's conf.
     setattr(dag, PROJECT_BRANCH_ATTRIBUTE, project)
@@ -79,7 +85,7 @@ def build_dag(
 def _dag_id(flow_class: type, project: ProjectBranch | None) -> str:
     if project is None:
         return flow_class.__name__
-    dag_id = project.project_flow_name
+    dag_id = deployment_dag_id(flow_class.__name__, project.project_name, project.branch_name)
     if not _DAG_ID.fullmatch(dag_id):
         raise ProjectError(
             f"Flow {flow_class.__name__} of @project {project.project_name} would be the DAG "
@@ -90,21 +96,13 @@ def _dag_id(flow_class: type, project: ProjectBranch | None) -> str:
     return dag_id
 
 
-def record_failed_run(context: Any, flow_name: str, branch_name: str | None = None) -> None:
-    """Mark the run failed in the datastore, so the client's run listing says so too.
-
-    Runs are stored under the flow's name, which is not the DAG id of a ``@project`` flow, and a
-    project run's id starts with its branch (:func:`stored_run_id`).
-    """
+def record_failed_run(context: Any, flow_name: str, deployment: ProjectBranch | None = None) -> None:
+    """Mark the run failed in the datastore, so the client's run listing says so too."""
     from airflow_flowspec.datastore import open_datastore
-    from airflow_flowspec.runtime.task_spec import stored_run_id
 
-    dag_run = context["dag_run"]
+    run = RunIdentity.of_deployment(flow_name, context["dag_run"].run_id, deployment)
     open_datastore(config.datastore_root()).finish_run(
-        flow_name,
-        stored_run_id(dag_run.run_id, branch_name),
-        False,
-        {"reason": str(context.get("reason") or "a step failed")},
+        run.flow, run.run_id, False, {"reason": str(context.get("reason") or "a step failed")}
     )
 
 

@@ -12,7 +12,10 @@ a task's artifacts reads its manifest only; an artifact's value is downloaded (a
 ``.data`` is read, through the same read path steps use (:mod:`airflow_flowspec.datastore.views`).
 
 Pathspecs are Metaflow's: ``Flow/run_id/step/task_id`` (Airflow run ids such as
-``manual__2026-11-25T10:00:00+00:00`` contain no ``/``).
+``manual__2026-11-25T10:00:00+00:00`` contain no ``/``). A ``@project`` run's id names its project
+and branch (``alpha.prod:scheduled__...``, see :mod:`airflow_flowspec.identity`); such a run is also
+found by the DAG id and run id Airflow shows (``alpha.prod.TrainFlow/scheduled__...``), and by its
+Airflow run id alone (or ``<branch>:<Airflow run id>``) when only one project's run has it.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from airflow_flowspec.errors import (
     ArtifactNotFoundError,
     MetaflowNamespaceMismatch,
     MetaflowNotFound,
+    RunIdentityError,
     UnsafeKeyError,
 )
+from airflow_flowspec.identity import RunIdentity
 
 #: Run ids read from the index per request while iterating a flow's runs.
 _RUNS_PAGE = 50
@@ -210,27 +215,27 @@ class Run(MetaflowObject):
 
     def __init__(self, pathspec: str, *, _record: dict[str, Any] | None = None):
         flow, run_id = _split(pathspec, 2, "Run")
-        super().__init__(pathspec)
-        self.flow_name = flow
+        datastore = client_datastore()
         if _record is None:
-            try:
-                _record = self._datastore.read_run_meta(flow, run_id)
-            except ArtifactNotFoundError:
-                runs = self._datastore.list_runs(flow)
-                raise MetaflowNotFound(
-                    f"Flow {flow!r} has no run {run_id!r} in the datastore {self._datastore.root}. "
-                    + _nearby(run_id, runs, f"runs of {flow}")
-                ) from None
+            flow, run_id, _record = _find_run(datastore, flow, run_id)
+        super().__init__(f"{flow}/{run_id}")
+        self.flow_name = flow
         current_namespace = get_namespace()
         if not in_namespace(_record, current_namespace):
             raise MetaflowNamespaceMismatch(
-                f"Run {pathspec} is not in the namespace {current_namespace!r} (its tags: "
+                f"Run {self.pathspec} is not in the namespace {current_namespace!r} (its tags: "
                 f"{', '.join(sorted(_record.get('tags', []))) or 'none'}). Call namespace(None) to see "
                 f"every run, or namespace('<one of its tags>')."
             )
         self._record = _record
         self._status_read = False
         self._status: dict[str, Any] | None = None
+
+    @property
+    def identity(self) -> RunIdentity:
+        """Which run this is: its flow, ``@project`` deployment (the DAG that ran it) and Airflow's
+        run id, as its record states them."""
+        return RunIdentity.of_record(self.flow_name, self.id, self._record)
 
     @classmethod
     def _with_record(cls, pathspec: str, record: dict[str, Any]) -> Run:
@@ -386,15 +391,61 @@ class Run(MetaflowObject):
         return {name: getattr(start.data, name) for name in start._manifest.get("parameters", [])}
 
 
+def _find_run(datastore: Any, flow: str, run_id: str) -> tuple[str, str, dict[str, Any]]:
+    """(flow, stored run id, record) of the run a path names: ``Flow/<stored id>``, the DAG id
+    and Airflow run id of a ``@project`` run (``alpha.prod.TrainFlow/scheduled__...``), or a
+    ``@project`` run's Airflow run id (or ``<branch>:<Airflow run id>``) where one run has it."""
+    if "." in flow:
+        try:
+            identity = RunIdentity.of_dag_run(flow, run_id)
+        except RunIdentityError as error:
+            raise MetaflowNotFound(f"Run({flow}/{run_id}): {error}") from None
+        flow, run_id = identity.flow, identity.run_id
+    try:
+        return flow, run_id, datastore.read_run_meta(flow, run_id)
+    except ArtifactNotFoundError:
+        pass
+    runs = datastore.list_runs(flow)
+    matches = []
+    for stored in runs:
+        try:
+            identity = RunIdentity.parse(flow, stored)
+        except RunIdentityError:
+            continue
+        if identity.project is not None and run_id in (
+            identity.airflow_run_id,
+            f"{identity.branch}:{identity.airflow_run_id}",
+        ):
+            matches.append(stored)
+    if len(matches) > 1:
+        raise MetaflowNotFound(
+            f"Flow {flow!r} has several runs {run_id!r}, of different @project deployments: "
+            f"{', '.join(repr(m) for m in matches[:10])}. Name one with its project and branch, "
+            f"e.g. Run('{flow}/{matches[0]}')."
+        )
+    if matches:
+        try:
+            return flow, matches[0], datastore.read_run_meta(flow, matches[0])
+        except ArtifactNotFoundError:
+            pass
+    raise MetaflowNotFound(
+        f"Flow {flow!r} has no run {run_id!r} in the datastore {datastore.root}. "
+        + _nearby(run_id, runs, f"runs of {flow}")
+    ) from None
+
+
 class Step(MetaflowObject):
     """A step of a run: ``.task`` for a single task, iteration over foreach tasks in index order."""
 
     def __init__(self, pathspec: str, *, _checked: bool = False):
         flow, run_id, step = _split(pathspec, 3, "Step")
-        super().__init__(pathspec)
+        if not _checked:
+            # An unknown run, or one outside the namespace, is reported as such; a run named by
+            # another of its forms gets its stored path.
+            flow, run_id = Run(f"{flow}/{run_id}").path_components
+        super().__init__(f"{flow}/{run_id}/{step}")
         self.flow_name, self.run_id = flow, run_id
         if not _checked:
-            Run(f"{flow}/{run_id}")  # an unknown run, or one outside the namespace, is reported as such
             steps = self._datastore.list_steps(flow, run_id)
             if step not in steps:
                 raise MetaflowNotFound(
@@ -437,10 +488,12 @@ class Task(MetaflowObject):
 
     def __init__(self, pathspec: str, *, _checked: bool = False):
         flow, run_id, step, task_id = _split(pathspec, 4, "Task")
-        super().__init__(pathspec)
+        if not _checked:
+            # An unknown run or step (or another namespace's run); the run's stored path.
+            flow, run_id, step = Step(f"{flow}/{run_id}/{step}").path_components
+        super().__init__(f"{flow}/{run_id}/{step}/{task_id}")
         self.flow_name, self.run_id, self.step_name = flow, run_id, step
         if not _checked:
-            Step(f"{flow}/{run_id}/{step}")  # an unknown run or step (or another namespace's run)
             tasks = self._datastore.list_tasks(flow, run_id, step)
             if task_id not in tasks:
                 raise MetaflowNotFound(

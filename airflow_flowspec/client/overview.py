@@ -14,8 +14,9 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from airflow_flowspec.client.objects import Run, Task
+from airflow_flowspec.client.objects import Run, Step, Task
 from airflow_flowspec.errors import MetaflowNotFound
+from airflow_flowspec.identity import RunIdentity
 
 #: Tasks of one step listed on a run's page (a 10,000-wide foreach is paged on its step).
 TASKS_PER_STEP = 100
@@ -38,10 +39,23 @@ def check_part(kind: str, value: str) -> str:
     return value
 
 
-def run_overview(flow: str, run_id: str) -> dict[str, Any]:
+def run_of(identity: RunIdentity) -> Run:
+    """The stored run of ``identity``, only if its record says it is that run: a stored run is
+    shown for the DAG run that made it, never for another DAG's run that names the same place."""
+    run = Run(f"{check_part('flow', identity.flow)}/{check_part('run', identity.run_id)}")
+    recorded = run.identity
+    if recorded != identity:
+        raise MetaflowNotFound(
+            f"Run {identity.pathspec} is not a run of the DAG {identity.dag_id} (Airflow run "
+            f"{identity.airflow_run_id}): its record says {recorded.dag_id}/{recorded.airflow_run_id}."
+        )
+    return run
+
+
+def run_overview(identity: RunIdentity) -> dict[str, Any]:
     """The run's graph and, per step, its first tasks (:data:`TASKS_PER_STEP`) with their
     artifacts' summaries."""
-    run = Run(f"{check_part('flow', flow)}/{check_part('run', run_id)}")
+    run = run_of(identity)
     ran = set(run._step_names())
     return {
         "flow": run.flow_name,
@@ -55,9 +69,9 @@ def run_overview(flow: str, run_id: str) -> dict[str, Any]:
     }
 
 
-def step_overview(flow: str, run_id: str, step: str, page: int = 1) -> dict[str, Any]:
+def step_overview(identity: RunIdentity, step: str, page: int = 1) -> dict[str, Any]:
     """One page of a step's tasks (a 10,000-wide foreach has 100 pages)."""
-    run = Run(f"{check_part('flow', flow)}/{check_part('run', run_id)}")
+    run = run_of(identity)
     check_part("step", step)
     ran = set(run._step_names())
     node = next((node for node in _graph(run, ran) if node["name"] == step), None)
@@ -85,14 +99,14 @@ def _step_summary(run: Run, node: dict[str, Any], page: int, ran: set[str]) -> d
     return {**node, "task_count": len(task_ids), "page": page, "pages": pages, "tasks": tasks}
 
 
-def task_overview(flow: str, run_id: str, step: str, task_id: str) -> dict[str, Any]:
+def task_overview(identity: RunIdentity, step: str, task_id: str) -> dict[str, Any]:
     """One task's artifacts, foreach position, attempt and output."""
-    task = _task(flow, run_id, step, task_id)
+    task = _task(identity, step, task_id)
     summary = _summary_of(task)
     summary.update(
         {
-            "flow": flow,
-            "run_id": run_id,
+            "flow": identity.flow,
+            "run_id": identity.run_id,
             "step": step,
             "stdout": task.stdout[-20000:] if task.finished else "",
             "stderr": task.stderr[-20000:] if task.finished else "",
@@ -101,15 +115,13 @@ def task_overview(flow: str, run_id: str, step: str, task_id: str) -> dict[str, 
     return summary
 
 
-def artifact_page(
-    flow: str, run_id: str, step: str, task_id: str, name: str, page: int = 1
-) -> dict[str, Any]:
+def artifact_page(identity: RunIdentity, step: str, task_id: str, name: str, page: int = 1) -> dict[str, Any]:
     """One artifact: its summary and one page of its recorded preview (repr text or table rows)."""
-    artifact = artifact_for_download(flow, run_id, step, task_id, name)
+    artifact = artifact_for_download(identity, step, task_id, name)
     preview = artifact.preview
     result: dict[str, Any] = {
-        "flow": flow,
-        "run_id": run_id,
+        "flow": identity.flow,
+        "run_id": identity.run_id,
         "step": step,
         "task_id": task_id,
         "name": name,
@@ -148,24 +160,25 @@ def artifact_page(
     return result
 
 
-def artifact_for_download(flow: str, run_id: str, step: str, task_id: str, name: str) -> Any:
+def artifact_for_download(identity: RunIdentity, step: str, task_id: str, name: str) -> Any:
     """The :class:`DataArtifact` named by a URL's parts (served as a pickle through its
     ``verified_pickle()``, or shown by :func:`artifact_page`)."""
-    task = _task(flow, run_id, step, task_id)
+    task = _task(identity, step, task_id)
     check_part("artifact", name)
     if name not in task:
         raise MetaflowNotFound(f"Task {task.pathspec} has no artifact {name!r}.")
     return task[name]
 
 
-def _task(flow: str, run_id: str, step: str, task_id: str) -> Task:
-    parts = (
-        check_part("flow", flow),
-        check_part("run", run_id),
-        check_part("step", step),
-        check_part("task", task_id),
-    )
-    return Task("/".join(parts))
+def _task(identity: RunIdentity, step: str, task_id: str) -> Task:
+    run = run_of(identity)
+    check_part("step", step)
+    check_part("task", task_id)
+    if step not in run:
+        raise MetaflowNotFound(f"Run {run.pathspec} has no step {step!r}.")
+    if task_id not in Step(f"{run.pathspec}/{step}", _checked=True)._task_ids():
+        raise MetaflowNotFound(f"Step {run.pathspec}/{step} has no task {task_id!r}.")
+    return Task(f"{run.pathspec}/{step}/{task_id}", _checked=True)
 
 
 def _task_summary(run: Run, step: str, task_id: str) -> dict[str, Any]:

@@ -24,11 +24,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from airflow_flowspec.datastore import encoding
 from airflow_flowspec.datastore.backends.base import StorageBackend
-from airflow_flowspec.datastore.keys import blob_key, damaged_blob_key, is_blob_hash
+from airflow_flowspec.datastore.keys import (
+    TRASH_PREFIX,
+    blob_key,
+    damaged_blob_key,
+    is_blob_hash,
+    is_trash_round,
+    trash_key,
+)
 from airflow_flowspec.datastore.previews import BoundedRepr, make_preview, read_preview
 from airflow_flowspec.errors import (
     ArtifactLoadError,
@@ -59,6 +66,7 @@ FRESHEN_INTERVAL_SECONDS = 3600.0
 
 #: Where a blob is: (pack hash, offset) for a packed pickle, (None, 0) for a blob of its own.
 _Location = tuple["str | None", int]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,10 @@ class ArtifactStore:
         # saved again unchanged (a step handing on what it read) keeps its preview, made once.
         self._previews: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        # Confirmations older than this (time.monotonic()) are not relied on: set by a task's lease
+        # (leases.py) to when it was taken, since gc waits only for tasks whose lease is older than
+        # the blobs it took out of data/.
+        self._trust_since = float("-inf")
         self._packs: OrderedDict[str, bytes] = OrderedDict()  # recently loaded packs
         self._packs_bytes = 0
 
@@ -443,12 +455,17 @@ class ArtifactStore:
             verified = self._verified.get(blob_hash)
         return verified is not None and time.monotonic() - verified <= _freshen_after()
 
+    def trust_confirmations_since(self, moment: float) -> None:
+        """Rely only on blobs stored or confirmed from ``moment`` (``time.monotonic()``) on."""
+        with self._lock:
+            self._trust_since = max(self._trust_since, moment)
+
     def _confirmed_location(self, blob_hash: str) -> _Location | None:
         with self._lock:
             known = self._locations.get(blob_hash)
             if known is None:
                 return None
-            if time.monotonic() - known[1] > _freshen_after():
+            if time.monotonic() - known[1] > _freshen_after() or known[1] < self._trust_since:
                 del self._locations[blob_hash]
                 return None
             return known[0]
@@ -478,7 +495,7 @@ class ArtifactStore:
         try:
             if pack_hash is not None:
                 assert ref is not None
-                pickled = self._pack(pack_hash, key, what)[ref.offset : ref.offset + ref.size]
+                pickled = self._pack(pack_hash, what)[ref.offset : ref.offset + ref.size]
                 if len(pickled) != ref.size or encoding.content_hash(pickled) != blob_hash:
                     raise CorruptArtifactError(
                         f"The {what} is not where its reference says: pack {pack_hash} (at "
@@ -487,7 +504,11 @@ class ArtifactStore:
                     )
                 value = pickle.loads(pickled)
             else:
-                value = self._decode_verified(key, size, blob_hash, what)
+                value = self._read_twice(
+                    blob_hash,
+                    what,
+                    lambda key: encoding.decode(self.backend, key, size=size, expected_hash=blob_hash),
+                )
                 with self._lock:
                     self._verified[blob_hash] = time.monotonic()
         except ArtifactNotFoundError as error:
@@ -518,10 +539,9 @@ class ArtifactStore:
         what = f"preview of the {what}"
         if pack_hash is not None:
             start = location["offset"]
-            data = self._pack(pack_hash, blob_key(pack_hash), what)[start : start + location["size"]]
+            data = self._pack(pack_hash, what)[start : start + location["size"]]
         else:
-            key = blob_key(preview_hash)
-            data = self._read_twice(key, what, lambda: self.backend.get_bytes(key))
+            data = self._read_twice(preview_hash, what, self.backend.get_bytes)
         if encoding.content_hash(data) != preview_hash:
             raise CorruptArtifactError(
                 f"The {what} is not where its reference says: no bytes hashing to {preview_hash} at "
@@ -539,7 +559,7 @@ class ArtifactStore:
         key = blob_key(ref.pack or ref.hash)
         try:
             if ref.pack is not None:
-                pickled = self._pack(ref.pack, key, what)[ref.offset : ref.offset + ref.size]
+                pickled = self._pack(ref.pack, what)[ref.offset : ref.offset + ref.size]
                 if len(pickled) != ref.size or encoding.content_hash(pickled) != ref.hash:
                     raise CorruptArtifactError(
                         f"The {what} is not where its reference says: pack {ref.pack} holds no pickle "
@@ -549,36 +569,54 @@ class ArtifactStore:
                 return
             with contextlib.ExitStack() as stack:
 
-                def enter() -> Any:
+                def enter(key: str) -> Any:
                     return stack.enter_context(
                         encoding.verified_source(self.backend, key, size=ref.size, expected_hash=ref.hash)
                     )
 
-                yield self._read_twice(key, what, enter)
+                yield self._read_twice(ref.hash, what, enter)
         except ArtifactNotFoundError as error:
             raise ArtifactNotFoundError(
                 f"The {what} with hash {ref.hash} is missing from the datastore {self.backend.root}: "
                 f"nothing is stored under key '{key}'."
             ) from error
 
-    def _decode_verified(self, key: str, size: int | None, blob_hash: str, what: str) -> Any:
-        return self._read_twice(
-            key, what, lambda: encoding.decode(self.backend, key, size=size, expected_hash=blob_hash)
-        )
+    def _read_twice(self, blob_hash: str, what: str, read: Callable[[str], _T]) -> _T:
+        """``read(key)`` of the blob, which verifies what it reads; a mismatch is read once more (a
+        fault on the way must not be taken for damage) before the blob is set aside as damaged.
 
-    def _read_twice(self, key: str, what: str, read: Callable[[], Any]) -> Any:
-        """``read()``, which verifies what it reads; a mismatch is read once more (a fault on the way
-        must not be taken for damage) before the blob is set aside as damaged."""
+        A blob missing from ``data/`` is looked for in gc's trash: gc takes unreferenced blobs out
+        of ``data/`` first and deletes them only a gc later, so a task that relied on a blob just as
+        gc took it still finds it (see :mod:`.gc`)."""
+        key = blob_key(blob_hash)
         try:
-            return read()
+            return self._verified_read(key, what, read)
+        except ArtifactNotFoundError:
+            trashed = self.trashed_key(blob_hash)
+            if trashed is None:
+                raise
+        return self._verified_read(trashed, what, read)
+
+    def _verified_read(self, key: str, what: str, read: Callable[[str], _T]) -> _T:
+        try:
+            return read(key)
         except encoding.ContentMismatch:
             pass
         try:
-            return read()
+            return read(key)
         except encoding.ContentMismatch as mismatch:
             raise self._damaged(key, mismatch, what) from None
 
-    def _pack(self, pack_hash: str, key: str, what: str) -> bytes:
+    def trashed_key(self, blob_hash: str) -> str | None:
+        """Where gc's trash holds the blob (the newest round that has it), None if it does not."""
+        rounds, _ = self.backend.list_dir(TRASH_PREFIX)
+        for round_name in sorted((name for name in rounds if is_trash_round(name)), reverse=True):
+            key = trash_key(round_name, blob_hash)
+            if self.backend.exists(key):
+                return key
+        return None
+
+    def _pack(self, pack_hash: str, what: str) -> bytes:
         """A pack's bytes, verified, fetched once and kept while recently used (its pack-mates follow)."""
         with self._lock:
             data = self._packs.get(pack_hash)
@@ -586,7 +624,9 @@ class ArtifactStore:
                 self._packs.move_to_end(pack_hash)
                 return data
         data = self._read_twice(
-            key, f"pack holding the {what}", lambda: encoding.verified(self.backend.get_bytes(key), pack_hash)
+            pack_hash,
+            f"pack holding the {what}",
+            lambda key: encoding.verified(self.backend.get_bytes(key), pack_hash),
         )
         self._cache_pack(pack_hash, data)
         return data

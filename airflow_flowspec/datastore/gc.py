@@ -1,40 +1,47 @@
 """Garbage collection (``airflow-flowspec gc``): the only way a datastore shrinks, because Airflow
 never deletes what flows store.
 
-The safety rule: gc deletes a stored artifact (a blob or pack under ``data/``) only if nothing kept
-references it AND it was last written, or last re-confirmed by a save that found it already stored,
-longer ago than the grace period. A save that finds an artifact already stored renews its last
-write when that is older than half the freshen interval, as git freshens objects, and a process
-forgets which artifacts it saw stored after the other half
-(:data:`~airflow_flowspec.datastore.artifacts.FRESHEN_INTERVAL_SECONDS`). So a task that writes
-its manifest within the grace period minus the freshen interval of saving its artifacts never loses
-one, even while gc deletes the last other run that used them; a grace period shorter than twice the
-freshen interval is refused, and none at all is only for a datastore where nothing runs.
-
 Which runs go, per flow: those that started (``created_at`` in run.json) longer ago than the
 horizon (``--older-than``), except
 
 * the ``--keep-last`` newest runs;
 * the latest successful run, overall and in each system namespace (``user:...``,
   ``production:...``), because other flows read it by that name;
-* a run that wrote something more recently than the horizon or the grace period: it is still
-  running, or a failed run is being resumed (its status.json says failed until it finishes).
+* a running run: one of its tasks holds a live lease (:mod:`.leases`: renewed within
+  :data:`~.leases.LEASE_SECONDS`, however long the step has been computing); or Airflow, where gc
+  can ask it, has its DAG run queued or running (a failed task cleared and waiting for a worker);
+  or it wrote something more recently than the horizon or the grace period without an outcome after
+  it (between two tasks of a run, when Airflow cannot be asked).
 
 A run whose start never wrote run.json is judged by when its folder was last written.
+
+A run goes only after gc wrote its deletion mark (``deleting.json``) and then found no live lease
+in it: a task writes its lease and then looks for that mark, so a task that starts just then either
+keeps the run or stops before touching it (:mod:`.leases`).
+
+Artifacts (blobs and packs under ``data/``) go in two steps, so that no save can rely on one just
+as it is deleted. A gc takes out of ``data/`` (into a trash round, ``_gc/trash/<round>/``) what
+nothing kept references and what was last written, or last re-confirmed by a save that found it
+already stored, longer ago than the grace period; a save never finds a blob there, and a reader that
+misses one in ``data/`` finds it in the trash. A later gc deletes a round's blobs for good only once
+every task that held a lease when the round was closed has ended (its manifest then is among what
+that gc read) and only those blobs still nothing kept references; the others go back to ``data/``.
+So a task that found a blob stored, or a manifest that names one, never loses it.
 
 The order is what makes every step safe to interrupt (a gc killed half-way is finished by the next):
 
 1. Decide, and read what every kept run references: each attempt's manifest, task spec and step
    result, and the run's record (it names the code the run started with). A document that cannot be
    read stops gc before it deleted anything, since what it references is unknown.
-2. Delete gone runs: their index entries first, so the client stops offering them; then their files,
-   run.json and status.json last, so a half-deleted run is still recognisably a run.
-3. Sweep ``data/`` by the safety rule, deleting what it lists within a second or so, so that a blob
-   a save freshens meanwhile is rarely judged on a listing older than the freshening.
-4. Pickled XComs of ordinary tasks (``_xcom/<dag>/<run>/``): those of a run deleted here (its flow's
-   DAG, or the DAG its record names); and, only when asked (``--xcom-older-than``) and every flow is
-   collected, those whose objects are all older than that and whose run id no kept run has. Not by
-   default: Airflow's row for such an XCom may still be read (``include_prior_dates``).
+2. Delete gone runs: the deletion mark, a last look at the run's leases, its index entries (so the
+   client stops offering it), then its files, run.json and status.json last (a half-deleted run is
+   still recognisably a run), the mark very last.
+3. Empty the trash rounds of earlier gcs that no live lease holds back; then take this gc's
+   unreferenced blobs out of ``data/`` into a new round, closed once every one of them is out.
+4. Pickled XComs of ordinary tasks (``_xcom/<dag>/<run>/``): those of a run deleted here (the DAG
+   and Airflow run id its identity names); and, only when asked (``--xcom-older-than``) and every
+   flow is collected, those whose objects are all older than that and that no kept run's DAG run
+   owns. Not by default: Airflow's row for such an XCom may still be read (``include_prior_dates``).
 5. ``damaged/`` blobs set aside before the horizon; then the backend's sweep (scratch files of dead
    processes, S3 multipart uploads never completed); then kept runs missing from the run index
    (recorded by a version before it) are added to it.
@@ -55,23 +62,33 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from airflow_flowspec.datastore import artifacts, keys
+from airflow_flowspec.datastore import artifacts, keys, leases
 from airflow_flowspec.datastore.backends.base import StorageBackend, StoredObject
 from airflow_flowspec.datastore.store import EARLIEST, Datastore, moment_of
-from airflow_flowspec.errors import ArtifactNotFoundError, GarbageCollectionError, UnsafeKeyError
+from airflow_flowspec.errors import (
+    ArtifactNotFoundError,
+    GarbageCollectionError,
+    RunIdentityError,
+    UnsafeKeyError,
+)
+from airflow_flowspec.identity import RunIdentity
 
 #: The longest a save relies on an earlier sign that an artifact is stored (see artifacts.py).
 FRESHEN_INTERVAL = timedelta(seconds=artifacts.FRESHEN_INTERVAL_SECONDS)
-#: The shortest grace period accepted (other than none at all, for a datastore where nothing runs).
+#: The shortest grace period accepted (other than none at all, for a datastore where nothing runs):
+#: between two tasks of a run nothing holds a lease, and a queue can keep the next one waiting.
 MIN_GRACE = 2 * FRESHEN_INTERVAL
 DEFAULT_GRACE = timedelta(days=1)
+#: How far apart this machine's clock and the clocks that named leases may be: a trash round waits
+#: for leases taken up to this long after it was closed too.
+CLOCK_MARGIN_SECONDS = 300.0
 #: Progress is reported every this many objects examined.
 PROGRESS_EVERY = 5000
 _DELETE_BATCH = 1000
-#: Unreferenced blobs found are deleted once this many seconds passed since the first was listed.
-_SWEEP_FLUSH_SECONDS = 1.0
 _PARALLEL_READS = 16
 _DAMAGED_NAME = re.compile(r"(?P<hash>[0-9a-f]+)\.(?P<stamp>\d{8}T\d{6}Z)\.[0-9a-f]+")
+#: Whether Airflow has a DAG run queued or running: ``(dag_id, airflow_run_id) -> bool``.
+AirflowRunActive = Callable[[str, str], bool]
 
 
 def format_age(value: timedelta) -> str:
@@ -93,14 +110,17 @@ def _spoken(value: timedelta) -> str:
 
 
 SAFETY_RULE = (
-    f"Safety rule: gc deletes a stored artifact only if nothing kept references it (no manifest, task "
-    f"spec or step result of a kept run, no kept run's record) AND it was last written, or last "
-    f"re-confirmed by a save that found it already stored, longer ago than the grace period (--grace, "
-    f"default {_spoken(DEFAULT_GRACE)}). A save that finds an artifact already stored renews it when its "
-    f"last write is older than {_spoken(FRESHEN_INTERVAL / 2)}, and a process forgets what it saw stored "
-    f"after {_spoken(FRESHEN_INTERVAL / 2)}; so a task that writes its manifest within the grace period "
-    f"minus {_spoken(FRESHEN_INTERVAL)} of saving never loses an artifact. A grace period shorter than "
-    f"{_spoken(MIN_GRACE)} is refused; --grace 0 is only for a datastore where nothing is running."
+    f"Safety rule: gc deletes a run only when none of its tasks holds a live lease (renewed "
+    f"within {_spoken(timedelta(seconds=leases.LEASE_SECONDS))}: a running step renews it every "
+    f"minute, however long it computes), Airflow (where gc can ask it) does not have its DAG run "
+    f"queued or running, and it wrote nothing for longer than the grace period (--grace, default "
+    f"{_spoken(DEFAULT_GRACE)}) without an outcome after it; a task that starts as gc deletes its "
+    f"run stops before touching it. gc deletes an artifact in two steps: it moves what no kept run "
+    f"references and what was last written, or re-confirmed by a save, longer ago than the grace "
+    f"period to the trash, where readers still find it; a later gc deletes it only if still nothing "
+    f"kept references it and every task that was running when it was moved has ended. A grace "
+    f"period shorter than {_spoken(MIN_GRACE)} is refused; --grace 0 is only for a datastore where "
+    f"nothing is running."
 )
 
 
@@ -113,8 +133,19 @@ class GcResult:
     runs_deleted: dict[str, list[str]] = field(default_factory=dict)
     #: Runs kept per flow examined.
     runs_kept: dict[str, int] = field(default_factory=dict)
+    #: Runs that were to go but whose task took a lease, or whose DAG run Airflow had queued or
+    #: running, as gc came to delete them.
+    runs_spared: dict[str, list[str]] = field(default_factory=dict)
+    #: Blobs this gc moved out of ``data/`` into its trash round (deleted by a later gc).
+    blobs_trashed: int = 0
+    blob_bytes_trashed: int = 0
+    #: Blobs of earlier gcs' trash rounds deleted for good, and moved back because a kept run
+    #: came to reference them.
     blobs_deleted: int = 0
     blob_bytes_freed: int = 0
+    blobs_restored: int = 0
+    #: Trash rounds left for a later gc, because a task running when they were closed still runs.
+    trash_rounds_waiting: int = 0
     #: Blobs left in ``data/``: referenced by a kept run, or younger than the grace period.
     blobs_kept: int = 0
     #: (DAG id, run id) of the ordinary tasks' XCom folders deleted.
@@ -124,6 +155,8 @@ class GcResult:
     runs_indexed: int = 0
     #: Everything deleted: blobs, runs' files and index entries, XComs, damaged blobs.
     bytes_freed: int = 0
+    #: How Airflow's run states were consulted: "" (not asked), or a line saying what happened.
+    airflow: str = ""
 
     def summary(self) -> str:
         """The report printed by ``airflow-flowspec gc``: one line per flow, then the totals."""
@@ -132,21 +165,38 @@ class GcResult:
         for flow in sorted(self.runs_kept.keys() | self.runs_deleted.keys()):
             gone = self.runs_deleted.get(flow, [])
             kept = self.runs_kept.get(flow, 0)
-            shown = ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
+            spared = self.runs_spared.get(flow, [])
             lines.append(
                 f"{flow}: {verb.lower()} {_count(len(gone), 'run')}"
-                + (f" ({shown})" if gone else "")
-                + f", kept {_count(kept, 'run')}."
+                + (f" ({_first_ten(gone)})" if gone else "")
+                + f", kept {_count(kept, 'run')}"
+                + (f" (running as gc came to them: {_first_ten(spared)})" if spared else "")
+                + "."
             )
+        move = "Would move" if self.dry_run else "Moved"
         lines.append(
-            f"{verb} {_count(self.blobs_deleted, 'artifact blob')} "
-            f"({format_size(self.blob_bytes_freed)}) that "
-            f"no kept run references, kept {_count(self.blobs_kept, 'blob')}; {verb.lower()} "
-            f"{_count(len(self.xcom_runs_deleted), 'XCom folder')} of ordinary tasks and "
-            f"{_count(self.damaged_deleted, 'damaged blob')}."
+            f"{move} {_count(self.blobs_trashed, 'artifact blob')} ({format_size(self.blob_bytes_trashed)}) "
+            f"that no kept run references to the trash (a later gc deletes them), kept "
+            f"{_count(self.blobs_kept, 'blob')}; {verb.lower()} {_count(self.blobs_deleted, 'blob')} "
+            f"({format_size(self.blob_bytes_freed)}) trashed by earlier gcs"
+            + (
+                f" and moved {_count(self.blobs_restored, 'blob')} back into use"
+                if self.blobs_restored
+                else ""
+            )
+            + (
+                f"; {_count(self.trash_rounds_waiting, 'trash round')} waiting for tasks that were "
+                f"running when it was filled"
+                if self.trash_rounds_waiting
+                else ""
+            )
+            + f"; {verb.lower()} {_count(len(self.xcom_runs_deleted), 'XCom folder')} of ordinary tasks "
+            f"and {_count(self.damaged_deleted, 'damaged blob')}."
         )
         if self.runs_indexed:
             lines.append(f"Added {_count(self.runs_indexed, 'run')} recorded before the run index to it.")
+        if self.airflow:
+            lines.append(self.airflow)
         freed = "would be freed" if self.dry_run else "freed"
         lines.append(
             f"{format_size(self.bytes_freed)} {freed} in all."
@@ -166,12 +216,15 @@ def collect_garbage(
     now: float | None = None,
     progress: Callable[[str], None] | None = None,
     xcom_older_than: timedelta | None = None,
+    airflow_run_active: AirflowRunActive | None = None,
 ) -> GcResult:
     """Delete runs that started before ``now - older_than`` (with the exceptions in the module
     docstring), then what no kept run references; only ``flow``'s runs when given (every flow's
     kept runs still count as references). ``now`` (seconds since the epoch) is the moment every age
     is measured from; ``progress`` receives a line every :data:`PROGRESS_EVERY` objects examined.
     ``xcom_older_than`` also deletes other DAGs' pickled XComs that old (see the module docstring).
+    ``airflow_run_active`` says whether Airflow has a DAG run queued or running (asked for each run
+    about to go, and again as it is deleted); without it, runs between two tasks are judged by time.
     """
     if older_than < timedelta(0):
         raise GarbageCollectionError(f"--older-than must not be negative, got {older_than}.")
@@ -179,12 +232,14 @@ def collect_garbage(
         raise GarbageCollectionError(f"--keep-last must be a whole number from 0 up, got {keep_last!r}.")
     if grace != timedelta(0) and grace < MIN_GRACE:
         raise GarbageCollectionError(
-            f"A grace period of {format_age(grace)} is too short: a task that has just found an artifact "
-            f"already stored may rely on a sign up to {format_age(FRESHEN_INTERVAL)} old, so gc could delete "
-            f"an artifact a running flow is about to reference. Use --grace {format_age(MIN_GRACE)} or more "
-            f"(the default is {format_age(DEFAULT_GRACE)}), or --grace 0 only when no flow is running."
+            f"A grace period of {format_age(grace)} is too short: between two tasks of a run (a task "
+            f"waiting in a queue) nothing holds a lease, and where Airflow cannot be asked only the "
+            f"grace period tells such a run from an abandoned one; the same period spares artifacts "
+            f"just saved. Use --grace {format_age(MIN_GRACE)} or more (the default is "
+            f"{format_age(DEFAULT_GRACE)}), or --grace 0 only when no flow is running."
         )
     collector = _Collector(datastore, older_than, keep_last, flow, grace, dry_run, now, progress)
+    collector.airflow_run_active = airflow_run_active
     if xcom_older_than is not None:
         collector.xcom_horizon = collector.now - xcom_older_than.total_seconds()
     return collector.run()
@@ -204,10 +259,14 @@ class _RunFolder:
     has_record: bool = False
     record_unreadable: bool = False  # run.json is there but is not JSON
     has_status: bool = False
+    marked_for_deletion: bool = False  # an earlier gc wrote deleting.json and did not finish
     documents: list[str] = field(default_factory=list)  # keys of its attempts' manifests, specs, results
+    #: (when taken, last renewed) of each lease, in seconds since the epoch.
+    leases: list[tuple[float, float]] = field(default_factory=list)
     record: dict[str, Any] | None = None
     status: dict[str, Any] | None = None
     started: float = 0.0  # created_at, or ``newest`` for a run without a readable record
+    identity: RunIdentity | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -247,6 +306,7 @@ class _Collector:
         self.horizon = self.now - older_than.total_seconds()
         self.grace_cutoff = self.now - grace.total_seconds()
         self.xcom_horizon: float | None = None  # ordinary DAGs' XComs are deleted by age only if set
+        self.airflow_run_active: AirflowRunActive | None = None
         self.progress = progress
         self.examined = 0
         self.result = GcResult(dry_run=dry_run)
@@ -258,10 +318,12 @@ class _Collector:
         marked = self._mark(run for flow in flows for run in flow.kept)
         for flow in flows:
             if flow.gone:
-                self._delete_runs(flow)
+                self._delete_runs(flow, marked)
             if flow.name == self.only_flow or self.only_flow is None:
                 self.result.runs_kept[flow.name] = len(flow.kept)
-        self._sweep_blobs(marked)
+        held = [lease for flow in flows for run in flow.runs for lease in run.leases]
+        self._empty_trash(marked, self._live_lease_starts(held))
+        self._trash_blobs(marked)
         self._sweep_xcoms(flows)
         self._sweep_damaged()
         if not self.dry_run:
@@ -305,20 +367,7 @@ class _Collector:
                     continue
                 current = _RunFolder(run_id, f"{prefix}{folder}/")
                 runs.append(current)
-            current.objects += 1
-            current.size += stored.size
-            current.newest = max(current.newest, stored.modified)
-            if inner == keys.RUN_STATUS_FILE:
-                current.status_written = stored.modified
-            else:
-                current.newest_work = max(current.newest_work, stored.modified)
-            parts = inner.split("/")
-            if inner == keys.RUN_META_FILE:
-                current.has_record = True
-            elif inner == keys.RUN_STATUS_FILE:
-                current.has_status = True
-            elif len(parts) == 4 and parts[3] in keys.RESERVED_ATTEMPT_FILES:
-                current.documents.append(stored.key)
+            _note_object(current, inner, stored)
         records = [run.prefix + keys.RUN_META_FILE for run in runs if run.has_record]
         statuses = [run.prefix + keys.RUN_STATUS_FILE for run in runs if run.has_status]
         read = dict(self._read_documents(records + statuses))
@@ -330,6 +379,7 @@ class _Collector:
             run.status = status if isinstance(status, dict) else None
             started = moment_of(run.record.get("created_at")) if run.record else None
             run.started = run.newest if started in (None, EARLIEST) else started.timestamp()
+            run.identity = _identity_of(flow, run)
         return runs
 
     def _decide(self, flow: _Flow) -> None:
@@ -359,17 +409,32 @@ class _Collector:
             if (
                 id(run) in keep
                 or run.started >= self.horizon
-                # written to recently without an outcome after it: running, or a failed run being
-                # resumed (clearing a failed task re-runs it; the failure's status.json stays)
+                or self._has_live_lease(run, self.now)
+                # written to recently without an outcome after it: between two tasks, or a failed
+                # run being resumed (clearing a failed task re-runs it; the failure's status stays)
                 or (
                     run.newest >= still_running
                     and (not run.has_status or run.newest_work > run.status_written)
                 )
+                or self._airflow_runs(run)
             ):
                 flow.kept.append(run)
             else:
                 flow.gone.append(run)
         flow.gone.sort(key=lambda run: (run.started, run.run_id), reverse=True)
+
+    @staticmethod
+    def _has_live_lease(run: _RunFolder, now: float) -> bool:
+        return any(renewed >= now - leases.LEASE_SECONDS for _, renewed in run.leases)
+
+    def _airflow_runs(self, run: _RunFolder) -> bool:
+        """Whether Airflow has the run's DAG run queued or running (False where it is not asked)."""
+        if self.airflow_run_active is None or run.identity is None:
+            return False
+        return self.airflow_run_active(run.identity.dag_id, run.identity.airflow_run_id)
+
+    def _live_lease_starts(self, held: list[tuple[float, float]]) -> list[float]:
+        return [taken for taken, renewed in held if renewed >= self.now - leases.LEASE_SECONDS]
 
     # -- what kept runs reference ----------------------------------------------------------------
 
@@ -419,10 +484,66 @@ class _Collector:
                 self._tick("records and manifests")
                 yield key, document
 
-    # -- deleting --------------------------------------------------------------------------------
+    # -- deleting runs ---------------------------------------------------------------------------
 
-    def _delete_runs(self, flow: _Flow) -> None:
+    def _delete_runs(self, flow: _Flow, marked: set[str]) -> None:
+        """Delete the flow's gone runs, each only after its deletion mark and a last look at its
+        leases (and at Airflow); a run found running then is kept, and what it references marked."""
+        deleting: list[tuple[_RunFolder, list[StoredObject]]] = []
+        for run in flow.gone:
+            if self.dry_run:
+                self.result.bytes_freed += run.size
+                deleting.append((run, []))
+                continue
+            stored = self._last_look(run)
+            if stored is None:
+                flow.kept.append(run)
+                self.result.runs_spared.setdefault(flow.name, []).append(run.run_id)
+                marked.update(self._mark([run]))
+            else:
+                deleting.append((run, stored))
+        flow.gone = [run for run, _ in deleting]
+        self._delete_index_entries(flow)
+        for run, stored in deleting:
+            if self.dry_run:
+                continue
+            mark = run.prefix + keys.RUN_DELETION_FILE
+            last = {run.prefix + keys.RUN_META_FILE, run.prefix + keys.RUN_STATUS_FILE}
+            self._delete([obj for obj in stored if obj.key not in last and obj.key != mark])
+            self._delete([obj for obj in stored if obj.key in last])
+            self.backend.delete_many([mark])
+            self._prune_local_folders(run.prefix, up_to=keys.runs_prefix(flow.name))
+        for run in flow.kept:
+            if run.marked_for_deletion and not self.dry_run:  # a gc stopped before it decided
+                self.backend.delete_many([run.prefix + keys.RUN_DELETION_FILE])
+        if not flow.kept:  # no run left: the flow goes, its index marker too (on S3 as locally)
+            marker = keys.run_index_complete_key(flow.name)
+            size = self.backend.stored_size(marker)
+            if size is not None:
+                self._delete([StoredObject(marker, size, self.now)])
+            self._prune_local_folders(keys.flow_prefix(flow.name), up_to="")
+        self.result.runs_deleted[flow.name] = [run.run_id for run in flow.gone]
+
+    def _last_look(self, run: _RunFolder) -> list[StoredObject] | None:
+        """Write the run's deletion mark, then look at it once more: its objects, to delete, or None
+        (the mark removed again) if a task holds a live lease on it by now or Airflow runs it. A
+        task writes its lease and then looks for the mark, so every lease taken before is seen."""
+        mark = run.prefix + keys.RUN_DELETION_FILE
+        self.backend.put_bytes(mark, json.dumps({"by": "airflow-flowspec gc", "at": time.time()}).encode())
+        stored = list(self.backend.iter_objects(run.prefix))
+        now = _RunFolder(run.run_id, run.prefix)
+        for obj in stored:
+            _note_object(now, obj.key[len(run.prefix) :], obj)
+        if self._has_live_lease(now, max(self.now, time.time())) or self._airflow_runs(run):
+            self.backend.delete_many([mark])
+            return None
+        return stored
+
+    def _delete_index_entries(self, flow: _Flow) -> None:
+        """The gone runs' run index entries, first, so the client stops offering them (one listing)."""
         gone_ids = {run.run_id for run in flow.gone}
+        if not gone_ids:
+            return
         index = keys.flow_prefix(flow.name) + "index/"
         entries = []
         for stored in self.backend.iter_objects(index):
@@ -434,25 +555,9 @@ class _Collector:
             if keys.parse_run_index_key(list_prefix, stored.key) in gone_ids:
                 entries.append(stored)
         self._delete(entries)
-        for run in flow.gone:
-            if self.dry_run:
-                self.result.bytes_freed += run.size
-            else:
-                stored = list(self.backend.iter_objects(run.prefix))
-                last = {run.prefix + keys.RUN_META_FILE, run.prefix + keys.RUN_STATUS_FILE}
-                self._delete([obj for obj in stored if obj.key not in last])
-                self._delete([obj for obj in stored if obj.key in last])
-                self._prune_local_folders(run.prefix, up_to=keys.runs_prefix(flow.name))
         for entry in entries:
             stamp_folder = entry.key.rpartition("/")[0] + "/"
             self._prune_local_folders(stamp_folder, up_to=stamp_folder)
-        if not flow.kept:  # no run left: the flow goes, its index marker too (on S3 as locally)
-            marker = keys.run_index_complete_key(flow.name)
-            size = self.backend.stored_size(marker)
-            if size is not None:
-                self._delete([StoredObject(marker, size, self.now)])
-            self._prune_local_folders(keys.flow_prefix(flow.name), up_to="")
-        self.result.runs_deleted[flow.name] = [run.run_id for run in flow.gone]
 
     def _delete(self, objects: list[StoredObject]) -> None:
         """Delete (unless a dry run) and count, in batches."""
@@ -462,9 +567,60 @@ class _Collector:
                 self.backend.delete_many([obj.key for obj in batch])
             self.result.bytes_freed += sum(obj.size for obj in batch)
 
-    def _sweep_blobs(self, marked: set[str]) -> None:
+    # -- artifacts: the trash --------------------------------------------------------------------
+
+    def _empty_trash(self, marked: set[str], live_lease_starts: list[float]) -> None:
+        """Delete the blobs of earlier gcs' trash rounds for good, or move them back into ``data/``
+        when a kept run references them, once no task that was running when a round was closed
+        still runs. A round without its closing file (a gc stopped while filling it) is closed now
+        and emptied by a later gc."""
+        rounds, _ = self.backend.list_dir(keys.TRASH_PREFIX)
+        for round_name in sorted(name for name in rounds if keys.is_trash_round(name)):
+            prefix = keys.trash_round_prefix(round_name)
+            entries = [obj for obj in self.backend.iter_objects(prefix)]
+            closing = next(
+                (obj for obj in entries if obj.key == prefix + keys.TRASH_ROUND_COMPLETE_FILE), None
+            )
+            if closing is None:
+                if not self.dry_run:
+                    self._close_round(prefix)
+                self.result.trash_rounds_waiting += 1
+                continue
+            if any(taken <= closing.modified + CLOCK_MARGIN_SECONDS for taken in live_lease_starts):
+                self.result.trash_rounds_waiting += 1
+                continue
+            blobs = [obj for obj in entries if obj is not closing]
+            doomed = []
+            for obj in blobs:
+                self._tick("trash")
+                blob_hash = obj.key.rpartition("/")[2]
+                if blob_hash in marked and keys.is_blob_hash(blob_hash):
+                    if not self.dry_run:
+                        self._restore(obj.key, blob_hash)
+                    self.result.blobs_restored += 1
+                else:
+                    doomed.append(obj)
+            self._delete(doomed)
+            self.result.blobs_deleted += len(doomed)
+            self.result.blob_bytes_freed += sum(obj.size for obj in doomed)
+            if not self.dry_run:
+                self.backend.delete_many([closing.key])
+                self._prune_local_folders(prefix, up_to=keys.TRASH_PREFIX)
+
+    def _restore(self, trashed: str, blob_hash: str) -> None:
+        if self.backend.exists(keys.blob_key(blob_hash)):
+            self.backend.delete_many([trashed])  # saved anew since: the copy in data/ is as good
+        else:
+            self.backend.move(trashed, keys.blob_key(blob_hash))
+
+    def _close_round(self, prefix: str) -> None:
+        closing = json.dumps({"closed_at": datetime.now(timezone.utc).isoformat()}).encode()
+        self.backend.put_bytes(prefix + keys.TRASH_ROUND_COMPLETE_FILE, closing)
+
+    def _trash_blobs(self, marked: set[str]) -> None:
+        """Move the blobs in ``data/`` that no kept run references and that are older than the grace
+        period into a new trash round, then close it."""
         candidates: list[StoredObject] = []
-        listed_at = 0.0
         for stored in self.backend.iter_objects("data/"):
             self._tick("data/")
             blob_hash = stored.key.rpartition("/")[2]
@@ -472,30 +628,30 @@ class _Collector:
                 continue  # not a blob the datastore wrote: not ours to judge
             if blob_hash in marked or stored.modified >= self.grace_cutoff:
                 self.result.blobs_kept += 1
-                continue
-            if not candidates:
-                listed_at = time.monotonic()
-            candidates.append(stored)
-            if len(candidates) >= _DELETE_BATCH or time.monotonic() - listed_at > _SWEEP_FLUSH_SECONDS:
-                self._delete_blobs(candidates)
-                candidates = []
-        self._delete_blobs(candidates)
+            else:
+                candidates.append(stored)
+        self.result.blobs_trashed += len(candidates)
+        self.result.blob_bytes_trashed += sum(blob.size for blob in candidates)
+        if self.dry_run or not candidates:
+            return
+        prefix = keys.trash_round_prefix(round_name := keys.new_trash_round())
 
-    def _delete_blobs(self, blobs: list[StoredObject]) -> None:
-        self._delete(blobs)
-        self.result.blobs_deleted += len(blobs)
-        self.result.blob_bytes_freed += sum(blob.size for blob in blobs)
+        def move(blob: StoredObject) -> None:
+            try:
+                self.backend.move(blob.key, keys.trash_key(round_name, blob.key.rpartition("/")[2]))
+            except ArtifactNotFoundError:
+                pass  # set aside as damaged meanwhile
+
+        with ThreadPoolExecutor(max_workers=_PARALLEL_READS) as pool:
+            for _ in pool.map(move, candidates):
+                self._tick("data/ into the trash")
+        self._close_round(prefix)
+
+    # -- XComs, damaged blobs --------------------------------------------------------------------
 
     def _sweep_xcoms(self, flows: list[_Flow]) -> None:
-        gone: set[tuple[str, str]] = set()
-        for flow in flows:
-            for run in flow.gone:
-                context = (run.record or {}).get("context")
-                dag_id = context.get("dag_id") if isinstance(context, dict) else None
-                gone.add((flow.name, run.run_id))
-                if isinstance(dag_id, str):
-                    gone.add((dag_id, run.run_id))
-        kept_run_ids = {run.run_id for flow in flows for run in flow.kept}
+        gone = {_xcom_run(run) for flow in flows for run in flow.gone} - {None}
+        kept = {_xcom_run(run) for flow in flows for run in flow.kept} - {None}
         for prefix, objects in self._xcom_folders():
             dag_id, run_id = map(_name_of, prefix[len(keys.XCOM_PREFIX) :].split("/")[:2])
             if dag_id is None or run_id is None:
@@ -503,7 +659,7 @@ class _Collector:
             if (dag_id, run_id) in gone or (
                 self.only_flow is None
                 and self.xcom_horizon is not None
-                and run_id not in kept_run_ids
+                and (dag_id, run_id) not in kept
                 and all(obj.modified < self.xcom_horizon for obj in objects)
             ):
                 self._delete(objects)
@@ -565,6 +721,47 @@ class _Collector:
             self.progress(f"gc: {self.examined} objects examined so far (now in {where})")
 
 
+def _note_object(run: _RunFolder, inner: str, stored: StoredObject) -> None:
+    """Count one object of a run's folder (``inner``: its key inside the folder) into ``run``.
+    gc's deletion mark and the leases say nothing about when the run last wrote: the leases say
+    whether it is running, by their own rule."""
+    run.objects += 1
+    run.size += stored.size
+    parts = inner.split("/")
+    if inner == keys.RUN_DELETION_FILE:
+        run.marked_for_deletion = True
+        return
+    if len(parts) == 2 and parts[0] == keys.LEASES_FOLDER:
+        taken_us = keys.parse_lease_name(parts[1])
+        if taken_us is not None:
+            run.leases.append((taken_us / 1_000_000, stored.modified))
+        return
+    run.newest = max(run.newest, stored.modified)
+    if inner == keys.RUN_STATUS_FILE:
+        run.status_written = stored.modified
+    else:
+        run.newest_work = max(run.newest_work, stored.modified)
+    if inner == keys.RUN_META_FILE:
+        run.has_record = True
+    elif inner == keys.RUN_STATUS_FILE:
+        run.has_status = True
+    elif len(parts) == 4 and parts[3] in keys.RESERVED_ATTEMPT_FILES:
+        run.documents.append(stored.key)
+
+
+def _identity_of(flow: str, run: _RunFolder) -> RunIdentity | None:
+    """The run's identity: as its record states it, else as its stored id says (None if neither can)."""
+    try:
+        return RunIdentity.of_record(flow, run.run_id, run.record or {})
+    except RunIdentityError:
+        return None
+
+
+def _xcom_run(run: _RunFolder) -> tuple[str, str] | None:
+    """The (DAG id, Airflow run id) whose XCom folder belongs to the run."""
+    return None if run.identity is None else (run.identity.dag_id, run.identity.airflow_run_id)
+
+
 def _name_of(folder: str) -> str | None:
     """The name (flow, run id, DAG id) a folder made by the datastore stands for; None for a folder
     it did not make (hidden, or not as :func:`~.keys.safe_key_part` writes it): not gc's to judge."""
@@ -600,6 +797,10 @@ def _collect_hashes(document: Any, marked: set[str]) -> None:
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _first_ten(names: list[str]) -> str:
+    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
 def format_size(size: int) -> str:

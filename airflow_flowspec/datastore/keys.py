@@ -8,6 +8,8 @@ Layout, relative to the datastore root (a local folder or ``s3://bucket/prefix``
     <flow>/index/complete.json                            every run of the flow is in the index
     <flow>/runs/<run>/run.json                            run metadata, written when the run starts
     <flow>/runs/<run>/status.json                         {"status": "succeeded"|"failed", ...} at the end
+    <flow>/runs/<run>/deleting.json                       gc is deleting the run (see gc.py)
+    <flow>/runs/<run>/_leases/<started>-<token>.json      a task of the run is running (leases.py)
     <flow>/runs/<run>/<step>/<task>/attempt-<n>/manifest.json   written last by a task attempt
     <flow>/runs/<run>/<step>/<task>/attempt-<n>/spec.json       the task's spec, for a step process
     <flow>/runs/<run>/<step>/<task>/attempt-<n>/result.json     what that process leaves to publish
@@ -15,6 +17,8 @@ Layout, relative to the datastore root (a local folder or ``s3://bucket/prefix``
     <flow>/runs/<run>/<step>/<task>/attempt-<n>/<name>           any other file of that attempt
     _xcom/<dag>/<run>/<task>/<map_index>/<key>.pkl        pickled XCom value of an ordinary task
     _xcom/<dag>/<run>/<task>/<map_index>/<key>.chunk-<i>.json   chunk i of a list tasks map over
+    _gc/trash/<round>/<h[:2]>/<h>                         a blob gc took out of data/, not yet deleted
+    _gc/trash/<round>/complete.json                       written once every blob of the round is out
 
 Why this shape:
 
@@ -38,6 +42,9 @@ Why this shape:
   ``data``: a flow's folders are ``runs`` and its files end in ``.json``, never two hex digits.
 * Attempts get their own folder so a retry never overwrites what a failed attempt left behind, and
   a manifest is written last, so its presence means the attempt finished writing.
+* What only gc and running tasks read sits where a client's listing does not meet it: a run's
+  leases in ``_leases/`` (step names never start with ``_``), gc's trash under ``_gc/`` (beside
+  ``data/`` and ``_xcom/``, never a flow's folders).
 
 Every part supplied by a user or by Airflow (flow, run id, step, task id, file name) goes through
 :func:`safe_key_part`, which makes it a single, readable path segment that cannot be ``.`` or
@@ -61,6 +68,8 @@ _MAX_PART_BYTES = 255
 _BLOB_HASH = re.compile(r"[0-9a-f]{16,128}")
 _ATTEMPT_FOLDER = re.compile(r"attempt-(\d+)")
 _CHUNK_POSITION = re.compile(r"(0|[1-9]\d*)\.json")
+_LEASE_NAME = re.compile(r"(\d{17})-[0-9a-f]{8,32}\.json")
+_TRASH_ROUND = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
 
 MANIFEST_FILE = "manifest.json"
 TASK_SPEC_FILE = "spec.json"
@@ -74,6 +83,14 @@ XCOM_PREFIX = "_xcom/"
 DAMAGED_PREFIX = "damaged/"
 RUN_META_FILE = "run.json"
 RUN_STATUS_FILE = "status.json"
+#: Written by gc before it looks at a run's leases a last time and deletes the run (or spares it).
+RUN_DELETION_FILE = "deleting.json"
+#: A run's folder of leases (step names never start with ``_``, so it is never taken for a step).
+LEASES_FOLDER = "_leases"
+GC_PREFIX = "_gc/"
+TRASH_PREFIX = GC_PREFIX + "trash/"
+#: The file that closes a trash round: every blob of the round is out of ``data/`` by its time.
+TRASH_ROUND_COMPLETE_FILE = "complete.json"
 #: The run index's lists: runs that started (after the start step's manifest), runs that succeeded.
 RUNS_STARTED = "started"
 RUNS_SUCCEEDED = "succeeded"
@@ -83,7 +100,9 @@ ALL_RUNS = "all"
 #: the run index keeps a list per such tag, and a user's own tag may not take one of them.
 SYSTEM_TAG_PREFIXES = ("user:", "production:", "project:", "project_branch:")
 #: Top-level folders of a datastore root that are not flows.
-NOT_FLOW_FOLDERS = frozenset({"data", XCOM_PREFIX.rstrip("/"), DAMAGED_PREFIX.rstrip("/")})
+NOT_FLOW_FOLDERS = frozenset(
+    {"data", XCOM_PREFIX.rstrip("/"), DAMAGED_PREFIX.rstrip("/"), GC_PREFIX.rstrip("/")}
+)
 _NEWEST_FIRST_LIMIT = 10**17  # microseconds since 1970: good until the year 5138
 
 
@@ -216,6 +235,48 @@ def run_meta_key(flow: str, run_id: str) -> str:
 
 def run_status_key(flow: str, run_id: str) -> str:
     return run_prefix(flow, run_id) + RUN_STATUS_FILE
+
+
+def run_deletion_key(flow: str, run_id: str) -> str:
+    return run_prefix(flow, run_id) + RUN_DELETION_FILE
+
+
+def run_leases_prefix(flow: str, run_id: str) -> str:
+    return run_prefix(flow, run_id) + f"{LEASES_FOLDER}/"
+
+
+def run_lease_key(flow: str, run_id: str, started_us: int, token: str) -> str:
+    """A lease's key names when it was taken, so gc learns every lease's start from one listing."""
+    if not re.fullmatch(r"[0-9a-f]{8,32}", token):
+        raise UnsafeKeyError(f"{token!r} is not a lease token (hex digits).")
+    return run_leases_prefix(flow, run_id) + f"{max(0, started_us):017d}-{token}.json"
+
+
+def parse_lease_name(name: str) -> int | None:
+    """When the lease named ``name`` (a file of a run's ``_leases/``) was taken, in microseconds
+    since 1970; None for any other file."""
+    match = _LEASE_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def trash_round_prefix(round_name: str) -> str:
+    if not _TRASH_ROUND.fullmatch(round_name):
+        raise UnsafeKeyError(f"{round_name!r} is not a gc trash round.")
+    return f"{TRASH_PREFIX}{round_name}/"
+
+
+def new_trash_round() -> str:
+    """A trash round's name: when it started (sorting by time) and a random part."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(4)}"
+
+
+def is_trash_round(name: str) -> bool:
+    return _TRASH_ROUND.fullmatch(name) is not None
+
+
+def trash_key(round_name: str, blob_hash: str) -> str:
+    """Where gc keeps a blob it took out of ``data/`` in a round (the same fan-out as ``data/``)."""
+    return trash_round_prefix(round_name) + blob_key(blob_hash)[len("data/") :]
 
 
 def step_prefix(flow: str, run_id: str, step: str) -> str:

@@ -26,8 +26,10 @@ from airflow_flowspec.errors import (
     ArtifactNotFoundError,
     CorruptArtifactError,
     DatastoreError,
+    RunIdentityError,
     UnsafeKeyError,
 )
+from airflow_flowspec.identity import RunIdentity
 
 EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -257,21 +259,62 @@ class Datastore:
 
     # -- runs ------------------------------------------------------------------------------------
 
-    def write_run_meta(self, flow: str, run_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+    def write_run_meta(
+        self, flow: str, run_id: str, meta: dict[str, Any], *, identity: RunIdentity | None = None
+    ) -> dict[str, Any]:
         """Record the run (the start step does, once its artifacts are stored); return the record.
 
         A retry of the start step keeps the first record's ``created_at``. The run becomes the
         flow's latest only with :meth:`index_run`, after the start step's manifest: a
         start step killed on the way leaves the pointer where it was.
+
+        ``identity`` (the run's :class:`RunIdentity`) is recorded with it, and a record already
+        there for another identity is never overwritten: :class:`RunIdentityError` instead.
         """
         record = {**meta, "flow": flow, "run_id": run_id}
+        if identity is not None:
+            if (identity.flow, identity.run_id) != (flow, run_id):
+                raise RunIdentityError(f"Run {flow}/{run_id} cannot be recorded as {identity.pathspec}.")
+            record["identity"] = identity.to_json()
+        try:
+            earlier: dict[str, Any] | None = self.read_run_meta(flow, run_id)
+        except ArtifactNotFoundError:
+            earlier = None
+        if earlier is not None and identity is not None:
+            self._check_same_run(earlier, identity)
         if "created_at" not in record:
-            try:
-                record["created_at"] = self.read_run_meta(flow, run_id)["created_at"]
-            except (ArtifactNotFoundError, KeyError):
-                record["created_at"] = _now()
+            created_at = (earlier or {}).get("created_at")
+            record["created_at"] = created_at if isinstance(created_at, str) else _now()
         self._write_json(keys.run_meta_key(flow, run_id), record)
         return record
+
+    def check_run_identity(self, identity: RunIdentity) -> None:
+        """Refuse (:class:`RunIdentityError`) to store ``identity``'s run where another run is
+        recorded: called before a run's start step writes anything."""
+        try:
+            record = self.read_run_meta(identity.flow, identity.run_id)
+        except ArtifactNotFoundError:
+            return
+        self._check_same_run(record, identity)
+
+    def _check_same_run(self, record: dict[str, Any], identity: RunIdentity) -> None:
+        try:
+            recorded: RunIdentity | None = RunIdentity.of_record(identity.flow, identity.run_id, record)
+        except RunIdentityError:
+            recorded = None
+        if recorded == identity:
+            return
+        other = (
+            f"a run of the DAG {recorded.dag_id} (Airflow run {recorded.airflow_run_id})"
+            if recorded is not None
+            else "a run whose record states no identity this version reads"
+        )
+        raise RunIdentityError(
+            f"Run {identity.airflow_run_id} of the DAG {identity.dag_id} would be stored as "
+            f"{identity.pathspec}, where {other} is recorded "
+            f"({self.backend.describe(keys.run_meta_key(identity.flow, identity.run_id))}); nothing of it "
+            f"was written. Trigger it with another run id."
+        )
 
     def index_run(self, flow: str, run_id: str, record: dict[str, Any]) -> None:
         """Add the run to the flow's index of started runs, making it the latest unless a run that
@@ -410,7 +453,9 @@ class Datastore:
         return self._list_folders(keys.runs_prefix(flow))
 
     def list_steps(self, flow: str, run_id: str) -> list[str]:
-        return self._list_folders(keys.run_prefix(flow, run_id))
+        """The steps that ran (a step's name never starts with ``_``: the run's own folders do)."""
+        folders = self._list_folders(keys.run_prefix(flow, run_id))
+        return [name for name in folders if not name.startswith("_")]
 
     def list_tasks(self, flow: str, run_id: str, step: str) -> list[str]:
         return self._list_folders(keys.step_prefix(flow, run_id, step))

@@ -107,7 +107,8 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
     # -- execute ---------------------------------------------------------------------------------
 
     def execute(self, context: Any) -> Any:
-        with flow_mistakes_fail_at_once():
+        # Held while this worker waits; a deferred wait is held by the trigger, the job by its step.
+        with flow_mistakes_fail_at_once(), self.task_lease(context):
             spec = self.build_task_spec(context)
             if not spec.datastore_root.startswith("s3://"):
                 raise BatchJobSpecError(
@@ -117,8 +118,8 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
                 )
             if self._adopt_earlier_job(context, spec) is None:
                 self._submit(context, spec)
-        # An adopted job runs (and stores its result under) the attempt that submitted it.
-        return self._wait_and_publish(context, self._attempt or spec.attempt)
+            # An adopted job runs (and stores its result under) the attempt that submitted it.
+            return self._wait_and_publish(context, self._attempt or spec.attempt, spec)
 
     def _submit(self, context: Any, spec: Any) -> None:
         from airflow_flowspec.runtime.process import write_task_spec
@@ -225,7 +226,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
 
     # -- waiting --------------------------------------------------------------------------------
 
-    def _wait_and_publish(self, context: Any, attempt: int) -> Any:
+    def _wait_and_publish(self, context: Any, attempt: int, spec: Any) -> Any:
         job = self._persist_links(context)
         if self.deferrable and job.get("status") not in FINISHED:
             from airflow_flowspec.triggers.batch_job import BatchJobWaitTrigger
@@ -242,6 +243,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
                     poll_seconds=config.batch_poll_seconds(),
                     deadline=deadline,
                     label=self.step_name,
+                    lease={"root": spec.datastore_root, "run": spec.run.to_json()},
                 ),
                 method_name="execute_complete",
                 kwargs={"attempt": attempt},
@@ -281,12 +283,14 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
             self._fail(
                 {"container": {"exitCode": event.get("exit_code")}}, event.get("message") or str(event)
             )
-        return self._publish(context, attempt)
+        with flow_mistakes_fail_at_once(), self.task_lease(context):
+            return self._publish(context, attempt)
 
     def _fail(self, job: dict[str, Any], message: str) -> None:
         exit_code = (job.get("container") or {}).get("exitCode")
         if exit_code == EXIT_DISALLOW_RETRY:
-            raise AirflowFailException(f"{message} (a mistake in the flow: not retried)")
+            # The step process said what it was (a flow mistake, a missing artifact...) in its log.
+            raise AirflowFailException(f"{message} (another attempt would fail the same way: not retried)")
         raise BatchJobFailedError(message)
 
     def _publish(self, context: Any, attempt: int) -> Any:
@@ -296,7 +300,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         ti = context["ti"]
         task_id = str(max(ti.map_index if ti.map_index is not None else -1, 0))
         document = open_datastore(config.datastore_root()).read_step_result(
-            self.flow_name, self.stored_run_id(context), self.step_name, task_id, attempt
+            self.flow_name, self.run_identity(context).run_id, self.step_name, task_id, attempt
         )
         return self.publish_result(context, StepResult.from_json(document))
 

@@ -45,9 +45,9 @@ class LocalStepOperator(StepTaskMixin, BaseOperator, SkipMixin):
 
         from airflow_flowspec.runtime.step_runner import run_step
 
-        with flow_mistakes_fail_at_once():
+        with flow_mistakes_fail_at_once(), self.task_lease(context) as lease:
             spec = self.build_task_spec(context)
-            return self.publish_result(context, run_step(spec, mask_secret=mask_secret))
+            return self.publish_result(context, run_step(spec, mask_secret=mask_secret, lease=lease))
 
 
 class FlattenForeachOperator(BaseOperator):

@@ -20,10 +20,18 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_flowspec import config
-from airflow_flowspec.errors import ForeachTooWideError, StepInputError, is_flow_mistake
+from airflow_flowspec.errors import (
+    ForeachTooWideError,
+    RunIdentityError,
+    StepInputError,
+    is_flow_mistake,
+    not_retried_label,
+)
+from airflow_flowspec.identity import RunIdentity
 from airflow_flowspec.parameters import RUN_TAGS_CONF_KEY
 
 if TYPE_CHECKING:
+    from airflow_flowspec.datastore.leases import Lease
     from airflow_flowspec.runtime.task_spec import StepResult, TaskSpec
 
 # The task spec and the manifest check (which imports the datastore) are imported when a task
@@ -37,6 +45,10 @@ FOREACH_OFFSETS_KEY = "flowspec_foreach_offsets"
 #: The DAG attribute holding a ``@project`` flow's ``ProjectBranch`` (None for other flows). The
 #: translator sets it on every DAG it builds, including the one each worker builds from the file.
 PROJECT_BRANCH_ATTRIBUTE = "flowspec_project_branch"
+#: The start step's task attribute, kept in the serialized DAG, that says which flow and ``@project``
+#: deployment the DAG was built for (``identity.Deployment.to_text``): what the artifact view reads
+#: to know whose runs a DAG's runs are, instead of parsing the DAG id.
+DEPLOYMENT_FIELD = "flowspec_deployment"
 
 #: How a step reads a parent's manifest.
 PULL_SAME = "same"  # the parent task at this task's own map index (or the unmapped parent)
@@ -48,14 +60,15 @@ PULL_ALL_CHILDREN = "all_children"  # every task of a foreach body (this step jo
 
 @contextlib.contextmanager
 def flow_mistakes_fail_at_once() -> Iterator[None]:
-    """Turn a flow mistake into ``AirflowFailException``: the task fails without using up its
-    retries (``@retry`` is for the step's own failures). Its message is the mistake's paragraph."""
+    """Turn a flow mistake (or another failure no retry can change, such as a missing artifact)
+    into ``AirflowFailException``: the task fails without using up its retries (``@retry`` is for
+    the step's own failures). Its message is the error's paragraph, then what kind of failure it is."""
     try:
         yield
     except Exception as error:
         if not is_flow_mistake(error):
             raise
-        raise AirflowFailException(f"{error} (a mistake in the flow: not retried)") from error
+        raise AirflowFailException(f"{error} {not_retried_label(error)}") from error
 
 
 class StepTaskMixin:
@@ -65,6 +78,11 @@ class StepTaskMixin:
     input_pulls: list[dict[str, Any]]
     is_foreach_split: bool
     foreach_frame: dict[str, Any] | None
+
+    @classmethod
+    def get_serialized_fields(cls) -> frozenset[str]:
+        """Airflow's serialized fields, and :data:`DEPLOYMENT_FIELD` (set on the start step only)."""
+        return super().get_serialized_fields() | {DEPLOYMENT_FIELD}  # type: ignore[misc]
 
     def build_task_spec(self, context: Any) -> TaskSpec:
         ti = context["ti"]
@@ -85,13 +103,12 @@ class StepTaskMixin:
         project = getattr(context.get("dag"), PROJECT_BRANCH_ATTRIBUTE, None)
         from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 
-        run_id = self.stored_run_id(context)
+        run = self.run_identity(context)
         return TaskSpec(
-            code=self._run_code(manifests, run_id, ti.try_number or 1),
+            code=self._run_code(manifests, run, ti.try_number or 1),
             flow_file=self.flow_file,
-            flow_name=self.flow_name,
+            run=run,
             step=self.step_name,
-            run_id=run_id,
             datastore_root=config.datastore_root(),
             map_index=ti.map_index if ti.map_index is not None else -1,
             attempt=ti.try_number or 1,
@@ -108,21 +125,40 @@ class StepTaskMixin:
                 origin_run_id=(getattr(dag_run, "conf", None) or {}).get("origin_run_id"),
                 run_type=_run_type(dag_run),
                 tags=_run_tags(context, dag_run),
-                project=project.project_name if project else None,
-                project_branch=project.branch_name if project else None,
-                dag_id=getattr(dag_run, "dag_id", None) or ti.dag_id,
             ),
         )
 
-    def stored_run_id(self, context: Any) -> str:
-        """The id the task's run is stored under (a ``@project`` run's starts with its branch)."""
-        from airflow_flowspec.runtime.task_spec import stored_run_id
+    @contextlib.contextmanager
+    def task_lease(self, context: Any) -> Iterator[Lease]:
+        """Hold the run's lease while this task works (:mod:`airflow_flowspec.datastore.leases`):
+        ``airflow-flowspec gc`` keeps a run with a live lease, and a task whose run gc has taken
+        stops here, before it reads or writes anything of it."""
+        from airflow_flowspec.datastore import open_datastore
+        from airflow_flowspec.datastore.leases import Lease
 
-        project = getattr(context.get("dag"), PROJECT_BRANCH_ATTRIBUTE, None)
-        return stored_run_id(context["ti"].run_id, project.branch_name if project else None)
+        run = self.run_identity(context)
+        datastore = open_datastore(config.datastore_root())
+        with Lease(datastore, run, holder="task", needs_record=self.step_name != "start") as lease:
+            yield lease
+
+    def run_identity(self, context: Any) -> RunIdentity:
+        """Which run this task belongs to: the flow, the ``@project`` deployment its DAG was built
+        for, and Airflow's run id. A step task runs only in the DAG its flow is deployed as: in
+        another DAG its run could be stored where that deployment's runs are."""
+        ti = context["ti"]
+        deployment = getattr(context.get("dag"), PROJECT_BRANCH_ATTRIBUTE, None)
+        identity = RunIdentity.of_deployment(self.flow_name, ti.run_id, deployment)
+        if ti.dag_id != identity.dag_id:
+            raise RunIdentityError(
+                f"Step '{self.step_name}' of flow {self.flow_name} runs in the DAG {ti.dag_id}, but the "
+                f"flow is deployed as the DAG {identity.dag_id}: its runs would be stored with that "
+                f"DAG's. Build the DAG from the flow file (drop the file into the dags folder) instead "
+                f"of adding the flow's operators to another DAG."
+            )
+        return identity
 
     def _run_code(
-        self, manifests: list[dict[str, Any]], run_id: str, try_number: int
+        self, manifests: list[dict[str, Any]], run: RunIdentity, try_number: int
     ) -> dict[str, Any] | None:
         """The code the run started with: recorded here, on the worker, for the start step (a Batch
         container has no dags folder), and handed on from the parents' manifests to every other.
@@ -141,7 +177,7 @@ class StepTaskMixin:
             from airflow_flowspec.errors import ArtifactNotFoundError
 
             try:
-                record = open_datastore(config.datastore_root()).read_run_meta(self.flow_name, run_id)
+                record = open_datastore(config.datastore_root()).read_run_meta(run.flow, run.run_id)
             except ArtifactNotFoundError:
                 record = {}
             return (record.get("code") or {}).get("package") or codes[0]

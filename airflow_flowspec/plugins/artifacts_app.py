@@ -29,6 +29,8 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from airflow_flowspec.errors import RunIdentityError
+from airflow_flowspec.identity import Deployment, RunIdentity
 from airflow_flowspec.plugins import pages
 
 _CHUNK = 1024 * 1024
@@ -76,8 +78,8 @@ def create_app() -> FastAPI:
     def run(request: Request, dag_id: str, run_id: str) -> Any:
         from airflow_flowspec.client.overview import run_overview
 
-        flow, stored = _stored_run(dag_id, run_id)
-        overview = _reading(lambda: run_overview(flow, stored))
+        identity = _run_identity(dag_id, run_id)
+        overview = _reading(lambda: run_overview(identity))
         return _answer(request, dag_id, run_id, overview, pages.run_page)
 
     @app.get("/dags/{dag_id}/runs/{run_id}/steps/{step}", dependencies=can_read)
@@ -85,8 +87,8 @@ def create_app() -> FastAPI:
     def step(request: Request, dag_id: str, run_id: str, step: str, page: _Page = 1) -> Any:
         from airflow_flowspec.client.overview import step_overview
 
-        flow, stored = _stored_run(dag_id, run_id)
-        summary = _reading(lambda: step_overview(flow, stored, step, page))
+        identity = _run_identity(dag_id, run_id)
+        summary = _reading(lambda: step_overview(identity, step, page))
         return _answer(request, dag_id, run_id, summary, pages.step_page)
 
     @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}", dependencies=can_read)
@@ -94,8 +96,8 @@ def create_app() -> FastAPI:
     def task(request: Request, dag_id: str, run_id: str, step: str, map_index: _MapIndex = "-1") -> Any:
         from airflow_flowspec.client.overview import task_overview
 
-        flow, stored = _stored_run(dag_id, run_id)
-        summary = _reading(lambda: task_overview(flow, stored, step, _task_id(map_index)))
+        identity = _run_identity(dag_id, run_id)
+        summary = _reading(lambda: task_overview(identity, step, _task_id(map_index)))
         return _answer(request, dag_id, run_id, summary, pages.task_page)
 
     @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}", dependencies=can_read)
@@ -111,8 +113,8 @@ def create_app() -> FastAPI:
     ) -> Any:
         from airflow_flowspec.client.overview import artifact_page
 
-        flow, stored = _stored_run(dag_id, run_id)
-        shown = _reading(lambda: artifact_page(flow, stored, step, _task_id(map_index), name, page))
+        identity = _run_identity(dag_id, run_id)
+        shown = _reading(lambda: artifact_page(identity, step, _task_id(map_index), name, page))
         return _answer(request, dag_id, run_id, shown, pages.artifact_page)
 
     @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}/download", dependencies=can_read)
@@ -120,8 +122,8 @@ def create_app() -> FastAPI:
     def download(dag_id: str, run_id: str, step: str, name: str, map_index: _MapIndex = "-1") -> Any:
         from airflow_flowspec.client.overview import artifact_for_download
 
-        flow, stored = _stored_run(dag_id, run_id)
-        artifact = _reading(lambda: artifact_for_download(flow, stored, step, _task_id(map_index), name))
+        identity = _run_identity(dag_id, run_id)
+        artifact = _reading(lambda: artifact_for_download(identity, step, _task_id(map_index), name))
         opened = artifact.verified_pickle()
         source = _reading(opened.__enter__)  # verified in full before the first byte is sent
 
@@ -201,40 +203,58 @@ def _reading(read: Any) -> Any:
         raise HTTPException(502, f"The datastore could not answer: {error}") from None
 
 
-def flow_of_dag(dag_id: str) -> tuple[str, str | None]:
-    """The flow a DAG runs and the ``@project`` branch it is deployed on (None for no project).
-
-    A ``@project`` flow's DAG id is ``<project>.<branch>.<FlowClass>`` (a branch may hold dots); a
-    flow class name holds none, so any other DAG id is the flow's own name.
-    """
-    if "." not in dag_id:
-        return dag_id, None
-    _project, _, rest = dag_id.partition(".")
-    branch, _, flow = rest.rpartition(".")
-    return flow, (branch or None)
-
-
-def _stored_run(dag_id: str, run_id: str) -> tuple[str, str]:
-    """The datastore run of an Airflow DAG run, which must exist in Airflow and belong to the DAG."""
+def _run_identity(dag_id: str, run_id: str) -> RunIdentity:
+    """The datastore run of an Airflow DAG run, which must exist in Airflow, of a DAG this provider
+    built for a flow: which flow and deployment is read from the DAG the run was created with (the
+    start step records it), never from the DAG id's text. The view then shows the stored run only
+    if its record names this very DAG run (:func:`~airflow_flowspec.client.overview.run_of`)."""
     from airflow.models.dagrun import DagRun
+    from airflow.models.serialized_dag import SerializedDagModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     from airflow_flowspec.client.overview import check_part
     from airflow_flowspec.errors import MetaflowNotFound
-    from airflow_flowspec.runtime.task_spec import stored_run_id
 
     try:
         check_part("run", run_id)
-        flow, branch = flow_of_dag(dag_id)
-        check_part("flow", flow)
     except MetaflowNotFound as error:
         raise HTTPException(404, str(error)) from None
     with create_session() as session:
-        found = session.scalar(select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
-    if found is None:
-        raise HTTPException(404, f"DAG {dag_id} has no run {run_id!r}.")
-    return flow, stored_run_id(run_id, branch)
+        dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        if dag_run is None:
+            raise HTTPException(404, f"DAG {dag_id} has no run {run_id!r}.")
+        version = dag_run.created_dag_version
+        serialized = version.serialized_dag if version is not None else None
+        if serialized is None:
+            serialized = SerializedDagModel.get(dag_id, session=session)
+        data = serialized.data if serialized is not None else None
+    deployment = deployment_of_serialized_dag(data)
+    if deployment is None or deployment.dag_id != dag_id:
+        raise HTTPException(404, f"DAG {dag_id} is not a flow's DAG: it has no artifacts to show.")
+    try:
+        return deployment.run(run_id)
+    except RunIdentityError as error:
+        raise HTTPException(404, str(error)) from None
+
+
+def deployment_of_serialized_dag(data: Any) -> Deployment | None:
+    """The flow deployment a serialized DAG was built for, or None for any other DAG: its start
+    task, of one of this provider's step operators, records it (``DEPLOYMENT_FIELD``)."""
+    from airflow_flowspec.operators.step_task import DEPLOYMENT_FIELD
+
+    tasks = (data or {}).get("dag", {}).get("tasks") if isinstance(data, dict) else None
+    for task in tasks if isinstance(tasks, list) else []:
+        fields = task.get("__var", task) if isinstance(task, dict) else {}
+        if not isinstance(fields, dict) or fields.get("task_id") != "start":
+            continue
+        if not str(fields.get("_task_module", "")).startswith("airflow_flowspec.operators."):
+            return None
+        try:
+            return Deployment.from_text(fields.get(DEPLOYMENT_FIELD))
+        except RunIdentityError:
+            return None
+    return None
 
 
 def _readable_flow_dags(user: Any) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from airflow_flowspec.datastore import keys, open_datastore
 from airflow_flowspec.datastore.artifacts import SECRET_REPR, ArtifactRef, short_repr
 from airflow_flowspec.datastore.chunks import CHUNK_ITEMS
 from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES
+from airflow_flowspec.datastore.leases import Lease
 from airflow_flowspec.datastore.manifest import new_manifest
 from airflow_flowspec.datastore.views import ArtifactLoader, Inputs, InputView, foreach_item_name
 from airflow_flowspec.decorators.base import step_decorators_of
@@ -112,16 +113,22 @@ def run_step(
     *,
     store_result: bool = False,
     mask_secret: Callable[[Any], None] | None = None,
+    lease: Lease | None = None,
 ) -> StepResult:
     """Run the task described by ``spec`` and return what Airflow should publish.
 
     The step's output is kept with the attempt (:mod:`.task_log`), on success before the manifest,
     on failure with the traceback; a failure to keep it never hides the step's own error.
+
+    ``lease`` is the run's lease the caller holds for the task (an operator); without one, the
+    step takes its own (a step process in a container) once its names are known to be storable.
     """
     log = TaskLog()
     with log.capture():
         try:
-            return _run_step(spec, datastore, log, store_result=store_result, mask_secret=mask_secret)
+            return _run_step(
+                spec, datastore, log, store_result=store_result, mask_secret=mask_secret, lease=lease
+            )
         except BaseException as error:
             if log.mask is not None:  # refused before the step began: nothing is written
                 log.add_failure(error, log.mask)
@@ -140,6 +147,7 @@ def _run_step(
     *,
     store_result: bool,
     mask_secret: Callable[[Any], None] | None,
+    lease: Lease | None,
 ) -> StepResult:
     """Run the task described by ``spec`` and return what Airflow should publish.
 
@@ -156,6 +164,13 @@ def _run_step(
     keys.manifest_key(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
     run_tags = _run_tags(spec) if spec.step == "start" else []  # refused before anything runs
     datastore = datastore or open_datastore(spec.datastore_root)
+    if lease is None:  # the worker that started this process checked that the run is there
+        with Lease(datastore, spec.run, holder="step", needs_record=False) as own:
+            return _run_step(
+                spec, datastore, log, store_result=store_result, mask_secret=mask_secret, lease=own
+            )
+    if spec.step == "start":
+        datastore.check_run_identity(spec.run)  # never write into another deployment's run
     moved_before = _moved(datastore)
     flow_class, code = _load_flow(spec, datastore)
     graph = graph_of(flow_class)
@@ -248,8 +263,9 @@ def _run_step(
                 "graph": graph_record(graph),
                 "versions": _versions(),
                 "started_by": {"user": spec.run_context.username, "run_type": spec.run_context.run_type},
-                "system_tags": system_tags(spec.flow_name, spec.run_context),
+                "system_tags": system_tags(spec.run, spec.run_context),
             },
+            identity=spec.run,
         )
     manifest = _manifest(
         spec, refs, parameter_names, node, caught, switch_step, foreach_children, secrets, code
@@ -270,6 +286,7 @@ def _run_step(
         # the result beside the manifest keeps the children's inputs referenced while they queue.
         datastore.write_step_result(*identity, result.to_json())
     log.store(datastore, identity)
+    lease.check()  # gc must have seen this task running all along, or what it references may be gone
     datastore.write_manifest(*identity, manifest)
     if run_record is not None:
         datastore.index_run(spec.flow_name, spec.run_id, run_record)
@@ -383,7 +400,7 @@ def _run_tags(spec: TaskSpec) -> list[str]:
             f"tags starting with {', '.join(SYSTEM_TAG_PREFIXES)} are the system's (who started the run, "
             f"its project and branch) and are set by it. Choose another name for your tag."
         )
-    system = system_tags(spec.flow_name, spec.run_context)
+    system = system_tags(spec.run, spec.run_context)
     return system + sorted(set(tags) - set(system))
 
 
@@ -405,9 +422,9 @@ def _task_context(spec: TaskSpec) -> Iterator[None]:
             data_interval_end=run.data_interval_end,
             map_index=spec.map_index,
             datastore_root=spec.datastore_root,
-            namespace=run_namespace(spec.flow_name, run),
-            project_name=run.project,
-            branch_name=run.project_branch if run.project else None,
+            namespace=run_namespace(spec.run, run),
+            project_name=spec.run.project,
+            branch_name=spec.run.branch,
         )
     )
     try:

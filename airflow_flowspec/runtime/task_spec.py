@@ -3,8 +3,9 @@
 
 The same spec drives the step on an Airflow worker (built in memory by the operator) and in another
 process, e.g. an AWS Batch container (stored in the datastore, its key passed on the command line),
-so it holds no Airflow objects. What the run is (its dates, who started it, whether it is a
-production run) is a :class:`RunContext`, filled once at the Airflow edge.
+so it holds no Airflow objects. Which run it is, is a :class:`~airflow_flowspec.identity.RunIdentity`;
+what Airflow knows about the run (its dates, who started it, whether it is a production run) is a
+:class:`RunContext`; both are filled once at the Airflow edge.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from airflow_flowspec.errors import StepInputError
+from airflow_flowspec.errors import RunIdentityError, StepInputError
+from airflow_flowspec.identity import RunIdentity
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,6 @@ class RunContext:
     is_production: bool = False
     run_type: str | None = None  # Airflow's: manual, scheduled, backfill, asset_triggered
     tags: tuple[str, ...] = ()  # the user's tags for the run (run --tag, or the trigger's conf)
-    project: str | None = None  # @project(name=...), None for a flow without @project
-    project_branch: str | None = None  # e.g. user.ana, test.staging, prod, prod.staging
-    dag_id: str | None = None  # the Airflow DAG that ran it (a @project flow's is not its name)
 
     def __post_init__(self) -> None:
         # Airflow hands out pendulum dates; a step must see the standard type wherever it runs (an
@@ -69,51 +68,40 @@ class RunContext:
 PRODUCTION_RUN_TYPES = frozenset({"scheduled", "backfill"})
 
 
-def _production_tag(flow_name: str, run: RunContext) -> str:
+def _production_tag(identity: RunIdentity) -> str:
     """``production:<flow>``; for a ``@project`` flow ``production:<project>.<branch>``, shared by
     the project's flows on that branch (as Metaflow's production token is), so a scheduled flow
     reads its project's other flows on its own branch, never another branch's."""
-    if run.project:
-        return f"production:{run.project}.{run.project_branch}"
-    return f"production:{flow_name}"
+    if identity.project:
+        return f"production:{identity.project}.{identity.branch}"
+    return f"production:{identity.flow}"
 
 
-def run_namespace(flow_name: str, run: RunContext) -> str:
+def run_namespace(identity: RunIdentity, run: RunContext) -> str:
     """Metaflow's namespace of a run: its production tag for scheduled and backfilled runs (the
     deployed schedule), else ``user:<who started it>``."""
     if run.run_type in PRODUCTION_RUN_TYPES:
-        return _production_tag(flow_name, run)
+        return _production_tag(identity)
     return f"user:{run.username or 'unknown'}"
 
 
-def system_tags(flow_name: str, run: RunContext) -> list[str]:
+def system_tags(identity: RunIdentity, run: RunContext) -> list[str]:
     """The tags every run carries: its user, production for scheduled and backfilled runs, and a
     ``@project`` flow's project and branch (Metaflow's tag names), so the client finds a project's
     or a branch's runs with ``namespace("project:<name>")`` or ``runs("project_branch:<branch>")``."""
     tags = [f"user:{run.username or 'unknown'}"]
     if run.run_type in PRODUCTION_RUN_TYPES:
-        tags.append(_production_tag(flow_name, run))
-    if run.project:
-        tags += [f"project:{run.project}", f"project_branch:{run.project_branch}"]
+        tags.append(_production_tag(identity))
+    if identity.project:
+        tags += [f"project:{identity.project}", f"project_branch:{identity.branch}"]
     return tags
-
-
-def stored_run_id(airflow_run_id: str, branch_name: str | None) -> str:
-    """The id a run is stored under: Airflow's run id, after the branch for a ``@project`` run.
-
-    Deployments of two branches of a flow (a staging and a production DAG on one datastore) make
-    the same Airflow run ids (``scheduled__<date>``) and store under the same flow name: without
-    the branch, one would write into the other's run.
-    """
-    return airflow_run_id if branch_name is None else f"{branch_name}:{airflow_run_id}"
 
 
 @dataclass
 class TaskSpec:
     flow_file: str
-    flow_name: str
+    run: RunIdentity  # which run: the flow, its @project deployment, Airflow's run id
     step: str
-    run_id: str
     datastore_root: str
     map_index: int = -1
     attempt: int = 1  # Airflow's try_number, 1-based
@@ -127,6 +115,15 @@ class TaskSpec:
     code: dict[str, Any] | None = None
 
     @property
+    def flow_name(self) -> str:
+        return self.run.flow
+
+    @property
+    def run_id(self) -> str:
+        """The id the run is stored under (``current.run_id``)."""
+        return self.run.run_id
+
+    @property
     def task_id(self) -> str:
         return str(max(self.map_index, 0))
 
@@ -136,6 +133,7 @@ class TaskSpec:
 
     def to_json(self) -> dict[str, Any]:
         document = asdict(self)
+        document["run"] = self.run.to_json()
         document["run_context"] = self.run_context.to_json()
         return document
 
@@ -154,9 +152,12 @@ class TaskSpec:
         values = dict(document)
         values["run_context"] = RunContext.from_json(values.get("run_context") or {})
         try:
+            values["run"] = RunIdentity.from_json(values.get("run"))
             return cls(**values)
         except TypeError as error:
             raise StepInputError(f"The task spec is incomplete: {error}.") from None
+        except RunIdentityError as error:
+            raise StepInputError(f"The task spec names no run it can be stored under: {error}") from None
 
     @classmethod
     def from_text(cls, text: str) -> TaskSpec:

@@ -55,8 +55,10 @@ class BatchJobWaitTrigger(BaseTrigger):
         deadline: str | None,
         label: str = "",
         runnable_hint_after: float = 60.0,
+        lease: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.lease = lease
         self.job_id = job_id
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
@@ -77,12 +79,41 @@ class BatchJobWaitTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "label": self.label,
                 "runnable_hint_after": self.runnable_hint_after,
+                "lease": self.lease,
             },
         )
 
     # --- waiting -------------------------------------------------------------------------------
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        lease = await asyncio.to_thread(self._take_lease)
+        try:
+            async for event in self._wait():
+                yield event
+        finally:
+            if lease is not None:
+                await asyncio.to_thread(lease.__exit__, None, None, None)
+
+    def _take_lease(self) -> Any:
+        """The step's run lease, held while the job is waited for here (the worker let go of it),
+        so ``airflow-flowspec gc`` counts the run as running however long the job queues. Best
+        effort: the job runs on whatever happens to the lease, and its step takes one of its own."""
+        if not self.lease:
+            return None
+        from airflow_flowspec.datastore import open_datastore
+        from airflow_flowspec.datastore.leases import Lease
+        from airflow_flowspec.identity import RunIdentity
+
+        try:
+            lease = Lease(
+                open_datastore(self.lease["root"]), RunIdentity.from_json(self.lease["run"]), holder="trigger"
+            )
+            return lease.__enter__()
+        except Exception as error:  # noqa: BLE001 - waiting for the job matters more
+            self.log.warning("%s: no lease on the run while waiting (%s)", self.label or self.job_id, error)
+            return None
+
+    async def _wait(self) -> AsyncIterator[TriggerEvent]:
         batch_client, logs_client = await asyncio.to_thread(self._get_clients)
         lines: list[str] = []
         watcher = JobWatcher(

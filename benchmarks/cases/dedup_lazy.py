@@ -13,6 +13,7 @@ import functools, json, sys
 from airflow_flowspec.datastore import open_datastore
 from airflow_flowspec.datastore.keys import blob_key
 from airflow_flowspec.runtime.step_runner import run_step
+from airflow_flowspec.identity import RunIdentity
 from airflow_flowspec.runtime.task_spec import TaskSpec
 flow_file, root, step, inputs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 backend = open_datastore(root).backend
@@ -37,7 +38,7 @@ def meter(name):
 
 for name in ("get_bytes", "download_file", "open_read", "put_bytes", "put_file", "adopt_file"):
     meter(name)
-spec = TaskSpec(flow_file=flow_file, flow_name="DedupFlow", step=step, run_id="bench-1", datastore_root=root,
+spec = TaskSpec(flow_file=flow_file, run=RunIdentity("DedupFlow", "bench-1"), step=step, datastore_root=root,
                 input_manifests=inputs)
 result = run_step(spec)
 print(json.dumps({"manifest": result.manifest, "blob_io": blob_io, "io": backend.counters.snapshot()}))

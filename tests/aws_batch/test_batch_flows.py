@@ -75,7 +75,9 @@ def test_foreach_and_nested_foreach_on_batch(batch, monkeypatch):
     from airflow_flowspec.client.overview import artifact_page, run_overview
 
     monkeypatch.setattr(namespaces, "_chosen", None)
-    overview = run_overview("NestedForeachFlow", nested.run_id)
+    from airflow_flowspec.identity import RunIdentity
+
+    overview = run_overview(RunIdentity("NestedForeachFlow", nested.run_id))
     cell = next(step for step in overview["steps"] if step["name"] == "cell")
     assert sorted(tuple(t["foreach_path"]) for t in cell["tasks"]) == [
         (0, 0),
@@ -85,7 +87,7 @@ def test_foreach_and_nested_foreach_on_batch(batch, monkeypatch):
         (2, 1),
         (2, 2),
     ]
-    stacks = artifact_page("NestedForeachFlow", nested.run_id, "end", "0", "stacks")
+    stacks = artifact_page(RunIdentity("NestedForeachFlow", nested.run_id), "end", "0", "stacks")
     assert len(stacks["repr"]) < len(stacks["text"]) == len(repr(nested.artifacts("end")["stacks"]))
 
 

@@ -264,6 +264,7 @@ def test_runs_carry_their_user_and_tags_and_the_client_filters_by_namespace(tmp_
     from airflow_flowspec import get_namespace, namespace
     from airflow_flowspec.client import namespaces
     from airflow_flowspec.errors import MetaflowNamespaceMismatch
+    from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.step_runner import run_step
     from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 
@@ -288,7 +289,9 @@ def test_runs_carry_their_user_and_tags_and_the_client_filters_by_namespace(tmp_
         ("scheduled__2026-11-01", RunContext(username="airflow", run_type="scheduled")),
         ("manual__by-ana", RunContext(username="ana", run_type="manual")),
     ):
-        spec = TaskSpec(str(flow_file), "NamespaceFlow", "start", run_id, str(root), run_context=context)
+        spec = TaskSpec(
+            str(flow_file), RunIdentity("NamespaceFlow", run_id), "start", str(root), run_context=context
+        )
         run_step(spec)
     assert Flow("NamespaceFlow").latest_run.id == mine.id  # the newer runs are not in my namespace
     with pytest.raises(MetaflowNamespaceMismatch, match="not in the namespace 'user:.*namespace\\(None\\)"):
@@ -307,6 +310,7 @@ def test_runs_carry_their_user_and_tags_and_the_client_filters_by_namespace(tmp_
 
 def test_tags_that_are_not_strings_are_refused_by_name(tmp_path):
     from airflow_flowspec.errors import ParameterError
+    from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.step_runner import run_step
     from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 
@@ -314,9 +318,8 @@ def test_tags_that_are_not_strings_are_refused_by_name(tmp_path):
     flow_file.write_text(NAMESPACE_FLOW)
     spec = TaskSpec(
         str(flow_file),
-        "NamespaceFlow",
+        RunIdentity("NamespaceFlow", "r1"),
         "start",
-        "r1",
         str(tmp_path / "store"),
         run_context=RunContext(tags=("ok", "")),
     )
@@ -330,6 +333,7 @@ def test_tags_that_are_not_strings_are_refused_by_name(tmp_path):
 def test_user_tags_can_be_added_replaced_and_removed_but_not_system_tags(tmp_path, monkeypatch):
     from airflow_flowspec import namespace
     from airflow_flowspec.client import namespaces
+    from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.step_runner import run_step
     from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 
@@ -339,7 +343,9 @@ def test_user_tags_can_be_added_replaced_and_removed_but_not_system_tags(tmp_pat
     flow_file = tmp_path / "namespace_flow.py"
     flow_file.write_text(NAMESPACE_FLOW)
     context = RunContext(username="ana", tags=("draft",))
-    run_step(TaskSpec(str(flow_file), "NamespaceFlow", "start", "r1", str(root), run_context=context))
+    run_step(
+        TaskSpec(str(flow_file), RunIdentity("NamespaceFlow", "r1"), "start", str(root), run_context=context)
+    )
     namespace(None)
 
     run = Run("NamespaceFlow/r1")

@@ -27,6 +27,7 @@ from airflow_flowspec.datastore import gc as gc_module
 from airflow_flowspec.datastore.gc import SAFETY_RULE, collect_garbage
 from airflow_flowspec.datastore.store import Datastore
 from airflow_flowspec.errors import DatastoreError, GarbageCollectionError, MetaflowNotFound
+from airflow_flowspec.identity import RunIdentity
 from airflow_flowspec.runtime.step_runner import run_step
 from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 from airflow_flowspec.shell import main as shell_main
@@ -119,16 +120,32 @@ def stored(root: str, prefix: str = "") -> dict[str, int]:
 
 
 def run_steps(
-    flow_file: Path, root: str, run_id: str, *, user: str = "ana", steps=("start", "end"), flow="GcFlow"
-) -> None:
-    """Run a flow's steps in this process with the step runtime (no Airflow): a real run, fast."""
+    flow_file: Path,
+    root: str,
+    run_id: str,
+    *,
+    user: str = "ana",
+    steps=("start", "end"),
+    flow="GcFlow",
+    project: tuple[str, str] | None = None,
+) -> str:
+    """Run a flow's steps in this process with the step runtime (no Airflow): a real run, fast.
+    ``run_id`` is Airflow's; ``project`` (project, branch) makes it a ``@project`` deployment's run.
+    Returns the id the run is stored under."""
     context = RunContext(username=user, run_type="manual")
+    identity = RunIdentity(flow, run_id, *(project or (None, None)))
     manifests: list = []
     for step in steps:
         spec = TaskSpec(
-            str(flow_file), flow, step, run_id, root, input_manifests=manifests, run_context=context
+            str(flow_file),
+            identity,
+            step,
+            root,
+            input_manifests=manifests,
+            run_context=context,
         )
         manifests = [run_step(spec).manifest]
+    return identity.run_id
 
 
 def load_everything(flow: str) -> int:
@@ -149,7 +166,8 @@ def load_everything(flow: str) -> int:
 
 def test_old_runs_go_with_exactly_the_blobs_only_they_used(root, gc_flow):
     """Guards marking by reference: a blob goes only when no kept run's manifest or record names it
-    (the code blob and the blob every run shares stay with the kept run), and the counts are exact."""
+    (the code blob and the blob every run shares stay with the kept run), and the counts are exact.
+    Guards the two-step delete: a gc moves those blobs to its trash, the next deletes them."""
     kept = run_flow(gc_flow)
     before_first = stored(root, "data/")
     first = run_flow(gc_flow)
@@ -173,8 +191,12 @@ def test_old_runs_go_with_exactly_the_blobs_only_they_used(root, gc_flow):
 
     assert result.runs_deleted == {"GcFlow": [second.run_id, first.run_id]}  # newest first
     assert result.runs_kept == {"GcFlow": 1}
-    assert (result.blobs_deleted, result.blob_bytes_freed) == (6, sum(only_theirs.values()))
-    assert result.bytes_freed == sum([*only_theirs.values(), *their_files.values(), *their_index.values()])
+    assert (result.blobs_trashed, result.blob_bytes_trashed) == (6, sum(only_theirs.values()))
+    assert (result.blobs_deleted, result.blob_bytes_freed) == (0, 0)  # the next gc's, from the trash
+    assert result.bytes_freed == sum([*their_files.values(), *their_index.values()])
+    assert sorted(key.rpartition("/")[2] for key in stored(root, keys.TRASH_PREFIX)) == sorted(
+        [*(key.rpartition("/")[2] for key in only_theirs), keys.TRASH_ROUND_COMPLETE_FILE]
+    )
     assert len(their_index) == 2 * 4  # started and succeeded, each for every run and for the user
     assert result.blobs_kept == len(before_first)
     assert stored(root, "data/") == before_first
@@ -189,7 +211,11 @@ def test_old_runs_go_with_exactly_the_blobs_only_they_used(root, gc_flow):
         assert all(Path(path).parent.name == "data" or Path(path).name == ".tmp" for path in empty), empty
 
     again = collect_garbage(open_datastore(root), older_than=MONTH)
-    assert (again.runs_deleted, again.blobs_deleted, again.bytes_freed) == ({}, 0, 0)
+    assert (again.runs_deleted, again.blobs_trashed, again.blobs_deleted) == ({}, 0, 6)
+    assert again.blob_bytes_freed == again.bytes_freed == sum(only_theirs.values())
+    assert not stored(root, keys.GC_PREFIX) and load_everything("GcFlow") == 7
+    third = collect_garbage(open_datastore(root), older_than=MONTH)
+    assert (third.runs_deleted, third.blobs_trashed, third.blobs_deleted, third.bytes_freed) == ({}, 0, 0, 0)
 
 
 def test_latest_successful_and_running_runs_are_kept_however_old(root, gc_flow):
@@ -248,7 +274,7 @@ def test_keep_last_flow_and_dry_run(root, gc_flow):
     dry = collect_garbage(open_datastore(root), older_than=MONTH, keep_last=2, flow="GcFlow", dry_run=True)
     assert stored(root) == everything
     assert dry.runs_deleted == {"GcFlow": ["r1", "r0"]} and dry.runs_kept == {"GcFlow": 2}
-    assert dry.blobs_deleted == 2 * 3  # each deleted run's payload and two packs
+    assert dry.blobs_trashed == 2 * 3  # each deleted run's payload and two packs
 
     real = collect_garbage(open_datastore(root), older_than=MONTH, keep_last=2, flow="GcFlow")
     assert real == gc_module.GcResult(**{**vars(dry), "dry_run": False})
@@ -338,7 +364,7 @@ def test_an_old_unreferenced_blob_saved_again_is_freshened_and_survives(root, mo
     )
 
     result = collect_garbage(open_datastore(root), older_than=MONTH)
-    assert (result.blobs_deleted, result.blob_bytes_freed) == (1, refs["control"].size)
+    assert (result.blobs_trashed, result.blob_bytes_trashed) == (1, refs["control"].size)
     reader = Datastore(root)
     assert reader.artifacts.load(refs["again"]) == values["again"]
     assert reader.artifacts.load(refs["small"]) == "packed"
@@ -352,23 +378,22 @@ def test_an_old_unreferenced_blob_saved_again_is_freshened_and_survives(root, mo
 
 
 def test_ordinary_xcoms_damaged_blobs_and_scratch_files_are_swept(root, gc_flow, tmp_path, monkeypatch):
-    """Guards the XCom rule (a deleted run's folder, under its flow's DAG or the DAG its record
-    names; other DAGs' folders only when asked, all older than asked and no kept run has their run
-    id), the horizon for damaged blobs, and the scratch sweep."""
+    """Guards the XCom rule (a deleted run's folder, under the DAG and Airflow run id its identity
+    names; other DAGs' folders only when asked, all older than asked and no kept run's DAG run),
+    the horizon for damaged blobs, and the scratch sweep."""
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__SCRATCH_DIR", str(tmp_path / "scratch"))
     datastore = open_datastore(root)
-    run_steps(gc_flow, root, "gone", steps=["start"])
-    record = datastore.read_run_meta("GcFlow", "gone")
-    datastore.write_run_meta(
-        "GcFlow", "gone", {**record, "context": {**record["context"], "dag_id": "GcDag"}}
-    )
-    age_run(root, "GcFlow", "gone", started_days_ago=60, written_days_ago=0)
-    datastore.finish_run("GcFlow", "gone", False, {})
-    run_steps(gc_flow, root, "kept")
-    age_run(root, "GcFlow", "kept", started_days_ago=60)
+    # A @project deployment's runs: stored as "proj.prod:<Airflow run id>", their XComs under the DAG
+    # proj.prod.GcFlow and Airflow's own run id (gc matched them by the stored id, issue 20 #5).
+    gone = run_steps(gc_flow, root, "gone", steps=["start"], project=("proj", "prod"))
+    age_run(root, "GcFlow", gone, started_days_ago=60, written_days_ago=0)
+    datastore.finish_run("GcFlow", gone, False, {})
+    kept = run_steps(gc_flow, root, "kept", project=("proj", "prod"))
+    age_run(root, "GcFlow", kept, started_days_ago=60)
     folders = [
-        ("GcFlow", "gone"),
-        ("GcDag", "gone"),
+        ("proj.prod.GcFlow", "gone"),
+        ("proj.prod.GcFlow", "kept"),  # old, and its run is kept: never deleted by age
+        ("GcFlow", gone),  # not the gone run's: no DAG names its runs by their stored id
         ("report", "old"),
         ("report", "new"),
         ("report", "kept"),
@@ -377,9 +402,9 @@ def test_ordinary_xcoms_damaged_blobs_and_scratch_files_are_swept(root, gc_flow,
         datastore.save_xcom_value(
             [dag_id, run_id], dag_id=dag_id, run_id=run_id, task_id="t", map_index=-1, key="k"
         )
-    for dag_id, run_id in folders[2:]:
+    for dag_id, run_id in folders[1:]:
         if run_id != "new":
-            age_objects(root, f"_xcom/{dag_id}/{run_id}/", 40 * DAY)
+            age_objects(root, keys.xcom_folder(dag_id, run_id, "t", -1).rsplit("/", 3)[0] + "/", 40 * DAY)
     damaged = {
         "old": f"damaged/{'a' * 64}.20000101T000000Z.0123abcd",
         "new": f"damaged/{'b' * 64}.29990101T000000Z.0",
@@ -394,19 +419,23 @@ def test_ordinary_xcoms_damaged_blobs_and_scratch_files_are_swept(root, gc_flow,
     os.utime(leftover, (time.time() - 40 * DAY,) * 2)
 
     only_flow = collect_garbage(datastore, older_than=MONTH, flow="GcFlow")
-    assert sorted(only_flow.xcom_runs_deleted) == [("GcDag", "gone"), ("GcFlow", "gone")]
+    assert only_flow.runs_deleted == {"GcFlow": [gone]}
+    assert only_flow.xcom_runs_deleted == [("proj.prod.GcFlow", "gone")]
     assert only_flow.damaged_deleted == 1 and not leftover.exists()
     assert collect_garbage(datastore, older_than=MONTH).xcom_runs_deleted == []  # not by age, unasked
     result = collect_garbage(datastore, older_than=MONTH, xcom_older_than=MONTH)
-    assert result.xcom_runs_deleted == [("report", "old")]
-    assert sorted(stored(root, "_xcom/")) == [
-        keys.xcom_value_key("report", run_id, "t", -1, "k") for run_id in ("kept", "new")
-    ]
+    # ("report", "kept") is another DAG's run that merely shares a kept flow run's Airflow run id.
+    assert sorted(result.xcom_runs_deleted) == [("GcFlow", gone), ("report", "kept"), ("report", "old")]
+    assert sorted(stored(root, "_xcom/")) == sorted(
+        keys.xcom_value_key(dag_id, run_id, "t", -1, "k")
+        for dag_id, run_id in [("proj.prod.GcFlow", "kept"), ("report", "new")]
+    )
     assert list(stored(root, "damaged/")) == [damaged["new"]]  # ...but its name says it moved later
 
 
 def test_a_gc_stopped_half_way_is_finished_by_the_next(root, gc_flow, monkeypatch):
-    """Guards the deletion order (index entries first, run.json and status.json last) and reading
+    """Guards the deletion order (the deletion mark, index entries, then the run's files, run.json
+    and status.json last, the mark after them) and reading
     before deleting: a gc that fails leaves a run still recognisably a run, which the next one
     deletes; a kept run's manifest that cannot be read stops gc before it deleted anything."""
     run_steps(gc_flow, root, "old")
@@ -436,13 +465,17 @@ def test_a_gc_stopped_half_way_is_finished_by_the_next(root, gc_flow, monkeypatc
     with pytest.raises(DatastoreError):
         collect_garbage(failing, older_than=MONTH)
     left = sorted(stored(root, keys.run_prefix("GcFlow", "old")))
-    assert left == [keys.run_meta_key("GcFlow", "old"), keys.run_status_key("GcFlow", "old")]
+    assert left == [
+        keys.run_deletion_key("GcFlow", "old"),  # a task of the run would stop: its run is going
+        keys.run_meta_key("GcFlow", "old"),
+        keys.run_status_key("GcFlow", "old"),
+    ]
     assert Run("GcFlow/old").finished and "old" in open_datastore(root).list_runs("GcFlow")
     assert not any("old" in key for key in stored(root, "GcFlow/index/"))  # no longer offered
     assert [run.id for run in Flow("GcFlow")] == ["new"]
 
     finished = collect_garbage(open_datastore(root), older_than=MONTH)
-    assert finished.runs_deleted == {"GcFlow": ["old"]} and finished.blobs_deleted == 3
+    assert finished.runs_deleted == {"GcFlow": ["old"]} and finished.blobs_trashed == 3
     assert not stored(root, keys.run_prefix("GcFlow", "old"))
 
 
@@ -465,7 +498,7 @@ def test_the_gc_command(root, gc_flow, capsys, monkeypatch):
     assert shell_main(["--root", root, "gc", "--older-than", "30d", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "GcFlow: would delete 1 run (old), kept 1 run." in out and "Nothing was deleted (--dry-run)" in out
-    assert "Would delete 3 artifact blobs" in out and stored(root) == everything
+    assert "Would move 3 artifact blobs" in out and stored(root) == everything
 
     assert shell_main(["gc", "--older-than", "30d", "--root", root, "--grace", "1h"]) == 1
     assert "grace period of 1h is too short" in capsys.readouterr().err and stored(root) == everything
@@ -478,10 +511,8 @@ def test_the_gc_command(root, gc_flow, capsys, monkeypatch):
     monkeypatch.setattr(gc_module, "PROGRESS_EVERY", 5)
     assert shell_main(["gc", "--older-than", "30d", "--root", root, "--keep-last", "0"]) == 0
     captured = capsys.readouterr()
-    assert (
-        "GcFlow: deleted 1 run (old), kept 1 run." in captured.out
-        and "Deleted 3 artifact blobs" in captured.out
-    )
+    assert "GcFlow: deleted 1 run (old), kept 1 run." in captured.out
+    assert "Moved 3 artifact blobs" in captured.out and "deleted 0 blobs (0 bytes) trashed by" in captured.out
     assert "objects examined so far" in captured.err
     assert [run.id for run in Flow("GcFlow")] == ["new"]
 
@@ -508,3 +539,298 @@ def test_a_failed_run_being_resumed_is_kept_with_its_artifacts(root, gc_flow):
     assert result.runs_deleted == {} and result.blobs_deleted == 0
     start = Run("GcFlow/resumed")["start"].task
     assert len(start.data.payload) == 100 * 1024 and start.data.shared == b"s" * (100 * 1024)
+
+
+# -- running runs keep what they use (issue 20, findings 1 and 2) --------------------------------------
+
+LONG_FLOW = """
+import os
+import time
+
+from airflow_flowspec import FlowSpec, step
+
+
+class LongFlow(FlowSpec):
+    @step
+    def start(self):
+        self.payload = os.urandom(100 * 1024)
+        self.next(self.train)
+
+    @step
+    def train(self):
+        deadline = time.time() + 60
+        while not os.path.exists(os.environ["LONG_FLOW_GO"]) and time.time() < deadline:
+            time.sleep(0.02)
+        self.size = len(self.payload)  # the start step's blob, read after gc ran
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+"""
+
+
+def _step_after(flow_file: Path, root: str, run: RunIdentity, step: str, parent: str) -> TaskSpec:
+    manifest = open_datastore(root).latest_attempt_manifest(run.flow, run.run_id, parent, "0")
+    return TaskSpec(
+        str(flow_file), run, step, root, input_manifests=[manifest], run_context=RunContext("ana")
+    )
+
+
+def _wait_for(condition, seconds: float = 30.0) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_run_whose_step_computes_longer_than_the_grace_period_is_kept(root, tmp_path, monkeypatch):
+    """Guards finding 1 (leases, renewed while the step computes): a run that started long ago and
+    has written nothing since, because one of its steps is still computing, is kept with what it
+    references; the step then reads its input and finishes. Leases here go stale after a second and
+    are renewed every 0.2 s: the run is judged two seconds into the step."""
+    from airflow_flowspec.datastore import leases
+
+    monkeypatch.setattr(leases, "LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(leases, "RENEW_SECONDS", 0.2)
+    go = tmp_path / "go"
+    monkeypatch.setenv("LONG_FLOW_GO", str(go))
+    flow_file = tmp_path / "long_flow.py"
+    flow_file.write_text(LONG_FLOW)
+    run = RunIdentity("LongFlow", "long")
+    run_steps(flow_file, root, "long", flow="LongFlow", steps=["start"])
+    # Nothing written for longer than --older-than and --grace: the step has been computing since.
+    age_run(root, "LongFlow", "long", started_days_ago=60, written_days_ago=40)
+    age_objects(root, "data/", 3 * DAY)
+
+    outcome: list = []
+    step = threading.Thread(
+        target=lambda: outcome.append(run_step(_step_after(flow_file, root, run, "train", "start"))),
+        daemon=True,
+    )
+    step.start()
+    _wait_for(lambda: stored(root, keys.run_leases_prefix("LongFlow", "long")))
+    time.sleep(2.0)  # longer than a lease lives without renewal
+    result = collect_garbage(Datastore(root), older_than=MONTH)
+    assert result.runs_deleted.get("LongFlow", []) == [] and result.blobs_trashed == 0
+    assert result.runs_spared == {}  # kept from the start, not only at the last look
+    go.touch()
+    step.join(60)
+    assert outcome and outcome[0].manifest["step"] == "train"
+    assert (
+        Datastore(root).artifacts.load(
+            artifacts.ArtifactRef.from_json(outcome[0].manifest["artifacts"]["size"])
+        )
+        == 100 * 1024
+    )
+    assert not stored(root, keys.run_leases_prefix("LongFlow", "long"))  # released with the step
+
+
+def test_a_task_whose_run_gc_is_deleting_stops_before_touching_it(root, gc_flow, monkeypatch):
+    """Guards the task's side of the deletion mark: a task writes its lease, then finds gc's mark
+    on its run (a gc deleting it, or one stopped half-way) and stops with RunDeletedError, a
+    failure that is not a flow mistake, having written nothing of its own into the run."""
+    from airflow_flowspec.datastore import leases
+    from airflow_flowspec.errors import RunDeletedError, is_flow_mistake, not_retried_label
+
+    monkeypatch.setattr(leases, "WAIT_FOR_GC_SECONDS", 0.3)
+    run_steps(gc_flow, root, "doomed", steps=["start"])
+    datastore = open_datastore(root)
+    datastore.backend.put_bytes(keys.run_deletion_key("GcFlow", "doomed"), b"{}")
+    before = stored(root, keys.run_prefix("GcFlow", "doomed"))
+    with pytest.raises(RunDeletedError, match="is being deleted by airflow-flowspec gc") as caught:
+        run_step(_step_after(gc_flow, root, RunIdentity("GcFlow", "doomed"), "end", "start"))
+    assert stored(root, keys.run_prefix("GcFlow", "doomed")) == before
+    assert is_flow_mistake(caught.value)  # not retried...
+    assert not_retried_label(caught.value) == (
+        "(a run deleted by airflow-flowspec gc, not a mistake in the flow: not retried)"
+    )  # ...and not called the flow's mistake
+
+
+def test_a_run_whose_task_takes_a_lease_as_gc_comes_to_delete_it_is_spared(root, gc_flow, monkeypatch):
+    """Guards gc's side of the deletion mark: gc writes the mark, then looks at the run's leases
+    once more; a task that took its lease after gc decided (but before the mark) keeps the run,
+    and what the run references stays in data/."""
+    from airflow_flowspec.datastore.leases import Lease
+
+    run_steps(gc_flow, root, "late")
+    age_run(root, "GcFlow", "late", started_days_ago=60)
+    run_steps(gc_flow, root, "newer")
+    age_objects(root, "data/", 3 * DAY)
+    collector = Datastore(root)
+    task = Datastore(root)  # the task's process
+    real_put = collector.backend.put_bytes
+    lease = Lease(task, RunIdentity("GcFlow", "late"), holder="task")
+
+    def mark_after_the_task_started(key, data, **kwargs):
+        if key == keys.run_deletion_key("GcFlow", "late") and lease.key == "":
+            lease.__enter__()  # the cleared task starts just before gc writes its mark
+        real_put(key, data, **kwargs)
+
+    monkeypatch.setattr(collector.backend, "put_bytes", mark_after_the_task_started)
+    try:
+        result = collect_garbage(collector, older_than=MONTH)
+    finally:
+        lease.__exit__(None, None, None)
+    assert result.runs_spared == {"GcFlow": ["late"]} and result.runs_deleted == {"GcFlow": []}
+    assert "running as gc came to them: late" in result.summary()
+    assert result.blobs_trashed == 0  # the spared run's blobs were marked as it was kept
+    assert not open_datastore(root).backend.exists(keys.run_deletion_key("GcFlow", "late"))
+    assert load_everything("GcFlow") == 2 * 7
+
+
+def test_a_blob_a_save_relies_on_as_gc_takes_it_is_never_lost(root, monkeypatch):
+    """Guards finding 2 (the two-step delete): gc decides on a listing and moves later. A task that
+    finds the blob stored in between (its save freshens it and returns a reference) writes its
+    manifest; the blob, already in the trash, is read from there, and the next gc moves it back
+    instead of deleting it: for as long as the task runs, no gc empties that trash round."""
+    from airflow_flowspec.datastore.leases import Lease
+
+    value = os.urandom(200 * 1024)
+    ref = Datastore(root).artifacts.save("payload", value)  # by a run gc deleted long ago
+    age_objects(root, "data/", 3 * DAY)
+    worker, collector = Datastore(root), Datastore(root)  # two processes
+    writer = RunIdentity("GcFlow", "writer")
+    lease = Lease(worker, writer, holder="task", needs_record=False).__enter__()
+    saved: list = []
+    real_move = collector.backend.move
+
+    def save_just_before_the_move(key, new_key):
+        if key == keys.blob_key(ref.hash) and not saved:
+            saved.append(worker.artifacts.save("payload", value))  # found stored, freshened: relied on
+        real_move(key, new_key)
+
+    monkeypatch.setattr(collector.backend, "move", save_just_before_the_move)
+    first = collect_garbage(collector, older_than=MONTH)
+    monkeypatch.undo()
+    assert first.blobs_trashed == 1 and saved == [ref]
+    worker.write_manifest("GcFlow", "writer", "start", "0", 1, {"artifacts": {"payload": ref.to_json()}})
+    assert not Datastore(root).backend.exists(keys.blob_key(ref.hash))
+    assert Datastore(root).artifacts.load(ref) == value  # found in the trash
+
+    waiting = collect_garbage(Datastore(root), older_than=MONTH)  # the task still runs
+    assert (waiting.trash_rounds_waiting, waiting.blobs_deleted, waiting.blobs_restored) == (1, 0, 0)
+    lease.__exit__(None, None, None)
+    done = collect_garbage(Datastore(root), older_than=MONTH)  # it ended: its manifest is read
+    assert (done.blobs_restored, done.blobs_deleted, done.trash_rounds_waiting) == (1, 0, 0)
+    assert Datastore(root).backend.exists(keys.blob_key(ref.hash)) and not stored(root, keys.GC_PREFIX)
+    assert Datastore(root).artifacts.load(ref) == value
+
+
+def test_a_task_that_could_not_renew_its_lease_writes_no_manifest(root, gc_flow, monkeypatch):
+    """Guards the lease check before the manifest: a task that could not renew its lease for as
+    long as gc waits may have been counted gone; it stops, retryably, before writing results."""
+    from airflow_flowspec.datastore import leases
+    from airflow_flowspec.errors import LeaseLostError
+
+    monkeypatch.setattr(leases, "LEASE_SECONDS", 0.2)
+    monkeypatch.setattr(leases, "RENEW_SECONDS", 0.05)
+    real_write = leases.Lease._write
+
+    def renew_once_then_fail(self):
+        if self._renewed_at:
+            time.sleep(0.3)  # the datastore does not answer
+            raise DatastoreError("the network went away")
+        real_write(self)
+
+    monkeypatch.setattr(leases.Lease, "_write", renew_once_then_fail)
+    spec = TaskSpec(
+        str(gc_flow), RunIdentity("GcFlow", "stalled"), "start", root, run_context=RunContext("ana")
+    )
+    real_save = artifacts.ArtifactStore.save_many
+
+    def slow_save(self, *args, **kwargs):
+        time.sleep(0.5)  # the step and its saves outlast the lease
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(artifacts.ArtifactStore, "save_many", slow_save)
+    with pytest.raises(LeaseLostError, match="could not renew its lease") as caught:
+        run_step(spec)
+    assert caught.value.retryable
+    assert open_datastore(root).latest_attempt_manifest("GcFlow", "stalled", "start", "0") is None
+
+
+CLEARED_FLOW = """
+import os
+
+from airflow_flowspec import FlowSpec, step
+
+
+class ClearedFlow(FlowSpec):
+    @step
+    def start(self):
+        self.payload = os.urandom(100 * 1024)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        if not os.path.exists(os.environ["CLEARED_FLOW_FIXED"]):
+            raise ValueError("not fixed yet")
+        self.size = len(self.payload)
+"""
+
+
+def test_a_cleared_run_waiting_for_a_worker_is_kept_where_airflow_can_be_asked(
+    root, tmp_path, monkeypatch, capsys
+):
+    """Guards the gap between clearing a failed task in Airflow and that task's first write: the DAG
+    run is queued again at once, and gc, asking Airflow's metadata database, keeps the run however
+    long ago it wrote (without Airflow it could not tell it from an abandoned run: see the dry run).
+    Then the cleared task runs and reads what the run stored."""
+    from harness import clear_and_rerun, load_flow
+
+    from airflow_flowspec.airflow.registration import dag_for
+    from airflow_flowspec.airflow.run_states import metadata_database_run_states
+
+    fixed = tmp_path / "fixed"
+    monkeypatch.setenv("CLEARED_FLOW_FIXED", str(fixed))
+    flow_file = tmp_path / "cleared_flow.py"
+    flow_file.write_text(CLEARED_FLOW)
+    failed = run_flow(flow_file)
+    assert failed.state("end") == "failed"
+    age_run(root, "ClearedFlow", failed.run_id, started_days_ago=60, written_days_ago=40)
+    age_objects(root, "data/", 40 * DAY)
+    dag = dag_for(load_flow(flow_file), str(flow_file))
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag)).clear(
+        run_id=failed.run_id, task_ids=["end"]
+    )  # as the UI's Clear does: the DAG run is queued until a worker takes the task
+
+    blind = collect_garbage(Datastore(root), older_than=MONTH, dry_run=True)
+    assert blind.runs_deleted == {"ClearedFlow": [failed.run_id]}  # time alone cannot tell
+    run_active, where = metadata_database_run_states()
+    asked = collect_garbage(Datastore(root), older_than=MONTH, airflow_run_active=run_active)
+    assert asked.runs_deleted.get("ClearedFlow", []) == [] and asked.runs_kept["ClearedFlow"] == 1
+    assert asked.runs_spared == {} and asked.blobs_trashed == 0  # kept as gc decided
+    assert "sqlite" in where
+    assert shell_main(["gc", "--older-than", "30d", "--root", root, "--airflow", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "ClearedFlow: would delete 0 runs, kept 1 run." in out and "Asked Airflow (sqlite:" in out
+
+    fixed.touch()
+    rerun = clear_and_rerun(dag, failed.run_id, task_ids=["end"])
+    assert str(rerun.state) == "success"
+    assert Run(f"ClearedFlow/{failed.run_id}").data.size == 100 * 1024
+
+
+def test_a_missing_artifact_is_a_storage_problem_not_a_flow_mistake(root, gc_flow, capfd):
+    """Guards the label of a failure no retry changes: an artifact gone from the datastore (and its
+    trash) fails the task at once, named a problem with the datastore, not a mistake in the flow."""
+    from harness import clear_and_rerun, load_flow
+
+    from airflow_flowspec.airflow.registration import dag_for
+
+    run = run_flow(gc_flow)
+    assert run.succeeded
+    payload = run.manifest("start")["artifacts"]["stamp"]
+    datastore = open_datastore(root)
+    datastore.backend.delete_many([keys.blob_key(payload["pack"])])  # gone, as if collected
+    datastore.artifacts._packs.clear()
+    capfd.readouterr()
+    rerun = clear_and_rerun(dag_for(load_flow(gc_flow), str(gc_flow)), run.run_id, task_ids=["end"])
+    assert str(rerun.state) == "failed"
+    output = capfd.readouterr().out
+    assert "is missing from the datastore" in output
+    assert "(a problem with the datastore, not a mistake in the flow: not retried)" in output
+    assert "a mistake in the flow: not retried" not in output.replace("not a mistake in the flow: not", "")

@@ -570,15 +570,15 @@ class _Campaign:
     # -- one run --------------------------------------------------------------------------------
 
     def spec(self, run_id: str, attempt: int = 1) -> Any:
+        from airflow_flowspec.identity import RunIdentity
         from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 
         if run_id not in self.seeds:
             self.seeds[run_id] = self.base_seed * 1_000_003 + len(self.seeds)
         return TaskSpec(
             flow_file=str(self.flow_file),
-            flow_name=FLOW_NAME,
+            run=RunIdentity(FLOW_NAME, run_id),
             step="start",
-            run_id=run_id,
             datastore_root=self.place.root,
             attempt=attempt,
             max_attempts=3,

@@ -117,6 +117,7 @@ def test_a_foreach_item_made_from_a_secret_is_stored_as_a_secret(tmp_path):
     """Guards the mask on foreach items (step_runner._foreach_children): an item whose repr shows a
     secret is salted and shown as <secret> in the split's result and its children's frames, like
     any artifact made from one; the child still gets the real value."""
+    from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.step_runner import run_step
     from airflow_flowspec.runtime.task_spec import TaskSpec
 
@@ -142,7 +143,9 @@ def test_a_foreach_item_made_from_a_secret_is_stored_as_a_secret(tmp_path):
     )
     token = f"tok-{uuid.uuid4().hex}"
     root = str(tmp_path / "store")
-    spec = TaskSpec(str(flow_file), "SecretForeachFlow", "start", "r1", root, parameters={"token": token})
+    spec = TaskSpec(
+        str(flow_file), RunIdentity("SecretForeachFlow", "r1"), "start", root, parameters={"token": token}
+    )
     result = run_step(spec)
     items = [child["stack"][-1]["item"] for child in result.foreach_children]
     assert [item["repr"] for item in items] == ["<secret>", "'anonymous'"]
@@ -150,9 +153,8 @@ def test_a_foreach_item_made_from_a_secret_is_stored_as_a_secret(tmp_path):
 
     child = TaskSpec(
         str(flow_file),
-        "SecretForeachFlow",
+        RunIdentity("SecretForeachFlow", "r1"),
         "call",
-        "r1",
         root,
         map_index=0,
         input_manifests=[result.manifest],

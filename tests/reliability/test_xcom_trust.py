@@ -560,6 +560,7 @@ def test_a_name_that_is_not_utf8_is_refused_before_anything_is_written(tmp_path,
     """Protection: ``keys.safe_key_part`` refuses a name with no UTF-8 form (a lone surrogate) with
     the rule in the message, and the step runtime checks every name it will write under before it
     writes anything (``run_step``'s first line)."""
+    from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.step_runner import run_step
     from airflow_flowspec.runtime.task_spec import TaskSpec
 
@@ -567,7 +568,14 @@ def test_a_name_that_is_not_utf8_is_refused_before_anything_is_written(tmp_path,
     flow_file.write_text(FLOW, encoding="utf-8")
     root = tmp_path / "store"
     names = {"run_id": "run-1", "step": "start", "flow_name": "NamesFlow", field: NOT_UTF8}
-    spec = TaskSpec(flow_file=str(flow_file), datastore_root=str(root), **names)
+    if field == "flow_name":  # a flow is named by its class: refused as soon as the run is named
+        from airflow_flowspec.errors import RunIdentityError
+
+        with pytest.raises(RunIdentityError, match="is not a flow name"):
+            RunIdentity(names["flow_name"], names["run_id"])
+        return
+    run = RunIdentity(names["flow_name"], names["run_id"])
+    spec = TaskSpec(flow_file=str(flow_file), run=run, step=names["step"], datastore_root=str(root))
     with pytest.raises(UnsafeKeyError) as caught:
         run_step(spec)
     assert "must be valid UTF-8" in str(caught.value)
@@ -628,6 +636,7 @@ def test_a_non_ascii_run_id_round_trips_through_a_step(tmp_path):
     """Protection: as above, end to end: the step runtime stores a run under a non-ASCII id, and the
     run, its step and its artifacts are found again under exactly that id."""
     from airflow_flowspec.datastore.views import task_view
+    from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.step_runner import run_step
     from airflow_flowspec.runtime.task_spec import TaskSpec
 
@@ -637,7 +646,7 @@ def test_a_non_ascii_run_id_round_trips_through_a_step(tmp_path):
     run_id = "lauf-ü-日本"
     result = run_step(
         TaskSpec(
-            flow_file=str(flow_file), flow_name="NamesFlow", step="start", run_id=run_id, datastore_root=root
+            flow_file=str(flow_file), run=RunIdentity("NamesFlow", run_id), step="start", datastore_root=root
         )
     )
     assert result.manifest["pathspec"] == f"NamesFlow/{run_id}/start/0"

@@ -19,6 +19,7 @@ from harness import run_flow, write_pinned_flow
 from airflow_flowspec import config
 from airflow_flowspec.datastore import keys, open_datastore
 from airflow_flowspec.errors import CodePackageError
+from airflow_flowspec.identity import RunIdentity
 from airflow_flowspec.runtime import code_package
 from airflow_flowspec.runtime.process import write_task_spec
 from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
@@ -42,9 +43,8 @@ def test_a_flow_and_its_helper_edited_mid_run_do_not_change_the_runs_remaining_t
     start = run.manifest("start")
     spec = TaskSpec(
         flow_file=str(flow_dir / "pinned_flow.py"),
-        flow_name="PinnedFlow",
+        run=RunIdentity("PinnedFlow", run.run_id),
         step="end",
-        run_id=run.run_id,
         datastore_root=config.datastore_root(),
         attempt=2,
         input_manifests=[start],

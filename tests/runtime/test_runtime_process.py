@@ -19,6 +19,7 @@ from harness import REPO
 from airflow_flowspec.datastore import keys, open_datastore
 from airflow_flowspec.datastore.views import task_view
 from airflow_flowspec.errors import EXIT_DISALLOW_RETRY, EXIT_STEP_FAILED
+from airflow_flowspec.identity import RunIdentity
 from airflow_flowspec.runtime.process import read_step_result, write_task_spec
 from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 
@@ -63,9 +64,8 @@ def spec_for(
 ) -> TaskSpec:
     return TaskSpec(
         flow_file=str(flow_file),
-        flow_name="ProcessFlow",
+        run=RunIdentity("ProcessFlow", "batch-run-1"),
         step=step,
-        run_id="batch-run-1",
         datastore_root=str(root),
         attempt=attempt,
         max_attempts=max_attempts,
