@@ -64,6 +64,11 @@ class ParameterError(FlowspecError):
     """A parameter is declared wrongly or was given a value of the wrong type."""
 
 
+class TagError(ParameterError, ValueError):
+    """A run's tag breaks the tag rule (:mod:`airflow_flowspec.run_tags`): ``run --tag``, the trigger's
+    tags or ``Run.add_tag``. A ``ValueError`` too, as the client's tag methods always raised."""
+
+
 class FlowLoadError(FlowspecError):
     """The flow file could not be loaded, does not define the flow, or lacks the step asked for."""
 

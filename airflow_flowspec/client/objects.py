@@ -30,8 +30,10 @@ from airflow_flowspec.errors import (
     ArtifactNotFoundError,
     MetaflowNamespaceMismatch,
     MetaflowNotFound,
+    TagError,
     UnsafeKeyError,
 )
+from airflow_flowspec.run_tags import check_tags
 
 #: Run ids read from the index per request while iterating a flow's runs.
 _RUNS_PAGE = 50
@@ -294,9 +296,12 @@ class Run(MetaflowObject):
     def replace_tags(self, tags_to_remove: list[str], tags_to_add: list[str]) -> None:
         """Remove some user tags and add others, in one rewrite of the run's record (system tags,
         which say who started the run, cannot be removed)."""
-        for tag in [*tags_to_remove, *tags_to_add]:
-            if not isinstance(tag, str) or not 0 < len(tag) <= 512:
-                raise ValueError(f"A tag is a non-empty string of at most 512 characters, not {tag!r}.")
+        # A tag stored before the rule (a newline in it) can still be removed.
+        check_tags(tags_to_add, whose=f"run {self.pathspec}")
+        if not all(isinstance(tag, str) for tag in tags_to_remove):
+            raise TagError(
+                f"The tags to remove from run {self.pathspec} are strings, not {tags_to_remove!r:.200}."
+            )
         taken = keys.system_tags_among(tags_to_add)
         if taken:
             raise ValueError(
