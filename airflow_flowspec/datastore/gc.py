@@ -59,6 +59,7 @@ from airflow_flowspec.datastore import artifacts, keys
 from airflow_flowspec.datastore.backends.base import StorageBackend, StoredObject
 from airflow_flowspec.datastore.store import EARLIEST, Datastore, moment_of
 from airflow_flowspec.errors import ArtifactNotFoundError, GarbageCollectionError, UnsafeKeyError
+from airflow_flowspec.terminal import terminal_safe
 
 #: The longest a save relies on an earlier sign that an artifact is stored (see artifacts.py).
 FRESHEN_INTERVAL = timedelta(seconds=artifacts.FRESHEN_INTERVAL_SECONDS)
@@ -132,9 +133,12 @@ class GcResult:
         for flow in sorted(self.runs_kept.keys() | self.runs_deleted.keys()):
             gone = self.runs_deleted.get(flow, [])
             kept = self.runs_kept.get(flow, 0)
-            shown = ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
+            # Names come from folder names, which a run id with a newline would split into two lines.
+            shown = ", ".join(map(terminal_safe, gone[:10])) + (
+                f" and {len(gone) - 10} more" if len(gone) > 10 else ""
+            )
             lines.append(
-                f"{flow}: {verb.lower()} {_count(len(gone), 'run')}"
+                f"{terminal_safe(flow)}: {verb.lower()} {_count(len(gone), 'run')}"
                 + (f" ({shown})" if gone else "")
                 + f", kept {_count(kept, 'run')}."
             )

@@ -508,3 +508,18 @@ def test_a_failed_run_being_resumed_is_kept_with_its_artifacts(root, gc_flow):
     assert result.runs_deleted == {} and result.blobs_deleted == 0
     start = Run("GcFlow/resumed")["start"].task
     assert len(start.data.payload) == 100 * 1024 and start.data.shared == b"s" * (100 * 1024)
+
+
+def test_the_summary_names_deleted_runs_escaped_one_line_per_flow():
+    """Guards terminal_safe in GcResult.summary: run ids come from folder names, and one with a
+    newline or an escape sequence would print a line that is not there or reach the terminal."""
+    result = gc_module.GcResult(
+        dry_run=True,
+        runs_deleted={"TrainFlow": ["ok", "evil\nFakeFlow: deleted 0 runs\x1b[2J"]},
+        runs_kept={},
+    )
+    first, *_ = result.summary().splitlines()
+    assert (
+        first == "TrainFlow: would delete 2 runs (ok, evil\\nFakeFlow: deleted 0 runs\\x1b[2J), kept 0 runs."
+    )
+    assert all(line.isprintable() for line in result.summary().splitlines())
