@@ -152,6 +152,17 @@ class CorruptArtifactError(DatastoreError):
     retryable = False
 
 
+class UnreadableRecordError(DatastoreError):
+    """A record the datastore keeps as JSON (a run's ``run.json``, a manifest, a spec) is not a JSON
+    object, or holds a field in a shape none of ours writes (a run's tags not a list of strings):
+    damaged, or written by something else. The message names the file.
+
+    Retryable as any :class:`DatastoreError` is: a retried task writes its spec, result and manifest
+    anew. The client skips a run whose record is unreadable when listing runs
+    (:class:`UnreadableRecordWarning`) and raises this when that run is asked for by name.
+    """
+
+
 class XComReferenceError(FlowspecError):
     """An XCom row refers to a stored value in a way this XCom backend did not write (an edited or
     planted row): refused, nothing read, unpickled or deleted."""
@@ -215,6 +226,12 @@ class MetaflowNotFound(FlowspecError, KeyError):  # noqa: N818 - Metaflow's name
 
 class MetaflowNamespaceMismatch(FlowspecError):  # noqa: N818 - Metaflow's name
     """The client was asked for a run outside the current namespace (see ``namespace()``)."""
+
+
+class UnreadableRecordWarning(UserWarning):
+    """The client skipped a run whose record it cannot read (the message names the run and the
+    file); the flow's other runs are listed as usual. Shown once per run by Python's default
+    warning filter; ``airflow-flowspec`` prints it as one line on stderr."""
 
 
 def is_flow_mistake(error: BaseException) -> bool:

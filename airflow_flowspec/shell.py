@@ -13,7 +13,8 @@ rules are in :mod:`airflow_flowspec.datastore.gc`, and its ``--help`` states the
 
 Everything printed from the datastore (run ids, tags, step and artifact names, types, reprs,
 values, paths, error messages) goes through :func:`~airflow_flowspec.terminal.terminal_safe`:
-whoever wrote it cannot send the terminal escape sequences or print rows that are not there.
+whoever wrote it cannot send the terminal escape sequences or print rows that are not there. A run
+whose record cannot be read is left out of ``runs`` with one line on stderr saying so.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import pickle
 import re
 import sys
 import textwrap
+import warnings
 from datetime import timedelta
 from itertools import islice
 from typing import Any
 
-from airflow_flowspec.errors import FlowspecError
+from airflow_flowspec.errors import FlowspecError, UnreadableRecordWarning
 from airflow_flowspec.terminal import terminal_safe
 
 
@@ -136,10 +138,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.all_namespaces:
             client.namespace(None)
         commands = {"runs": _runs, "show": _show, "get": _get, "code": _code, "repin": _repin, "gc": _gc}
-        return commands[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command, warnings.showwarning)
+            return commands[args.command](args)
     except (FlowspecError, KeyError, ValueError) as error:
         print(f"airflow-flowspec {args.command}: {terminal_safe(str(error))}", file=sys.stderr)
         return 1
+
+
+def _one_line_warning(command: str, show_other: Any) -> Any:
+    """``showwarning`` that prints a skipped record as one line on stderr (others as Python does)."""
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, UnreadableRecordWarning):
+            print(f"airflow-flowspec {command}: warning: {terminal_safe(str(message))}", file=sys.stderr)
+        else:
+            show_other(message, category, *args, **kwargs)
+
+    return show
 
 
 def _runs(args: argparse.Namespace) -> int:

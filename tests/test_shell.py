@@ -96,7 +96,7 @@ class HostileRepr:
 def hostile_store(tmp_path_factory):
     """Runs of HostileFlow written through the datastore as the runtime writes them, holding control
     characters everywhere the shell prints from: tags, a run id, a step name, an artifact's name,
-    type and repr, a string value."""
+    type and repr, a string value; plus a run whose record is not JSON."""
     from airflow_flowspec.datastore.store import Datastore
 
     root = tmp_path_factory.mktemp("hostile-store")
@@ -128,6 +128,10 @@ def hostile_store(tmp_path_factory):
             )
         datastore.index_run("HostileFlow", run_id, record)
         datastore.finish_run("HostileFlow", run_id, True, {})
+    record = datastore.write_run_meta("HostileFlow", "broken", {"created_at": "2026-11-09T00:00:00+00:00"})
+    datastore.index_run("HostileFlow", "broken", record)
+    record_file = root / "HostileFlow" / "runs" / "broken" / "run.json"
+    record_file.write_text("{not json")
     return root
 
 
@@ -138,7 +142,8 @@ def printed_safely(text: str) -> bool:
 
 def test_runs_prints_stored_tags_and_run_ids_escaped_one_row_per_run(hostile_store):
     """Guards terminal_safe in `runs`: a tag with a newline prints no fake row, an escape sequence
-    in a tag or run id never reaches the terminal; printable Unicode stays as it is."""
+    in a tag or run id never reaches the terminal; printable Unicode stays as it is. Guards too the
+    skip of an unreadable record: one line on stderr names it, the other runs are listed."""
     result = shell("-A", "runs", "HostileFlow", root=hostile_store)
     assert result.returncode == 0, result.stderr
     assert printed_safely(result.stdout) and printed_safely(result.stderr)
@@ -151,6 +156,11 @@ def test_runs_prints_stored_tags_and_run_ids_escaped_one_row_per_run(hostile_sto
         "x\\nfake-run\\tsucceeded\\t2026-01-01T00:00:00+00:00\\tuser:root",
     ]
     assert rows[2][3] == "café-実験-✓ user:ana"
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith(
+        "airflow-flowspec runs: warning: Run HostileFlow/broken is skipped: its record "
+    )
+    assert "broken/run.json is not valid JSON" in warning
 
 
 def test_show_prints_step_and_artifact_names_types_and_reprs_escaped(hostile_store):
@@ -192,9 +202,14 @@ def test_get_prints_a_value_escaped_and_get_o_writes_it_untouched(hostile_store,
     assert pickle.loads((tmp_path / "t.pkl").read_bytes()) == f"line one\nline two{CLEAR}\rFAKE"
 
 
-def test_an_error_naming_stored_tags_is_printed_escaped(hostile_store):
+def test_an_error_naming_stored_tags_and_an_unreadable_run_is_printed_escaped(hostile_store):
     """Guards terminal_safe on the shell's error line: the namespace error lists the run's stored
-    tags."""
+    tags; a run asked for by name whose record is unreadable is refused in one line naming it."""
     outside = shell("show", "HostileFlow/tagged", root=hostile_store)  # user:ana's run, not ours
     assert outside.returncode == 1 and printed_safely(outside.stderr)
     assert outside.stderr.count("\n") == 1 and "x\\nfake-run\\tsucceeded" in outside.stderr
+
+    broken = shell("-A", "show", "HostileFlow/broken", root=hostile_store)
+    assert broken.returncode == 1 and broken.stderr.count("\n") == 1
+    assert broken.stderr.startswith("airflow-flowspec show: Run HostileFlow/broken cannot be read: ")
+    assert "is not valid JSON" in broken.stderr and "Restore or delete that file" in broken.stderr

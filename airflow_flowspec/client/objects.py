@@ -24,6 +24,7 @@ from typing import Any
 
 from airflow_flowspec.client.namespaces import get_namespace, in_namespace, is_indexed_namespace
 from airflow_flowspec.client.source import client_datastore
+from airflow_flowspec.client.unreadable import skip_unreadable_run, unreadable_run
 from airflow_flowspec.datastore import keys
 from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES
 from airflow_flowspec.errors import (
@@ -31,6 +32,7 @@ from airflow_flowspec.errors import (
     MetaflowNamespaceMismatch,
     MetaflowNotFound,
     TagError,
+    UnreadableRecordError,
     UnsafeKeyError,
 )
 from airflow_flowspec.run_tags import check_tags
@@ -143,6 +145,9 @@ class Flow(MetaflowObject):
                 record = self._datastore.read_run_meta(self.id, run_id)
             except ArtifactNotFoundError:
                 continue  # deleted (gc) since the index was read
+            except UnreadableRecordError as error:
+                skip_unreadable_run(self.id, run_id, error)
+                continue
             if in_namespace(record, current_namespace) and all(tag in record.get("tags", ()) for tag in tags):
                 yield Run._with_record(f"{self.id}/{run_id}", record)
 
@@ -162,6 +167,9 @@ class Flow(MetaflowObject):
                 record = self._datastore.read_run_meta(self.id, run_id)
             except ArtifactNotFoundError:
                 continue  # a start step killed before its run record: no run to show
+            except UnreadableRecordError as error:
+                skip_unreadable_run(self.id, run_id, error)
+                continue
             if in_namespace(record, current_namespace) and all(tag in record.get("tags", ()) for tag in tags):
                 records.append(record)
         records.sort(key=lambda record: (record.get("created_at") or "", record["run_id"]), reverse=True)
@@ -202,8 +210,8 @@ class Flow(MetaflowObject):
                 return None
             try:
                 return Run(f"{self.id}/{run_id}")
-            except MetaflowNotFound:
-                pass  # deleted (gc) since the index was read: look further
+            except (MetaflowNotFound, UnreadableRecordError):
+                pass  # deleted (gc) since the index was read, or unreadable: look further
         return next((run for run in self.runs() if run.successful or not successful), None)
 
 
@@ -223,6 +231,8 @@ class Run(MetaflowObject):
                     f"Flow {flow!r} has no run {run_id!r} in the datastore {self._datastore.root}. "
                     + _nearby(run_id, runs, f"runs of {flow}")
                 ) from None
+            except UnreadableRecordError as error:
+                raise unreadable_run(pathspec, error) from None
         current_namespace = get_namespace()
         if not in_namespace(_record, current_namespace):
             raise MetaflowNamespaceMismatch(
