@@ -138,6 +138,10 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
         if key.startswith("param:") and value is not None
     }
     conf = _convert_parameters(flow_class, raw)
+    if args.tags:  # the start step checks them too (a trigger's conf): here, before anything runs
+        from airflow_flowspec.run_tags import check_tags
+
+        check_tags(args.tags, whose=f"the run of flow {flow_class.__name__} (run --tag)")
     from airflow_flowspec import preload
 
     if preload.enabled(args.no_preload):

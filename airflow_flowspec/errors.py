@@ -67,6 +67,11 @@ class ParameterError(FlowspecError):
     """A parameter is declared wrongly or was given a value of the wrong type."""
 
 
+class TagError(ParameterError, ValueError):
+    """A run's tag breaks the tag rule (:mod:`airflow_flowspec.run_tags`): ``run --tag``, the trigger's
+    tags or ``Run.add_tag``. A ``ValueError`` too, as the client's tag methods always raised."""
+
+
 class FlowLoadError(FlowspecError):
     """The flow file could not be loaded, does not define the flow, or lacks the step asked for."""
 
@@ -175,6 +180,17 @@ class LeaseLostError(DatastoreError):
     stops before writing its results, and a retry starts afresh. Retryable."""
 
 
+class UnreadableRecordError(DatastoreError):
+    """A record the datastore keeps as JSON (a run's ``run.json``, a manifest, a spec) is not a JSON
+    object, or holds a field in a shape none of ours writes (a run's tags not a list of strings):
+    damaged, or written by something else. The message names the file.
+
+    Retryable as any :class:`DatastoreError` is: a retried task writes its spec, result and manifest
+    anew. The client skips a run whose record is unreadable when listing runs
+    (:class:`UnreadableRecordWarning`) and raises this when that run is asked for by name.
+    """
+
+
 class XComReferenceError(FlowspecError):
     """An XCom row refers to a stored value in a way this XCom backend did not write (an edited or
     planted row): refused, nothing read, unpickled or deleted."""
@@ -238,6 +254,12 @@ class MetaflowNotFound(FlowspecError, KeyError):  # noqa: N818 - Metaflow's name
 
 class MetaflowNamespaceMismatch(FlowspecError):  # noqa: N818 - Metaflow's name
     """The client was asked for a run outside the current namespace (see ``namespace()``)."""
+
+
+class UnreadableRecordWarning(UserWarning):
+    """The client skipped a run whose record it cannot read (the message names the run and the
+    file); the flow's other runs are listed as usual. Shown once per run by Python's default
+    warning filter; ``airflow-flowspec`` prints it as one line on stderr."""
 
 
 def is_flow_mistake(error: BaseException) -> bool:

@@ -9,7 +9,8 @@ artifact. Reading ``self.alpha`` outside a run returns the Parameter itself, as 
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+from typing import Any, NoReturn
 
 from airflow_flowspec.errors import ParameterError
 
@@ -26,9 +27,37 @@ class JSONTypeClass:
 JSONType = JSONTypeClass()
 
 _SUPPORTED_TYPES = (str, int, float, bool)
+#: The rule a float parameter's value keeps wherever it comes from (command line, trigger, default).
+FINITE_RULE = (
+    "a float parameter takes finite numbers only; nan, inf and numbers too large for a float (1e400 "
+    "reads as inf) are refused, because Airflow would hand them to the run as null and the run would "
+    "quietly use the default"
+)
+#: The largest finite float, the bound the trigger form's schema checks (see the translator).
+LARGEST_FLOAT = 1.7976931348623157e308
 #: The key of a run's conf (``run --tag``, or ``{"flowspec_tags": [...]}`` when triggering) holding
 #: its tags, and so the name of the trigger form's "Run tags" field: no flow Parameter may take it.
 RUN_TAGS_CONF_KEY = "flowspec_tags"
+
+
+def _of_flow(flow_name: str) -> str:
+    return f" of flow {flow_name}" if flow_name else ""
+
+
+def _parse_json(text: str) -> Any:
+    """JSON as RFC 8259 has it: ``NaN``, ``Infinity`` and numbers beyond a float (``1e400``), which
+    Python's parser accepts and Airflow would hand to the run as null, are refused."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not a JSON number (JSON numbers are finite)")
+
+    def finite(number: str) -> float:
+        parsed = float(number)
+        if not math.isfinite(parsed):
+            refuse(number)
+        return parsed
+
+    return json.loads(text, parse_constant=refuse, parse_float=finite)
 
 
 def _parse_bool(text: str) -> bool:
@@ -124,20 +153,31 @@ class Parameter:
             return None
         try:
             if self.type is JSONType:
-                return json.loads(value) if isinstance(value, str) else value
+                return _parse_json(value) if isinstance(value, str) else value
             if self.type is bool:
                 return value if isinstance(value, bool) else _parse_bool(str(value))
             if self.type is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(f"{value!r} is not a whole number")
             if self.type is int and isinstance(value, bool):
                 raise ValueError(f"{value!r} is a boolean")
-            return self.type(value)
+            converted = self.type(value)
         except (ValueError, TypeError) as err:
-            where = f" of flow {flow_name}" if flow_name else ""
             raise ParameterError(
-                f"Parameter '{self.name}'{where} expects a value of type {self.type_name}, "
+                f"Parameter '{self.name}'{_of_flow(flow_name)} expects a value of type {self.type_name}, "
                 f"got {value!r}: {err}."
             ) from None
+        if self.type is float and not math.isfinite(converted):
+            self.refuse_non_finite(value, flow_name)
+        return converted
+
+    def refuse_non_finite(self, value: Any, flow_name: str, *, given_as: str = "was given") -> NoReturn:
+        """Raise the :data:`FINITE_RULE` error for ``value`` (``given_as``: "has the default")."""
+        number = repr(float(value))
+        reads_as = "" if number == str(value).strip().lower() else f" (it reads as {number})"
+        raise ParameterError(
+            f"Parameter '{self.name}'{_of_flow(flow_name)} {given_as} {value!r}{reads_as}, which is not a "
+            f"finite number. The rule: {FINITE_RULE}."
+        )
 
     def default_value(self) -> Any:
         return self.default() if callable(self.default) else self.default

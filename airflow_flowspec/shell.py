@@ -10,6 +10,11 @@
 ``--root`` reads another datastore than ``[flowspec] datastore_root`` (as ``metadata()`` does).
 A lookup that fails prints one paragraph and exits 1. ``gc`` is the one command that deletes: its
 rules are in :mod:`airflow_flowspec.datastore.gc`, and its ``--help`` states the safety rule.
+
+Everything printed from the datastore (run ids, tags, step and artifact names, types, reprs,
+values, paths, error messages) goes through :func:`~airflow_flowspec.terminal.terminal_safe`:
+whoever wrote it cannot send the terminal escape sequences or print rows that are not there. A run
+whose record cannot be read is left out of ``runs`` with one line on stderr saying so.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import pickle
 import re
 import sys
 import textwrap
+import warnings
 from datetime import timedelta
 from itertools import islice
 from typing import Any
 
-from airflow_flowspec.errors import FlowspecError, GarbageCollectionError
+from airflow_flowspec.errors import FlowspecError, GarbageCollectionError, UnreadableRecordWarning
+from airflow_flowspec.terminal import terminal_safe
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,10 +154,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.all_namespaces:
             client.namespace(None)
         commands = {"runs": _runs, "show": _show, "get": _get, "code": _code, "repin": _repin, "gc": _gc}
-        return commands[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command, warnings.showwarning)
+            return commands[args.command](args)
     except (FlowspecError, KeyError, ValueError) as error:
-        print(f"airflow-flowspec {args.command}: {error}", file=sys.stderr)
+        print(f"airflow-flowspec {args.command}: {terminal_safe(str(error))}", file=sys.stderr)
         return 1
+
+
+def _one_line_warning(command: str, show_other: Any) -> Any:
+    """``showwarning`` that prints a skipped record as one line on stderr (others as Python does)."""
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, UnreadableRecordWarning):
+            print(f"airflow-flowspec {command}: warning: {terminal_safe(str(message))}", file=sys.stderr)
+        else:
+            show_other(message, category, *args, **kwargs)
+
+    return show
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -159,7 +180,7 @@ def _runs(args: argparse.Namespace) -> int:
     for run in islice(Flow(args.flow).runs(*args.tag), max(args.n, 0)):
         status = "succeeded" if run.successful else ("failed" if run.finished else "running")
         created = run.created_at.isoformat(timespec="seconds") if run.created_at else "-"
-        print(f"{run.id}\t{status}\t{created}\t{' '.join(sorted(run.tags))}")
+        print(f"{terminal_safe(run.id)}\t{status}\t{created}\t{_tags(run)}")
     return 0
 
 
@@ -175,18 +196,25 @@ def _show(args: argparse.Namespace) -> int:
         return _runs(argparse.Namespace(flow=target.id, tag=[], n=10))
     if isinstance(target, Run):
         status = "succeeded" if target.successful else ("failed" if target.finished else "running")
-        print(f"{target.pathspec}\t{status}\ttags: {' '.join(sorted(target.tags))}")
+        print(f"{terminal_safe(target.pathspec)}\t{status}\ttags: {_tags(target)}")
         for step in target:
             tasks = list(step)
-            print(f"  {step.id}\t{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
+            print(f"  {terminal_safe(step.id)}\t{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
         return 0
     tasks = list(target) if isinstance(target, Step) else [target]
     for task in tasks:
         index = "" if task.index is None else f"\tforeach index {task.index}"
-        print(f"{task.pathspec}\tattempt {task.retry_count + 1}{index}")
+        print(f"{terminal_safe(task.pathspec)}\tattempt {task.retry_count + 1}{index}")
         for artifact in task:
-            print(f"  {artifact.id}\t{artifact.type}\t{artifact.size} bytes\t{artifact.short_repr}")
+            name, type_name, shown = (
+                terminal_safe(text) for text in (artifact.id, artifact.type, artifact.short_repr)
+            )
+            print(f"  {name}\t{type_name}\t{artifact.size} bytes\t{shown}")
     return 0
+
+
+def _tags(run: Any) -> str:
+    return " ".join(terminal_safe(tag) for tag in sorted(run.tags))
 
 
 def _get(args: argparse.Namespace) -> int:
@@ -206,9 +234,9 @@ def _get(args: argparse.Namespace) -> int:
     if args.output:
         with open(args.output, "wb") as handle:
             pickle.dump(value, handle, protocol=5)
-        print(f"{task.pathspec}/{parts[-1]} pickled to {args.output}")
-    else:
-        print(value if isinstance(value, str) else repr(value))
+        print(terminal_safe(f"{task.pathspec}/{parts[-1]} pickled to {args.output}"))
+    else:  # a string's lines stay lines; the pickle written with -o is the value as it is
+        print(terminal_safe(value, multiline=True) if isinstance(value, str) else terminal_safe(repr(value)))
     return 0
 
 
@@ -219,7 +247,7 @@ def _code(args: argparse.Namespace) -> int:
     code = run.code
     if code is None:
         raise ValueError(f"Run {run.pathspec} was recorded before runs kept their code.")
-    print(code.extract(args.output))
+    print(terminal_safe(code.extract(args.output)))
     return 0
 
 
@@ -246,12 +274,14 @@ def _repin(args: argparse.Namespace) -> int:
         package = code_package.record(datastore, flow_file)
         code = code_package.run_record_code(datastore, package, flow_file)
         if code["package"] == (record.get("code") or {}).get("package"):
-            print(f"Run {flow_name}/{run_id} already runs this code ({flow_file}).")
+            print(terminal_safe(f"Run {flow_name}/{run_id} already runs this code ({flow_file})."))
             return 0
         datastore.repin_run_code(flow_name, run_id, code)
     print(
-        f"Run {flow_name}/{run_id} now runs {flow_file} as it is now, from its next retried or cleared "
-        f"task on. Clear the failed task in Airflow to run it again."
+        terminal_safe(
+            f"Run {flow_name}/{run_id} now runs {flow_file} as it is now, from its next retried or "
+            f"cleared task on. Clear the failed task in Airflow to run it again."
+        )
     )
     return 0
 
@@ -277,12 +307,12 @@ def _gc(args: argparse.Namespace) -> int:
         flow=args.flow,
         grace=grace,
         dry_run=args.dry_run,
-        progress=lambda line: print(line, file=sys.stderr, flush=True),
+        progress=lambda line: print(terminal_safe(line), file=sys.stderr, flush=True),
         xcom_older_than=args.xcom_older_than,
         airflow_run_active=run_active,
     )
     result.airflow = asked
-    print(result.summary())
+    print(terminal_safe(result.summary(), multiline=True))  # it names runs safely: see its summary()
     return 0
 
 

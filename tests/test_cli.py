@@ -67,6 +67,51 @@ def test_bad_parameter_value_is_refused_before_anything_runs():
     assert "Parameter 'epochs' of flow BranchFlow expects a value of type int, got 'many'" in result.stderr
 
 
+def test_a_float_parameter_that_is_not_finite_is_refused_before_anything_runs(tmp_path):
+    """Guards the finite check of Parameter.convert on the command line: `run --alpha nan` ran with,
+    and recorded, the default 0.5 (Airflow hands nan, inf and 1e400 to the run as null)."""
+    from airflow_flowspec.parameters import FINITE_RULE
+
+    store = tmp_path / "store"
+    for given, shown in (
+        ("nan", "'nan'"),
+        ("--alpha=-inf", "'-inf'"),
+        ("1e400", "'1e400' (it reads as inf)"),
+    ):
+        arguments = [given] if given.startswith("--") else ["--alpha", given]
+        result = run_cli(
+            FLOWS / "branch_flow.py", "run", *arguments, env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(store)}
+        )
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr == (
+            f"BranchFlow: Parameter 'alpha' of flow BranchFlow was given {shown}, which is not a finite "
+            f"number. The rule: {FINITE_RULE}.\n"
+        )
+    assert not store.exists()
+
+
+def test_a_tag_with_a_control_character_is_refused_before_anything_runs(tmp_path):
+    """Guards cli._dispatch's call of the shared tag rule: one tag with a newline would print a fake
+    row in `airflow-flowspec runs`."""
+    store = tmp_path / "store"
+    result = run_cli(
+        FLOWS / "branch_flow.py",
+        "run",
+        "--tag",
+        "ok",
+        "--tag",
+        "exp\nfake-run\tsucceeded",
+        env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(store)},
+    )
+    assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.startswith(
+        "BranchFlow: The tag 'exp\\nfake-run\\tsucceeded' of the run of flow BranchFlow (run --tag) is "
+        "refused: it contains the control character '\\n'. The rule: a tag is a non-empty string"
+    )
+    assert result.stderr.count("\n") == 1  # one paragraph, on one line
+    assert not store.exists()
+
+
 def test_run_with_batch_is_refused_at_once_for_an_unknown_extension_or_a_local_datastore(tmp_path):
     """Guards ``--with``: only batch is known, and Batch containers need an S3 datastore; both are
     one paragraph before anything runs, not a failure inside the first job."""

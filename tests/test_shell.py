@@ -75,3 +75,141 @@ def test_a_lookup_that_fails_is_one_paragraph(store):
     result = shell("get", "ForeachFlow/no-such-run/end/results", root=store)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("airflow-flowspec get: Flow 'ForeachFlow' has no run 'no-such-run'")
+
+
+# -- what others stored: printed escaped, never sent to the terminal raw --------------------------
+
+#: What a step's value, a tag, a run id or a name may hold: a screen clear, a cursor move, a window
+#: title, a bell, a line overwrite, and a fake row of `runs` output.
+CLEAR = "\x1b[2J\x1b[H"
+FAKE_ROW = "x\nfake-run\tsucceeded\t2026-01-01T00:00:00+00:00\tuser:root"
+
+
+class HostileRepr:
+    """A value whose repr is an escape sequence (a step can store one)."""
+
+    def __repr__(self) -> str:
+        return f"{CLEAR}You have been logged out\x07"
+
+
+@pytest.fixture(scope="module")
+def hostile_store(tmp_path_factory):
+    """Runs of HostileFlow written through the datastore as the runtime writes them, holding control
+    characters everywhere the shell prints from: tags, a run id, a step name, an artifact's name,
+    type and repr, a string value; plus a run whose record is not JSON."""
+    from airflow_flowspec.datastore.store import Datastore
+
+    root = tmp_path_factory.mktemp("hostile-store")
+    datastore = Datastore(str(root))
+    runs = {
+        "plain": ["user:ana", "café-実験-✓"],
+        "tagged": ["user:ana", FAKE_ROW, "\x1b]0;pwned\x07"],
+        f"run{CLEAR}": ["user:ana"],
+    }
+    for day, (run_id, tags) in enumerate(runs.items(), start=1):
+        record = datastore.write_run_meta(
+            "HostileFlow",
+            run_id,
+            {"created_at": f"2026-11-0{day}T00:00:00+00:00", "tags": tags, "system_tags": ["user:ana"]},
+        )
+        refs = datastore.artifacts.save_many(
+            {
+                "hostile": HostileRepr(),
+                "text": f"line one\nline two{CLEAR}\rFAKE",
+                "greeting": "café 日本語 ✓",
+            }
+        )
+        artifacts = {name: ref.to_json() for name, ref in refs.items()}
+        planted = dict(artifacts["greeting"], type=f"str{CLEAR}", repr=f"'{CLEAR}'")
+        artifacts[f"name{CLEAR}"] = planted  # a manifest edited by hand
+        for step in ("start", f"step{CLEAR}"):
+            datastore.write_manifest(
+                "HostileFlow", run_id, step, 0, 1, {"attempt": 1, "artifacts": artifacts}
+            )
+        datastore.index_run("HostileFlow", run_id, record)
+        datastore.finish_run("HostileFlow", run_id, True, {})
+    record = datastore.write_run_meta("HostileFlow", "broken", {"created_at": "2026-11-09T00:00:00+00:00"})
+    datastore.index_run("HostileFlow", "broken", record)
+    record_file = root / "HostileFlow" / "runs" / "broken" / "run.json"
+    record_file.write_text("{not json")
+    return root
+
+
+def printed_safely(text: str) -> bool:
+    """Nothing raw but the line ends and the column tabs the shell itself prints."""
+    return all(character.isprintable() or character in "\n\t" for character in text)
+
+
+def test_runs_prints_stored_tags_and_run_ids_escaped_one_row_per_run(hostile_store):
+    """Guards terminal_safe in `runs`: a tag with a newline prints no fake row, an escape sequence
+    in a tag or run id never reaches the terminal; printable Unicode stays as it is. Guards too the
+    skip of an unreadable record: one line on stderr names it, the other runs are listed."""
+    result = shell("-A", "runs", "HostileFlow", root=hostile_store)
+    assert result.returncode == 0, result.stderr
+    assert printed_safely(result.stdout) and printed_safely(result.stderr)
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [row[0] for row in rows] == ["run\\x1b[2J\\x1b[H", "tagged", "plain"]  # one row per run
+    assert all(len(row) == 4 for row in rows)
+    assert rows[1][3].split(" ") == [
+        "\\x1b]0;pwned\\x07",
+        "user:ana",
+        "x\\nfake-run\\tsucceeded\\t2026-01-01T00:00:00+00:00\\tuser:root",
+    ]
+    assert rows[2][3] == "café-実験-✓ user:ana"
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith(
+        "airflow-flowspec runs: warning: Run HostileFlow/broken is skipped: its record "
+    )
+    assert "broken/run.json is not valid JSON" in warning
+
+
+def test_show_prints_step_and_artifact_names_types_and_reprs_escaped(hostile_store):
+    """Guards terminal_safe in `show`: a run's steps and tags, a task's artifact names, types and
+    reprs (a repr with an escape sequence, a name or type planted in a manifest)."""
+    run = shell("-A", "show", "HostileFlow/tagged", root=hostile_store)
+    assert run.returncode == 0, run.stderr
+    assert printed_safely(run.stdout)
+    assert run.stdout.splitlines()[0] == (
+        "HostileFlow/tagged\tsucceeded\ttags: \\x1b]0;pwned\\x07 user:ana "
+        "x\\nfake-run\\tsucceeded\\t2026-01-01T00:00:00+00:00\\tuser:root"
+    )
+    assert "  step\\x1b[2J\\x1b[H\t1 task" in run.stdout.splitlines()
+
+    task = shell("-A", "show", "HostileFlow/tagged/start/0", root=hostile_store)
+    assert task.returncode == 0, task.stderr
+    assert printed_safely(task.stdout)
+    lines = task.stdout.splitlines()
+    assert "'café 日本語 ✓'" in task.stdout  # printable Unicode stays readable
+    assert any(line.endswith("\t\\x1b[2J\\x1b[HYou have been logged out\\x07") for line in lines)
+    assert any(line.startswith("  name\\x1b[2J\\x1b[H\tstr\\x1b[2J\\x1b[H\t") for line in lines)
+
+    escaped_run_id = shell("-A", "show", f"HostileFlow/run{CLEAR}", root=hostile_store)
+    assert escaped_run_id.returncode == 0 and printed_safely(escaped_run_id.stdout)
+    assert escaped_run_id.stdout.startswith("HostileFlow/run\\x1b[2J\\x1b[H\tsucceeded")
+
+
+def test_get_prints_a_value_escaped_and_get_o_writes_it_untouched(hostile_store, tmp_path):
+    """Guards terminal_safe in `get`: a string keeps its lines, but an escape sequence or a carriage
+    return in it is shown escaped; the pickle written with -o is the value as the step stored it."""
+    printed = shell("-A", "get", "HostileFlow/plain/start/text", root=hostile_store)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == "line one\nline two\\x1b[2J\\x1b[H\\rFAKE\n"
+
+    written = shell(
+        "-A", "get", "HostileFlow/plain/start/text", "-o", str(tmp_path / "t.pkl"), root=hostile_store
+    )
+    assert written.returncode == 0, written.stderr
+    assert pickle.loads((tmp_path / "t.pkl").read_bytes()) == f"line one\nline two{CLEAR}\rFAKE"
+
+
+def test_an_error_naming_stored_tags_and_an_unreadable_run_is_printed_escaped(hostile_store):
+    """Guards terminal_safe on the shell's error line: the namespace error lists the run's stored
+    tags; a run asked for by name whose record is unreadable is refused in one line naming it."""
+    outside = shell("show", "HostileFlow/tagged", root=hostile_store)  # user:ana's run, not ours
+    assert outside.returncode == 1 and printed_safely(outside.stderr)
+    assert outside.stderr.count("\n") == 1 and "x\\nfake-run\\tsucceeded" in outside.stderr
+
+    broken = shell("-A", "show", "HostileFlow/broken", root=hostile_store)
+    assert broken.returncode == 1 and broken.stderr.count("\n") == 1
+    assert broken.stderr.startswith("airflow-flowspec show: Run HostileFlow/broken cannot be read: ")
+    assert "is not valid JSON" in broken.stderr and "Restore or delete that file" in broken.stderr

@@ -19,6 +19,7 @@ reads the one chunk that holds its element, whatever the width.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -37,12 +38,26 @@ from airflow_flowspec.operators.step_task import (
     PULL_SPLIT_PARENT,
     SPLIT_MANIFEST_KEY,
 )
-from airflow_flowspec.parameters import RUN_TAGS_CONF_KEY, JSONType, flow_parameters
+from airflow_flowspec.parameters import LARGEST_FLOAT, RUN_TAGS_CONF_KEY, JSONType, flow_parameters
 
 #: Fixed so that parsing is deterministic; with catchup off only the latest interval runs.
 START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 _PARAM_SCHEMA_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+#: What a float parameter's schema adds, so that Airflow refuses a trigger whose conf gives it a
+#: number that is not finite (``parameters.FINITE_RULE``): past that point, Airflow's task API turns
+#: it into null and no code of ours could tell it from "use the default". The bounds refuse -inf
+#: and inf (1e400 in JSON); nan passes every comparison, so it is the one number both <= 0 and > 0.
+_FINITE_NUMBER_SCHEMA = {
+    "minimum": -LARGEST_FLOAT,
+    "maximum": LARGEST_FLOAT,
+    "not": {
+        "$comment": "only nan is a number both <= 0 and > 0: a float parameter takes finite numbers only",
+        "type": "number",
+        "maximum": 0,
+        "exclusiveMinimum": 0,
+    },
+}
 
 
 #: What Airflow accepts as a DAG id (``airflow.sdk``'s ``validate_key``).
@@ -139,10 +154,13 @@ def _params(flow_class: type) -> dict[str, Any]:
         # A secret's default stays out of the DAG (Airflow stores and shows params): the start step
         # evaluates it when the run starts.
         default = None if parameter.secret else parameter.default_value()
+        schema = {"type": schema_type, **(_FINITE_NUMBER_SCHEMA if parameter.type is float else {})}
+        if parameter.type is float and isinstance(default, float) and not math.isfinite(default):
+            parameter.refuse_non_finite(default, flow_class.__name__, given_as="has the default")
         if default is None and must_give:
-            params[parameter.name] = Param(type=schema_type, description=description)
+            params[parameter.name] = Param(description=description, **schema)
         else:
-            params[parameter.name] = Param(default, type=schema_type, description=description)
+            params[parameter.name] = Param(default, description=description, **schema)
     if RUN_TAGS_CONF_KEY in params:
         raise ParameterError(
             f"Flow {flow_class.__name__} has a parameter named '{RUN_TAGS_CONF_KEY}', the name of the "

@@ -43,8 +43,14 @@ def get_namespace() -> str | None:
 
 
 def in_namespace(record: dict[str, Any], name: str | None) -> bool:
+    """Whether a run with this record is shown in namespace ``name``: it has the tag ``name``.
+
+    Only a list holds tags: a record holding them as one string (damaged, or not ours) is shown with
+    ``namespace(None)`` only, never in a namespace its text happens to contain (``"ana"`` is in
+    ``"user:ana"``). The datastore refuses to read such a record anyway; this is the second lock.
+    """
     tags = record.get("tags")
-    return name is None or tags is None or name in tags
+    return name is None or tags is None or (isinstance(tags, list) and name in tags)
 
 
 def is_indexed_namespace(name: str | None) -> bool:

@@ -27,6 +27,7 @@ from typing import Any
 
 from airflow_flowspec.client.namespaces import get_namespace, in_namespace, is_indexed_namespace
 from airflow_flowspec.client.source import client_datastore
+from airflow_flowspec.client.unreadable import skip_unreadable_run, unreadable_run
 from airflow_flowspec.datastore import keys
 from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES
 from airflow_flowspec.errors import (
@@ -34,9 +35,12 @@ from airflow_flowspec.errors import (
     MetaflowNamespaceMismatch,
     MetaflowNotFound,
     RunIdentityError,
+    TagError,
+    UnreadableRecordError,
     UnsafeKeyError,
 )
 from airflow_flowspec.identity import RunIdentity
+from airflow_flowspec.run_tags import check_tags
 
 #: Run ids read from the index per request while iterating a flow's runs.
 _RUNS_PAGE = 50
@@ -146,6 +150,9 @@ class Flow(MetaflowObject):
                 record = self._datastore.read_run_meta(self.id, run_id)
             except ArtifactNotFoundError:
                 continue  # deleted (gc) since the index was read
+            except UnreadableRecordError as error:
+                skip_unreadable_run(self.id, run_id, error)
+                continue
             if in_namespace(record, current_namespace) and all(tag in record.get("tags", ()) for tag in tags):
                 yield Run._with_record(f"{self.id}/{run_id}", record)
 
@@ -165,6 +172,9 @@ class Flow(MetaflowObject):
                 record = self._datastore.read_run_meta(self.id, run_id)
             except ArtifactNotFoundError:
                 continue  # a start step killed before its run record: no run to show
+            except UnreadableRecordError as error:
+                skip_unreadable_run(self.id, run_id, error)
+                continue
             if in_namespace(record, current_namespace) and all(tag in record.get("tags", ()) for tag in tags):
                 records.append(record)
         records.sort(key=lambda record: (record.get("created_at") or "", record["run_id"]), reverse=True)
@@ -205,8 +215,8 @@ class Flow(MetaflowObject):
                 return None
             try:
                 return Run(f"{self.id}/{run_id}")
-            except MetaflowNotFound:
-                pass  # deleted (gc) since the index was read: look further
+            except (MetaflowNotFound, UnreadableRecordError):
+                pass  # deleted (gc) since the index was read, or unreadable: look further
         return next((run for run in self.runs() if run.successful or not successful), None)
 
 
@@ -299,9 +309,12 @@ class Run(MetaflowObject):
     def replace_tags(self, tags_to_remove: list[str], tags_to_add: list[str]) -> None:
         """Remove some user tags and add others, in one rewrite of the run's record (system tags,
         which say who started the run, cannot be removed)."""
-        for tag in [*tags_to_remove, *tags_to_add]:
-            if not isinstance(tag, str) or not 0 < len(tag) <= 512:
-                raise ValueError(f"A tag is a non-empty string of at most 512 characters, not {tag!r}.")
+        # A tag stored before the rule (a newline in it) can still be removed.
+        check_tags(tags_to_add, whose=f"run {self.pathspec}")
+        if not all(isinstance(tag, str) for tag in tags_to_remove):
+            raise TagError(
+                f"The tags to remove from run {self.pathspec} are strings, not {tags_to_remove!r:.200}."
+            )
         taken = keys.system_tags_among(tags_to_add)
         if taken:
             raise ValueError(
@@ -405,6 +418,8 @@ def _find_run(datastore: Any, flow: str, run_id: str) -> tuple[str, str, dict[st
         return flow, run_id, datastore.read_run_meta(flow, run_id)
     except ArtifactNotFoundError:
         pass
+    except UnreadableRecordError as error:
+        raise unreadable_run(f"{flow}/{run_id}", error) from None
     runs = datastore.list_runs(flow)
     matches = []
     for stored in runs:
@@ -428,6 +443,8 @@ def _find_run(datastore: Any, flow: str, run_id: str) -> tuple[str, str, dict[st
             return flow, matches[0], datastore.read_run_meta(flow, matches[0])
         except ArtifactNotFoundError:
             pass
+        except UnreadableRecordError as error:
+            raise unreadable_run(f"{flow}/{matches[0]}", error) from None
     raise MetaflowNotFound(
         f"Flow {flow!r} has no run {run_id!r} in the datastore {datastore.root}. "
         + _nearby(run_id, runs, f"runs of {flow}")

@@ -72,6 +72,7 @@ from airflow_flowspec.errors import (
     UnsafeKeyError,
 )
 from airflow_flowspec.identity import RunIdentity
+from airflow_flowspec.terminal import terminal_safe
 
 #: The longest a save relies on an earlier sign that an artifact is stored (see artifacts.py).
 FRESHEN_INTERVAL = timedelta(seconds=artifacts.FRESHEN_INTERVAL_SECONDS)
@@ -167,7 +168,7 @@ class GcResult:
             kept = self.runs_kept.get(flow, 0)
             spared = self.runs_spared.get(flow, [])
             lines.append(
-                f"{flow}: {verb.lower()} {_count(len(gone), 'run')}"
+                f"{terminal_safe(flow)}: {verb.lower()} {_count(len(gone), 'run')}"
                 + (f" ({_first_ten(gone)})" if gone else "")
                 + f", kept {_count(kept, 'run')}"
                 + (f" (running as gc came to them: {_first_ten(spared)})" if spared else "")
@@ -800,7 +801,9 @@ def _count(number: int, noun: str) -> str:
 
 
 def _first_ten(names: list[str]) -> str:
-    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return ", ".join(map(terminal_safe, names[:10])) + (
+        f" and {len(names) - 10} more" if len(names) > 10 else ""
+    )
 
 
 def format_size(size: int) -> str:

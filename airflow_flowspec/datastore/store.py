@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -22,11 +23,14 @@ from typing import Any
 from airflow_flowspec.datastore import chunks, encoding, keys
 from airflow_flowspec.datastore.artifacts import ArtifactStore
 from airflow_flowspec.datastore.backends import StorageBackend, backend_for_root
+from airflow_flowspec.datastore.run_records import checked_run_record
 from airflow_flowspec.errors import (
     ArtifactNotFoundError,
     CorruptArtifactError,
     DatastoreError,
     RunIdentityError,
+    UnreadableRecordError,
+    UnreadableRecordWarning,
     UnsafeKeyError,
 )
 from airflow_flowspec.identity import RunIdentity
@@ -346,10 +350,11 @@ class Datastore:
         self._write_json(keys.run_meta_key(flow, run_id), {**record, "code": code, "code_history": history})
 
     def read_run_meta(self, flow: str, run_id: str) -> dict[str, Any]:
-        return self._read_json(
+        record = self._read_json(
             keys.run_meta_key(flow, run_id),
             missing=f"Run {run_id} of flow {flow} has no run metadata: it never started with this datastore",
         )
+        return checked_run_record(record, self.backend.describe(keys.run_meta_key(flow, run_id)))
 
     def finish_run(self, flow: str, run_id: str, succeeded: bool, meta: dict[str, Any]) -> None:
         """Record how a run ended; a successful run joins the index of successful runs."""
@@ -415,6 +420,12 @@ class Datastore:
             try:
                 record = self.read_run_meta(flow, run_id)
             except ArtifactNotFoundError:
+                continue
+            except UnreadableRecordError as error:  # one damaged record must not stop the others
+                unindexed = UnreadableRecordWarning(
+                    f"Run {run_id!r} of flow {flow} is left out of its index: {error}"
+                )
+                warnings.warn(unindexed, stacklevel=1)
                 continue
             if self.latest_attempt_manifest(flow, run_id, "start", "0") is None:
                 continue
@@ -490,9 +501,11 @@ class Datastore:
         try:
             document = json.loads(data)
         except ValueError as error:
-            raise DatastoreError(f"{self.backend.describe(key)} is not valid JSON: {error}.") from error
+            raise UnreadableRecordError(
+                f"{self.backend.describe(key)} is not valid JSON: {error}."
+            ) from error
         if not isinstance(document, dict):
-            raise DatastoreError(
+            raise UnreadableRecordError(
                 f"{self.backend.describe(key)} holds {type(document).__name__}, not a JSON object."
             )
         return document

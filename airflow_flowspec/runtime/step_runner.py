@@ -34,7 +34,8 @@ from airflow_flowspec.errors import (
 )
 from airflow_flowspec.flow_loader import load_flow_class, load_recorded_flow_class
 from airflow_flowspec.graph import graph_of, graph_record
-from airflow_flowspec.parameters import RUN_TAGS_CONF_KEY, flow_parameters
+from airflow_flowspec.parameters import flow_parameters
+from airflow_flowspec.run_tags import check_tags
 from airflow_flowspec.runtime import code_package, parameter_values
 from airflow_flowspec.runtime.caught import CaughtException
 from airflow_flowspec.runtime.masking import SecretMask, masked_output
@@ -386,13 +387,7 @@ def _versions() -> dict[str, str | None]:
 
 def _run_tags(spec: TaskSpec) -> list[str]:
     """The run's tags: who started it (and production, when the schedule did), then the user's own."""
-    tags = spec.run_context.tags
-    if isinstance(tags, str) or not all(isinstance(tag, str) and 0 < len(tag) <= 512 for tag in tags):
-        raise ParameterError(
-            f"The tags of run {spec.run_id} of flow {spec.flow_name} must be a list of non-empty strings "
-            f'of at most 512 characters (run --tag NAME, or {{"{RUN_TAGS_CONF_KEY}": [...]}} in the '
-            f"trigger's conf); got {list(tags) if not isinstance(tags, str) else tags!r:.200}."
-        )
+    tags = check_tags(spec.run_context.tags, whose=f"run {spec.run_id} of flow {spec.flow_name}")
     taken = keys.system_tags_among(tags)
     if taken:
         raise ParameterError(

@@ -308,7 +308,19 @@ def test_runs_carry_their_user_and_tags_and_the_client_filters_by_namespace(tmp_
     assert Flow("NamespaceFlow").latest_run.id == "manual__by-ana"
 
 
-def test_tags_that_are_not_strings_are_refused_by_name(tmp_path):
+@pytest.mark.parametrize(
+    "tags, problem",
+    [
+        (("ok", ""), "'' of run r1 of flow NamespaceFlow is refused: it is empty"),
+        (("ok", 7), "7 of run r1 of flow NamespaceFlow is refused: it is not a string but int"),
+        (("ok", "exp\nfake\trow"), r"'exp\\nfake\\trow' of run r1 .* control character '\\n'"),
+        (("\x1b[2Jcleared",), r"'\\x1b\[2Jcleared' of run r1 .* control character '\\x1b'"),
+    ],
+)
+def test_tags_that_break_the_tag_rule_are_refused_by_the_start_step(tmp_path, tags, problem):
+    """Guards the start step's call of the shared tag rule (run_tags.check_tags), which is what
+    refuses tags from the trigger form or a trigger's conf: named, with the rule, before anything
+    is written."""
     from airflow_flowspec.errors import ParameterError
     from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.step_runner import run_step
@@ -321,11 +333,9 @@ def test_tags_that_are_not_strings_are_refused_by_name(tmp_path):
         RunIdentity("NamespaceFlow", "r1"),
         "start",
         str(tmp_path / "store"),
-        run_context=RunContext(tags=("ok", "")),
+        run_context=RunContext(tags=tags),
     )
-    with pytest.raises(
-        ParameterError, match="tags of run r1 of flow NamespaceFlow must be a list of non-empty"
-    ):
+    with pytest.raises(ParameterError, match=f"The tag {problem}. The rule: a tag is a non-empty string"):
         run_step(spec)
     assert not (tmp_path / "store").exists()  # refused before anything was written
 

@@ -749,3 +749,48 @@ def test_a_value_loaded_and_saved_again_is_not_read_back_to_be_checked(tmp_path)
     assert other.artifacts.save("numbers", value) == ref
     assert other.backend.counters.snapshot()["bytes_written"] == ref.size  # found damaged, rewritten
     assert Datastore(root).artifacts.load(ref) == value
+
+
+@pytest.mark.parametrize(
+    "stored, reason",
+    [
+        (b"{truncated", "is not valid JSON: "),
+        (b"[1, 2]", "holds list, not a JSON object."),
+        (b'{"run_id": "r1", "tags": "user:ana"}', "holds tags 'user:ana', not a list of strings."),
+        (
+            b'{"run_id": "r1", "tags": [], "system_tags": ["user:ana", 7]}',
+            "holds system_tags ['user:ana', 7], not",
+        ),
+    ],
+)
+def test_a_run_record_in_a_shape_we_never_write_is_unreadable_naming_its_file(datastore, stored, reason):
+    """Guards _read_json's UnreadableRecordError and checked_run_record: a damaged or foreign run.json
+    is told apart from a missing one and from a network failure (which it subclasses, as before),
+    so that readers can skip it; tags as one string would otherwise read as a set of characters."""
+    from airflow_flowspec.datastore import keys
+    from airflow_flowspec.errors import UnreadableRecordError
+
+    key = keys.run_meta_key("LedgerFlow", "r1")
+    datastore.backend.put_bytes(key, stored)
+    with pytest.raises(UnreadableRecordError) as unreadable:
+        datastore.read_run_meta("LedgerFlow", "r1")
+    assert str(unreadable.value).startswith(f"{datastore.backend.describe(key)} {reason}")
+    assert isinstance(unreadable.value, DatastoreError)
+
+
+def test_reindex_leaves_out_an_unreadable_record_with_a_warning_and_indexes_the_others(datastore):
+    """Guards Datastore.reindex's skip: a flow from before the run index is indexed by its next run's
+    start step (or gc); one unreadable record must not fail that step or keep the others out."""
+    from airflow_flowspec.datastore import keys
+    from airflow_flowspec.errors import UnreadableRecordWarning
+
+    for day, run_id in enumerate(["first", "middle"], start=1):
+        datastore.write_run_meta("LedgerFlow", run_id, {"created_at": f"2026-11-0{day}T00:00:00+00:00"})
+        datastore.write_manifest("LedgerFlow", run_id, "start", 0, 1, {"attempt": 1, "artifacts": {}})
+    datastore.backend.put_bytes(keys.run_meta_key("LedgerFlow", "first"), b'{"tags": "user:ana"}')
+
+    with pytest.warns(
+        UnreadableRecordWarning, match="Run 'first' of flow LedgerFlow is left out of its index"
+    ):
+        assert datastore.reindex("LedgerFlow") == 1
+    assert list(datastore.indexed_runs("LedgerFlow")) == ["middle"]

@@ -834,3 +834,18 @@ def test_a_missing_artifact_is_a_storage_problem_not_a_flow_mistake(root, gc_flo
     assert "is missing from the datastore" in output
     assert "(a problem with the datastore, not a mistake in the flow: not retried)" in output
     assert "a mistake in the flow: not retried" not in output.replace("not a mistake in the flow: not", "")
+
+
+def test_the_summary_names_deleted_runs_escaped_one_line_per_flow():
+    """Guards terminal_safe in GcResult.summary: run ids come from folder names, and one with a
+    newline or an escape sequence would print a line that is not there or reach the terminal."""
+    result = gc_module.GcResult(
+        dry_run=True,
+        runs_deleted={"TrainFlow": ["ok", "evil\nFakeFlow: deleted 0 runs\x1b[2J"]},
+        runs_kept={},
+    )
+    first, *_ = result.summary().splitlines()
+    assert (
+        first == "TrainFlow: would delete 2 runs (ok, evil\\nFakeFlow: deleted 0 runs\\x1b[2J), kept 0 runs."
+    )
+    assert all(line.isprintable() for line in result.summary().splitlines())
