@@ -5,7 +5,7 @@ Every test runs against a local folder and against S3 (moto's server on loopback
 real (``dag.test()``, or the step runtime without Airflow where Airflow adds nothing). Time is made
 to pass the way it looks to gc: a run's ``created_at`` is rewritten in its run.json, and objects'
 last-write times are set back (``os.utime`` locally; on S3, in moto's in-process store, since S3
-itself cannot backdate an object).
+itself cannot backdate an object): ``tests/aging.py``, shared with the gc campaign.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import os
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from aging import DAY, age_objects, age_run
 from conftest import S3_TEST_BUCKET
 from harness import FLOWS, run_flow
 
@@ -34,7 +35,6 @@ from airflow_flowspec.shell import main as shell_main
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
-DAY = 86400.0
 MONTH = timedelta(days=30)
 
 GC_FLOW = """
@@ -79,39 +79,6 @@ def gc_flow(tmp_path) -> Path:
     path = tmp_path / "gc_flow.py"
     path.write_text(GC_FLOW)
     return path
-
-
-# -- making time pass --------------------------------------------------------------------------------
-
-
-def age_objects(root: str, prefix: str, seconds: float) -> None:
-    """Set the last write of every object under ``prefix`` back to ``seconds`` ago, and make this
-    process forget which blobs it saw stored (as it does on its own after the freshen interval)."""
-    datastore = open_datastore(root)
-    moment = time.time() - seconds
-    backend = datastore.backend
-    stored = [obj.key for obj in backend.iter_objects(prefix)]
-    if backend.is_local:
-        for key in stored:
-            os.utime(backend.describe(key), (moment, moment))
-    else:
-        from moto.core import DEFAULT_ACCOUNT_ID
-        from moto.s3.models import s3_backends
-
-        bucket = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].buckets[backend.bucket]
-        naive_utc = datetime.fromtimestamp(moment, timezone.utc).replace(tzinfo=None)
-        for key in stored:
-            bucket.keys[backend.prefix + key].last_modified = naive_utc
-    open_datastore(root).artifacts._locations.clear()
-
-
-def age_run(root: str, flow: str, run_id: str, *, started_days_ago: float, written_days_ago: float = 3):
-    """A run that started ``started_days_ago`` and last wrote anything ``written_days_ago``."""
-    datastore = open_datastore(root)
-    record = datastore.read_run_meta(flow, run_id)
-    started = datetime.now(timezone.utc) - timedelta(days=started_days_ago)
-    datastore.write_run_meta(flow, run_id, {**record, "created_at": started.isoformat()})
-    age_objects(root, keys.run_prefix(flow, run_id), written_days_ago * DAY)
 
 
 def stored(root: str, prefix: str = "") -> dict[str, int]:
