@@ -587,15 +587,21 @@ class ArtifactStore:
 
         A blob missing from ``data/`` is looked for in gc's trash: gc takes unreferenced blobs out
         of ``data/`` first and deletes them only a gc later, so a task that relied on a blob just as
-        gc took it still finds it (see :mod:`.gc`)."""
+        gc took it still finds it (see :mod:`.gc`). One missing from the trash too (or gone from it
+        once found there) was being moved back into ``data/`` (gc moves back what a kept run came to
+        reference: locally at once, on S3 copied before it is deleted), and is read there again."""
         key = blob_key(blob_hash)
         try:
             return self._verified_read(key, what, read)
         except ArtifactNotFoundError:
-            trashed = self.trashed_key(blob_hash)
-            if trashed is None:
-                raise
-        return self._verified_read(trashed, what, read)
+            pass
+        trashed = self.trashed_key(blob_hash)
+        if trashed is not None:
+            try:
+                return self._verified_read(trashed, what, read)
+            except ArtifactNotFoundError:
+                pass  # moved back meanwhile
+        return self._verified_read(key, what, read)
 
     def _verified_read(self, key: str, what: str, read: Callable[[str], _T]) -> _T:
         try:

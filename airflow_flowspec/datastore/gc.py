@@ -23,9 +23,10 @@ Artifacts (blobs and packs under ``data/``) go in two steps, so that no save can
 as it is deleted. A gc takes out of ``data/`` (into a trash round, ``_gc/trash/<round>/``) what
 nothing kept references and what was last written, or last re-confirmed by a save that found it
 already stored, longer ago than the grace period; a save never finds a blob there, and a reader that
-misses one in ``data/`` finds it in the trash. A later gc deletes a round's blobs for good only once
-every task that held a lease when the round was closed has ended (its manifest then is among what
-that gc read) and only those blobs still nothing kept references; the others go back to ``data/``.
+misses one in ``data/`` finds it in the trash (or, moved back meanwhile, in ``data/`` again). A
+later gc deletes a round's blobs for good only once every task that held a lease when the round was
+closed has ended (its manifest then is among what that gc read) and only those blobs still nothing
+kept references; the others go back to ``data/``.
 So a task that found a blob stored, or a manifest that names one, never loses it.
 
 The order is what makes every step safe to interrupt (a gc killed half-way is finished by the next):

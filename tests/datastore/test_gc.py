@@ -684,6 +684,30 @@ def test_a_blob_a_save_relies_on_as_gc_takes_it_is_never_lost(root, monkeypatch)
     assert Datastore(root).artifacts.load(ref) == value
 
 
+@pytest.mark.parametrize("moved_back", ["before the trash is looked in", "after it was found there"])
+def test_a_blob_read_as_gc_moves_it_back_is_read(root, moved_back):
+    """Guards the readers' side of the move back (found by the gc campaign, which reads a racing
+    run's blob as gc moves it back): gc moves a trashed blob a kept run came to reference back into
+    data/; a reader that missed it in data/ just before, and then misses it in the trash too (or
+    finds it there and then not), reads it from data/ instead of failing the task with "missing"."""
+    value = os.urandom(200 * 1024)
+    ref = Datastore(root).artifacts.save("payload", value)
+    age_objects(root, "data/", 3 * DAY)
+    assert collect_garbage(Datastore(root), older_than=MONTH).blobs_trashed == 1
+    trashed = Datastore(root).artifacts.trashed_key(ref.hash)
+    assert trashed is not None and not Datastore(root).backend.exists(keys.blob_key(ref.hash))
+    reader = Datastore(root)
+    look_in_the_trash = reader.artifacts.trashed_key
+
+    def moved_back_meanwhile(blob_hash: str) -> str | None:
+        found = look_in_the_trash(blob_hash) if moved_back == "after it was found there" else None
+        Datastore(root).backend.move(trashed, keys.blob_key(blob_hash))  # gc's move back
+        return found if moved_back == "after it was found there" else look_in_the_trash(blob_hash)
+
+    reader.artifacts.trashed_key = moved_back_meanwhile
+    assert reader.artifacts.load(ref) == value
+
+
 def test_a_task_that_could_not_renew_its_lease_writes_no_manifest(root, gc_flow, monkeypatch):
     """Guards the lease check before the manifest: a task that could not renew its lease for as
     long as gc waits may have been counted gone; it stops, retryably, before writing results."""
