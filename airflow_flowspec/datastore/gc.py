@@ -15,9 +15,10 @@ horizon (``--older-than``), except
 
 A run whose start never wrote run.json is judged by when its folder was last written.
 
-A run goes only after gc wrote its deletion mark (``deleting.json``) and then found no live lease
-in it: a task writes its lease and then looks for that mark, so a task that starts just then either
-keeps the run or stops before touching it (:mod:`.leases`).
+A run goes only after gc wrote its deletion mark (``deleting.json``) and then found in it no live
+lease and nothing written since it decided: a task writes its lease and then looks for that mark, so
+a task that starts just then either keeps the run or stops before touching it (:mod:`.leases`), and
+one that started and ended between gc's decision and its mark keeps it by what it wrote.
 
 Artifacts (blobs and packs under ``data/``) go in two steps, so that no save can rely on one just
 as it is deleted. A gc takes out of ``data/`` (into a trash round, ``_gc/trash/<round>/``) what
@@ -34,9 +35,10 @@ The order is what makes every step safe to interrupt (a gc killed half-way is fi
 1. Decide, and read what every kept run references: each attempt's manifest, task spec and step
    result, and the run's record (it names the code the run started with). A document that cannot be
    read stops gc before it deleted anything, since what it references is unknown.
-2. Delete gone runs: the deletion mark, a last look at the run's leases, its index entries (so the
-   client stops offering it), then its files, run.json and status.json last (a half-deleted run is
-   still recognisably a run), the mark very last.
+2. Delete gone runs: the deletion mark, a last look at the run (its leases, and whether a task wrote
+   into it since gc decided), its index entries (so the client stops offering it), then its files,
+   run.json and status.json last (a half-deleted run is still recognisably a run), the mark very
+   last.
 3. Empty the trash rounds of earlier gcs that no live lease holds back; then take this gc's
    unreferenced blobs out of ``data/`` into a new round, closed once every one of them is out.
 4. Pickled XComs of ordinary tasks (``_xcom/<dag>/<run>/``): those of a run deleted here (the DAG
@@ -258,6 +260,10 @@ class _RunFolder:
     status_written: float = 0.0  # last write of status.json
     objects: int = 0
     size: int = 0
+    #: Its objects but the leases and gc's mark, by number and bytes (with ``newest``, what gc
+    #: decided on: a last look that finds them changed finds a task that ran since).
+    work_objects: int = 0
+    work_size: int = 0
     has_record: bool = False
     record_unreadable: bool = False  # run.json is there but is not JSON
     has_status: bool = False
@@ -528,15 +534,21 @@ class _Collector:
 
     def _last_look(self, run: _RunFolder) -> list[StoredObject] | None:
         """Write the run's deletion mark, then look at it once more: its objects, to delete, or None
-        (the mark removed again) if a task holds a live lease on it by now or Airflow runs it. A
-        task writes its lease and then looks for the mark, so every lease taken before is seen."""
+        (the mark removed again) if a task holds a live lease on it by now, a task wrote into it
+        since gc decided, or Airflow runs it. A task writes its lease and then looks for the mark, so
+        every lease taken before is seen; a task that started and ended before the mark left no
+        lease, but its results."""
         mark = run.prefix + keys.RUN_DELETION_FILE
         self.backend.put_bytes(mark, json.dumps({"by": "airflow-flowspec gc", "at": time.time()}).encode())
         stored = list(self.backend.iter_objects(run.prefix))
         now = _RunFolder(run.run_id, run.prefix)
         for obj in stored:
             _note_object(now, obj.key[len(run.prefix) :], obj)
-        if self._has_live_lease(now, max(self.now, time.time())) or self._airflow_runs(run):
+        if (
+            self._has_live_lease(now, max(self.now, time.time()))
+            or _written_since(run, now)
+            or self._airflow_runs(run)
+        ):
             self.backend.delete_many([mark])
             return None
         return stored
@@ -738,6 +750,8 @@ def _note_object(run: _RunFolder, inner: str, stored: StoredObject) -> None:
         if taken_us is not None:
             run.leases.append((taken_us / 1_000_000, stored.modified))
         return
+    run.work_objects += 1
+    run.work_size += stored.size
     run.newest = max(run.newest, stored.modified)
     if inner == keys.RUN_STATUS_FILE:
         run.status_written = stored.modified
@@ -749,6 +763,16 @@ def _note_object(run: _RunFolder, inner: str, stored: StoredObject) -> None:
         run.has_status = True
     elif len(parts) == 4 and parts[3] in keys.RESERVED_ATTEMPT_FILES:
         run.documents.append(stored.key)
+
+
+def _written_since(decided: _RunFolder, now: _RunFolder) -> bool:
+    """Whether anything but a lease was written into the run between the listing gc decided on and
+    ``now`` (its last look): a task that ran meanwhile, start to end."""
+    return (now.work_objects, now.work_size, now.newest) != (
+        decided.work_objects,
+        decided.work_size,
+        decided.newest,
+    )
 
 
 def _identity_of(flow: str, run: _RunFolder) -> RunIdentity | None:

@@ -10,11 +10,13 @@ held a lease when it took blobs out of ``data/`` to end before it deletes them f
 (see :mod:`.gc`). A task killed outright leaves its lease behind; it goes stale and stops counting.
 
 A task and gc must never both go ahead on one run: gc deletes a run only after writing its
-deletion mark (``deleting.json``) and then finding no live lease; a task goes ahead only after
-writing its lease and then finding no deletion mark (and, past its start step, the run's record).
-Each writes first and reads second, so at least one of them sees the other (the datastore's reads
-see every write that finished before them): gc spares the run, or the task stops before it reads
-or writes anything of it, with :class:`~airflow_flowspec.errors.RunDeletedError`.
+deletion mark (``deleting.json``) and then finding no live lease, and nothing written since it
+decided; a task goes ahead only after writing its lease and then finding no deletion mark (and,
+past its start step, the run's record). Each writes first and reads second, so at least one of them
+sees the other (the datastore's reads see every write that finished before them): gc spares the run,
+or the task stops before it reads or writes anything of it, with
+:class:`~airflow_flowspec.errors.RunDeletedError`. A task that ended before the mark, its lease
+released, is seen by what it wrote.
 
 A task whose lease could not be renewed for longer than gc waits (the datastore unreachable, the
 process frozen) stops before writing its manifest, with

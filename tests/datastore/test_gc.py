@@ -646,6 +646,33 @@ def test_a_run_whose_task_takes_a_lease_as_gc_comes_to_delete_it_is_spared(root,
     assert load_everything("GcFlow") == 2 * 7
 
 
+def test_a_task_that_ran_after_gc_decided_keeps_its_run(root, gc_flow, monkeypatch):
+    """Guards gc's last look at the run's files (found by the gc campaign): gc decided to delete an
+    old failed run; its cleared task then ran from start to end (lease taken and released) before gc
+    wrote the deletion mark, so no lease was left to see. What the task wrote keeps the run; before,
+    gc deleted it with the task's results, and the run's next task failed with RunDeletedError."""
+    run_steps(gc_flow, root, "late", steps=["start"])
+    open_datastore(root).finish_run("GcFlow", "late", False, {"reason": "end failed"})
+    age_run(root, "GcFlow", "late", started_days_ago=60, written_days_ago=40)
+    age_objects(root, "data/", 3 * DAY)
+    collector = Datastore(root)
+    real_put = collector.backend.put_bytes
+    ran: list = []
+
+    def mark_after_the_task_ran(key, data, **kwargs):
+        if key == keys.run_deletion_key("GcFlow", "late") and not ran:
+            run = RunIdentity("GcFlow", "late")
+            ran.append(run_step(_step_after(gc_flow, root, run, "end", "start")))  # the whole task
+        real_put(key, data, **kwargs)
+
+    monkeypatch.setattr(collector.backend, "put_bytes", mark_after_the_task_ran)
+    result = collect_garbage(collector, older_than=MONTH)
+    assert ran and not stored(root, keys.run_leases_prefix("GcFlow", "late"))  # it ended before the mark
+    assert result.runs_spared == {"GcFlow": ["late"]} and result.runs_deleted == {"GcFlow": []}
+    assert result.blobs_trashed == 0  # the spared run's blobs were marked as it was kept
+    assert load_everything("GcFlow") == 7
+
+
 def test_a_blob_a_save_relies_on_as_gc_takes_it_is_never_lost(root, monkeypatch):
     """Guards finding 2 (the two-step delete): gc decides on a listing and moves later. A task that
     finds the blob stored in between (its save freshens it and returns a reference) writes its
