@@ -1,8 +1,9 @@
 """The cross-flow campaign: the artifact view asked, by users Airflow refuses some DAGs, for runs of
 DAGs that share Airflow run ids, look alike, or pretend (issue 20, findings 3 and 4).
 
-Every deployment here is run with the same logical dates, so all of them have the same Airflow run
-ids (as every ``scheduled__<date>`` of every deployment has):
+Every DAG here is run (``dag.test()``) with the same logical dates, so all of them have the same
+Airflow run ids, as every ``scheduled__<date>`` of every deployment has (flows' DAGs two, the
+others one, and the second triggered through the REST API):
 
 * flows' DAGs (built from flow files): ``VictimFlow``; a ``TrainFlow`` without ``@project``; and
   ``@project`` flows named ``TrainFlow`` of three projects on several branches, some with dots and
@@ -19,11 +20,13 @@ ids (as every ``scheduled__<date>`` of every deployment has):
   too, where a copy of alpha's prod run lies as a version before run identities stored it), and
   runs of one DAG whose id only another deployment ran.
 
-Then, at random (seeded), a user (``admin``; ``viewer`` and ``analyst``, each refused three of the
-flows' DAGs; ``outsider``, refused everything), a DAG id (the ones above and ids no DAG has), a run
-id (shared, one deployment's own, crafted, stored-form, unknown) and a way in (the run page, a step
-page, a task page, an artifact page, a download; as JSON or HTML; and the index of DAGs) go to
-Airflow's API server app in this process (FastAPI's TestClient, ``DagRefusingAuthManager``). The
+Users: ``admin``; ``viewer`` and ``analyst``, each refused three of the flows' DAGs; ``outsider``,
+refused everything. Each of them asks for every run Airflow has of every DAG (and for the shared
+run ids on every DAG id, and on ids no DAG has) once, by a way in chosen at random; then, at
+random (seeded), a user, a DAG id, a run id (the DAG's own, shared, another DAG's, crafted,
+stored-form, unknown) and a way in (the run page, a step page, a task page, an artifact page, a
+download; as JSON or HTML; and the index of DAGs). Requests go to Airflow's API server app in this
+process (FastAPI's TestClient, ``DagRefusingAuthManager``). The
 answer is compared with the truth: the run's marker, served only for a flow's DAG and a run it
 ran, to a user Airflow lets read that DAG; a refusal (403 from Airflow, 404 from the view) for
 everything else. *Let in*: an answer with another deployment's marker, any answer with data for

@@ -7,8 +7,8 @@ metadata database, as ``gc --airflow`` does) while flows write in others, and ti
 between two passes (``tests/aging.py``). The flow (start, train, end) saves values derived from its
 ``seed`` parameter, so the checker recomputes every artifact. Tasks run in this process with the
 step runtime, each with a datastore client of its own (a worker process) and holding its run's
-lease as the operator does. Before the first round two runs fail (their train step), and each round
-but the last leaves two more for the next:
+lease as the operator does. Before the first round three runs fail (their train step), and each
+round but the last leaves three more for the next:
 
 * *time passes*: every run that finished in an earlier round, and the failed runs, are aged
   (started 60 days ago, last written 40: gc deletes them), new *pool* values are stored as a run gc
@@ -16,7 +16,7 @@ but the last leaves two more for the next:
   the grace period: each pass takes out of ``data/`` whatever no manifest references yet, the blobs
   of tasks still running too;
 * *ordinary runs* save fresh values, and values of the earlier rounds' pool again;
-* *long steps*: ``train`` computes for twice as long as a lease lives unrenewed (leases are scaled
+* *long steps*: ``train`` computes for longer than a lease lives unrenewed (leases are scaled
   down to :data:`LEASE_SECONDS`, renewed every :data:`RENEW_SECONDS`), and until its run, aged
   meanwhile to look abandoned 40 days ago, has been judged by a whole gc pass;
 * *racing saves* (finding 2): gc's deletes are slowed by ``delete_delay`` seconds (on S3 a
@@ -33,8 +33,9 @@ but the last leaves two more for the next:
 * *a cleared run* (on Airflow, ``dag.test()``): its train step fails; between two passes it is aged
   and its failed task cleared in Airflow (the DAG run is queued: only Airflow says it is about to
   run), a whole gc pass judges it, then it runs again to the end (``harness.clear_and_rerun``);
-* *a late re-run*: an old failed run whose task is re-run exactly as gc comes to delete it, after
-  gc decided and before it writes its deletion mark: gc must spare it at its last look; and *a
+* *late re-runs*: two old failed runs whose task is re-run exactly as gc comes to delete them,
+  after gc decided and before it writes its deletion mark, one still holding its lease at gc's last
+  look, the other run to its end (lease released) before the mark: gc must spare both; and *a
   re-run too late*: one started after gc deleted its run, which must be refused, writing nothing.
 
 gc's clock margin (:data:`CLOCK_MARGIN_SECONDS`: other machines' clocks; here one process, and S3
@@ -71,14 +72,18 @@ from urllib.parse import unquote, urlparse
 HERE = Path(__file__).resolve().parent
 FLOW_NAME = "GcCampaignFlow"
 STEPS = ("start", "train", "end")
-#: Leases scaled down so that a step outlives one many times over: it must be renewed.
-LEASE_SECONDS = 3.0
-RENEW_SECONDS = 0.5
+#: Leases scaled down (from 600 s, renewed every 60 s) so that a step outlives one: it must be
+#: renewed. The renewal interval must stay above S3's time granularity (gc reads a lease's last
+#: renewal from a listing, to the second) and the stalls of a loaded machine (a renewal here took up
+#: to 7 s with moto in this process): a task stops if it could not renew for LEASE - RENEW seconds,
+#: and gc must not count a lease stale before that.
+LEASE_SECONDS = 10.0
+RENEW_SECONDS = 2.0
 #: gc's allowance for other machines' clocks, scaled down with the leases: one clock here, but S3
 #: records times to the second.
 CLOCK_MARGIN_SECONDS = 2.0
-#: How long a long step computes: twice as long as a lease lives unrenewed.
-LONG_STEP_SECONDS = 2 * LEASE_SECONDS
+#: How long a long step computes at least: longer than a lease lives unrenewed.
+LONG_STEP_SECONDS = LEASE_SECONDS + 2
 #: Campaign sizes (``gc_campaign`` arguments): CI's, and the soak's (``FLOWSPEC_SOAK=1``, soak.py).
 CI_SIZE = {"rounds": 1, "ordinary": 2, "long_steps": 1, "pool": 2, "cleared": 1, "delete_delay": 1.0}
 SOAK_SIZE = {"rounds": 6, "ordinary": 4, "long_steps": 2, "pool": 3, "cleared": 1, "delete_delay": 3.0}
@@ -87,6 +92,9 @@ RACE_SECONDS = 30.0
 MONTH = timedelta(days=30)
 DAY = 86400.0
 USER = "gc-campaign"
+#: The old failed runs each round re-runs: as gc comes to delete them (their task holding its lease
+#: at gc's last look, or having ended before gc's mark), and after gc deleted them.
+FAILED_KINDS = ("late", "late-ended", "too-late")
 
 #: Shared by the flow file (which sets these artifacts) and the checker (which recomputes them).
 #: Values over 64 KB are blobs of their own: the payload is different in every run, a pool value
@@ -179,6 +187,8 @@ class GcReport:
     root: str
     seed: int
     delete_delay: float
+    lease_seconds: float = LEASE_SECONDS
+    renew_seconds: float = RENEW_SECONDS
     rounds: int = 0
     runs_written: int = 0  # runs started, every kind below
     ordinary_runs: int = 0
@@ -188,6 +198,7 @@ class GcReport:
     cleared_runs: int = 0  # on Airflow: failed, aged, cleared, run again
     cleared_runs_judged_while_queued: int = 0  # a whole gc pass ran while Airflow had it queued
     late_reruns: int = 0  # an old failed run's task re-run as gc came to delete the run
+    late_reruns_ended_before_the_mark: int = 0  # ... that ended, its lease released, before gc's mark
     too_late_reruns: int = 0  # ... re-run after gc deleted the run
     runs_finished_during_gc: int = 0
     gc_passes: int = 0
@@ -227,7 +238,7 @@ class _Plan:
     """One run the campaign starts, and what it became."""
 
     run_id: str
-    kind: str  # ordinary, long, racing, cleared, late, too-late
+    kind: str  # ordinary, long, racing, cleared, or one of FAILED_KINDS
     seed: int
     pool: str = ""
     sleep: float = 0.0
@@ -238,8 +249,10 @@ class _Plan:
     start_manifest: dict[str, Any] | None = None  # of a run whose train step failed
     pool_hash: str = ""  # the pool blob a racing run raced gc for
     writer: Any = None  # the datastore client its start task uses (made ahead for a racing run)
+    stage: str = ""  # the task it runs, or ran last (for messages)
     relied: threading.Event = field(default_factory=threading.Event)  # ... which a save relied on
     taken: threading.Event = field(default_factory=threading.Event)  # ... which gc has out of data/
+    mark_gone: threading.Event = field(default_factory=threading.Event)  # gc's mark on it, removed
 
     def parameters(self) -> dict[str, Any]:
         names = ("seed", "pool", "sleep", "hold", "fixed")
@@ -406,6 +419,21 @@ class _Campaign:
                 moving(key, new_key)
 
         backend.move = move
+        real_delete_many = backend.delete_many
+
+        def delete_many(keys_: Any) -> None:
+            keys_ = list(keys_)
+            real_delete_many(keys_)
+            for plan in list(self.plans.values()):
+                if (
+                    plan.kind in ("late", "late-ended")
+                    and keys.run_deletion_key(FLOW_NAME, plan.run_id) in keys_
+                ):
+                    plan.mark_gone.set()  # gc spared the run (or deleted it): its re-run goes on
+                    if plan.hold:
+                        Path(plan.hold).touch()
+
+        backend.delete_many = delete_many
         real_put = backend.put_bytes
 
         def put_bytes(key: str, data: bytes, **kwargs: Any) -> None:
@@ -512,8 +540,10 @@ class _Campaign:
                 self.rng.randrange(10**9),
                 **fields,
             )
-            if kind in ("late", "too-late", "cleared"):
+            if kind in ("late", "late-ended", "too-late", "cleared"):
                 plan.fixed = str(self.workdir / f"fixed-{self.counter}")
+            if kind == "late":  # its train step waits, when re-run, until gc has spared the run
+                plan.hold = str(self.workdir / f"hold-{self.counter}")
             self.plans[plan.run_id] = plan
             self.report.runs_written += 1
             counted = {"ordinary": "ordinary_runs", "long": "long_step_runs", "racing": "racing_runs"}
@@ -554,6 +584,7 @@ class _Campaign:
 
         datastore = plan.writer if step == "start" and plan.writer is not None else self._writer()
         run = RunIdentity(FLOW_NAME, plan.run_id)
+        plan.stage = f"{step}, attempt {attempt}"
         with Lease(datastore, run, holder="task", needs_record=step != "start") as lease:
             spec = TaskSpec(
                 str(self.flow_file),
@@ -621,6 +652,7 @@ class _Campaign:
         if not plan.aged:
             yield
             return
+        plan.stage = "the checker's lease"
         with Lease(self._writer(), RunIdentity(FLOW_NAME, plan.run_id), holder="checker"):
             yield
 
@@ -643,7 +675,7 @@ class _Campaign:
                 self.report.tasks_failed_by_gc += 1
             else:
                 self.report.tasks_failed_otherwise += 1
-            self.report.note(f"{plan.kind} run {plan.run_id}: {type(error).__name__}: {error}")
+            self.report.note(f"{plan.kind} run {plan.run_id} ({plan.stage}): {type(error).__name__}: {error}")
 
     def _age_while_computing(self, plan: _Plan, computing: threading.Event) -> None:
         """Once the long step holds its lease, age its run to look abandoned 40 days ago, let a
@@ -681,6 +713,8 @@ class _Campaign:
         from airflow_flowspec.datastore import open_datastore
 
         plan = self._new_plan(kind)
+        if plan.hold:
+            Path(plan.hold).touch()  # the first attempt does not wait
         start = self._task(plan, "start", [])
         try:
             self._task(plan, "train", [start])
@@ -693,26 +727,46 @@ class _Campaign:
         return plan
 
     def _rerun_late(self, plan: _Plan) -> None:
-        """Re-run the failed task as gc is about to mark the run for deletion; return once its
-        lease is stored (called from gc's thread, just before it writes the mark)."""
+        """Re-run the failed task as gc is about to mark the run for deletion (called from gc's
+        thread, just before it writes the mark). A ``late`` run's task returns once its lease is
+        stored, and holds it until gc removes the mark (its step waits for ``hold``); a
+        ``late-ended`` run's task has run to its end, its lease released, before gc writes it."""
         from airflow_flowspec.datastore import keys
         from airflow_flowspec.datastore.store import Datastore
 
         Path(plan.fixed).touch()
+        if plan.hold:
+            Path(plan.hold).unlink()
         with self.lock:
             self.report.late_reruns += 1
-        thread = threading.Thread(target=self._resume, args=(plan,), name=f"late-{plan.run_id}", daemon=True)
+            self.report.late_reruns_ended_before_the_mark += plan.kind == "late-ended"
+        trained = threading.Event()
+        thread = threading.Thread(
+            target=self._resume, args=(plan, trained), name=f"late-{plan.run_id}", daemon=True
+        )
         self.late_threads.append(thread)
         thread.start()
+        if plan.kind == "late-ended":
+            if not trained.wait(60):
+                self.report.note(f"late re-run of {plan.run_id}: its task did not end in 60 s")
+            return
         looker = Datastore(self.root).backend
         leases = keys.run_leases_prefix(FLOW_NAME, plan.run_id)
         deadline = time.time() + 30
-        while not any(True for _ in looker.iter_objects(leases)) and time.time() < deadline:
+        while not any(True for _ in looker.iter_objects(leases)):
+            if time.time() > deadline:
+                self.report.note(f"late re-run of {plan.run_id}: no lease 30 s after it started")
+                return
             time.sleep(0.02)
 
-    def _resume(self, plan: _Plan) -> None:
+    def _resume(self, plan: _Plan, trained: threading.Event) -> None:
         try:
-            train = self._task(plan, "train", [plan.start_manifest], attempt=2)
+            try:
+                train = self._task(plan, "train", [plan.start_manifest], attempt=2)
+            finally:
+                trained.set()
+            if plan.kind == "late-ended":  # nothing of it runs during gc's last look: only what it wrote
+                plan.mark_gone.wait(60)
             self._end_and_check(plan, train)
         except Exception as error:  # noqa: BLE001 - counted
             self._task_failed(plan, error)
@@ -894,14 +948,15 @@ class _Campaign:
         failed: list[_Plan],
         last: bool,
     ) -> list[_Plan]:
-        """One round; ``failed`` are old failed runs (the one to re-run as gc comes to delete it,
-        the one to re-run too late); returns those it leaves for the next round."""
+        """One round; ``failed`` are old failed runs (FAILED_KINDS); returns those it leaves for the
+        next round."""
         self.report.rounds += 1
         earlier = sorted(set(self.pool.values()))  # the new ones are for gc to take, and racing runs
         self.seed_pool(pool)
-        late, too_late = (failed + [None, None])[:2]
-        if late is not None:  # before it is old: gc may come to it in the very next pass
-            self.late_targets[late.run_id] = late
+        for plan in failed:  # before they are old: gc may come to them in the very next pass
+            if plan.kind in ("late", "late-ended"):
+                self.late_targets[plan.run_id] = plan
+        too_late = next((plan for plan in failed if plan.kind == "too-late"), None)
         self.time_passes(failed)
         plans = [
             self._new_plan(
@@ -917,7 +972,7 @@ class _Campaign:
         self.rng.shuffle(plans)
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"round-{number}") as writers:
             running = [writers.submit(self._run, plan) for plan in plans]
-            left = [] if last else [writers.submit(self._fail_once, kind) for kind in ("late", "too-late")]
+            left = [] if last else [writers.submit(self._fail_once, kind) for kind in FAILED_KINDS]
             for _ in range(cleared):
                 self.cleared_run(dag)
             for future in running:
@@ -961,7 +1016,7 @@ class _Campaign:
         )
         for run_id in sorted(self.collector.deleted):
             plan = self.plans.get(run_id)
-            if plan is None or not (plan.aged and (plan.finished or plan.kind in ("late", "too-late"))):
+            if plan is None or not (plan.aged and (plan.finished or plan.kind in FAILED_KINDS)):
                 report.runs_deleted_unexpectedly += 1
                 report.note(f"gc deleted {run_id} ({plan.kind if plan else 'not a campaign run'})")
         for plan in self.plans.values():
@@ -1043,7 +1098,7 @@ def gc_campaign(
         sync_dag(dag)
         campaign.collector.start()
         try:
-            failed = [campaign._fail_once(kind) for kind in ("late", "too-late")]  # for round 0
+            failed = [campaign._fail_once(kind) for kind in FAILED_KINDS]  # for round 0
             for number in range(rounds):
                 failed = campaign.a_round(
                     number,
