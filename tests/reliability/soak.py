@@ -10,7 +10,9 @@ and runs, local root and S3 root alike where both apply: S3 faults at 5% and 20%
 (requests failed by botocore hook; connections reset or cut mid-body by a proxy), each over
 datastore rounds and whole flow runs on Airflow; SIGKILLs of real step processes; corruptions
 (flip, truncate, swap) read through the datastore, the XCom view and downstream steps; hostile
-XCom rows and names. It exits 1 if anything was lost, wrong, let in or left behind.
+XCom rows and names; gc in a loop while flows write, its deletes slowed; requests to the artifact
+view across flows, projects, branches and look-alike DAGs. It exits 1 if anything was lost, wrong,
+let in or left behind.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ def timed(label: str, function: Any, **kwargs: Any) -> dict[str, Any]:
 
 def run_campaigns(scale: float, workdir: Path) -> dict[str, Any]:
     from corruption import corruption_campaign
+    from cross_flow import SOAK_TRIES, cross_flow_campaign
+    from gc_campaign import SOAK_SIZE, gc_campaign
     from hostile import hostile_campaign
     from kills import kill_campaign
     from survival import fault_campaign
@@ -90,7 +94,7 @@ def run_campaigns(scale: float, workdir: Path) -> dict[str, Any]:
     def size(full: int) -> int:
         return max(1, round(full * scale))
 
-    figures: dict[str, Any] = {"faults": {}, "kills": {}, "corruption": {}, "hostile": {}}
+    figures: dict[str, Any] = {"faults": {}, "kills": {}, "corruption": {}, "hostile": {}, "gc": {}}
     quiet_airflow_warnings()
     ensure_database(Path(os.environ["AIRFLOW_HOME"]))
     with moto_s3() as endpoint:
@@ -138,6 +142,22 @@ def run_campaigns(scale: float, workdir: Path) -> dict[str, Any]:
                 tries=size(HOSTILE_TRIES),
                 seed=4,
             )
+            figures["gc"][backend] = timed(
+                f"gc while flows write: {backend}",
+                gc_campaign,
+                root=root_for("gc"),
+                seed=6,
+                workdir=workdir / f"gc-{backend}",
+                **{**SOAK_SIZE, "rounds": size(SOAK_SIZE["rounds"])},
+            )
+    figures["cross_flow"] = timed(
+        "cross-flow requests in the artifact view",
+        cross_flow_campaign,
+        root=str(workdir / "cross-flow" / "store"),
+        tries=size(SOAK_TRIES),
+        seed=7,
+        workdir=workdir / "cross-flow",
+    )
     return figures
 
 
@@ -173,6 +193,23 @@ def problems(figures: dict[str, Any]) -> list[str]:
     for backend, report in figures["hostile"].items():
         if report.get("let_in"):
             found.append(f"hostile {backend}: let in = {report['let_in']}")
+    for backend, report in figures["gc"].items():
+        for field in (
+            "artifacts_lost",
+            "artifacts_wrong",
+            "tasks_failed_by_gc",
+            "tasks_failed_otherwise",
+            "runs_deleted_unexpectedly",
+            "gc_failures",
+        ):
+            if report[field]:
+                found.append(f"gc {backend}: {field} = {report[field]}")
+        if report["tasks_refused_on_deleted_runs"] != report["too_late_reruns"]:
+            found.append(f"gc {backend}: a task ran on a run gc had deleted")
+    report = figures["cross_flow"]
+    for field in ("let_in", "wrong_answers", "flow_runs_failed"):
+        if report[field]:
+            found.append(f"cross-flow: {field} = {report[field]}")
     return found
 
 
@@ -197,8 +234,8 @@ def markdown(figures: dict[str, Any]) -> str:
         f"Latest `.venv/bin/python tests/reliability/soak.py --write` on a fresh clone ({meta['date']}, "
         f"{meta['seconds'] / 60:.0f} minutes, scale {meta['scale']}; {meta['machine']}; S3 is moto's "
         f"server on 127.0.0.1). What each campaign does is in the docstrings of "
-        f"`tests/reliability/{{survival,kills,corruption,hostile}}.py`; the tests in the same folder run "
-        f"them small in CI and at this size with `FLOWSPEC_SOAK=1`.",
+        f"`tests/reliability/{{survival,kills,corruption,hostile,gc_campaign,cross_flow}}.py`; the tests "
+        f"in the same folder run them small in CI and at this size with `FLOWSPEC_SOAK=1`.",
         "",
         f"**Lost, wrong, let in or left behind: {len(figures['problems'])}.**"
         + ("" if not figures["problems"] else " " + "; ".join(figures["problems"])),
@@ -341,7 +378,106 @@ def markdown(figures: dict[str, Any]) -> str:
         for backend, report in hostile.items()
     ]
     lines += _table(["root", "tried", "refused", "answered from the derived key", "let in"], rows)
+    lines += gc_section(figures["gc"])
+    lines += cross_flow_section(figures["cross_flow"])
     return "\n".join(lines)
+
+
+def gc_section(gc: dict[str, Any]) -> list[str]:
+    lease = max(report["lease_seconds"] for report in gc.values())
+    renew = max(report["renew_seconds"] for report in gc.values())
+    lines = [
+        "## gc while flows write",
+        "",
+        "`airflow-flowspec gc` runs pass after pass (asking Airflow's database, as `gc --airflow` "
+        "does) while flows of three steps run beside it, each task with its own client and holding its "
+        "run's lease; between passes time is made to pass: earlier runs are aged 60 days (gc deletes "
+        "them), every blob in `data/` three days (past the grace period). Leases are scaled down "
+        f"({lease:g} s unrenewed, renewed every {renew:g} s). Each round: ordinary runs that save "
+        "again values gc may be taking; long steps, computing until a whole pass has judged their "
+        "run, aged meanwhile to look abandoned; a run on Airflow whose failed task is cleared weeks "
+        "later (judged while queued, then run again); two old failed runs whose task is re-run as gc "
+        "comes to delete them (one holding its lease at gc's last look, one ended before gc's mark); "
+        "and one re-run after gc deleted its run. gc's deletes wait the delay "
+        "shown (on S3 a `before-send` hook on gc's own client holds each DeleteObject); as gc takes a "
+        "blob out of `data/`, a racing run saves the same value, relies on the blob still there, and "
+        "writes its manifest a pass later; when gc moves that blob back, a reader misses it in "
+        "`data/` just before the move and learns so only after it. *Lost*: an artifact of a run, "
+        "read as it finished and again at the end for every run gc kept, that does not load or is "
+        "not what its step stored.",
+        "",
+    ]
+    rows = []
+    for backend, report in gc.items():
+        rows.append(
+            [
+                f"{backend} ({report['delete_delay']:g} s)",
+                f"{report['runs_written']} ({report['long_step_runs']} long, {report['racing_runs']} racing, "
+                f"{report['cleared_runs']} cleared)",
+                report["gc_passes"],
+                f"{report['runs_deleted']} / {report['runs_spared']}",
+                f"{report['blobs_trashed']} / {report['blobs_deleted']} / {report['blobs_restored']}",
+                report["trash_rounds_waited"],
+                f"{report['slowed_deletes']} ({report['slowed_deletes_overlapping_a_save']} during a save "
+                f"relying on the blob)",
+                f"{report['reads_from_the_trash']} / {report['reads_racing_a_move_back']}",
+                report["artifacts_checked"],
+                report["artifacts_lost"] + report["artifacts_wrong"],
+                report["tasks_failed_by_gc"] + report["tasks_failed_otherwise"],
+                f"{report['tasks_refused_on_deleted_runs']}/{report['too_late_reruns']}",
+            ]
+        )
+    return lines + _table(
+        [
+            "root (delete delay)",
+            "runs",
+            "gc passes",
+            "runs deleted / spared at the last look",
+            "blobs trashed / deleted / moved back",
+            "trash rounds waited",
+            "slowed deletes",
+            "reads from the trash / as gc moved the blob back",
+            "artifacts checked",
+            "lost or wrong",
+            "tasks failed",
+            "re-runs on a deleted run refused",
+        ],
+        rows,
+    )
+
+
+def cross_flow_section(report: dict[str, Any]) -> list[str]:
+    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(report["by_dag_kind"].items()))
+    lines = [
+        "## Cross-flow requests in the artifact view",
+        "",
+        "Flows' DAGs sharing Airflow run ids (`VictimFlow`; a `TrainFlow` without `@project`; "
+        "`@project` flows named `TrainFlow` of three projects on branches such as `alpha.prod`, "
+        "`beta.user.ana-maria` and `gamma.user.alpha.prod`), ordinary DAGs named like them "
+        "(`evil..VictimFlow`, `gamma.alpha.prod.TrainFlow`), DAGs built by hand with this provider's "
+        "operator claiming a flow's deployment, runs triggered with crafted ids (`alpha.prod:<run id>` "
+        "on the flow without `@project`, and `prod:<run id>` where an older version's copy of alpha's "
+        "run lies), and four users Airflow refuses different DAGs. Every run of every DAG is asked for "
+        "once per user, then at random: the run, step, task and artifact pages (JSON and HTML), "
+        "downloads and the index. *Let in*: another deployment's data, any data of a DAG the user may "
+        "not read, or a page for a DAG that is not a flow's.",
+        "",
+    ]
+    rows = [
+        [
+            report["dags"],
+            report["dag_runs"],
+            f"{report['tried']} ({kinds} DAG ids; {report['by_path'].get('index', 0)} of the index)",
+            report["served_correctly"],
+            f"{report['refused_correctly']} ({report['refused_by_airflow']} by Airflow, "
+            f"{report['refused_by_the_view']} by the view)",
+            report["wrong_answers"],
+            report["let_in"],
+        ]
+    ]
+    return lines + _table(
+        ["DAGs", "DAG runs", "requests", "served the right run", "refused", "wrong answers", "let in"], rows
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
