@@ -2,8 +2,8 @@
 campaign on a local root and on S3.
 
 One campaign per backend (see ``gc_campaign.py``): gc pass after pass, its deletes slowed, while
-ordinary runs, long steps, saves racing gc for the blobs it takes, a run cleared on Airflow, a task
-re-run as gc comes to delete its run and one re-run after, write and read. Each test below checks
+ordinary runs, long steps, saves racing gc for the blobs it takes, a run cleared on Airflow, tasks
+re-run as gc comes to delete their runs and one re-run after, write and read. Each test below checks
 one promise against the campaign's figures; its docstring names the protection it guards and what
 the campaign shows without it (each was tried: the protection removed from the product code, the
 campaign run, the test failing as said).
