@@ -653,7 +653,8 @@ class _Campaign:
             yield
             return
         plan.stage = "the checker's lease"
-        with Lease(self._writer(), RunIdentity(FLOW_NAME, plan.run_id), holder="checker"):
+        run = RunIdentity(FLOW_NAME, plan.run_id)
+        with Lease(self._writer(), run, holder="checker", needs_record=True):
             yield
 
     def _end_and_check(self, plan: _Plan, train: dict[str, Any]) -> None:
