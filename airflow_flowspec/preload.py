@@ -6,21 +6,23 @@ home, building the in-process execution API. The preloader
 pattern of Ruby's Spring or CPython's forkserver. This module is what ``run`` does instead of
 starting Airflow itself: it hands the preloader its terminal (the file descriptors themselves,
 passed over a Unix socket, so ``isatty``, colours and progress bars behave), its arguments,
-working directory and environment, forwards the signals it gets (Ctrl-C) to the child, and exits
-with the child's status. It imports no Airflow.
+working directory and environment, and what its process passes on (:func:`caller_process`,
+:func:`std_streams`), forwards the signals it gets (Ctrl-C) to the child, and exits with the
+child's status. It imports no Airflow.
 
 The preloader starts on first use (that run is cold), exits after ``[flowspec]
 preload_idle_minutes``, and serves a run only while nothing it imported has changed; a different
 Python or Airflow-relevant environment gets a preloader of its own. ``run --no-preload``,
 ``[flowspec] preload = False`` or ``FLOWSPEC_PRELOAD=0`` turn it off; where fork or Unix sockets do
-not exist it is off. If it cannot be reached, or fails before the run starts, the run goes on cold
-and says so in one line.
+not exist it is off. If the preloader fails or refuses before the run starts, or cannot make its
+child this process (it declines), the run goes on cold and says so in one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -111,6 +113,15 @@ def run_preloaded(argv: list[str]) -> int | None:
         if reply.get("status") == "stale":
             _start_after_this_run(path)  # the old one has exited: something it imported changed
             return None
+        if reply.get("status") == "declined":
+            # It cannot make the run this process. Where it lacks what this process has (a lower
+            # nice value, a higher hard limit), one started from here can: it takes over.
+            then = ""
+            if reply.get("replace"):
+                _start_after_this_run(path, replace=True)
+                then = "; a preloader that can starts after it"
+            _say(f"running this cold: {reply.get('reason')}{then}")
+            return None
         if "pid" not in reply:
             _say(f"the preloader refused the run ({reply.get('reason', reply)}); running it cold")
             return None
@@ -138,11 +149,60 @@ def _hand_over(connection: socket.socket, argv: list[str]) -> dict[str, Any]:
         # A run started with Ctrl-C ignored (as a shell starts a background job) must ignore it
         # too, as a cold run's Python would: the child takes these dispositions from the caller.
         "ignored_signals": ignored_signals(),
+        "process": caller_process(),
+        "streams": std_streams(),
+        "orig_argv": list(sys.orig_argv),
     }
     data = json.dumps(request).encode()
     connection.settimeout(_HANDSHAKE_SECONDS)
     socket.send_fds(connection, [_HEADER.pack(len(data)) + data], [0, 1, 2])
     return read_message(connection)
+
+
+def caller_process() -> dict[str, Any]:
+    """What a process passes to the processes it starts and the preloader's child can be given
+    (it takes them, or the preloader declines the run): the umask, every resource limit, the nice
+    value, the scheduling policy, the CPUs it may run on and its out-of-memory score adjustment."""
+    import resource
+
+    umask = os.umask(0o077)
+    os.umask(umask)
+    limits = {}
+    for name in sorted(dir(resource)):
+        if name.startswith("RLIMIT_") and getattr(resource, name) not in limits.values():
+            limits[name] = getattr(resource, name)
+    process: dict[str, Any] = {
+        "umask": umask,
+        "limits": {name: list(resource.getrlimit(number)) for name, number in limits.items()},
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+    }
+    if hasattr(os, "sched_getaffinity"):
+        process["cpus"] = sorted(os.sched_getaffinity(0))
+    if hasattr(os, "sched_getscheduler"):
+        process["scheduler"] = [os.sched_getscheduler(0), os.sched_getparam(0).sched_priority]
+    try:
+        with open("/proc/self/oom_score_adj") as file:
+            process["oom_score_adj"] = int(file.read())
+    except (OSError, ValueError):
+        pass
+    return process
+
+
+def std_streams() -> dict[str, dict[str, Any]]:
+    """How Python set up this process's standard streams (``PYTHONIOENCODING``, ``-u``, the
+    locale, a terminal or not), for the preloader's child to set up its own the same way."""
+    streams = {}
+    for name in ("stdin", "stdout", "stderr"):
+        stream = getattr(sys, f"__{name}__", None)
+        if isinstance(stream, io.TextIOWrapper):
+            streams[name] = {
+                "encoding": stream.encoding,
+                "errors": stream.errors,
+                "line_buffering": stream.line_buffering,
+                "write_through": stream.write_through,
+                "buffered": not isinstance(stream.buffer, io.RawIOBase),
+            }
+    return streams
 
 
 def ignored_signals() -> list[str]:
@@ -180,22 +240,23 @@ def _follow(connection: socket.socket, pid: int) -> int:
     return int(end.get("exit", 1))
 
 
-def _start_after_this_run(path: Path) -> None:
+def _start_after_this_run(path: Path, replace: bool = False) -> None:
     """Start a preloader for the next run once this (cold) one is over: started now, it would
     migrate the same new database and compete for the same cores."""
     import atexit
 
     # With the environment as the caller has it now: the run is about to add the private home's.
-    atexit.register(start_preloader, path, dict(os.environ))
+    atexit.register(start_preloader, path, dict(os.environ), replace)
 
 
-def start_preloader(path: Path, environ: dict[str, str] | None = None) -> None:
+def start_preloader(path: Path, environ: dict[str, str] | None = None, replace: bool = False) -> None:
     """Start a preloader in the background, detached from this terminal (it warms up while this
-    run goes on)."""
+    run goes on); ``replace`` takes the socket over from a preloader that serves it."""
     log = path.with_suffix(".log")
+    command = [sys.executable, "-m", "airflow_flowspec.airflow.preloader"]
     with open(log, "ab") as output:
         subprocess.Popen(  # noqa: S603 - our own module, this interpreter
-            [sys.executable, "-m", "airflow_flowspec.airflow.preloader", "--socket", str(path)],
+            [*command, "--socket", str(path), *(["--replace"] if replace else [])],
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,

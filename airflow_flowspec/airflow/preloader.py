@@ -6,23 +6,28 @@ Started by :mod:`airflow_flowspec.preload` (``python -m airflow_flowspec.airflow
 the lean in-process execution API, metrics), then waits on a Unix socket only its user can open.
 
 For each request it forks a supervisor, which forks the run's child and reports how the child
-ended: a status the shell would see, or the signal that ended it. The child takes the caller's
-terminal (the descriptors arrive over the socket), working directory, environment and arguments,
-imports the flow file fresh and runs it exactly as a cold ``run`` does (the same ``dag.test()``
-path). The preloader itself never runs a flow, so nothing one run does reaches the next.
+ended: a status the shell would see, or the signal that ended it. The child is made the caller's
+process first (:func:`take_caller_process`: umask, resource limits, nice value, scheduling policy,
+CPUs, OOM score) and declines the run if it cannot be; then it takes the caller's terminal (the
+descriptors arrive over the socket, and become standard streams set up as the caller's), working
+directory, environment (``TZ`` and ``TMPDIR`` read again) and arguments, imports the flow file
+fresh and runs it exactly as a cold ``run`` does (the same ``dag.test()`` path). The preloader
+itself never runs a flow, so nothing one run does reaches the next.
 
 It serves a run only while nothing it imported has changed (every module file, the folders on
 ``sys.path``: an install or an edit shows in their modification times) and the caller's Python
 and Airflow-relevant environment are its own; otherwise it answers "stale" and exits, and the
-caller starts a new one. It exits after ``[flowspec] preload_idle_minutes`` without a request, and
-as soon as it finds itself stale while idle. Forking needs a single thread: the warm-up starts
-none, and the preloader checks before each fork.
+caller starts a new one. It exits after ``[flowspec] preload_idle_minutes`` without a request, as
+soon as it finds itself stale while idle, and when a preloader started with ``--replace`` takes
+its socket. Forking needs a single thread: the warm-up starts none, and the preloader checks
+before each fork.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import io
 import os
 import select
 import signal
@@ -162,8 +167,9 @@ class Preloader:
         self.inode = 0
         self.stale_reason = ""
 
-    def bind(self) -> bool:
-        """Listen at the path; False when another live preloader already does."""
+    def bind(self, replace: bool = False) -> bool:
+        """Listen at the path; False when another live preloader already does, unless ``replace``
+        (that one stops serving: it finds the path taken and exits)."""
         try:
             self.listener.bind(str(self.path) + ".new")
         except OSError:
@@ -173,11 +179,13 @@ class Preloader:
         self.listener.listen(16)
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(str(self.path))
-            probe.close()
-            os.unlink(str(self.path) + ".new")
-            return False  # someone else serves this path
+            if not replace:
+                probe.connect(str(self.path))
+                os.unlink(str(self.path) + ".new")
+                return False  # someone else serves this path
         except OSError:
+            pass  # nobody does
+        finally:
             probe.close()
         os.replace(str(self.path) + ".new", str(self.path))
         self.inode = os.stat(self.path).st_ino
@@ -241,7 +249,6 @@ class Preloader:
                 finally:
                     os._exit(0)
             self.children.add(pid)
-            print(f"preloader {os.getpid()} serves {request['argv'][0]} (supervisor {pid})", flush=True)
             return True
         except (OSError, ValueError) as error:
             print(f"request failed: {error}", file=sys.stderr, flush=True)
@@ -282,6 +289,10 @@ def _difference(theirs: Any, ours: dict[str, Any]) -> str:
     return ", ".join(names) or "unknown"
 
 
+def _listed(names: list[str], conjunction: str = "and") -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {conjunction} {names[-1]}"
+
+
 def _same_user(connection: socket.socket) -> bool:
     if not hasattr(socket, "SO_PEERCRED"):
         return True  # the folder's permissions are the guard
@@ -310,14 +321,30 @@ def _receive(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 
 def _supervise(connection: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
-    """In the forked supervisor: start the run's child, tell the caller its pid, report its end."""
+    """In the forked supervisor: start the run's child, tell the caller its pid (or that the child
+    could not be made the caller's process), report its end."""
+    taken_read, taken_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         connection.close()
-        _become_run(request, fds)  # never returns
+        os.close(taken_read)
+        _become_run(request, fds, taken_write)  # never returns
+    os.close(taken_write)
     for fd in fds:
         os.close(fd)
     fds.clear()
+    with os.fdopen(taken_read, "rb") as taken:
+        answer = taken.read().decode(errors="replace")
+    preloader = os.getppid()
+    if answer != "taken":
+        os.waitpid(pid, 0)
+        print(f"preloader {preloader} declines {request['argv'][0]}: {answer or 'no answer'}", flush=True)
+        if answer:  # it lacks what the caller has: a preloader the caller starts has it
+            write_message(connection, {"status": "declined", "reason": answer, "replace": True})
+        else:
+            write_message(connection, {"status": "refused", "reason": "the run's process failed to start"})
+        return
+    print(f"preloader {preloader} serves {request['argv'][0]} (supervisor {os.getpid()})", flush=True)
     write_message(connection, {"pid": pid})
     connection.settimeout(None)
     # A pidfd becomes readable the moment the child ends (Linux); elsewhere, poll.
@@ -370,22 +397,144 @@ def _take_signal_dispositions(ignored: Any) -> None:
             signal.signal(number, signal.SIG_DFL)
 
 
-def _become_run(request: dict[str, Any], fds: list[int]) -> None:
-    """In the run's child: become the caller's ``python flow.py run`` and run it; never returns."""
+def take_caller_process(process: Any) -> list[str]:
+    """Give this process what the caller's process has (:func:`..preload.caller_process`): its
+    umask, resource limits, nice value, scheduling policy, CPUs and out-of-memory score
+    adjustment. What it could not be given (an unprivileged process cannot lower its nice value
+    or raise a hard limit), as phrases for a message; empty when it has them all."""
+    import resource
+
+    if not isinstance(process, dict):
+        return ["the caller's process was not described"]
+    missing: list[str] = []
+    os.umask(int(process["umask"]))
+    nice = int(process["nice"])
+    _set_nice(nice)  # before the limits too: the caller's RLIMIT_NICE may be lower than ours
+    for name, (soft, hard) in sorted(process.get("limits", {}).items()):
+        number = getattr(resource, name, None)
+        if number is None or resource.getrlimit(number) == (soft, hard):
+            continue
+        try:
+            resource.setrlimit(number, (soft, hard))
+        except (ValueError, OSError):
+            own = resource.getrlimit(number)[1]
+            missing.append(f"{name} {_limit(soft)}/{_limit(hard)} (its own hard limit is {_limit(own)})")
+    if not _set_nice(nice):
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        missing.append(f"nice {nice} (its own is {own}; only a privileged process lowers it)")
+    scheduler = process.get("scheduler")
+    if scheduler and hasattr(os, "sched_setscheduler"):
+        policy, priority = int(scheduler[0]), int(scheduler[1])
+        if (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) != (policy, priority):
+            try:
+                os.sched_setscheduler(0, policy, os.sched_param(priority))
+            except OSError:
+                missing.append(f"scheduling policy {policy} at priority {priority}")
+    cpus = process.get("cpus")
+    if cpus and hasattr(os, "sched_setaffinity") and sorted(os.sched_getaffinity(0)) != cpus:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:
+            missing.append(f"CPUs {cpus}")
+    if "oom_score_adj" in process:
+        try:
+            with open("/proc/self/oom_score_adj", "r+") as file:
+                if int(file.read()) != int(process["oom_score_adj"]):
+                    file.seek(0)
+                    file.write(str(int(process["oom_score_adj"])))
+        except OSError:
+            missing.append(f"oom_score_adj {process['oom_score_adj']}")
+    return missing
+
+
+def _set_nice(nice: int) -> bool:
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) != nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError:
+        return False
+    return True
+
+
+def _limit(value: int) -> str:
+    import resource
+
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
+
+
+def _open_std_streams(described: Any) -> None:
+    """The standard streams on descriptors 0-2, set up as the caller's Python set up its own (its
+    encoding and error handler, line buffering on a terminal and for stderr, unbuffered under
+    ``-u``, no newline translation), as ``sys.std*`` and ``sys.__std*__``."""
+    described = described if isinstance(described, dict) else {}
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        how = described.get(name) if isinstance(described.get(name), dict) else {}
+        writing = fd != 0
+        raw = io.FileIO(fd, "wb" if writing else "rb", closefd=False)
+        raw.name = f"<{name}>"  # type: ignore[misc]
+        buffer: Any = raw
+        if how.get("buffered", True) or not writing:
+            buffer = io.BufferedWriter(raw) if writing else io.BufferedReader(raw)
+        stream = io.TextIOWrapper(
+            buffer,
+            encoding=how.get("encoding"),
+            errors=how.get("errors", "backslashreplace" if name == "stderr" else "strict"),
+            newline="\n",
+            line_buffering=how.get("line_buffering", name == "stderr" or raw.isatty()),
+            write_through=how.get("write_through", False),
+        )
+        stream.mode = "w" if writing else "r"  # type: ignore[misc]
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _take_time_zone_and_temporary_folder() -> None:
+    """Read ``TZ`` and ``TMPDIR`` again from the caller's environment, now in ``os.environ``: the C
+    library's time zone (``time.tzset``), pendulum's cached local zone and Airflow's default one
+    when it is "system", and ``tempfile``'s cached folder."""
+    import tempfile
+
+    time.tzset()
+    tempfile.tempdir = None
+    local = sys.modules.get("pendulum.tz.local_timezone")
+    if local is not None:
+        local._local_timezone = None  # type: ignore[attr-defined]
+    settings = sys.modules.get("airflow.settings")
+    if settings is None:
+        return
+    from airflow.configuration import conf
+
+    if conf.get("core", "default_timezone", fallback="utc") == "system":
+        for name in ("airflow._shared.timezones.timezone", "airflow.sdk._shared.timezones.timezone"):
+            timezone = sys.modules.get(name)
+            if timezone is not None:
+                timezone.initialize("system")
+        settings.TIMEZONE = settings.local_timezone()
+
+
+def _become_run(request: dict[str, Any], fds: list[int], taken: int) -> None:
+    """In the run's child: become the caller's ``python flow.py run`` and run it; never returns.
+    It first takes the caller's process attributes and writes "taken" to ``taken``, or what it
+    could not take (and exits)."""
     code = 1
     try:
+        missing = take_caller_process(request.get("process"))
+        answer = f"the preloader cannot give it {_listed(missing, 'or')}" if missing else "taken"
+        os.write(taken, answer.encode())
+        os.close(taken)
+        if missing:
+            return
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
         os.setsid()  # its own session: the preloader's signals and lifetime are not the run's
         _take_signal_dispositions(request.get("ignored_signals"))
-        sys.stdin = open(0, closefd=False)  # noqa: SIM115
-        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        _open_std_streams(request.get("streams"))
         os.chdir(request.get("cwd") or "/")
         os.environ.clear()
         os.environ.update({str(k): str(v) for k, v in (request.get("environment") or {}).items()})
         os.environ[CHILD_VARIABLE] = "1"
+        _take_time_zone_and_temporary_folder()
         from airflow_flowspec.airflow.local_run import prepare_environment
 
         prepare_environment()
@@ -395,6 +544,8 @@ def _become_run(request: dict[str, Any], fds: list[int]) -> None:
             settings.engine.dispose(close=False)  # the preloader's connections are not ours
         argv = [str(a) for a in request["argv"]]
         sys.argv = argv
+        if isinstance(request.get("orig_argv"), list):
+            sys.orig_argv = [str(a) for a in request["orig_argv"]]
         sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
         import runpy
 
@@ -436,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airflow_flowspec.airflow.preloader")
     parser.add_argument("--socket", required=True, type=Path)
     parser.add_argument("--idle-minutes", type=float, default=None)
+    parser.add_argument("--replace", action="store_true", help="take the socket over from a live preloader")
     args = parser.parse_args(argv)
     idle = args.idle_minutes if args.idle_minutes is not None else config.preload_idle_minutes()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -443,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     print_ = fingerprint()
     warm_up()
     preloader = Preloader(args.socket, idle * 60, print_)
-    if not preloader.bind():
+    if not preloader.bind(replace=args.replace):
         return 0
     print(f"preloader {os.getpid()} ready at {args.socket}", flush=True)
     try:
