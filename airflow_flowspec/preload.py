@@ -11,11 +11,13 @@ working directory and environment, and what its process passes on (:func:`caller
 child's status. It imports no Airflow.
 
 The preloader starts on first use (that run is cold), exits after ``[flowspec]
-preload_idle_minutes``, and serves a run only while nothing it imported has changed; a different
-Python or Airflow-relevant environment gets a preloader of its own. ``run --no-preload``,
-``[flowspec] preload = False`` or ``FLOWSPEC_PRELOAD=0`` turn it off; where fork or Unix sockets do
-not exist it is off. If the preloader fails or refuses before the run starts, or cannot make its
-child this process (it declines), the run goes on cold and says so in one line.
+preload_idle_minutes``, and serves a run only while nothing it imported has changed. What a forked
+child cannot be given is in the :func:`fingerprint`, which names the socket: a caller started with
+other interpreter options or start-up variables gets a preloader of its own, started as it was
+started. ``run --no-preload``, ``[flowspec] preload = False`` or ``FLOWSPEC_PRELOAD=0`` turn it
+off; where fork or Unix sockets do not exist it is off. If the preloader fails or refuses before
+the run starts, or cannot make its child this process (it declines), the run goes on cold and
+says so in one line.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def enabled(no_preload: bool = False) -> bool:
     """Whether this ``run`` may go through a preloader."""
     if no_preload or os.environ.get(CHILD_VARIABLE) or not supported():
         return False
+    if sys.flags.inspect or "-x" in startup_options():
+        return False  # python -i: the run's objects must be in this process; -x: a line skipped
     if os.environ.get(SWITCH_VARIABLE, "").strip().lower() in ("0", "false", "no", "off"):
         return False
     from airflow_flowspec import config
@@ -61,17 +65,92 @@ def enabled(no_preload: bool = False) -> bool:
 
 
 def fingerprint(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """What a preloader must share with a run it serves: the Python, and the environment Airflow
-    reads when it starts (a preloader with another one would run stale settings). ``[flowspec]``
-    options are left out: this package reads them when it needs them, in the run's child."""
+    """What a preloader must share with a run it serves, as the preloader cannot change it for a
+    child: the Python and how it was started (:func:`interpreter`), and the environment Airflow
+    reads when it starts (a preloader with another one would run stale settings). Callers that
+    differ get preloaders of their own. ``[flowspec]`` options are left out: this package reads
+    them when it needs them, in the run's child."""
     environ = dict(os.environ if environ is None else environ)
     relevant = {
         name: value
         for name, value in environ.items()
-        if name in ("AIRFLOW_HOME", "PYTHONPATH", "FLOWSPEC_HOME", "AIRFLOW_CONFIG")
+        if name in ("AIRFLOW_HOME", "FLOWSPEC_HOME", "AIRFLOW_CONFIG")
         or (name.startswith("AIRFLOW__") and not name.startswith("AIRFLOW__FLOWSPEC__"))
     }
-    return {"python": os.path.realpath(sys.executable), "prefix": sys.prefix, "environment": relevant}
+    return {
+        "python": os.path.realpath(sys.executable),
+        "prefix": sys.prefix,
+        "environment": relevant,
+        "interpreter": interpreter(),
+    }
+
+
+#: Variables Python reads only as it starts (besides ``PYTHON*``): the locale it sets up, and with
+#: it the file system encoding and UTF-8 mode.
+_LOCALE_VARIABLES = ("LANG", "LC_ALL", "LC_CTYPE")
+#: ``PYTHON*`` variables a preloaded run applies itself (the standard streams are rebuilt as the
+#: caller's) or that Python reads when they are used, in the run, from the caller's environment.
+_APPLIED_IN_THE_RUN = ("PYTHONIOENCODING", "PYTHONUNBUFFERED", "PYTHONBREAKPOINT", "PYTHONASYNCIODEBUG")
+
+
+def interpreter() -> dict[str, Any]:
+    """How this Python was started, as far as a forked child cannot change it: its command-line
+    options (``-O``, ``-W``, ``-X``, ``-B``...) and the variables it read as it started
+    (``PYTHONWARNINGS``, ``PYTHONHASHSEED``, ``PYTHONPATH``, the locale...), as they were then
+    (a flow that changes ``os.environ`` changes neither), and the stack limit the C library sized
+    threads' stacks by. A preloader started with :func:`startup_options` and
+    :func:`startup_environment` has the same."""
+    import resource
+
+    return {
+        "options": startup_options(),
+        "environment": {
+            name: value
+            for name, value in startup_environment().items()
+            if name in _LOCALE_VARIABLES or (name.startswith("PYTHON") and name not in _APPLIED_IN_THE_RUN)
+        },
+        "thread stack": resource.getrlimit(resource.RLIMIT_STACK)[0],
+    }
+
+
+def startup_options(orig_argv: list[str] | None = None) -> list[str]:
+    """The interpreter's own options on the command line that started this process, one per item
+    (``-OB`` is ``-O``, ``-B``; ``-Werror`` is ``-W``, ``error``); what follows the script, ``-c``
+    or ``-m`` is not an interpreter option."""
+    args = iter((sys.orig_argv if orig_argv is None else orig_argv)[1:])
+    options: list[str] = []
+    for arg in args:
+        if arg == "--" or arg == "-" or not arg.startswith("-"):
+            break
+        if arg.startswith("--"):
+            options.append(arg)
+            if arg == "--check-hash-based-pycs":
+                options.append(next(args, ""))
+            continue
+        for position, letter in enumerate(arg[1:], start=1):
+            if letter in "cm":
+                return options
+            if letter in "WX":
+                options += [f"-{letter}", arg[position + 1 :] or next(args, "")]
+                break
+            options.append(f"-{letter}")
+    return options
+
+
+def startup_environment() -> dict[str, str]:
+    """The environment this process was started with (``/proc/self/environ`` on Linux, where a
+    change to ``os.environ`` does not show; ``os.environ`` elsewhere)."""
+    try:
+        with open("/proc/self/environ", "rb") as file:
+            entries = file.read().split(b"\0")
+    except OSError:
+        return dict(os.environ)
+    environment = {}
+    for entry in entries:
+        name, equals, value = entry.partition(b"=")
+        if equals:
+            environment[os.fsdecode(name)] = os.fsdecode(value)
+    return environment
 
 
 def socket_path(print_: dict[str, Any] | None = None) -> Path:
@@ -251,9 +330,20 @@ def _start_after_this_run(path: Path, replace: bool = False) -> None:
 
 def start_preloader(path: Path, environ: dict[str, str] | None = None, replace: bool = False) -> None:
     """Start a preloader in the background, detached from this terminal (it warms up while this
-    run goes on); ``replace`` takes the socket over from a preloader that serves it."""
+    run goes on), with this interpreter's options and start-up variables (:func:`interpreter`), so
+    that it serves this caller; ``replace`` takes the socket over from a preloader that serves it."""
     log = path.with_suffix(".log")
-    command = [sys.executable, "-m", "airflow_flowspec.airflow.preloader"]
+    environ = dict(os.environ if environ is None else environ)
+    started = startup_environment()
+    for name in list(environ):
+        if name in _LOCALE_VARIABLES or name.startswith("PYTHON"):
+            del environ[name]
+    environ.update(
+        (name, value)
+        for name, value in started.items()
+        if name in _LOCALE_VARIABLES or name.startswith("PYTHON")
+    )
+    command = [sys.executable, *startup_options(), "-m", "airflow_flowspec.airflow.preloader"]
     with open(log, "ab") as output:
         subprocess.Popen(  # noqa: S603 - our own module, this interpreter
             [*command, "--socket", str(path), *(["--replace"] if replace else [])],

@@ -15,12 +15,12 @@ fresh and runs it exactly as a cold ``run`` does (the same ``dag.test()`` path).
 itself never runs a flow, so nothing one run does reaches the next.
 
 It serves a run only while nothing it imported has changed (every module file, the folders on
-``sys.path``: an install or an edit shows in their modification times) and the caller's Python
-and Airflow-relevant environment are its own; otherwise it answers "stale" and exits, and the
-caller starts a new one. It exits after ``[flowspec] preload_idle_minutes`` without a request, as
-soon as it finds itself stale while idle, and when a preloader started with ``--replace`` takes
-its socket. Forking needs a single thread: the warm-up starts none, and the preloader checks
-before each fork.
+``sys.path``: an install or an edit shows in their modification times) and the caller's
+fingerprint (Python, interpreter options, start-up and Airflow variables) is its own; otherwise it
+answers "stale" and exits, and the caller starts a new one. It exits after ``[flowspec]
+preload_idle_minutes`` without a request, as soon as it finds itself stale while idle, and when a
+preloader started with ``--replace`` takes its socket. Forking needs a single thread: the warm-up
+starts none, and the preloader checks before each fork.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import argparse
 import gc
 import io
 import os
+import re
 import select
 import signal
 import socket
@@ -45,9 +46,12 @@ from airflow_flowspec.preload import (
     FORWARDED_SIGNALS,
     fingerprint,
     read_message,
+    socket_path,
     write_message,
 )
 
+#: How :func:`..preload.socket_path` names a socket: after its callers' fingerprint.
+_FINGERPRINT_NAME = re.compile(r"[0-9a-f]{20}\.sock")
 #: How often an idle preloader checks whether it is stale.
 _CHECK_SECONDS = 5.0
 #: How long a run whose caller is gone has to end on SIGHUP before it is killed: a cold run dies
@@ -286,6 +290,10 @@ def _difference(theirs: Any, ours: dict[str, Any]) -> str:
         for k in set(environment) | set(ours["environment"])
         if environment.get(k) != ours["environment"].get(k)
     )
+    interpreter = theirs.get("interpreter") if isinstance(theirs.get("interpreter"), dict) else {}
+    for part in ours["interpreter"]:
+        if interpreter.get(part) != ours["interpreter"][part]:
+            names.append(f"the interpreter's {part}")
     return ", ".join(names) or "unknown"
 
 
@@ -546,7 +554,8 @@ def _become_run(request: dict[str, Any], fds: list[int], taken: int) -> None:
         sys.argv = argv
         if isinstance(request.get("orig_argv"), list):
             sys.orig_argv = [str(a) for a in request["orig_argv"]]
-        sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+        if not sys.flags.safe_path:  # with -P (or -I) Python puts no script folder first
+            sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
         import runpy
 
         profile = os.environ.get("FLOWSPEC_PRELOAD_PROFILE")  # where to write a cProfile of the run
@@ -593,6 +602,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     print_ = fingerprint()
+    if _FINGERPRINT_NAME.fullmatch(args.socket.name) and socket_path(print_) != args.socket:
+        # Its callers' fingerprint names the socket: one not started as they were serves none.
+        print(f"preloader {os.getpid()} exits: not started as its callers were", file=sys.stderr, flush=True)
+        return 0
     warm_up()
     preloader = Preloader(args.socket, idle * 60, print_)
     if not preloader.bind(replace=args.replace):

@@ -596,6 +596,97 @@ def test_a_warm_run_takes_the_callers_umask_limits_nice_time_zone_temporary_fold
     assert "printed: na\\xefve" in warm.stdout and "printed: na\\xefve" in cold.stdout
 
 
+#: Interpreter options and start-up variables a forked child cannot take. LANG=C alone: Python
+#: then sets LC_CTYPE in its os.environ, which a preloader must not be started with.
+OPTIONS = ("-O", "-P", "-W", "always::UserWarning", "-X", "int_max_str_digits=5000")
+STARTUP = {"PYTHONWARNINGS": "ignore::FutureWarning", "PYTHONHASHSEED": "7", "LANG": "C", "LC_ALL": None,
+           "LC_CTYPE": None}  # fmt: skip
+
+
+def with_a_larger_stack() -> None:
+    resource.setrlimit(resource.RLIMIT_STACK, (16 * 2**20, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+
+def test_a_caller_with_other_interpreter_options_gets_a_preloader_started_with_them(probing):
+    """Guards: a caller with interpreter options (-O, -P, -W, -X) and start-up variables
+    (PYTHONWARNINGS, PYTHONHASHSEED, the locale) is not served by the preloader of a plain
+    ``python`` (its first run is cold, with its own options), and the preloader it starts has
+    them all, PYTHONWARNINGS counted once and LC_CTYPE as it was before Python set it: the warm
+    run's flags, warning options and filters, hash seed, locale, file system encoding, thread
+    stacks and module search path (no script folder under -P) are the cold run's."""
+    probing.wait_until_ready()
+    logs = set(probing.folder.glob("*.log"))
+    how = {"options": OPTIONS, "env": STARTUP, "preexec_fn": with_a_larger_stack}
+    cold = probing.run(**how)  # none serves these options yet: cold, and starts one at its end
+    assert notices(cold) == [] and "optimize=1" in report(cold)["flags"], cold.stderr
+    deadline = time.monotonic() + 90
+    while not any(" ready at " in log.read_text() for log in set(probing.folder.glob("*.log")) - logs):
+        assert time.monotonic() < deadline, f"no preloader became ready:\n{probing.log()}"
+        time.sleep(0.2)
+    warm = probing.run(**how)
+    (log,) = set(probing.folder.glob("*.log")) - logs
+    assert log.read_text().count(" serves ") == 1 and notices(warm) == [], warm.stderr
+
+    assert report(warm) == report(cold)
+    taken = report(warm)
+    assert not taken["assertions"] and "safe_path=True" in taken["flags"]
+    assert taken["warning options"] == ["ignore::FutureWarning", "always::UserWarning"]
+    assert taken["-X options"] == {"int_max_str_digits": "5000"}
+    assert str(probing.flow_file.parent) not in taken["module search path"]
+    assert taken["thread stack"] in (16 * 2**20, None)  # None: no glibc to ask
+
+
+def test_what_a_forked_child_cannot_take_is_in_the_fingerprint(tmp_path):
+    """Guards, one by one: each interpreter option, start-up variable and the stack limit
+    changes the fingerprint (so the socket), and so gets its caller a preloader
+    of its own; a change the flow makes to os.environ does not (it would make a preloader stale
+    at every run); ``python -i`` and ``-x`` run cold."""
+    script = tmp_path / "fingerprint.py"
+    script.write_text(
+        "# a first line, which -x skips\n"
+        "import json, os, sys\n"
+        "os.environ.update(PYTHONHASHSEED='1', LC_ALL='C') if 'change' in sys.argv else None\n"
+        "from airflow_flowspec import preload\n"
+        "print(json.dumps([preload.fingerprint(), preload.enabled()]))\n"
+    )
+    base = merged(os.environ, {"LANG": "C.UTF-8", "LC_ALL": None, "LC_CTYPE": None, "FLOWSPEC_PRELOAD": "1"})
+
+    def printed(*options: str, env: dict[str, str | None] | None = None, **how: Any) -> list[Any]:
+        prefix, args = how.pop("prefix", ()), how.pop("args", ())
+        command = [*prefix, sys.executable, *options, str(script), *args]
+        out = subprocess.run(command, env=merged(base, env), capture_output=True, text=True, **how)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    plain, enabled = printed()
+    assert enabled and printed() == [plain, True]
+    for options in (("-O",), ("-B",), ("-W", "error"), ("-X", "dev"), ("-P",), ("-E",)):
+        assert printed(*options)[0]["interpreter"] != plain["interpreter"], options
+    for name, value in (
+        ("PYTHONWARNINGS", "error"),
+        ("PYTHONHASHSEED", "1"),
+        ("LANG", "C"),
+        ("LC_ALL", "C.UTF-8"),
+    ):
+        assert printed(env={name: value})[0]["interpreter"] != plain["interpreter"], name
+    assert printed(preexec_fn=with_a_larger_stack)[0]["interpreter"] != plain["interpreter"]
+    assert printed(args=("change",)) == [plain, True]
+    for options in (("-i",), ("-x",)):
+        assert printed(*options, stdin=subprocess.DEVNULL)[1] is False, options
+
+
+def test_a_preloader_not_started_as_its_callers_were_exits_before_warming_up(preloading):
+    """Guards: a preloader whose own fingerprint does not name its socket (its interpreter could
+    not be started as its callers' was) exits at once, instead of warming up to be found stale by
+    every run."""
+    preloading.folder.mkdir(mode=0o700, exist_ok=True)
+    path = preloading.folder / ("0" * 20 + ".sock")
+    command = [sys.executable, "-m", "airflow_flowspec.airflow.preloader", "--socket", str(path)]
+    out = subprocess.run(command, env=preloading.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "exits: not started as its callers were" in out.stderr, out.stderr
+    assert " ready at " not in out.stdout and not path.exists()
+
+
 PR_CAPBSET_DROP, CAP_SYS_NICE, CAP_SYS_RESOURCE = 24, 23, 24
 
 
