@@ -13,11 +13,12 @@ child's status. It imports no Airflow.
 The preloader starts on first use (that run is cold), exits after ``[flowspec]
 preload_idle_minutes``, and serves a run only while nothing it imported has changed. What a forked
 child cannot be given is in the :func:`fingerprint`, which names the socket: a caller started with
-other interpreter options or start-up variables gets a preloader of its own, started as it was
-started. ``run --no-preload``, ``[flowspec] preload = False`` or ``FLOWSPEC_PRELOAD=0`` turn it
-off; where fork or Unix sockets do not exist it is off. If the preloader fails or refuses before
-the run starts, or cannot make its child this process (it declines), the run goes on cold and
-says so in one line.
+other interpreter options or start-up variables, or in another namespace or cgroup, gets a
+preloader of its own, started as it was started (none for a namespace or cgroup entered for one
+command: :func:`entered_for_this_command`). ``run --no-preload``, ``[flowspec] preload = False``
+or ``FLOWSPEC_PRELOAD=0`` turn it off; where fork or Unix sockets do not exist it is off. If the
+preloader fails or refuses before the run starts, or cannot make its child this process (it
+declines), the run goes on cold and says so in one line.
 """
 
 from __future__ import annotations
@@ -66,10 +67,10 @@ def enabled(no_preload: bool = False) -> bool:
 
 def fingerprint(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """What a preloader must share with a run it serves, as the preloader cannot change it for a
-    child: the Python and how it was started (:func:`interpreter`), and the environment Airflow
-    reads when it starts (a preloader with another one would run stale settings). Callers that
-    differ get preloaders of their own. ``[flowspec]`` options are left out: this package reads
-    them when it needs them, in the run's child."""
+    child: the Python and how it was started (:func:`interpreter`), the environment Airflow reads
+    when it starts (a preloader with another one would run stale settings), and where the process
+    runs (:func:`process_context`). Callers that differ get preloaders of their own. ``[flowspec]``
+    options are left out: this package reads them when it needs them, in the run's child."""
     environ = dict(os.environ if environ is None else environ)
     relevant = {
         name: value
@@ -82,6 +83,7 @@ def fingerprint(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "prefix": sys.prefix,
         "environment": relevant,
         "interpreter": interpreter(),
+        "context": process_context(),
     }
 
 
@@ -151,6 +153,72 @@ def startup_environment() -> dict[str, str]:
         if equals:
             environment[os.fsdecode(name)] = os.fsdecode(value)
     return environment
+
+
+#: Namespaces a run must share with the preloader that forks it, as ``/proc/<pid>/ns/`` names them.
+NAMESPACES = {
+    "net": "network namespace",
+    "mnt": "mount namespace",
+    "pid": "process id namespace",
+    "ipc": "IPC namespace",
+    "uts": "host name (UTS) namespace",
+    "user": "user namespace",
+    "cgroup": "cgroup namespace",
+    "time": "time namespace",
+}
+#: Lines of ``/proc/<pid>/status`` that say what a process may do (ids, capabilities, sandboxing).
+_CREDENTIAL_LINES = (
+    "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp",
+    "Seccomp_filters",
+)  # fmt: skip
+#: What each entry of :func:`process_context` is, for a message.
+CONTEXT_NAMES = {
+    **{f"namespace {key}": name for key, name in NAMESPACES.items()},
+    "root": "root directory",
+    "cgroups": "cgroup",
+    "credentials": "user, groups, capabilities or seccomp filter",
+    "security label": "security label (SELinux, AppArmor)",
+}
+
+
+def process_context(pid: int | str = "self") -> dict[str, str | None]:
+    """Where a process runs, as no preloader can change it for a child it forks: its namespaces,
+    root directory, cgroups, credentials and security label, read from ``/proc/<pid>``. Empty
+    without ``/proc`` (not Linux: nothing of this kind to differ); an entry the kernel does not
+    have is None. Raises OSError when ``/proc/<pid>`` cannot be read (gone, or not ours to see)."""
+    base = f"/proc/{pid}"
+    if pid == "self" and not os.path.isdir(base):
+        return {}
+    context: dict[str, str | None] = {}
+    for key in NAMESPACES:
+        try:
+            context[f"namespace {key}"] = os.readlink(f"{base}/ns/{key}")
+        except FileNotFoundError:
+            if not os.path.isdir(base):
+                raise
+            context[f"namespace {key}"] = None
+    root = os.stat(f"{base}/root")
+    context["root"] = f"{root.st_dev}:{root.st_ino}"
+    context["cgroups"] = _read_text(f"{base}/cgroup")
+    status = _read_text(f"{base}/status")
+    context["credentials"] = "\n".join(
+        line for line in status.splitlines() if line.partition(":")[0] in _CREDENTIAL_LINES
+    )
+    try:
+        context["security label"] = _read_text(f"{base}/attr/current")
+    except OSError:  # no security module, or one that does not say
+        context["security label"] = None
+    return context
+
+
+def _read_text(path: str) -> str:
+    with open(path, "rb") as file:
+        return file.read().decode(errors="replace")
+
+
+def context_difference(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """What of a process context (:func:`process_context`) differs, by name."""
+    return [CONTEXT_NAMES.get(key, key) for key in ours if theirs.get(key) != ours[key]]
 
 
 def socket_path(print_: dict[str, Any] | None = None) -> Path:
@@ -321,11 +389,27 @@ def _follow(connection: socket.socket, pid: int) -> int:
 
 def _start_after_this_run(path: Path, replace: bool = False) -> None:
     """Start a preloader for the next run once this (cold) one is over: started now, it would
-    migrate the same new database and compete for the same cores."""
+    migrate the same new database and compete for the same cores. None is started from a
+    namespace or cgroup entered for this command alone (:func:`entered_for_this_command`)."""
     import atexit
 
+    if entered_for_this_command():
+        return
     # With the environment as the caller has it now: the run is about to add the private home's.
     atexit.register(start_preloader, path, dict(os.environ), replace)
+
+
+def entered_for_this_command() -> bool:
+    """Whether this process runs in a namespace or cgroup its parent is not in, as under
+    ``unshare -n python flow.py run`` or ``systemd-run --scope``: made for this one command, so a
+    preloader started in it would serve no later run, and would keep it alive until idle."""
+    try:
+        ours, parents = process_context(), process_context(os.getppid())
+    except OSError:
+        return False
+    return any(
+        ours[key] != parents.get(key) for key in ours if key.startswith("namespace ") or key == "cgroups"
+    )
 
 
 def start_preloader(path: Path, environ: dict[str, str] | None = None, replace: bool = False) -> None:

@@ -16,8 +16,10 @@ itself never runs a flow, so nothing one run does reaches the next.
 
 It serves a run only while nothing it imported has changed (every module file, the folders on
 ``sys.path``: an install or an edit shows in their modification times) and the caller's
-fingerprint (Python, interpreter options, start-up and Airflow variables) is its own; otherwise it
-answers "stale" and exits, and the caller starts a new one. It exits after ``[flowspec]
+fingerprint (Python, interpreter options, start-up and Airflow variables, namespaces, cgroup,
+credentials) is its own; otherwise it answers "stale" and exits, and the caller starts a new one.
+It checks the caller's namespaces, cgroup and credentials itself, from the caller's pid as the
+socket reports it, and declines a caller whose differ. It exits after ``[flowspec]
 preload_idle_minutes`` without a request, as soon as it finds itself stale while idle, and when a
 preloader started with ``--replace`` takes its socket. Forking needs a single thread: the warm-up
 starts none, and the preloader checks before each fork.
@@ -44,7 +46,9 @@ from airflow_flowspec import config
 from airflow_flowspec.preload import (
     CHILD_VARIABLE,
     FORWARDED_SIGNALS,
+    context_difference,
     fingerprint,
+    process_context,
     read_message,
     socket_path,
     write_message,
@@ -165,6 +169,7 @@ class Preloader:
         self.path = path
         self.idle_seconds = idle_seconds
         self.print = print_  # taken before the warm-up set the private home's variables
+        self.context = print_["context"]
         self.snapshot = Snapshot()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.children: set[int] = set()
@@ -231,7 +236,8 @@ class Preloader:
         fds: list[int] = []
         try:
             connection.settimeout(10)
-            if not _same_user(connection):
+            peer = _peer(connection)
+            if peer is not None and peer[1] != os.getuid():
                 write_message(connection, {"status": "refused", "reason": "another user"})
                 return True
             request, fds = _receive(connection)
@@ -242,6 +248,11 @@ class Preloader:
                 write_message(connection, {"status": "stale", "reason": changed})
                 self.stale_reason = changed
                 return False
+            foreign = self._foreign(peer)
+            if foreign:
+                print(f"preloader {os.getpid()} declines {request['argv'][0]}: {foreign}", flush=True)
+                write_message(connection, {"status": "declined", "reason": foreign})
+                return True
             if threading.active_count() != 1:
                 write_message(connection, {"status": "refused", "reason": "threads running"})
                 return False
@@ -261,6 +272,23 @@ class Preloader:
             for fd in fds:
                 os.close(fd)
             connection.close()
+
+    def _foreign(self, peer: tuple[int, int, int] | None) -> str:
+        """Why the caller's process runs where a child of this preloader cannot (another
+        namespace, root, cgroup or set of credentials), or "". Read from the kernel (the
+        caller's pid, from the socket), not from what the caller says about itself."""
+        if not self.context:
+            return ""  # no /proc: no namespaces or cgroups to differ
+        if peer is None or peer[0] <= 0:
+            return "the caller's process cannot be seen from here"
+        try:
+            theirs = process_context(peer[0])
+        except OSError as error:
+            return f"the caller's process cannot be seen from here ({error.strerror})"
+        different = context_difference(theirs, self.context)
+        if not different:
+            return ""
+        return f"its {_listed(different)} {'is' if len(different) == 1 else 'are'} not the preloader's"
 
     def _reap(self) -> None:
         for pid in list(self.children):
@@ -294,6 +322,8 @@ def _difference(theirs: Any, ours: dict[str, Any]) -> str:
     for part in ours["interpreter"]:
         if interpreter.get(part) != ours["interpreter"][part]:
             names.append(f"the interpreter's {part}")
+    context = theirs.get("context") if isinstance(theirs.get("context"), dict) else {}
+    names += context_difference(context, ours["context"])
     return ", ".join(names) or "unknown"
 
 
@@ -301,14 +331,16 @@ def _listed(names: list[str], conjunction: str = "and") -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {conjunction} {names[-1]}"
 
 
-def _same_user(connection: socket.socket) -> bool:
+def _peer(connection: socket.socket) -> tuple[int, int, int] | None:
+    """The connected caller's pid, uid and gid, as the kernel saw them at connect (None where the
+    system does not say: the folder's permissions are the guard)."""
     if not hasattr(socket, "SO_PEERCRED"):
-        return True  # the folder's permissions are the guard
+        return None
     import struct
 
     credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", credentials)
-    return uid == os.getuid()
+    pid, uid, gid = struct.unpack("3i", credentials)
+    return pid, uid, gid
 
 
 def _receive(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:

@@ -637,8 +637,8 @@ def test_a_caller_with_other_interpreter_options_gets_a_preloader_started_with_t
 
 
 def test_what_a_forked_child_cannot_take_is_in_the_fingerprint(tmp_path):
-    """Guards, one by one: each interpreter option, start-up variable and the stack limit
-    changes the fingerprint (so the socket), and so gets its caller a preloader
+    """Guards, one by one: each interpreter option, start-up variable, the stack limit and the
+    process context changes the fingerprint (so the socket), and so gets its caller a preloader
     of its own; a change the flow makes to os.environ does not (it would make a preloader stale
     at every run); ``python -i`` and ``-x`` run cold."""
     script = tmp_path / "fingerprint.py"
@@ -670,6 +670,7 @@ def test_what_a_forked_child_cannot_take_is_in_the_fingerprint(tmp_path):
     ):
         assert printed(env={name: value})[0]["interpreter"] != plain["interpreter"], name
     assert printed(preexec_fn=with_a_larger_stack)[0]["interpreter"] != plain["interpreter"]
+    assert printed(prefix=("unshare", "-u"))[0]["context"] != plain["context"]
     assert printed(args=("change",)) == [plain, True]
     for options in (("-i",), ("-x",)):
         assert printed(*options, stdin=subprocess.DEVNULL)[1] is False, options
@@ -685,6 +686,81 @@ def test_a_preloader_not_started_as_its_callers_were_exits_before_warming_up(pre
     out = subprocess.run(command, env=preloading.env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "exits: not started as its callers were" in out.stderr, out.stderr
     assert " ready at " not in out.stdout and not path.exists()
+
+
+def test_a_run_in_another_namespace_or_cgroup_never_reaches_a_preloader_outside_it(probing, tmp_path):
+    """Guards: the namespaces and cgroup are part of the fingerprint (a run under ``unshare -n``
+    is cold, silently, as a first run is, and starts no preloader that only it could use); the
+    preloader compares the caller's namespaces and cgroup, read through /proc from the pid the
+    socket reports, with its own and declines in one line whatever the caller says about itself."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    probing.env["PROBE_PORT"] = str(listener.getsockname()[1])
+    own = os.readlink("/proc/self/ns/net")
+    from airflow_flowspec import preload
+
+    liar = tmp_path / "liar.py"  # reports the preloader's context as its own
+    liar.write_text(
+        textwrap.dedent("""
+        import json, runpy, sys
+        from airflow_flowspec import preload
+        outer, real = json.loads(sys.argv.pop(1)), preload.process_context
+        preload.process_context = lambda pid="self": outer if pid == "self" else real(pid)
+        sys.argv.pop(0)
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    """)
+    )
+    probing.wait_until_ready()  # for the lying run to reach
+    logs = set(probing.folder.glob("*.log"))
+    procs = new_cgroup()
+    try:
+        unshared = ("unshare", "-n")
+        runs = {
+            "cold": probing.launch(prefix=unshared, env=COLD),
+            "preloaded": probing.launch(prefix=unshared),
+            "lying": subprocess.Popen(
+                ["unshare", "-n", "-m", "-u", "-i", sys.executable, str(liar),
+                 json.dumps(preload.process_context()), str(probing.flow_file), "run"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=probing.env,
+                cwd=probing.flow_file.parent, preexec_fn=lambda: procs and procs.write_text(str(os.getpid())),
+            ),
+        }  # fmt: skip
+        runs = {name: finish(process) for name, process in runs.items()}
+    finally:
+        if procs is not None:
+            procs.parent.rmdir()
+        listener.close()
+
+    for name in ("cold", "preloaded"):
+        assert report(runs[name])["loopback reachable"] is False, name
+        assert report(runs[name])["network namespace"] != own
+    apart = ("hash", "network namespace")  # each run is in a namespace of its own
+    assert without(report(runs["preloaded"]), *apart) == without(report(runs["cold"]), *apart)
+    assert notices(runs["preloaded"]) == []  # a run of its own context: cold as a first run is
+
+    lying = runs["lying"]
+    assert report(lying)["loopback reachable"] is False
+    (line,) = notices(lying)
+    assert line.startswith("airflow-flowspec: running this cold: its network namespace, mount ")
+    for name in ("network namespace", "mount namespace", "IPC namespace", "(UTS) namespace"):
+        assert name in line
+    assert ("cgroup are not the preloader's" in line) == (procs is not None)
+    assert "declines " + str(probing.flow_file) in probing.log()
+    assert set(probing.folder.glob("*.log")) == logs  # nothing started a preloader
+
+
+def new_cgroup() -> Path | None:
+    """A new, empty cgroup's ``cgroup.procs`` (cgroup v2, or v1's pids hierarchy), or None where
+    this process may not make one."""
+    for hierarchy in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/pids"):
+        if not os.path.exists(os.path.join(hierarchy, "cgroup.procs")):
+            continue
+        folder = Path(hierarchy) / f"flowspec-test-{os.getpid()}"
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError:
+            continue
+        return folder / "cgroup.procs"
+    return None
 
 
 PR_CAPBSET_DROP, CAP_SYS_NICE, CAP_SYS_RESOURCE = 24, 23, 24
