@@ -83,6 +83,13 @@ class Deployment:
     def __post_init__(self) -> None:
         _check_deployment(self.flow, self.project, self.branch)
 
+    @classmethod
+    def of(cls, flow: str, project: ProjectBranch | None) -> Deployment:
+        """The deployment of ``flow`` on ``project``'s branch (None: a flow without ``@project``)."""
+        if project is None:
+            return cls(flow)
+        return cls(flow, project.project_name, project.branch_name)
+
     @property
     def dag_id(self) -> str:
         return deployment_dag_id(self.flow, self.project, self.branch)

@@ -6,21 +6,26 @@ home, building the in-process execution API. The preloader
 pattern of Ruby's Spring or CPython's forkserver. This module is what ``run`` does instead of
 starting Airflow itself: it hands the preloader its terminal (the file descriptors themselves,
 passed over a Unix socket, so ``isatty``, colours and progress bars behave), its arguments,
-working directory and environment, forwards the signals it gets (Ctrl-C) to the child, and exits
-with the child's status. It imports no Airflow.
+working directory and environment, and what its process passes on (:func:`caller_process`,
+:func:`std_streams`), forwards the signals it gets (Ctrl-C) to the child, and exits with the
+child's status. It imports no Airflow.
 
 The preloader starts on first use (that run is cold), exits after ``[flowspec]
-preload_idle_minutes``, and serves a run only while nothing it imported has changed; a different
-Python or Airflow-relevant environment gets a preloader of its own. ``run --no-preload``,
-``[flowspec] preload = False`` or ``FLOWSPEC_PRELOAD=0`` turn it off; where fork or Unix sockets do
-not exist it is off. If it cannot be reached, or fails before the run starts, the run goes on cold
-and says so in one line.
+preload_idle_minutes``, and serves a run only while nothing it imported has changed. What a forked
+child cannot be given is in the :func:`fingerprint`, which names the socket: a caller started with
+other interpreter options or start-up variables, or in another namespace or cgroup, gets a
+preloader of its own, started as it was started (none for a namespace or cgroup entered for one
+command: :func:`entered_for_this_command`). ``run --no-preload``, ``[flowspec] preload = False``
+or ``FLOWSPEC_PRELOAD=0`` turn it off; where fork or Unix sockets do not exist it is off. If the
+preloader fails or refuses before the run starts, or cannot make its child this process (it
+declines), the run goes on cold and says so in one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -51,6 +56,8 @@ def enabled(no_preload: bool = False) -> bool:
     """Whether this ``run`` may go through a preloader."""
     if no_preload or os.environ.get(CHILD_VARIABLE) or not supported():
         return False
+    if sys.flags.inspect or "-x" in startup_options():
+        return False  # python -i: the run's objects must be in this process; -x: a line skipped
     if os.environ.get(SWITCH_VARIABLE, "").strip().lower() in ("0", "false", "no", "off"):
         return False
     from airflow_flowspec import config
@@ -59,17 +66,159 @@ def enabled(no_preload: bool = False) -> bool:
 
 
 def fingerprint(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """What a preloader must share with a run it serves: the Python, and the environment Airflow
-    reads when it starts (a preloader with another one would run stale settings). ``[flowspec]``
+    """What a preloader must share with a run it serves, as the preloader cannot change it for a
+    child: the Python and how it was started (:func:`interpreter`), the environment Airflow reads
+    when it starts (a preloader with another one would run stale settings), and where the process
+    runs (:func:`process_context`). Callers that differ get preloaders of their own. ``[flowspec]``
     options are left out: this package reads them when it needs them, in the run's child."""
     environ = dict(os.environ if environ is None else environ)
     relevant = {
         name: value
         for name, value in environ.items()
-        if name in ("AIRFLOW_HOME", "PYTHONPATH", "FLOWSPEC_HOME", "AIRFLOW_CONFIG")
+        if name in ("AIRFLOW_HOME", "FLOWSPEC_HOME", "AIRFLOW_CONFIG")
         or (name.startswith("AIRFLOW__") and not name.startswith("AIRFLOW__FLOWSPEC__"))
     }
-    return {"python": os.path.realpath(sys.executable), "prefix": sys.prefix, "environment": relevant}
+    return {
+        "python": os.path.realpath(sys.executable),
+        "prefix": sys.prefix,
+        "environment": relevant,
+        "interpreter": interpreter(),
+        "context": process_context(),
+    }
+
+
+#: Variables Python reads only as it starts (besides ``PYTHON*``): the locale it sets up, and with
+#: it the file system encoding and UTF-8 mode.
+_LOCALE_VARIABLES = ("LANG", "LC_ALL", "LC_CTYPE")
+#: ``PYTHON*`` variables a preloaded run applies itself (the standard streams are rebuilt as the
+#: caller's) or that Python reads when they are used, in the run, from the caller's environment.
+_APPLIED_IN_THE_RUN = ("PYTHONIOENCODING", "PYTHONUNBUFFERED", "PYTHONBREAKPOINT", "PYTHONASYNCIODEBUG")
+
+
+def interpreter() -> dict[str, Any]:
+    """How this Python was started, as far as a forked child cannot change it: its command-line
+    options (``-O``, ``-W``, ``-X``, ``-B``...) and the variables it read as it started
+    (``PYTHONWARNINGS``, ``PYTHONHASHSEED``, ``PYTHONPATH``, the locale...), as they were then
+    (a flow that changes ``os.environ`` changes neither), and the stack limit the C library sized
+    threads' stacks by. A preloader started with :func:`startup_options` and
+    :func:`startup_environment` has the same."""
+    import resource
+
+    return {
+        "options": startup_options(),
+        "environment": {
+            name: value
+            for name, value in startup_environment().items()
+            if name in _LOCALE_VARIABLES or (name.startswith("PYTHON") and name not in _APPLIED_IN_THE_RUN)
+        },
+        "thread stack": resource.getrlimit(resource.RLIMIT_STACK)[0],
+    }
+
+
+def startup_options(orig_argv: list[str] | None = None) -> list[str]:
+    """The interpreter's own options on the command line that started this process, one per item
+    (``-OB`` is ``-O``, ``-B``; ``-Werror`` is ``-W``, ``error``); what follows the script, ``-c``
+    or ``-m`` is not an interpreter option."""
+    args = iter((sys.orig_argv if orig_argv is None else orig_argv)[1:])
+    options: list[str] = []
+    for arg in args:
+        if arg == "--" or arg == "-" or not arg.startswith("-"):
+            break
+        if arg.startswith("--"):
+            options.append(arg)
+            if arg == "--check-hash-based-pycs":
+                options.append(next(args, ""))
+            continue
+        for position, letter in enumerate(arg[1:], start=1):
+            if letter in "cm":
+                return options
+            if letter in "WX":
+                options += [f"-{letter}", arg[position + 1 :] or next(args, "")]
+                break
+            options.append(f"-{letter}")
+    return options
+
+
+def startup_environment() -> dict[str, str]:
+    """The environment this process was started with (``/proc/self/environ`` on Linux, where a
+    change to ``os.environ`` does not show; ``os.environ`` elsewhere)."""
+    try:
+        with open("/proc/self/environ", "rb") as file:
+            entries = file.read().split(b"\0")
+    except OSError:
+        return dict(os.environ)
+    environment = {}
+    for entry in entries:
+        name, equals, value = entry.partition(b"=")
+        if equals:
+            environment[os.fsdecode(name)] = os.fsdecode(value)
+    return environment
+
+
+#: Namespaces a run must share with the preloader that forks it, as ``/proc/<pid>/ns/`` names them.
+NAMESPACES = {
+    "net": "network namespace",
+    "mnt": "mount namespace",
+    "pid": "process id namespace",
+    "ipc": "IPC namespace",
+    "uts": "host name (UTS) namespace",
+    "user": "user namespace",
+    "cgroup": "cgroup namespace",
+    "time": "time namespace",
+}
+#: Lines of ``/proc/<pid>/status`` that say what a process may do (ids, capabilities, sandboxing).
+_CREDENTIAL_LINES = (
+    "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp",
+    "Seccomp_filters",
+)  # fmt: skip
+#: What each entry of :func:`process_context` is, for a message.
+CONTEXT_NAMES = {
+    **{f"namespace {key}": name for key, name in NAMESPACES.items()},
+    "root": "root directory",
+    "cgroups": "cgroup",
+    "credentials": "user, groups, capabilities or seccomp filter",
+    "security label": "security label (SELinux, AppArmor)",
+}
+
+
+def process_context(pid: int | str = "self") -> dict[str, str | None]:
+    """Where a process runs, as no preloader can change it for a child it forks: its namespaces,
+    root directory, cgroups, credentials and security label, read from ``/proc/<pid>``. Empty
+    without ``/proc`` (not Linux: nothing of this kind to differ); an entry the kernel does not
+    have is None. Raises OSError when ``/proc/<pid>`` cannot be read (gone, or not ours to see)."""
+    base = f"/proc/{pid}"
+    if pid == "self" and not os.path.isdir(base):
+        return {}
+    context: dict[str, str | None] = {}
+    for key in NAMESPACES:
+        try:
+            context[f"namespace {key}"] = os.readlink(f"{base}/ns/{key}")
+        except FileNotFoundError:
+            if not os.path.isdir(base):
+                raise
+            context[f"namespace {key}"] = None
+    root = os.stat(f"{base}/root")
+    context["root"] = f"{root.st_dev}:{root.st_ino}"
+    context["cgroups"] = _read_text(f"{base}/cgroup")
+    status = _read_text(f"{base}/status")
+    context["credentials"] = "\n".join(
+        line for line in status.splitlines() if line.partition(":")[0] in _CREDENTIAL_LINES
+    )
+    try:
+        context["security label"] = _read_text(f"{base}/attr/current")
+    except OSError:  # no security module, or one that does not say
+        context["security label"] = None
+    return context
+
+
+def _read_text(path: str) -> str:
+    with open(path, "rb") as file:
+        return file.read().decode(errors="replace")
+
+
+def context_difference(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """What of a process context (:func:`process_context`) differs, by name."""
+    return [CONTEXT_NAMES.get(key, key) for key in ours if theirs.get(key) != ours[key]]
 
 
 def socket_path(print_: dict[str, Any] | None = None) -> Path:
@@ -111,6 +260,15 @@ def run_preloaded(argv: list[str]) -> int | None:
         if reply.get("status") == "stale":
             _start_after_this_run(path)  # the old one has exited: something it imported changed
             return None
+        if reply.get("status") == "declined":
+            # It cannot make the run this process. Where it lacks what this process has (a lower
+            # nice value, a higher hard limit), one started from here can: it takes over.
+            then = ""
+            if reply.get("replace"):
+                _start_after_this_run(path, replace=True)
+                then = "; a preloader that can starts after it"
+            _say(f"running this cold: {reply.get('reason')}{then}")
+            return None
         if "pid" not in reply:
             _say(f"the preloader refused the run ({reply.get('reason', reply)}); running it cold")
             return None
@@ -138,11 +296,60 @@ def _hand_over(connection: socket.socket, argv: list[str]) -> dict[str, Any]:
         # A run started with Ctrl-C ignored (as a shell starts a background job) must ignore it
         # too, as a cold run's Python would: the child takes these dispositions from the caller.
         "ignored_signals": ignored_signals(),
+        "process": caller_process(),
+        "streams": std_streams(),
+        "orig_argv": list(sys.orig_argv),
     }
     data = json.dumps(request).encode()
     connection.settimeout(_HANDSHAKE_SECONDS)
     socket.send_fds(connection, [_HEADER.pack(len(data)) + data], [0, 1, 2])
     return read_message(connection)
+
+
+def caller_process() -> dict[str, Any]:
+    """What a process passes to the processes it starts and the preloader's child can be given
+    (it takes them, or the preloader declines the run): the umask, every resource limit, the nice
+    value, the scheduling policy, the CPUs it may run on and its out-of-memory score adjustment."""
+    import resource
+
+    umask = os.umask(0o077)
+    os.umask(umask)
+    limits = {}
+    for name in sorted(dir(resource)):
+        if name.startswith("RLIMIT_") and getattr(resource, name) not in limits.values():
+            limits[name] = getattr(resource, name)
+    process: dict[str, Any] = {
+        "umask": umask,
+        "limits": {name: list(resource.getrlimit(number)) for name, number in limits.items()},
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+    }
+    if hasattr(os, "sched_getaffinity"):
+        process["cpus"] = sorted(os.sched_getaffinity(0))
+    if hasattr(os, "sched_getscheduler"):
+        process["scheduler"] = [os.sched_getscheduler(0), os.sched_getparam(0).sched_priority]
+    try:
+        with open("/proc/self/oom_score_adj") as file:
+            process["oom_score_adj"] = int(file.read())
+    except (OSError, ValueError):
+        pass
+    return process
+
+
+def std_streams() -> dict[str, dict[str, Any]]:
+    """How Python set up this process's standard streams (``PYTHONIOENCODING``, ``-u``, the
+    locale, a terminal or not), for the preloader's child to set up its own the same way."""
+    streams = {}
+    for name in ("stdin", "stdout", "stderr"):
+        stream = getattr(sys, f"__{name}__", None)
+        if isinstance(stream, io.TextIOWrapper):
+            streams[name] = {
+                "encoding": stream.encoding,
+                "errors": stream.errors,
+                "line_buffering": stream.line_buffering,
+                "write_through": stream.write_through,
+                "buffered": not isinstance(stream.buffer, io.RawIOBase),
+            }
+    return streams
 
 
 def ignored_signals() -> list[str]:
@@ -180,22 +387,50 @@ def _follow(connection: socket.socket, pid: int) -> int:
     return int(end.get("exit", 1))
 
 
-def _start_after_this_run(path: Path) -> None:
+def _start_after_this_run(path: Path, replace: bool = False) -> None:
     """Start a preloader for the next run once this (cold) one is over: started now, it would
-    migrate the same new database and compete for the same cores."""
+    migrate the same new database and compete for the same cores. None is started from a
+    namespace or cgroup entered for this command alone (:func:`entered_for_this_command`)."""
     import atexit
 
+    if entered_for_this_command():
+        return
     # With the environment as the caller has it now: the run is about to add the private home's.
-    atexit.register(start_preloader, path, dict(os.environ))
+    atexit.register(start_preloader, path, dict(os.environ), replace)
 
 
-def start_preloader(path: Path, environ: dict[str, str] | None = None) -> None:
+def entered_for_this_command() -> bool:
+    """Whether this process runs in a namespace or cgroup its parent is not in, as under
+    ``unshare -n python flow.py run`` or ``systemd-run --scope``: made for this one command, so a
+    preloader started in it would serve no later run, and would keep it alive until idle."""
+    try:
+        ours, parents = process_context(), process_context(os.getppid())
+    except OSError:
+        return False
+    return any(
+        ours[key] != parents.get(key) for key in ours if key.startswith("namespace ") or key == "cgroups"
+    )
+
+
+def start_preloader(path: Path, environ: dict[str, str] | None = None, replace: bool = False) -> None:
     """Start a preloader in the background, detached from this terminal (it warms up while this
-    run goes on)."""
+    run goes on), with this interpreter's options and start-up variables (:func:`interpreter`), so
+    that it serves this caller; ``replace`` takes the socket over from a preloader that serves it."""
     log = path.with_suffix(".log")
+    environ = dict(os.environ if environ is None else environ)
+    started = startup_environment()
+    for name in list(environ):
+        if name in _LOCALE_VARIABLES or name.startswith("PYTHON"):
+            del environ[name]
+    environ.update(
+        (name, value)
+        for name, value in started.items()
+        if name in _LOCALE_VARIABLES or name.startswith("PYTHON")
+    )
+    command = [sys.executable, *startup_options(), "-m", "airflow_flowspec.airflow.preloader"]
     with open(log, "ab") as output:
         subprocess.Popen(  # noqa: S603 - our own module, this interpreter
-            [sys.executable, "-m", "airflow_flowspec.airflow.preloader", "--socket", str(path)],
+            [*command, "--socket", str(path), *(["--replace"] if replace else [])],
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,

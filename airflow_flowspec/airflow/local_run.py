@@ -116,11 +116,25 @@ def prepare_environment() -> Path:
 
 
 def quiet_airflow_warnings() -> None:
-    """Airflow's own deprecation chatter is noise to someone running a flow."""
+    """Airflow's own deprecation chatter is noise to someone running a flow.
+
+    A filter already in place is left where it is: a preloaded run calls this again after its
+    preloader did (and imported Airflow, which adds filters of its own), and must end up with the
+    filters in the order a cold run has them."""
     import warnings
 
-    warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient.*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="fastapi")
+    for message, category, module in (
+        (".*httpx.*starlette.testclient.*", Warning, ""),
+        ("", DeprecationWarning, "fastapi"),
+    ):
+        if not any(
+            action == "ignore"
+            and getattr(pattern, "pattern", "") == message
+            and kind is category
+            and getattr(where, "pattern", "") == module
+            for action, pattern, kind, where, _line in warnings.filters
+        ):
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
 def ensure_database(home: Path) -> None:

@@ -6,24 +6,32 @@ Started by :mod:`airflow_flowspec.preload` (``python -m airflow_flowspec.airflow
 the lean in-process execution API, metrics), then waits on a Unix socket only its user can open.
 
 For each request it forks a supervisor, which forks the run's child and reports how the child
-ended: a status the shell would see, or the signal that ended it. The child takes the caller's
-terminal (the descriptors arrive over the socket), working directory, environment and arguments,
-imports the flow file fresh and runs it exactly as a cold ``run`` does (the same ``dag.test()``
-path). The preloader itself never runs a flow, so nothing one run does reaches the next.
+ended: a status the shell would see, or the signal that ended it. The child is made the caller's
+process first (:func:`take_caller_process`: umask, resource limits, nice value, scheduling policy,
+CPUs, OOM score) and declines the run if it cannot be; then it takes the caller's terminal (the
+descriptors arrive over the socket, and become standard streams set up as the caller's), working
+directory, environment (``TZ`` and ``TMPDIR`` read again) and arguments, imports the flow file
+fresh and runs it exactly as a cold ``run`` does (the same ``dag.test()`` path). The preloader
+itself never runs a flow, so nothing one run does reaches the next.
 
 It serves a run only while nothing it imported has changed (every module file, the folders on
-``sys.path``: an install or an edit shows in their modification times) and the caller's Python
-and Airflow-relevant environment are its own; otherwise it answers "stale" and exits, and the
-caller starts a new one. It exits after ``[flowspec] preload_idle_minutes`` without a request, and
-as soon as it finds itself stale while idle. Forking needs a single thread: the warm-up starts
-none, and the preloader checks before each fork.
+``sys.path``: an install or an edit shows in their modification times) and the caller's
+fingerprint (Python, interpreter options, start-up and Airflow variables, namespaces, cgroup,
+credentials) is its own; otherwise it answers "stale" and exits, and the caller starts a new one.
+It checks the caller's namespaces, cgroup and credentials itself, from the caller's pid as the
+socket reports it, and declines a caller whose differ. It exits after ``[flowspec]
+preload_idle_minutes`` without a request, as soon as it finds itself stale while idle, and when a
+preloader started with ``--replace`` takes its socket. Forking needs a single thread: the warm-up
+starts none, and the preloader checks before each fork.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import io
 import os
+import re
 import select
 import signal
 import socket
@@ -38,11 +46,16 @@ from airflow_flowspec import config
 from airflow_flowspec.preload import (
     CHILD_VARIABLE,
     FORWARDED_SIGNALS,
+    context_difference,
     fingerprint,
+    process_context,
     read_message,
+    socket_path,
     write_message,
 )
 
+#: How :func:`..preload.socket_path` names a socket: after its callers' fingerprint.
+_FINGERPRINT_NAME = re.compile(r"[0-9a-f]{20}\.sock")
 #: How often an idle preloader checks whether it is stale.
 _CHECK_SECONDS = 5.0
 #: How long a run whose caller is gone has to end on SIGHUP before it is killed: a cold run dies
@@ -156,14 +169,16 @@ class Preloader:
         self.path = path
         self.idle_seconds = idle_seconds
         self.print = print_  # taken before the warm-up set the private home's variables
+        self.context = print_["context"]
         self.snapshot = Snapshot()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.children: set[int] = set()
         self.inode = 0
         self.stale_reason = ""
 
-    def bind(self) -> bool:
-        """Listen at the path; False when another live preloader already does."""
+    def bind(self, replace: bool = False) -> bool:
+        """Listen at the path; False when another live preloader already does, unless ``replace``
+        (that one stops serving: it finds the path taken and exits)."""
         try:
             self.listener.bind(str(self.path) + ".new")
         except OSError:
@@ -173,11 +188,13 @@ class Preloader:
         self.listener.listen(16)
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(str(self.path))
-            probe.close()
-            os.unlink(str(self.path) + ".new")
-            return False  # someone else serves this path
+            if not replace:
+                probe.connect(str(self.path))
+                os.unlink(str(self.path) + ".new")
+                return False  # someone else serves this path
         except OSError:
+            pass  # nobody does
+        finally:
             probe.close()
         os.replace(str(self.path) + ".new", str(self.path))
         self.inode = os.stat(self.path).st_ino
@@ -219,7 +236,8 @@ class Preloader:
         fds: list[int] = []
         try:
             connection.settimeout(10)
-            if not _same_user(connection):
+            peer = _peer(connection)
+            if peer is not None and peer[1] != os.getuid():
                 write_message(connection, {"status": "refused", "reason": "another user"})
                 return True
             request, fds = _receive(connection)
@@ -230,6 +248,11 @@ class Preloader:
                 write_message(connection, {"status": "stale", "reason": changed})
                 self.stale_reason = changed
                 return False
+            foreign = self._foreign(peer)
+            if foreign:
+                print(f"preloader {os.getpid()} declines {request['argv'][0]}: {foreign}", flush=True)
+                write_message(connection, {"status": "declined", "reason": foreign})
+                return True
             if threading.active_count() != 1:
                 write_message(connection, {"status": "refused", "reason": "threads running"})
                 return False
@@ -241,7 +264,6 @@ class Preloader:
                 finally:
                     os._exit(0)
             self.children.add(pid)
-            print(f"preloader {os.getpid()} serves {request['argv'][0]} (supervisor {pid})", flush=True)
             return True
         except (OSError, ValueError) as error:
             print(f"request failed: {error}", file=sys.stderr, flush=True)
@@ -250,6 +272,23 @@ class Preloader:
             for fd in fds:
                 os.close(fd)
             connection.close()
+
+    def _foreign(self, peer: tuple[int, int, int] | None) -> str:
+        """Why the caller's process runs where a child of this preloader cannot (another
+        namespace, root, cgroup or set of credentials), or "". Read from the kernel (the
+        caller's pid, from the socket), not from what the caller says about itself."""
+        if not self.context:
+            return ""  # no /proc: no namespaces or cgroups to differ
+        if peer is None or peer[0] <= 0:
+            return "the caller's process cannot be seen from here"
+        try:
+            theirs = process_context(peer[0])
+        except OSError as error:
+            return f"the caller's process cannot be seen from here ({error.strerror})"
+        different = context_difference(theirs, self.context)
+        if not different:
+            return ""
+        return f"its {_listed(different)} {'is' if len(different) == 1 else 'are'} not the preloader's"
 
     def _reap(self) -> None:
         for pid in list(self.children):
@@ -279,17 +318,29 @@ def _difference(theirs: Any, ours: dict[str, Any]) -> str:
         for k in set(environment) | set(ours["environment"])
         if environment.get(k) != ours["environment"].get(k)
     )
+    interpreter = theirs.get("interpreter") if isinstance(theirs.get("interpreter"), dict) else {}
+    for part in ours["interpreter"]:
+        if interpreter.get(part) != ours["interpreter"][part]:
+            names.append(f"the interpreter's {part}")
+    context = theirs.get("context") if isinstance(theirs.get("context"), dict) else {}
+    names += context_difference(context, ours["context"])
     return ", ".join(names) or "unknown"
 
 
-def _same_user(connection: socket.socket) -> bool:
+def _listed(names: list[str], conjunction: str = "and") -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {conjunction} {names[-1]}"
+
+
+def _peer(connection: socket.socket) -> tuple[int, int, int] | None:
+    """The connected caller's pid, uid and gid, as the kernel saw them at connect (None where the
+    system does not say: the folder's permissions are the guard)."""
     if not hasattr(socket, "SO_PEERCRED"):
-        return True  # the folder's permissions are the guard
+        return None
     import struct
 
     credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", credentials)
-    return uid == os.getuid()
+    pid, uid, gid = struct.unpack("3i", credentials)
+    return pid, uid, gid
 
 
 def _receive(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
@@ -310,14 +361,30 @@ def _receive(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 
 def _supervise(connection: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
-    """In the forked supervisor: start the run's child, tell the caller its pid, report its end."""
+    """In the forked supervisor: start the run's child, tell the caller its pid (or that the child
+    could not be made the caller's process), report its end."""
+    taken_read, taken_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         connection.close()
-        _become_run(request, fds)  # never returns
+        os.close(taken_read)
+        _become_run(request, fds, taken_write)  # never returns
+    os.close(taken_write)
     for fd in fds:
         os.close(fd)
     fds.clear()
+    with os.fdopen(taken_read, "rb") as taken:
+        answer = taken.read().decode(errors="replace")
+    preloader = os.getppid()
+    if answer != "taken":
+        os.waitpid(pid, 0)
+        print(f"preloader {preloader} declines {request['argv'][0]}: {answer or 'no answer'}", flush=True)
+        if answer:  # it lacks what the caller has: a preloader the caller starts has it
+            write_message(connection, {"status": "declined", "reason": answer, "replace": True})
+        else:
+            write_message(connection, {"status": "refused", "reason": "the run's process failed to start"})
+        return
+    print(f"preloader {preloader} serves {request['argv'][0]} (supervisor {os.getpid()})", flush=True)
     write_message(connection, {"pid": pid})
     connection.settimeout(None)
     # A pidfd becomes readable the moment the child ends (Linux); elsewhere, poll.
@@ -370,22 +437,144 @@ def _take_signal_dispositions(ignored: Any) -> None:
             signal.signal(number, signal.SIG_DFL)
 
 
-def _become_run(request: dict[str, Any], fds: list[int]) -> None:
-    """In the run's child: become the caller's ``python flow.py run`` and run it; never returns."""
+def take_caller_process(process: Any) -> list[str]:
+    """Give this process what the caller's process has (:func:`..preload.caller_process`): its
+    umask, resource limits, nice value, scheduling policy, CPUs and out-of-memory score
+    adjustment. What it could not be given (an unprivileged process cannot lower its nice value
+    or raise a hard limit), as phrases for a message; empty when it has them all."""
+    import resource
+
+    if not isinstance(process, dict):
+        return ["the caller's process was not described"]
+    missing: list[str] = []
+    os.umask(int(process["umask"]))
+    nice = int(process["nice"])
+    _set_nice(nice)  # before the limits too: the caller's RLIMIT_NICE may be lower than ours
+    for name, (soft, hard) in sorted(process.get("limits", {}).items()):
+        number = getattr(resource, name, None)
+        if number is None or resource.getrlimit(number) == (soft, hard):
+            continue
+        try:
+            resource.setrlimit(number, (soft, hard))
+        except (ValueError, OSError):
+            own = resource.getrlimit(number)[1]
+            missing.append(f"{name} {_limit(soft)}/{_limit(hard)} (its own hard limit is {_limit(own)})")
+    if not _set_nice(nice):
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        missing.append(f"nice {nice} (its own is {own}; only a privileged process lowers it)")
+    scheduler = process.get("scheduler")
+    if scheduler and hasattr(os, "sched_setscheduler"):
+        policy, priority = int(scheduler[0]), int(scheduler[1])
+        if (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) != (policy, priority):
+            try:
+                os.sched_setscheduler(0, policy, os.sched_param(priority))
+            except OSError:
+                missing.append(f"scheduling policy {policy} at priority {priority}")
+    cpus = process.get("cpus")
+    if cpus and hasattr(os, "sched_setaffinity") and sorted(os.sched_getaffinity(0)) != cpus:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:
+            missing.append(f"CPUs {cpus}")
+    if "oom_score_adj" in process:
+        try:
+            with open("/proc/self/oom_score_adj", "r+") as file:
+                if int(file.read()) != int(process["oom_score_adj"]):
+                    file.seek(0)
+                    file.write(str(int(process["oom_score_adj"])))
+        except OSError:
+            missing.append(f"oom_score_adj {process['oom_score_adj']}")
+    return missing
+
+
+def _set_nice(nice: int) -> bool:
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) != nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError:
+        return False
+    return True
+
+
+def _limit(value: int) -> str:
+    import resource
+
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
+
+
+def _open_std_streams(described: Any) -> None:
+    """The standard streams on descriptors 0-2, set up as the caller's Python set up its own (its
+    encoding and error handler, line buffering on a terminal and for stderr, unbuffered under
+    ``-u``, no newline translation), as ``sys.std*`` and ``sys.__std*__``."""
+    described = described if isinstance(described, dict) else {}
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        how = described.get(name) if isinstance(described.get(name), dict) else {}
+        writing = fd != 0
+        raw = io.FileIO(fd, "wb" if writing else "rb", closefd=False)
+        raw.name = f"<{name}>"  # type: ignore[misc]
+        buffer: Any = raw
+        if how.get("buffered", True) or not writing:
+            buffer = io.BufferedWriter(raw) if writing else io.BufferedReader(raw)
+        stream = io.TextIOWrapper(
+            buffer,
+            encoding=how.get("encoding"),
+            errors=how.get("errors", "backslashreplace" if name == "stderr" else "strict"),
+            newline="\n",
+            line_buffering=how.get("line_buffering", name == "stderr" or raw.isatty()),
+            write_through=how.get("write_through", False),
+        )
+        stream.mode = "w" if writing else "r"  # type: ignore[misc]
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _take_time_zone_and_temporary_folder() -> None:
+    """Read ``TZ`` and ``TMPDIR`` again from the caller's environment, now in ``os.environ``: the C
+    library's time zone (``time.tzset``), pendulum's cached local zone and Airflow's default one
+    when it is "system", and ``tempfile``'s cached folder."""
+    import tempfile
+
+    time.tzset()
+    tempfile.tempdir = None
+    local = sys.modules.get("pendulum.tz.local_timezone")
+    if local is not None:
+        local._local_timezone = None  # type: ignore[attr-defined]
+    settings = sys.modules.get("airflow.settings")
+    if settings is None:
+        return
+    from airflow.configuration import conf
+
+    if conf.get("core", "default_timezone", fallback="utc") == "system":
+        for name in ("airflow._shared.timezones.timezone", "airflow.sdk._shared.timezones.timezone"):
+            timezone = sys.modules.get(name)
+            if timezone is not None:
+                timezone.initialize("system")
+        settings.TIMEZONE = settings.local_timezone()
+
+
+def _become_run(request: dict[str, Any], fds: list[int], taken: int) -> None:
+    """In the run's child: become the caller's ``python flow.py run`` and run it; never returns.
+    It first takes the caller's process attributes and writes "taken" to ``taken``, or what it
+    could not take (and exits)."""
     code = 1
     try:
+        missing = take_caller_process(request.get("process"))
+        answer = f"the preloader cannot give it {_listed(missing, 'or')}" if missing else "taken"
+        os.write(taken, answer.encode())
+        os.close(taken)
+        if missing:
+            return
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
         os.setsid()  # its own session: the preloader's signals and lifetime are not the run's
         _take_signal_dispositions(request.get("ignored_signals"))
-        sys.stdin = open(0, closefd=False)  # noqa: SIM115
-        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        _open_std_streams(request.get("streams"))
         os.chdir(request.get("cwd") or "/")
         os.environ.clear()
         os.environ.update({str(k): str(v) for k, v in (request.get("environment") or {}).items()})
         os.environ[CHILD_VARIABLE] = "1"
+        _take_time_zone_and_temporary_folder()
         from airflow_flowspec.airflow.local_run import prepare_environment
 
         prepare_environment()
@@ -395,7 +584,10 @@ def _become_run(request: dict[str, Any], fds: list[int]) -> None:
             settings.engine.dispose(close=False)  # the preloader's connections are not ours
         argv = [str(a) for a in request["argv"]]
         sys.argv = argv
-        sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+        if isinstance(request.get("orig_argv"), list):
+            sys.orig_argv = [str(a) for a in request["orig_argv"]]
+        if not sys.flags.safe_path:  # with -P (or -I) Python puts no script folder first
+            sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
         import runpy
 
         profile = os.environ.get("FLOWSPEC_PRELOAD_PROFILE")  # where to write a cProfile of the run
@@ -436,14 +628,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airflow_flowspec.airflow.preloader")
     parser.add_argument("--socket", required=True, type=Path)
     parser.add_argument("--idle-minutes", type=float, default=None)
+    parser.add_argument("--replace", action="store_true", help="take the socket over from a live preloader")
     args = parser.parse_args(argv)
     idle = args.idle_minutes if args.idle_minutes is not None else config.preload_idle_minutes()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     print_ = fingerprint()
+    if _FINGERPRINT_NAME.fullmatch(args.socket.name) and socket_path(print_) != args.socket:
+        # Its callers' fingerprint names the socket: one not started as they were serves none.
+        print(f"preloader {os.getpid()} exits: not started as its callers were", file=sys.stderr, flush=True)
+        return 0
     warm_up()
     preloader = Preloader(args.socket, idle * 60, print_)
-    if not preloader.bind():
+    if not preloader.bind(replace=args.replace):
         return 0
     print(f"preloader {os.getpid()} ready at {args.socket}", flush=True)
     try:

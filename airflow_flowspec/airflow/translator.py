@@ -81,16 +81,12 @@ def build_dag(
         tags=["flowspec"],
         max_active_runs=16,
         on_failure_callback=functools.partial(
-            record_failed_run, flow_name=flow_class.__name__, deployment=project
+            record_failed_run, flow_name=flow_class.__name__, project=project
         ),
     ) as dag:
         _add_tasks(flow_class, graph, flow_file)
-    deployment = Deployment(
-        flow_class.__name__,
-        project.project_name if project else None,
-        project.branch_name if project else None,
-    )
-    setattr(dag.get_task("start"), DEPLOYMENT_FIELD, deployment.to_text())
+    # What the artifact view reads to know whose runs this DAG's runs are (never the DAG id's text).
+    setattr(dag.get_task("start"), DEPLOYMENT_FIELD, Deployment.of(flow_class.__name__, project).to_text())
     dag.fileloc = flow_file
     # Where the step tasks learn the branch: it belongs to the deployment, not to a run's conf.
     setattr(dag, PROJECT_BRANCH_ATTRIBUTE, project)
@@ -111,11 +107,11 @@ def _dag_id(flow_class: type, project: ProjectBranch | None) -> str:
     return dag_id
 
 
-def record_failed_run(context: Any, flow_name: str, deployment: ProjectBranch | None = None) -> None:
+def record_failed_run(context: Any, flow_name: str, project: ProjectBranch | None = None) -> None:
     """Mark the run failed in the datastore, so the client's run listing says so too."""
     from airflow_flowspec.datastore import open_datastore
 
-    run = RunIdentity.of_deployment(flow_name, context["dag_run"].run_id, deployment)
+    run = RunIdentity.of_deployment(flow_name, context["dag_run"].run_id, project)
     open_datastore(config.datastore_root()).finish_run(
         run.flow, run.run_id, False, {"reason": str(context.get("reason") or "a step failed")}
     )

@@ -57,7 +57,7 @@ class Lease:
     start), so a run deleted while nothing of it ran is reported as deleted.
     """
 
-    def __init__(self, datastore: Any, run: RunIdentity, *, holder: str, needs_record: bool = True):
+    def __init__(self, datastore: Any, run: RunIdentity, *, holder: str, needs_record: bool = False):
         self.datastore = datastore
         self.run = run
         self.holder = holder

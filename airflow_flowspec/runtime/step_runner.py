@@ -150,6 +150,28 @@ def _run_step(
     mask_secret: Callable[[Any], None] | None,
     lease: Lease | None,
 ) -> StepResult:
+    """Check that everything the task will write can be stored, then run it under ``lease`` (or
+    a lease of its own: the worker that started this process checked that the run is there)."""
+    # Every name this task will write under must be storable before anything is written.
+    keys.manifest_key(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
+    run_tags = _run_tags(spec) if spec.step == "start" else []  # refused before anything runs
+    datastore = datastore or open_datastore(spec.datastore_root)
+    with contextlib.nullcontext(lease) if lease else Lease(datastore, spec.run, holder="step") as held:
+        return _run_task(
+            spec, datastore, log, run_tags, held, store_result=store_result, mask_secret=mask_secret
+        )
+
+
+def _run_task(
+    spec: TaskSpec,
+    datastore: Any,
+    log: TaskLog,
+    run_tags: list[str],
+    lease: Lease,
+    *,
+    store_result: bool,
+    mask_secret: Callable[[Any], None] | None,
+) -> StepResult:
     """Run the task described by ``spec`` and return what Airflow should publish.
 
     With ``store_result`` the result is also left in the datastore (before the manifest, which
@@ -161,15 +183,6 @@ def _run_step(
     step) the run record, then the output logs and the result, then the manifest, then (start step)
     the run index entry.
     """
-    # Every name this task will write under must be storable before anything is written.
-    keys.manifest_key(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
-    run_tags = _run_tags(spec) if spec.step == "start" else []  # refused before anything runs
-    datastore = datastore or open_datastore(spec.datastore_root)
-    if lease is None:  # the worker that started this process checked that the run is there
-        with Lease(datastore, spec.run, holder="step", needs_record=False) as own:
-            return _run_step(
-                spec, datastore, log, store_result=store_result, mask_secret=mask_secret, lease=own
-            )
     if spec.step == "start":
         datastore.check_run_identity(spec.run)  # never write into another deployment's run
     moved_before = _moved(datastore)

@@ -7,8 +7,10 @@ in it is stopped (and checked gone) at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -17,7 +19,9 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -64,16 +68,46 @@ class Preloading:
         }
         self.folder = root / f"airflow-flowspec-{os.getuid()}"
 
-    def run(self, *args: str, **popen: object) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, str(self.flow_file), "run", *args],
-            capture_output=True,
+    def run(self, *args: str, **how: Any) -> subprocess.CompletedProcess:
+        return finish(self.launch(*args, **how))
+
+    def launch(
+        self,
+        *args: str,
+        flow_file: Path | None = None,
+        options: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> subprocess.Popen:
+        """``[prefix] python [options] flow.py run [args]``, started; :func:`finish` waits for it."""
+        flow_file = flow_file or self.flow_file
+        return subprocess.Popen(
+            [*prefix, sys.executable, *options, str(flow_file), "run", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=240,
-            cwd=self.flow_file.parent,
-            env=self.env,
-            **popen,
+            cwd=flow_file.parent,
+            env=merged(self.env, env),
+            preexec_fn=preexec_fn,
         )
+
+    def start_preloader(
+        self,
+        options: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        """Start the preloader a run started so would start at its end, without that first run
+        (the database made first, as that run would have: runs may go on while it warms up)."""
+        migrate = (
+            "from airflow_flowspec.airflow import local_run as l; l.ensure_database(l.prepare_environment())"
+        )
+        if not list((Path(self.env["FLOWSPEC_HOME"]) / "airflow").glob(".flowspec-db-ready-*")):
+            subprocess.run([sys.executable, "-c", migrate], env=self.env, check=True, timeout=240)
+        code = "from airflow_flowspec import preload; preload.start_preloader(preload.socket_path())"
+        subprocess.run([sys.executable, *options, "-c", code], env=merged(self.env, env),
+                       preexec_fn=preexec_fn, check=True, timeout=60)  # fmt: skip
 
     def log(self) -> str:
         return "".join(path.read_text() for path in self.folder.glob("*.log"))
@@ -101,6 +135,17 @@ class Preloading:
         for process in alive:
             process.kill()
         assert not self.processes(), "a preloader outlived its test"
+
+
+def merged(environment: dict[str, str], changes: dict[str, str | None] | None) -> dict[str, str]:
+    """``environment`` with ``changes`` made (a variable changed to None is left out)."""
+    every = {**environment, **(changes or {})}
+    return {name: value for name, value in every.items() if value is not None}
+
+
+def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=240)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 @pytest.fixture
@@ -337,3 +382,428 @@ def test_an_idle_preloader_exits_and_removes_its_socket(preloading):
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0 and "exits: idle" in output
     assert not path.exists()
+
+
+# -- a warm run is the caller's process -----------------------------------------------------------
+
+PROBE_FLOW = textwrap.dedent('''
+    import json
+    import os
+    import sys
+
+    from airflow_flowspec import FlowSpec, step
+
+
+    def thread_stack_size():
+        """The stack a new thread gets (glibc sizes it by RLIMIT_STACK as the process started)."""
+        import ctypes
+        import threading
+
+        sizes = []
+
+        def measure():
+            libc = ctypes.CDLL(None)
+            libc.pthread_self.restype = ctypes.c_ulong
+            attributes = ctypes.create_string_buffer(256)
+            if libc.pthread_getattr_np(ctypes.c_ulong(libc.pthread_self()), attributes) != 0:
+                return
+            size, address = ctypes.c_size_t(), ctypes.c_void_p()
+            libc.pthread_attr_getstack(attributes, ctypes.byref(address), ctypes.byref(size))
+            libc.pthread_attr_destroy(attributes)
+            sizes.append(size.value)
+
+        thread = threading.Thread(target=measure)
+        thread.start()
+        thread.join()
+        return sizes[0] if sizes else None
+
+
+    def process_report():
+        """What the step's process took from whoever started the run."""
+        import locale
+        import resource
+        import socket
+        import tempfile
+        import time
+        import warnings
+        from datetime import datetime
+
+        import pendulum
+        from airflow import settings
+        from airflow._shared.timezones import timezone as core_timezone
+        from airflow.sdk import timezone as sdk_timezone
+
+        from airflow_flowspec import config
+
+        umask = os.umask(0)
+        os.umask(umask)
+        with open(f"made-{os.getpid()}", "w") as made:
+            mode = os.fstat(made.fileno()).st_mode & 0o777
+        os.unlink(made.name)
+        loopback = socket.socket()
+        loopback.settimeout(5)
+        try:
+            loopback.connect(("127.0.0.1", int(os.environ.get("PROBE_PORT", "9"))))
+            reachable = True
+        except OSError:
+            reachable = False
+        finally:
+            loopback.close()
+        with open("/proc/self/oom_score_adj") as adjustment:
+            oom_score_adj = int(adjustment.read())
+        return {
+            "umask": oct(umask),
+            "new file mode": oct(mode),
+            "limits": {
+                name: resource.getrlimit(getattr(resource, name))
+                for name in dir(resource)
+                if name.startswith("RLIMIT_")
+            },
+            "nice": os.getpriority(os.PRIO_PROCESS, 0),
+            "scheduling policy": os.sched_getscheduler(0),
+            "cpus": sorted(os.sched_getaffinity(0)),
+            "oom_score_adj": oom_score_adj,
+            "time zone": [time.tzname, datetime.now().astimezone().utcoffset().total_seconds()],
+            "pendulum's local zone": pendulum.local_timezone().name,
+            "Airflow's default zone": [
+                settings.TIMEZONE.name,
+                sdk_timezone.datetime(2026, 1, 1).tzinfo.name,
+                core_timezone.datetime(2026, 1, 1).tzinfo.name,
+            ],
+            "temporary folder": tempfile.gettempdir(),
+            "scratch folder": config.scratch_dir(),
+            "streams": {
+                name: [stream.encoding, stream.errors, stream.line_buffering, stream.write_through]
+                for name in ("stdin", "stdout", "stderr", "__stdout__")
+                for stream in [getattr(sys, name)]
+            },
+            "flags": repr(sys.flags),
+            "assertions": __debug__,
+            "warning options": sys.warnoptions,
+            "warning filters": [
+                [action, getattr(message, "pattern", None), category.__name__,
+                 getattr(module, "pattern", None), line]
+                for action, message, category, module, line in warnings.filters
+            ],
+            "-X options": sys._xoptions,
+            "hash": hash("flowspec"),
+            "thread stack": thread_stack_size(),
+            "file system encoding": [sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()],
+            "locale": [locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)],
+            "command line": sys.orig_argv,
+            "module search path": sys.path,
+            "network namespace": os.readlink("/proc/self/ns/net"),
+            "loopback reachable": reachable,
+        }
+
+
+    class ProbeFlow(FlowSpec):
+        @step
+        def start(self):
+            print("PROBE " + json.dumps(process_report(), sort_keys=True), flush=True)
+            print("printed: naïve", flush=True)
+            self.next(self.end)
+
+        @step
+        def end(self):
+            pass
+
+
+    if __name__ == "__main__":
+        ProbeFlow()
+''')  # fmt: skip
+
+#: A run with the preloader off, as ``run --no-preload`` is, with the same command line.
+COLD = {"FLOWSPEC_PRELOAD": "0"}
+
+
+def report(run: subprocess.CompletedProcess) -> dict[str, Any]:
+    """The probe flow's report of its step's process."""
+    assert run.returncode == 0, run.stderr
+    (line,) = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
+    return json.loads(line.removeprefix("PROBE "))
+
+
+def notices(run: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in run.stderr.splitlines() if line.startswith("airflow-flowspec:")]
+
+
+def without(values: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if name not in names}
+
+
+@pytest.fixture(scope="module")
+def probing(tmp_path_factory):
+    """A preloader started in this test's own context (UTC; Airflow's default zone "system", so
+    its cached zone is the preloader's until a run reads TZ again), and the probe flow."""
+    root = Path(tempfile.mkdtemp(prefix="fp-", dir="/tmp"))
+    flow_file = tmp_path_factory.mktemp("probe") / "probe_flow.py"
+    flow_file.write_text(PROBE_FLOW)
+    helper = Preloading(root, flow_file)
+    helper.env.update({"TZ": "UTC", "AIRFLOW__CORE__DEFAULT_TIMEZONE": "system"})
+    helper.env.pop("TMPDIR", None)
+    helper.start_preloader()
+    try:
+        yield helper
+    finally:
+        helper.stop()
+
+
+def as_a_caller_of_its_own() -> None:
+    """A shell's ``umask 077; ulimit ...; nice -n 7 taskset chrt -b``, and an OOM score of 500."""
+    os.umask(0o077)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1000, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    resource.setrlimit(resource.RLIMIT_CORE, (4096, 8192))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2**40, 2**41))
+    os.setpriority(os.PRIO_PROCESS, 0, 7)
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, cpus[-1:])
+    with open("/proc/self/oom_score_adj", "w") as adjustment:
+        adjustment.write("500")
+
+
+def test_a_warm_run_takes_the_callers_umask_limits_nice_time_zone_temporary_folder_and_streams(
+    probing, tmp_path
+):
+    """Guards, each by a field of the report that differs without it: the child takes the caller's
+    umask, every resource limit, nice value, scheduling policy, CPUs and OOM score (from the
+    request, in the child); reads TZ again (time.tzset, pendulum's and Airflow's cached local zone)
+    and TMPDIR (tempfile's cached folder, and with it the S3 scratch folder); sets up its standard
+    streams as the caller's Python did (PYTHONIOENCODING); and quiet_airflow_warnings, called
+    again in the child, leaves the warning filters in a cold run's order."""
+    folder = tmp_path / "temporary"
+    folder.mkdir()
+    settings = {"TZ": "Asia/Tokyo", "TMPDIR": str(folder), "PYTHONIOENCODING": "ascii:backslashreplace"}
+    cold = probing.run(env={**settings, **COLD}, preexec_fn=as_a_caller_of_its_own)
+    probing.wait_until_ready()
+    served = probing.log().count(" serves ")
+    warm = probing.run(env=settings, preexec_fn=as_a_caller_of_its_own)
+    assert probing.log().count(" serves ") == served + 1, warm.stderr  # it was warm
+    assert notices(warm) == []
+
+    assert without(report(warm), "hash") == without(report(cold), "hash")
+    taken = report(warm)
+    assert (taken["umask"], taken["new file mode"], taken["nice"]) == ("0o77", "0o600", 7)
+    assert taken["limits"]["RLIMIT_NOFILE"][0] == 1000 and taken["limits"]["RLIMIT_CORE"] == [4096, 8192]
+    assert (taken["scheduling policy"], taken["oom_score_adj"]) == (os.SCHED_BATCH, 500)
+    assert taken["time zone"] == [["JST", "JST"], 9 * 3600]
+    assert taken["Airflow's default zone"] == [taken["pendulum's local zone"]] * 3 == ["Asia/Tokyo"] * 3
+    assert taken["temporary folder"] == str(folder)
+    assert taken["scratch folder"].startswith(str(folder))
+    assert taken["streams"]["stdout"][:2] == ["ascii", "backslashreplace"]
+    assert "printed: na\\xefve" in warm.stdout and "printed: na\\xefve" in cold.stdout
+
+
+#: Interpreter options and start-up variables a forked child cannot take. LANG=C alone: Python
+#: then sets LC_CTYPE in its os.environ, which a preloader must not be started with.
+OPTIONS = ("-O", "-P", "-W", "always::UserWarning", "-X", "int_max_str_digits=5000")
+STARTUP = {"PYTHONWARNINGS": "ignore::FutureWarning", "PYTHONHASHSEED": "7", "LANG": "C", "LC_ALL": None,
+           "LC_CTYPE": None}  # fmt: skip
+
+
+def with_a_larger_stack() -> None:
+    resource.setrlimit(resource.RLIMIT_STACK, (16 * 2**20, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+
+def test_a_caller_with_other_interpreter_options_gets_a_preloader_started_with_them(probing):
+    """Guards: a caller with interpreter options (-O, -P, -W, -X) and start-up variables
+    (PYTHONWARNINGS, PYTHONHASHSEED, the locale) is not served by the preloader of a plain
+    ``python`` (its first run is cold, with its own options), and the preloader it starts has
+    them all, PYTHONWARNINGS counted once and LC_CTYPE as it was before Python set it: the warm
+    run's flags, warning options and filters, hash seed, locale, file system encoding, thread
+    stacks and module search path (no script folder under -P) are the cold run's."""
+    probing.wait_until_ready()
+    logs = set(probing.folder.glob("*.log"))
+    how = {"options": OPTIONS, "env": STARTUP, "preexec_fn": with_a_larger_stack}
+    cold = probing.run(**how)  # none serves these options yet: cold, and starts one at its end
+    assert notices(cold) == [] and "optimize=1" in report(cold)["flags"], cold.stderr
+    deadline = time.monotonic() + 90
+    while not any(" ready at " in log.read_text() for log in set(probing.folder.glob("*.log")) - logs):
+        assert time.monotonic() < deadline, f"no preloader became ready:\n{probing.log()}"
+        time.sleep(0.2)
+    warm = probing.run(**how)
+    (log,) = set(probing.folder.glob("*.log")) - logs
+    assert log.read_text().count(" serves ") == 1 and notices(warm) == [], warm.stderr
+
+    assert report(warm) == report(cold)
+    taken = report(warm)
+    assert not taken["assertions"] and "safe_path=True" in taken["flags"]
+    assert taken["warning options"] == ["ignore::FutureWarning", "always::UserWarning"]
+    assert taken["-X options"] == {"int_max_str_digits": "5000"}
+    assert str(probing.flow_file.parent) not in taken["module search path"]
+    assert taken["thread stack"] in (16 * 2**20, None)  # None: no glibc to ask
+
+
+def test_what_a_forked_child_cannot_take_is_in_the_fingerprint(tmp_path):
+    """Guards, one by one: each interpreter option, start-up variable, the stack limit and the
+    process context changes the fingerprint (so the socket), and so gets its caller a preloader
+    of its own; a change the flow makes to os.environ does not (it would make a preloader stale
+    at every run); ``python -i`` and ``-x`` run cold."""
+    script = tmp_path / "fingerprint.py"
+    script.write_text(
+        "# a first line, which -x skips\n"
+        "import json, os, sys\n"
+        "os.environ.update(PYTHONHASHSEED='1', LC_ALL='C') if 'change' in sys.argv else None\n"
+        "from airflow_flowspec import preload\n"
+        "print(json.dumps([preload.fingerprint(), preload.enabled()]))\n"
+    )
+    base = merged(os.environ, {"LANG": "C.UTF-8", "LC_ALL": None, "LC_CTYPE": None, "FLOWSPEC_PRELOAD": "1"})
+
+    def printed(*options: str, env: dict[str, str | None] | None = None, **how: Any) -> list[Any]:
+        prefix, args = how.pop("prefix", ()), how.pop("args", ())
+        command = [*prefix, sys.executable, *options, str(script), *args]
+        out = subprocess.run(command, env=merged(base, env), capture_output=True, text=True, **how)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    plain, enabled = printed()
+    assert enabled and printed() == [plain, True]
+    for options in (("-O",), ("-B",), ("-W", "error"), ("-X", "dev"), ("-P",), ("-E",)):
+        assert printed(*options)[0]["interpreter"] != plain["interpreter"], options
+    for name, value in (
+        ("PYTHONWARNINGS", "error"),
+        ("PYTHONHASHSEED", "1"),
+        ("LANG", "C"),
+        ("LC_ALL", "C.UTF-8"),
+    ):
+        assert printed(env={name: value})[0]["interpreter"] != plain["interpreter"], name
+    assert printed(preexec_fn=with_a_larger_stack)[0]["interpreter"] != plain["interpreter"]
+    assert printed(prefix=("unshare", "-u"))[0]["context"] != plain["context"]
+    assert printed(args=("change",)) == [plain, True]
+    for options in (("-i",), ("-x",)):
+        assert printed(*options, stdin=subprocess.DEVNULL)[1] is False, options
+
+
+def test_a_preloader_not_started_as_its_callers_were_exits_before_warming_up(preloading):
+    """Guards: a preloader whose own fingerprint does not name its socket (its interpreter could
+    not be started as its callers' was) exits at once, instead of warming up to be found stale by
+    every run."""
+    preloading.folder.mkdir(mode=0o700, exist_ok=True)
+    path = preloading.folder / ("0" * 20 + ".sock")
+    command = [sys.executable, "-m", "airflow_flowspec.airflow.preloader", "--socket", str(path)]
+    out = subprocess.run(command, env=preloading.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "exits: not started as its callers were" in out.stderr, out.stderr
+    assert " ready at " not in out.stdout and not path.exists()
+
+
+def test_a_run_in_another_namespace_or_cgroup_never_reaches_a_preloader_outside_it(probing, tmp_path):
+    """Guards: the namespaces and cgroup are part of the fingerprint (a run under ``unshare -n``
+    is cold, silently, as a first run is, and starts no preloader that only it could use); the
+    preloader compares the caller's namespaces and cgroup, read through /proc from the pid the
+    socket reports, with its own and declines in one line whatever the caller says about itself."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    probing.env["PROBE_PORT"] = str(listener.getsockname()[1])
+    own = os.readlink("/proc/self/ns/net")
+    from airflow_flowspec import preload
+
+    liar = tmp_path / "liar.py"  # reports the preloader's context as its own
+    liar.write_text(
+        textwrap.dedent("""
+        import json, runpy, sys
+        from airflow_flowspec import preload
+        outer, real = json.loads(sys.argv.pop(1)), preload.process_context
+        preload.process_context = lambda pid="self": outer if pid == "self" else real(pid)
+        sys.argv.pop(0)
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    """)
+    )
+    probing.wait_until_ready()  # for the lying run to reach
+    logs = set(probing.folder.glob("*.log"))
+    procs = new_cgroup()
+    try:
+        unshared = ("unshare", "-n")
+        runs = {
+            "cold": probing.launch(prefix=unshared, env=COLD),
+            "preloaded": probing.launch(prefix=unshared),
+            "lying": subprocess.Popen(
+                ["unshare", "-n", "-m", "-u", "-i", sys.executable, str(liar),
+                 json.dumps(preload.process_context()), str(probing.flow_file), "run"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=probing.env,
+                cwd=probing.flow_file.parent, preexec_fn=lambda: procs and procs.write_text(str(os.getpid())),
+            ),
+        }  # fmt: skip
+        runs = {name: finish(process) for name, process in runs.items()}
+    finally:
+        if procs is not None:
+            procs.parent.rmdir()
+        listener.close()
+
+    for name in ("cold", "preloaded"):
+        assert report(runs[name])["loopback reachable"] is False, name
+        assert report(runs[name])["network namespace"] != own
+    apart = ("hash", "network namespace")  # each run is in a namespace of its own
+    assert without(report(runs["preloaded"]), *apart) == without(report(runs["cold"]), *apart)
+    assert notices(runs["preloaded"]) == []  # a run of its own context: cold as a first run is
+
+    lying = runs["lying"]
+    assert report(lying)["loopback reachable"] is False
+    (line,) = notices(lying)
+    assert line.startswith("airflow-flowspec: running this cold: its network namespace, mount ")
+    for name in ("network namespace", "mount namespace", "IPC namespace", "(UTS) namespace"):
+        assert name in line
+    assert ("cgroup are not the preloader's" in line) == (procs is not None)
+    assert "declines " + str(probing.flow_file) in probing.log()
+    assert set(probing.folder.glob("*.log")) == logs  # nothing started a preloader
+
+
+def new_cgroup() -> Path | None:
+    """A new, empty cgroup's ``cgroup.procs`` (cgroup v2, or v1's pids hierarchy), or None where
+    this process may not make one."""
+    for hierarchy in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/pids"):
+        if not os.path.exists(os.path.join(hierarchy, "cgroup.procs")):
+            continue
+        folder = Path(hierarchy) / f"flowspec-test-{os.getpid()}"
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError:
+            continue
+        return folder / "cgroup.procs"
+    return None
+
+
+PR_CAPBSET_DROP, CAP_SYS_NICE, CAP_SYS_RESOURCE = 24, 23, 24
+
+
+def unprivileged(nice: int, hard_file_limit: int) -> Callable[[], None]:
+    """A caller at ``nice`` with at most ``hard_file_limit`` open files, that (root or not) may
+    neither lower its nice value nor raise a hard limit: CAP_SYS_NICE and CAP_SYS_RESOURCE gone."""
+
+    def preexec() -> None:
+        import ctypes
+
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard_file_limit))
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (CAP_SYS_NICE, CAP_SYS_RESOURCE):
+            if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    return preexec
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping capabilities for a caller needs root")
+def test_a_preloader_that_cannot_give_a_run_the_callers_nice_value_or_limits_declines_and_is_replaced(
+    preloading,
+):
+    """Guards: a child that cannot take the caller's nice value (lower than its preloader's) or a
+    hard limit (higher than its preloader's) is not run: the caller runs cold with one line naming
+    both, and starts a preloader that can, which takes the socket over (a preloader started by a
+    restricted caller is not left to turn everyone else away)."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 8192:
+        pytest.skip("needs a hard limit of 8192 open files to hand out")
+    preloading.flow_file.write_text(PROBE_FLOW)
+    preloading.start_preloader(preexec_fn=unprivileged(nice=5, hard_file_limit=4096))
+    preloading.wait_until_ready()
+    caller = unprivileged(nice=0, hard_file_limit=8192)
+    declined = preloading.run(preexec_fn=caller)
+    (line,) = notices(declined)
+    assert "RLIMIT_NOFILE 1024/8192 (its own hard limit is 4096)" in line
+    assert "nice 0 (its own is 5;" in line and line.endswith("a preloader that can starts after it.")
+    assert (report(declined)["nice"], report(declined)["limits"]["RLIMIT_NOFILE"]) == (0, [1024, 8192])
+
+    preloading.wait_until_ready(count=2)
+    warm = preloading.run(preexec_fn=caller)
+    assert notices(warm) == [] and preloading.log().count(" serves ") == 1, warm.stderr
+    assert without(report(warm), "hash") == without(report(declined), "hash")

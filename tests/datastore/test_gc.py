@@ -554,12 +554,12 @@ def _wait_for(condition, seconds: float = 30.0) -> None:
 def test_a_run_whose_step_computes_longer_than_the_grace_period_is_kept(root, tmp_path, monkeypatch):
     """Guards finding 1 (leases, renewed while the step computes): a run that started long ago and
     has written nothing since, because one of its steps is still computing, is kept with what it
-    references; the step then reads its input and finishes. Leases here go stale after a second and
-    are renewed every 0.2 s: the run is judged two seconds into the step."""
+    references; the step then reads its input and finishes. Leases here go stale after two seconds
+    and are renewed every 0.25 s: the run is judged three seconds into the step."""
     from airflow_flowspec.datastore import leases
 
-    monkeypatch.setattr(leases, "LEASE_SECONDS", 1.0)
-    monkeypatch.setattr(leases, "RENEW_SECONDS", 0.2)
+    monkeypatch.setattr(leases, "LEASE_SECONDS", 2.0)
+    monkeypatch.setattr(leases, "RENEW_SECONDS", 0.25)
     go = tmp_path / "go"
     monkeypatch.setenv("LONG_FLOW_GO", str(go))
     flow_file = tmp_path / "long_flow.py"
@@ -577,7 +577,7 @@ def test_a_run_whose_step_computes_longer_than_the_grace_period_is_kept(root, tm
     )
     step.start()
     _wait_for(lambda: stored(root, keys.run_leases_prefix("LongFlow", "long")))
-    time.sleep(2.0)  # longer than a lease lives without renewal
+    time.sleep(3.0)  # longer than a lease lives without renewal
     result = collect_garbage(Datastore(root), older_than=MONTH)
     assert result.runs_deleted.get("LongFlow", []) == [] and result.blobs_trashed == 0
     assert result.runs_spared == {}  # kept from the start, not only at the last look
