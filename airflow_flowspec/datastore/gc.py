@@ -503,11 +503,12 @@ class _Collector:
                 self.result.bytes_freed += run.size
                 deleting.append((run, []))
                 continue
-            stored = self._last_look(run)
-            if stored is None:
+            stored, spared = self._last_look(run)
+            if spared:
                 flow.kept.append(run)
                 self.result.runs_spared.setdefault(flow.name, []).append(run.run_id)
-                marked.update(self._mark([run]))
+                run.documents = [obj.key for obj in stored if _is_document(obj.key[len(run.prefix) :])]
+                marked.update(self._mark([run]))  # as it is now: a task's manifest written since counts
             else:
                 deleting.append((run, stored))
         flow.gone = [run for run, _ in deleting]
@@ -532,12 +533,12 @@ class _Collector:
             self._prune_local_folders(keys.flow_prefix(flow.name), up_to="")
         self.result.runs_deleted[flow.name] = [run.run_id for run in flow.gone]
 
-    def _last_look(self, run: _RunFolder) -> list[StoredObject] | None:
-        """Write the run's deletion mark, then look at it once more: its objects, to delete, or None
-        (the mark removed again) if a task holds a live lease on it by now, a task wrote into it
-        since gc decided, or Airflow runs it. A task writes its lease and then looks for the mark, so
-        every lease taken before is seen; a task that started and ended before the mark left no
-        lease, but its results."""
+    def _last_look(self, run: _RunFolder) -> tuple[list[StoredObject], bool]:
+        """Write the run's deletion mark, then look at it once more: its objects as they are now,
+        and whether it is spared (the mark removed again) because a task holds a live lease on it by
+        now, a task wrote into it since gc decided, or Airflow runs it. A task writes its lease and
+        then looks for the mark, so every lease taken before is seen; a task that started and ended
+        before the mark left no lease, but its results."""
         mark = run.prefix + keys.RUN_DELETION_FILE
         self.backend.put_bytes(mark, json.dumps({"by": "airflow-flowspec gc", "at": time.time()}).encode())
         stored = list(self.backend.iter_objects(run.prefix))
@@ -550,8 +551,8 @@ class _Collector:
             or self._airflow_runs(run)
         ):
             self.backend.delete_many([mark])
-            return None
-        return stored
+            return stored, True
+        return stored, False
 
     def _delete_index_entries(self, flow: _Flow) -> None:
         """The gone runs' run index entries, first, so the client stops offering them (one listing)."""
@@ -761,8 +762,15 @@ def _note_object(run: _RunFolder, inner: str, stored: StoredObject) -> None:
         run.has_record = True
     elif inner == keys.RUN_STATUS_FILE:
         run.has_status = True
-    elif len(parts) == 4 and parts[3] in keys.RESERVED_ATTEMPT_FILES:
+    elif _is_document(inner):
         run.documents.append(stored.key)
+
+
+def _is_document(inner: str) -> bool:
+    """Whether a run folder's object (``inner``: its key inside the folder) is an attempt's
+    manifest, spec or result: JSON that names the blobs the attempt needs."""
+    parts = inner.split("/")
+    return len(parts) == 4 and parts[3] in keys.RESERVED_ATTEMPT_FILES
 
 
 def _written_since(decided: _RunFolder, now: _RunFolder) -> bool:

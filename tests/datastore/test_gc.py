@@ -25,7 +25,7 @@ from harness import FLOWS, run_flow
 from airflow_flowspec import Flow, Metaflow, Run, namespace
 from airflow_flowspec.datastore import artifacts, keys, open_datastore
 from airflow_flowspec.datastore import gc as gc_module
-from airflow_flowspec.datastore.gc import SAFETY_RULE, collect_garbage
+from airflow_flowspec.datastore.gc import DEFAULT_GRACE, SAFETY_RULE, collect_garbage
 from airflow_flowspec.datastore.store import Datastore
 from airflow_flowspec.errors import DatastoreError, GarbageCollectionError, MetaflowNotFound
 from airflow_flowspec.identity import RunIdentity
@@ -646,11 +646,14 @@ def test_a_run_whose_task_takes_a_lease_as_gc_comes_to_delete_it_is_spared(root,
     assert load_everything("GcFlow") == 2 * 7
 
 
-def test_a_task_that_ran_after_gc_decided_keeps_its_run(root, gc_flow, monkeypatch):
+@pytest.mark.parametrize("grace", [DEFAULT_GRACE, timedelta(0)], ids=["grace", "no-grace"])
+def test_a_task_that_ran_after_gc_decided_keeps_its_run(root, gc_flow, monkeypatch, grace):
     """Guards gc's last look at the run's files (found by the gc campaign): gc decided to delete an
     old failed run; its cleared task then ran from start to end (lease taken and released) before gc
     wrote the deletion mark, so no lease was left to see. What the task wrote keeps the run; before,
-    gc deleted it with the task's results, and the run's next task failed with RunDeletedError."""
+    gc deleted it with the task's results, and the run's next task failed with RunDeletedError.
+    Without a grace period, the blobs only the late task's manifest names stay in data/: the spared
+    run is marked as its last look found it, not as gc first listed it."""
     run_steps(gc_flow, root, "late", steps=["start"])
     open_datastore(root).finish_run("GcFlow", "late", False, {"reason": "end failed"})
     age_run(root, "GcFlow", "late", started_days_ago=60, written_days_ago=40)
@@ -666,7 +669,7 @@ def test_a_task_that_ran_after_gc_decided_keeps_its_run(root, gc_flow, monkeypat
         real_put(key, data, **kwargs)
 
     monkeypatch.setattr(collector.backend, "put_bytes", mark_after_the_task_ran)
-    result = collect_garbage(collector, older_than=MONTH)
+    result = collect_garbage(collector, older_than=MONTH, grace=grace)
     assert ran and not stored(root, keys.run_leases_prefix("GcFlow", "late"))  # it ended before the mark
     assert result.runs_spared == {"GcFlow": ["late"]} and result.runs_deleted == {"GcFlow": []}
     assert result.blobs_trashed == 0  # the spared run's blobs were marked as it was kept
