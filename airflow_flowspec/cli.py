@@ -1,4 +1,6 @@
-"""``python flow.py run|show|check``: the command line a flow file gets from ``TrainFlow()``.
+"""``python flow.py run|show|check|logs|dump|tag|output-dot``: the command line a flow file gets
+from ``TrainFlow()`` (``logs``, ``dump``, ``tag`` and ``output-dot`` are Metaflow's, carried out in
+:mod:`airflow_flowspec.flow_commands`).
 
 ``run`` executes the flow once with Airflow's ``dag.test()`` (tasks one after another in this
 process, on SQLite), always on a private Airflow home under ``~/.airflow_flowspec/airflow``
@@ -80,6 +82,9 @@ def _parser(flow_class: type) -> argparse.ArgumentParser:
     )
     commands.add_parser("show", help="print the steps and how they connect")
     commands.add_parser("check", help="lint the flow and check that Airflow will find the file")
+    from airflow_flowspec import flow_commands
+
+    flow_commands.add_parsers(commands)
     return parser
 
 
@@ -124,6 +129,10 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
     if args.command == "show":
         print(graph.to_text())
         return 0
+    from airflow_flowspec import flow_commands
+
+    if args.command in flow_commands.COMMANDS:  # they look at runs: nothing to lint or to start
+        return flow_commands.run_command(flow_class, graph, args)
     # check and run lint alike, for the Airflow the flow will run on, and read the same options:
     # they agree on every flow.
     target = airflow_target()

@@ -256,6 +256,25 @@ class MetaflowNamespaceMismatch(FlowspecError):  # noqa: N818 - Metaflow's name
     """The client was asked for a run outside the current namespace (see ``namespace()``)."""
 
 
+class ManyTasksError(FlowspecError):
+    """An artifact was asked of a step by the step alone (``Flow/run/step/artifact``), but the step
+    ran several tasks (a foreach body), each with its own value: the first is not "the" value."""
+
+    def __init__(self, step_pathspec: str, task_pathspecs: list[str], artifact: str):
+        shown = task_pathspecs[:10]
+        more = f", and {len(task_pathspecs) - len(shown)} more" if len(task_pathspecs) > len(shown) else ""
+        super().__init__(
+            f"Step {step_pathspec} ran {len(task_pathspecs)} tasks (a foreach), each with its own "
+            f"{artifact!r}: name the task, as Flow/run/step/task/artifact (e.g. "
+            f"{task_pathspecs[0]}/{artifact}). Its tasks: {', '.join(shown)}{more}."
+        )
+
+
+class FlowCommandError(FlowspecError):
+    """``python flow.py logs|dump|tag`` was given a path or options it cannot act on (the message
+    says what it takes)."""
+
+
 class UnreadableRecordWarning(UserWarning):
     """The client skipped a run whose record it cannot read (the message names the run and the
     file); the flow's other runs are listed as usual. Shown once per run by Python's default

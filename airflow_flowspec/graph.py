@@ -337,6 +337,33 @@ class FlowGraph:
 
     output_steps = to_text
 
+    def output_dot(self) -> str:
+        """The graph in Graphviz's dot language, exactly as Metaflow's ``output-dot`` prints it
+        (steps by name, their out-edges, a switch's cases as labelled blue edges), so tools and
+        habits built on Metaflow's output keep working."""
+        nodes = sorted(self.nodes.values(), key=lambda node: node.name)
+        node_lines, edge_lines = [], []
+        for node in nodes:
+            if node.type == "split-switch":
+                condition = f"switch: {node.condition}" if node.condition else "switch"
+                node_lines.append(
+                    f'"{node.name}" [ label = <<b>{node.name}</b><br/>'
+                    f'<font point-size="9">{condition}</font>>   fontname = "Helvetica"   '
+                    'shape = "hexagon"   style = "filled" fillcolor = "lightgreen" ];'
+                )
+                edge_lines.extend(
+                    f'{node.name} -> {target} [label="{case}" color="blue" fontcolor="blue"];'
+                    for case, target in (node.switch_cases or {}).items()
+                )
+            else:
+                kind = "join" if node.num_args > 1 else node.type
+                node_lines.append(
+                    f'"{node.name}"[ label = <<b>{node.name}</b> | <font point-size="10">{kind}</font>> '
+                    '  fontname = "Helvetica"   shape = "record" ];'
+                )
+                edge_lines.extend(f"{node.name} -> {target};" for target in node.out_funcs)
+        return f"digraph {self.name} {{\n" + "\n".join(node_lines) + "\n" + "\n".join(edge_lines) + "\n}"
+
     def __str__(self) -> str:
         return self.to_text()
 

@@ -1,6 +1,7 @@
 """``airflow-flowspec``: look results up from a shell, through the client (no Airflow needed).
 
     airflow-flowspec runs TrainFlow [--tag T] [-n 10] [--all-namespaces]
+        (a row: run id, status, start, duration, parameters, tags)
     airflow-flowspec show TrainFlow/<run_id>[/<step>[/<task>]]
     airflow-flowspec get TrainFlow/<run_id>/<step>[/<task>]/<artifact> [-o file]
     airflow-flowspec code TrainFlow/<run_id> [-o folder]
@@ -25,11 +26,16 @@ import re
 import sys
 import textwrap
 import warnings
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from itertools import islice
 from typing import Any
 
-from airflow_flowspec.errors import FlowspecError, GarbageCollectionError, UnreadableRecordWarning
+from airflow_flowspec.errors import (
+    FlowspecError,
+    GarbageCollectionError,
+    ManyTasksError,
+    UnreadableRecordWarning,
+)
 from airflow_flowspec.terminal import terminal_safe
 
 
@@ -40,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         "-A", "--all-namespaces", action="store_true", help="show every run, not only your user's"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    runs = commands.add_parser("runs", help="a flow's runs, newest first")
+    runs = commands.add_parser(
+        "runs", help="a flow's runs, newest first: id, status, start, duration, parameters, tags"
+    )
     runs.add_argument("flow")
     runs.add_argument("--tag", action="append", default=[], help="only runs with this tag (repeatable)")
     runs.add_argument("-n", type=int, default=10, help="how many runs (default 10)")
@@ -177,11 +185,54 @@ def _one_line_warning(command: str, show_other: Any) -> Any:
 def _runs(args: argparse.Namespace) -> int:
     from airflow_flowspec.client import Flow
 
+    now = datetime.now(timezone.utc)
     for run in islice(Flow(args.flow).runs(*args.tag), max(args.n, 0)):
         status = "succeeded" if run.successful else ("failed" if run.finished else "running")
         created = run.created_at.isoformat(timespec="seconds") if run.created_at else "-"
-        print(f"{terminal_safe(run.id)}\t{status}\t{created}\t{_tags(run)}")
+        row = (terminal_safe(run.id), status, created, _duration(run, now), _parameters(run), _tags(run))
+        print("\t".join(row))
     return 0
+
+
+#: Longest value, and longest list of parameters, a row of ``runs`` shows.
+_PARAMETER_VALUE_CHARS = 24
+_PARAMETERS_CHARS = 80
+
+
+def _duration(run: Any, now: datetime) -> str:
+    """How long a finished run took ("3m07s"); for a running one, how long it has run so far."""
+    started, finished = run.created_at, run.finished_at
+    if started is None:
+        return "-"
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=timezone.utc)
+    if finished is None:
+        return f"{_span((now - started).total_seconds())} so far" if not run.finished else "-"
+    if finished.tzinfo is None:
+        finished = finished.replace(tzinfo=timezone.utc)
+    return _span((finished - started).total_seconds())
+
+
+def _span(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def _parameters(run: Any) -> str:
+    """``name=value`` for each parameter, from the reprs the start step recorded (never unpickled;
+    secrets as ``<secret>``), each value and the whole cut at the end so a row stays readable."""
+    from airflow_flowspec.datastore.previews import cut_end
+
+    values = sorted(run.parameter_reprs.items())
+    shown = " ".join(f"{name}={cut_end(value, _PARAMETER_VALUE_CHARS)}" for name, value in values)
+    return terminal_safe(cut_end(shown, _PARAMETERS_CHARS)) if shown else "-"
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -221,11 +272,14 @@ def _get(args: argparse.Namespace) -> int:
     from airflow_flowspec.client import Step, Task
 
     parts = args.pathspec.strip("/").split("/")
-    if len(parts) == 4:  # Flow/run/step/artifact: the step's (single) task
+    if len(parts) == 4:  # Flow/run/step/artifact: the step's task, when it has only one
         step = Step("/".join(parts[:3]))
-        task = step.task
-        if task is None:
+        tasks = [f"{step.pathspec}/{task_id}" for task_id in step._task_ids()]
+        if not tasks:
             raise ValueError(f"Step {step.pathspec} has no task.")
+        if len(tasks) > 1:
+            raise ManyTasksError(step.pathspec, tasks, parts[-1])
+        task = Task(tasks[0])
     elif len(parts) == 5:
         task = Task("/".join(parts[:4]))
     else:

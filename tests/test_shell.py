@@ -38,11 +38,13 @@ def test_the_console_script_is_installed():
 
 
 def test_runs_lists_newest_first_with_status_and_tags(store):
+    """A row: run id, status, start, duration, parameters, tags (tests/test_flow_commands.py tries
+    duration and parameters)."""
     result = shell("runs", "ForeachFlow", root=store)
     assert result.returncode == 0, result.stderr
     lines = [line.split("\t") for line in result.stdout.splitlines()]
     assert len(lines) == 2 and [line[1] for line in lines] == ["succeeded", "succeeded"]
-    assert "second" in lines[0][3].split() and "first" in lines[1][3].split()
+    assert "second" in lines[0][5].split() and "first" in lines[1][5].split()
     tagged = shell("runs", "ForeachFlow", "--tag", "first", root=store).stdout.splitlines()
     assert [line.split("\t")[0] for line in tagged] == [lines[1][0]]
     assert (
@@ -149,13 +151,13 @@ def test_runs_prints_stored_tags_and_run_ids_escaped_one_row_per_run(hostile_sto
     assert printed_safely(result.stdout) and printed_safely(result.stderr)
     rows = [line.split("\t") for line in result.stdout.splitlines()]
     assert [row[0] for row in rows] == ["run\\x1b[2J\\x1b[H", "tagged", "plain"]  # one row per run
-    assert all(len(row) == 4 for row in rows)
-    assert rows[1][3].split(" ") == [
+    assert all(len(row) == 6 for row in rows)
+    assert rows[1][5].split(" ") == [
         "\\x1b]0;pwned\\x07",
         "user:ana",
         "x\\nfake-run\\tsucceeded\\t2026-01-01T00:00:00+00:00\\tuser:root",
     ]
-    assert rows[2][3] == "café-実験-✓ user:ana"
+    assert rows[2][5] == "café-実験-✓ user:ana"
     (warning,) = result.stderr.splitlines()
     assert warning.startswith(
         "airflow-flowspec runs: warning: Run HostileFlow/broken is skipped: its record "

@@ -317,14 +317,14 @@ class Run(MetaflowObject):
             )
         taken = keys.system_tags_among(tags_to_add)
         if taken:
-            raise ValueError(
+            raise TagError(
                 f"{', '.join(taken)} cannot be added to run {self.pathspec}: tags starting with "
                 f"{', '.join(SYSTEM_TAG_PREFIXES)} are the system's (who started the run, its project "
                 f"and branch)."
             )
         protected = sorted(set(tags_to_remove) & self.system_tags)
         if protected:
-            raise ValueError(
+            raise TagError(
                 f"{', '.join(protected)} of run {self.pathspec} is a system tag (who or what started "
                 f"the run) and cannot be removed."
             )
@@ -398,10 +398,27 @@ class Run(MetaflowObject):
     @property
     def parameters(self) -> dict[str, Any]:
         """The run's parameter values, as the start step saw them (secrets included: they are yours)."""
-        start = self["start"].task
+        start = self._start_task()
         if start is None or start._manifest is None:
             return {}
         return {name: getattr(start.data, name) for name in start._manifest.get("parameters", [])}
+
+    @property
+    def parameter_reprs(self) -> dict[str, str]:
+        """The run's parameters as the one-line reprs its start step recorded (secrets as
+        ``<secret>``): read from the start step's manifest alone, no value downloaded or
+        unpickled, so a listing of many runs stays cheap and safe."""
+        start = self._start_task()
+        if start is None or start._manifest is None:
+            return {}
+        refs = start._refs()
+        names = start._manifest.get("parameters", [])
+        return {name: refs[name].get("repr", "") for name in names if name in refs}
+
+    def _start_task(self) -> Task | None:
+        if "start" not in self._step_names():
+            return None
+        return Step(f"{self.pathspec}/start", _checked=True).task
 
 
 def _find_run(datastore: Any, flow: str, run_id: str) -> tuple[str, str, dict[str, Any]]:

@@ -14,7 +14,6 @@ reading one small artifact downloads at most its small pack-mates, never a large
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import os
 import pickle
@@ -36,7 +35,7 @@ from airflow_flowspec.datastore.keys import (
     is_trash_round,
     trash_key,
 )
-from airflow_flowspec.datastore.previews import BoundedRepr, make_preview, read_preview
+from airflow_flowspec.datastore.previews import BoundedRepr, cut_end, make_preview, read_preview
 from airflow_flowspec.errors import (
     ArtifactLoadError,
     ArtifactNotFoundError,
@@ -152,18 +151,11 @@ class _ShortRepr(BoundedRepr):
         self.maxlevel = 2
         self.maxtuple = self.maxlist = self.maxarray = self.maxdeque = 4
         self.maxdict = self.maxset = self.maxfrozenset = 4
-        self.maxstring = self.maxother = 60
+        self.maxstring = self.maxother = MAX_REPR_CHARS
         self.maxlong = 40
 
-    def repr_instance(self, value: Any, level: int) -> str:
-        try:
-            text = builtins.repr(value)
-        except Exception:
-            return f"<unrepresentable {qualified_type_name(value)}>"
-        if len(text) > self.maxother:
-            half = max(0, (self.maxother - 3) // 2)
-            text = text[:half] + "..." + text[len(text) - (self.maxother - 3 - half) :]
-        return text
+    def unrepresentable(self, value: Any, error: Exception) -> str:
+        return f"<unrepresentable {qualified_type_name(value)}>"
 
 
 _SHORT_REPR = _ShortRepr()
@@ -175,10 +167,7 @@ def short_repr(value: Any) -> str:
         text = _SHORT_REPR.repr(value)
     except Exception:
         text = f"<unrepresentable {qualified_type_name(value)}>"
-    text = re.sub(r"\s*\n\s*", " ", text)
-    if len(text) > MAX_REPR_CHARS:
-        text = text[: MAX_REPR_CHARS - 3] + "..."
-    return text
+    return cut_end(re.sub(r"\s*\n\s*", " ", text), MAX_REPR_CHARS)
 
 
 class SecretValue:

@@ -30,14 +30,40 @@ CELL_CHARS = 120
 PREVIEW_MAX_BYTES = 64 * 1024
 
 
+def cut_end(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: its beginning, then ``...`` when it is longer.
+
+    The beginning says what a value is (``CaughtException(ValueError: alpha too large...``);
+    reprlib's own cut keeps both ends and drops the middle, which is where a message is.
+    """
+    return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
+
+
 class BoundedRepr(reprlib.Repr):
-    """reprlib that never builds a giant intermediate string.
+    """reprlib that never builds a giant intermediate string, and cuts at the end.
 
     reprlib already slices str before calling repr, but not bytes: repr() of a 256 MB bytes value
-    would build a 1 GB string only to cut it. ``bytes_shown`` bounds that.
+    would build a 1 GB string only to cut it. ``bytes_shown`` bounds that. Every cut keeps the
+    beginning (:func:`cut_end`), where reprlib would keep both ends.
     """
 
     bytes_shown = 60
+
+    def repr_str(self, value: str, level: int) -> str:
+        return cut_end(builtins.repr(value[: self.maxstring]), self.maxstring)
+
+    def repr_int(self, value: int, level: int) -> str:
+        return cut_end(builtins.repr(value), self.maxlong)
+
+    def repr_instance(self, value: Any, level: int) -> str:
+        try:
+            text = builtins.repr(value)
+        except Exception as error:
+            return self.unrepresentable(value, error)
+        return cut_end(text, self.maxother)
+
+    def unrepresentable(self, value: Any, error: Exception) -> str:
+        return f"<repr failed: {type(error).__name__}>"
 
     def _repr_binary(self, value: Any, level: int) -> str:
         text = builtins.repr(value[: self.bytes_shown])
@@ -63,13 +89,6 @@ class _LongRepr(BoundedRepr):
         self.maxdict = self.maxset = self.maxfrozenset = 2000
         self.maxstring = self.maxother = PREVIEW_REPR_CHARS
         self.maxlong = 2000
-
-    def repr_instance(self, value: Any, level: int) -> str:
-        try:
-            text = builtins.repr(value)
-        except Exception as error:
-            return f"<repr failed: {type(error).__name__}>"
-        return text if len(text) <= self.maxother else text[: self.maxother] + "..."
 
 
 _LONG_REPR = _LongRepr()

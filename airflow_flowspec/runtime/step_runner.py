@@ -214,7 +214,7 @@ def _run_task(
                 mask_secret(value)
 
     label = f"{spec.run_id}/{spec.step}/{spec.task_id}"
-    print(f"[{label}] Task is starting.", flush=True)
+    log.print_unkept(f"[{label}] Task is starting.")
     caught: BaseException | None = None
     with (
         _task_context(spec),

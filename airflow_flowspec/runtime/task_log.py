@@ -9,7 +9,8 @@ sits in front of the buffer, so nothing masked on screen is stored in clear.
 
 Only Python-level writes are seen: a child process writing to the file descriptors directly
 (``os.system``, a compiled library's own ``printf``) shows in the Airflow task log or the
-terminal only. A stream that outgrows :data:`MAX_LOG_CHARS` keeps its start and its end.
+terminal only; so are the runtime's own lines around the step (``Task is starting.``), which
+are not the step's output. A stream that outgrows :data:`MAX_LOG_CHARS` keeps its start and its end.
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ class TaskLog:
             yield
         finally:
             sys.stdout, sys.stderr = stdout, stderr
+
+    def print_unkept(self, line: str) -> None:
+        """Print one of the runtime's own lines (``Task is starting.``) to the real stdout: the
+        terminal and the Airflow task log show it, ``task.stdout`` keeps the step's output only."""
+        stream = sys.stdout
+        print(line, file=stream._target if isinstance(stream, _Tee) else stream, flush=True)
 
     def add_failure(self, error: BaseException, mask: Any = None) -> None:
         """Put the traceback of the exception that ends the attempt at the end of ``stderr.log``."""

@@ -504,6 +504,23 @@ class Broken:
         raise RuntimeError("no")
 
 
+class Caught:
+    def __repr__(self):
+        return "CaughtException(builtins.ValueError: alpha=10.0 too large for this solver, use alpha <= 1)"
+
+
+def test_a_short_repr_is_cut_at_its_end_keeping_the_message():
+    """Guards the cut: reprlib's keeps both ends and dropped the middle of an exception's message
+    (``CaughtException(builtins.Val....0 too large for this solver)``); so for strings and
+    numbers, at the top level or inside a container."""
+    assert short_repr(Caught()) == repr(Caught())[:77] + "..."
+    assert short_repr(Caught()).startswith("CaughtException(builtins.ValueError: alpha=10.0 too large for")
+    assert short_repr("abcdefghij" * 20) == repr("abcdefghij" * 20)[:77] + "..."
+    assert short_repr(int("1234567890" * 10)) == "1234567890" * 3 + "1234567..."
+    assert short_repr([Caught()]).startswith("[CaughtException(builtins.ValueError: alpha=10.0 too large")
+    assert short_repr({"k": "v" * 100}) == "{'k': '" + "v" * 70 + "..."
+
+
 def test_references_are_small_json_and_reprs_stay_short():
     assert short_repr(Broken()) == f"<unrepresentable {Broken.__module__}.Broken>"
     huge = b"\x00" * (64 * 1024 * 1024)
