@@ -55,7 +55,14 @@ def _parser(flow_class: type) -> argparse.ArgumentParser:
         _add_project_options(parser, before_command=True)
     _add_with_option(parser, before_command=True)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the flow once, locally, with Airflow's dag.test()")
+    from airflow_flowspec.preload import run_help
+
+    run = commands.add_parser(
+        "run",
+        help="run the flow once, locally, with Airflow's dag.test()",
+        epilog=run_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if has_project:
         _add_project_options(run, before_command=False)
     _add_with_option(run, before_command=False)

@@ -49,6 +49,7 @@ DEFAULTS: dict[str, str] = {
     "batch_deferrable": "False",
     "preload": "True",
     "preload_idle_minutes": "15",
+    "preload_max_count": "2",
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -96,6 +97,9 @@ DESCRIPTIONS: dict[str, str] = {
     "preload": "Whether `python flow.py run` goes through a warm Airflow kept between runs (a "
     "preloader per user, started on first use) instead of starting Airflow each time.",
     "preload_idle_minutes": "A preloader with no run for this long exits.",
+    "preload_max_count": "How many preloaders a user may have at once (there is one per Python and "
+    "Airflow environment, about 180 MB each): a new one that would pass this number first makes the "
+    "least recently used exit. `airflow-flowspec preloaders` lists them; `--stop` stops them.",
 }
 
 
@@ -271,6 +275,17 @@ def preload_enabled() -> bool:
 
 def preload_idle_minutes() -> float:
     return _finite_number("preload_idle_minutes", 0, above=True, accepted="a number of minutes above 0")
+
+
+def preload_max_count() -> int:
+    value = get_option("preload_max_count")
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise _invalid("preload_max_count", value, "a whole number of preloaders, 1 or more (e.g. 2)")
+    return count
 
 
 def _boolean(option: str) -> bool:

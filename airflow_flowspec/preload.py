@@ -11,7 +11,8 @@ working directory and environment, and what its process passes on (:func:`caller
 child's status. It imports no Airflow.
 
 The preloader starts on first use (that run is cold), exits after ``[flowspec]
-preload_idle_minutes``, and serves a run only while nothing it imported has changed. What a forked
+preload_idle_minutes``, and serves a run only while nothing it imported has changed; at most
+``[flowspec] preload_max_count`` live per user (:mod:`airflow_flowspec.preloaders`). What a forked
 child cannot be given is in the :func:`fingerprint`, which names the socket: a caller started with
 other interpreter options or start-up variables, or in another namespace or cgroup, gets a
 preloader of its own, started as it was started (none for a namespace or cgroup entered for one
@@ -62,7 +63,40 @@ def enabled(no_preload: bool = False) -> bool:
         return False
     from airflow_flowspec import config
 
-    return config.preload_enabled()
+    if not config.preload_enabled():
+        return False
+    config.preload_max_count()  # a value the preloader cannot use is said here, not in its log
+    return True
+
+
+def run_help() -> str:
+    """What ``run --help`` says about preloaders: where they are, how many may live and for how
+    long, how to list and stop them (filled to the terminal's width, as argparse fills the rest)."""
+    import shutil
+    import textwrap
+
+    from airflow_flowspec import config
+    from airflow_flowspec.errors import ConfigurationError
+
+    def option(name: str, read: Any) -> str:
+        try:
+            return f"{read():g}"
+        except ConfigurationError:
+            return config.get_option(name) + " (not usable)"
+
+    width = min(shutil.get_terminal_size().columns - 2, 100)
+    return textwrap.fill(
+        f"Warm runs: after the first run, a preloader keeps Airflow ready and each run is forked from "
+        f"it (about 180 MB; one per Python and Airflow environment). Preloaders listen in "
+        f"{folder_path()} (with their logs); at most {option('preload_max_count', config.preload_max_count)} "
+        f"live at once ([flowspec] preload_max_count: a new one makes the least recently used exit), "
+        f"and each exits after {option('preload_idle_minutes', config.preload_idle_minutes)} minutes "
+        f"without a run ([flowspec] preload_idle_minutes). `airflow-flowspec preloaders` lists them; "
+        f"`airflow-flowspec preloaders --stop` stops them (their runs go on). --no-preload or "
+        f"FLOWSPEC_PRELOAD=0 runs without them.",
+        width,
+        break_on_hyphens=False,
+    )
 
 
 def fingerprint(environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -227,9 +261,14 @@ def socket_path(print_: dict[str, Any] | None = None) -> Path:
     return private_folder() / f"{digest}.sock"
 
 
-def private_folder() -> Path:
+def folder_path() -> Path:
+    """Where this user's preloaders listen and register (:func:`private_folder` makes it)."""
     base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    folder = Path(base) / f"airflow-flowspec-{os.getuid()}"
+    return Path(base) / f"airflow-flowspec-{os.getuid()}"
+
+
+def private_folder() -> Path:
+    folder = folder_path()
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
     except OSError:

@@ -7,6 +7,7 @@
     airflow-flowspec code TrainFlow/<run_id> [-o folder]
     airflow-flowspec repin TrainFlow/<run_id> [--flow-file PATH]
     airflow-flowspec gc --older-than 30d [--keep-last N] [--flow F] [--dry-run] [--grace 1d]
+    airflow-flowspec preloaders [--stop]
 
 ``--root`` reads another datastore than ``[flowspec] datastore_root`` (as ``metadata()`` does).
 A lookup that fails prints one paragraph and exits 1. ``gc`` is the one command that deletes: its
@@ -70,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     repin.add_argument("pathspec", help="Flow/run_id")
     repin.add_argument("--flow-file", help="the fixed flow file (default: the path the run recorded)")
     _add_gc_parser(commands)
+    preloaders = commands.add_parser(
+        "preloaders",
+        help="the warm Airflows `python flow.py run` forks runs from: pid, age, idle time, memory, callers",
+    )
+    preloaders.add_argument("--stop", action="store_true", help="stop them all (runs they started go on)")
     return parser
 
 
@@ -162,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.all_namespaces:
             client.namespace(None)
         commands = {"runs": _runs, "show": _show, "get": _get, "code": _code, "repin": _repin, "gc": _gc}
+        commands["preloaders"] = _preloaders
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(args.command, warnings.showwarning)
             return commands[args.command](args)
@@ -402,6 +409,60 @@ def _airflow_run_states(wanted: bool | None) -> tuple[Any, str]:
         )
         return None, not_asked.format(why="its database could not be reached")
     return run_active, f"Asked Airflow ({where}) which runs are queued or running: those were kept."
+
+
+def _preloaders(args: argparse.Namespace) -> int:
+    import time
+
+    from airflow_flowspec import config, preload, preloaders
+
+    try:
+        folder = preload.private_folder()
+    except OSError as error:
+        print(f"airflow-flowspec preloaders: {error}", file=sys.stderr)
+        return 1
+    if args.stop:
+        stopped, left = preloaders.stop(folder)
+        if not stopped and not left:
+            print(f"No preloader runs in {folder}.")
+        elif stopped:
+            print(f"Stopped {len(stopped)} preloader{'' if len(stopped) == 1 else 's'} in {folder}.")
+        for registration in left:
+            print(f"Preloader {registration.pid} has not exited yet; `kill {registration.pid}` ends it.")
+        return 1 if left else 0
+    with preloaders.lock(folder):
+        running = preloaders.live(folder)
+    print(
+        f"{len(running)} preloader{'' if len(running) == 1 else 's'} in {folder} (at most "
+        f"{config.preload_max_count()} at once; each exits after {config.preload_idle_minutes():g} "
+        f"minutes without a run)."
+    )
+    if not running:
+        return 0
+    now = time.time()
+    rows = [("PID", "AGE", "IDLE", "MEMORY", "SERVES")]
+    for registration in reversed(running):  # the most recently used first
+        memory = registration.memory_bytes()
+        rows.append((
+            str(registration.pid),
+            _duration(now - registration.started),
+            _duration(now - registration.last_used),
+            "?" if memory is None else f"{memory / 2**20:.0f} MB",
+            terminal_safe(registration.serves),
+        ))  # fmt: skip
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        print("  ".join(row[column].ljust(widths[column]) for column in range(4)) + "  " + row[4])
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ def test_unset_root_is_the_embedded_default_under_flowspec_home(tmp_path, monkey
         ("preload", "sometimes", config.preload_enabled, "True or False"),
         ("preload_idle_minutes", "0", config.preload_idle_minutes, "a number of minutes above 0"),
         ("preload_idle_minutes", "forever", config.preload_idle_minutes, "a number of minutes above 0"),
+        ("preload_max_count", "0", config.preload_max_count, "a whole number of preloaders, 1 or more"),
+        ("preload_max_count", "two", config.preload_max_count, "a whole number of preloaders, 1 or more"),
     ],
 )
 def test_a_bad_option_value_is_a_configuration_error_naming_option_and_accepted_values(

@@ -20,8 +20,10 @@ fingerprint (Python, interpreter options, start-up and Airflow variables, namesp
 credentials) is its own; otherwise it answers "stale" and exits, and the caller starts a new one.
 It checks the caller's namespaces, cgroup and credentials itself, from the caller's pid as the
 socket reports it, and declines a caller whose differ. It exits after ``[flowspec]
-preload_idle_minutes`` without a request, as soon as it finds itself stale while idle, and when a
-preloader started with ``--replace`` takes its socket. Forking needs a single thread: the warm-up
+preload_idle_minutes`` without a request, as soon as it finds itself stale while idle, when a
+preloader started with ``--replace`` takes its socket, and when asked to: by a new preloader making
+room (at most ``[flowspec] preload_max_count`` live per user, :mod:`airflow_flowspec.preloaders`)
+or by ``airflow-flowspec preloaders --stop``. Forking needs a single thread: the warm-up
 starts none, and the preloader checks before each fork.
 """
 
@@ -42,7 +44,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from airflow_flowspec import config
+from airflow_flowspec import config, preloaders
 from airflow_flowspec.preload import (
     CHILD_VARIABLE,
     FORWARDED_SIGNALS,
@@ -175,6 +177,29 @@ class Preloader:
         self.children: set[int] = set()
         self.inode = 0
         self.stale_reason = ""
+        self.registration: Path | None = None
+        self.asked_to_stop = False
+
+    def join(self, cap: int, replace: bool = False) -> bool:
+        """Bind (:meth:`bind`), make room among this user's preloaders for one more (the least
+        recently used exit until at most ``cap`` are left), and register, under the preloaders'
+        lock: two starting at once count each other. False when another preloader serves the path."""
+        folder = self.path.parent
+        signal.signal(preloaders.STOP_SIGNAL, self._stop)  # before anyone can find it registered
+        with preloaders.lock(folder):
+            if not self.bind(replace):
+                return False
+            for asked in preloaders.make_room(folder, cap, joining=self.path):
+                print(
+                    f"preloader {os.getpid()} asks preloader {asked.pid} to exit, the least recently "
+                    f"used: at most {cap} may live ([flowspec] preload_max_count)",
+                    flush=True,
+                )
+            self.registration = preloaders.register(self.path, self.inode, self.print)
+        return True
+
+    def _stop(self, _number: int, _frame: Any) -> None:
+        self.asked_to_stop = True  # the serving loop exits at its next turn, between requests
 
     def bind(self, replace: bool = False) -> bool:
         """Listen at the path; False when another live preloader already does, unless ``replace``
@@ -204,11 +229,15 @@ class Preloader:
         last_request = last_check = time.monotonic()
         while True:
             self._reap()
+            if self.asked_to_stop:
+                return self._exit("asked to stop")
             readable, _, _ = select.select([self.listener], [], [], 1.0)
             now = time.monotonic()
             if readable:
                 connection, _ = self.listener.accept()
                 last_request = now
+                if self.registration is not None:
+                    preloaders.touch(self.registration)
                 if not self._handle(connection):
                     return self._exit(f"stale: {self.stale_reason}")
                 continue
@@ -259,6 +288,7 @@ class Preloader:
             pid = os.fork()
             if pid == 0:
                 try:
+                    signal.signal(preloaders.STOP_SIGNAL, signal.SIG_DFL)  # the preloader's alone
                     self.listener.close()
                     _supervise(connection, request, fds)
                 finally:
@@ -303,6 +333,8 @@ class Preloader:
         try:
             if self._still_ours():
                 os.unlink(self.path)
+            if self.registration is not None:
+                preloaders.unregister(self.registration)
         finally:
             self.listener.close()
 
@@ -631,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replace", action="store_true", help="take the socket over from a live preloader")
     args = parser.parse_args(argv)
     idle = args.idle_minutes if args.idle_minutes is not None else config.preload_idle_minutes()
+    cap = config.preload_max_count()  # read as the caller's, before the warm-up sets the private home
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     print_ = fingerprint()
@@ -640,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     warm_up()
     preloader = Preloader(args.socket, idle * 60, print_)
-    if not preloader.bind(replace=args.replace):
+    if not preloader.join(cap, replace=args.replace):
         return 0
     print(f"preloader {os.getpid()} ready at {args.socket}", flush=True)
     try:

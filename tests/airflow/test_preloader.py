@@ -807,3 +807,151 @@ def test_a_preloader_that_cannot_give_a_run_the_callers_nice_value_or_limits_dec
     warm = preloading.run(preexec_fn=caller)
     assert notices(warm) == [] and preloading.log().count(" serves ") == 1, warm.stderr
     assert without(report(warm), "hash") == without(report(declined), "hash")
+
+
+# -- preloaders that add up: at most [flowspec] preload_max_count per user -------------------------
+
+
+def shell_preloaders(preloading: Preloading, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "airflow_flowspec.shell", "preloaders", *args]
+    return subprocess.run(command, env=preloading.env, capture_output=True, text=True, timeout=60)
+
+
+def registered(preloading: Preloading) -> dict[Path, int]:
+    """The live preloaders' pids by socket, as the cap counts them."""
+    from airflow_flowspec import preloaders
+
+    with preloaders.lock(preloading.folder):
+        return {registration.socket: registration.pid for registration in preloaders.live(preloading.folder)}
+
+
+def wait_gone(pids: list[int]) -> None:
+    _, alive = psutil.wait_procs([psutil.Process(pid) for pid in pids], timeout=15)
+    assert not alive, f"preloaders {[process.pid for process in alive]} did not exit"
+
+
+def a_dead_preloaders_registration(folder: Path) -> tuple[Path, Path]:
+    """What a preloader killed with SIGKILL leaves: its socket and its registration (here, the
+    most recently used one: counted, it would make a live preloader exit)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = folder / ("f" * 20 + ".sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.close()
+    registration = path.with_suffix(".json")
+    record = {"pid": dead.pid, "process_start": "1", "started": time.time(), "socket": str(path),
+              "socket_inode": path.stat().st_ino, "serves": "a preloader that was killed"}  # fmt: skip
+    registration.write_text(json.dumps(record))
+    os.utime(registration, (time.time() + 60, time.time() + 60))
+    return path, registration
+
+
+def test_a_new_preloader_past_the_cap_makes_the_least_recently_used_exit(preloading):
+    """Guards the user's memory: starting preloaders for a third environment leaves two (the
+    default cap), the one that served a run most recently among them; a registration left by a
+    preloader that died does not count; ``[flowspec] preload_max_count`` is honoured, and
+    ``airflow-flowspec preloaders`` lists them and stops them."""
+    preloading.folder.mkdir(mode=0o700, exist_ok=True)
+    dead_socket, dead_registration = a_dead_preloaders_registration(preloading.folder)
+    environments = {name: {"AIRFLOW__FLOWSPEC_TESTS__ENVIRONMENT": name} for name in ("a", "b", "c")}
+    sockets = {name: _socket_path_for(merged(preloading.env, env)) for name, env in environments.items()}
+    assert len(set(sockets.values())) == 3  # three fingerprints: three preloaders
+
+    # Two starting at once, under the default cap: neither makes the other exit.
+    preloading.start_preloader(env=environments["a"])
+    preloading.start_preloader(env=environments["b"])
+    preloading.wait_until_ready(count=2)
+    first_two = registered(preloading)
+    assert set(first_two) == {sockets["a"], sockets["b"]}
+    assert not dead_socket.exists() and not dead_registration.exists()
+
+    warm = preloading.run(env=environments["a"])  # a is now the more recently used
+    assert warm.returncode == 0 and preloading.log().count(" serves ") == 1, warm.stderr
+
+    preloading.start_preloader(env=environments["c"])
+    preloading.wait_until_ready(count=3)
+    wait_gone([first_two[sockets["b"]]])
+    assert set(registered(preloading)) == {sockets["a"], sockets["c"]}
+    assert not sockets["b"].exists() and not sockets["b"].with_suffix(".json").exists()
+    assert f"asks preloader {first_two[sockets['b']]} to exit" in preloading.log()
+    assert "exits: asked to stop" in sockets["b"].with_suffix(".log").read_text()
+
+    listing = shell_preloaders(preloading)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].startswith(f"2 preloaders in {preloading.folder} (at most 2 at once; each exits after 3 ")
+    assert lines[1].split() == ["PID", "AGE", "IDLE", "MEMORY", "SERVES"]
+    rows = [line.split() for line in lines[2:]]
+    assert [int(row[0]) for row in rows] == [registered(preloading)[sockets[name]] for name in ("c", "a")]
+    assert all(row[4] == "MB" and int(row[3]) > 50 for row in rows), listing.stdout
+    assert all(sys.executable in line or os.path.realpath(sys.executable) in line for line in lines[2:])
+    assert "AIRFLOW__FLOWSPEC_TESTS__ENVIRONMENT" in listing.stdout and " a;" not in listing.stdout
+
+    # One started with a cap of 1 makes both others exit.
+    before = registered(preloading)
+    preloading.start_preloader(env={**environments["b"], "AIRFLOW__FLOWSPEC__PRELOAD_MAX_COUNT": "1"})
+    preloading.wait_until_ready(count=4)
+    wait_gone(list(before.values()))
+    (only,) = registered(preloading).items()
+    assert only[0] == sockets["b"]
+
+    stopped = shell_preloaders(preloading, "--stop")
+    assert stopped.returncode == 0 and stopped.stdout.startswith("Stopped 1 preloader in "), stopped
+    wait_gone([only[1]])
+    assert not list(preloading.folder.glob("*.sock"))
+    assert not list(preloading.folder.glob("*.json"))
+    assert shell_preloaders(preloading).stdout.startswith("0 preloaders in ")
+    assert shell_preloaders(preloading, "--stop").stdout.startswith("No preloader runs in ")
+
+
+def test_a_registration_counts_only_while_its_process_runs_and_owns_its_socket(tmp_path):
+    """Guards the cap against what dead preloaders leave: a registration whose pid is gone, or
+    names another process now (pid reuse), or whose socket another preloader took, is not live,
+    and is removed (with the socket only when that is still the dead one's)."""
+    from airflow_flowspec import preloaders
+
+    folder = Path(tempfile.mkdtemp(prefix="fp-", dir="/tmp"))
+
+    def listening(name: str) -> tuple[Path, socket.socket]:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(folder / f"{name}.sock"))
+        return folder / f"{name}.sock", listener
+
+    ours, ours_listener = listening("ours")
+    reused, reused_listener = listening("reused")
+    taken, taken_listener = listening("taken")
+    print_ = {"python": sys.executable, "environment": {"FLOWSPEC_HOME": "/somewhere"}, "interpreter": {}}
+    with preloaders.lock(folder):
+        for path in (ours, reused, taken):
+            preloaders.register(path, path.stat().st_ino, print_)
+    record = json.loads(reused.with_suffix(".json").read_text())
+    reused.with_suffix(".json").write_text(json.dumps({**record, "process_start": "1"}))  # pid reused
+    replacement = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    replacement.bind(f"{taken}.new")
+    os.replace(f"{taken}.new", taken)  # another preloader took the path over (--replace)
+    taken_listener.close()
+
+    with preloaders.lock(folder):
+        (live,) = preloaders.live(folder)
+    assert live.socket == ours and live.pid == os.getpid()
+    assert live.serves == f"{sys.executable}; FLOWSPEC_HOME=/somewhere"
+    assert not reused.exists() and not reused.with_suffix(".json").exists()
+    assert taken.exists() and not taken.with_suffix(".json").exists()
+    preloaders.unregister(live.path)
+    assert not live.path.exists()
+    for listener in (ours_listener, reused_listener, replacement):
+        listener.close()
+
+
+def test_run_help_says_where_preloaders_are_how_many_live_how_long_and_how_to_stop_them(preloading):
+    out = preloading.run("--help", env={"AIRFLOW__FLOWSPEC__PRELOAD_MAX_COUNT": "3", "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    said = " ".join(out.stdout.split())
+    assert f"Preloaders listen in {preloading.folder} (with their logs); at most 3 live at once" in said
+    assert "each exits after 3 minutes without a run" in said
+    assert "`airflow-flowspec preloaders --stop` stops them" in said
+
+    bad = preloading.run(env={"AIRFLOW__FLOWSPEC__PRELOAD_MAX_COUNT": "none"})
+    assert bad.returncode == 1 and "[flowspec] preload_max_count is 'none'" in bad.stderr
+    assert not preloading.folder.exists() or not list(preloading.folder.glob("*.sock"))
