@@ -23,8 +23,9 @@ servers are not started (``--skip-serve-logs``): Airflow 3.3.2's ``serve_logs`` 
 and has no host setting, and on one machine it is not needed, since the API server reads a task's
 log from the log folder the task wrote (``FileTaskHandler._read``: local files first; the log server
 is asked only while a task runs, and its absence then adds one "Could not read served logs" line to
-the log's source details). The scheduler's health server stays off (``[scheduler]
-enable_health_check``); the API server's health endpoint tells whether every service is alive.
+the log's source details, and a traceback to the API server's log, per read). The scheduler's
+health server stays off (``[scheduler] enable_health_check``); the API server's health endpoint
+tells whether every service is alive.
 
 SQLite is the metadata database: nothing to install or start, and one user's local Airflow writes
 little. LocalExecutor on SQLite is what ``airflow standalone`` runs.
