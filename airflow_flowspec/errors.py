@@ -217,6 +217,11 @@ class GarbageCollectionError(FlowspecError):
     tell which artifacts that run needs. Raised before anything is deleted."""
 
 
+class LocalAirflowError(FlowspecError):
+    """``airflow-flowspec airflow up|down`` could not start or stop the local Airflow: a port in use,
+    a missing dags folder, a service that exited while starting (the message ends with its log)."""
+
+
 # ---------------------------------------------------------------------- code and AWS Batch
 
 

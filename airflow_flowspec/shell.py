@@ -8,6 +8,7 @@
     airflow-flowspec repin TrainFlow/<run_id> [--flow-file PATH]
     airflow-flowspec gc --older-than 30d [--keep-last N] [--flow F] [--dry-run] [--grace 1d]
     airflow-flowspec preloaders [--stop]
+    airflow-flowspec airflow up [--dags DIR] [--port N] [--home DIR] | down | status
 
 ``--root`` reads another datastore than ``[flowspec] datastore_root`` (as ``metadata()`` does).
 A lookup that fails prints one paragraph and exits 1. ``gc`` is the one command that deletes: its
@@ -17,6 +18,9 @@ Everything printed from the datastore (run ids, tags, step and artifact names, t
 values, paths, error messages) goes through :func:`~airflow_flowspec.terminal.terminal_safe`:
 whoever wrote it cannot send the terminal escape sequences or print rows that are not there. A run
 whose record cannot be read is left out of ``runs`` with one line on stderr saying so.
+
+``airflow up`` starts a local Airflow with its UI on the flows of a folder
+(:mod:`airflow_flowspec.airflow.local_services`, imported only then).
 """
 
 from __future__ import annotations
@@ -76,7 +80,40 @@ def _parser() -> argparse.ArgumentParser:
         help="the warm Airflows `python flow.py run` forks runs from: pid, age, idle time, memory, callers",
     )
     preloaders.add_argument("--stop", action="store_true", help="stop them all (runs they started go on)")
+    _add_airflow_parser(commands)
     return parser
+
+
+def _add_airflow_parser(commands: Any) -> None:
+    airflow = commands.add_parser(
+        "airflow",
+        help="start or stop a local Airflow with its UI, on the flows of a folder",
+        description="A local Airflow on 127.0.0.1: scheduler, DAG processor, triggerer and API server, "
+        "each a process of its own with its log in <home>/service-logs, configured by a generated "
+        "<home>/airflow.cfg (use AIRFLOW_HOME=<home> airflow ... to reach it from Airflow's CLI).",
+    )
+    actions = airflow.add_subparsers(dest="action", required=True)
+    up = actions.add_parser(
+        "up",
+        help="start it (or say where it already runs) and print the URL and the login",
+        description="Start Airflow on the flows of --dags and return once it answers. DAGs are unpaused "
+        "as they appear; new flow files show up within seconds. Stop it with "
+        "`airflow-flowspec airflow down`.",
+    )
+    up.add_argument("--dags", default=".", metavar="DIR", help="the folder of flow files (default: here)")
+    up.add_argument(
+        "--port", type=int, default=8080, metavar="N", help="the UI's and API's port (default 8080)"
+    )
+    down = actions.add_parser("down", help="stop it, with every process it started")
+    status = actions.add_parser(
+        "status", help="whether it runs, where, and its processes (exit 1: not running)"
+    )
+    for action in (up, down, status):
+        action.add_argument(
+            "--home",
+            metavar="DIR",
+            help="its Airflow home: airflow.cfg, database, logs (default: ~/.airflow_flowspec/services)",
+        )
 
 
 def _add_gc_parser(commands: Any) -> None:
@@ -167,8 +204,16 @@ def main(argv: list[str] | None = None) -> int:
             client.metadata(args.root)
         if args.all_namespaces:
             client.namespace(None)
-        commands = {"runs": _runs, "show": _show, "get": _get, "code": _code, "repin": _repin, "gc": _gc}
-        commands["preloaders"] = _preloaders
+        commands = {
+            "runs": _runs,
+            "show": _show,
+            "get": _get,
+            "code": _code,
+            "repin": _repin,
+            "gc": _gc,
+            "airflow": _airflow,
+            "preloaders": _preloaders,
+        }
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(args.command, warnings.showwarning)
             return commands[args.command](args)
@@ -375,6 +420,53 @@ def _gc(args: argparse.Namespace) -> int:
     result.airflow = asked
     print(terminal_safe(result.summary(), multiline=True))  # it names runs safely: see its summary()
     return 0
+
+
+def _airflow(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from airflow_flowspec.airflow import local_services
+
+    home = Path(args.home).expanduser().resolve() if args.home else local_services.default_services_home()
+    if args.action == "up":
+        services, started = local_services.up(home, Path(args.dags).expanduser(), args.port)
+        if not started:
+            print(f"Airflow is already running at {services.url} (home {home}).")
+        _print_running(services)
+        return 0
+    if args.action == "down":
+        stopped = local_services.down(home)
+        print(f"Stopped the Airflow at {stopped.url}." if stopped else f"No Airflow is running from {home}.")
+        return 0
+    services = local_services.inspect(home)
+    if services is None:
+        print(f"No Airflow is running from {home}.")
+        return 1
+    _print_running(services)
+    for service in services.services:
+        state = "running" if service.process() is not None else "exited"
+        print(f"  {service.name}\tpid {service.pid}\t{state}")
+    return 0
+
+
+def _print_running(services: Any) -> None:
+    from airflow_flowspec.airflow.local_services import login
+
+    user = login(services.home)
+    print(f"Airflow UI: {services.url}")
+    print(f"Login:      {user[0]} / {user[1]}" if user else "Login:      (no password generated yet)")
+    print(f"Dags:       {services.dags_folder}")
+    print(f"Home:       {services.home} (AIRFLOW_HOME for the airflow CLI; service logs in service-logs/)")
+    print(
+        "Stop it with: airflow-flowspec airflow down"
+        + ("" if _is_default_home(services.home) else f" --home {services.home}")
+    )
+
+
+def _is_default_home(home: Any) -> bool:
+    from airflow_flowspec.airflow.local_services import default_services_home
+
+    return home == default_services_home()
 
 
 def _airflow_run_states(wanted: bool | None) -> tuple[Any, str]:

@@ -37,6 +37,7 @@ LAZY_ENTRY_POINTS = {
     ("airflow_flowspec.cli", "airflow_flowspec.airflow.local_run"),  # python flow.py run
     ("airflow_flowspec.cli", "airflow_flowspec.airflow.discovery"),  # python flow.py check
     ("airflow_flowspec.shell", "airflow_flowspec.airflow.run_states"),  # gc asks Airflow what runs
+    ("airflow_flowspec.shell", "airflow_flowspec.airflow.local_services"),  # airflow up|down|status
 }
 AIRFLOW_ONLY = ("airflow", "moto")
 #: The local AWS (test support that ships with the package) is the one place outside the edge that

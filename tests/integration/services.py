@@ -42,6 +42,14 @@ from typing import Any
 import httpx
 import psutil
 
+from airflow_flowspec.airflow.local_services import (
+    HEALTH_COMPONENTS,
+    SERVICES,
+    kill_all,
+    port_is_listening,
+    tail,
+)
+
 REPO = Path(__file__).resolve().parents[2]
 #: What the services import our package from: this checkout, before any installed copy.
 PYTHONPATH = str(REPO)
@@ -50,7 +58,6 @@ AUTH_MANAGER = "tests.integration.auth_manager.DagRefusingAuthManager"
 USERS = {"admin": "admin", "viewer": "viewer", "outsider": "viewer"}
 SESSION_VARIABLE = "FLOWSPEC_INTEGRATION_SESSION"
 POSTGRES_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/local/bin", "/usr/lib/postgresql/16/bin")
-SERVICES = ("scheduler", "dag-processor", "triggerer", "api-server")
 TERMINAL_RUN_STATES = ("success", "failed")
 #: The flow files every session's dags folder starts with, and their DAG ids.
 DAG_FILES = [
@@ -72,20 +79,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def port_is_listening(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as error:
-        return f"(cannot read {path}: {error})"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def wait_until(
@@ -120,18 +113,6 @@ def session_processes(session_id: str, kind: str | None = None) -> list[psutil.P
         if marker.startswith(session_id) and (kind is None or marker == f"{session_id}:{kind}"):
             found.append(process)
     return found
-
-
-def kill_all(processes: Iterable[psutil.Process], timeout: float = 5) -> list[psutil.Process]:
-    """SIGKILL ``processes``; return those still alive after ``timeout``."""
-    processes = list(processes)
-    for process in processes:
-        try:
-            process.kill()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(processes, timeout=timeout)
-    return alive
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------
@@ -602,8 +583,7 @@ class AirflowServices:
         if response.status_code != 200:
             return False
         health = response.json()
-        components = ("metadatabase", "scheduler", "triggerer", "dag_processor")
-        return all((health.get(c) or {}).get("status") == "healthy" for c in components)
+        return all((health.get(c) or {}).get("status") == "healthy" for c in HEALTH_COMPONENTS)
 
     def stop(self, grace: float = 20) -> list[str]:
         """Stop everything; return a description of each process or port left behind (none, we hope).
