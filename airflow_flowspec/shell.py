@@ -537,8 +537,8 @@ def _preloaders(args: argparse.Namespace) -> int:
         memory = registration.memory_bytes()
         rows.append((
             str(registration.pid),
-            _duration(now - registration.started),
-            _duration(now - registration.last_used),
+            _span(now - registration.started),
+            _span(now - registration.last_used),
             "?" if memory is None else f"{memory / 2**20:.0f} MB",
             terminal_safe(registration.serves),
         ))  # fmt: skip
@@ -547,14 +547,6 @@ def _preloaders(args: argparse.Namespace) -> int:
         print("  ".join(row[column].ljust(widths[column]) for column in range(4)) + "  " + row[4])
     return 0
 
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 if __name__ == "__main__":
