@@ -20,6 +20,7 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_flowspec import config
+from airflow_flowspec.config import DEFAULT_MAX_NUM_SPLITS, DEFAULT_MAX_WORKERS
 from airflow_flowspec.errors import FlowspecError, ParameterError
 
 if TYPE_CHECKING:
@@ -78,6 +79,25 @@ def _parser(flow_class: type) -> argparse.ArgumentParser:
         "--no-preload",
         action="store_true",
         help="start Airflow in this process instead of using the warm one kept between runs",
+    )
+    run.add_argument(
+        "--max-workers",
+        type=_positive("--max-workers"),
+        default=DEFAULT_MAX_WORKERS,
+        metavar="N",
+        help=f"run at most N tasks at once (default {DEFAULT_MAX_WORKERS})",
+    )
+    run.add_argument(
+        "--max-num-splits",
+        type=_positive("--max-num-splits"),
+        default=DEFAULT_MAX_NUM_SPLITS,
+        metavar="N",
+        help=f"fail a foreach of more than N items (default {DEFAULT_MAX_NUM_SPLITS})",
+    )
+    run.add_argument(
+        "--run-id-file",
+        metavar="PATH",
+        help="write the run's id to this file as the run starts",
     )
     run.add_argument(
         "--tag",
@@ -170,7 +190,25 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
         from airflow_flowspec.parameters import RUN_TAGS_CONF_KEY
 
         conf[RUN_TAGS_CONF_KEY] = list(args.tags)
-    return run_locally(flow_class, _flow_file(flow_class), conf, target, project)
+    return run_locally(
+        flow_class,
+        _flow_file(flow_class),
+        conf,
+        target,
+        project,
+        max_workers=args.max_workers,
+        max_num_splits=args.max_num_splits,
+        run_id_file=args.run_id_file,
+    )
+
+
+def _positive(option: str) -> Any:
+    def whole_number(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{option} takes a whole number from 1 up, not {text!r}")
+        return int(text)
+
+    return whole_number
 
 
 def _apply_with(flow_class: type, extensions: list[str]) -> None:

@@ -22,6 +22,18 @@ from airflow_flowspec.errors import ConfigurationError
 SECTION = "flowspec"
 #: Where steps run: on the Airflow worker, or each step as an AWS Batch job.
 EXECUTION_MODES = ("local", "batch")
+#: Set by ``python flow.py run --max-num-splits N``: its widest foreach (Airflow's own limit,
+#: ``[core] max_map_length``, holds everywhere).
+MAX_NUM_SPLITS_VARIABLE = "FLOWSPEC_MAX_NUM_SPLITS"
+#: Tasks ``run`` runs at once, and the widest foreach it runs, unless told otherwise (Metaflow's).
+DEFAULT_MAX_WORKERS = 16
+DEFAULT_MAX_NUM_SPLITS = 100
+
+
+def max_num_splits() -> int | None:
+    """The widest foreach ``run`` allows (None outside ``run``)."""
+    value = os.environ.get(MAX_NUM_SPLITS_VARIABLE, "")
+    return int(value) if value.isdigit() else None
 
 
 def default_home(environ: Mapping[str, str] | None = None) -> Path:

@@ -11,7 +11,9 @@ that name does not build a DAG (the Airflow registration only acts during a DagB
 from __future__ import annotations
 
 import importlib.abc
+import importlib.machinery
 import importlib.util
+import linecache
 import os
 import sys
 import types
@@ -56,7 +58,9 @@ def load_flow_class(flow_file: str, flow_name: str) -> Any:
     return flow_class
 
 
-def load_recorded_flow_class(folder: str, index: dict[str, Any], flow_name: str) -> Any:
+def load_recorded_flow_class(
+    folder: str, index: dict[str, Any], flow_name: str, flow_file: str | None = None
+) -> Any:
     """Import the flow from a run's recorded code (see :mod:`airflow_flowspec.runtime.code_package`),
     written out in ``folder``: the flow file, and the modules it imported from its folder.
 
@@ -64,19 +68,27 @@ def load_recorded_flow_class(folder: str, index: dict[str, Any], flow_name: str)
     dags folder; they are evicted, and a finder serves their names from the recorded copies, so
     ``import helpers`` in the flow (or in a step) gets the code the run started with. The flow's
     ``__file__`` is the recorded copy, so the graph is read from the source that runs.
+
+    ``flow_file`` is where the run's flow file was when the run started: the code's frames name it
+    (and the modules beside it) instead of the recorded copies, so a traceback points at the file
+    the user edits, showing the lines that ran.
     """
     path = os.path.join(folder, index["flow"])
     cached = _loaded.get(flow_name)
     if cached and cached[0] == path:
         module = cached[2]
     else:
+        origin = _origin_folder(flow_file, index["flow"])
         modules = {name: os.path.join(folder, relpath) for name, relpath in index.get("modules", {}).items()}
         for name in modules:
             sys.modules.pop(name, None)
         _RECORDED_MODULES.update(modules)
+        for name, relpath in index.get("modules", {}).items():
+            if origin is not None:
+                _SHOWN_AS[modules[name]] = os.path.join(origin, relpath)
         if _FINDER not in sys.meta_path:
             sys.meta_path.insert(0, _FINDER)
-        module = _import(path, flow_name)
+        module = _import(path, flow_name, shown_as=os.path.join(origin, index["flow"]) if origin else None)
         _loaded[flow_name] = (path, 0.0, module)
     flow_class = getattr(module, flow_name, None)
     if not isinstance(flow_class, type):
@@ -88,6 +100,42 @@ def load_recorded_flow_class(folder: str, index: dict[str, Any], flow_name: str)
 
 #: Module name -> the recorded file it is imported from (the runs loaded by this process).
 _RECORDED_MODULES: dict[str, str] = {}
+#: Recorded file -> the file it was recorded from, as its code's frames name it.
+_SHOWN_AS: dict[str, str] = {}
+
+
+def _origin_folder(flow_file: str | None, recorded_flow: str) -> str | None:
+    """The folder the recorded paths were relative to, from where the flow file was."""
+    if not flow_file:
+        return None
+    flow_file = os.path.abspath(flow_file)
+    suffix = os.sep + os.path.normpath(recorded_flow)
+    return flow_file[: -len(suffix)] if flow_file.endswith(suffix) else None
+
+
+class _ShownAsLoader(importlib.machinery.SourceFileLoader):
+    """Loads a recorded copy with its code naming the file it was recorded from.
+
+    The source is compiled from the copy and put in ``linecache`` under the original name (an
+    entry without a modification time, which ``linecache.checkcache`` keeps), so a traceback
+    names the user's file and shows the lines that ran, even where that file has changed since or
+    does not exist (a Batch container). Nothing is written to ``__pycache__``.
+    """
+
+    def __init__(self, fullname: str, path: str, shown_as: str):
+        super().__init__(fullname, path)
+        self.shown_as = shown_as
+
+    def get_code(self, fullname: str) -> types.CodeType:
+        source = self.get_data(self.path)
+        text = importlib.util.decode_source(source)
+        linecache.cache[self.shown_as] = (len(text), None, text.splitlines(True), self.shown_as)
+        return compile(source, self.shown_as, "exec", dont_inherit=True)
+
+
+def _spec(fullname: str, location: str, shown_as: str | None, **kwargs: Any) -> Any:
+    loader = _ShownAsLoader(fullname, location, shown_as) if shown_as else None
+    return importlib.util.spec_from_file_location(fullname, location, loader=loader, **kwargs)
 
 
 class _RecordedModuleFinder(importlib.abc.MetaPathFinder):
@@ -98,11 +146,10 @@ class _RecordedModuleFinder(importlib.abc.MetaPathFinder):
         location = _RECORDED_MODULES.get(fullname)
         if location is None:
             return None
+        shown_as = _SHOWN_AS.get(location)
         if os.path.basename(location) == "__init__.py":
-            return importlib.util.spec_from_file_location(
-                fullname, location, submodule_search_locations=[os.path.dirname(location)]
-            )
-        return importlib.util.spec_from_file_location(fullname, location)
+            return _spec(fullname, location, shown_as, submodule_search_locations=[os.path.dirname(location)])
+        return _spec(fullname, location, shown_as)
 
 
 _FINDER = _RecordedModuleFinder()
@@ -114,10 +161,10 @@ def is_missing_flow_module(error: BaseException) -> bool:
     return isinstance(cause, ModuleNotFoundError) and (cause.name or "").startswith(PACKAGE)
 
 
-def _import(path: str, flow_name: str) -> types.ModuleType:
+def _import(path: str, flow_name: str, shown_as: str | None = None) -> types.ModuleType:
     _ensure_package()
     name = stable_module_name(flow_name)
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = _spec(name, path, shown_as)
     if spec is None or spec.loader is None:
         raise FlowLoadError(f"Flow file {path} is not a Python file.")
     module = importlib.util.module_from_spec(spec)

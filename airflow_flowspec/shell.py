@@ -548,6 +548,5 @@ def _preloaders(args: argparse.Namespace) -> int:
     return 0
 
 
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -247,3 +248,39 @@ def write_pinned_flow(folder: Path, monkeypatch: Any) -> Path:
     (folder / "pinned_helpers.py").write_text('VERSION = "ORIGINAL"\n')
     monkeypatch.syspath_prepend(str(folder))
     return folder
+
+
+#: ``python flow.py run``'s first line (Metaflow's): ``<time> Workflow starting (run-id <id>):``.
+_WORKFLOW_STARTING = re.compile(r"^\S+ \S+ Workflow starting \(run-id (\S+)\):$", re.MULTILINE)
+#: A run's line as printed: ``2026-12-07 14:11:40.626 [run/step/task (pid N)] text``.
+_STAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (?:\[([^\]]*?)(?: \(pid \d+\))?\] )?(.*)$")
+
+
+def run_id_of(output: str) -> str:
+    """The run id ``python flow.py run`` printed first."""
+    match = _WORKFLOW_STARTING.search(output)
+    assert match, output[:2000]
+    return match.group(1)
+
+
+def console_lines(output: str) -> list[str]:
+    """``run``'s lines without their time and process id: ``[run/step/task] text`` or ``text``;
+    lines that are not the run's (a final summary) as they are."""
+    lines = []
+    for line in output.splitlines():
+        match = _STAMPED.match(line)
+        if match is None:
+            lines.append(line)
+        elif match.group(1) is None:
+            lines.append(match.group(2))
+        else:
+            lines.append(f"[{match.group(1)}] {match.group(2)}")
+    return [line for line in lines if line.strip()]
+
+
+def printed_texts(output: str) -> list[str]:
+    """What the run's tasks and the run printed, without the time, task and process id before it."""
+    return [
+        line.split("] ", 1)[1] if line.startswith("[") and "] " in line else line
+        for line in console_lines(output)
+    ]

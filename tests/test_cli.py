@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 
-from harness import FLOWS, parse_dags_folder, run_cli
+from harness import FLOWS, console_lines, parse_dags_folder, printed_texts, run_cli, run_id_of
 
 
 def test_run_prints_run_id_first_then_progress_and_step_output(tmp_path):
@@ -21,17 +20,16 @@ def test_run_prints_run_id_first_then_progress_and_step_output(tmp_path):
         env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    match = re.fullmatch(r"Run id: (manual__\S+)", lines[0])
-    assert match, lines[:3]
-    run_id = match.group(1)
+    lines = console_lines(result.stdout)
+    run_id = run_id_of(result.stdout)
+    assert lines[0] == f"Workflow starting (run-id {run_id}):" and run_id.startswith("manual__")
     for step in ("start", "left", "right", "join", "end"):
         assert f"[{run_id}/{step}/0] Task is starting." in lines
         assert f"[{run_id}/{step}/0] Task finished successfully." in lines
     assert lines.index(f"[{run_id}/start/0] Task is starting.") < lines.index(
         f"[{run_id}/end/0] Task is starting."
     )
-    assert lines[-1] == f"Flow BranchFlow run {run_id} succeeded."
+    assert lines[-1] == "Done!"
     # The artifacts went to the configured local store, values typed from the command line.
     from airflow_flowspec.datastore import open_datastore
     from airflow_flowspec.datastore.artifacts import ArtifactRef
@@ -244,13 +242,15 @@ def test_run_retries_a_failed_step_at_once_while_the_dags_folder_keeps_its_delay
     assert result.returncode == 0, output[-3000:]
     assert elapsed < 60, elapsed  # three retries of 2 minutes each before; a few seconds now
     assert "No tasks to run" not in output and "Sleeping" not in output
-    run_id = re.fullmatch(r"Run id: (\S+)", result.stdout.splitlines()[0]).group(1)
-    lines = result.stdout.splitlines()
+    run_id = run_id_of(result.stdout)
+    lines = console_lines(result.stdout)
     for task in ("start/0", "body/0", "body/1"):
-        assert lines.count(f"[{run_id}/{task}] Task is starting.") == 2, task
+        assert lines.count(f"[{run_id}/{task}] Task is starting.") == 1, task
+        assert lines.count(f"[{run_id}/{task}] Task is starting (retry).") == 1, task
         assert lines.count(f"[{run_id}/{task}] Task finished successfully.") == 1, task
-    assert "attempt 1 went through" in lines and "total 3" in lines
-    assert lines[-1] == f"Flow RetryAtOnceFlow run {run_id} succeeded."
+    texts = printed_texts(result.stdout)
+    assert "attempt 1 went through" in texts and "total 3" in texts
+    assert lines[-1] == "Done!"
 
     # Airflow proper reads the file from its dags folder with the delay the flow asks for.
     parsed = parse_dags_folder(dags)["dags"]["RetryAtOnceFlow"]["dag"]
@@ -327,8 +327,7 @@ def test_run_shows_the_same_output_whatever_the_users_airflow_home_and_leaves_it
     assert users.returncode == 0, users.stdout + users.stderr
 
     def normalized(text: str, result) -> str:
-        run_id = re.fullmatch(r"Run id: (\S+)", result.stdout.splitlines()[0]).group(1)
-        return text.replace(run_id, "<run>")
+        return "\n".join(console_lines(text.replace(run_id_of(result.stdout), "<run>")))
 
     assert normalized(users.stdout, users) == normalized(plain.stdout, plain)
     assert normalized(users.stderr, users) == normalized(plain.stderr, plain) == ""
@@ -337,7 +336,7 @@ def test_run_shows_the_same_output_whatever_the_users_airflow_home_and_leaves_it
     assert sorted(p.name for p in user_home.iterdir()) == ["airflow.cfg"]  # no airflow.db, no logs
 
     # Artifacts went where the user's [flowspec] datastore_root says, through our XCom backend.
-    run_id = re.fullmatch(r"Run id: (\S+)", users.stdout.splitlines()[0]).group(1)
+    run_id = run_id_of(users.stdout)
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(tmp_path / "user-store"))
     monkeypatch.setattr(namespaces, "_chosen", namespaces._UNSET)
     namespace(None)
@@ -399,19 +398,19 @@ def test_a_library_warning_shows_once_as_one_line_naming_the_step(tmp_path, monk
     flow_file.write_text(WARNING_FLOW)
     result = run_cli(flow_file, "run", env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")})
     assert result.returncode == 0, result.stdout + result.stderr
-    run_id = re.fullmatch(r"Run id: (\S+)", result.stdout.splitlines()[0]).group(1)
+    run_id = run_id_of(result.stdout)
     line = (
         f"[{run_id}/fit/0] ConvergenceWarning: lbfgs failed to converge (status=1): STOP: TOTAL NO. OF "
         f"ITERATIONS REACHED LIMIT. Increase the number of iterations (max_iter)."
     )
     output = result.stdout + result.stderr
-    assert [text for text in output.splitlines() if "ConvergenceWarning" in text or "converge" in text] == [
-        line
-    ]
-    assert result.stderr.splitlines() == [line]
+    lines = console_lines(result.stdout) + console_lines(result.stderr)
+    assert [text for text in lines if "ConvergenceWarning" in text or "converge" in text] == [line]
+    assert console_lines(result.stderr) == [line]
     assert "py.warnings" not in output and "Traceback" not in output and "warning_flow.py" not in output
-    # The line is kept with the task's output, as everything the step writes is.
+    # The line is kept with the task's output, as everything the step writes is (the terminal's
+    # prefix is the run's, not the task's).
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(tmp_path / "store"))
     monkeypatch.setattr(namespaces, "_chosen", namespaces._UNSET)
     namespace(None)
-    assert Run(f"WarningFlow/{run_id}")["fit"].task.stderr == line + "\n"
+    assert Run(f"WarningFlow/{run_id}")["fit"].task.stderr == line.removeprefix(f"[{run_id}/fit/0] ") + "\n"

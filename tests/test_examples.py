@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 from datetime import date
 
 import pytest
-from harness import REPO, parse_dags_folder, run_cli, run_flow
+from harness import REPO, console_lines, parse_dags_folder, printed_texts, run_cli, run_flow, run_id_of
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -140,12 +139,11 @@ def test_readme_quick_start_command_runs_the_hyperparameter_search(tmp_path):
         env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    match = re.fullmatch(r"Run id: (manual__\S+)", lines[0])
-    assert match, lines[:3]
-    run_id = match.group(1)
+    lines = console_lines(result.stdout)
+    run_id = run_id_of(result.stdout)
     for task in ("start/0", "train/0", "train/3", "pick_best/0", "end/0"):
         assert f"[{run_id}/{task}] Task finished successfully." in lines
-    assert "Leaderboard:" in lines
-    assert any(line.startswith("Best: lr=") for line in lines)
-    assert lines[-1] == f"Flow HyperparameterSearchFlow run {run_id} succeeded."
+    texts = printed_texts(result.stdout)
+    assert "Leaderboard:" in texts
+    assert any(text.startswith("Best: lr=") for text in texts)
+    assert lines[-1] == "Done!"

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from harness import FLOWS, run_cli
+from harness import FLOWS, run_cli, run_id_of
 
 FLOW = "CommandsFlow"
 
@@ -36,7 +36,7 @@ def ours(tmp_path_factory):
     result = run_cli(flow_file, "run", env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(root)})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Task is starting." in result.stdout  # the banner stays on the terminal (and the task log)
-    run_id = re.search(r"Run id: (\S+)", result.stdout).group(1)
+    run_id = run_id_of(result.stdout)
     return flow_file, root, run_id
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from harness import FLOWS, load_flow, parse_dags_folder, run_cli, run_flow
+from harness import FLOWS, load_flow, parse_dags_folder, run_cli, run_flow, run_id_of
 
 from airflow_flowspec import Flow, FlowSpec, current, namespace, project
 from airflow_flowspec.client import namespaces, source
@@ -40,7 +39,7 @@ def variant(folder: Path, file_name: str, decorator: str) -> Path:
 
 
 def started_by(output: str) -> str:
-    return re.search(r"^Run id: (\S+)$", output, re.MULTILINE).group(1)
+    return run_id_of(output)
 
 
 @pytest.fixture
@@ -109,7 +108,7 @@ def test_run_prints_the_branch_and_refuses_a_branch_the_decorator_already_sets(t
 
     result = run_cli(flow_file, "run", "--production")  # allowed, as in Metaflow
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines()[1] == f"Project: {PROJECT}, Branch: prod.candidate"
+    assert result.stdout.splitlines()[0] == f"Project: {PROJECT}, Branch: prod.candidate"
 
 
 @pytest.mark.parametrize("command", ["run", "check"])

@@ -1,12 +1,12 @@
-"""Run a flow once on the embedded default: Airflow's ``dag.test()`` on SQLite, local datastore.
+"""Run a flow once on the embedded default: Airflow on SQLite, local datastore.
 
 Airflow reads its configuration when first imported, so the environment is prepared before that
 import. ``run`` always uses its private home (``$FLOWSPEC_HOME/airflow``, by default
 ``~/.airflow_flowspec/airflow``), whatever ``AIRFLOW_HOME`` says: its own SQLite database, quiet
-logs, no example DAGs, our XCom backend, and an empty dags folder (``dag.test()`` syncs its bundle
-to the database on every call and an empty folder keeps that free; the flow's own DAG is written to
+logs, no example DAGs, our XCom backend, and an empty dags folder (the flow's own DAG is written to
 the database directly). A user's airflow.cfg is only read, for what a flow depends on (the
 ``[flowspec]`` options, ``[core] max_map_length``), never written; nothing lands in their home.
+The DAG run itself is :mod:`.concurrent_run`'s: ``dag.test()``'s loop, its ready tasks at once.
 
 Steps that fail retry at once, as in Metaflow's local runtime (``@retry``'s
 ``minutes_between_retries`` is honoured by Airflow proper and by steps on AWS Batch).
@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_flowspec.airflow.discovery import DISCOVERY_CALLABLE
-from airflow_flowspec.config import DEFAULTS, SECTION, airflow_cfg_options, default_home, option_variable
+from airflow_flowspec.config import (
+    DEFAULT_MAX_NUM_SPLITS,
+    DEFAULT_MAX_WORKERS,
+    DEFAULTS,
+    MAX_NUM_SPLITS_VARIABLE,
+    SECTION,
+    airflow_cfg_options,
+    default_home,
+    option_variable,
+)
 from airflow_flowspec.identity import RunIdentity
 
 if TYPE_CHECKING:
@@ -35,6 +44,8 @@ if TYPE_CHECKING:
     from airflow_flowspec.lint.registry import LintTarget
 
 XCOM_BACKEND = "airflow_flowspec.xcom_backend.FlowspecXComBackend"
+#: The logger Airflow's task runner reports a task's failure on.
+TASK_LOGGER = "task"
 
 
 def airflow_environment(home: Path) -> dict[str, str]:
@@ -83,6 +94,10 @@ def run_environment(environ: Mapping[str, str]) -> dict[str, str]:
             variable = option_variable(section, name)
             if value and not environ.get(variable):
                 carried[variable] = value
+    # A failed task's traceback is shown by the operator, from the step's first frame
+    # (airflow_flowspec.runtime.failures); Airflow's own "Task failed with exception" and its
+    # frames stay off the terminal.
+    private["AIRFLOW__LOGGING__NAMESPACE_LEVELS"] = f"{TASK_LOGGER}=critical"
     return {**carried, **_aws_connection(environ, carried), **private}
 
 
@@ -169,12 +184,19 @@ def run_locally(
     parameters: dict[str, Any],
     target: LintTarget,
     project: ProjectBranch | None = None,
+    *,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    max_num_splits: int = DEFAULT_MAX_NUM_SPLITS,
+    run_id_file: str | None = None,
 ) -> int:
     """Lint (for ``target``), register and run the flow once; return the exit status.
 
     A ``@project`` flow runs as the DAG of ``project``, its branch; its runs are stored, and
-    reported, under the flow's own name.
+    reported, under the flow's own name. Up to ``max_workers`` tasks run at once
+    (:mod:`.concurrent_run`); a foreach of more than ``max_num_splits`` items fails its step.
+    The run's id is written to ``run_id_file`` as the run starts, as Metaflow's ``--run-id-file``.
     """
+    os.environ[MAX_NUM_SPLITS_VARIABLE] = str(max_num_splits)
     home = prepare_environment()
     quiet_airflow_warnings()
     # Steps on AWS Batch show their job's statuses and log lines here, as local steps show output.
@@ -206,17 +228,28 @@ def run_locally(
         run_type=DagRunType.MANUAL, logical_date=logical_date, run_after=logical_date
     )
     run = RunIdentity.of_deployment(flow_class.__name__, airflow_run_id, project)
-    print(f"Run id: {run.run_id}", flush=True)
+    from airflow_flowspec.airflow.concurrent_run import Console, run_dag
+
+    console = Console()
     if project is not None:
         print(f"Project: {project.project_name}, Branch: {project.branch_name}", flush=True)
-    dag_test_log = logging.getLogger("airflow.sdk.definitions.dag")
-    notice = RetryWaitNotice(dag, run)
-    dag_test_log.addFilter(notice)
-    try:
-        dag_run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=parameters)
-    finally:
-        dag_test_log.removeFilter(notice)
-    return _report(run, dag_run)
+    if run_id_file is not None:
+        Path(run_id_file).write_text(run.run_id)
+    console.run_line(f"Workflow starting (run-id {run.run_id}):")
+
+    def label_of(task_id: str, map_index: int) -> str:
+        return f"{run.run_id}/{task_id}/{max(map_index, 0)}"
+
+    dag_run = run_dag(
+        dag,
+        run_id=airflow_run_id,
+        label_of=label_of,
+        logical_date=logical_date,
+        conf=parameters,
+        max_workers=max_workers,
+        console=console,
+    )
+    return _report(run, dag_run, console)
 
 
 def retry_at_once(dag: Any) -> None:
@@ -234,38 +267,6 @@ def retry_at_once(dag: Any) -> None:
         runs_here = isinstance(operator_class, type) and issubclass(operator_class, LocalStepOperator)
         if runs_here and task.retries:
             task.retry_delay = timedelta(0)
-
-
-class RetryWaitNotice(logging.Filter):
-    """One line per wait for a retry, instead of dag.test()'s warning every second.
-
-    While a task waits out its retry delay (under ``run``, only a step on AWS Batch does: see
-    :func:`retry_at_once`), ``dag.test()`` logs "No tasks to run" once a second. Metaflow says once
-    "Sleeping 2 minutes before the next AWS Batch retry"; this filter does the same, and lets the
-    warning through when no task is waiting for a retry (something else is wrong then).
-    """
-
-    def __init__(self, dag: Any, run: RunIdentity):
-        super().__init__()
-        self._dag = dag
-        self._run = run
-        self._told: set[tuple[str, str, int, int]] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("No tasks to run") or not record.args:
-            return True
-        unrunnable = record.args[0] if isinstance(record.args, tuple) else ()
-        waiting = [ti for ti in unrunnable if str(getattr(ti, "state", "")) == "up_for_retry"]
-        for ti in sorted(waiting, key=lambda ti: (ti.task_id, ti.map_index)):
-            attempt = (ti.run_id, ti.task_id, ti.map_index, ti.try_number)
-            if attempt in self._told:
-                continue
-            self._told.add(attempt)
-            delay = self._dag.task_dict[ti.task_id].retry_delay.total_seconds() / 60
-            if delay > 0:  # a step retried at once can be seen waiting for an instant
-                label = f"{self._run.run_id}/{ti.task_id}/{max(ti.map_index, 0)}"
-                print(f"[{label}] Sleeping {delay:g} minute(s) before the next retry.", flush=True)
-        return not waiting
 
 
 def _build_lean_execution_api() -> None:
@@ -338,22 +339,21 @@ def _initialize_metrics() -> None:
         stats.initialize(factory=factory, export_legacy_names=legacy_names)
 
 
-def _report(run: RunIdentity, dag_run: Any) -> int:
+def _report(run: RunIdentity, dag_run: Any, console: Any) -> int:
     from airflow.utils.state import DagRunState, TaskInstanceState
 
-    flow_name, run_id = run.flow, run.run_id
     if dag_run.state == DagRunState.SUCCESS:
-        print(f"Flow {flow_name} run {run_id} succeeded.", flush=True)
+        console.run_line("Done!")
         return 0
     failed = sorted(
         (ti.task_id, ti.map_index)
         for ti in dag_run.get_task_instances()
-        if ti.state in (TaskInstanceState.FAILED, TaskInstanceState.UPSTREAM_FAILED)
-        and ti.state == TaskInstanceState.FAILED
+        if ti.state == TaskInstanceState.FAILED
     )
     names = ", ".join(t if m < 0 else f"{t}[{m}]" for t, m in failed) or "unknown"
+    console.run_line("Workflow failed.", error=True)
     print(
-        f"Flow {flow_name} run {run_id} failed in step(s): {names}. The step's error is shown above.",
+        f"Flow {run.flow} run {run.run_id} failed in step(s): {names}. The step's error is shown above.",
         file=sys.stderr,
         flush=True,
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 from airflow_flowspec.aws_batch.jobs import FINISHED
 from airflow_flowspec.errors import BatchJobFailedError
+from airflow_flowspec.runtime.task_log import lines_prefixed
 
 #: Where Batch's default ``awslogs`` configuration writes every job's output.
 LOG_GROUP = "/aws/batch/job"
@@ -106,7 +107,7 @@ class JobWatcher:
         self.emit = emit
         self.runnable_hint_after = runnable_hint_after
         self.label = label
-        self.prefix = f"[{label}] " if label else f"[{job_id}] "
+        self.prefix = "" if label and lines_prefixed() else f"[{label}] " if label else f"[{job_id}] "
         self.job: dict[str, Any] | None = None
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._status: str | None = None

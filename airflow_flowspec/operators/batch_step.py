@@ -33,6 +33,7 @@ from airflow_flowspec.aws_batch.jobs import (
 )
 from airflow_flowspec.errors import EXIT_DISALLOW_RETRY, BatchJobFailedError, BatchJobSpecError
 from airflow_flowspec.operators.step_task import StepTaskMixin, flow_mistakes_fail_at_once
+from airflow_flowspec.runtime.task_log import LINES_PREFIXED, lines_prefixed
 
 #: The task state store key holding the job this task instance submitted (kept across tries).
 JOB_RECORD_KEY = "flowspec_batch_job"
@@ -158,6 +159,8 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
             for option, value in values.items()
             if value != config.DEFAULTS[option]
         }
+        if lines_prefixed():  # python flow.py run relays the job's log lines, prefixed already
+            environment[LINES_PREFIXED] = "1"
         self.container_overrides = container_overrides(settings, command=command, environment=environment)
         self.submit_job_timeout = settings.timeout_seconds
 

@@ -17,7 +17,13 @@ import getpass
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import (
+    AirflowFailException,
+    AirflowRescheduleException,
+    AirflowSkipException,
+    DownstreamTasksSkipped,
+    TaskDeferred,
+)
 
 from airflow_flowspec import config
 from airflow_flowspec.errors import (
@@ -58,15 +64,31 @@ PULL_ALL_CHILDREN = "all_children"  # every task of a foreach body (this step jo
 # the task that flattened the nested foreach it joins: where its own children are.
 
 
+#: Exceptions that are not failures: how a task defers, skips or asks to be rescheduled.
+_HOW_AIRFLOW_GOES_ON = (
+    TaskDeferred,
+    AirflowSkipException,
+    DownstreamTasksSkipped,
+    AirflowRescheduleException,
+)
+
+
 @contextlib.contextmanager
 def flow_mistakes_fail_at_once() -> Iterator[None]:
     """Turn a flow mistake (or another failure no retry can change, such as a missing artifact)
     into ``AirflowFailException``: the task fails without using up its retries (``@retry`` is for
-    the step's own failures). Its message is the error's paragraph, then what kind of failure it is."""
+    the step's own failures). Its message is the error's paragraph, then what kind of failure it is.
+    Under ``python flow.py run`` every failure is also shown on the terminal as the user reads it
+    (:func:`~airflow_flowspec.runtime.failures.show_on_terminal`)."""
+    from airflow_flowspec.runtime.failures import show_on_terminal
+
     try:
         yield
-    except Exception as error:
-        if not is_flow_mistake(error):
+    except _HOW_AIRFLOW_GOES_ON:
+        raise
+    except BaseException as error:
+        show_on_terminal(error)
+        if not isinstance(error, Exception) or not is_flow_mistake(error):
             raise
         raise AirflowFailException(f"{error} {not_retried_label(error)}") from error
 
@@ -336,6 +358,14 @@ def check_foreach_width(width: int, what: str) -> None:
     """
     from airflow.configuration import conf
 
+    from airflow_flowspec import config
+
+    splits = config.max_num_splits()
+    if splits is not None and width > splits:  # python flow.py run, as Metaflow's runtime says it
+        raise ForeachTooWideError(
+            f"{what} yielded {width} child steps, more than the current maximum of {splits} children. "
+            f"You can raise the maximum with the --max-num-splits option of run."
+        )
     limit = conf.getint("core", "max_map_length")
     if width > limit:
         raise ForeachTooWideError(

@@ -40,7 +40,7 @@ from airflow_flowspec.runtime import code_package, parameter_values
 from airflow_flowspec.runtime.caught import CaughtException
 from airflow_flowspec.runtime.masking import SecretMask, masked_output
 from airflow_flowspec.runtime.step_warnings import one_line_warnings
-from airflow_flowspec.runtime.task_log import TaskLog
+from airflow_flowspec.runtime.task_log import TaskLog, labelled, lines_prefixed
 from airflow_flowspec.runtime.task_spec import (
     StepResult,
     TaskSpec,
@@ -214,7 +214,8 @@ def _run_task(
                 mask_secret(value)
 
     label = f"{spec.run_id}/{spec.step}/{spec.task_id}"
-    log.print_unkept(f"[{label}] Task is starting.")
+    if not lines_prefixed():  # else the run prints it, with the task's process id
+        log.print_unkept(f"[{label}] Task is starting.")
     caught: BaseException | None = None
     with (
         _task_context(spec),
@@ -306,7 +307,10 @@ def _run_task(
         datastore.index_run(spec.flow_name, spec.run_id, run_record)
     if node.type == "end":
         datastore.finish_run(spec.flow_name, spec.run_id, True, {"end_task": spec.pathspec})
-    print(f"[{label}] Task finished successfully.", flush=True)
+    if foreach_children is not None:
+        print(labelled(label, f"Foreach yields {len(foreach_children)} child steps."), flush=True)
+    if not lines_prefixed():
+        print(f"[{label}] Task finished successfully.", flush=True)
     return result
 
 
@@ -320,7 +324,7 @@ def _load_flow(spec: TaskSpec, datastore: Any) -> tuple[type, dict[str, Any] | N
     if package_ref is None:  # a run started before code was recorded: the file as it is now
         return load_flow_class(spec.flow_file, spec.flow_name), None
     folder, index = code_package.materialize(datastore, package_ref)
-    flow_class = load_recorded_flow_class(folder, index, spec.flow_name)
+    flow_class = load_recorded_flow_class(folder, index, spec.flow_name, spec.flow_file)
     if spec.step != "start":
         return flow_class, {"package": package_ref}
     recorded_flow_file = os.path.join(folder, index["flow"])

@@ -21,6 +21,8 @@ import warnings
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from airflow_flowspec.runtime.task_log import labelled
+
 
 @contextlib.contextmanager
 def one_line_warnings(task_label: str) -> Iterator[None]:
@@ -42,7 +44,7 @@ def one_line_warnings(task_label: str) -> Iterator[None]:
         shown.add(key)
         stream = file if file is not None else sys.stderr
         try:
-            stream.write(f"[{task_label}] {category.__name__}: {text}\n")
+            stream.write(labelled(task_label, f"{category.__name__}: {text}") + "\n")
             stream.flush()
         except (OSError, ValueError):  # a closed or broken stream: as Python's own display does
             pass

@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import sys
 import traceback
 from collections.abc import Iterator
 from typing import Any, TextIO
 
 from airflow_flowspec.datastore.keys import STDERR_FILE, STDOUT_FILE
+
+#: Set in a task's process by ``python flow.py run``, which prefixes every line the process writes
+#: with the task and the time, and prints the run's own lines (a task starting, finishing) itself.
+LINES_PREFIXED = "FLOWSPEC_LINES_PREFIXED"
 
 #: Characters kept per stream; beyond it the middle is dropped (the start and the end say most).
 MAX_LOG_CHARS = 4 * 1024 * 1024
@@ -126,3 +131,14 @@ class TaskLog:
         }
         if files:
             datastore.write_attempt_files(*identity, files)
+
+
+def lines_prefixed() -> bool:
+    """Whether whoever reads this process's output prefixes each line with its task already."""
+    return os.environ.get(LINES_PREFIXED) == "1"
+
+
+def labelled(label: str, text: str) -> str:
+    """``text`` as one of the runtime's own lines: ``[run/step/task] text``, or bare where
+    :func:`lines_prefixed`."""
+    return text if lines_prefixed() else f"[{label}] {text}"

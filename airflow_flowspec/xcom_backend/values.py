@@ -43,6 +43,7 @@ from airflow_flowspec.datastore.chunks import CHUNK_ITEMS, ChunkMismatch
 from airflow_flowspec.datastore.manifest import MANIFEST_MARKER, checked_manifest, is_manifest
 from airflow_flowspec.datastore.views import InputView, task_view
 from airflow_flowspec.errors import ArtifactNotFoundError, CorruptArtifactError, XComReferenceError
+from airflow_flowspec.terminal import terminal_safe
 
 #: The key that marks an XCom row as a reference to a pickled value in the datastore; its value
 #: is the row format's version.
@@ -510,7 +511,10 @@ def purge_stored(stored: Any) -> None:
         identity = row_identity(stored) if is_stored_value(stored) else chunked_row_fields(stored)[0]
         _check_expected(identity, "delete")
     except XComReferenceError as refused:
-        logging.getLogger(__name__).warning("%s Airflow drops the row; nothing else was deleted.", refused)
+        # The row's fields are whatever was written into the table: shown escaped, never raw.
+        logging.getLogger(__name__).warning(
+            "%s Airflow drops the row; nothing else was deleted.", terminal_safe(str(refused))
+        )
         return
     datastore = open_datastore(config.datastore_root())
     if is_stored_value(stored):

@@ -36,6 +36,8 @@ def test_run_uses_its_private_home_and_keeps_only_the_flow_options_of_a_users_ai
     environment = run_environment(environ)
     assert environment == {
         **airflow_environment(tmp_path / "flowspec" / "airflow"),
+        # Airflow's own failure line stays off run's terminal (the operator shows the step's traceback)
+        "AIRFLOW__LOGGING__NAMESPACE_LEVELS": "task=critical",
         "AIRFLOW__FLOWSPEC__DATASTORE_ROOT": "s3://team-bucket/flows",
         "AIRFLOW__CORE__MAX_MAP_LENGTH": "2048",
         # run reads no connections database: an empty AWS connection means boto3's own credentials
@@ -56,5 +58,6 @@ def test_airflow_config_names_the_users_file_and_a_missing_file_carries_nothing(
     nothing = {"AIRFLOW_HOME": str(tmp_path / "no-such-home"), "FLOWSPEC_HOME": str(tmp_path / "fh")}
     assert run_environment(nothing) == {
         **airflow_environment(tmp_path / "fh" / "airflow"),
+        "AIRFLOW__LOGGING__NAMESPACE_LEVELS": "task=critical",
         "AIRFLOW_CONN_AWS_DEFAULT": '{"conn_type": "aws"}',
     }

@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
-from harness import REPO
+from harness import REPO, printed_texts, run_id_of
 
 FLOW = textwrap.dedent("""
     import sys
@@ -163,6 +163,8 @@ def preloading(tmp_path):
 def normalized(text: str) -> str:
     """Output with what differs between any two runs (run ids, times, scratch paths) named instead."""
     text = re.sub(r"manual__[0-9T:.+-]+", "<run>", text)
+    text = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ", "<time> ", text, flags=re.MULTILINE)
+    text = re.sub(r" \(pid \d+\)\]", "]", text)
     text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?", "<time>", text)
     return re.sub(r"/code/[0-9a-f]{64}/", "/code/<package>/", text)
 
@@ -183,8 +185,8 @@ def test_a_warm_run_prints_stores_and_exits_as_a_cold_one(preloading, monkeypatc
 
     monkeypatch.setattr(namespaces, "_chosen", None)
     runs = {run.id: run for run in Flow("EchoFlow")}
-    warm_id = re.search(r"Run id: (\S+)", warm.stdout).group(1)
-    cold_id = re.search(r"Run id: (\S+)", cold.stdout).group(1)
+    warm_id = run_id_of(warm.stdout)
+    cold_id = run_id_of(cold.stdout)
     assert runs[warm_id].data.shout == runs[cold_id].data.shout == "AHOY"
     assert runs[warm_id].tags == runs[cold_id].tags
 
@@ -520,7 +522,7 @@ COLD = {"FLOWSPEC_PRELOAD": "0"}
 def report(run: subprocess.CompletedProcess) -> dict[str, Any]:
     """The probe flow's report of its step's process."""
     assert run.returncode == 0, run.stderr
-    (line,) = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
+    (line,) = [line for line in printed_texts(run.stdout) if line.startswith("PROBE ")]
     return json.loads(line.removeprefix("PROBE "))
 
 

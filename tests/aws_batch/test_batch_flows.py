@@ -13,7 +13,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from harness import FLOWS, run_flow
+from harness import FLOWS, console_lines, run_flow, run_id_of
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -317,8 +317,12 @@ def test_python_flow_py_run_with_batch_prints_each_jobs_statuses_and_output(loca
     out = result.stdout
     for status in ("SUBMITTED", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"):
         assert f"status: {status}" in out, out[-3000:]
-    assert "[upper] " in out and "Task finished successfully." in out
-    assert "succeeded." in out.splitlines()[-1]
+    run_id = run_id_of(out)
+    lines = console_lines(out)
+    upper = [line for line in lines if line.startswith(f"[{run_id}/upper/0] ")]
+    assert any(" status: SUCCEEDED" in line for line in upper), upper
+    assert f"[{run_id}/end/0] Task finished successfully." in lines
+    assert lines[-1] == "Done!"
     # run has no connections database: an empty AWS connection stands in, without the provider's
     # "Unable to find AWS Connection ID" warning on every hook
     assert "AWS Connection" not in out + result.stderr
@@ -361,10 +365,10 @@ def test_python_flow_py_run_with_batch_waits_before_a_retry_and_says_so_once(loc
         flow_file, "run", "--with", "batch", env={"AIRFLOW__FLOWSPEC__BATCH_POLL_SECONDS": "0.1"}
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    run_id = result.stdout.splitlines()[0].removeprefix("Run id: ")
+    run_id = run_id_of(result.stdout)
     output = result.stdout + result.stderr
     assert "No tasks to run" not in output
-    waits = [line for line in output.splitlines() if "Sleeping" in line]
+    waits = [line for line in console_lines(output) if "Sleeping" in line]
     assert waits == [f"[{run_id}/flaky/0] Sleeping 0.05 minute(s) before the next retry."]
     first, second = sorted(
         (job for job in jobs_of(local_aws_environment, run_id) if job["tags"]["flowspec:step"] == "flaky"),

@@ -113,3 +113,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _in_this_folder(item):
             item.add_marker(pytest.mark.integration)
+            # One xdist worker runs them all, so the session starts one Airflow, not one per worker.
+            item.add_marker(pytest.mark.xdist_group("airflow-services"))
