@@ -35,6 +35,7 @@ CASES = {
     11: "client_latest_run",
     12: "client_fresh_load",
     13: "batch_step",
+    14: "parallel_foreach",
 }
 
 

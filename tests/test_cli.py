@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 
-from harness import FLOWS, console_lines, parse_dags_folder, printed_texts, run_cli, run_id_of
+from harness import FLOWS, REPO, console_lines, parse_dags_folder, printed_texts, run_cli, run_id_of
 
 
 def test_run_prints_run_id_first_then_progress_and_step_output(tmp_path):
@@ -414,3 +417,25 @@ def test_a_library_warning_shows_once_as_one_line_naming_the_step(tmp_path, monk
     monkeypatch.setattr(namespaces, "_chosen", namespaces._UNSET)
     namespace(None)
     assert Run(f"WarningFlow/{run_id}")["fit"].task.stderr == line.removeprefix(f"[{run_id}/fit/0] ") + "\n"
+
+
+def test_runs_started_at_once_in_a_new_home_take_turns_creating_what_they_share(tmp_path):
+    """Guards the private home's lock (local_run.home_lock): three runs of a flow, started at
+    once where no run has been, all succeed; without the lock the database migration and the
+    flow's first DAG row race (a 'table already exists' or a UNIQUE constraint failure)."""
+    flow_file = tmp_path / "hello_flow.py"
+    flow_file.write_text((REPO / "benchmarks" / "flows" / "hello_flow.py").read_text())
+    env = {
+        **os.environ,
+        "FLOWSPEC_HOME": str(tmp_path / "new-home"),
+        "AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store"),
+    }
+    env.pop("AIRFLOW_HOME", None)
+    processes = [
+        subprocess.Popen([sys.executable, str(flow_file), "run"], env=env, cwd=tmp_path, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(3)
+    ]  # fmt: skip
+    outputs = [process.communicate(timeout=240)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], outputs
+    assert all(console_lines(output)[-1] == "Done!" for output in outputs)

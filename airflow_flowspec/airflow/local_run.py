@@ -14,6 +14,8 @@ Steps that fail retry at once, as in Metaflow's local runtime (``@retry``'s
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gc
 import importlib.util
 import logging
@@ -21,7 +23,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,7 +155,10 @@ def quiet_airflow_warnings() -> None:
 
 
 def ensure_database(home: Path) -> None:
-    """Create or migrate Airflow's metadata database once per Airflow version."""
+    """Create or migrate Airflow's metadata database once per Airflow version.
+
+    Runs started at once in a new home (two terminals, a script) take turns (:func:`home_lock`):
+    the first migrates, the others find it done."""
     import airflow
 
     marker = home / f".flowspec-db-ready-{airflow.__version__}"
@@ -162,20 +167,42 @@ def ensure_database(home: Path) -> None:
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.utils import db
 
-    db.upgradedb()
-    # The dags-folder bundle must exist before a DAG is written under it; dag.test() keeps it in
-    # sync afterwards, so this is needed (and paid for) once, not per run.
-    DagBundlesManager().sync_bundles_to_db()
-    marker.touch()
+    with home_lock(home):
+        if marker.exists() and os.environ.get("AIRFLOW_HOME") == str(home):
+            return
+        db.upgradedb()
+        # The dags-folder bundle must exist before a DAG is written under it; it is kept as it
+        # is afterwards, so this is needed (and paid for) once, not per run.
+        DagBundlesManager().sync_bundles_to_db()
+        marker.touch()
+
+
+@contextlib.contextmanager
+def home_lock(home: Path) -> Iterator[None]:
+    """Hold the private home's lock: one process at a time creates or changes what runs share
+    (the database's tables, a flow's DAG row)."""
+    descriptor = os.open(home / ".flowspec-home.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def sync_dag(dag: Any) -> None:
-    """Write the flow's DAG to the database under the dags-folder bundle, as the DAG processor would."""
+    """Write the flow's DAG to the database under the dags-folder bundle, as the DAG processor would.
+
+    Two runs of a flow new to this home, started at once, would both find no row for its DAG and
+    both insert one: they take turns (:func:`home_lock`).
+    """
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
 
     bag = DagBag(dag_folder=os.devnull, collect_dags=False)
     bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
+    from airflow import settings
+
+    with home_lock(Path(os.environ.get("AIRFLOW_HOME") or settings.AIRFLOW_HOME)):
+        sync_bag_to_db(bag, "dags-folder", None)
 
 
 def run_locally(

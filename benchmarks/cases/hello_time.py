@@ -144,13 +144,13 @@ def timeline(context: Context) -> dict[str, float]:
     ) as process:
         for line in process.stdout:
             now = time.perf_counter() - start
-            if line.startswith("Run id:"):
+            if "Workflow starting (run-id " in line:
                 marks["run id printed"] = now
             elif "Task is starting." in line:
                 marks.setdefault("first task starts", now)
             elif "Task finished successfully." in line:
                 marks["last task finished"] = now
-            elif " succeeded." in line:
+            elif line.rstrip().endswith(" Done!"):
                 marks["run reported"] = now
     assert process.wait() == 0 and len(marks) == 4, marks
     marks["process exited"] = time.perf_counter() - start
