@@ -1,26 +1,30 @@
-"""``python flow.py run``'s DAG run: its ready tasks at once, each in a process of its own.
+"""``python flow.py run``'s DAG run: its ready tasks at once, in processes of their own.
 
 ``dag.test()`` runs a DAG run's tasks one after another in its own process. ``run`` keeps its loop
 (Airflow's ``DagRun.update_state`` says which tasks are ready; Airflow's in-process task runner,
 the one ``dag.test()`` calls, runs each of them, with retries and deferral as Airflow defines them)
-and runs every ready task in a forked copy of this process, up to ``max_workers`` at once, as
-Metaflow's local runtime does. ``dag.test(use_executor=True)`` with Airflow's LocalExecutor was the
-other way, and three things rule it out for a command people wait on: its task processes parse the
-flow file again (and get the dags folder's DAG, not this run's: the branch ``--branch`` chose, the
-retry delays ``run`` drops), they talk to an execution API over HTTP that would have to be served
-from here, and its loop sleeps a second whenever no task is ready, which a flow of short steps would
-pay at every step. A forked copy already holds this run's DAG, Airflow imported, and its in-process
-execution API.
+and hands every ready task to a worker: a forked copy of this process that runs the tasks it is
+given one at a time, as the LocalExecutor's workers do. Up to ``max_workers`` work at once (as
+Metaflow's local runtime runs its tasks); a worker's second task finds Airflow's execution API,
+the database's statements and the flow's module warm, so a chain of steps costs what it cost
+in one process. ``dag.test(use_executor=True)`` with the LocalExecutor itself was the other way,
+and three things rule it out for a command people wait on: its task processes parse the flow file
+again (and get the dags folder's DAG, not this run's: the branch ``--branch`` chose, the retry
+delays ``run`` drops), they talk to an execution API over HTTP that would have to be served from
+here, and its loop sleeps a second whenever no task is ready, which a flow of short steps would
+pay at every step.
 
 Every line a task writes reaches the terminal whole, on the stream the task used, prefixed as
 Metaflow prefixes it: ``2026-12-07 14:11:40.626 [<run>/<step>/<task> (pid N)] <line>``. The run's own
 lines (a task starting, finishing, failing, waiting for a retry) are printed here, where the task's
-outcome is known; a task process's runtime prints none of them (:data:`LINES_PREFIXED`).
+outcome is known; a task's runtime prints none of them (:data:`LINES_PREFIXED`). A worker flushes
+its output before it reports a task done, so every line is told under the task that wrote it.
 
-Ctrl-C (or SIGTERM) stops every running task: each gets SIGINT (once: a task process has a
-process group of its own, out of the terminal's reach), then SIGKILL after
-:data:`STOP_GRACE_SECONDS`; the tasks stopped are marked failed, and so is the run. A task process
-dies with this process (``PR_SET_PDEATHSIG``), so a run killed outright leaves none behind.
+Ctrl-C (or SIGTERM) stops every running task: each gets SIGINT (once: a worker has a process group
+of its own, out of the terminal's reach), then SIGKILL after :data:`STOP_GRACE_SECONDS`; the tasks
+stopped are marked failed, and so is the run. A worker dies with this process
+(``PR_SET_PDEATHSIG``), so a run killed outright leaves none behind; a worker that dies during a
+task fails that task's attempt, which Airflow retries as any failure.
 
 The private Airflow APIs used here (``get_or_create_dagrun``, the SDK's ``_run_task``) are the ones
 ``dag.test()`` itself is built from.
@@ -30,14 +34,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
+import json
 import os
 import selectors
 import signal
+import socket
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
@@ -53,26 +60,39 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass
 class _Stream:
-    """One of a task process's output pipes, and the partial line read from it so far."""
+    """One of a worker's output pipes, and the partial line read from it so far."""
 
     fd: int
-    target: TextIO
+    error: bool
     pending: bytes = b""
 
 
 @dataclass
-class _TaskProcess:
-    pid: int
-    pidfd: int
+class _Task:
     task_id: str
     map_index: int
-    try_number: int
     label: str
-    streams: list[_Stream] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, int]:
         return self.task_id, self.map_index
+
+
+@dataclass
+class _Worker:
+    """A forked copy of the run's process that runs tasks one at a time, as it is given them."""
+
+    pid: int
+    pidfd: int
+    control: socket.socket
+    streams: list[_Stream]
+    task: _Task | None = None  # the task it runs now
+    last_label: str = ""  # whose lines it writes between tasks
+    reply: bytes = b""
+    interrupted: bool = False
+
+    def fds(self) -> list[int]:
+        return [self.pidfd, self.control.fileno(), *(stream.fd for stream in self.streams)]
 
 
 class Console:
@@ -84,16 +104,18 @@ class Console:
 
     def line(self, label: str, text: str, *, pid: int | None = None, error: bool = False) -> None:
         head = f"[{label} (pid {pid})]" if pid else f"[{label}]"
-        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         stream = self.stderr if error else self.stdout
-        stream.write(f"{stamp} {head} {text}\n")
+        stream.write(f"{_stamp()} {head} {text}\n")
         stream.flush()
 
     def run_line(self, text: str, *, error: bool = False) -> None:
-        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         stream = self.stderr if error else self.stdout
-        stream.write(f"{stamp} {text}\n")
+        stream.write(f"{_stamp()} {text}\n")
         stream.flush()
+
+
+def _stamp() -> str:
+    return datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def run_dag(
@@ -114,6 +136,7 @@ def run_dag(
     from airflow.utils.state import DagRunState
 
     console = console or Console()
+    _import_what_tasks_import()
     session = settings.Session()
     dag_run = _create_dag_run(dag, run_id, logical_date, conf, session)
     loop = _Loop(dag, dag_run, session, label_of, max(1, max_workers), console)
@@ -125,10 +148,29 @@ def run_dag(
         except BaseException:
             loop.stop_all()
             raise
+        finally:
+            loop.close()
     if dag_run.state == DagRunState.RUNNING:  # stopped before its end
         dag_run.set_state(DagRunState.FAILED)
         session.commit()
     return dag_run
+
+
+#: What every task would otherwise import for itself: imported once, before the forks.
+_TASK_IMPORTS = (
+    "a2wsgi",  # the in-process execution API's transport
+    "cloudpickle",
+    "encodings.idna",
+    "jinja2.ext",
+    "airflow_flowspec.datastore.leases",
+    "airflow_flowspec.runtime.step_runner",
+)
+
+
+def _import_what_tasks_import() -> None:
+    for name in _TASK_IMPORTS:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
 
 def _create_dag_run(dag: Any, run_id: str, logical_date: datetime, conf: dict[str, Any], session: Any) -> Any:
@@ -175,8 +217,12 @@ class _Loop:
         self.max_workers = max_workers
         self.console = console
         self.selector = selectors.DefaultSelector()
-        self.running: dict[int, _TaskProcess] = {}  # by pid
+        self.workers: dict[int, _Worker] = {}  # by pid
         self.told_waiting: set[tuple[str, int, int]] = set()
+
+    @property
+    def busy(self) -> list[_Worker]:
+        return [worker for worker in self.workers.values() if worker.task is not None]
 
     def run(self) -> None:
         from airflow.utils.state import DagRunState, TaskInstanceState
@@ -190,178 +236,218 @@ class _Loop:
                 ti.state = TaskInstanceState.SCHEDULED
                 ti.scheduled_dttm = datetime.now(timezone.utc)
             self.session.commit()
-            if self.dag_run.state != DagRunState.RUNNING and not self.running:
+            running = self.busy
+            if self.dag_run.state != DagRunState.RUNNING and not running:
                 return
             instances = self.dag_run.get_task_instances(session=self.session)
-            busy = {process.key for process in self.running.values()}
+            taken = {worker.task.key for worker in running if worker.task is not None}
             ready = sorted(
                 (
                     ti
                     for ti in instances
-                    if ti.state == TaskInstanceState.SCHEDULED and (ti.task_id, ti.map_index) not in busy
+                    if ti.state == TaskInstanceState.SCHEDULED and (ti.task_id, ti.map_index) not in taken
                 ),
                 key=lambda ti: (-(ti.priority_weight or 0), ti.task_id, ti.map_index),
             )
-            for ti in ready[: max(0, self.max_workers - len(self.running))]:
+            for ti in ready[: max(0, self.max_workers - len(running))]:
                 self._start(ti)
             waiting = [ti for ti in instances if ti.state == TaskInstanceState.UP_FOR_RETRY]
-            if not self.running:
+            if not self.busy:
                 if self.dag_run.state != DagRunState.RUNNING:
                     return
-                if not ready:  # nothing runs or can: a retry's delay (a step on AWS Batch)
+                if not ready:  # nothing runs or can: a retry's delay (a step on AWS Batch), or
+                    # the run's end, which the next look at its state records
                     self._tell_waiting(waiting)
-                    time.sleep(1.0)
+                    time.sleep(1.0 if waiting else 0.02)
                 continue
             self._pump(timeout=1.0 if waiting else 30.0)
 
-    # -- starting a task -------------------------------------------------------------------------
+    # -- giving a task to a worker ---------------------------------------------------------------
 
     def _start(self, ti: Any) -> None:
         from airflow.utils.state import TaskInstanceState
 
-        task = self.dag.task_dict[ti.task_id]
-        label = self.label_of(ti.task_id, ti.map_index)
+        task = _Task(ti.task_id, ti.map_index, self.label_of(ti.task_id, ti.map_index))
         ti.state = TaskInstanceState.QUEUED  # taken: the next pass must not start it again
         self.session.commit()
+        worker = next((worker for worker in self.workers.values() if worker.task is None), None)
+        if worker is None:
+            worker = self._fork_worker()
+        worker.task = task
+        worker.last_label = task.label
+        message = json.dumps({"key": [ti.dag_id, ti.run_id, ti.task_id, ti.map_index]}) + "\n"
+        worker.control.sendall(message.encode())
+        retry = " (retry)." if ti.try_number > 1 else "."
+        self.console.line(task.label, f"Task is starting{retry}", pid=worker.pid)
+
+    def _fork_worker(self) -> _Worker:
+        ours, theirs = socket.socketpair()
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
-        inherited = [fd for process in self.running.values() for fd in _fds(process)]
-        key = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+        inherited = [fd for worker in self.workers.values() for fd in worker.fds()]
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
-        if pid == 0:  # the task's process: it never returns
+        if pid == 0:  # the worker: it never returns
+            ours.close()
             os.close(out_read)
             os.close(err_read)
-            _task_process(key, task, out_write, err_write, inherited + [self.selector.fileno()])
-        with contextlib.suppress(OSError):  # also done in the child: whichever comes first
+            _worker_main(self.dag, theirs, out_write, err_write, inherited + [self.selector.fileno()])
+        with contextlib.suppress(OSError):  # also done in the worker: whichever comes first
             os.setpgid(pid, pid)
+        theirs.close()
         os.close(out_write)
         os.close(err_write)
-        process = _TaskProcess(pid, os.pidfd_open(pid), ti.task_id, ti.map_index, ti.try_number, label)
-        process.streams = [_Stream(out_read, self.console.stdout), _Stream(err_read, self.console.stderr)]
-        self.running[pid] = process
-        for stream in process.streams:
+        streams = [_Stream(out_read, error=False), _Stream(err_read, error=True)]
+        worker = _Worker(pid, os.pidfd_open(pid), ours, streams)
+        self.workers[pid] = worker
+        for stream in streams:
             os.set_blocking(stream.fd, False)
-            self.selector.register(stream.fd, selectors.EVENT_READ, (process, stream))
-        self.selector.register(process.pidfd, selectors.EVENT_READ, (process, None))
-        retry = " (retry)." if ti.try_number > 1 else "."
-        self.console.line(label, f"Task is starting{retry}", pid=pid)
+            self.selector.register(stream.fd, selectors.EVENT_READ, (worker, stream))
+        ours.setblocking(False)
+        self.selector.register(ours.fileno(), selectors.EVENT_READ, (worker, "control"))
+        self.selector.register(worker.pidfd, selectors.EVENT_READ, (worker, "exit"))
+        return worker
 
-    # -- watching tasks --------------------------------------------------------------------------
+    # -- watching workers ------------------------------------------------------------------------
 
     def _pump(self, timeout: float) -> None:
-        """Copy what tasks wrote to the terminal until one of them ends (or ``timeout`` passes)."""
+        """Copy what tasks write to the terminal until a task ends (or ``timeout`` passes), then
+        take in every other task that has ended by then too."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            ended = []
-            for key, _ in self.selector.select(left):
-                process, stream = key.data
-                if stream is None:
-                    ended.append(process)
-                else:
-                    self._read(process, stream)
-            if ended:
-                for process in ended:
-                    self._finish(process)
-                self._reap_ended()
+            if self._handle(self.selector.select(left)):
+                while self._handle(self.selector.select(0)):
+                    pass
                 return
 
-    def _reap_ended(self) -> None:
-        """Finish every other task whose process has ended by now, before the run looks at
-        Airflow's states again: their lines come before those of the tasks that follow them."""
+    def _handle(self, events: list[Any]) -> bool:
+        """Handle ready file descriptors; whether a task ended."""
+        ended = False
+        for key, _ in events:
+            worker, what = key.data
+            if worker.pid not in self.workers:
+                continue  # gone while handling an earlier event of this batch
+            if isinstance(what, _Stream):
+                self._read(worker, what)
+            elif what == "control":
+                ended |= self._read_reply(worker)
+            else:
+                ended |= self._worker_exited(worker)
+        return ended
+
+    def _read(self, worker: _Worker, stream: _Stream, *, until_empty: bool = False) -> None:
         while True:
-            ended = []
-            for key, _ in self.selector.select(0):
-                process, stream = key.data
-                if stream is None:
-                    ended.append(process)
-                else:
-                    self._read(process, stream)
-            if not ended:
+            try:
+                data = os.read(stream.fd, 65536)
+            except BlockingIOError:
                 return
-            for process in ended:
-                self._finish(process)
+            except OSError:
+                data = b""
+            if not data:  # closed: the worker has ended
+                if stream.pending:
+                    self._echo(worker, stream, stream.pending)
+                    stream.pending = b""
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(stream.fd)
+                return
+            stream.pending += data
+            *lines, stream.pending = stream.pending.split(b"\n")
+            if len(stream.pending) > _LONGEST_LINE:
+                lines.append(stream.pending)
+                stream.pending = b""
+            for line in lines:
+                self._echo(worker, stream, line)
+            if not until_empty:
+                return
 
-    def _read(self, process: _TaskProcess, stream: _Stream) -> None:
-        try:
-            data = os.read(stream.fd, 65536)
-        except BlockingIOError:
-            return
-        if not data:  # closed: the task's process has ended (or handed the pipe on and closed it)
-            self._close(stream, process)
-            return
-        stream.pending += data
-        *lines, stream.pending = stream.pending.split(b"\n")
-        if len(stream.pending) > _LONGEST_LINE:
-            lines.append(stream.pending)
-            stream.pending = b""
-        for line in lines:
-            self._echo(process, stream, line)
-
-    def _echo(self, process: _TaskProcess, stream: _Stream, line: bytes) -> None:
+    def _echo(self, worker: _Worker, stream: _Stream, line: bytes) -> None:
         text = line.decode("utf-8", errors="replace").rstrip("\r")
-        self.console.line(process.label, text, pid=process.pid, error=stream.target is self.console.stderr)
+        label = worker.task.label if worker.task is not None else worker.last_label
+        self.console.line(label, text, pid=worker.pid, error=stream.error)
 
-    def _close(self, stream: _Stream, process: _TaskProcess) -> None:
-        if stream.pending:
-            self._echo(process, stream, stream.pending)
-            stream.pending = b""
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(stream.fd)
+    def _flush(self, worker: _Worker) -> None:
+        """Everything the worker wrote so far, its last partial lines included."""
+        for stream in worker.streams:
+            self._read(worker, stream, until_empty=True)
+            if stream.pending:
+                self._echo(worker, stream, stream.pending)
+                stream.pending = b""
+
+    def _read_reply(self, worker: _Worker) -> bool:
+        try:
+            data = worker.control.recv(4096)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            return self._worker_exited(worker)
+        worker.reply += data
+        ended = False
+        while b"\n" in worker.reply:
+            line, worker.reply = worker.reply.split(b"\n", 1)
+            if worker.task is None:
+                continue
+            self._flush(worker)  # what the task wrote came before its reply
+            task, worker.task = worker.task, None
+            self._report(task, worker.pid)
+            ended = True
+            if json.loads(line).get("interrupted"):
+                worker.interrupted = True
+        return ended
+
+    def _worker_exited(self, worker: _Worker) -> bool:
+        _, status = os.waitpid(worker.pid, 0)
+        self._flush(worker)
+        self._forget(worker)
+        if worker.task is None:
+            return False
+        task, worker.task = worker.task, None
+        self._report(task, worker.pid, died=_how_it_ended(status))
+        return True
+
+    def _forget(self, worker: _Worker) -> None:
+        for fd in worker.fds():
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(fd)
+        for stream in worker.streams:
+            with contextlib.suppress(OSError):
+                os.close(stream.fd)
+        worker.control.close()
         with contextlib.suppress(OSError):
-            os.close(stream.fd)
-        process.streams = [kept for kept in process.streams if kept is not stream]
+            os.close(worker.pidfd)
+        self.workers.pop(worker.pid, None)
 
-    def _finish(self, process: _TaskProcess) -> None:
-        """Reap a task's process, show the rest of its output, and say how the task ended."""
-        _, status = os.waitpid(process.pid, 0)
-        self.selector.unregister(process.pidfd)
-        os.close(process.pidfd)
-        for stream in list(process.streams):  # what it wrote last (a child it left may still write)
-            while stream in process.streams:
-                try:
-                    data = os.read(stream.fd, 65536)
-                except BlockingIOError:
-                    break
-                if not data:
-                    break
-                stream.pending += data
-                *lines, stream.pending = stream.pending.split(b"\n")
-                for line in lines:
-                    self._echo(process, stream, line)
-            self._close(stream, process)
-        del self.running[process.pid]
-        self._report(process, status)
-
-    def _report(self, process: _TaskProcess, status: int) -> None:
+    def _report(self, task: _Task, pid: int, died: str | None = None) -> None:
         from airflow.utils.state import TaskInstanceState
 
         self.session.expire_all()
-        ti = self.dag_run.get_task_instance(
-            process.task_id, map_index=process.map_index, session=self.session
-        )
+        ti = self.dag_run.get_task_instance(task.task_id, map_index=task.map_index, session=self.session)
         if ti is None:
             return
-        if ti.state in (TaskInstanceState.QUEUED, TaskInstanceState.RUNNING, TaskInstanceState.SCHEDULED):
+        if died is not None and ti.state in (
+            TaskInstanceState.QUEUED,
+            TaskInstanceState.RUNNING,
+            TaskInstanceState.SCHEDULED,
+        ):
             # Its process ended without telling Airflow (killed, or os._exit in the step): a failure
             # of this attempt, retried as Airflow retries any failure.
-            how = _how_it_ended(status)
-            ti.handle_failure(f"The task's process {how}.", session=self.session)
+            ti.handle_failure(f"The task's process {died}.", session=self.session)
             self.session.commit()
-            self.console.line(process.label, f"Task failed: its process {how}.", pid=process.pid, error=True)
+            self.console.line(task.label, f"Task failed: its process {died}.", pid=pid, error=True)
             return
         if ti.state == TaskInstanceState.SUCCESS:
-            self.console.line(process.label, "Task finished successfully.", pid=process.pid)
+            self.console.line(task.label, "Task finished successfully.", pid=pid)
         elif ti.state == TaskInstanceState.UP_FOR_RETRY:
-            self.console.line(process.label, "Task failed.", pid=process.pid, error=True)
+            self.console.line(task.label, "Task failed.", pid=pid, error=True)
         elif ti.state == TaskInstanceState.FAILED:
-            self.console.line(process.label, "Task failed.", pid=process.pid, error=True)
+            self.console.line(task.label, "Task failed.", pid=pid, error=True)
             if ti.try_number <= ti.max_tries:
-                self.console.line(process.label, "This failed task will not be retried.", error=True)
+                self.console.line(task.label, "This failed task will not be retried.", error=True)
 
     def _tell_waiting(self, waiting: list[Any]) -> None:
         for ti in waiting:
@@ -381,17 +467,18 @@ class _Loop:
         from airflow.utils.state import State, TaskInstanceState
 
         self.console.run_line("Workflow interrupted: its running tasks are stopped.", error=True)
-        for process in self.running.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGINT)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
         with _signals_held():
-            while self.running and time.monotonic() < deadline:
-                self._pump(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
-            for process in list(self.running.values()):
+            for worker in self.busy:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGKILL)
-                self._finish(process)
+                    os.kill(worker.pid, signal.SIGINT)
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while self.busy and time.monotonic() < deadline:
+                self._handle(self.selector.select(min(0.2, max(0.0, deadline - time.monotonic()))))
+            for worker in self.busy:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGKILL)
+                while worker.pid in self.workers:
+                    self._handle(self.selector.select(0.2))
             self.session.rollback()
             self.session.expire_all()
             for ti in self.dag_run.get_task_instances(session=self.session):
@@ -401,13 +488,30 @@ class _Loop:
                     ti.state = TaskInstanceState.UPSTREAM_FAILED  # never started
             self.session.commit()
 
+    def close(self) -> None:
+        """End the idle workers (their control socket closes; they exit) and wait for them."""
+        for worker in list(self.workers.values()):
+            with contextlib.suppress(OSError):
+                worker.control.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while self.workers and time.monotonic() < deadline:
+            self._handle(self.selector.select(min(0.2, max(0.0, deadline - time.monotonic()))))
+        for worker in list(self.workers.values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(worker.pid, 0)
+            self._forget(worker)
+        self.selector.close()
 
-def _task_process(
-    key: tuple[str, str, str, int], task: Any, out_fd: int, err_fd: int, inherited: list[int]
-) -> None:
-    """Run one task in this forked process and exit: Airflow's in-process task runner, as
-    ``dag.test()`` runs a task, with the process's output going to the run's pipes."""
-    code = 1
+
+def _worker_main(dag: Any, control: socket.socket, out_fd: int, err_fd: int, inherited: list[int]) -> None:
+    """Run tasks as the run's process sends them, one at a time, until it closes the socket.
+
+    Each task is Airflow's in-process task runner, as ``dag.test()`` runs a task; the worker's
+    environment and working folder are put back after each one. A task interrupted (Ctrl-C) ends
+    the worker once it has said so."""
+    code = 0
     try:
         _die_with_parent()
         # A process group of its own: the terminal's Ctrl-C reaches the run, which stops each task
@@ -427,10 +531,32 @@ def _task_process(
         # SIGINT stays as the caller left it (a background job ignores Ctrl-C, and so do its tasks).
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.environ[LINES_PREFIXED] = "1"
-        code = _run_task(key, task)
+        environment = dict(os.environ)
+        folder = os.getcwd()
+        requests = control.makefile("rb")
+        for request in requests:
+            dag_id, run_id, task_id, map_index = json.loads(request)["key"]
+            interrupted = False
+            try:
+                _run_task((dag_id, run_id, task_id, map_index), dag.task_dict[task_id])
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+            control.sendall(json.dumps({"done": True, "interrupted": interrupted}).encode() + b"\n")
+            if interrupted:
+                code = 130
+                break
+            os.environ.clear()
+            os.environ.update(environment)
+            with contextlib.suppress(OSError):
+                os.chdir(folder)
     except KeyboardInterrupt:
         code = 130
     except BaseException:  # noqa: BLE001 - anything left is printed, then the process ends
+        code = 1
         traceback.print_exc()
     finally:
         with contextlib.suppress(Exception):
@@ -479,10 +605,6 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # it died before the request took
         os._exit(1)
-
-
-def _fds(process: _TaskProcess) -> list[int]:
-    return [process.pidfd, *(stream.fd for stream in process.streams)]
 
 
 def _how_it_ended(status: int) -> str:

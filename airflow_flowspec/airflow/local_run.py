@@ -243,6 +243,7 @@ def run_locally(
         sync_dag(dag)
         _build_lean_execution_api()
         _initialize_metrics()
+        prebuild_execution_api()
     finally:
         gc.freeze()
         gc.enable()
@@ -338,6 +339,36 @@ def _build_lean_execution_api() -> None:
         for route in execution_api_router.routes
         if _DELETED_ROUTE_TAG not in (getattr(route, "tags", None) or [])
     ]
+
+
+def prebuild_execution_api() -> None:
+    """Build the in-process execution API, and its versioned routers, before forking tasks.
+
+    Airflow keeps one ``InProcessExecutionAPI`` per process (``in_process_api_server``, cached);
+    its app is built on first use and Cadwyn generates the routers on the first request: about
+    half a second, which every forked task would pay again. Both are done here (in the preloader,
+    and in a cold run before its first task), the request served on an event loop that is closed
+    again, so no thread is left running at the fork; each task's process starts the transport
+    thread of its inherited instance as usual.
+    """
+    import asyncio
+
+    try:
+        import httpx
+        from airflow.sdk.execution_time.supervisor import in_process_api_server
+    except ImportError:
+        return
+    app = in_process_api_server().app
+
+    async def first_request() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as client:
+            await client.get("/execution/health")
+
+    try:
+        asyncio.run(first_request())
+    except Exception as error:  # noqa: BLE001 - only a speed-up: the child builds them if not
+        print(f"execution API not prebuilt ({error})", file=sys.stderr, flush=True)
 
 
 def _initialize_metrics() -> None:

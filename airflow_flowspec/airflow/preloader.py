@@ -128,42 +128,13 @@ def warm_up() -> None:
         from airflow_flowspec.airflow import registration  # noqa: F401
         from airflow_flowspec.operators import local_step  # noqa: F401
 
-        _prebuild_execution_api()
+        local_run.prebuild_execution_api()
         from sqlalchemy.orm import configure_mappers
 
         configure_mappers()  # the ORM's relationships, set up on first use: a quarter second a run
     finally:
         gc.freeze()
         gc.enable()
-
-
-def _prebuild_execution_api() -> None:
-    """Build dag.test()'s in-process execution API, and its versioned routers, before forking.
-
-    Airflow keeps one ``InProcessExecutionAPI`` per process (``in_process_api_server``, cached);
-    its app is built on first use and Cadwyn generates the routers on the first request: about
-    half a second a run. Both are done here, the request served on an event loop that is closed
-    again, so no thread is left running at the fork; each child starts the transport thread of
-    its inherited instance as usual.
-    """
-    import asyncio
-
-    try:
-        import httpx
-        from airflow.sdk.execution_time.supervisor import in_process_api_server
-    except ImportError:
-        return
-    app = in_process_api_server().app
-
-    async def first_request() -> None:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as client:
-            await client.get("/execution/health")
-
-    try:
-        asyncio.run(first_request())
-    except Exception as error:  # noqa: BLE001 - only a speed-up: the child builds them if not
-        print(f"preloader: execution API not prebuilt ({error})", file=sys.stderr, flush=True)
 
 
 class Preloader:
