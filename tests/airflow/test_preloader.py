@@ -27,6 +27,10 @@ import psutil
 import pytest
 from harness import REPO, printed_texts, run_id_of
 
+# One xdist worker runs this module's tests one after another: a test here changes a package
+# file's time (the preloader then counts itself stale), which would end another test's preloader.
+pytestmark = pytest.mark.xdist_group("preloader")
+
 FLOW = textwrap.dedent("""
     import sys
     from airflow_flowspec import FlowSpec, Parameter, step
