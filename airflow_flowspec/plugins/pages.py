@@ -141,9 +141,11 @@ def _artifact_table(
 ) -> str:
     """A task's artifacts, but those in ``shown_once`` (its step's table of what every task
     carries unchanged lists them)."""
+    if not task["artifacts"]:
+        return '<p class="muted">No artifacts.</p>'
     artifacts = [a for a in task["artifacts"] if a["name"] not in shown_once]
     if not artifacts:
-        return f'<p class="muted">No {"other " if shown_once else ""}artifacts.</p>'
+        return '<p class="muted">No other artifacts.</p>'
     rows = "".join(
         _artifact_row(
             artifact_href(root, dag_id, run_id, step, task["id"], a["name"]),
@@ -256,7 +258,7 @@ def step_page(root: str, dag_id: str, step: dict[str, Any]) -> str:
     head = (
         f"<h1>{escape(name)} <span class='muted'>{step['task_count']} tasks, page {step['page']} of "
         f"{step['pages']}</span></h1>"
-    )
+    ) + (f"<p class='doc'>{escape(step['doc'])}</p>" if step.get("doc") else "")
     pager = _pager(step["page"], step["pages"], lambda page: step_href(root, dag_id, run_id, name, page=page))
     crumbs = _run_crumbs(root, dag_id, run_id, (name, None))
     body = head + (pager if step["pages"] > 1 else "") + _task_list(root, dag_id, run_id, step)

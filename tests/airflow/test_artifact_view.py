@@ -297,6 +297,8 @@ def test_the_run_page_shows_each_steps_docstring_and_the_flow_list_its_descripti
     assert "<p class='doc'>Make the data: a frame of users and a long list.</p>" in sections["start"]
     assert "<p class='doc'>One group.</p>" in sections["outer"] and "class='doc'" not in sections["inner"]
     assert "Detail" not in "".join(sections.values())
+    outer_page = client.get(f"{run_path(run, api=False)}/steps/outer", headers=viewer).text
+    assert "<p class='doc'>One group.</p>" in outer_page
 
     listing = client.get("/flowspec/", headers=viewer).text
     summary = "Artifacts of every shape the view shows, from a data frame to a value whose repr is markup."
