@@ -376,17 +376,29 @@ class FlowGraph:
 
 def graph_record(graph: FlowGraph) -> list[dict[str, Any]]:
     """The graph as a run records it (in its metadata), for those who draw a run without its code:
-    each step in order, with its type, the steps it goes to, its foreach variable and docstring."""
+    each step in order, with its type, the steps it goes to, its foreach variable and its docstring's
+    first paragraph."""
     return [
         {
             "name": name,
             "type": graph[name].type,
             "next": list(graph[name].out_funcs),
             "foreach": graph[name].foreach_param,
-            "doc": graph[name].doc.strip().split("\n")[0] if graph[name].doc else "",
+            "doc": first_paragraph(graph[name].doc),
         }
         for name in graph.sorted_nodes()
     ]
+
+
+def first_paragraph(doc: str) -> str:
+    """A docstring's summary as one line: its lines up to the first blank one, joined (a summary
+    wrapped over two lines is still the summary; what follows a blank line is detail)."""
+    lines = []
+    for line in doc.strip().splitlines():
+        if not line.strip():
+            break
+        lines.append(line.strip())
+    return " ".join(lines)
 
 
 def _class_source_ast(cls: type, trees: dict[str, ast.Module]) -> tuple[ast.ClassDef, str] | None:

@@ -19,6 +19,7 @@ reads the one chunk that holds its element, whatever the width.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 from datetime import datetime, timedelta, timezone
@@ -28,7 +29,7 @@ from airflow_flowspec import config
 from airflow_flowspec.decorators.base import step_decorators_of
 from airflow_flowspec.decorators.flow_decorators import ProjectBranch
 from airflow_flowspec.errors import ParameterError, ProjectError
-from airflow_flowspec.graph import FlowGraph
+from airflow_flowspec.graph import FlowGraph, first_paragraph
 from airflow_flowspec.identity import Deployment, RunIdentity, deployment_dag_id
 from airflow_flowspec.operators.step_task import (
     DEPLOYMENT_FIELD,
@@ -38,7 +39,13 @@ from airflow_flowspec.operators.step_task import (
     PULL_SPLIT_PARENT,
     SPLIT_MANIFEST_KEY,
 )
-from airflow_flowspec.parameters import LARGEST_FLOAT, RUN_TAGS_CONF_KEY, JSONType, flow_parameters
+from airflow_flowspec.parameters import (
+    LARGEST_FLOAT,
+    RUN_TAGS_CONF_KEY,
+    JSONType,
+    Parameter,
+    flow_parameters,
+)
 
 #: Fixed so that parsing is deterministic; with catchup off only the latest interval runs.
 START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -78,6 +85,8 @@ def build_dag(
         catchup=False,
         params=_params(flow_class),
         doc_md=(flow_class.__doc__ or "").strip() or None,
+        # What Airflow's DAG list and the artifact view's list of flows show under the flow's name.
+        description=first_paragraph(graph.doc) or None,
         tags=["flowspec"],
         max_active_runs=16,
         on_failure_callback=functools.partial(
@@ -134,13 +143,15 @@ def _params(flow_class: type) -> dict[str, Any]:
     for parameter in flow_parameters(flow_class):
         # A secret with a default may be left empty in the form: the start step fills it in.
         must_give = parameter.required and not (parameter.secret and parameter.default is not None)
-        if parameter.type is JSONType:
-            schema_type: Any = ["object", "array", "string", "number", "boolean", "null"]
-        else:
+        schema: dict[str, Any] = {}
+        if parameter.type is not JSONType:
             schema_type = _PARAM_SCHEMA_TYPES[parameter.type]
-            if not must_give:
-                schema_type = [schema_type, "null"]
+            schema["type"] = schema_type if must_give else [schema_type, "null"]
+            if parameter.type is float:
+                schema.update(_FINITE_NUMBER_SCHEMA)
         description = parameter.help or None
+        if parameter.type is JSONType:
+            description = (description + " " if description else "") + "(JSON)"
         if parameter.is_include_file:
             description = (
                 description + " " if description else ""
@@ -150,7 +161,8 @@ def _params(flow_class: type) -> dict[str, Any]:
         # A secret's default stays out of the DAG (Airflow stores and shows params): the start step
         # evaluates it when the run starts.
         default = None if parameter.secret else parameter.default_value()
-        schema = {"type": schema_type, **(_FINITE_NUMBER_SCHEMA if parameter.type is float else {})}
+        if parameter.type is JSONType:
+            default = _json_text(parameter, default, flow_class.__name__)
         if parameter.type is float and isinstance(default, float) and not math.isfinite(default):
             parameter.refuse_non_finite(default, flow_class.__name__, given_as="has the default")
         if default is None and must_give:
@@ -165,15 +177,39 @@ def _params(flow_class: type) -> dict[str, Any]:
         )
     # An array without an item schema is the form's one-string-per-line field. The start step
     # checks each tag; a schema here would be checked again for every task whenever Airflow
-    # serializes the DAG (an item schema doubles that cost).
+    # serializes the DAG (an item schema doubles that cost). "null" in the type is what makes the
+    # form show the field as optional (Airflow's UI marks every field whose type excludes null as
+    # required), and is what the field sends when it is left empty: a run with no tags of yours.
     params[RUN_TAGS_CONF_KEY] = Param(
         [],
-        type="array",
+        type=["array", "null"],
         title="Run tags",
         description="Your tags for this run (as `run --tag` gives them): the client finds runs by them, "
         "e.g. Flow(...).runs('experiment_7').",
     )
     return params
+
+
+def _json_text(parameter: Parameter, value: Any, flow_name: str) -> Any:
+    """A JSON parameter's default as the trigger form is given it: its JSON text.
+
+    The form runs in a browser, where ``0.0`` and ``0`` are one number: a list default given as a
+    value would come back in the run's conf as ``[0, 0.1, 1, 10]`` for ``[0.0, 0.1, 1.0, 10.0]``,
+    and whatever the user types would lose its floats the same way. Given text (and no schema
+    type, which leaves any JSON value valid, as a JSON parameter takes), the form shows a text
+    field and sends the text as typed; the start step parses it (``Parameter.convert``), as it
+    parses ``run --name '[0.0, 1.0]'``. A string default already is JSON text by that rule.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ParameterError(
+            f"JSON parameter '{parameter.name}' of flow {flow_name} has the default {value!r:.200}, "
+            f"which is not JSON ({err}). Give a default made of dicts, lists, strings, finite numbers, "
+            f"booleans and None."
+        ) from None
 
 
 def _foreach_domain(graph: FlowGraph, name: str) -> str | None:

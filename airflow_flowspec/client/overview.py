@@ -57,6 +57,8 @@ def run_overview(identity: RunIdentity) -> dict[str, Any]:
     artifacts' summaries."""
     run = run_of(identity)
     ran = set(run._step_names())
+    steps = [_step_summary(run, node, 1, ran) for node in _graph(run, ran)]
+    mark_unchanged(steps)
     return {
         "flow": run.flow_name,
         "run_id": run.id,
@@ -65,7 +67,7 @@ def run_overview(identity: RunIdentity) -> dict[str, Any]:
         "created_at": _iso(run.created_at),
         "finished_at": _iso(run.finished_at),
         "parameters": run._record.get("parameters", {}),
-        "steps": [_step_summary(run, node, 1, ran) for node in _graph(run, ran)],
+        "steps": steps,
     }
 
 
@@ -74,10 +76,15 @@ def step_overview(identity: RunIdentity, step: str, page: int = 1) -> dict[str, 
     run = run_of(identity)
     check_part("step", step)
     ran = set(run._step_names())
-    node = next((node for node in _graph(run, ran) if node["name"] == step), None)
-    if node is None:
+    graph = _graph(run, ran)
+    position = next((i for i, node in enumerate(graph) if node["name"] == step), None)
+    if position is None:
         raise MetaflowNotFound(f"Run {run.pathspec} has no step {step!r}.")
-    return {"flow": run.flow_name, "run_id": run.id, **_step_summary(run, node, page, ran)}
+    # The steps before it, as the run's page lists them, tell which of its artifacts are carried.
+    steps = [_step_summary(run, node, 1, ran) for node in graph[:position]]
+    steps.append(_step_summary(run, graph[position], page, ran))
+    mark_unchanged(steps)
+    return {"flow": run.flow_name, "run_id": run.id, **steps[-1]}
 
 
 def _graph(run: Run, ran: set[str]) -> list[dict[str, Any]]:
@@ -97,6 +104,68 @@ def _step_summary(run: Run, node: dict[str, Any], page: int, ran: set[str]) -> d
     with ThreadPoolExecutor(max_workers=8) as pool:
         tasks = list(pool.map(lambda task_id: _task_summary(run, name, task_id), shown))
     return {**node, "task_count": len(task_ids), "page": page, "pages": pages, "tasks": tasks}
+
+
+def mark_unchanged(steps: list[dict[str, Any]]) -> None:
+    """Mark, in step summaries listed in the run's graph order, the artifacts carried unchanged.
+
+    The rule: an artifact of a task is *unchanged from* step O when the step before it in the
+    graph (any of them, for a join or a switch's target) recorded the same content hash under the
+    same name, and O is where that value was last set: the step before it, or that step's own
+    origin of it. A manifest records each artifact by the content hash of its pickle, and a task
+    carries what it does not set by copying its input's reference, so an equal hash is exactly
+    "the same bytes as before", whether carried or set again to an equal value. Only the tasks the
+    summaries list are compared (a step's first page), so a value seen only in a later page of a
+    wide step before is shown as set, never wrongly as carried.
+
+    Each artifact summary gets ``unchanged_from`` (the origin step, or None where this step set
+    it); each step gets ``unchanged``: the artifacts that every listed task of it carries with one
+    and the same value, each once, with the task of its origin (``from``, ``from_task``), which the
+    run's page shows once instead of in every task of a foreach.
+    """
+    parents: dict[str, list[str]] = {}
+    for step in steps:
+        for child in step.get("next") or []:
+            parents.setdefault(child, []).append(step["name"])
+    #: step -> artifact name -> content hash -> (origin step, origin task id), for what it listed
+    origins: dict[str, dict[str, dict[str, tuple[str, str]]]] = {}
+    for step in steps:
+        before = [origins[parent] for parent in parents.get(step["name"], []) if parent in origins]
+        recorded: dict[str, dict[str, tuple[str, str]]] = {}
+        for task in step["tasks"]:
+            for artifact in task["artifacts"]:
+                name, sha = artifact["name"], artifact["sha"]
+                origin = next((known[name][sha] for known in before if sha in known.get(name, {})), None)
+                artifact["unchanged_from"] = origin[0] if origin else None
+                recorded.setdefault(name, {}).setdefault(sha, origin or (step["name"], task["id"]))
+        origins[step["name"]] = recorded
+        order = {name: position for position, name in enumerate(origins)}
+        carried = _carried_by_every_task(step["tasks"], recorded)
+        step["unchanged"] = sorted(carried, key=lambda artifact: (order[artifact["from"]], artifact["name"]))
+
+
+def _carried_by_every_task(
+    tasks: list[dict[str, Any]], recorded: dict[str, dict[str, tuple[str, str]]]
+) -> list[dict[str, Any]]:
+    """The artifacts every task of ``tasks`` carries unchanged, with one value: each once."""
+    listed = [task for task in tasks if task["successful"]]
+    if not listed:
+        return []
+    carried = []
+    for artifact in listed[0]["artifacts"]:
+        name, sha = artifact["name"], artifact["sha"]
+        if artifact["unchanged_from"] is None or len(recorded.get(name, {})) != 1:
+            continue  # set here, or a different value in some task
+        if all(any(other["name"] == name for other in task["artifacts"]) for task in listed):
+            origin_step, origin_task = recorded[name][sha]
+            carried.append(
+                {
+                    **{key: artifact[key] for key in ("name", "type", "size", "repr", "sha")},
+                    "from": origin_step,
+                    "from_task": origin_task,
+                }
+            )
+    return carried
 
 
 def task_overview(identity: RunIdentity, step: str, task_id: str) -> dict[str, Any]:
@@ -201,6 +270,7 @@ def _summary_of(task: Task) -> dict[str, Any]:
                 "type": artifact.type,
                 "size": artifact.size,
                 "repr": artifact.short_repr,
+                "sha": artifact.sha,
                 "has_preview": bool(artifact._ref.get("preview")),
             }
             for artifact in task.artifacts()

@@ -16,8 +16,11 @@ body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:16px;color
 a{color:#2b6cb0;text-decoration:none}a:hover{text-decoration:underline}
 h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:20px 0 6px}
 .crumbs{color:#718096;margin-bottom:12px}.muted{color:#718096}
-table{border-collapse:collapse;margin:6px 0 12px}td,th{border:1px solid #e2e8f0;padding:3px 8px;
-text-align:left;vertical-align:top}th{background:#f7fafc}
+table{border-collapse:collapse;margin:6px 0 12px;max-width:100%}td,th{border:1px solid #e2e8f0;
+padding:3px 8px;text-align:left;vertical-align:top}th{background:#f7fafc}
+td.size{white-space:nowrap;text-align:right}td.type{max-width:16em;overflow-wrap:anywhere}
+td.value{overflow-wrap:anywhere}
+.doc{margin:2px 0 6px}.carried{color:#718096;font-size:12.5px}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
 pre{background:#f7fafc;border:1px solid #e2e8f0;padding:8px;white-space:pre-wrap;word-break:break-all}
 .step{border-left:3px solid #90cdf4;padding-left:10px;margin:14px 0}.ok{color:#2f855a}.bad{color:#c53030}
@@ -107,16 +110,72 @@ def _run_crumbs(root: str, dag_id: str, run_id: str, *rest: tuple[str, str | Non
     return [("Flows", f"{root}/"), dag, (run_id, run_href(root, dag_id, run_id) if rest else None), *rest]
 
 
-def _artifact_table(root: str, dag_id: str, run_id: str, step: str, task: dict[str, Any]) -> str:
+def _type_text(type_name: str) -> str:
+    """A qualified type name that may break after each dot, so that a long one wraps within its
+    own column (whose width the style caps) at a module boundary, never the size beside it."""
+    return "<wbr>".join(escape(part) + "." for part in type_name.split(".")[:-1]) + escape(
+        type_name.split(".")[-1]
+    )
+
+
+def _artifact_row(href: str, artifact: dict[str, Any], note: str = "") -> str:
+    name = f'<a href="{escape(href)}"><code>{escape(artifact["name"])}</code></a>{note}'
+    return (
+        f'<tr><td class="name">{name}</td>'
+        f'<td class="type"><code>{_type_text(artifact["type"])}</code></td>'
+        f'<td class="size">{escape(size_text(artifact["size"]))}</td>'
+        f'<td class="value"><code>{escape(artifact["repr"])}</code></td></tr>'
+    )
+
+
+_TABLE_HEAD = "<tr><th>Artifact</th><th>Type</th><th>Size</th><th>Value</th></tr>"
+
+
+def _artifact_table(
+    root: str,
+    dag_id: str,
+    run_id: str,
+    step: str,
+    task: dict[str, Any],
+    shown_once: frozenset[str] = frozenset(),
+) -> str:
+    """A task's artifacts, but those in ``shown_once`` (its step's table of what every task
+    carries unchanged lists them)."""
     if not task["artifacts"]:
         return '<p class="muted">No artifacts.</p>'
+    artifacts = [a for a in task["artifacts"] if a["name"] not in shown_once]
+    if not artifacts:
+        return '<p class="muted">No other artifacts.</p>'
     rows = "".join(
-        f'<tr><td><a href="{escape(artifact_href(root, dag_id, run_id, step, task["id"], a["name"]))}">'
-        f"<code>{escape(a['name'])}</code></a></td><td><code>{escape(a['type'])}</code></td>"
-        f"<td>{escape(size_text(a['size']))}</td><td><code>{escape(a['repr'])}</code></td></tr>"
-        for a in task["artifacts"]
+        _artifact_row(
+            artifact_href(root, dag_id, run_id, step, task["id"], a["name"]),
+            a,
+            f' <span class="carried">unchanged from {escape(a["unchanged_from"])}</span>'
+            if a.get("unchanged_from")
+            else "",
+        )
+        for a in artifacts
     )
-    return f"<table><tr><th>Artifact</th><th>Type</th><th>Size</th><th>Value</th></tr>{rows}</table>"
+    return f"<table>{_TABLE_HEAD}{rows}</table>"
+
+
+def _unchanged_table(root: str, dag_id: str, run_id: str, step: dict[str, Any]) -> str:
+    """What every task of the step carries unchanged, once, grouped by the step that set it."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for artifact in step.get("unchanged") or []:
+        groups.setdefault(artifact["from"], []).append(artifact)
+    parts = []
+    for origin, artifacts in groups.items():
+        rows = "".join(
+            _artifact_row(artifact_href(root, dag_id, run_id, origin, a["from_task"], a["name"]), a)
+            for a in artifacts
+        )
+        every = "every task" if len(step["tasks"]) > 1 else "the task"
+        parts.append(
+            f"<div class='carried'>Unchanged from {escape(origin)} in {every}:</div>"
+            f"<table>{_TABLE_HEAD}{rows}</table>"
+        )
+    return "".join(parts)
 
 
 def _task_label(task: dict[str, Any]) -> str:
@@ -150,25 +209,28 @@ def run_page(root: str, dag_id: str, overview: dict[str, Any]) -> str:
         if step.get("foreach"):
             head += f" over self.{escape(step['foreach'])}"
         head += f"{' → ' + escape(goes) if goes else ''}</span>"
+        if step.get("doc"):
+            head += f"<p class='doc'>{escape(step['doc'])}</p>"
         tasks = _task_list(root, dag_id, run_id, step)
         if step["pages"] > 1:
             href = step_href(root, dag_id, run_id, name, page=2)
             more = step["task_count"] - len(step["tasks"])
             tasks += f'<p><a href="{escape(href)}">{more} more tasks of {escape(name)}</a></p>'
-        parts.append(f'<div class="step">{head}{tasks}</div>')
+        parts.append(f'<div class="step" id="step-{escape(name)}">{head}{tasks}</div>')
     return document(f"{overview['flow']} {run_id}", _run_crumbs(root, dag_id, run_id), "".join(parts))
 
 
 def _task_list(root: str, dag_id: str, run_id: str, step: dict[str, Any]) -> str:
     if not step["tasks"]:
         return "<p class='muted'>Not run (yet).</p>"
-    tasks = []
+    shown_once = frozenset(artifact["name"] for artifact in step.get("unchanged") or [])
+    tasks = [_unchanged_table(root, dag_id, run_id, step)]
     for task in step["tasks"]:
         href = task_href(root, dag_id, run_id, step["name"], task["id"])
         status = "" if task["successful"] else ' <span class="bad">no results</span>'
         tasks.append(
             f'<div><a href="{escape(href)}">{escape(_task_label(task))}</a>{status}</div>'
-            + _artifact_table(root, dag_id, run_id, step["name"], task)
+            + _artifact_table(root, dag_id, run_id, step["name"], task, shown_once)
         )
     return "".join(tasks)
 
@@ -196,7 +258,7 @@ def step_page(root: str, dag_id: str, step: dict[str, Any]) -> str:
     head = (
         f"<h1>{escape(name)} <span class='muted'>{step['task_count']} tasks, page {step['page']} of "
         f"{step['pages']}</span></h1>"
-    )
+    ) + (f"<p class='doc'>{escape(step['doc'])}</p>" if step.get("doc") else "")
     pager = _pager(step["page"], step["pages"], lambda page: step_href(root, dag_id, run_id, name, page=page))
     crumbs = _run_crumbs(root, dag_id, run_id, (name, None))
     body = head + (pager if step["pages"] > 1 else "") + _task_list(root, dag_id, run_id, step)

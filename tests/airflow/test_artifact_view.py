@@ -38,14 +38,28 @@ class Marker:
         return "<script>alert('x')</script>" + "m" * 200
 
 
+class TheSettingsOfAnExperimentWhoseClassNameIsLongerThanAnyColumnShouldBe:
+    pass
+
+
 class ArtifactViewFlow(FlowSpec):
-    \"\"\"Artifacts of every shape the view shows.\"\"\"
+    \"\"\"Artifacts of every shape the view shows,
+    from a data frame to a value whose repr is markup.
+
+    Detail that the view leaves out.
+    \"\"\"
 
     rows = Parameter("rows", default=120)
 
     @step
     def start(self):
+        \"\"\"Make the data: a frame of users
+        and a long list.
+
+        Detail of start that the view leaves out.
+        \"\"\"
         users = [f"u{{i}}" for i in range(self.rows)]
+        self.settings = TheSettingsOfAnExperimentWhoseClassNameIsLongerThanAnyColumnShouldBe()
         self.frame = pd.DataFrame({{"user": users, "score": range(self.rows)}})
         self.numbers = list(range(3000))
         self.marker = Marker()
@@ -54,6 +68,7 @@ class ArtifactViewFlow(FlowSpec):
 
     @step
     def outer(self):
+        \"\"\"One group.\"\"\"
         self.group = self.input
         self.members = [1, 2, 3]
         self.next(self.inner, foreach="members")
@@ -259,3 +274,113 @@ def test_a_wide_step_lists_its_first_tasks_on_the_run_page_and_the_rest_page_by_
     assert "page 2 of 2" in html and "b-2" in html
     assert client.get(f"{run_path(run)}/steps/nowhere", headers=viewer).status_code == 404
     assert client.get(f"{run_path(run)}/steps/inner", headers=headers(client, "outsider")).status_code == 403
+
+
+def step_sections(html: str) -> dict[str, str]:
+    """The run page's HTML of each step (its name, docstring, tasks and their tables)."""
+    sections = {}
+    for part in html.split('<div class="step" id="step-')[1:]:
+        name, _, rest = part.partition('"')
+        sections[name] = rest
+    return sections
+
+
+def test_the_run_page_shows_each_steps_docstring_and_the_flow_list_its_description(view):
+    """Guards the docstrings a run records (its graph) and the DAG's description: each shows its
+    first paragraph, joined, and leaves the detail after the blank line out."""
+    client, run, _ = view
+    viewer = headers(client, "viewer")
+    steps = {s["name"]: s for s in client.get(run_path(run), headers=viewer).json()["steps"]}
+    assert steps["start"]["doc"] == "Make the data: a frame of users and a long list."
+    assert (steps["outer"]["doc"], steps["inner"]["doc"]) == ("One group.", "")
+    sections = step_sections(client.get(run_path(run, api=False), headers=viewer).text)
+    assert "<p class='doc'>Make the data: a frame of users and a long list.</p>" in sections["start"]
+    assert "<p class='doc'>One group.</p>" in sections["outer"] and "class='doc'" not in sections["inner"]
+    assert "Detail" not in "".join(sections.values())
+    outer_page = client.get(f"{run_path(run, api=False)}/steps/outer", headers=viewer).text
+    assert "<p class='doc'>One group.</p>" in outer_page
+
+    listing = client.get("/flowspec/", headers=viewer).text
+    summary = "Artifacts of every shape the view shows, from a data frame to a value whose repr is markup."
+    assert f"<td>{summary}</td>" in listing and "Detail" not in listing
+
+
+def test_artifacts_carried_unchanged_into_each_foreach_task_are_shown_once(view):
+    """An artifact whose content hash every task of a step shares with the step before it is one
+    row under "Unchanged from <step that set it>", not a row in each task's table; a carried
+    artifact whose value differs between tasks stays in each task's table, marked."""
+    client, run, _ = view
+    viewer = headers(client, "viewer")
+    steps = {s["name"]: s for s in client.get(run_path(run), headers=viewer).json()["steps"]}
+    from_start = {"frame", "groups", "marker", "numbers", "rows", "settings"}
+    assert steps["start"]["unchanged"] == []
+    assert {(a["name"], a["from"], a["from_task"]) for a in steps["outer"]["unchanged"]} == {
+        (name, "start", "0") for name in from_start
+    }
+    # In inner: members ([1, 2, 3] in both outer tasks) is one value from outer; group is not.
+    assert {(a["name"], a["from"]) for a in steps["inner"]["unchanged"]} == {
+        *((name, "start") for name in from_start),
+        ("members", "outer"),
+    }
+    for task in steps["inner"]["tasks"]:
+        marks = {a["name"]: a["unchanged_from"] for a in task["artifacts"]}
+        assert (marks["group"], marks["label"], marks["numbers"]) == ("outer", None, "start")
+    assert {a["name"] for a in steps["end"]["unchanged"]} == {"rows", "labels"}
+    assert {a["from"] for a in steps["end"]["unchanged"] if a["name"] == "labels"} == {"join_outer"}
+
+    sections = step_sections(client.get(run_path(run, api=False), headers=viewer).text)
+    outer, inner = sections["outer"], sections["inner"]
+    assert outer.count("Unchanged from start in every task:") == 1
+    assert outer.count("<code>numbers</code>") == 1 and inner.count("<code>numbers</code>") == 1
+    numbers_href = f"{run_path(run, api=False)}/tasks/start/artifacts/numbers?map_index=0"
+    assert f'href="{numbers_href}"' in outer  # the one row opens the value where it was set
+    assert inner.count("<code>group</code>") == 6 and inner.count("unchanged from outer</span>") == 6
+    assert "Unchanged from outer in every task:" in inner and inner.count("<code>members</code>") == 1
+    assert outer.count("<code>group</code>") == 2 and "No other artifacts." not in outer
+    assert "Unchanged from join_outer in the task:" in sections["end"]
+
+    # A step's later page says the same, from the steps before it.
+    second = client.get(f"{run_path(run, api=False)}/steps/inner?page=1", headers=viewer).text
+    assert second.count("<code>numbers</code>") == 1 and "Unchanged from start in every task:" in second
+
+
+@pytest.fixture(scope="module")
+def chromium_page():
+    """A headless Chromium page (Debian's chromium, driven by Playwright); skipped without it."""
+    from pathlib import Path
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("Chromium is not installed (tests/integration installs it: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"], headless=True
+        )
+        try:
+            yield browser.new_page(viewport={"width": 760, "height": 900})
+        finally:
+            browser.close()
+
+
+def test_sizes_never_wrap_and_a_long_type_name_wraps_within_its_column(view, chromium_page):
+    """The run page as Chromium lays it out in a narrow window: every size is on one line (it
+    wrapped to "21 / bytes"), and the long type name breaks inside its own column."""
+    client, run, _ = view
+    page = chromium_page
+    page.set_content(client.get(run_path(run, api=False), headers=headers(client, "viewer")).text)
+    lines_per_size = page.eval_on_selector_all(
+        "td.size",
+        """cells => cells.map(cell => {
+            const range = document.createRange();
+            range.selectNodeContents(cell);
+            return new Set([...range.getClientRects()].map(rect => Math.round(rect.top))).size;
+        })""",
+    )
+    assert lines_per_size and set(lines_per_size) == {1}, lines_per_size
+    long_type = page.locator("td.type", has_text="TheSettingsOfAnExperiment").first
+    box = long_type.bounding_box()
+    assert box["width"] <= 16 * 14 + 2 * 8 + 2  # the column's cap (16em at 14px, padding, border)
+    assert box["height"] > 2 * 16  # so the name wrapped in it
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")

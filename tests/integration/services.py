@@ -59,6 +59,18 @@ USERS = {"admin": "admin", "viewer": "viewer", "outsider": "viewer"}
 SESSION_VARIABLE = "FLOWSPEC_INTEGRATION_SESSION"
 POSTGRES_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/local/bin", "/usr/lib/postgresql/16/bin")
 TERMINAL_RUN_STATES = ("success", "failed")
+#: Debian's Chromium, which the browser tests drive with Playwright.
+CHROMIUM = "/usr/bin/chromium"
+#: Flags that keep Chromium off the network this machine closes (see the environment notes).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 #: The flow files every session's dags folder starts with, and their DAG ids.
 DAG_FILES = [
     *sorted((REPO / "dags_examples").glob("*.py")),

@@ -2,34 +2,21 @@
 package's entry point), read over HTTP with the users' own tokens, and used in headless Chromium
 through Airflow's UI, from a task's "Artifacts" button to an artifact's value.
 
-Chromium is Debian's ``chromium`` package; the fixture installs it when it is missing (as root,
-with apt-get) and skips, saying why, only where it cannot be installed. Playwright (the test
-extra) drives it. Screenshots go to ``test-output/browser/`` under the repository root.
+Chromium is Debian's ``chromium`` package; the ``chromium`` fixture (conftest) installs it when it
+is missing (as root, with apt-get) and skips, saying why, only where it cannot be installed.
+Playwright (the test extra) drives it. Screenshots go to ``test-output/browser/`` under the
+repository root.
 """
 
 from __future__ import annotations
 
 import pickle
-import shutil
-import subprocess
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from .services import REPO, AirflowServices
+from .services import CHROMIUM_ARGS, REPO, AirflowServices
 
-CHROMIUM = "/usr/bin/chromium"
-#: Flags that keep Chromium off the network this machine closes (see the environment notes).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 OUTPUT = REPO / "test-output" / "browser"
 
 
@@ -77,30 +64,6 @@ def test_the_plugin_api_serves_a_run_only_to_users_airflow_lets_read_it(airflow_
         assert services.api("GET", path, user="viewer").status_code in (404, 422), path
     escape = view_path(nested_run, "/tasks/end/artifacts/..%2F..%2Frun.json")
     assert services.api("GET", escape, user="viewer").status_code in (404, 422)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    if not Path(CHROMIUM).exists():
-        if shutil.which("apt-get") is None:
-            pytest.skip("Chromium is not installed and this machine has no apt-get to install it")
-        installed = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        )
-        if installed.returncode != 0 and "Unable to locate" in installed.stderr:
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
-            installed = subprocess.run(
-                ["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, text=True, timeout=600
-            )
-        if installed.returncode != 0 or not Path(CHROMIUM).exists():
-            pytest.skip(
-                f"Chromium could not be installed (apt-get install chromium): {installed.stderr[-400:]}"
-            )
-    return CHROMIUM
 
 
 def test_a_user_follows_a_tasks_artifacts_link_to_its_values_in_chromium(
