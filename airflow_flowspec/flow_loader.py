@@ -83,8 +83,8 @@ def load_recorded_flow_class(
         for name in modules:
             sys.modules.pop(name, None)
         _RECORDED_MODULES.update(modules)
-        for name, relpath in index.get("modules", {}).items():
-            if origin is not None:
+        if origin is not None:
+            for name, relpath in index.get("modules", {}).items():
                 _SHOWN_AS[modules[name]] = os.path.join(origin, relpath)
         if _FINDER not in sys.meta_path:
             sys.meta_path.insert(0, _FINDER)

@@ -130,6 +130,16 @@ def run_cli(
     )
 
 
+def shell(*args: str, root: Path) -> subprocess.CompletedProcess:
+    """``airflow-flowspec --root ROOT ARGS`` in a fresh process, as a user types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "airflow_flowspec.shell", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def raw_xcom(dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
     """The value exactly as Airflow's ``xcom`` table holds it (and the UI shows it)."""
     from airflow.models.xcom import XComModel

@@ -12,18 +12,9 @@ import subprocess
 import sys
 
 import pytest
-from harness import FLOWS, run_cli, run_id_of
+from harness import FLOWS, run_cli, run_id_of, shell
 
 FLOW = "CommandsFlow"
-
-
-def shell(*args: str, root) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "airflow_flowspec.shell", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -5,21 +5,11 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from harness import FLOWS, run_cli
-
-
-def shell(*args: str, root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "airflow_flowspec.shell", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from harness import FLOWS, run_cli, shell
 
 
 @pytest.fixture(scope="module")

@@ -89,7 +89,6 @@ class _Worker:
     task: _Task | None = None  # the task it runs now
     last_label: str = ""  # whose lines it writes between tasks
     reply: bytes = b""
-    interrupted: bool = False
 
     def fds(self) -> list[int]:
         return [self.pidfd, self.control.fileno(), *(stream.fd for stream in self.streams)]
@@ -348,9 +347,7 @@ class _Loop:
             except OSError:
                 data = b""
             if not data:  # closed: the worker has ended
-                if stream.pending:
-                    self._echo(worker, stream, stream.pending)
-                    stream.pending = b""
+                self._echo_pending(worker, stream)
                 with contextlib.suppress(KeyError, ValueError):
                     self.selector.unregister(stream.fd)
                 return
@@ -373,9 +370,13 @@ class _Loop:
         """Everything the worker wrote so far, its last partial lines included."""
         for stream in worker.streams:
             self._read(worker, stream, until_empty=True)
-            if stream.pending:
-                self._echo(worker, stream, stream.pending)
-                stream.pending = b""
+            self._echo_pending(worker, stream)
+
+    def _echo_pending(self, worker: _Worker, stream: _Stream) -> None:
+        """A last line the worker wrote without its newline."""
+        if stream.pending:
+            self._echo(worker, stream, stream.pending)
+            stream.pending = b""
 
     def _read_reply(self, worker: _Worker) -> bool:
         try:
@@ -389,15 +390,13 @@ class _Loop:
         worker.reply += data
         ended = False
         while b"\n" in worker.reply:
-            line, worker.reply = worker.reply.split(b"\n", 1)
+            _, worker.reply = worker.reply.split(b"\n", 1)  # a task is done
             if worker.task is None:
                 continue
             self._flush(worker)  # what the task wrote came before its reply
             task, worker.task = worker.task, None
             self._report(task, worker.pid)
             ended = True
-            if json.loads(line).get("interrupted"):
-                worker.interrupted = True
         return ended
 
     def _worker_exited(self, worker: _Worker) -> bool:
@@ -545,7 +544,7 @@ def _worker_main(dag: Any, control: socket.socket, out_fd: int, err_fd: int, inh
                 with contextlib.suppress(Exception):
                     sys.stdout.flush()
                     sys.stderr.flush()
-            control.sendall(json.dumps({"done": True, "interrupted": interrupted}).encode() + b"\n")
+            control.sendall(b"done\n")
             if interrupted:
                 code = 130
                 break
@@ -565,7 +564,7 @@ def _worker_main(dag: Any, control: socket.socket, out_fd: int, err_fd: int, inh
         os._exit(code)
 
 
-def _run_task(key: tuple[str, str, str, int], task: Any) -> int:
+def _run_task(key: tuple[str, str, str, int], task: Any) -> None:
     from airflow import settings
     from airflow.models.taskinstance import TaskInstance
     from airflow.sdk.definitions.dag import _run_task as run_task_as_dag_test
@@ -584,7 +583,7 @@ def _run_task(key: tuple[str, str, str, int], task: Any) -> int:
     )
     if ti is None:
         print(f"Task {task_id}[{map_index}] of {dag_id} run {run_id} is gone.", file=sys.stderr)
-        return 1
+        return
     try:
         run_task_as_dag_test(ti=ti, task=task, run_triggerer=True)
     except Exception:  # noqa: BLE001 - as dag.test(): the state Airflow recorded says the rest
@@ -594,7 +593,6 @@ def _run_task(key: tuple[str, str, str, int], task: Any) -> int:
         session.expire_all()
         if ti.state not in State.finished:
             ti.set_state(TaskInstanceState.FAILED)
-    return 0
 
 
 def _die_with_parent() -> None:
