@@ -8,6 +8,10 @@ round, except for the two lazy entry points a flow file needs: ``FlowSpec`` asks
 
 - :mod:`.registration`: a flow class defined during a DagBag import becomes a DAG.
 - :mod:`.translator`: the flow's graph as a DAG (tasks, edges, mapping, settings); pure, no I/O.
-- :mod:`.local_run`: ``python flow.py run`` with ``dag.test()`` on a private Airflow home.
+- :mod:`.local_run`: ``python flow.py run`` on a private Airflow home.
+- :mod:`.concurrent_run`: that run's DAG run, its ready tasks at once in forked workers.
+- :mod:`.preloader`: the warm process ``run`` forks its runs from.
+- :mod:`.local_services`: ``airflow-flowspec airflow up``, a local Airflow with its UI.
+- :mod:`.run_states`: which DAG runs Airflow has queued or running (for gc).
 - :mod:`.discovery`: lets safe-mode DAG discovery find flow files.
 """
