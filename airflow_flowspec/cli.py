@@ -262,7 +262,7 @@ def _read_every_option() -> None:
 
 
 def _convert_parameters(flow_class: type, raw: dict[str, str]) -> dict[str, Any]:
-    from airflow_flowspec.parameters import flow_parameters
+    from airflow_flowspec.parameters import JSONType, flow_parameters
 
     values = {}
     for parameter in flow_parameters(flow_class):
@@ -275,6 +275,8 @@ def _convert_parameters(flow_class: type, raw: dict[str, str]) -> dict[str, Any]
             value = parameter.convert(raw[parameter.name], flow_class.__name__)
             if parameter.is_include_file:
                 value = os.path.abspath(value)
+            if parameter.type is JSONType:  # checked here; the start step parses the text, as a
+                value = raw[parameter.name]  # trigger's conf has it (a parsed "hello" is no JSON)
             values[parameter.name] = value
     return values
 

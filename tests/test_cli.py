@@ -439,3 +439,29 @@ def test_runs_started_at_once_in_a_new_home_take_turns_creating_what_they_share(
     outputs = [process.communicate(timeout=240)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0, 0], outputs
     assert all(console_lines(output)[-1] == "Done!" for output in outputs)
+
+
+def test_a_json_string_parameter_arrives_as_the_string_and_a_failed_run_with_a_required_parameter_is_recorded(
+    tmp_path,
+):
+    """A JSON value that is a string (``--payload '"hello"'``) was parsed twice and refused; a run of
+    a flow with a required parameter that failed crashed in Airflow's in-process DAG callback
+    (``ParamValidationError``) instead of recording the failed run."""
+    store = tmp_path / "store"
+    result = run_cli(
+        FLOWS / "required_json_flow.py",
+        "run",
+        "--payload",
+        '"hello"',
+        "--outcome",
+        "fail",
+        env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(store)},
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "payload is 'hello'" in printed_texts(result.stdout)
+    assert "ParamValidationError" not in result.stdout + result.stderr
+    assert "Workflow failed." in printed_texts(result.stderr)
+    from airflow_flowspec.datastore import open_datastore
+
+    status = open_datastore(str(store)).run_status("RequiredJsonFlow", run_id_of(result.stdout))
+    assert status is not None and status["status"] == "failed"

@@ -152,7 +152,27 @@ def run_dag(
     if dag_run.state == DagRunState.RUNNING:  # stopped before its end
         dag_run.set_state(DagRunState.FAILED)
         session.commit()
+    _call_dag_callbacks(dag, dag_run)
     return dag_run
+
+
+def _call_dag_callbacks(dag: Any, dag_run: Any) -> None:
+    """The DAG's success or failure callbacks, with the context a DAG callback gets when no task
+    instance is named (the DAG, the run and why), as the scheduler would call them."""
+    from airflow.utils.state import DagRunState
+
+    succeeded = dag_run.state == DagRunState.SUCCESS
+    callbacks = dag.on_success_callback if succeeded else dag.on_failure_callback
+    if not callbacks:
+        return
+    context = {
+        "dag": dag,
+        "dag_run": dag_run,
+        "run_id": dag_run.run_id,
+        "reason": "success" if succeeded else "task_failure",
+    }
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        callback(context)
 
 
 #: What every task would otherwise import for itself: imported once, before the forks.
@@ -181,9 +201,11 @@ def _create_dag_run(dag: Any, run_id: str, logical_date: datetime, conf: dict[st
 
     dag.validate()
     scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
-    # Callbacks do not survive serialization; dag.test() hands them over the same way.
-    scheduler_dag.on_success_callback = dag.on_success_callback
-    scheduler_dag.on_failure_callback = dag.on_failure_callback
+    # The DAG's callbacks run once the run ends (_call_dag_callbacks), not inside update_state as
+    # dag.test() has them: Airflow's in-process callback context fails to validate the Param of a
+    # required parameter, and a run stopped by Ctrl-C never reaches that code.
+    scheduler_dag.has_on_success_callback = False
+    scheduler_dag.has_on_failure_callback = False
     data_interval = coerce_to_core_timetable(dag.timetable).infer_manual_data_interval(run_after=logical_date)
     return get_or_create_dagrun(
         dag=scheduler_dag,
