@@ -100,6 +100,13 @@ def _parser(flow_class: type) -> argparse.ArgumentParser:
         help="write the run's id to this file as the run starts",
     )
     run.add_argument(
+        "--namespace",
+        dest="user_namespace",
+        metavar="TAG",
+        help="the namespace the steps' client API sees (default: the run's own, user:<you>); "
+        "--namespace= for every run. The run's tags stay as they are",
+    )
+    run.add_argument(
         "--tag",
         dest="tags",
         action="append",
@@ -199,6 +206,7 @@ def _dispatch(flow_class: type, argv: list[str]) -> int:
         max_workers=args.max_workers,
         max_num_splits=args.max_num_splits,
         run_id_file=args.run_id_file,
+        user_namespace=args.user_namespace,
     )
 
 

@@ -465,3 +465,20 @@ def test_a_json_string_parameter_arrives_as_the_string_and_a_failed_run_with_a_r
 
     status = open_datastore(str(store)).run_status("RequiredJsonFlow", run_id_of(result.stdout))
     assert status is not None and status["status"] == "failed"
+
+
+def test_run_namespace_changes_what_the_steps_client_sees_not_the_runs_own_namespace(tmp_path):
+    """Metaflow's ``run --namespace``: the client inside the steps looks in that namespace (an empty
+    one: every run); the run keeps its own tags and ``current.namespace``."""
+    import getpass
+
+    env = {"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")}
+    elsewhere = run_cli(FLOWS / "namespace_flow.py", "run", "--namespace", "user:nobody", env=env)
+    assert elsewhere.returncode == 0, elsewhere.stdout + elsewhere.stderr
+    texts = printed_texts(elsewhere.stdout)
+    assert "client namespace: 'user:nobody'" in texts
+    assert f"current.namespace: user:{getpass.getuser()}" in texts
+    everywhere = run_cli(FLOWS / "namespace_flow.py", "run", "--namespace=", env=env)
+    assert everywhere.returncode == 0, everywhere.stdout + everywhere.stderr
+    texts = printed_texts(everywhere.stdout)
+    assert "client namespace: None" in texts and "sees a run: True" in texts

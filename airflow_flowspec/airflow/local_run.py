@@ -215,15 +215,21 @@ def run_locally(
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_num_splits: int = DEFAULT_MAX_NUM_SPLITS,
     run_id_file: str | None = None,
+    user_namespace: str | None = None,
 ) -> int:
     """Lint (for ``target``), register and run the flow once; return the exit status.
 
     A ``@project`` flow runs as the DAG of ``project``, its branch; its runs are stored, and
     reported, under the flow's own name. Up to ``max_workers`` tasks run at once
     (:mod:`.concurrent_run`); a foreach of more than ``max_num_splits`` items fails its step.
-    The run's id is written to ``run_id_file`` as the run starts, as Metaflow's ``--run-id-file``.
+    The run's id is written to ``run_id_file`` as the run starts, as Metaflow's ``--run-id-file``;
+    ``user_namespace`` is the client namespace its steps see, as Metaflow's ``run --namespace``.
     """
     os.environ[MAX_NUM_SPLITS_VARIABLE] = str(max_num_splits)
+    if user_namespace is not None:
+        from airflow_flowspec.client.namespaces import RUN_NAMESPACE_VARIABLE
+
+        os.environ[RUN_NAMESPACE_VARIABLE] = user_namespace
     home = prepare_environment()
     quiet_airflow_warnings()
     # Steps on AWS Batch show their job's statuses and log lines here, as local steps show output.

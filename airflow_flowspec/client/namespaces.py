@@ -10,12 +10,17 @@ namespace of the run it belongs to (so a scheduled flow reads other flows' produ
 from __future__ import annotations
 
 import getpass
+import os
 from typing import Any
 
 from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES
 
 _UNSET: Any = object()
 _chosen: Any = _UNSET
+
+#: ``python flow.py run --namespace NAME``: the namespace the run's steps see in the client (an
+#: empty value: every run), as Metaflow's option; the run's own tags and ``current.namespace`` stay.
+RUN_NAMESPACE_VARIABLE = "FLOWSPEC_RUN_NAMESPACE"
 
 
 def default_namespace() -> str:
@@ -39,7 +44,13 @@ def namespace(name: str | None) -> str | None:
 
 
 def get_namespace() -> str | None:
-    return default_namespace() if _chosen is _UNSET else _chosen
+    if _chosen is not _UNSET:
+        return _chosen
+    from airflow_flowspec.current import current
+
+    if current.is_running_flow and RUN_NAMESPACE_VARIABLE in os.environ:
+        return os.environ[RUN_NAMESPACE_VARIABLE] or None
+    return default_namespace()
 
 
 def in_namespace(record: dict[str, Any], name: str | None) -> bool:

@@ -31,6 +31,7 @@ from airflow_flowspec.aws_batch.jobs import (
     job_name,
     job_tags,
 )
+from airflow_flowspec.client.namespaces import RUN_NAMESPACE_VARIABLE
 from airflow_flowspec.errors import EXIT_DISALLOW_RETRY, BatchJobFailedError, BatchJobSpecError
 from airflow_flowspec.operators.step_task import StepTaskMixin, flow_mistakes_fail_at_once
 from airflow_flowspec.runtime.task_log import LINES_PREFIXED, lines_prefixed
@@ -161,6 +162,8 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         }
         if lines_prefixed():  # python flow.py run relays the job's log lines, prefixed already
             environment[LINES_PREFIXED] = "1"
+        if RUN_NAMESPACE_VARIABLE in os.environ:  # run --namespace: what the step's client sees
+            environment[RUN_NAMESPACE_VARIABLE] = os.environ[RUN_NAMESPACE_VARIABLE]
         self.container_overrides = container_overrides(settings, command=command, environment=environment)
         self.submit_job_timeout = settings.timeout_seconds
 
