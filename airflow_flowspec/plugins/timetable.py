@@ -13,6 +13,12 @@ starting 10, 11 and 12 November, whatever the flow's time zone. Airflow reads th
 user typed them, on the flow's clock: the bound's wall-clock reading in ``default_timezone`` is
 placed in the flow's time zone (Airflow 3.3 does the same for partitioned timetables). Only
 catch-up requests (backfills) are re-read; the scheduler's own runs are not touched.
+
+Run ids name the period too: Airflow's timetables name a run after the moment it may start (the
+period's end), so the run for 10 November would be ``backfill__2026-11-11T00:00:00+00:00``; here
+it is ``backfill__2026-11-10T00:00:00+00:00`` (and ``scheduled__...`` alike), what a user looks
+for. A backfill's runs name their ``run_after`` (Airflow's backfill code does not ask the
+timetable), so a backfill's periods are handed out with the period's start there.
 """
 
 from __future__ import annotations
@@ -34,13 +40,30 @@ class FlowScheduleTimetable(CronDataIntervalTimetable):
         last_automated_data_interval: DataInterval | None,
         restriction: TimeRestriction,
     ) -> DagRunInfo | None:
-        if restriction.catchup:
-            restriction = TimeRestriction(
-                self.on_flow_clock(restriction.earliest), self.on_flow_clock(restriction.latest), True
+        if not restriction.catchup:
+            return super().next_dagrun_info(
+                last_automated_data_interval=last_automated_data_interval, restriction=restriction
             )
-        return super().next_dagrun_info(
+        restriction = TimeRestriction(
+            self.on_flow_clock(restriction.earliest), self.on_flow_clock(restriction.latest), True
+        )
+        info = super().next_dagrun_info(
             last_automated_data_interval=last_automated_data_interval, restriction=restriction
         )
+        if info is None or info.data_interval is None:
+            return info
+        # Airflow names a backfill's run after its run_after; a backfill runs only periods already
+        # over (it filters on the interval's end), so the period's start can stand there.
+        return info._replace(run_after=info.data_interval.start)
+
+    def generate_run_id(
+        self, *, run_type: Any, run_after: Any, data_interval: DataInterval | None, **extra: Any
+    ) -> str:
+        if data_interval is None:
+            return super().generate_run_id(
+                run_type=run_type, run_after=run_after, data_interval=None, **extra
+            )
+        return str(run_type.generate_run_id(suffix=data_interval.start.isoformat()))
 
     def on_flow_clock(self, moment: Any) -> Any:
         """``moment``'s wall-clock reading in ``[core] default_timezone``, in the flow's time zone."""

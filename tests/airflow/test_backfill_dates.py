@@ -20,6 +20,15 @@ BERLIN = ZoneInfo("Europe/Berlin")
 
 def backfill(tmp_path, schedule: str, start: str, end: str) -> list[tuple[datetime, datetime, datetime]]:
     """(logical date, data interval start, end) of each run a backfill of a flow with ``schedule`` makes."""
+    return [
+        (logical, begins, ends) for logical, begins, ends, _ in backfill_runs(tmp_path, schedule, start, end)
+    ]
+
+
+def backfill_runs(
+    tmp_path, schedule: str, start: str, end: str
+) -> list[tuple[datetime, datetime, datetime, str]]:
+    """:func:`backfill`'s runs with their run ids."""
     from airflow._shared.timezones.timezone import parse
     from airflow.models.backfill import _create_backfill
     from airflow.models.dagrun import DagRun
@@ -60,14 +69,17 @@ def backfill(tmp_path, schedule: str, start: str, end: str) -> list[tuple[dateti
         runs = session.scalars(
             select(DagRun).where(DagRun.backfill_id == made.id).order_by(DagRun.logical_date)
         ).all()
-        return [(r.logical_date, r.data_interval_start, r.data_interval_end) for r in runs]
+        return [(r.logical_date, r.data_interval_start, r.data_interval_end, r.run_id) for r in runs]
 
 
 def test_a_daily_backfill_runs_the_days_typed_across_a_month_boundary(airflow_db, tmp_path):
-    runs = backfill(tmp_path, "daily=True", "2026-10-30", "2026-11-02")
+    """Each run's id names the day it covers (Airflow's own timetables name it after the moment the
+    run may start: the next day)."""
+    runs = backfill_runs(tmp_path, "daily=True", "2026-10-30", "2026-11-02")
     days = [datetime(2026, 10, 30, tzinfo=timezone.utc) + timedelta(days=i) for i in range(4)]
-    assert [logical for logical, _, _ in runs] == days  # 30 and 31 October, 1 and 2 November
-    assert [(start, end) for _, start, end in runs] == [(day, day + timedelta(days=1)) for day in days]
+    assert [logical for logical, _, _, _ in runs] == days  # 30 and 31 October, 1 and 2 November
+    assert [(start, end) for _, start, end, _ in runs] == [(day, day + timedelta(days=1)) for day in days]
+    assert [run_id for _, _, _, run_id in runs] == [f"backfill__{day.isoformat()}" for day in days]
 
 
 def test_a_daily_backfill_on_berlin_time_runs_the_days_typed_across_the_end_of_summer_time(
@@ -111,3 +123,20 @@ def test_a_cron_schedule_backfills_its_firings_between_the_dates(airflow_db, tmp
     # Friday 6, Monday 9 and Tuesday 10 November at 06:30 Berlin; each period runs to the next firing.
     assert [(s.day, s.hour, s.minute) for s in starts] == [(6, 6, 30), (9, 6, 30)]
     assert runs[0][2].astimezone(BERLIN).day == 9
+
+
+def test_a_scheduled_run_is_named_after_the_period_it_covers():
+    """The scheduler asks the timetable for a scheduled run's id: the day it covers, not the next."""
+    import pendulum
+    from airflow.timetables.base import DataInterval
+    from airflow.utils.types import DagRunType
+
+    from airflow_flowspec.plugins.timetable import FlowScheduleTimetable
+
+    day = pendulum.datetime(2026, 11, 10, tz="UTC")
+    run_id = FlowScheduleTimetable("0 0 * * *", timezone="UTC").generate_run_id(
+        run_type=DagRunType.SCHEDULED,
+        run_after=day.add(days=1),
+        data_interval=DataInterval(day, day.add(days=1)),
+    )
+    assert run_id == "scheduled__2026-11-10T00:00:00+00:00"

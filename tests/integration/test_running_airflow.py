@@ -149,6 +149,9 @@ def test_a_backfill_makes_one_run_per_day_whose_logical_date_starts_its_interval
     runs = wait_until(backfill_runs_ended, 120, "the backfill's runs to end", airflow_services.log_tails)
     runs.sort(key=lambda run: run["logical_date"])
     assert [run["state"] for run in runs] == ["success"] * len(runs), runs
+    assert [run["dag_run_id"] for run in runs] == [
+        f"backfill__2026-11-{day}T00:00:00+00:00" for day in (10, 11, 12)
+    ]  # named after the day each covers
 
     seen = []
     for run in runs:
