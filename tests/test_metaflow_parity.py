@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -103,3 +104,94 @@ def test_same_file_same_artifacts_as_metaflow(tmp_path):
     assert "fast" not in expected["steps"] and expected["steps"]["end"]["-"]["path"] == "'slow'"
     assert len(expected["steps"]["cell"]) == 6
     assert actual["steps"] == expected["steps"]
+
+
+_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (?:\[[^/\]]+/(\w+)/(\w+) \(pid \d+\)\] )?(.*)$")
+
+
+def _terminal(output: str, flow_file: str) -> tuple[list[str], dict[str, list[list[str]]]]:
+    """A run's terminal as (its own lines, {step: [each task's lines]}), texts stripped, with only
+    the traceback frames of the flow's file (Metaflow also shows its own; we leave ours out) and
+    the flow file's folder as ``<dir>``."""
+    run_lines: list[str] = []
+    tasks: dict[tuple[str, str], list[str]] = {}
+    skip_next = False
+    # stdout and stderr, each in order, merged by their times (a stable sort keeps same-time lines
+    # in the order given)
+    for line in sorted(output.splitlines(), key=lambda line: line[:23]):
+        match = _LINE.match(line)
+        if match is None:
+            continue
+        step, task, text = match.group(1), match.group(2), match.group(3).strip()
+        if step is None:
+            run_lines.append(text)
+            continue
+        if skip_next:  # the source line under a frame of the machinery
+            skip_next = False
+            continue
+        if text.startswith("File ") and flow_file not in text:
+            skip_next = True
+            continue
+        if not text or set(text) <= set("^~ ") or text == "Internal error":
+            continue  # carets under a source line; Metaflow's label for any exception of the step
+        tasks.setdefault((step, task), []).append(text.replace(os.path.dirname(flow_file), "<dir>"))
+    by_step: dict[str, list[list[str]]] = {}
+    for (step, _), lines in tasks.items():
+        by_step.setdefault(step, []).append(_failed_line_before_its_traceback(lines))
+    return run_lines, {step: sorted(lines) for step, lines in by_step.items()}
+
+
+def _failed_line_before_its_traceback(lines: list[str]) -> list[str]:
+    """Metaflow's task writes ``<flow ...> failed:`` to stderr and the step's output to stdout, and
+    its runtime relays the two pipes in whichever order it reads them: the line lands before or
+    after the step's last output. Placed right before the traceback it introduces, as ours is."""
+    failed = [line for line in lines if line.endswith("> failed:")]
+    rest = [line for line in lines if not line.endswith("> failed:")]
+    for line in failed:
+        rest.insert(
+            next(
+                i
+                for i, text in enumerate(rest)
+                if text == "Traceback (most recent call last):"
+                and (i == 0 or not rest[i - 1].endswith("> failed:"))
+            ),
+            line,
+        )
+    return rest
+
+
+def test_a_failing_flow_prints_what_metaflow_prints_task_by_task(tmp_path):
+    """The terminal of a run whose foreach task fails on both attempts, beside Metaflow's for the same
+    file: each task's lines agree (start, output, the ``... failed:`` line, the traceback's frames in
+    the flow file, retry, failure) and so do the run's first line and its ``Workflow failed.``."""
+    ours_dir, metaflow_dir = tmp_path / "ours", tmp_path / "metaflow"
+    ours_dir.mkdir()
+    metaflow_dir.mkdir()
+    source = (FLOWS / "failing_retry_flow.py").read_text()
+    ours_file, metaflow_file = ours_dir / "failing_retry_flow.py", metaflow_dir / "failing_retry_flow.py"
+    ours_file.write_text(source)
+    metaflow_file.write_text(source.replace("from airflow_flowspec import ", "from metaflow import "))
+    metaflow_run = subprocess.run(
+        [sys.executable, str(metaflow_file), "--no-pylint", "run"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "USERNAME": "tester", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path / "mf")},
+        cwd=metaflow_dir,
+        timeout=300,
+    )
+    our_run = run_cli(ours_file, "run", env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")})
+    assert metaflow_run.returncode == our_run.returncode == 1, our_run.stdout + our_run.stderr
+    metaflow_lines, metaflow_tasks = _terminal(metaflow_run.stdout + metaflow_run.stderr, str(metaflow_file))
+    our_lines, our_tasks = _terminal(our_run.stdout + our_run.stderr, str(ours_file))
+
+    assert our_tasks == metaflow_tasks
+    (failed,) = [lines for lines in metaflow_tasks["body"] if "Task failed." in lines]
+    assert failed.count("Task is starting (retry).") == 1 and failed.count("Task failed.") == 2
+    assert "<flow FailingRetryFlow step body[1] (input: 2)> failed:" in failed
+    assert 'File "<dir>/failing_retry_flow.py", line 17, in body' in failed
+    assert our_lines[0].startswith("Workflow starting (run-id ") and metaflow_lines[0].startswith(
+        "Workflow starting (run-id "
+    )
+    # Metaflow goes on with "Terminating 0 active tasks..." and "Flushing logs...": no tasks of
+    # ours are left running and no logs wait, so nothing is said.
+    assert our_lines[1:] == ["Workflow failed."] == metaflow_lines[1:2]

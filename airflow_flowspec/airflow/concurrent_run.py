@@ -67,6 +67,12 @@ class _Stream:
     pending: bytes = b""
 
 
+def _handling_order(what: Any) -> int:
+    if isinstance(what, _Stream):
+        return 1 if what.error else 0
+    return 2 if what == "control" else 3
+
+
 @dataclass
 class _Task:
     task_id: str
@@ -348,7 +354,9 @@ class _Loop:
     def _handle(self, events: list[Any]) -> bool:
         """Handle ready file descriptors; whether a task ended."""
         ended = False
-        for key, _ in events:
+        # A task's output before its errors, both before its end: a step that prints and then
+        # fails has both pipes ready at once, and the terminal shows them in the order written.
+        for key, _ in sorted(events, key=lambda event: _handling_order(event[0].data[1])):
             worker, what = key.data
             if worker.pid not in self.workers:
                 continue  # gone while handling an earlier event of this batch

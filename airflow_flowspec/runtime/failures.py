@@ -20,6 +20,28 @@ from airflow_flowspec.runtime.task_log import lines_prefixed
 #: Modules whose frames are the machinery around a step, not the step.
 _MACHINERY = ("airflow", "airflow_flowspec", "contextlib", "runpy", "importlib")
 _SHOWN = "_flowspec_shown_on_terminal"
+_FAILED_IN = "_flowspec_failed_in"
+
+
+def remember_where(error: BaseException, flow: object, step: str) -> None:
+    """Mark ``error`` with the task it ended, as Metaflow names it in its ``... failed:`` line:
+    ``<flow TrainFlow step train[1] (input: 0.1)>``."""
+    try:
+        stack = flow.foreach_stack()  # type: ignore[attr-defined]
+        item = str(flow.input) if stack else ""  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a label must never hide the step's own error
+        stack, item = [], ""
+    name = type(flow).__name__
+    if not stack:
+        label = f"<flow {name} step {step}>"
+    else:
+        index = ",".join(str(position) for position, _, _ in stack)
+        shown = item[:20] + "..." if len(item) > 20 else item
+        label = f"<flow {name} step {step}[{index}] (input: {shown})>"
+    try:
+        setattr(error, _FAILED_IN, label)
+    except AttributeError:
+        pass
 
 
 def show_on_terminal(error: BaseException) -> None:
@@ -39,7 +61,8 @@ def describe(error: BaseException) -> str:
     if isinstance(error, FlowspecError):
         label = not_retried_label(error) if is_flow_mistake(error) else ""
         return f"{error} {label}".strip()
-    return step_traceback(error)
+    failed_in = getattr(error, _FAILED_IN, None)
+    return f"{failed_in} failed:\n{step_traceback(error)}" if failed_in else step_traceback(error)
 
 
 def step_traceback(error: BaseException) -> str:

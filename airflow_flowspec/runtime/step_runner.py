@@ -38,6 +38,7 @@ from airflow_flowspec.parameters import flow_parameters
 from airflow_flowspec.run_tags import check_tags
 from airflow_flowspec.runtime import code_package, parameter_values
 from airflow_flowspec.runtime.caught import CaughtException
+from airflow_flowspec.runtime.failures import remember_where
 from airflow_flowspec.runtime.masking import SecretMask, masked_output
 from airflow_flowspec.runtime.step_warnings import one_line_warnings
 from airflow_flowspec.runtime.task_log import TaskLog, labelled, lines_prefixed
@@ -238,6 +239,7 @@ def _run_task(
                 or spec.attempt < spec.max_attempts
                 or node.type in ("foreach", "split-switch")
             ):
+                remember_where(exc, flow, spec.step)
                 raise
             caught = exc
             print(
