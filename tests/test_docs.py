@@ -1,5 +1,6 @@
-"""Every fenced code block in README.md and docs/*.md is run or checked, and every link between the
-pages lands on a file and heading that exist.
+"""Every fenced code block in README.md and docs/*.md is run or checked, every link between the
+pages lands on a file and heading that exist, and docs/metaflow-compatibility.md's statuses agree
+with what the package exports and what a flow file's command line accepts.
 
 A block says how it is checked with an HTML comment on the line before its fence,
 ``<!-- docs-test: KIND (why, for a reader of the source) -->``; a block without one, or with a kind
@@ -21,6 +22,7 @@ cannot add an unchecked block. The kinds:
 from __future__ import annotations
 
 import configparser
+import keyword
 import os
 import re
 import shlex
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import REPO, run_id_of
+from harness import REPO, load_flow, run_id_of
 
 #: One worker runs this module: its tests share one run (under --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("docs")
@@ -375,3 +377,78 @@ def test_bad_pages_are_caught(tmp_path):
     assert block.kind is None and block.kind not in KINDS
     assert "elsewhere" not in _anchors(page) and "title" in _anchors(page)
     assert _slug("Cleaning up: `airflow-flowspec gc`") == "cleaning-up-airflow-flowspec-gc"
+
+
+# ---------------------------------------------------------------------- the Metaflow compatibility page
+
+
+def _compatibility_rows(table: str) -> list[tuple[list[str], str, str]]:
+    """The rows of one table of metaflow-compatibility.md: (names in the first column, status, notes)."""
+    page = (REPO / "docs" / "metaflow-compatibility.md").read_text()
+    section = page.split(f"## {table}\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[1] in {"supported", "partly", "not yet", "not applicable"}:
+            rows.append((re.findall(r"`([^`]+)`", cells[0]), cells[1], cells[2]))
+    assert rows, table
+    return rows
+
+
+def _metaflow_names(names: list[str]) -> list[str]:
+    """The names of Metaflow's top-level API among ``names`` (``@retry(times)`` is ``retry``)."""
+    import metaflow
+
+    found = [re.sub(r"^@|^metaflow\.|\(.*$", "", name) for name in names]
+    return [name for name in found if name.isidentifier() and hasattr(metaflow, name)]
+
+
+@pytest.mark.parametrize("table", ["Authoring API", "Decorators", "Client API"])
+def test_the_compatibility_page_says_which_of_metaflows_names_exist(table):
+    import airflow_flowspec
+
+    wrong = []
+    for names, status, _ in _compatibility_rows(table):
+        for name in _metaflow_names(names):
+            if hasattr(airflow_flowspec, name) != (status in {"supported", "partly"}):
+                wrong.append(f"{name}: {status}")
+    assert not wrong, f"the page's status disagrees with what airflow_flowspec exports: {wrong}"
+
+
+def test_the_compatibility_page_names_current_s_missing_attributes():
+    from airflow_flowspec import current
+
+    ((_, status, notes),) = [row for row in _compatibility_rows("Authoring API") if row[0] == ["current"]]
+    supported, _, missing = notes.partition("Not yet:")
+    assert status == "partly"
+    for name in re.findall(r"`(?:current\.)?(\w+)", missing):
+        assert not hasattr(type(current), name), f"current.{name} exists: the page says not yet"
+    for name in re.findall(
+        r"\b(\w+)\b", " ".join(c for c in re.findall(r"`([^`]+)`", supported) if not c.startswith("@"))
+    ):
+        if keyword.iskeyword(name):  # `name in current`
+            continue
+        assert hasattr(type(current), name), f"current.{name} is missing: the page says it is there"
+
+
+def test_the_compatibility_page_says_which_commands_a_flow_file_has(docs_run):
+    from airflow_flowspec.cli import _parser
+
+    (flow,) = blocks_of("flow")
+    parser = _parser(load_flow(docs_run.folder / flow.argument))
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    wrong = []
+    for names, status, notes in _compatibility_rows("Commands of a flow file"):
+        for name in (n for n in names if re.fullmatch(r"[a-z][a-z-]*", n)):
+            if (name in commands) != (status in {"supported", "partly"}):
+                wrong.append(f"{name}: {status}")
+        if names == ["run"]:
+            run_options = {o for a in commands["run"]._actions for o in a.option_strings}
+            supported, _, missing = notes.partition("Not yet:")
+            wrong += [f"run {o}: not yet" for o in re.findall(r"`(--[\w-]+)`", missing) if o in run_options]
+            wrong += [
+                f"run {o}: supported"
+                for o in re.findall(r"`(--[\w-]+)`", supported)
+                if o not in run_options and o not in {"--branch", "--production"}  # @project flows only
+            ]
+    assert not wrong, f"the page disagrees with the flow file's parser: {wrong}"
