@@ -8,7 +8,7 @@ c`` is an edge to ``a.b.c`` when that is a module, else to ``a.b``; a module is 
 importing its parent packages, or every package whose ``__init__`` re-exports its modules would
 be a cycle.
 
-Guards: the layering described in the README's Architecture section (the subprocess test in
+Guards: the layering described in docs/architecture.md (the subprocess test in
 ``test_boundary.py`` proves the same boundary by running the code with Airflow blocked).
 """
 

@@ -106,7 +106,7 @@ def test_a_user_follows_a_tasks_artifacts_link_to_its_values_in_chromium(
             artifacts.wait_for_load_state()
             assert "Download pickle" in artifacts.inner_text("body")
 
-            # The run's "Artifacts" tab: the view inside Airflow's own page (the README's picture).
+            # The run's "Artifacts" tab: the view inside Airflow's own page (docs/artifact-view.png).
             page.goto(f"{services.base_url}/dags/NestedForeachFlow/runs/{run}/plugin/flow-run-artifacts")
             frame = page.frame_locator("iframe")
             frame.get_by_text("join_all").first.wait_for(timeout=60_000)
