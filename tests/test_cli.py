@@ -469,7 +469,7 @@ def test_a_json_string_parameter_arrives_as_the_string_and_a_failed_run_with_a_r
 
 def test_run_namespace_changes_what_the_steps_client_sees_not_the_runs_own_namespace(tmp_path):
     """Metaflow's ``run --namespace``: the client inside the steps looks in that namespace (an empty
-    one: every run); the run keeps its own tags and ``current.namespace``."""
+    one: every run); the run keeps its own tags and ``current.namespace``, and is not production."""
     import getpass
 
     env = {"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")}
@@ -478,6 +478,7 @@ def test_run_namespace_changes_what_the_steps_client_sees_not_the_runs_own_names
     texts = printed_texts(elsewhere.stdout)
     assert "client namespace: 'user:nobody'" in texts
     assert f"current.namespace: user:{getpass.getuser()}" in texts
+    assert "is_production: False" in texts  # a local run is never production (Metaflow's rule)
     everywhere = run_cli(FLOWS / "namespace_flow.py", "run", "--namespace=", env=env)
     assert everywhere.returncode == 0, everywhere.stdout + everywhere.stderr
     texts = printed_texts(everywhere.stdout)

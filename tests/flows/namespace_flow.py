@@ -8,6 +8,7 @@ class NamespaceFlow(FlowSpec):
     def start(self):
         print(f"client namespace: {get_namespace()!r}")
         print(f"current.namespace: {current.namespace}")
+        print(f"is_production: {current.is_production}")
         print(f"sees a run: {Flow('NamespaceFlow').latest_run is not None}")
         self.next(self.end)
 
