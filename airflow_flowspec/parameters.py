@@ -8,9 +8,12 @@ artifact. Reading ``self.alpha`` outside a run returns the Parameter itself, as 
 
 from __future__ import annotations
 
+import getpass
+import inspect
 import json
 import math
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NamedTuple, NoReturn
 
 from airflow_flowspec.errors import ParameterError
 
@@ -69,12 +72,25 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (use true or false)")
 
 
+class ParameterContext(NamedTuple):
+    """What Metaflow hands a callable default (``default=lambda ctx: ctx.user_name``): its names."""
+
+    flow_name: str
+    user_name: str
+    parameter_name: str
+    logger: Callable[..., None]
+    ds_type: str
+    configs: Any = None
+
+
 class Parameter:
     """A value chosen when a run starts: ``alpha = Parameter("alpha", default=0.5, type=float)``.
 
     ``type`` is inferred from ``default`` when not given (as Metaflow does): str, int, float, bool,
     or ``JSONType`` for dicts and lists. ``required=True`` without a default means every run must
-    give a value. ``secret=True`` (a token, a password) keeps the value out of everything this
+    give a value. ``separator=","`` (a ``str`` parameter) makes the value a list of its parts, as in
+    Metaflow. A callable default takes no argument, or Metaflow's :class:`ParameterContext`.
+    ``secret=True`` (a token, a password) keeps the value out of everything this
     package writes for people to read: manifests, the XCom view, run records and the task log
     show ``<secret>``, and its default, if callable (``default=lambda: os.environ["TOKEN"]``), is
     evaluated when the run starts, never at DAG parse.
@@ -90,6 +106,7 @@ class Parameter:
         help: str | None = None,  # noqa: A002 - Metaflow's keyword
         required: bool = False,
         secret: bool = False,
+        separator: str | None = None,
         **_ignored: Any,
     ):
         if not isinstance(name, str) or not name:
@@ -101,6 +118,12 @@ class Parameter:
         self.secret = bool(secret)
         self.attr_name: str = name.replace("-", "_")
         self.type = self._resolve_type(type, default)
+        self.separator = separator
+        if separator and self.type is not str:
+            raise ParameterError(
+                f"Parameter '{name}' has separator={separator!r}, which splits text: a separator is "
+                f"only allowed for str parameters (this one is {self.type_name})."
+            )
 
     def _resolve_type(self, declared: Any, default: Any) -> Any:
         if declared is not None:
@@ -179,12 +202,39 @@ class Parameter:
             f"finite number. The rule: {FINITE_RULE}."
         )
 
-    def default_value(self) -> Any:
-        return self.default() if callable(self.default) else self.default
+    def default_value(self, flow_name: str = "") -> Any:
+        if not callable(self.default):
+            return self.default
+        if not _takes_an_argument(self.default):
+            return self.default()
+        from airflow_flowspec import config
+
+        context = ParameterContext(
+            flow_name=flow_name,
+            user_name=getpass.getuser(),
+            parameter_name=self.name,
+            logger=print,
+            ds_type="s3" if config.datastore_root().startswith("s3://") else "local",
+        )
+        return self.default(context)
+
+    def as_artifact(self, value: Any) -> Any:
+        """The converted value as the steps see it: split by ``separator``, if given."""
+        if self.separator and isinstance(value, str) and value:
+            return value.split(self.separator)
+        return value
 
     def __repr__(self) -> str:
         default = "<secret>" if self.secret else repr(self.default)
         return f"Parameter({self.name!r}, default={default}, type={self.type_name})"
+
+
+def _takes_an_argument(function: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: called as it is
+        return False
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters)
 
 
 class IncludeFile(Parameter):
@@ -205,6 +255,7 @@ class IncludeFile(Parameter):
         encoding: str = "utf-8",
         required: bool = False,
         secret: bool = False,
+        separator: str | None = None,
         **_ignored: Any,
     ):
         super().__init__(name, default=default, type=str, help=help, required=required, secret=secret)

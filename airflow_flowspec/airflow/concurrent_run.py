@@ -648,7 +648,6 @@ def _how_it_ended(status: int) -> str:
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
-
 @contextlib.contextmanager
 def _interrupted_by_sigterm() -> Iterator[None]:
     """SIGTERM stops the run as Ctrl-C does, so its tasks are stopped, not orphaned."""

@@ -160,7 +160,7 @@ def _params(flow_class: type) -> dict[str, Any]:
             description = (description + " " if description else "") + "(secret: never shown by the flow)"
         # A secret's default stays out of the DAG (Airflow stores and shows params): the start step
         # evaluates it when the run starts.
-        default = None if parameter.secret else parameter.default_value()
+        default = None if parameter.secret else parameter.default_value(flow_class.__name__)
         if parameter.type is JSONType:
             default = _json_text(parameter, default, flow_class.__name__)
         if parameter.type is float and isinstance(default, float) and not math.isfinite(default):

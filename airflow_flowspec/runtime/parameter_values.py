@@ -30,7 +30,7 @@ def resolve_where_the_run_starts(
         raw = given.get(parameter.name)
         from_default = raw is None and callable(parameter.default)
         if from_default:
-            raw = parameter.default_value()
+            raw = parameter.default_value(flow_name)
         if raw is None:
             continue
         if parameter.is_include_file:

@@ -381,7 +381,7 @@ def _set_parameters(flow: Any, parameters: list[Any], spec: TaskSpec, datastore:
                 flow.__dict__[parameter.attr_name] = raw
                 continue
         if raw is None:
-            raw = parameter.default_value()
+            raw = parameter.default_value(spec.flow_name)
         if raw is None and parameter.required:
             raise ParameterError(
                 f"Flow {spec.flow_name} needs a value for parameter '{parameter.name}': "
@@ -390,7 +390,7 @@ def _set_parameters(flow: Any, parameters: list[Any], spec: TaskSpec, datastore:
         value = parameter.convert(raw, spec.flow_name)
         if parameter.is_include_file and value is not None:
             value = parameter.read(value, spec.flow_name)
-        flow.__dict__[parameter.attr_name] = value
+        flow.__dict__[parameter.attr_name] = parameter.as_artifact(value)
 
 
 def _versions() -> dict[str, str | None]:

@@ -167,3 +167,21 @@ def test_merge_artifacts_conflict_names_the_artifact(capfd):
     assert not run.succeeded and run.state("join") == "failed"
     out = capfd.readouterr().out
     assert "cannot merge artifact(s) model" in out and "exclude=['model']" in out
+
+
+def test_metaflow_parameter_forms_separator_and_a_default_from_its_context():
+    """``separator=","`` gives the steps a list; ``default=lambda ctx: ...`` gets Metaflow's
+    ParameterContext (a bare TypeError while the DAG was built, before)."""
+    run = run_flow(FLOWS / "metaflow_parameters_flow.py", {"names": "x,y,z"})
+    assert run.succeeded, run.states()
+    names, owner, plain, user = run.artifacts("start")["seen"]
+    assert names == ["x", "y", "z"]
+    assert owner == f"MetaflowParametersFlow/owner/{user}" and plain == "no context"
+
+
+def test_a_separator_on_a_parameter_that_is_not_text_is_refused_naming_it():
+    from airflow_flowspec import Parameter
+    from airflow_flowspec.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="Parameter 'sizes' has separator=','.*only allowed for str"):
+        Parameter("sizes", default=3, separator=",")
