@@ -85,7 +85,7 @@ def test_runs_shows_duration_and_shortened_parameters(ours, tmp_path):
     assert result.returncode == 0, result.stderr
     (row,) = [line.split("\t") for line in result.stdout.splitlines()]
     identifier, status, _, duration, parameters, tags = row
-    assert (identifier, status) == (run_id, "succeeded") and tags.startswith("user:")
+    assert (identifier, status) == ("1", "succeeded") and tags.startswith("user:")  # its short id
     assert re.fullmatch(r"\d+\.\ds|\d+m\d\ds", duration), duration
     assert parameters.startswith("alpha=0.5 label='a long label that")
     assert parameters.endswith("...") and len(parameters) <= 80  # the label is cut, the row stays short

@@ -45,11 +45,15 @@ def test_runs_lists_newest_first_with_status_and_tags(store):
 
 def test_show_get_and_code_by_pathspec(store, tmp_path):
     run_id = shell("runs", "ForeachFlow", "-n", "1", root=store).stdout.split("\t")[0]
+    assert run_id == "2"  # the short id of the second run, which every command takes
     run = shell("show", f"ForeachFlow/{run_id}", root=store).stdout
     assert "succeeded" in run and "  upper\t4 tasks" in run and "  start\t1 task" in run
+    full_id = run.split("\t")[0].split("/")[1]  # show prints the run's full id (Airflow's)
+    assert full_id.startswith("manual__") and "\tshort id 2\t" in run
 
     upper = shell("show", f"ForeachFlow/{run_id}/upper", root=store).stdout
-    assert f"ForeachFlow/{run_id}/upper/3\tattempt 1\tforeach index 3" in upper
+    assert f"ForeachFlow/{full_id}/upper/3\tattempt 1\tforeach index 3" in upper
+    assert shell("show", f"ForeachFlow/{full_id}/upper", root=store).stdout == upper
     assert "  result\tstr\t" in upper and "'3:D'" in upper
 
     printed = shell("get", f"ForeachFlow/{run_id}/end/results", root=store)
