@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -327,12 +328,15 @@ class Datastore:
         mine = json.dumps({"number": number, **identity.to_json()}).encode()
         if self.backend.put_if_absent(claim_key, mine):
             return number
-        given = self._given_number(claim_key)
-        if given is None:
-            raise DatastoreError(
-                f"{self.backend.describe(claim_key)} cannot be read as run {identity.pathspec}'s number."
-            )
-        return given
+        for _ in range(50):  # a racing attempt's file, on a file system where it is written in place
+            given = self._given_number(claim_key)
+            if given is not None:
+                return given
+            time.sleep(0.02)
+        raise DatastoreError(
+            f"{self.backend.describe(claim_key)} cannot be read as run {identity.pathspec}'s number: delete "
+            f"it (the run then takes a number anew) and run the start step again."
+        )
 
     def _given_number(self, claim_key: str) -> int | None:
         try:
@@ -490,6 +494,10 @@ class Datastore:
     def reindex(self, flow: str) -> int:
         """Add the runs of ``flow`` missing from the run index (recorded by a version before it)
         and mark the index complete; return how many were added.
+
+        Runs recorded before runs had numbers get none here: a number given now would say they
+        started after every numbered run. They are listed after the numbered runs, by start time,
+        and named by their id.
 
         Only runs whose start step wrote its manifest are added, as :meth:`index_run` would have:
         a start that died on the way is not a run to list. Safe while runs are being written:
