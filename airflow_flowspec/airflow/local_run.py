@@ -261,11 +261,12 @@ def run_locally(
     run = RunIdentity.of_deployment(flow_class.__name__, airflow_run_id, project)
     from airflow_flowspec import config
     from airflow_flowspec.airflow.concurrent_run import Console, run_dag
-    from airflow_flowspec.datastore import open_datastore
+    from airflow_flowspec.datastore.store import Datastore
 
     # Numbered here, before Airflow starts the run, so its first line can name it as Metaflow's
-    # does; the start step finds the number taken.
-    short_id = str(open_datastore(config.datastore_root(), sweep=False).number_run(run))
+    # does; the start step finds the number taken. A datastore of its own, not the process's
+    # shared one: the workers forked from this process must not inherit an S3 client in use.
+    short_id = str(Datastore(config.datastore_root()).number_run(run))
     console = Console()
     if project is not None:
         print(f"Project: {project.project_name}, Branch: {project.branch_name}", flush=True)

@@ -146,6 +146,10 @@ def test_a_run_is_named_by_its_number_by_latest_and_by_its_full_id(root):
     for not_a_number in ("07", "0"):  # a number has no leading zero: these would be stored ids
         with pytest.raises(MetaflowNotFound, match=f"has no run '{not_a_number}'"):
             Run(f"{FLOW}/{not_a_number}")
+    # A flow's runs listed without the index (recorded before it) come in the same order.
+    datastore.backend.delete_many([keys.run_index_complete_key(FLOW)])
+    assert [run.number for run in Flow(FLOW)] == [3, 2, 1, None]
+    assert Run(f"{FLOW}/latest").id == project.run_id
 
 
 def test_a_flow_of_runs_from_before_numbers_says_so(root):
