@@ -25,11 +25,12 @@ Why the stored id looks as it does:
 
 Why a run also has a number (its short id, ``TrainFlow/12``):
 
-* Airflow's ids are 41 characters with ``:`` and ``+`` in them; Metaflow users type
-  ``TrainFlow/1234``. Every run started since numbers were given has one per flow, counting from 1
-  in the order the runs started (the datastore allocates it, once per run, before the start step
-  runs: :meth:`~airflow_flowspec.datastore.store.Datastore.number_run`). The stored id stays what
-  Airflow, the datastore's keys and ``current.run_id`` use; the number is another way to name it.
+* Airflow's ids are long timestamps with ``:`` and ``+`` in them, which nobody types; Metaflow
+  users type ``TrainFlow/1234``. A run's number counts the flow's runs from 1 in the order they
+  started (the datastore gives it, once per run, before the start step runs:
+  :meth:`~airflow_flowspec.datastore.store.Datastore.number_run`; runs recorded by a version
+  without numbers have none). The stored id stays what Airflow, the datastore's keys and
+  ``current.run_id`` use; the number is another way to name the run.
 * ``latest`` names the latest run (in the client's namespace), as ``Flow.latest_run`` does.
 * Neither is confusable with a stored id: a number is digits alone and ``latest`` a word, while a
   stored id is an Airflow run id (``manual__...``, ``scheduled__...``; a custom one of digits

@@ -341,9 +341,7 @@ class Datastore:
     def _given_number(self, claim_key: str) -> int | None:
         try:
             document = self._read_json(claim_key, missing="")
-        except ArtifactNotFoundError:
-            return None
-        except UnreadableRecordError:
+        except (ArtifactNotFoundError, UnreadableRecordError):
             return None
         number = document.get("number")
         return number if isinstance(number, int) and not isinstance(number, bool) and number > 0 else None
