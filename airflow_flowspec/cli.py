@@ -97,7 +97,8 @@ def _parser(flow_class: type) -> argparse.ArgumentParser:
     run.add_argument(
         "--run-id-file",
         metavar="PATH",
-        help="write the run's id to this file as the run starts",
+        help="write the run's short id (its number, which every command takes) to this file as the "
+        "run starts",
     )
     run.add_argument(
         "--namespace",

@@ -227,7 +227,9 @@ def _tagged_run(flow_name: str, run_id: str | None, user_namespace: str | None) 
         raise FlowCommandError(
             "Name the run with --run-id. "
             + (
-                f"{flow_name}'s latest run {where} is {terminal_safe(latest.id)}."
+                f"{flow_name}'s latest run {where} is "
+                f"{terminal_safe(latest.id if latest.number is None else str(latest.number))} "
+                f"(--run-id latest names it too)."
                 if latest is not None
                 else f"{flow_name} has no run {where} (--namespace names another)."
             )

@@ -23,6 +23,19 @@ Why the stored id looks as it does:
   with ``manual__``, ``scheduled__``, ``backfill__`` or ``asset_triggered__``), so it cannot be
   stored where a project's run is. Within one deployment Airflow keeps run ids unique.
 
+Why a run also has a number (its short id, ``TrainFlow/12``):
+
+* Airflow's ids are long timestamps with ``:`` and ``+`` in them, which nobody types; Metaflow
+  users type ``TrainFlow/1234``. A run's number counts the flow's runs from 1 in the order they
+  started (the datastore gives it, once per run, before the start step runs:
+  :meth:`~airflow_flowspec.datastore.store.Datastore.number_run`; runs recorded by a version
+  without numbers have none). The stored id stays what Airflow, the datastore's keys and
+  ``current.run_id`` use; the number is another way to name the run.
+* ``latest`` names the latest run (in the client's namespace), as ``Flow.latest_run`` does.
+* Neither is confusable with a stored id: a number is digits alone and ``latest`` a word, while a
+  stored id is an Airflow run id (``manual__...``, ``scheduled__...``; a custom one of digits
+  alone, or ``latest``, is refused below) or starts with ``<project>.<branch>:``.
+
 Nothing here imports Airflow or reads the datastore.
 """
 
@@ -48,6 +61,29 @@ _FLOW = re.compile(r"[A-Za-z_]\w{0,254}")
 _PROJECT_RUN = re.compile(
     r"(?P<project>[a-z0-9_]{1,128})\.(?P<branch>[\w.-]{1,250}):(?P<airflow_run_id>.+)", re.S
 )
+#: A run's number as typed (``TrainFlow/12``): no sign, no leading zero, at most 16 digits.
+_RUN_NUMBER = re.compile(r"[1-9][0-9]{0,15}")
+#: What names the latest run where a run id is taken.
+LATEST = "latest"
+#: The largest run number (16 digits, what the datastore's keys give room for).
+MAX_RUN_NUMBER = 10**16 - 1
+
+
+def run_number_of(text: object) -> int | None:
+    """The run number ``text`` names (``"12"``), None when it is any other form of run id."""
+    if isinstance(text, str) and _RUN_NUMBER.fullmatch(text):
+        return int(text)
+    return None
+
+
+def is_latest(text: object) -> bool:
+    """Whether ``text`` names the latest run rather than one run."""
+    return text == LATEST
+
+
+def _names_a_run_otherwise(airflow_run_id: str) -> bool:
+    """Whether a stored id ``airflow_run_id`` would be read as a run number or ``latest``."""
+    return re.fullmatch(r"[0-9]+", airflow_run_id) is not None or airflow_run_id == LATEST
 
 
 def _check_deployment(flow: Any, project: Any, branch: Any) -> None:
@@ -97,6 +133,18 @@ class Deployment:
     def run(self, airflow_run_id: str) -> RunIdentity:
         return RunIdentity(self.flow, airflow_run_id, self.project, self.branch)
 
+    @classmethod
+    def of_dag_id(cls, dag_id: str) -> Deployment:
+        """The deployment a DAG id names, read from its text (see :meth:`RunIdentity.of_dag_run`)."""
+        if not isinstance(dag_id, str) or "." not in dag_id:
+            return cls(dag_id)
+        project, _, rest = dag_id.partition(".")
+        branch, _, flow = rest.rpartition(".")
+        deployment = cls(flow, project, branch or None)
+        if deployment.dag_id != dag_id:
+            raise RunIdentityError(f"{dag_id!r} is not the DAG id of a flow or of a @project flow's branch.")
+        return deployment
+
     def to_text(self) -> str:
         """What a DAG built for the deployment records about it (stable: same text, same DAG version)."""
         return json.dumps({"flow": self.flow, "project": self.project, "branch": self.branch}, sort_keys=True)
@@ -132,6 +180,14 @@ class RunIdentity:
                 f"@project, so the run would be stored where a project's run of a flow named {self.flow} "
                 f"is. Trigger the run with another run id (Airflow's own, such as manual__<date>, never "
                 f"has that form)."
+            )
+        if _names_a_run_otherwise(self.airflow_run_id):
+            raise RunIdentityError(
+                f"The run id {self.airflow_run_id!r} of flow {self.flow} would be read as "
+                + ("the latest run" if is_latest(self.airflow_run_id) else "a run's number (its short id)")
+                + f" wherever a run is named ({self.flow}/{self.airflow_run_id}), so no run is stored under "
+                f"it. Trigger the run with another run id (Airflow's own, such as manual__<date>, or one "
+                f"with a letter in it)."
             )
 
     @property
@@ -180,14 +236,7 @@ class RunIdentity:
         For paths a person types (``alpha.prod.TrainFlow/scheduled__...``), never to decide what
         someone may see: the artifact view reads the deployment from the serialized DAG instead.
         """
-        if "." not in dag_id:
-            return cls(dag_id, airflow_run_id)
-        project, _, rest = dag_id.partition(".")
-        branch, _, flow = rest.rpartition(".")
-        identity = cls(flow, airflow_run_id, project, branch or None)
-        if identity.dag_id != dag_id:
-            raise RunIdentityError(f"{dag_id!r} is not the DAG id of a flow or of a @project flow's branch.")
-        return identity
+        return Deployment.of_dag_id(dag_id).run(airflow_run_id)
 
     # -- as records keep it ------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """``airflow-flowspec``: look results up from a shell, through the client (no Airflow needed).
 
     airflow-flowspec runs TrainFlow [--tag T] [-n 10] [--all-namespaces]
-        (a row: run id, status, start, duration, parameters, tags)
+        (a row: short run id, status, start, duration, parameters, tags)
     airflow-flowspec show TrainFlow/<run_id>[/<step>[/<task>]]
     airflow-flowspec get TrainFlow/<run_id>/<step>[/<task>]/<artifact> [-o file]
     airflow-flowspec code TrainFlow/<run_id> [-o folder]
@@ -10,6 +10,8 @@
     airflow-flowspec preloaders [--stop]
     airflow-flowspec airflow up [--dags DIR] [--port N] [--home DIR] | down | status
 
+A ``<run_id>`` is a run's short id (``TrainFlow/12``, what ``runs`` lists), ``latest`` (the
+latest run in the namespace) or its full id (``TrainFlow/manual__2026-...``, what ``show`` prints).
 ``--root`` reads another datastore than ``[flowspec] datastore_root`` (as ``metadata()`` does).
 A lookup that fails prints one paragraph and exits 1. ``gc`` is the one command that deletes: its
 rules are in :mod:`airflow_flowspec.datastore.gc`, and its ``--help`` states the safety rule.
@@ -52,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     runs = commands.add_parser(
-        "runs", help="a flow's runs, newest first: id, status, start, duration, parameters, tags"
+        "runs",
+        help="a flow's runs, newest first: short id (or, for a run from before short ids, its id), "
+        "status, start, duration, parameters, tags",
     )
     runs.add_argument("flow")
     runs.add_argument("--tag", action="append", default=[], help="only runs with this tag (repeatable)")
@@ -72,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         "fixing the flow, repin the run to its current code, then clear the failed task: it and every "
         "task after it run the fixed code. The code the run started with stays in its record.",
     )
-    repin.add_argument("pathspec", help="Flow/run_id")
+    repin.add_argument("pathspec", help="Flow/run_id (a short id, latest, or the full id)")
     repin.add_argument("--flow-file", help="the fixed flow file (default: the path the run recorded)")
     _add_gc_parser(commands)
     preloaders = commands.add_parser(
@@ -241,7 +245,8 @@ def _runs(args: argparse.Namespace) -> int:
     for run in islice(Flow(args.flow).runs(*args.tag), max(args.n, 0)):
         status = "succeeded" if run.successful else ("failed" if run.finished else "running")
         created = run.created_at.isoformat(timespec="seconds") if run.created_at else "-"
-        row = (terminal_safe(run.id), status, created, _duration(run, now), _parameters(run), _tags(run))
+        shown_id = run.id if run.number is None else str(run.number)
+        row = (terminal_safe(shown_id), status, created, _duration(run, now), _parameters(run), _tags(run))
         print("\t".join(row))
     return 0
 
@@ -299,7 +304,8 @@ def _show(args: argparse.Namespace) -> int:
         return _runs(argparse.Namespace(flow=target.id, tag=[], n=10))
     if isinstance(target, Run):
         status = "succeeded" if target.successful else ("failed" if target.finished else "running")
-        print(f"{terminal_safe(target.pathspec)}\t{status}\ttags: {_tags(target)}")
+        short = "" if target.number is None else f"\tshort id {target.number}"
+        print(f"{terminal_safe(target.pathspec)}\t{status}{short}\ttags: {_tags(target)}")
         for step in target:
             tasks = list(step)
             print(f"  {terminal_safe(step.id)}\t{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
@@ -364,12 +370,16 @@ def _repin(args: argparse.Namespace) -> int:
     from airflow_flowspec.datastore.leases import Lease
     from airflow_flowspec.datastore.store import Datastore
     from airflow_flowspec.flow_loader import load_flow_class
-    from airflow_flowspec.identity import RunIdentity
+    from airflow_flowspec.identity import RunIdentity, is_latest, run_number_of
     from airflow_flowspec.runtime import code_package
 
     flow_name, _, run_id = args.pathspec.strip("/").partition("/")
     if not run_id or "/" in run_id:
         raise ValueError(f"repin takes Flow/run_id, not {args.pathspec!r}.")
+    if run_number_of(run_id) is not None or is_latest(run_id):
+        from airflow_flowspec.client import Run
+
+        run_id = Run(f"{flow_name}/{run_id}").id
     datastore = Datastore(client_root())
     record = datastore.read_run_meta(flow_name, run_id)
     flow_file = os.path.abspath(args.flow_file or record.get("flow_file") or "")

@@ -260,14 +260,27 @@ def write_pinned_flow(folder: Path, monkeypatch: Any) -> Path:
     return folder
 
 
-#: ``python flow.py run``'s first line (Metaflow's): ``<time> Workflow starting (run-id <id>):``.
+#: ``python flow.py run``'s first line (Metaflow's): ``<time> Workflow starting (run-id <number>):``.
 _WORKFLOW_STARTING = re.compile(r"^\S+ \S+ Workflow starting \(run-id (\S+)\):$", re.MULTILINE)
+#: Its next line: ``<time> Airflow runs it as run <Airflow run id> of the DAG <dag id>.``
+_AIRFLOW_RUN = re.compile(r"^\S+ \S+ Airflow runs it as run (\S+) of the DAG (\S+)\.$", re.MULTILINE)
 #: A run's line as printed: ``2026-12-07 14:11:40.626 [run/step/task (pid N)] text``.
 _STAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (?:\[([^\]]*?)(?: \(pid \d+\))?\] )?(.*)$")
 
 
 def run_id_of(output: str) -> str:
-    """The run id ``python flow.py run`` printed first."""
+    """The stored id (``run.id``) of the run ``python flow.py run`` started, from the DAG and
+    Airflow run id it printed."""
+    from airflow_flowspec.identity import RunIdentity
+
+    match = _AIRFLOW_RUN.search(output)
+    assert match, output[:2000]
+    return RunIdentity.of_dag_run(match.group(2), match.group(1)).run_id
+
+
+def short_id_of(output: str) -> str:
+    """The run's short id (its number), which ``python flow.py run`` printed first and which names
+    it in the prefixes of the run's lines."""
     match = _WORKFLOW_STARTING.search(output)
     assert match, output[:2000]
     return match.group(1)

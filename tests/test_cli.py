@@ -9,7 +9,16 @@ import subprocess
 import sys
 import time
 
-from harness import FLOWS, REPO, console_lines, parse_dags_folder, printed_texts, run_cli, run_id_of
+from harness import (
+    FLOWS,
+    REPO,
+    console_lines,
+    parse_dags_folder,
+    printed_texts,
+    run_cli,
+    run_id_of,
+    short_id_of,
+)
 
 
 def test_run_prints_run_id_first_then_progress_and_step_output(tmp_path):
@@ -25,13 +34,15 @@ def test_run_prints_run_id_first_then_progress_and_step_output(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     lines = console_lines(result.stdout)
     run_id = run_id_of(result.stdout)
-    assert lines[0] == f"Workflow starting (run-id {run_id}):" and run_id.startswith("manual__")
+    # The short id first, as Metaflow prints its run id; then Airflow's, for airflow commands.
+    assert lines[:2] == [
+        "Workflow starting (run-id 1):",
+        f"Airflow runs it as run {run_id} of the DAG BranchFlow.",
+    ] and run_id.startswith("manual__")
     for step in ("start", "left", "right", "join", "end"):
-        assert f"[{run_id}/{step}/0] Task is starting." in lines
-        assert f"[{run_id}/{step}/0] Task finished successfully." in lines
-    assert lines.index(f"[{run_id}/start/0] Task is starting.") < lines.index(
-        f"[{run_id}/end/0] Task is starting."
-    )
+        assert f"[1/{step}/0] Task is starting." in lines
+        assert f"[1/{step}/0] Task finished successfully." in lines
+    assert lines.index("[1/start/0] Task is starting.") < lines.index("[1/end/0] Task is starting.")
     assert lines[-1] == "Done!"
     # The artifacts went to the configured local store, values typed from the command line.
     from airflow_flowspec.datastore import open_datastore
@@ -245,7 +256,7 @@ def test_run_retries_a_failed_step_at_once_while_the_dags_folder_keeps_its_delay
     assert result.returncode == 0, output[-3000:]
     assert elapsed < 60, elapsed  # three retries of 2 minutes each before; a few seconds now
     assert "No tasks to run" not in output and "Sleeping" not in output
-    run_id = run_id_of(result.stdout)
+    run_id = short_id_of(result.stdout)
     lines = console_lines(result.stdout)
     for task in ("start/0", "body/0", "body/1"):
         assert lines.count(f"[{run_id}/{task}] Task is starting.") == 1, task
@@ -401,9 +412,9 @@ def test_a_library_warning_shows_once_as_one_line_naming_the_step(tmp_path, monk
     flow_file.write_text(WARNING_FLOW)
     result = run_cli(flow_file, "run", env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(tmp_path / "store")})
     assert result.returncode == 0, result.stdout + result.stderr
-    run_id = run_id_of(result.stdout)
+    run_id, short_id = run_id_of(result.stdout), short_id_of(result.stdout)
     line = (
-        f"[{run_id}/fit/0] ConvergenceWarning: lbfgs failed to converge (status=1): STOP: TOTAL NO. OF "
+        f"[{short_id}/fit/0] ConvergenceWarning: lbfgs failed to converge (status=1): STOP: TOTAL NO. OF "
         f"ITERATIONS REACHED LIMIT. Increase the number of iterations (max_iter)."
     )
     output = result.stdout + result.stderr
@@ -416,7 +427,7 @@ def test_a_library_warning_shows_once_as_one_line_naming_the_step(tmp_path, monk
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(tmp_path / "store"))
     monkeypatch.setattr(namespaces, "_chosen", namespaces._UNSET)
     namespace(None)
-    assert Run(f"WarningFlow/{run_id}")["fit"].task.stderr == line.removeprefix(f"[{run_id}/fit/0] ") + "\n"
+    assert Run(f"WarningFlow/{run_id}")["fit"].task.stderr == line.removeprefix(f"[{short_id}/fit/0] ") + "\n"
 
 
 def test_runs_started_at_once_in_a_new_home_take_turns_creating_what_they_share(tmp_path):

@@ -8,7 +8,7 @@ import sys
 from datetime import date
 
 import pytest
-from harness import REPO, console_lines, parse_dags_folder, printed_texts, run_cli, run_flow, run_id_of
+from harness import REPO, console_lines, parse_dags_folder, printed_texts, run_cli, run_flow, short_id_of
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -140,7 +140,7 @@ def test_readme_quick_start_command_runs_the_hyperparameter_search(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = console_lines(result.stdout)
-    run_id = run_id_of(result.stdout)
+    run_id = short_id_of(result.stdout)
     for task in ("start/0", "train/0", "train/3", "pick_best/0", "end/0"):
         assert f"[{run_id}/{task}] Task finished successfully." in lines
     texts = printed_texts(result.stdout)

@@ -85,7 +85,7 @@ def test_runs_shows_duration_and_shortened_parameters(ours, tmp_path):
     assert result.returncode == 0, result.stderr
     (row,) = [line.split("\t") for line in result.stdout.splitlines()]
     identifier, status, _, duration, parameters, tags = row
-    assert (identifier, status) == (run_id, "succeeded") and tags.startswith("user:")
+    assert (identifier, status) == ("1", "succeeded") and tags.startswith("user:")  # its short id
     assert re.fullmatch(r"\d+\.\ds|\d+m\d\ds", duration), duration
     assert parameters.startswith("alpha=0.5 label='a long label that")
     assert parameters.endswith("...") and len(parameters) <= 80  # the label is cut, the row stays short
@@ -136,6 +136,8 @@ def test_logs_prints_a_task_or_every_task_of_a_step(ours):
     assert only_out.stdout == "".join(f"body {index} out\n" for index in range(12))
     assert only_out.stderr.count("Dumping logs of") == 12 and "stderr" not in only_out.stderr
     assert flow_cli(ours, "logs", f"{run_id}/body/5", "--stderr").stdout == "body 5 err\n"
+    # The run's short id and "latest" name it as its id does (issue 21).
+    assert flow_cli(ours, "logs", "latest/body/5", "--stderr").stdout == "body 5 err\n"
 
 
 def test_logs_and_dump_refuse_a_bad_path_in_one_paragraph(ours):

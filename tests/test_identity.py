@@ -4,6 +4,8 @@ refused with its rule."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
 
 from airflow_flowspec.errors import RunIdentityError
@@ -88,3 +90,37 @@ def test_records_written_before_identities_are_read_as_they_were_stored():
     run = RunIdentity.of_record("TrainFlow", f"prod:{AIRFLOW_RUN}", legacy_project)
     assert (run.dag_id, run.airflow_run_id) == ("alpha.prod.TrainFlow", AIRFLOW_RUN)
     assert RunIdentity.of_record("TrainFlow", AIRFLOW_RUN, {}) == RunIdentity("TrainFlow", AIRFLOW_RUN)
+
+
+def test_an_id_of_digits_alone_or_latest_is_never_a_stored_run_id():
+    """Guards the short ids (issue 21): ``TrainFlow/12`` is run number 12 and ``TrainFlow/latest``
+    the latest run, so no run may be stored under either. Airflow accepts such a custom run id
+    (its ``run_id_pattern`` allows digits alone), so the identity refuses it, for every deployment;
+    Airflow's own ids (``<run type>__<date>``) never are one: they start with their type."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.types import DagRunType
+
+    from airflow_flowspec.identity import is_latest, run_number_of
+
+    for custom in ("12", "0012", "0", "latest"):
+        with pytest.raises(RunIdentityError, match="would be read as") as refused:
+            RunIdentity("TrainFlow", custom)
+        assert ("the latest run" if custom == "latest" else "a run's number") in str(refused.value)
+        with pytest.raises(RunIdentityError, match="would be read as"):
+            RunIdentity("TrainFlow", custom, "alpha", "prod")
+    assert [run_number_of(text) for text in ("12", "1", "0012", "0", "-3", "1e3", "12 ", "١٢")] == [
+        12,
+        1,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
+    moment = datetime(2026, 12, 7, 14, 11, 40, 626705, tzinfo=timezone.utc)
+    for run_type in DagRunType:
+        airflow_run = DagRun.generate_run_id(run_type=run_type, logical_date=moment, run_after=moment)
+        assert airflow_run.startswith(f"{run_type.value}__")
+        assert run_number_of(airflow_run) is None and not is_latest(airflow_run)
+        assert RunIdentity("TrainFlow", airflow_run).run_id == airflow_run

@@ -192,6 +192,7 @@ def test_a_failing_flow_prints_what_metaflow_prints_task_by_task(tmp_path):
     assert our_lines[0].startswith("Workflow starting (run-id ") and metaflow_lines[0].startswith(
         "Workflow starting (run-id "
     )
-    # Metaflow goes on with "Terminating 0 active tasks..." and "Flushing logs...": no tasks of
-    # ours are left running and no logs wait, so nothing is said.
-    assert our_lines[1:] == ["Workflow failed."] == metaflow_lines[1:2]
+    # Ours names Airflow's run id for `airflow` commands next; Metaflow goes on with "Terminating 0
+    # active tasks..." and "Flushing logs...": no tasks of ours are left running and no logs wait.
+    assert our_lines[1].startswith("Airflow runs it as run manual__")
+    assert our_lines[2:] == ["Workflow failed."] == metaflow_lines[1:2]

@@ -18,7 +18,16 @@ def store(tmp_path_factory):
     flow_file = tmp_path_factory.mktemp("flows") / "foreach_flow.py"
     shutil.copy(FLOWS / "foreach_flow.py", flow_file)
     for tag in ("first", "second"):
-        result = run_cli(flow_file, "run", "--tag", tag, env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(root)})
+        id_file = root / f"{tag}.run-id"
+        result = run_cli(
+            flow_file,
+            "run",
+            "--tag",
+            tag,
+            "--run-id-file",
+            str(id_file),
+            env={"AIRFLOW__FLOWSPEC__DATASTORE_ROOT": str(root)},
+        )
         assert result.returncode == 0, result.stderr
     return root
 
@@ -45,11 +54,15 @@ def test_runs_lists_newest_first_with_status_and_tags(store):
 
 def test_show_get_and_code_by_pathspec(store, tmp_path):
     run_id = shell("runs", "ForeachFlow", "-n", "1", root=store).stdout.split("\t")[0]
+    assert run_id == "2"  # the short id of the second run, which every command takes
     run = shell("show", f"ForeachFlow/{run_id}", root=store).stdout
     assert "succeeded" in run and "  upper\t4 tasks" in run and "  start\t1 task" in run
+    full_id = run.split("\t")[0].split("/")[1]  # show prints the run's full id (Airflow's)
+    assert full_id.startswith("manual__") and "\tshort id 2\t" in run
 
     upper = shell("show", f"ForeachFlow/{run_id}/upper", root=store).stdout
-    assert f"ForeachFlow/{run_id}/upper/3\tattempt 1\tforeach index 3" in upper
+    assert f"ForeachFlow/{full_id}/upper/3\tattempt 1\tforeach index 3" in upper
+    assert shell("show", f"ForeachFlow/{full_id}/upper", root=store).stdout == upper
     assert "  result\tstr\t" in upper and "'3:D'" in upper
 
     printed = shell("get", f"ForeachFlow/{run_id}/end/results", root=store)
@@ -61,6 +74,24 @@ def test_show_get_and_code_by_pathspec(store, tmp_path):
 
     written = shell("code", f"ForeachFlow/{run_id}", "-o", str(tmp_path / "code"), root=store)
     assert Path(written.stdout.strip()).read_text() == (FLOWS / "foreach_flow.py").read_text()
+
+
+def test_a_short_id_latest_and_the_run_id_file_name_the_same_run(store):
+    """Guards short ids on the command line (issue 21): ``--run-id-file`` holds the short id (as
+    Metaflow's holds the id its commands take back), and ``show``/``get`` take it, ``latest`` and
+    the full id alike; a number no run has is one paragraph saying which numbers there are."""
+    assert [(store / f"{tag}.run-id").read_text() for tag in ("first", "second")] == ["1", "2"]
+    latest = shell("show", "ForeachFlow/latest", root=store)
+    assert latest.returncode == 0, latest.stderr
+    assert latest.stdout == shell("show", "ForeachFlow/2", root=store).stdout
+    full_id = latest.stdout.split("\t")[0].split("/")[1]
+    assert shell("show", f"ForeachFlow/{full_id}", root=store).stdout == latest.stdout
+    first = shell("get", "ForeachFlow/1/upper/2/result", root=store)
+    assert first.returncode == 0 and first.stdout.strip() == "2:C"
+    unknown = shell("show", "ForeachFlow/3", root=store)
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    assert unknown.stderr.startswith("airflow-flowspec show: Flow 'ForeachFlow' has no run number 3 ")
+    assert "its runs are numbered 1 to 2" in unknown.stderr
 
 
 def test_a_lookup_that_fails_is_one_paragraph(store):

@@ -222,8 +222,11 @@ def run_locally(
     A ``@project`` flow runs as the DAG of ``project``, its branch; its runs are stored, and
     reported, under the flow's own name. Up to ``max_workers`` tasks run at once
     (:mod:`.concurrent_run`); a foreach of more than ``max_num_splits`` items fails its step.
-    The run's id is written to ``run_id_file`` as the run starts, as Metaflow's ``--run-id-file``;
-    ``user_namespace`` is the client namespace its steps see, as Metaflow's ``run --namespace``.
+    The run's short id (its number, ``TrainFlow/12``) is printed first and names the run in the
+    terminal's prefixes, as Metaflow's run id does; Airflow's run id, which ``airflow`` commands
+    take, is printed next. The short id is what ``run_id_file`` gets, as Metaflow's
+    ``--run-id-file`` gets the id its commands take back. ``user_namespace`` is the client
+    namespace its steps see, as Metaflow's ``run --namespace``.
     """
     os.environ[MAX_NUM_SPLITS_VARIABLE] = str(max_num_splits)
     if user_namespace is not None:
@@ -262,17 +265,24 @@ def run_locally(
         run_type=DagRunType.MANUAL, logical_date=logical_date, run_after=logical_date
     )
     run = RunIdentity.of_deployment(flow_class.__name__, airflow_run_id, project)
+    from airflow_flowspec import config
     from airflow_flowspec.airflow.concurrent_run import Console, run_dag
+    from airflow_flowspec.datastore.store import Datastore
 
+    # Numbered here, before Airflow starts the run, so its first line can name it as Metaflow's
+    # does; the start step finds the number taken. A datastore of its own, not the process's
+    # shared one: the workers forked from this process must not inherit an S3 client in use.
+    short_id = str(Datastore(config.datastore_root()).number_run(run))
     console = Console()
     if project is not None:
         print(f"Project: {project.project_name}, Branch: {project.branch_name}", flush=True)
     if run_id_file is not None:
-        Path(run_id_file).write_text(run.run_id)
-    console.run_line(f"Workflow starting (run-id {run.run_id}):")
+        Path(run_id_file).write_text(short_id)
+    console.run_line(f"Workflow starting (run-id {short_id}):")
+    console.run_line(f"Airflow runs it as run {airflow_run_id} of the DAG {run.dag_id}.")
 
     def label_of(task_id: str, map_index: int) -> str:
-        return f"{run.run_id}/{task_id}/{max(map_index, 0)}"
+        return f"{short_id}/{task_id}/{max(map_index, 0)}"
 
     dag_run = run_dag(
         dag,
@@ -283,7 +293,7 @@ def run_locally(
         max_workers=max_workers,
         console=console,
     )
-    return _report(run, dag_run, console)
+    return _report(run, short_id, dag_run, console)
 
 
 def retry_at_once(dag: Any) -> None:
@@ -403,7 +413,7 @@ def _initialize_metrics() -> None:
         stats.initialize(factory=factory, export_legacy_names=legacy_names)
 
 
-def _report(run: RunIdentity, dag_run: Any, console: Any) -> int:
+def _report(run: RunIdentity, short_id: str, dag_run: Any, console: Any) -> int:
     from airflow.utils.state import DagRunState, TaskInstanceState
 
     if dag_run.state == DagRunState.SUCCESS:
@@ -417,7 +427,8 @@ def _report(run: RunIdentity, dag_run: Any, console: Any) -> int:
     names = ", ".join(t if m < 0 else f"{t}[{m}]" for t, m in failed) or "unknown"
     console.run_line("Workflow failed.", error=True)
     print(
-        f"Flow {run.flow} run {run.run_id} failed in step(s): {names}. The step's error is shown above.",
+        f"Flow {run.flow} run {short_id} (Airflow run {run.airflow_run_id}) failed in step(s): {names}. "
+        f"The step's error is shown above.",
         file=sys.stderr,
         flush=True,
     )

@@ -16,6 +16,11 @@ Pathspecs are Metaflow's: ``Flow/run_id/step/task_id`` (Airflow run ids such as
 and branch (``alpha.prod:scheduled__...``, see :mod:`airflow_flowspec.identity`); such a run is also
 found by the DAG id and run id Airflow shows (``alpha.prod.TrainFlow/scheduled__...``), and by its
 Airflow run id alone (or ``<branch>:<Airflow run id>``) when only one project's run has it.
+
+Wherever a run id is taken, a run's number (its short id: ``TrainFlow/12``, ``run.number``) and
+``latest`` (the latest run in the current namespace, ``Flow.latest_run``) are taken too; the
+object found keeps the stored id as its ``id`` and in its pathspec, so code that builds paths from
+``run.id`` keeps working.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from airflow_flowspec.client.source import client_datastore
 from airflow_flowspec.client.unreadable import skip_unreadable_run, unreadable_run
 from airflow_flowspec.datastore import keys
 from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES
+from airflow_flowspec.datastore.store import record_number
 from airflow_flowspec.errors import (
     ArtifactNotFoundError,
     MetaflowNamespaceMismatch,
@@ -39,7 +45,7 @@ from airflow_flowspec.errors import (
     UnreadableRecordError,
     UnsafeKeyError,
 )
-from airflow_flowspec.identity import RunIdentity
+from airflow_flowspec.identity import Deployment, RunIdentity, is_latest, run_number_of
 from airflow_flowspec.run_tags import check_tags
 
 #: Run ids read from the index per request while iterating a flow's runs.
@@ -101,7 +107,15 @@ class Metaflow:
 
     @property
     def flows(self) -> list[Flow]:
-        return [Flow(name) for name in _flow_names(client_datastore())]
+        """The flows with runs (a flow whose runs gc deleted keeps only its highest run number
+        taken, so that no later run of it is given that number again)."""
+        flows = []
+        for name in _flow_names(client_datastore()):
+            try:
+                flows.append(Flow(name))
+            except MetaflowNotFound:
+                continue
+        return flows
 
     def __iter__(self) -> Iterator[Flow]:
         return iter(self.flows)
@@ -177,7 +191,7 @@ class Flow(MetaflowObject):
                 continue
             if in_namespace(record, current_namespace) and all(tag in record.get("tags", ()) for tag in tags):
                 records.append(record)
-        records.sort(key=lambda record: (record.get("created_at") or "", record["run_id"]), reverse=True)
+        records.sort(key=_started_order, reverse=True)
         for record in records:
             yield Run._with_record(f"{self.id}/{record['run_id']}", record)
 
@@ -190,6 +204,12 @@ class Flow(MetaflowObject):
     def __contains__(self, run_id: object) -> bool:
         if not isinstance(run_id, str):
             return False
+        number = run_number_of(run_id)
+        if number is not None:
+            stored = self._datastore.run_of_number(self.id, number)
+            return stored is not None and stored in self
+        if is_latest(run_id):
+            return self.latest_run is not None
         try:
             return self._datastore.backend.exists(keys.run_meta_key(self.id, run_id))
         except UnsafeKeyError:
@@ -240,6 +260,13 @@ class Run(MetaflowObject):
         self._record = _record
         self._status_read = False
         self._status: dict[str, Any] | None = None
+
+    @property
+    def number(self) -> int | None:
+        """The run's number, its short id: ``Run(f"TrainFlow/{run.number}")`` is this run. Runs are
+        numbered per flow in the order they started; None for a run recorded before runs had
+        numbers (it is named by its :attr:`id` only)."""
+        return record_number(self._record)
 
     @property
     def identity(self) -> RunIdentity:
@@ -421,10 +448,22 @@ class Run(MetaflowObject):
         return Step(f"{self.pathspec}/start", _checked=True).task
 
 
+def _started_order(record: dict[str, Any]) -> tuple[Any, ...]:
+    """Sorts runs by when they started: numbered runs by number, after the runs recorded before
+    numbers were (by start time; by name where the times are equal)."""
+    number = record_number(record)
+    if number is not None:
+        return (1, number, "", "")
+    return (0, 0, record.get("created_at") or "", record["run_id"])
+
+
 def _find_run(datastore: Any, flow: str, run_id: str) -> tuple[str, str, dict[str, Any]]:
-    """(flow, stored run id, record) of the run a path names: ``Flow/<stored id>``, the DAG id
-    and Airflow run id of a ``@project`` run (``alpha.prod.TrainFlow/scheduled__...``), or a
-    ``@project`` run's Airflow run id (or ``<branch>:<Airflow run id>``) where one run has it."""
+    """(flow, stored run id, record) of the run a path names: ``Flow/<stored id>``, ``Flow/<number>``,
+    ``Flow/latest``, the DAG id and Airflow run id (or number, or ``latest``) of a ``@project`` run
+    (``alpha.prod.TrainFlow/scheduled__...``), or a ``@project`` run's Airflow run id (or
+    ``<branch>:<Airflow run id>``) where one run has it."""
+    if run_number_of(run_id) is not None or is_latest(run_id):
+        return _find_run_by_short_id(datastore, flow, run_id)
     if "." in flow:
         try:
             identity = RunIdentity.of_dag_run(flow, run_id)
@@ -466,6 +505,81 @@ def _find_run(datastore: Any, flow: str, run_id: str) -> tuple[str, str, dict[st
         f"Flow {flow!r} has no run {run_id!r} in the datastore {datastore.root}. "
         + _nearby(run_id, runs, f"runs of {flow}")
     ) from None
+
+
+def _find_run_by_short_id(datastore: Any, flow: str, short_id: str) -> tuple[str, str, dict[str, Any]]:
+    """(flow, stored run id, record) of the run ``Flow/<number>`` or ``Flow/latest`` names (``Flow``
+    may be a ``@project`` deployment's DAG id: the run must then be of that deployment)."""
+    deployment: Deployment | None = None
+    if "." in flow:
+        try:
+            deployment = Deployment.of_dag_id(flow)
+        except RunIdentityError as error:
+            raise MetaflowNotFound(f"Run({flow}/{short_id}): {error}") from None
+        flow = deployment.flow
+    return find_run_by_short_id(datastore, flow, short_id, deployment)
+
+
+def find_run_by_short_id(
+    datastore: Any, flow: str, short_id: str, deployment: Deployment | None = None
+) -> tuple[str, str, dict[str, Any]]:
+    """(flow, stored run id, record) of run ``short_id`` (a number, or ``latest`` in the current
+    namespace) of ``flow``; with ``deployment``, only a run of that deployment (the DAG it ran as)
+    is found. :class:`MetaflowNotFound` says what there is instead."""
+    number = run_number_of(short_id)
+    if number is None:  # latest
+        current_namespace = get_namespace()
+        if deployment is None:
+            latest = Flow(flow).latest_run
+        else:
+            latest = next((run for run in Flow(flow).runs() if _deployment_of(run) == deployment), None)
+        if latest is None:
+            where = f"the namespace {current_namespace!r}" if current_namespace else "the datastore"
+            of = f" of the DAG {deployment.dag_id}" if deployment is not None else ""
+            every = " Call namespace(None) to see every run." if current_namespace else ""
+            raise MetaflowNotFound(
+                f"Flow {flow!r} has no run{of} in {where}, so no run is the latest.{every}"
+            )
+        return flow, latest.id, latest._record
+    stored = datastore.run_of_number(flow, number)
+    record = None
+    if stored is not None:
+        try:
+            record = datastore.read_run_meta(flow, stored)
+        except ArtifactNotFoundError:
+            record = None
+        except UnreadableRecordError as error:
+            raise unreadable_run(f"{flow}/{stored}", error) from None
+    if (
+        record is not None
+        and deployment is not None
+        and _deployment_of_record(flow, stored, record) != deployment
+    ):
+        record = None
+    if record is None or stored is None:
+        highest = datastore.highest_run_number(flow)
+        numbered = (
+            f"its runs are numbered 1 to {highest} (a deleted run's number is not given again; a run "
+            f"still in its start step is shown once the step has finished)"
+            if highest
+            else "none of its runs has a number (they were recorded before runs had numbers: name them by id)"
+        )
+        of = f" of the DAG {deployment.dag_id}" if deployment is not None else ""
+        raise MetaflowNotFound(
+            f"Flow {flow!r} has no run number {number}{of} in the datastore {datastore.root}: {numbered}."
+        )
+    return flow, stored, record
+
+
+def _deployment_of(run: Run) -> Deployment | None:
+    return _deployment_of_record(run.flow_name, run.id, run._record)
+
+
+def _deployment_of_record(flow: str, stored: str | None, record: dict[str, Any]) -> Deployment | None:
+    try:
+        return RunIdentity.of_record(flow, stored or "", record).deployment
+    except RunIdentityError:
+        return None
 
 
 class Step(MetaflowObject):

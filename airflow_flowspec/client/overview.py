@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow_flowspec.client.objects import Run, Step, Task
 from airflow_flowspec.errors import MetaflowNotFound
-from airflow_flowspec.identity import RunIdentity
+from airflow_flowspec.identity import Deployment, RunIdentity
 
 #: Tasks of one step listed on a run's page (a 10,000-wide foreach is paged on its step).
 TASKS_PER_STEP = 100
@@ -37,6 +37,16 @@ def check_part(kind: str, value: str) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value) or value in (".", ".."):
         raise MetaflowNotFound(f"{value!r} is not a {kind} name.")
     return value
+
+
+def identity_of_short_id(deployment: Deployment, short_id: str) -> RunIdentity:
+    """The run of ``deployment`` (one DAG) that a short id (its number, or ``latest``) names, as its
+    record states it: a number given to another deployment's run of the same flow is not found."""
+    from airflow_flowspec.client.objects import find_run_by_short_id
+    from airflow_flowspec.client.source import client_datastore
+
+    flow, stored, record = find_run_by_short_id(client_datastore(), deployment.flow, short_id, deployment)
+    return RunIdentity.of_record(flow, stored, record)
 
 
 def run_of(identity: RunIdentity) -> Run:
@@ -62,6 +72,7 @@ def run_overview(identity: RunIdentity) -> dict[str, Any]:
     return {
         "flow": run.flow_name,
         "run_id": run.id,
+        "number": run.number,
         "finished": run.finished,
         "successful": run.successful,
         "created_at": _iso(run.created_at),

@@ -4,7 +4,7 @@ never deletes what flows store.
 Which runs go, per flow: those that started (``created_at`` in run.json) longer ago than the
 horizon (``--older-than``), except
 
-* the ``--keep-last`` newest runs;
+* the ``--keep-last`` newest runs (by number, then, for runs from before numbers, by start);
 * the latest successful run, overall and in each system namespace (``user:...``,
   ``production:...``), because other flows read it by that name;
 * a running run: one of its tasks holds a live lease (:mod:`.leases`: renewed within
@@ -36,9 +36,10 @@ The order is what makes every step safe to interrupt (a gc killed half-way is fi
    result, and the run's record (it names the code the run started with). A document that cannot be
    read stops gc before it deleted anything, since what it references is unknown.
 2. Delete gone runs: the deletion mark, a last look at the run (its leases, and whether a task wrote
-   into it since gc decided), its index entries (so the client stops offering it), then its files,
-   run.json and status.json last (a half-deleted run is still recognisably a run), the mark very
-   last.
+   into it since gc decided), its index entries and its number (so the client stops offering it),
+   then its files, run.json and status.json last (a half-deleted run is still recognisably a run),
+   the mark very last. The flow's highest number stays taken, whichever run had it, so that a
+   number is never given to another run.
 3. Empty the trash rounds of earlier gcs that no live lease holds back; then take this gc's
    unreferenced blobs out of ``data/`` into a new round, closed once every one of them is out.
 4. Pickled XComs of ordinary tasks (``_xcom/<dag>/<run>/``): those of a run deleted here (the DAG
@@ -67,7 +68,7 @@ from typing import Any
 
 from airflow_flowspec.datastore import artifacts, keys, leases
 from airflow_flowspec.datastore.backends.base import StorageBackend, StoredObject
-from airflow_flowspec.datastore.store import EARLIEST, Datastore, moment_of
+from airflow_flowspec.datastore.store import EARLIEST, Datastore, moment_of, record_number
 from airflow_flowspec.errors import (
     ArtifactNotFoundError,
     GarbageCollectionError,
@@ -394,11 +395,7 @@ class _Collector:
         if self.only_flow is not None and flow.name != self.only_flow:
             flow.kept = list(flow.runs)  # not collected, but what they reference is kept
             return
-        recorded = sorted(
-            (run for run in flow.runs if run.record is not None),
-            key=lambda run: (run.started, run.run_id),
-            reverse=True,
-        )
+        recorded = sorted((run for run in flow.runs if run.record is not None), key=_recency, reverse=True)
         keep = {id(run) for run in recorded[: self.keep_last]}
         namespaces_seen: set[str | None] = set()
         for run in recorded:
@@ -513,6 +510,7 @@ class _Collector:
                 deleting.append((run, stored))
         flow.gone = [run for run, _ in deleting]
         self._delete_index_entries(flow)
+        self._delete_numbers(flow)
         for run, stored in deleting:
             if self.dry_run:
                 continue
@@ -573,6 +571,21 @@ class _Collector:
         for entry in entries:
             stamp_folder = entry.key.rpartition("/")[0] + "/"
             self._prune_local_folders(stamp_folder, up_to=stamp_folder)
+
+    def _delete_numbers(self, flow: _Flow) -> None:
+        """The gone runs' numbers (``numbers/<n>``: what their record and their ``number.json``
+        say), but the flow's highest, which stays taken so that no later run is given it again."""
+        if not flow.gone:
+            return
+        numbers: set[int] = set()
+        claims = [keys.run_number_claim_key(flow.name, run.run_id) for run in flow.gone]
+        for _, claim in self._read_documents(claims):
+            if isinstance(claim, dict):
+                numbers.add(record_number(claim) or 0)
+        numbers.update(record_number(run.record or {}) or 0 for run in flow.gone)
+        numbers -= {0, self.datastore.highest_run_number(flow.name)}
+        number_keys = [keys.run_number_key(flow.name, number) for number in sorted(numbers)]
+        self._delete([StoredObject(key, 0, self.now) for key in number_keys])
 
     def _delete(self, objects: list[StoredObject]) -> None:
         """Delete (unless a dry run) and count, in batches."""
@@ -734,6 +747,12 @@ class _Collector:
         self.examined += 1
         if self.progress is not None and self.examined % PROGRESS_EVERY == 0:
             self.progress(f"gc: {self.examined} objects examined so far (now in {where})")
+
+
+def _recency(run: _RunFolder) -> tuple[Any, ...]:
+    """Sorts runs by when they started: by number, after the runs from before numbers (by start)."""
+    number = record_number(run.record or {})
+    return (1, number, 0.0, "") if number is not None else (0, 0, run.started, run.run_id)
 
 
 def _note_object(run: _RunFolder, inner: str, stored: StoredObject) -> None:

@@ -6,7 +6,9 @@ Layout, relative to the datastore root (a local folder or ``s3://bucket/prefix``
     damaged/<h>.<time>.<random>                           a blob that failed its hash check, moved aside
     <flow>/index/<list>/<namespace>/<newest-first>/<run>  one empty-ish entry per run and list
     <flow>/index/complete.json                            every run of the flow is in the index
+    <flow>/numbers/<highest-first>.json                   run number n is taken, by this run
     <flow>/runs/<run>/run.json                            run metadata, written when the run starts
+    <flow>/runs/<run>/number.json                         the run's number (its short id)
     <flow>/runs/<run>/status.json                         {"status": "succeeded"|"failed", ...} at the end
     <flow>/runs/<run>/deleting.json                       gc is deleting the run (see gc.py)
     <flow>/runs/<run>/_leases/<started>-<token>.json      a task of the run is running (leases.py)
@@ -36,10 +38,19 @@ Why this shape:
   ``production:TrainFlow``, ``project:...``): the client's default namespaces are answered without
   reading a single other user's run. Entries are written once and never rewritten, each under its
   own key, so concurrent runs cannot lose each other's updates (a shared index file could).
+* A run's number (its short id, ``TrainFlow/12``, see :mod:`airflow_flowspec.identity`) is taken
+  by creating ``numbers/<n>`` only if it is not there (O_EXCL-like on a folder, ``If-None-Match``
+  on S3): two runs starting at once never share a number, whichever process each runs in. The
+  names count down (:func:`highest_first`), so the highest number taken is the first key of one
+  listing. The run's own ``number.json``, created the same way, says which of the numbers it
+  claimed is its (one per run, even when two attempts of its start race), and the run index files
+  a numbered run under its number: ``-`` and the number counted down, which sorts before every
+  start time, so runs list in the order they were numbered, then the runs recorded before numbers
+  were, by start time.
 * Artifacts are content-addressed in one global namespace so an unchanged value is stored once
   however many steps, tasks, attempts or runs carry it; the manifests say which names point where.
   The two-character fan-out keeps local folders small. ``data`` cannot clash with a flow named
-  ``data``: a flow's folders are ``runs`` and its files end in ``.json``, never two hex digits.
+  ``data``: a flow's folders are ``runs``, ``index`` and ``numbers``, never two hex digits.
 * Attempts get their own folder so a retry never overwrites what a failed attempt left behind, and
   a manifest is written last, so its presence means the attempt finished writing.
 * What only gc and running tasks read sits where a client's listing does not meet it: a run's
@@ -104,6 +115,11 @@ NOT_FLOW_FOLDERS = frozenset(
     {"data", XCOM_PREFIX.rstrip("/"), DAMAGED_PREFIX.rstrip("/"), GC_PREFIX.rstrip("/")}
 )
 _NEWEST_FIRST_LIMIT = 10**17  # microseconds since 1970: good until the year 5138
+#: Run numbers have 16 digits at most (:data:`airflow_flowspec.identity.MAX_RUN_NUMBER`).
+_HIGHEST_FIRST_LIMIT = 10**16
+#: The file of a run's folder that says its number.
+RUN_NUMBER_FILE = "number.json"
+_NUMBER_NAME = re.compile(r"(\d{16})\.json")
 
 
 def safe_key_part(part: str | int) -> str:
@@ -192,6 +208,31 @@ def newest_first(microseconds_since_epoch: int) -> str:
     return f"{_NEWEST_FIRST_LIMIT - 1 - max(0, microseconds_since_epoch):017d}"
 
 
+def highest_first(number: int) -> str:
+    """A fixed-width name that sorts higher run numbers first."""
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < _HIGHEST_FIRST_LIMIT:
+        raise UnsafeKeyError(
+            f"A run number is a whole number from 1 to {_HIGHEST_FIRST_LIMIT - 1}, not {number!r}."
+        )
+    return f"{_HIGHEST_FIRST_LIMIT - 1 - number:016d}"
+
+
+def run_numbers_prefix(flow: str) -> str:
+    return flow_prefix(flow) + "numbers/"
+
+
+def run_number_key(flow: str, number: int) -> str:
+    """The object whose creation takes run number ``number`` of ``flow``."""
+    return run_numbers_prefix(flow) + f"{highest_first(number)}.json"
+
+
+def parse_run_number_key(flow: str, key: str) -> int | None:
+    """The number a key listed under :func:`run_numbers_prefix` takes, None for a stray key."""
+    prefix = run_numbers_prefix(flow)
+    match = _NUMBER_NAME.fullmatch(key[len(prefix) :]) if key.startswith(prefix) else None
+    return _HIGHEST_FIRST_LIMIT - 1 - int(match.group(1)) if match else None
+
+
 def run_index_prefix(flow: str, which: str, namespace: str | None = None) -> str:
     """Where the index list ``which`` (:data:`RUNS_STARTED`/:data:`RUNS_SUCCEEDED`) of a namespace
     (a system tag; None for every run) keeps its entries."""
@@ -205,15 +246,21 @@ def run_index_complete_key(flow: str) -> str:
     return flow_prefix(flow) + "index/complete.json"
 
 
-def run_index_key(flow: str, which: str, namespace: str | None, started_us: int, run_id: str) -> str:
-    return run_index_prefix(flow, which, namespace) + f"{newest_first(started_us)}/{safe_key_part(run_id)}"
+def run_index_key(
+    flow: str, which: str, namespace: str | None, started_us: int, run_id: str, number: int | None = None
+) -> str:
+    """A run's entry in an index list: under its number when it has one (before every entry filed
+    by start time: ``-`` sorts before digits), else under its start time."""
+    stamp = newest_first(started_us) if number is None else f"-{highest_first(number)}"
+    return run_index_prefix(flow, which, namespace) + f"{stamp}/{safe_key_part(run_id)}"
 
 
 def parse_run_index_key(index_prefix: str, key: str) -> str | None:
     """The run id of an index entry (``key`` as listed under ``index_prefix``), None for a stray key."""
     rest = key[len(index_prefix) :] if key.startswith(index_prefix) else ""
     stamp, _, run = rest.partition("/")
-    if len(stamp) != 17 or not stamp.isdigit() or not run or "/" in run:
+    digits = stamp[1:] if stamp.startswith("-") else stamp
+    if len(stamp) != 17 or not digits.isdigit() or not digits.isascii() or not run or "/" in run:
         return None
     try:
         return decode_key_part(run)
@@ -235,6 +282,11 @@ def run_meta_key(flow: str, run_id: str) -> str:
 
 def run_status_key(flow: str, run_id: str) -> str:
     return run_prefix(flow, run_id) + RUN_STATUS_FILE
+
+
+def run_number_claim_key(flow: str, run_id: str) -> str:
+    """The run's ``number.json``: which number is the run's (see the module docstring)."""
+    return run_prefix(flow, run_id) + RUN_NUMBER_FILE
 
 
 def run_deletion_key(flow: str, run_id: str) -> str:

@@ -5,16 +5,19 @@ backends know how to move bytes. Nothing here needs Airflow: a task in an AWS Ba
 a notebook reading results use the same class.
 
 Which runs are newest is answered by the run index (see :mod:`.keys`): one entry per run, written
-once, ordered by the run's ``created_at`` (set when :meth:`Datastore.write_run_meta` is first
-called, unless the caller gives one as an ISO-8601 string). A late-finishing old run or a backfill
-therefore never passes for newer than a run that started after it, and runs started at the same
-time by different processes never overwrite each other's entries.
+once, ordered by the run's number (:meth:`Datastore.number_run`, taken before its start step runs),
+then, for runs recorded before runs had numbers, by their ``created_at`` (set when
+:meth:`Datastore.write_run_meta` is first called, unless the caller gives one as an ISO-8601
+string). A late-finishing old run or a backfill therefore never passes for newer than a run that
+started after it, runs started in the same microsecond still have an order, and runs started at
+the same time by different processes never overwrite each other's entries.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -33,7 +36,7 @@ from airflow_flowspec.errors import (
     UnreadableRecordWarning,
     UnsafeKeyError,
 )
-from airflow_flowspec.identity import RunIdentity
+from airflow_flowspec.identity import MAX_RUN_NUMBER, RunIdentity
 
 EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -274,6 +277,8 @@ class Datastore:
 
         ``identity`` (the run's :class:`RunIdentity`) is recorded with it, and a record already
         there for another identity is never overwritten: :class:`RunIdentityError` instead.
+        ``meta["number"]`` is the run's number (:meth:`number_run`); a rewrite without one keeps
+        the number recorded before.
         """
         record = {**meta, "flow": flow, "run_id": run_id}
         if identity is not None:
@@ -289,8 +294,89 @@ class Datastore:
         if "created_at" not in record:
             created_at = (earlier or {}).get("created_at")
             record["created_at"] = created_at if isinstance(created_at, str) else _now()
+        if record_number(record) is None:  # a run's number never changes once recorded
+            record.pop("number", None)
+            if earlier is not None and record_number(earlier) is not None:
+                record["number"] = record_number(earlier)
         self._write_json(keys.run_meta_key(flow, run_id), record)
         return record
+
+    def number_run(self, identity: RunIdentity) -> int:
+        """The run's number (its short id, ``TrainFlow/12``): the one it was given, else the next
+        one of its flow, taken now.
+
+        Called before the run's start step runs (by ``python flow.py run`` before Airflow runs it,
+        else by the start step), so numbers follow the order runs started. A number is taken by
+        creating its object only if absent: a racing run takes the next one. The run's
+        ``number.json``, created the same way, settles which of the numbers its racing attempts
+        took is its own (a number left unused is never given again).
+        """
+        flow, run_id = identity.flow, identity.run_id
+        claim_key = keys.run_number_claim_key(flow, run_id)
+        given = self._given_number(claim_key)
+        if given is not None:
+            return given
+        claim = json.dumps({"flow": flow, "run_id": run_id}).encode()
+        number = self.highest_run_number(flow) + 1
+        while True:
+            if number > MAX_RUN_NUMBER:
+                raise DatastoreError(f"Flow {flow} has used every run number up to {MAX_RUN_NUMBER}.")
+            number_key = keys.run_number_key(flow, number)
+            if self.backend.put_if_absent(number_key, claim) or self._claimed_by(number_key, claim):
+                break
+            number += 1
+        mine = json.dumps({"number": number, **identity.to_json()}).encode()
+        if self.backend.put_if_absent(claim_key, mine):
+            return number
+        for _ in range(50):  # a racing attempt's file, on a file system where it is written in place
+            given = self._given_number(claim_key)
+            if given is not None:
+                return given
+            time.sleep(0.02)
+        raise DatastoreError(
+            f"{self.backend.describe(claim_key)} cannot be read as run {identity.pathspec}'s number: delete "
+            f"it (the run then takes a number anew) and run the start step again."
+        )
+
+    def _given_number(self, claim_key: str) -> int | None:
+        try:
+            document = self._read_json(claim_key, missing="")
+        except (ArtifactNotFoundError, UnreadableRecordError):
+            return None
+        number = document.get("number")
+        return number if isinstance(number, int) and not isinstance(number, bool) and number > 0 else None
+
+    def _claimed_by(self, number_key: str, claim: bytes) -> bool:
+        """Whether the number is taken by this very claim (an S3 request retried after it had
+        succeeded finds its own object there)."""
+        try:
+            return bytes(self.backend.get_bytes(number_key)) == claim
+        except ArtifactNotFoundError:
+            return False
+
+    def highest_run_number(self, flow: str) -> int:
+        """The highest run number ``flow`` ever gave (0 for none): the first key of one listing."""
+        for stored in self.backend.iter_objects(keys.run_numbers_prefix(flow), page_size=1):
+            number = keys.parse_run_number_key(flow, stored.key)
+            if number is not None:
+                return number
+        return 0
+
+    def run_of_number(self, flow: str, number: int) -> str | None:
+        """The stored id of run number ``number`` of ``flow``, None when no run has it (never
+        given, not the run's own among numbers it raced for, or the run was deleted)."""
+        try:
+            claim = self._read_json(keys.run_number_key(flow, number), missing="")
+        except (ArtifactNotFoundError, UnreadableRecordError):
+            return None
+        run_id = claim.get("run_id")
+        if not isinstance(run_id, str) or claim.get("flow") != flow:
+            return None
+        try:
+            given = self._given_number(keys.run_number_claim_key(flow, run_id))
+        except UnsafeKeyError:
+            return None
+        return run_id if given == number else None
 
     def check_run_identity(self, identity: RunIdentity) -> None:
         """Refuse (:class:`RunIdentityError`) to store ``identity``'s run where another run is
@@ -407,6 +493,10 @@ class Datastore:
         """Add the runs of ``flow`` missing from the run index (recorded by a version before it)
         and mark the index complete; return how many were added.
 
+        Runs recorded before runs had numbers get none here: a number given now would say they
+        started after every numbered run. They are listed after the numbered runs, by start time,
+        and named by their id.
+
         Only runs whose start step wrote its manifest are added, as :meth:`index_run` would have:
         a start that died on the way is not a run to list. Safe while runs are being written:
         entries are written once, under keys that depend only on the run, and a run whose start
@@ -447,11 +537,12 @@ class Datastore:
     def _add_to_index(self, flow: str, run_id: str, record: dict[str, Any], *lists: str) -> None:
         started = moment_of(record.get("created_at"))
         micros = (started - _EPOCH) // timedelta(microseconds=1)
-        entry = json.dumps({"run_id": run_id, "created_at": record.get("created_at")}).encode()
+        number = record_number(record)
+        entry = json.dumps({"run_id": run_id, "created_at": record.get("created_at"), "number": number})
         namespaces = [None, *sorted(set(record.get("system_tags") or ()))]
         self.backend.put_many_bytes(
             {
-                keys.run_index_key(flow, which, tag, micros, run_id): (entry, None)
+                keys.run_index_key(flow, which, tag, micros, run_id, number): (entry.encode(), None)
                 for which in lists
                 for tag in namespaces
             }
@@ -509,6 +600,14 @@ class Datastore:
                 f"{self.backend.describe(key)} holds {type(document).__name__}, not a JSON object."
             )
         return document
+
+
+def record_number(record: dict[str, Any]) -> int | None:
+    """The run number a run record states, None for a run recorded before runs had numbers."""
+    number = record.get("number")
+    if isinstance(number, int) and not isinstance(number, bool) and 0 < number <= MAX_RUN_NUMBER:
+        return number
+    return None
 
 
 def _now() -> str:

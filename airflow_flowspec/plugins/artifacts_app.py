@@ -3,7 +3,9 @@
 Pages (HTML, :mod:`.pages`) and the same data as JSON under ``/flowspec/api/``:
 
 - ``/`` the flow DAGs the user may read; ``/dags/{dag_id}`` its recent runs;
-- ``/dags/{dag_id}/runs/{run_id}`` a run: its graph, each step's first tasks and their artifacts;
+- ``/dags/{dag_id}/runs/{run_id}`` a run: its graph, each step's first tasks and their artifacts
+  (``run_id`` is Airflow's, or the run's short id: its number or ``latest``, whose pages then link
+  by Airflow's);
 - ``.../steps/{step}?page=P`` all of a step's tasks, a page at a time;
 - ``.../tasks/{step}?map_index=N`` one task; ``.../artifacts/{name}?page=P`` one value;
 - ``.../artifacts/{name}/download`` the value's pickle, verified against its hash.
@@ -30,7 +32,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from airflow_flowspec.errors import RunIdentityError
-from airflow_flowspec.identity import Deployment, RunIdentity
+from airflow_flowspec.identity import Deployment, RunIdentity, is_latest, run_number_of
 from airflow_flowspec.plugins import pages
 
 _CHUNK = 1024 * 1024
@@ -80,7 +82,7 @@ def create_app() -> FastAPI:
 
         identity = _run_identity(dag_id, run_id)
         overview = _reading(lambda: run_overview(identity))
-        return _answer(request, dag_id, run_id, overview, pages.run_page)
+        return _answer(request, dag_id, identity.airflow_run_id, overview, pages.run_page)
 
     @app.get("/dags/{dag_id}/runs/{run_id}/steps/{step}", dependencies=can_read)
     @app.get("/api/dags/{dag_id}/runs/{run_id}/steps/{step}", dependencies=can_read)
@@ -89,7 +91,7 @@ def create_app() -> FastAPI:
 
         identity = _run_identity(dag_id, run_id)
         summary = _reading(lambda: step_overview(identity, step, page))
-        return _answer(request, dag_id, run_id, summary, pages.step_page)
+        return _answer(request, dag_id, identity.airflow_run_id, summary, pages.step_page)
 
     @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}", dependencies=can_read)
     @app.get("/api/dags/{dag_id}/runs/{run_id}/tasks/{step}", dependencies=can_read)
@@ -98,7 +100,7 @@ def create_app() -> FastAPI:
 
         identity = _run_identity(dag_id, run_id)
         summary = _reading(lambda: task_overview(identity, step, _task_id(map_index)))
-        return _answer(request, dag_id, run_id, summary, pages.task_page)
+        return _answer(request, dag_id, identity.airflow_run_id, summary, pages.task_page)
 
     @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}", dependencies=can_read)
     @app.get("/api/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}", dependencies=can_read)
@@ -115,7 +117,7 @@ def create_app() -> FastAPI:
 
         identity = _run_identity(dag_id, run_id)
         shown = _reading(lambda: artifact_page(identity, step, _task_id(map_index), name, page))
-        return _answer(request, dag_id, run_id, shown, pages.artifact_page)
+        return _answer(request, dag_id, identity.airflow_run_id, shown, pages.artifact_page)
 
     @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}/download", dependencies=can_read)
     @app.get("/api/dags/{dag_id}/runs/{run_id}/tasks/{step}/artifacts/{name}/download", dependencies=can_read)
@@ -220,6 +222,8 @@ def _run_identity(dag_id: str, run_id: str) -> RunIdentity:
         check_part("run", run_id)
     except MetaflowNotFound as error:
         raise HTTPException(404, str(error)) from None
+    if run_number_of(run_id) is not None or is_latest(run_id):
+        run_id = _airflow_run_id_of(dag_id, run_id)
     with create_session() as session:
         dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
         if dag_run is None:
@@ -236,6 +240,24 @@ def _run_identity(dag_id: str, run_id: str) -> RunIdentity:
         return deployment.run(run_id)
     except RunIdentityError as error:
         raise HTTPException(404, str(error)) from None
+
+
+def _airflow_run_id_of(dag_id: str, short_id: str) -> str:
+    """Airflow's run id of the run of DAG ``dag_id`` that a short id (a run number, or ``latest``)
+    names. The flow and deployment are the DAG's (read from its serialized form, as for any run),
+    and the run found must be of that very deployment; the DAG run is then checked as any other."""
+    from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.utils.session import create_session
+
+    from airflow_flowspec.client.overview import identity_of_short_id
+
+    with create_session() as session:
+        serialized = SerializedDagModel.get(dag_id, session=session)
+        data = serialized.data if serialized is not None else None
+    deployment = deployment_of_serialized_dag(data)
+    if deployment is None or deployment.dag_id != dag_id:
+        raise HTTPException(404, f"DAG {dag_id} is not a flow's DAG: it has no artifacts to show.")
+    return _reading(lambda: identity_of_short_id(deployment, short_id)).airflow_run_id
 
 
 def deployment_of_serialized_dag(data: Any) -> Deployment | None:

@@ -192,7 +192,14 @@ def run_page(root: str, dag_id: str, overview: dict[str, Any]) -> str:
     )
     parts = [
         f"<h1>{escape(overview['flow'])} <span class='muted'>{escape(run_id)}</span></h1>",
-        f"<p>Run {state}. DAG <code>{escape(dag_id)}</code>.</p>",
+        f"<p>Run {state}. DAG <code>{escape(dag_id)}</code>."
+        + (
+            f" Short id <code>{escape(str(overview['number']))}</code>: "
+            f"<code>{escape(overview['flow'])}/{escape(str(overview['number']))}</code> in the client."
+            if overview.get("number")
+            else ""
+        )
+        + "</p>",
     ]
     if overview.get("parameters"):
         rows = "".join(

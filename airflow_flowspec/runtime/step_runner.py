@@ -184,8 +184,10 @@ def _run_task(
     step) the run record, then the output logs and the result, then the manifest, then (start step)
     the run index entry.
     """
+    run_number = None
     if spec.step == "start":
         datastore.check_run_identity(spec.run)  # never write into another deployment's run
+        run_number = datastore.number_run(spec.run)  # before the step: numbers follow starts
     moved_before = _moved(datastore)
     flow_class, code = _load_flow(spec, datastore)
     graph = graph_of(flow_class)
@@ -281,6 +283,7 @@ def _run_task(
                 "versions": _versions(),
                 "started_by": {"user": spec.run_context.username, "run_type": spec.run_context.run_type},
                 "system_tags": system_tags(spec.run, spec.run_context),
+                "number": run_number,
             },
             identity=spec.run,
         )

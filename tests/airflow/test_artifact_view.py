@@ -233,6 +233,36 @@ def test_only_users_airflow_lets_read_the_dag_see_its_artifacts(view):
     assert login.status_code == 401 and "/auth/login/" in login.text
 
 
+def test_a_run_opens_by_its_short_id_and_as_latest_and_links_by_airflows_id(view):
+    """Guards short ids in the view (issue 21): the run's number and ``latest`` open the run that
+    Airflow's run id opens (numbered by its start step under Airflow), its pages link by Airflow's
+    id, access is still the DAG's, and a number no run of the DAG has is a 404 saying so."""
+    from airflow_flowspec import Flow, Run, namespace
+
+    client, run, _ = view
+    viewer = headers(client, "viewer")
+    namespace(None)
+    number = Run(f"ArtifactViewFlow/{run.run_id}").number
+    assert isinstance(number, int)
+    by_airflow_id = client.get(run_path(run), headers=viewer).json()
+    assert by_airflow_id["number"] == number and by_airflow_id["dag_run_id"] == run.run_id
+    assert (
+        client.get(f"/flowspec/api/dags/ArtifactViewFlow/runs/{number}", headers=viewer).json()
+        == by_airflow_id
+    )
+    latest = client.get("/flowspec/api/dags/ArtifactViewFlow/runs/latest", headers=viewer).json()
+    assert latest["run_id"] == Flow("ArtifactViewFlow").latest_run.id
+    page = client.get(
+        f"/flowspec/dags/ArtifactViewFlow/runs/{number}/tasks/inner?map_index=4", headers=viewer
+    )
+    assert page.status_code == 200 and "b-2" in page.text
+    assert f"/runs/{quote(run.run_id, safe='')}/" in page.text and f"/runs/{number}/" not in page.text
+    outsider = headers(client, "outsider")
+    assert client.get("/flowspec/api/dags/ArtifactViewFlow/runs/latest", headers=outsider).status_code == 403
+    missing = client.get("/flowspec/api/dags/ArtifactViewFlow/runs/999999", headers=viewer)
+    assert missing.status_code == 404 and "has no run number 999999 of the DAG" in missing.json()["detail"]
+
+
 def test_names_from_the_url_cannot_reach_outside_the_run(view):
     """Guards: run ids, step and artifact names from the URL never reach outside the datastore
     root; a run is shown only if Airflow has it for that DAG."""

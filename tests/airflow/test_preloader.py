@@ -165,8 +165,12 @@ def preloading(tmp_path):
 
 
 def normalized(text: str) -> str:
-    """Output with what differs between any two runs (run ids, times, scratch paths) named instead."""
+    """Output with what differs between any two runs (run ids, short ids, times, scratch paths)
+    named instead."""
     text = re.sub(r"manual__[0-9T:.+-]+", "<run>", text)
+    text = re.sub(r"\(run-id \d+\)", "(run-id <n>)", text)  # the short id, and the prefixes naming it
+    text = re.sub(r"\[\d+/", "[<n>/", text)
+    text = re.sub(r" run \d+ \(Airflow run ", " run <n> (Airflow run ", text)
     text = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ", "<time> ", text, flags=re.MULTILINE)
     text = re.sub(r" \(pid \d+\)\]", "]", text)
     text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?", "<time>", text)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from harness import FLOWS, console_lines, run_flow, run_id_of
+from harness import FLOWS, console_lines, run_flow, run_id_of, short_id_of
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -317,7 +317,7 @@ def test_python_flow_py_run_with_batch_prints_each_jobs_statuses_and_output(loca
     out = result.stdout
     for status in ("SUBMITTED", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"):
         assert f"status: {status}" in out, out[-3000:]
-    run_id = run_id_of(out)
+    run_id = short_id_of(out)
     lines = console_lines(out)
     upper = [line for line in lines if line.startswith(f"[{run_id}/upper/0] ")]
     assert any(" status: SUCCEEDED" in line for line in upper), upper
@@ -369,7 +369,7 @@ def test_python_flow_py_run_with_batch_waits_before_a_retry_and_says_so_once(loc
     output = result.stdout + result.stderr
     assert "No tasks to run" not in output
     waits = [line for line in console_lines(output) if "Sleeping" in line]
-    assert waits == [f"[{run_id}/flaky/0] Sleeping 0.05 minute(s) before the next retry."]
+    assert waits == [f"[{short_id_of(result.stdout)}/flaky/0] Sleeping 0.05 minute(s) before the next retry."]
     first, second = sorted(
         (job for job in jobs_of(local_aws_environment, run_id) if job["tags"]["flowspec:step"] == "flaky"),
         key=lambda job: job["createdAt"],

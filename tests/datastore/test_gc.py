@@ -135,13 +135,13 @@ def test_old_runs_go_with_exactly_the_blobs_only_they_used(root, gc_flow):
     """Guards marking by reference: a blob goes only when no kept run's manifest or record names it
     (the code blob and the blob every run shares stay with the kept run), and the counts are exact.
     Guards the two-step delete: a gc moves those blobs to its trash, the next deletes them."""
-    kept = run_flow(gc_flow)
-    before_first = stored(root, "data/")
     first = run_flow(gc_flow)
-    before_second = stored(root, "data/")
+    after_first = stored(root, "data/")
     second = run_flow(gc_flow)
-    only_theirs = {k: s for k, s in stored(root, "data/").items() if k not in before_first}
-    assert len(only_theirs) == 6 and len(set(before_second) - set(before_first)) == 3
+    after_second = stored(root, "data/")
+    kept = run_flow(gc_flow)  # started last, as a run that is not old did
+    everything = stored(root, "data/")
+    assert len(set(after_second) - set(after_first)) == len(set(everything) - set(after_second)) == 3
     age_run(root, "GcFlow", first.run_id, started_days_ago=61)
     age_run(root, "GcFlow", second.run_id, started_days_ago=60)
     age_objects(root, "data/", 3 * DAY)  # every blob, the kept run's too, is old
@@ -156,6 +156,14 @@ def test_old_runs_go_with_exactly_the_blobs_only_they_used(root, gc_flow):
 
     result = collect_garbage(open_datastore(root), older_than=MONTH)
 
+    # What stays is what the kept run uses: its own three blobs, and the code and the shared blob
+    # the first run stored; the other three of the first run's and the second run's three go.
+    before_first = {k: s for k, s in everything.items() if k in stored(root, "data/")}
+    only_theirs = {k: s for k, s in everything.items() if k not in before_first}
+    assert len(only_theirs) == 6 and set(everything) - set(after_second) <= set(before_first)
+    assert len(set(after_first) - set(before_first)) == 3 and not set(after_second) - set(after_first) & set(
+        before_first
+    )
     assert result.runs_deleted == {"GcFlow": [second.run_id, first.run_id]}  # newest first
     assert result.runs_kept == {"GcFlow": 1}
     assert (result.blobs_trashed, result.blob_bytes_trashed) == (6, sum(only_theirs.values()))

@@ -92,6 +92,14 @@ class StorageBackend(ABC):
         """Store ``data``; ``content_hash`` (a blob's name) is recorded with it where the medium can."""
 
     @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Store ``data`` only if nothing is stored under ``key``; whether it was stored.
+
+        Of writers racing for one key exactly one succeeds, whichever process or machine each runs
+        on, and readers see the whole object or none: what claims a run's number.
+        """
+
+    @abstractmethod
     def put_file(self, key: str, local_path: str, *, content_hash: str | None = None) -> None:
         """Store a copy of ``local_path``; the local file is left in place."""
 

@@ -95,6 +95,49 @@ class LocalBackend(StorageBackend):
         self._write_atomically(key, lambda stream: stream.write(data))
         self.counters.add(written=len(data))
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        # Written whole to a scratch file, then hard-linked into place: link() fails when the name
+        # exists (as O_EXCL would), and a reader never sees the object half-written (as it would
+        # one opened with O_EXCL and then filled).
+        path = self._path(key)
+        try:
+            temporary, stream = self._scratch_file()
+            try:
+                with stream:
+                    stream.write(data)
+                for attempt in (1, 2):  # gc may remove the folder between makedirs and link
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    try:
+                        os.link(temporary, path)
+                        break
+                    except FileExistsError:
+                        return False
+                    except FileNotFoundError:
+                        if attempt == 2:
+                            raise
+                    except OSError as error:
+                        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                            raise
+                        return self._create_exclusively(path, data)  # a file system without links
+            finally:
+                unlink_quietly(temporary)
+        except OSError as error:
+            raise self._write_error(key, error) from error
+        self.counters.add(written=len(data))
+        return True
+
+    def _create_exclusively(self, path: str, data: bytes) -> bool:
+        """O_EXCL on the key's own path, for file systems that refuse hard links: a reader may
+        find the object empty while it is written, which the callers read as not there yet."""
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(data)
+        self.counters.add(written=len(data))
+        return True
+
     def put_file(self, key: str, local_path: str, *, content_hash: str | None = None) -> None:
         def copy(stream: BinaryIO) -> None:
             with open(local_path, "rb") as source:

@@ -223,6 +223,26 @@ class S3Backend(StorageBackend):
         )
         self.counters.add(written=len(data))
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        def put() -> bool:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, IfNoneMatch="*")
+            except ClientError as error:
+                # 412: the key exists. 409: another conditional write of it is in flight, one that
+                # S3 lets finish; this one lost either way.
+                status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                code = error.response.get("Error", {}).get("Code")
+                if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return False
+                raise
+            return True
+
+        stored = self._call("write", key, put)
+        self.counters.add(written=len(data) if stored else 0)
+        return stored
+
     def put_many_bytes(self, objects: Mapping[str, tuple[bytes, str | None]]) -> None:
         def put(key: str) -> None:
             data, content_hash = objects[key]
