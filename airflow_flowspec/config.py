@@ -16,8 +16,12 @@ import configparser
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from airflow_flowspec.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from airflow_flowspec.aws_batch.polling import PollSchedule
 
 SECTION = "flowspec"
 #: Where steps run: on the Airflow worker, or each step as an AWS Batch job.
@@ -28,6 +32,14 @@ MAX_NUM_SPLITS_VARIABLE = "FLOWSPEC_MAX_NUM_SPLITS"
 #: Tasks ``run`` runs at once, and the widest foreach it runs, unless told otherwise (Metaflow's).
 DEFAULT_MAX_WORKERS = 16
 DEFAULT_MAX_NUM_SPLITS = 100
+#: Set to 1 by ``python flow.py run``: someone watches the terminal, so steps on AWS Batch print
+#: their job's statuses and log lines there, and are polled at Metaflow's pace.
+CONSOLE_VARIABLE = "FLOWSPEC_CONSOLE"
+#: The longest pause between two status polls of a Batch job when ``batch_poll_seconds`` is empty:
+#: under ``run`` (Metaflow's client never waits more than 5 s between DescribeJobs calls), and in
+#: the dags folder, where nobody watches and many jobs share the account's Batch API quota.
+CONSOLE_POLL_CEILING_SECONDS = 5.0
+DAGS_POLL_CEILING_SECONDS = 30.0
 
 
 def max_num_splits() -> int | None:
@@ -57,7 +69,7 @@ DEFAULTS: dict[str, str] = {
     "batch_iam_role": "",
     "aws_conn_id": "aws_default",
     "region_name": "",
-    "batch_poll_seconds": "30",
+    "batch_poll_seconds": "",  # empty: 5 under `python flow.py run`, 30 in the dags folder
     "batch_deferrable": "False",
     "preload": "True",
     "preload_idle_minutes": "15",
@@ -103,7 +115,10 @@ DESCRIPTIONS: dict[str, str] = {
     "aws_conn_id": "The Airflow connection the Batch operator uses for AWS (the worker's "
     "credentials); empty means boto3's default chain.",
     "region_name": "The AWS region of the Batch queue; empty means the connection's or boto3's.",
-    "batch_poll_seconds": "How often the Batch operator asks a job's status (seconds).",
+    "batch_poll_seconds": "The longest pause (seconds) between two status polls of a Batch job. "
+    "Polls start a second apart and slow down as the job stays in one status (each pause a tenth "
+    "of its time in that status) until they reach this. Empty means 5 under `python flow.py run` "
+    "(as Metaflow) and 30 in the dags folder. A value under 1 polls at that fixed interval.",
     "batch_deferrable": "Whether Batch steps wait for their job in the triggerer (True) instead of "
     "holding a worker slot (False).",
     "preload": "Whether `python flow.py run` goes through a warm Airflow kept between runs (a "
@@ -257,10 +272,18 @@ def code_include() -> list[str]:
     return [pattern.strip() for pattern in get_option("code_include").split(",") if pattern.strip()]
 
 
-def batch_poll_seconds() -> float:
-    return _finite_number(
-        "batch_poll_seconds", 0, above=True, accepted="a number of seconds greater than 0 (e.g. 30)"
+def batch_poll_schedule() -> PollSchedule:
+    """How often Batch steps ask their job's status: ``batch_poll_seconds`` is the ceiling of a
+    schedule that starts at a second (:mod:`airflow_flowspec.aws_batch.polling`)."""
+    from airflow_flowspec.aws_batch.polling import PollSchedule
+
+    if get_option("batch_poll_seconds").strip() == "":
+        watched = os.environ.get(CONSOLE_VARIABLE) == "1"
+        return PollSchedule(CONSOLE_POLL_CEILING_SECONDS if watched else DAGS_POLL_CEILING_SECONDS)
+    ceiling = _finite_number(
+        "batch_poll_seconds", 0, above=True, accepted="a number of seconds greater than 0 (e.g. 30), or empty"
     )
+    return PollSchedule(ceiling)
 
 
 def batch_options() -> dict[str, object]:

@@ -36,6 +36,7 @@ CASES = {
     12: "client_fresh_load",
     13: "batch_step",
     14: "parallel_foreach",
+    15: "batch_foreach",
 }
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_flowspec.airflow.discovery import DISCOVERY_CALLABLE
 from airflow_flowspec.config import (
+    CONSOLE_VARIABLE,
     DEFAULT_MAX_NUM_SPLITS,
     DEFAULT_MAX_WORKERS,
     DEFAULTS,
@@ -236,7 +237,7 @@ def run_locally(
     home = prepare_environment()
     quiet_airflow_warnings()
     # Steps on AWS Batch show their job's statuses and log lines here, as local steps show output.
-    os.environ.setdefault("FLOWSPEC_CONSOLE", "1")
+    os.environ.setdefault(CONSOLE_VARIABLE, "1")
     # Importing Airflow allocates hundreds of thousands of long-lived objects; the cyclic garbage
     # collector would walk them again and again (0.5-0.9 s here). Collect nothing while importing,
     # then move everything imported out of the collector's sight.

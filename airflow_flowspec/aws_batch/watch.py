@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from airflow_flowspec.aws_batch.jobs import FINISHED
+from airflow_flowspec.aws_batch.polling import PollSchedule
 from airflow_flowspec.errors import BatchJobFailedError
 from airflow_flowspec.runtime.task_log import lines_prefixed
 
@@ -79,8 +80,8 @@ WAITING_FOR_CAPACITY = (
 
 
 class JobWatcher:
-    """Follows one Batch job for whoever reports it; call :meth:`poll` every few seconds until
-    :meth:`is_finished`, then :meth:`drain`.
+    """Follows one Batch job for whoever reports it; call :meth:`poll`, wait :meth:`next_pause`,
+    and again until :meth:`is_finished`, then :meth:`drain`.
 
     ``emit`` receives each line to show, already prefixed with ``[label]`` (or ``[job id]`` without
     a label) so several jobs can share one console. ``runnable_hint_after``: seconds a job may sit in
@@ -111,6 +112,7 @@ class JobWatcher:
         self.job: dict[str, Any] | None = None
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._status: str | None = None
+        self._status_since = time.monotonic()
         self._runnable_since: float | None = None
         self._hinted = False
         self._log_stream: str | None = None
@@ -135,7 +137,8 @@ class JobWatcher:
         status = job.get("status", "")
         if status != self._status:
             self._status = status
-            self._runnable_since = time.monotonic() if status == "RUNNABLE" else None
+            self._status_since = time.monotonic()
+            self._runnable_since = self._status_since if status == "RUNNABLE" else None
             self._hinted = False
             if status in FINISHED:  # the lines printed before the end come before the end
                 self._read_logs(job)
@@ -154,6 +157,11 @@ class JobWatcher:
     @staticmethod
     def is_finished(job: dict[str, Any]) -> bool:
         return job.get("status") in FINISHED
+
+    def next_pause(self, schedule: PollSchedule) -> float:
+        """Seconds to wait before the next :meth:`poll`, by ``schedule`` and the time the job has
+        spent in the status the last poll saw (a new status polls quickly again)."""
+        return schedule.pause(time.monotonic() - self._status_since)
 
     def drain(self, *, settle_seconds: float = 0.0) -> None:
         """Read the log lines the job wrote that the last poll did not see.

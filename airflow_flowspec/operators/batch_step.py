@@ -47,7 +47,7 @@ _SETTINGS_DEFAULTS = {
     if f.default is not MISSING or f.default_factory is not MISSING
 }
 #: Set by ``python flow.py run``: job statuses and the step's log lines go to the terminal too.
-CONSOLE_ENVIRONMENT_VARIABLE = "FLOWSPEC_CONSOLE"
+CONSOLE_ENVIRONMENT_VARIABLE = config.CONSOLE_VARIABLE
 
 
 class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
@@ -246,7 +246,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
                     job_id=self.job_id,
                     aws_conn_id=self.aws_conn_id,
                     region_name=self.region_name,
-                    poll_seconds=config.batch_poll_seconds(),
+                    poll_schedule=config.batch_poll_schedule().to_json(),
                     deadline=deadline,
                     label=self.step_name,
                     lease={"root": spec.datastore_root, "run": spec.run.to_json()},
@@ -263,9 +263,10 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         watcher = JobWatcher(
             self.hook.client, self._logs_client(), self.job_id, self._emit, label=self.step_name
         )
+        schedule = config.batch_poll_schedule()
         job = watcher.poll()
         while not watcher.is_finished(job):
-            time.sleep(config.batch_poll_seconds())
+            time.sleep(watcher.next_pause(schedule))
             job = watcher.poll()
         watcher.drain()
         self._persist_cloudwatch_link(context)

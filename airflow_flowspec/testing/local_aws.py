@@ -140,6 +140,12 @@ class LocalAws:
         with self._jobs_lock:
             self.jobs.append(job)
 
+    def describe_calls(self, job_id: str | None = None) -> int:
+        """How many DescribeJobs answers have described job ``job_id`` (every job's, without it),
+        whoever asked."""
+        with self._jobs_lock:
+            return sum(job.describe_calls for job in self.jobs if job_id in (None, job.job_id))
+
     # --- life ----------------------------------------------------------------------------------
 
     def start(self) -> LocalAws:

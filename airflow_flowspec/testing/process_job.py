@@ -60,9 +60,15 @@ class ProcessJob(batch_models.Job):
         super().__init__(*args, **kwargs)
         self.process: subprocess.Popen[bytes] | None = None
         self._last_log_timestamp = 0
+        #: DescribeJobs answers that included this job: what following it cost.
+        self.describe_calls = 0
         self.emulator.adopt(self)
 
     # --- what DescribeJobs shows -------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        self.describe_calls += 1  # only DescribeJobs describes a job in full
+        return super().describe()
 
     def _get_container_property(self, p: str, default: Any) -> Any:
         if p == "environment":  # moto's version appends to the overrides on every describe
@@ -96,6 +102,10 @@ class ProcessJob(batch_models.Job):
         environment["AWS_BATCH_JOB_ID"] = self.job_id
         environment["AWS_BATCH_JOB_ATTEMPT"] = str(len(self.attempts) or 1)
         environment["AWS_BATCH_JQ_NAME"] = self.job_queue.name
+        # What ECS and Batch set besides, which Metaflow's @batch records in each task's metadata.
+        if self.job_queue.environments:
+            environment["AWS_BATCH_CE_NAME"] = self.job_queue.environments[0].name
+        environment["AWS_EXECUTION_ENV"] = "AWS_ECS_EC2"
         if "index" in self.array_properties:
             environment["AWS_BATCH_JOB_ARRAY_INDEX"] = str(self.array_properties["index"])
         return environment
@@ -145,10 +155,14 @@ class ProcessJob(batch_models.Job):
             self._add_parameters_to_command(self._get_container_property("command", []))
         )
         memory_bytes = self.requirement("MEMORY", 2048) << 20
+        # Each container has a file system of its own: jobs running side by side must not share
+        # a working directory (Metaflow's bootstrap unpacks its code package and logs into it).
+        workdir = os.path.join(self.emulator.job_workdir, self.job_id)
+        os.makedirs(workdir, exist_ok=True)
         self.process = subprocess.Popen(
             [self.emulator.python, "-I", "-S", "-c", LIMITER, str(memory_bytes), *command],
-            env={**self.emulator.job_base_environment, **self.batch_environment()},
-            cwd=self.emulator.job_workdir,
+            env={**self.emulator.job_base_environment, "HOME": workdir, **self.batch_environment()},
+            cwd=workdir,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -21,6 +21,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_flowspec.aws_batch.polling import PollSchedule
 from airflow_flowspec.aws_batch.watch import JobWatcher, exit_code, is_transient
 
 #: Lines of the job's log an event carries (events are stored in Airflow's database).
@@ -35,7 +36,9 @@ class BatchJobWaitTrigger(BaseTrigger):
     """Fires one event when the Batch job ``job_id`` ends or its ``deadline`` passes.
 
     ``aws_conn_id``: an Airflow AWS connection, or None for boto3's default credential chain.
-    ``poll_seconds``: time between DescribeJobs calls. ``deadline``: an ISO 8601 UTC time after which
+    ``poll_schedule``: :class:`PollSchedule` as JSON, when to call DescribeJobs; or ``poll_seconds``, a
+    fixed interval (what a trigger serialized by an earlier version carries, and the triggerer
+    rebuilds it from the database). ``deadline``: an ISO 8601 UTC time after which
     the job is terminated and a ``timeout`` event fires (None: wait for as long as the job runs).
     ``label``: names the job in log lines and messages (e.g. ``TrainFlow.train``).
     ``runnable_hint_after``: seconds in RUNNABLE before the log says why the job may be waiting.
@@ -51,18 +54,24 @@ class BatchJobWaitTrigger(BaseTrigger):
         *,
         aws_conn_id: str | None,
         region_name: str | None,
-        poll_seconds: float,
-        deadline: str | None,
+        poll_schedule: dict[str, Any] | None = None,
+        deadline: str | None = None,
         label: str = "",
         runnable_hint_after: float = 60.0,
         lease: dict[str, Any] | None = None,
+        poll_seconds: float | None = None,
     ) -> None:
         super().__init__()
+        if poll_schedule is not None:
+            self.poll_schedule = PollSchedule.from_json(poll_schedule)
+        elif poll_seconds is not None:
+            self.poll_schedule = PollSchedule(poll_seconds, first_seconds=poll_seconds, growth=0.0)
+        else:
+            raise TypeError("BatchJobWaitTrigger needs a poll_schedule")
         self.lease = lease
         self.job_id = job_id
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
-        self.poll_seconds = poll_seconds
         self.deadline = deadline
         self.label = label
         self.runnable_hint_after = runnable_hint_after
@@ -75,7 +84,7 @@ class BatchJobWaitTrigger(BaseTrigger):
                 "job_id": self.job_id,
                 "aws_conn_id": self.aws_conn_id,
                 "region_name": self.region_name,
-                "poll_seconds": self.poll_seconds,
+                "poll_schedule": self.poll_schedule.to_json(),
                 "deadline": self.deadline,
                 "label": self.label,
                 "runnable_hint_after": self.runnable_hint_after,
@@ -130,12 +139,12 @@ class BatchJobWaitTrigger(BaseTrigger):
             self._log_lines(lines)
             if watcher.is_finished(job):
                 await asyncio.to_thread(
-                    watcher.drain, settle_seconds=min(self.poll_seconds, MAX_SETTLE_SECONDS)
+                    watcher.drain, settle_seconds=min(self.poll_schedule.ceiling_seconds, MAX_SETTLE_SECONDS)
                 )
                 self._log_lines(lines)
                 yield TriggerEvent(self._finished_event(watcher, job))
                 return
-            pause = self.poll_seconds
+            pause = watcher.next_pause(self.poll_schedule)
             if deadline is not None:
                 remaining = (deadline - datetime.now(timezone.utc)).total_seconds()
                 if remaining <= 0:

@@ -110,7 +110,7 @@ def run(context: Context) -> list[Measurement]:
             note=f"(T({LONG} steps) - T({SHORT})) / {LONG - SHORT} under dag.test(), datastore on the local "
             f"AWS's S3 in both modes; a job waits {DWELL} s in each of SUBMITTED, RUNNABLE and STARTING "
             f"and starts a fresh Python (the emulator's start-up, not ours); polls every 0.05 s "
-            "(production: [flowspec] batch_poll_seconds = 30)",
+            "(the default: a second at first, backing off to 30 s)",
         ),
         Measurement(
             case,
@@ -120,7 +120,7 @@ def run(context: Context) -> list[Measurement]:
             "calls",
             "per step",
             note=f"SubmitJob, DescribeJobs (one per poll), DescribeJobDefinitions once per process; "
-            f"CloudWatch Logs calls per step: {log_calls:.1f}. Polls grow with the job's run time "
-            "divided by batch_poll_seconds",
+            f"CloudWatch Logs calls per step: {log_calls:.1f}. At the default schedule a job is "
+            "asked about every second at first, then less often (benchmarks/RESULTS.md, case 15)",
         ),
     ]

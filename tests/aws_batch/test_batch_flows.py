@@ -20,7 +20,9 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 @pytest.fixture
 def batch(local_aws_environment, monkeypatch, capfd):
-    """Every step on the local AWS's Batch, polled fast (production polls every 30 s)."""
+    """Every step on the local AWS's Batch, polled every 0.05 s: the default schedule's first pause
+    of a second adds about that to each job, and dag.test() runs a flow's jobs one after another
+    (test_polling.py proves the default schedule)."""
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__EXECUTION", "batch")
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__BATCH_POLL_SECONDS", "0.05")
     monkeypatch.setenv("FLOWSPEC_CONSOLE", "1")
@@ -202,17 +204,25 @@ MIXED_FLOW = textwrap.dedent("""
 """)
 
 
-def test_in_local_mode_only_the_batch_step_is_a_job_with_its_resources(
+def test_in_local_mode_only_the_batch_step_is_a_job_with_its_resources_and_ends_with_it(
     local_aws_environment, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("AIRFLOW__FLOWSPEC__BATCH_POLL_SECONDS", "0.05")
+    """Also guards the default poll schedule (no override here): the task ends within a poll of a
+    second after its job, where a fixed 30 s interval held it up to 30 s, and a job of a few seconds
+    is asked about once a second (test_polling.py: the back-off of longer jobs)."""
+    monkeypatch.delenv("AIRFLOW__FLOWSPEC__BATCH_POLL_SECONDS", raising=False)
     path = tmp_path / "mixed_flow.py"
     path.write_text(MIXED_FLOW)
     run = run_flow(path)
     assert run.succeeded, run.states()
     start, train, end = run.artifacts("end")["where"]
     assert start is None and end is None and train  # only train ran in a Batch job
+    calls = local_aws_environment.describe_calls(train)
     (job,) = jobs_of(local_aws_environment, run.run_id)
+    lasted = (job["stoppedAt"] - job["createdAt"]) / 1000
+    task_end = run.dag_run.get_task_instance("train").end_date.timestamp()
+    assert task_end - job["stoppedAt"] / 1000 < 2.5, (task_end, job["stoppedAt"])
+    assert 2 <= calls <= lasted + 4, (calls, lasted)  # a poll a second, a link lookup, status changes
     assert job["jobId"] == train
     requirements = {r["type"]: r["value"] for r in job["container"]["resourceRequirements"]}
     assert requirements["VCPU"] == "2"  # @batch(cpu=2) over @resources' default 1

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_flowspec.aws_batch.polling import PollSchedule
 from airflow_flowspec.triggers.batch_job import BatchJobWaitTrigger
 
 #: What the triggerer passes to ``Task.cancel`` when a user acts on the task (Airflow 3.3).
@@ -53,7 +54,7 @@ def make_trigger(aws, job_id: str, *, deadline: str | None = None) -> BatchJobWa
         job_id,
         aws_conn_id=None,
         region_name=aws.region,
-        poll_seconds=0.05,
+        poll_schedule=PollSchedule(0.05).to_json(),  # a ceiling under a second: every 0.05 s
         deadline=deadline,
         label="Flow.step",
     )
@@ -221,7 +222,7 @@ def test_serialize_round_trips():
         "abc",
         aws_conn_id="aws_batch",
         region_name="eu-west-1",
-        poll_seconds=15.0,
+        poll_schedule=PollSchedule(15.0).to_json(),
         deadline="2030-01-01T00:00:00+00:00",
         label="TrainFlow.train",
         runnable_hint_after=120.0,
@@ -232,3 +233,19 @@ def test_serialize_round_trips():
 
     assert classpath == "airflow_flowspec.triggers.batch_job.BatchJobWaitTrigger"
     assert BatchJobWaitTrigger(job_id, **kwargs).serialize() == trigger.serialize()
+
+
+def test_a_trigger_stored_with_a_fixed_interval_keeps_polling_at_it():
+    """Guards triggers deferred before the poll schedule: the triggerer rebuilds them from the
+    ``poll_seconds`` they were stored with, which stays their fixed interval."""
+    trigger = BatchJobWaitTrigger(
+        "abc", aws_conn_id=None, region_name="eu-west-1", poll_seconds=15.0, deadline=None
+    )
+    assert [trigger.poll_schedule.pause(seconds) for seconds in (0, 60, 3600)] == [15.0, 15.0, 15.0]
+    assert trigger.serialize()[1]["poll_schedule"] == {
+        "ceiling_seconds": 15.0,
+        "first_seconds": 15.0,
+        "growth": 0.0,
+    }
+    with pytest.raises(TypeError, match="poll_schedule"):
+        BatchJobWaitTrigger("abc", aws_conn_id=None, region_name="eu-west-1")

@@ -107,6 +107,8 @@ def test_a_job_that_exits_0_succeeds_with_its_output_in_cloudwatch_in_order(loca
         for number in range(5):
             print("line", number)
         print("GREETING", os.environ["GREETING"], "job", os.environ["AWS_BATCH_JOB_ID"])
+        print("WHERE", os.path.basename(os.getcwd()), os.environ["HOME"] == os.getcwd())
+        print("BATCH", os.environ["AWS_BATCH_CE_NAME"], os.environ["AWS_EXECUTION_ENV"])
         """,
         container={
             "environment": [{"name": "GREETING", "value": "hello"}],
@@ -119,7 +121,15 @@ def test_a_job_that_exits_0_succeeds_with_its_output_in_cloudwatch_in_order(loca
     assert seen == ["SUBMITTED", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"]
     assert job["container"]["exitCode"] == 0 and job["statusReason"]
     assert (job["container"]["vcpus"], job["container"]["memory"]) == (2, 512)
-    assert log_lines(local_aws, job) == [f"line {n}" for n in range(5)] + [f"GREETING hello job {job_id}"]
+    assert log_lines(local_aws, job) == [f"line {n}" for n in range(5)] + [
+        f"GREETING hello job {job_id}",
+        f"WHERE {job_id} True",  # a working directory (and home) of its own, as a container's
+        f"BATCH {local_aws.compute_environment} AWS_ECS_EC2",  # what Metaflow's @batch records
+    ]
+    polled = local_aws.describe_calls(job_id)
+    assert polled >= len(seen) and local_aws.describe_calls() >= polled
+    describe(local_aws, job_id)
+    assert local_aws.describe_calls(job_id) == polled + 1
     # Describing a job again does not grow its environment (moto's own Job does).
     assert describe(local_aws, job_id)["container"]["environment"] == job["container"]["environment"]
 
