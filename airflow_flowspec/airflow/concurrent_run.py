@@ -141,7 +141,7 @@ def run_dag(
     from airflow.utils.state import DagRunState
 
     console = console or Console()
-    _import_what_tasks_import()
+    import_what_tasks_import()
     session = settings.Session()
     dag_run = _create_dag_run(dag, run_id, logical_date, conf, session)
     loop = _Loop(dag, dag_run, session, label_of, max(1, max_workers), console)
@@ -187,12 +187,13 @@ _TASK_IMPORTS = (
     "cloudpickle",
     "encodings.idna",
     "jinja2.ext",
+    "airflow_flowspec.datastore.gc",  # the lease a task takes is gc's
     "airflow_flowspec.datastore.leases",
     "airflow_flowspec.runtime.step_runner",
 )
 
 
-def _import_what_tasks_import() -> None:
+def import_what_tasks_import() -> None:
     for name in _TASK_IMPORTS:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)

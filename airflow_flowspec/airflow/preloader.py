@@ -125,8 +125,11 @@ def warm_up() -> None:
         import airflow.dag_processing.dagbag  # noqa: F401
         import airflow.sdk.execution_time.task_runner  # noqa: F401
 
-        from airflow_flowspec.airflow import registration  # noqa: F401
+        from airflow_flowspec import cli, flow_commands, graph, lint  # noqa: F401 - every run's
+        from airflow_flowspec.airflow import concurrent_run, registration, translator  # noqa: F401
         from airflow_flowspec.operators import local_step  # noqa: F401
+
+        concurrent_run.import_what_tasks_import()
 
         local_run.prebuild_execution_api()
         from sqlalchemy.orm import configure_mappers
