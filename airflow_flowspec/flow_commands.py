@@ -133,7 +133,12 @@ def _tasks(flow_name: str, input_path: str) -> list[Any]:
 
 
 def _where(task: Any) -> str:
-    return terminal_safe(f"run_id={task.run_id} step={task.step_name} task_id={task.id}")
+    """The task as Metaflow's headers name it, its run by the short id where the run has one."""
+    from airflow_flowspec.client import Run
+
+    number = Run(f"{task.flow_name}/{task.run_id}").number
+    run_id = task.run_id if number is None else number
+    return terminal_safe(f"run_id={run_id} step={task.step_name} task_id={task.id}")
 
 
 def _logs(flow_name: str, args: argparse.Namespace) -> int:

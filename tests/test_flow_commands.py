@@ -130,7 +130,10 @@ def test_logs_prints_a_task_or_every_task_of_a_step(ours):
     one = flow_cli(ours, "logs", f"{run_id}/body/3")
     assert one.returncode == 0, one.stderr
     assert one.stdout == "body 3 out\nbody 3 err\n"  # as Metaflow: both streams' text on stdout
-    assert one.stderr == f"Dumping logs of run_id={run_id} step=body task_id=3\nstdout\nstderr\n"
+    # The header names the run by its short id, as Metaflow's names its run (issue 21).
+    header = re.fullmatch(r"Dumping logs of run_id=(\d+) step=body task_id=3\nstdout\nstderr\n", one.stderr)
+    assert header, one.stderr
+    assert flow_cli(ours, "logs", f"{header.group(1)}/body/3").stdout == one.stdout
 
     only_out = flow_cli(ours, "logs", f"{run_id}/body", "--stdout")
     assert only_out.stdout == "".join(f"body {index} out\n" for index in range(12))
