@@ -132,19 +132,25 @@ def _tasks(flow_name: str, input_path: str) -> list[Any]:
     return list(Step(f"{flow_name}/{input_path}"))
 
 
-def _where(task: Any) -> str:
-    """The task as Metaflow's headers name it, its run by the short id where the run has one."""
+def _headed(tasks: list[Any]) -> list[tuple[Any, str]]:
+    """Each task with its place as Metaflow's headers name it; the run (one for every task a path
+    names) by its short id where it has one, looked up once."""
+    if not tasks:
+        return []
     from airflow_flowspec.client import Run
 
-    number = Run(f"{task.flow_name}/{task.run_id}").number
-    run_id = task.run_id if number is None else number
-    return terminal_safe(f"run_id={run_id} step={task.step_name} task_id={task.id}")
+    first = tasks[0]
+    number = Run(f"{first.flow_name}/{first.run_id}").number
+    run_id = first.run_id if number is None else number
+    return [
+        (task, terminal_safe(f"run_id={run_id} step={task.step_name} task_id={task.id}")) for task in tasks
+    ]
 
 
 def _logs(flow_name: str, args: argparse.Namespace) -> int:
     streams = [name for name, wanted in (("stdout", args.stdout), ("stderr", args.stderr)) if wanted]
-    for task in _tasks(flow_name, args.input_path):
-        print(f"Dumping logs of {_where(task)}", file=sys.stderr, flush=True)
+    for task, where in _headed(_tasks(flow_name, args.input_path)):
+        print(f"Dumping logs of {where}", file=sys.stderr, flush=True)
         for stream in streams or ["stdout", "stderr"]:
             print(stream, file=sys.stderr, flush=True)
             text = getattr(task, stream)
@@ -160,14 +166,14 @@ def _dump(flow_name: str, args: argparse.Namespace) -> int:
 
     include = {name for name in args.include.split(",") if name}
     pickled: dict[str, dict[str, Any]] = {}
-    for task in _tasks(flow_name, args.input_path):
+    for task, where in _headed(_tasks(flow_name, args.input_path)):
         if not task.successful:
             print(
                 f"Task {terminal_safe(task.pathspec)} has no artifacts: it has not finished, or it failed.",
                 file=sys.stderr,
             )
             continue
-        print(f"Dumping output of {_where(task)}", file=sys.stderr, flush=True)
+        print(f"Dumping output of {where}", file=sys.stderr, flush=True)
         artifacts = [
             artifact
             for artifact in task
