@@ -286,18 +286,25 @@ def short_id_of(output: str) -> str:
     return match.group(1)
 
 
+def stamped(line: str) -> tuple[str | None, str] | None:
+    """A line ``run`` (or Metaflow's runtime) printed with its time, as (the task's ``run/step/task``,
+    or None for the run's own line; the text), or None for a line printed without a time."""
+    match = _STAMPED.match(line)
+    return None if match is None else (match.group(1), match.group(2))
+
+
 def console_lines(output: str) -> list[str]:
     """``run``'s lines without their time and process id: ``[run/step/task] text`` or ``text``;
     lines that are not the run's (a final summary) as they are."""
     lines = []
     for line in output.splitlines():
-        match = _STAMPED.match(line)
-        if match is None:
+        parsed = stamped(line)
+        if parsed is None:
             lines.append(line)
-        elif match.group(1) is None:
-            lines.append(match.group(2))
+        elif parsed[0] is None:
+            lines.append(parsed[1])
         else:
-            lines.append(f"[{match.group(1)}] {match.group(2)}")
+            lines.append(f"[{parsed[0]}] {parsed[1]}")
     return [line for line in lines if line.strip()]
 
 

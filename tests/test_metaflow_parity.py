@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
 
-from harness import FLOWS, run_cli
+from harness import FLOWS, run_cli, stamped
 
 # Both dumps: {step: {"<outer index>/<inner index>" or "-": {artifact: repr(value)}}}, leaving out
 # private artifacts and Metaflow's "name".
@@ -106,9 +105,6 @@ def test_same_file_same_artifacts_as_metaflow(tmp_path):
     assert actual["steps"] == expected["steps"]
 
 
-_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (?:\[[^/\]]+/(\w+)/(\w+) \(pid \d+\)\] )?(.*)$")
-
-
 def _terminal(output: str, flow_file: str) -> tuple[list[str], dict[str, list[list[str]]]]:
     """A run's terminal as (its own lines, {step: [each task's lines]}), texts stripped, with only
     the traceback frames of the flow's file (Metaflow also shows its own; we leave ours out) and
@@ -119,13 +115,14 @@ def _terminal(output: str, flow_file: str) -> tuple[list[str], dict[str, list[li
     # stdout and stderr, each in order, merged by their times (a stable sort keeps same-time lines
     # in the order given)
     for line in sorted(output.splitlines(), key=lambda line: line[:23]):
-        match = _LINE.match(line)
-        if match is None:
+        parsed = stamped(line)
+        if parsed is None:
             continue
-        step, task, text = match.group(1), match.group(2), match.group(3).strip()
-        if step is None:
+        label, text = parsed[0], parsed[1].strip()
+        if label is None:
             run_lines.append(text)
             continue
+        _, step, task = label.split("/")
         if skip_next:  # the source line under a frame of the machinery
             skip_next = False
             continue
