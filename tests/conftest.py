@@ -25,6 +25,19 @@ def airflow_db() -> Path:
     return home
 
 
+@pytest.fixture
+def every_namespace(monkeypatch: pytest.MonkeyPatch):
+    """The client looks in every namespace, and whatever root a test chooses with metadata() (or
+    namespace it picks) is forgotten after it."""
+    from airflow_flowspec import namespace
+    from airflow_flowspec.client import source
+
+    monkeypatch.setattr(source, "_chosen_root", None)
+    namespace(None)
+    yield
+    namespace(None)
+
+
 #: The bucket the ``s3_endpoint`` fixture creates.
 S3_TEST_BUCKET = "flowspec-test"
 

@@ -15,22 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from airflow_flowspec import Flow, Run, metadata, namespace
-from airflow_flowspec.client import source
+from airflow_flowspec import Flow, Run, metadata
 from airflow_flowspec.client.namespaces import in_namespace
 from airflow_flowspec.datastore import keys
 from airflow_flowspec.datastore.store import Datastore
 from airflow_flowspec.errors import TagError, UnreadableRecordError, UnreadableRecordWarning
 
+# The client in every namespace, its root and namespace forgotten after each test (conftest).
+pytestmark = pytest.mark.usefixtures("every_namespace")
+
 FLOW = "LedgerFlow"
-
-
-@pytest.fixture(autouse=True)
-def forget_root_and_namespace(monkeypatch):
-    monkeypatch.setattr(source, "_chosen_root", None)
-    namespace(None)
-    yield
-    namespace(None)
 
 
 def record_run(datastore: Datastore, run_id: str, day: int, *, user: str = "ana", tags=()) -> None:

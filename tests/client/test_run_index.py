@@ -18,11 +18,13 @@ import pytest
 from conftest import S3_TEST_BUCKET
 
 from airflow_flowspec import Flow, metadata, namespace
-from airflow_flowspec.client import source
 from airflow_flowspec.client.source import client_datastore
 from airflow_flowspec.datastore import keys
 from airflow_flowspec.datastore.gc import collect_garbage
 from airflow_flowspec.datastore.store import Datastore
+
+# The client in every namespace, its root and namespace forgotten after each test (conftest).
+pytestmark = pytest.mark.usefixtures("every_namespace")
 
 FLOW = "IndexFlow"
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -34,15 +36,6 @@ def root(request, tmp_path):
         request.getfixturevalue("s3_endpoint")
         return f"s3://{S3_TEST_BUCKET}/index-{uuid.uuid4().hex[:8]}"
     return str(tmp_path / "store")
-
-
-@pytest.fixture(autouse=True)
-def every_namespace(monkeypatch):
-    """Every namespace, and whatever root a test chooses with metadata() is forgotten after it."""
-    monkeypatch.setattr(source, "_chosen_root", None)
-    namespace(None)
-    yield
-    namespace(None)
 
 
 def record_runs(datastore: Datastore, count: int, *, user=lambda i: "ana", succeeded=lambda i: True, start=0):

@@ -19,12 +19,14 @@ from aging import DAY, age_objects, age_run
 from conftest import S3_TEST_BUCKET
 
 from airflow_flowspec import Flow, Metaflow, Run, Step, metadata, namespace
-from airflow_flowspec.client import source
 from airflow_flowspec.datastore import keys
 from airflow_flowspec.datastore.gc import collect_garbage
 from airflow_flowspec.datastore.store import Datastore
 from airflow_flowspec.errors import MetaflowNamespaceMismatch, MetaflowNotFound
 from airflow_flowspec.identity import RunIdentity
+
+# The client in every namespace, its root and namespace forgotten after each test (conftest).
+pytestmark = pytest.mark.usefixtures("every_namespace")
 
 FLOW = "ShortFlow"
 #: One moment for every run: runs started in the same microsecond still have an order.
@@ -40,14 +42,6 @@ def root(request, tmp_path):
         root = str(tmp_path / "store")
     metadata(root)
     return root
-
-
-@pytest.fixture(autouse=True)
-def every_namespace(monkeypatch):
-    monkeypatch.setattr(source, "_chosen_root", None)
-    namespace(None)
-    yield
-    namespace(None)
 
 
 def airflow_run() -> str:
