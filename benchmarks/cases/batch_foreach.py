@@ -24,7 +24,9 @@ from pathlib import Path
 from cases.vs_metaflow_blob import FLOWS, alternate, metaflow_copy, metaflow_env, ours_env, warm_up
 from common import REPO, Context, Measurement, median, run_command
 
-FLOW = FLOWS / "batch_foreach_flow.py"
+FLOW = FLOWS / "sleep_foreach_flow.py"
+#: The foreach this case runs: twelve two-second jobs.
+SHAPE = ["--width", "12", "--seconds", "2"]
 #: Seconds a job of the local AWS waits in SUBMITTED, RUNNABLE and STARTING.
 DWELL = 0.2
 #: start, the twelve naps, join, end.
@@ -67,7 +69,7 @@ def run(context: Context) -> list[Measurement]:
             def run_once(index: int) -> float:
                 tag = f"batch-foreach-{which}-{index}"
                 if which == "Metaflow":
-                    argv = [sys.executable, str(metaflow_flow), "run", "--with", "batch"]
+                    argv = [sys.executable, str(metaflow_flow), "run", "--with", "batch", *SHAPE]
                     env = {
                         **metaflow_env(context, tag),
                         **aws.environment,
@@ -80,7 +82,7 @@ def run(context: Context) -> list[Measurement]:
                         "METAFLOW_ECS_S3_ACCESS_IAM_ROLE": "arn:aws:iam::123456789012:role/local",
                     }
                 else:
-                    argv = [sys.executable, str(FLOW), "run", "--with", "batch"]
+                    argv = [sys.executable, str(FLOW), "run", "--with", "batch", *SHAPE]
                     env = {
                         **ours_env(context, tag),
                         **aws.environment,
