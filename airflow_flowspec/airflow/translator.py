@@ -117,12 +117,24 @@ def _dag_id(flow_class: type, project: ProjectBranch | None) -> str:
 
 
 def record_failed_run(context: Any, flow_name: str, project: ProjectBranch | None = None) -> None:
-    """Mark the run failed in the datastore, so the client's run listing says so too."""
+    """Mark the run failed in the datastore, so the client's run listing says so too.
+
+    The scheduler asks for this callback when the run fails, and the DAG processor calls it some
+    time later; the run's end date says when it failed, so a rerun of cleared tasks that succeeded
+    in between keeps its success.
+    """
     from airflow_flowspec.datastore import open_datastore
 
-    run = RunIdentity.of_deployment(flow_name, context["dag_run"].run_id, project)
+    dag_run = context.get("dag_run")
+    run_id = dag_run.run_id if dag_run is not None else context["run_id"]
+    ended_at = getattr(dag_run, "end_date", None)
+    run = RunIdentity.of_deployment(flow_name, run_id, project)
     open_datastore(config.datastore_root()).finish_run(
-        run.flow, run.run_id, False, {"reason": str(context.get("reason") or "a step failed")}
+        run.flow,
+        run.run_id,
+        False,
+        {"reason": str(context.get("reason") or "a step failed")},
+        ended_at=ended_at if isinstance(ended_at, datetime) else None,
     )
 
 

@@ -442,9 +442,31 @@ class Datastore:
         )
         return checked_run_record(record, self.backend.describe(keys.run_meta_key(flow, run_id)))
 
-    def finish_run(self, flow: str, run_id: str, succeeded: bool, meta: dict[str, Any]) -> None:
-        """Record how a run ended; a successful run joins the index of successful runs."""
-        finished_at = _now()
+    def finish_run(
+        self,
+        flow: str,
+        run_id: str,
+        succeeded: bool,
+        meta: dict[str, Any],
+        *,
+        ended_at: datetime | None = None,
+    ) -> None:
+        """Record how a run ended; a successful run joins the index of successful runs.
+
+        ``ended_at`` is when the run ended, if that was before now: Airflow calls a DAG's failure
+        callback late, from another process, and by then a user may have cleared the failed task
+        and the rerun may have succeeded. A failure that ended before a recorded success is older
+        news and leaves the success as it is.
+        """
+        finished_at = _now() if ended_at is None else _iso(ended_at)
+        if not succeeded:
+            recorded = self.run_status(flow, run_id)
+            if (
+                recorded is not None
+                and recorded.get("status") == "succeeded"
+                and moment_of(recorded.get("finished_at")) > moment_of(finished_at)
+            ):
+                return
         status = {**meta, "flow": flow, "run_id": run_id, "finished_at": finished_at}
         status["status"] = "succeeded" if succeeded else "failed"
         self._write_json(keys.run_status_key(flow, run_id), status)
@@ -611,7 +633,14 @@ def record_number(record: dict[str, Any]) -> int | None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return _iso(datetime.now(timezone.utc))
+
+
+def _iso(moment: datetime) -> str:
+    """``moment`` as the datastore records times: ISO-8601 in UTC, to the microsecond."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 def moment_of(value: Any) -> datetime:

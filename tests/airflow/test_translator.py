@@ -88,3 +88,25 @@ def test_a_non_finite_default_is_refused_when_the_dag_is_built(tmp_path, default
         f"Parameter 'ratio' of flow RatioFlow has the default {value}, which is not a finite number. "
         f"The rule: {FINITE_RULE}."
     )
+
+
+def test_the_failure_callback_records_when_the_run_failed_not_when_it_is_called(tmp_path, monkeypatch):
+    """Guards a cleared run's success against the failure callback that Airflow's DAG processor
+    calls late: the callback records the run's end date from its context, so the success of the
+    rerun that came in between stays (a callback with no end date records the time of the call)."""
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from airflow_flowspec.airflow.translator import record_failed_run
+    from airflow_flowspec.datastore import open_datastore
+
+    monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(tmp_path / "store"))
+    datastore = open_datastore(str(tmp_path / "store"))
+    failed_at = datetime.now(timezone.utc) - timedelta(minutes=1)
+    datastore.finish_run("GateFlow", "manual__1", True, {})
+
+    record_failed_run({"dag_run": SimpleNamespace(run_id="manual__1", end_date=failed_at), "reason": "x"}, "GateFlow")
+    assert datastore.run_status("GateFlow", "manual__1")["status"] == "succeeded"
+
+    record_failed_run({"run_id": "manual__1", "reason": "task_failure"}, "GateFlow")
+    assert datastore.run_status("GateFlow", "manual__1")["status"] == "failed"

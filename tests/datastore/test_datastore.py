@@ -628,6 +628,28 @@ def test_run_pointers_name_the_newest_run_and_the_newest_success(datastore):
         datastore.read_run_meta("Flow", "run-404")
 
 
+def test_a_late_failure_callback_leaves_the_success_of_a_rerun_that_came_after_it(datastore):
+    """Guards the client's word on a cleared and rerun run: Airflow's DAG processor calls the
+    failure callback late, and by then the user may have cleared the failed task and the rerun may
+    have succeeded. The failure, recorded with the moment the run failed, is older news than the
+    success and must not overwrite it; a failure after a success (a later clear that failed) does."""
+    from datetime import datetime, timedelta, timezone
+
+    datastore.write_run_meta("Flow", "run-1", {})
+    failed_at = datetime.now(timezone.utc) - timedelta(seconds=30)
+    datastore.finish_run("Flow", "run-1", True, {})
+    datastore.finish_run("Flow", "run-1", False, {"reason": "task_failure"}, ended_at=failed_at)
+    assert datastore.run_status("Flow", "run-1")["status"] == "succeeded"
+    assert datastore.latest_successful_run("Flow") == "run-1"
+
+    datastore.finish_run("Flow", "run-1", False, {"reason": "task_failure"})
+    status = datastore.run_status("Flow", "run-1")
+    assert (status["status"], status["reason"]) == ("failed", "task_failure")
+
+    datastore.finish_run("Flow", "run-2", False, {}, ended_at=failed_at.replace(tzinfo=None))
+    assert datastore.run_status("Flow", "run-2")["finished_at"] == failed_at.isoformat(timespec="microseconds")
+
+
 def test_runs_steps_and_tasks_are_listed_with_one_request_each(datastore):
     for run_id in [RUN_ID, "scheduled__2026-01-01T00:00:00+00:00"]:
         datastore.write_run_meta("Flow", run_id, {})
