@@ -9,9 +9,12 @@ calling a step and reads them afterwards.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_flowspec.errors import FlowspecError, MergeArtifactsError, TransitionError
+
+if TYPE_CHECKING:
+    from airflow_flowspec.datastore.manifest import ForeachFrame
 
 
 class Transition:
@@ -99,14 +102,14 @@ class FlowSpec:
     @property
     def index(self) -> int:
         """The position of this task's item in the foreach (0-based)."""
-        return self._innermost_frame("index")["index"]
+        return self._innermost_frame("index").index
 
     def foreach_stack(self) -> list[tuple[int, int, Any]]:
         """(index, number of splits, item) for each enclosing foreach, outermost first."""
         task = self.__dict__.get("_flowspec_task")
         if task is None:
             return []
-        return [(f["index"], f["num_splits"], task.foreach_value(f)) for f in task.foreach_stack]
+        return [(f.index, f.num_splits, task.foreach_value(f)) for f in task.foreach_stack]
 
     def merge_artifacts(
         self, inputs: Iterable[Any], include: list[str] | None = None, exclude: list[str] | None = None
@@ -145,7 +148,7 @@ class FlowSpec:
         task = self.__dict__.get("_flowspec_task")
         return task.step_name if task is not None else None
 
-    def _innermost_frame(self, what: str) -> dict[str, Any]:
+    def _innermost_frame(self, what: str) -> ForeachFrame:
         task = self.__dict__.get("_flowspec_task")
         if task is None or not task.foreach_stack:
             raise FlowspecError(

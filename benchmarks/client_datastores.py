@@ -143,6 +143,8 @@ def build_ours(template: Templates, root: Path, runs: int, failed: set[int]) -> 
     """Our datastore at ``root`` with ``runs`` runs of the flow (the real one first, oldest); returns
     the run ids, oldest first."""
     from airflow_flowspec.datastore import Datastore
+    from airflow_flowspec.datastore.keys import AttemptKey
+    from airflow_flowspec.datastore.manifest import Manifest
 
     shutil.copytree(template.ours_root, root, ignore=shutil.ignore_patterns(".tmp"))
     ds = Datastore(str(root))
@@ -153,8 +155,8 @@ def build_ours(template: Templates, root: Path, runs: int, failed: set[int]) -> 
     for step in ds.list_steps(FLOW, old_id):
         for task_id in ds.list_tasks(FLOW, old_id, step):
             attempt = ds.list_attempts(FLOW, old_id, step, task_id)[-1]
-            manifest = ds.read_manifest(FLOW, old_id, step, task_id, attempt)
-            manifests.append(((step, task_id, attempt), json.dumps(manifest)))
+            manifest = ds.read_manifest(AttemptKey(FLOW, old_id, step, task_id, attempt))
+            manifests.append(((step, task_id, attempt), json.dumps(manifest.to_json())))
     manifests.sort(key=lambda item: json.loads(item[1])["created_at"])
     meta_text = json.dumps({k: v for k, v in record.items() if k not in ("flow", "run_id", "created_at")})
     logical, created = datetime.fromisoformat(stamp), datetime.fromisoformat(record["created_at"])
@@ -168,11 +170,11 @@ def build_ours(template: Templates, root: Path, runs: int, failed: set[int]) -> 
         meta["created_at"] = (created + timedelta(seconds=index)).isoformat()
         record = ds.write_run_meta(FLOW, run_id, meta)
         succeeded = index not in failed
-        for (step, task_id, attempt), text in manifests:
+        for (step, _task_id, _attempt), text in manifests:
             if step == "end" and not succeeded:
                 continue  # died in its end step
-            manifest = json.loads(text.replace(stamp, new_stamp))
-            ds.write_manifest(FLOW, run_id, step, task_id, attempt, manifest)
+            manifest = Manifest.from_json(json.loads(text.replace(stamp, new_stamp)), where="the copy")
+            ds.write_manifest(manifest)
             if step == "start":
                 ds.index_run(FLOW, run_id, record)  # as the runtime does, after the start manifest
         end_task = f"{FLOW}/{run_id}/end/0"

@@ -82,20 +82,50 @@ class FlowRun:
     def state(self, step: str, map_index: int = -1) -> str:
         return self.states()[(step, map_index)]
 
-    def manifest(self, step: str, task_id: str = "0") -> dict[str, Any]:
+    def manifest(self, step: str, task_id: str = "0") -> Any:
+        """The task's latest :class:`~airflow_flowspec.datastore.manifest.Manifest`."""
         manifest = self.datastore.latest_attempt_manifest(self.flow_name, self.run_id, step, task_id)
         assert manifest is not None, f"no manifest for {step}/{task_id}"
         return manifest
 
     def artifacts(self, step: str, task_id: str = "0") -> dict[str, Any]:
-        from airflow_flowspec.datastore.artifacts import ArtifactRef
         from airflow_flowspec.datastore.views import import_flow_of_run
 
-        refs = self.manifest(step, task_id)["artifacts"]
+        refs = self.manifest(step, task_id).artifacts
         # Classes from the flow file unpickle once the run's code is imported (by a step that ran
         # in this process, or here: every step of a Batch run ran in a container).
         import_flow_of_run(self.datastore, self.flow_name, self.run_id)
-        return {name: self.datastore.artifacts.load(ArtifactRef.from_json(ref)) for name, ref in refs.items()}
+        return {name: self.datastore.artifacts.load(ref) for name, ref in refs.items()}
+
+
+def a_manifest(
+    flow: str,
+    run_id: str,
+    step: str,
+    task_id: str | int = "0",
+    attempt: int = 1,
+    artifacts: Any = None,
+    **sections: Any,
+) -> Any:
+    """A :class:`~airflow_flowspec.datastore.manifest.Manifest` for a task attempt, as tests store
+    one directly (no step runs): the given artifact references, no foreach, no parameters."""
+    from airflow_flowspec.datastore.keys import AttemptKey
+    from airflow_flowspec.datastore.manifest import new_manifest
+
+    return new_manifest(
+        AttemptKey(flow, run_id, step, str(task_id), attempt),
+        artifacts=artifacts or {},
+        parameters=sections.pop("parameters", []),
+        foreach_stack=sections.pop("foreach_stack", []),
+        **sections,
+    )
+
+
+def attempt(flow: str, run_id: str, step: str, task_id: str | int = "0", number: int = 1) -> Any:
+    """The :class:`~airflow_flowspec.datastore.keys.AttemptKey` of a task attempt."""
+    from airflow_flowspec.datastore.keys import AttemptKey
+
+    return AttemptKey(flow, run_id, step, str(task_id), number)
 
 
 def run_flow(path: Path, params: dict[str, Any] | None = None, **test_arguments: Any) -> FlowRun:

@@ -70,6 +70,7 @@ DRIVER = textwrap.dedent("""
     from airflow_flowspec.runtime.process import read_step_result, write_task_spec
     from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.task_spec import TaskSpec
+    from airflow_flowspec.datastore.manifest import ForeachFrame
 
     flow_class = load_flow_class(flow_file, "NoAirflowFlow")
     graph = FlowGraph(flow_class)
@@ -78,7 +79,7 @@ DRIVER = textwrap.dedent("""
     def run(step, inputs, map_index=-1, stack=()):
         spec = TaskSpec(flow_file=flow_file, run=RunIdentity("NoAirflowFlow", "no-airflow-1"), step=step,
                         datastore_root=store, map_index=map_index, input_manifests=list(inputs),
-                        foreach_stack=list(stack))
+                        foreach_stack=[ForeachFrame.from_json(frame) for frame in stack])
         sys.argv = ["airflow_flowspec.runtime", "--root", store, "--spec-key", write_task_spec(spec)]
         try:
             runpy.run_module("airflow_flowspec.runtime", run_name="__main__")
@@ -94,7 +95,7 @@ DRIVER = textwrap.dedent("""
     print(json.dumps({
         "order": graph.sorted_nodes(),
         "children": len(start.foreach_children),
-        "end_artifacts": sorted(end.manifest["artifacts"]),
+        "end_artifacts": sorted(end.manifest.artifacts),
         "airflow_loaded": sorted(m for m in sys.modules if m == "airflow" or m.startswith("airflow.")),
     }))
 """)
@@ -120,9 +121,8 @@ def test_authoring_graph_runtime_and_datastore_run_without_airflow(tmp_path):
 
     # What the container wrote is what Airflow-side code reads back: the same store, the same run.
     from airflow_flowspec.datastore import open_datastore
-    from airflow_flowspec.datastore.artifacts import ArtifactRef
 
     datastore = open_datastore(str(store))
-    end = datastore.latest_attempt_manifest("NoAirflowFlow", "no-airflow-1", "end", "0")["artifacts"]
-    assert datastore.artifacts.load(ArtifactRef.from_json(end["message"])) == "total=14"
+    end = datastore.latest_attempt_manifest("NoAirflowFlow", "no-airflow-1", "end", "0").artifacts
+    assert datastore.artifacts.load(end["message"]) == "total=14"
     assert datastore.run_status("NoAirflowFlow", "no-airflow-1")["status"] == "succeeded"

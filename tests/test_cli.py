@@ -46,12 +46,11 @@ def test_run_prints_run_id_first_then_progress_and_step_output(tmp_path):
     assert lines[-1] == "Done!"
     # The artifacts went to the configured local store, values typed from the command line.
     from airflow_flowspec.datastore import open_datastore
-    from airflow_flowspec.datastore.artifacts import ArtifactRef
 
     store = open_datastore(str(tmp_path / "store"))
-    end = store.latest_attempt_manifest("BranchFlow", run_id, "end", "0")["artifacts"]
-    assert store.artifacts.load(ArtifactRef.from_json(end["alpha"])) == 0.3
-    assert store.artifacts.load(ArtifactRef.from_json(end["summary"])) == "cli:False:same everywhere"
+    end = store.latest_attempt_manifest("BranchFlow", run_id, "end", "0").artifacts
+    assert store.artifacts.load(end["alpha"]) == 0.3
+    assert store.artifacts.load(end["summary"]) == "cli:False:same everywhere"
 
 
 def test_failed_run_exits_non_zero_and_shows_the_step_error(tmp_path):

@@ -125,7 +125,7 @@ def test_daily_report_goes_out_without_traffic_when_the_api_stays_down():
     run = run_flow(EXAMPLES / "daily_report.py", {"api_failure_rate": 1.0})
     assert run.succeeded, run.states()
     assert run.state("fetch_traffic") == "success"
-    assert run.manifest("fetch_traffic")["attempt"] == 3  # @retry(times=2): caught on the last attempt
+    assert run.manifest("fetch_traffic").attempt.attempt == 3  # @retry(times=2): caught on the last attempt
     report = run.artifacts("end")["report"]
     assert report["orders"] > 0
     assert report["web_sessions"] is None and report["conversion_rate"] is None

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from harness import FLOWS, run_cli, run_id_of, shell
+from harness import FLOWS, a_manifest, run_cli, run_id_of, shell
 
 FLOW = "CommandsFlow"
 
@@ -98,9 +98,7 @@ def test_runs_shows_duration_and_shortened_parameters(ours, tmp_path):
         FLOW, "going", {"created_at": "2026-11-01T00:00:00+00:00", "tags": ["user:ana"], "system_tags": []}
     )
     refs = store.artifacts.save_many({"token": "hunter2", "depth": 3}, secret_names=["token"])
-    artifacts = {name: ref.to_json() for name, ref in refs.items()}
-    manifest = {"attempt": 1, "artifacts": artifacts, "parameters": ["token", "depth"]}
-    store.write_manifest(FLOW, "going", "start", "0", 1, manifest)
+    store.write_manifest(a_manifest(FLOW, "going", "start", artifacts=refs, parameters=["token", "depth"]))
     store.index_run(FLOW, "going", record)
     going = shell("-A", "runs", FLOW, root=tmp_path / "store")
     assert going.returncode == 0, going.stderr

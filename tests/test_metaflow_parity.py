@@ -43,7 +43,6 @@ _DUMP_METAFLOW = textwrap.dedent("""
 _DUMP_OURS = textwrap.dedent("""
     import json, sys
     from airflow_flowspec.datastore import open_datastore
-    from airflow_flowspec.datastore.artifacts import ArtifactRef
     from airflow_flowspec.flow_loader import load_flow_class
     flow_name, flow_file, root = sys.argv[1:4]
     load_flow_class(flow_file, flow_name)
@@ -53,10 +52,10 @@ _DUMP_OURS = textwrap.dedent("""
     for step in store.list_steps(flow_name, run_id):
         for task in store.list_tasks(flow_name, run_id, step):
             manifest = store.latest_attempt_manifest(flow_name, run_id, step, task)
-            position = "/".join(str(f["index"]) for f in manifest["foreach_stack"]) or "-"
+            position = "/".join(str(index) for index in manifest.foreach_indices) or "-"
             steps.setdefault(step, {})[position] = {
-                name: repr(store.artifacts.load(ArtifactRef.from_json(ref)))
-                for name, ref in manifest["artifacts"].items() if not name.startswith("_") and name != "name"}
+                name: repr(store.artifacts.load(ref))
+                for name, ref in manifest.artifacts.items() if not name.startswith("_") and name != "name"}
     print(json.dumps({"successful": store.run_status(flow_name, run_id)["status"] == "succeeded",
                       "steps": steps}))
 """)

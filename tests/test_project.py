@@ -263,7 +263,6 @@ NO_PROJECT_FLOW = textwrap.dedent("""
 
 def test_a_flow_without_project_has_no_project_fields_as_in_metaflow(tmp_path):
     from airflow_flowspec.datastore import open_datastore
-    from airflow_flowspec.datastore.artifacts import ArtifactRef
     from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.step_runner import run_step
     from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
@@ -281,8 +280,8 @@ def test_a_flow_without_project_has_no_project_fields_as_in_metaflow(tmp_path):
         )
     )
     datastore = open_datastore(root)
-    refs = datastore.latest_attempt_manifest("PlainFlow", "r1", "start", "0")["artifacts"]
-    data = {name: datastore.artifacts.load(ArtifactRef.from_json(ref)) for name, ref in refs.items()}
+    refs = datastore.latest_attempt_manifest("PlainFlow", "r1", "start", "0").artifacts
+    data = {name: datastore.artifacts.load(ref) for name, ref in refs.items()}
     assert "current.project_name exists only in flows decorated with @project" in data["missing"]
     assert data["got"] == [None, None, None] and data["contained"] is False
     assert data["flow_name_contained"] is True and data["is_production"] is False

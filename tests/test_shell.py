@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import shutil
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import FLOWS, run_cli, shell
+from harness import FLOWS, a_manifest, run_cli, shell
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +143,11 @@ def hostile_store(tmp_path_factory):
                 "greeting": "café 日本語 ✓",
             }
         )
-        artifacts = {name: ref.to_json() for name, ref in refs.items()}
-        planted = dict(artifacts["greeting"], type=f"str{CLEAR}", repr=f"'{CLEAR}'")
+        artifacts = dict(refs)
+        planted = dataclasses.replace(refs["greeting"], type=f"str{CLEAR}", repr=f"'{CLEAR}'")
         artifacts[f"name{CLEAR}"] = planted  # a manifest edited by hand
         for step in ("start", f"step{CLEAR}"):
-            datastore.write_manifest(
-                "HostileFlow", run_id, step, 0, 1, {"attempt": 1, "artifacts": artifacts}
-            )
+            datastore.write_manifest(a_manifest("HostileFlow", run_id, step, artifacts=artifacts))
         datastore.index_run("HostileFlow", run_id, record)
         datastore.finish_run("HostileFlow", run_id, True, {})
     record = datastore.write_run_meta("HostileFlow", "broken", {"created_at": "2026-11-09T00:00:00+00:00"})

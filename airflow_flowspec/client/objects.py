@@ -34,7 +34,7 @@ from airflow_flowspec.client.namespaces import get_namespace, in_namespace, is_i
 from airflow_flowspec.client.source import client_datastore
 from airflow_flowspec.client.unreadable import skip_unreadable_run, unreadable_run
 from airflow_flowspec.datastore import keys
-from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES
+from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES, AttemptKey
 from airflow_flowspec.datastore.store import record_number
 from airflow_flowspec.errors import (
     ArtifactNotFoundError,
@@ -648,7 +648,8 @@ class Task(MetaflowObject):
                     f"Step {flow}/{run_id}/{step} has no task {task_id!r}. "
                     + _nearby(task_id, tasks, "tasks in this step")
                 )
-        self._manifest = self._datastore.latest_attempt_manifest(flow, run_id, step, task_id)
+        self._typed_manifest = self._datastore.latest_attempt_manifest(flow, run_id, step, task_id)
+        self._manifest = None if self._typed_manifest is None else self._typed_manifest.to_json()
         self._view: Any = None
 
     @property
@@ -719,7 +720,7 @@ class Task(MetaflowObject):
             return ""
         try:
             data = self._datastore.read_attempt_file(
-                self.flow_name, self.run_id, self.step_name, self.id, attempt, name
+                AttemptKey(self.flow_name, self.run_id, self.step_name, self.id, attempt), name
             )
         except ArtifactNotFoundError:
             return ""
@@ -750,7 +751,7 @@ class Task(MetaflowObject):
         if self._view is None:
             from airflow_flowspec.datastore.views import task_view
 
-            self._view = task_view(self._manifest, self._datastore)
+            self._view = task_view(self._typed_manifest, self._datastore)
         return self._view
 
     def _refs(self) -> dict[str, dict[str, Any]]:

@@ -67,6 +67,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 from airflow_flowspec.errors import UnsafeKeyError
@@ -351,24 +352,58 @@ def parse_attempt_folder(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def attempt_prefix(flow: str, run_id: str, step: str, task_id: str | int, attempt: int) -> str:
-    return task_prefix(flow, run_id, step, task_id) + f"{attempt_folder(attempt)}/"
+@dataclass(frozen=True)
+class AttemptKey:
+    """Which task attempt: the one identity every record of an attempt is stored under.
+
+    ``attempt`` is Airflow's try number (1 for the first try); the manifest of each attempt is
+    kept, so a retry never overwrites what an earlier attempt wrote.
+    """
+
+    flow: str
+    run_id: str
+    step: str
+    task_id: str
+    attempt: int
+
+    @property
+    def task_pathspec(self) -> str:
+        """``Flow/run/step/task``, the client's name for the task."""
+        return f"{self.flow}/{self.run_id}/{self.step}/{self.task_id}"
+
+    @property
+    def pathspec(self) -> str:
+        """``Flow/run/step/task/attempt``."""
+        return f"{self.task_pathspec}/{self.attempt}"
+
+    def describe(self) -> str:
+        """The attempt, in words, for messages."""
+        return (
+            f"task {self.task_id} of step '{self.step}' (attempt {self.attempt}) in run {self.run_id} of "
+            f"flow {self.flow}"
+        )
 
 
-def manifest_key(flow: str, run_id: str, step: str, task_id: str | int, attempt: int) -> str:
-    return attempt_prefix(flow, run_id, step, task_id, attempt) + MANIFEST_FILE
+def attempt_prefix(attempt: AttemptKey) -> str:
+    return task_prefix(attempt.flow, attempt.run_id, attempt.step, attempt.task_id) + (
+        f"{attempt_folder(attempt.attempt)}/"
+    )
 
 
-def attempt_file_key(flow: str, run_id: str, step: str, task_id: str | int, attempt: int, name: str) -> str:
-    return attempt_prefix(flow, run_id, step, task_id, attempt) + safe_key_part(name)
+def manifest_key(attempt: AttemptKey) -> str:
+    return attempt_prefix(attempt) + MANIFEST_FILE
 
 
-def task_spec_key(flow: str, run_id: str, step: str, task_id: str | int, attempt: int) -> str:
-    return attempt_prefix(flow, run_id, step, task_id, attempt) + TASK_SPEC_FILE
+def attempt_file_key(attempt: AttemptKey, name: str) -> str:
+    return attempt_prefix(attempt) + safe_key_part(name)
 
 
-def step_result_key(flow: str, run_id: str, step: str, task_id: str | int, attempt: int) -> str:
-    return attempt_prefix(flow, run_id, step, task_id, attempt) + STEP_RESULT_FILE
+def task_spec_key(attempt: AttemptKey) -> str:
+    return attempt_prefix(attempt) + TASK_SPEC_FILE
+
+
+def step_result_key(attempt: AttemptKey) -> str:
+    return attempt_prefix(attempt) + STEP_RESULT_FILE
 
 
 def xcom_value_key(dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> str:

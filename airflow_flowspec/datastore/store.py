@@ -26,6 +26,8 @@ from typing import Any
 from airflow_flowspec.datastore import chunks, encoding, keys
 from airflow_flowspec.datastore.artifacts import ArtifactStore
 from airflow_flowspec.datastore.backends import StorageBackend, backend_for_root
+from airflow_flowspec.datastore.keys import AttemptKey
+from airflow_flowspec.datastore.manifest import Manifest
 from airflow_flowspec.datastore.run_records import checked_run_record
 from airflow_flowspec.errors import (
     ArtifactNotFoundError,
@@ -55,29 +57,23 @@ class Datastore:
 
     # -- task attempts ---------------------------------------------------------------------------
 
-    def write_manifest(
-        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, manifest: dict[str, Any]
-    ) -> None:
+    def write_manifest(self, manifest: Manifest) -> None:
         """Write a task attempt's manifest, atomically.
 
         Call it after every artifact and attempt file is stored: a manifest's presence is the
         signal that the attempt's outputs are complete.
         """
-        self._write_json(keys.manifest_key(flow, run_id, step, task_id, attempt), manifest)
+        self._write_json(keys.manifest_key(manifest.attempt), manifest.to_json())
 
-    def read_manifest(
-        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int
-    ) -> dict[str, Any]:
-        key = keys.manifest_key(flow, run_id, step, task_id, attempt)
-        return self._read_json(
-            key,
-            missing=f"Task {task_id} of step '{step}' (attempt {attempt}) in run {run_id} of flow {flow} has "
-            f"no manifest: the attempt has not finished, or failed before storing its results",
+    def read_manifest(self, attempt: AttemptKey) -> Manifest:
+        document = self._read_json(
+            keys.manifest_key(attempt),
+            missing=f"{attempt.describe().capitalize()} has no manifest: the attempt has not finished, "
+            f"or failed before storing its results",
         )
+        return Manifest.from_json(document, where=f"Reading the manifest of {attempt.describe()}")
 
-    def latest_attempt_manifest(
-        self, flow: str, run_id: str, step: str, task_id: str | int
-    ) -> dict[str, Any] | None:
+    def latest_attempt_manifest(self, flow: str, run_id: str, step: str, task_id: str) -> Manifest | None:
         """The manifest of the highest-numbered attempt that wrote one, or None.
 
         One listing plus one read in the usual case; an attempt that died before its manifest
@@ -89,20 +85,16 @@ class Datastore:
         )
         for attempt in attempts:
             try:
-                return self.read_manifest(flow, run_id, step, task_id, attempt)
+                return self.read_manifest(AttemptKey(flow, run_id, step, str(task_id), attempt))
             except ArtifactNotFoundError:
                 continue
         return None
 
-    def write_attempt_file(
-        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, name: str, data: bytes
-    ) -> None:
+    def write_attempt_file(self, attempt: AttemptKey, name: str, data: bytes) -> None:
         """Store a file beside a task attempt's manifest (logs, a traceback, a card...)."""
-        self.write_attempt_files(flow, run_id, step, task_id, attempt, {name: data})
+        self.write_attempt_files(attempt, {name: data})
 
-    def write_attempt_files(
-        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, files: dict[str, bytes]
-    ) -> None:
+    def write_attempt_files(self, attempt: AttemptKey, files: dict[str, bytes]) -> None:
         """Store several files beside a task attempt's manifest (in parallel where the medium can)."""
         reserved = sorted(set(files) & keys.RESERVED_ATTEMPT_FILES)
         if reserved:
@@ -111,43 +103,31 @@ class Datastore:
                 f"write_manifest(), write_task_spec() or write_step_result()."
             )
         self.backend.put_many_bytes(
-            {
-                keys.attempt_file_key(flow, run_id, step, task_id, attempt, name): (data, None)
-                for name, data in files.items()
-            }
+            {keys.attempt_file_key(attempt, name): (data, None) for name, data in files.items()}
         )
 
-    def read_attempt_file(
-        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, name: str
-    ) -> bytes:
-        return self.backend.get_bytes(keys.attempt_file_key(flow, run_id, step, task_id, attempt, name))
+    def read_attempt_file(self, attempt: AttemptKey, name: str) -> bytes:
+        return self.backend.get_bytes(keys.attempt_file_key(attempt, name))
 
     # -- a step run by another process: its spec in, its result out ------------------------------
 
-    def write_task_spec(
-        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, spec: dict[str, Any]
-    ) -> str:
+    def write_task_spec(self, attempt: AttemptKey, spec: dict[str, Any]) -> str:
         """Store a task's spec for a step process (an AWS Batch job); return its key."""
-        key = keys.task_spec_key(flow, run_id, step, task_id, attempt)
+        key = keys.task_spec_key(attempt)
         self._write_json(key, spec)
         return key
 
     def read_task_spec(self, key: str) -> dict[str, Any]:
         return self._read_json(key, missing="No task spec is stored there")
 
-    def write_step_result(
-        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int, result: dict[str, Any]
-    ) -> None:
+    def write_step_result(self, attempt: AttemptKey, result: dict[str, Any]) -> None:
         """Leave what the step process produced for the process that publishes it to Airflow."""
-        self._write_json(keys.step_result_key(flow, run_id, step, task_id, attempt), result)
+        self._write_json(keys.step_result_key(attempt), result)
 
-    def read_step_result(
-        self, flow: str, run_id: str, step: str, task_id: str | int, attempt: int
-    ) -> dict[str, Any]:
+    def read_step_result(self, attempt: AttemptKey) -> dict[str, Any]:
         return self._read_json(
-            keys.step_result_key(flow, run_id, step, task_id, attempt),
-            missing=f"Task {task_id} of step '{step}' (attempt {attempt}) in run {run_id} of flow {flow} "
-            f"left no result: the step process did not finish",
+            keys.step_result_key(attempt),
+            missing=f"{attempt.describe().capitalize()} left no result: the step process did not finish",
         )
 
     # -- pickled XCom values of ordinary Airflow tasks -------------------------------------------

@@ -1,7 +1,7 @@
 """Lazy, read-only views of the artifacts a manifest describes: the one read path for artifacts.
 
-A join step's ``inputs``, a plain Airflow task's ``ti.xcom_pull("train").model`` and (next) the
-client and the UI all read artifacts through these classes. A step that never touches an artifact
+A join step's ``inputs``, a plain Airflow task's ``ti.xcom_pull("train").model``, the client and
+the UI all read artifacts through these classes. A step that never touches an artifact
 never downloads it: a view holds only references (name -> content hash) until an attribute is read,
 then loads that one artifact and keeps it.
 
@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from airflow_flowspec.datastore.artifacts import ArtifactRef
+from airflow_flowspec.datastore.manifest import ForeachFrame, Manifest
 from airflow_flowspec.errors import FlowLoadError
 from airflow_flowspec.flow_loader import (
     is_missing_flow_module,
@@ -28,12 +29,12 @@ from airflow_flowspec.flow_loader import (
 
 
 class ArtifactLoader:
-    """References to artifacts (name -> ref dict) with load-on-first-use."""
+    """References to artifacts (name -> reference) with load-on-first-use."""
 
     def __init__(
         self,
         datastore: Any,
-        refs: dict[str, dict[str, Any]],
+        refs: Mapping[str, ArtifactRef],
         import_flow_module: Callable[[], None] | None = None,
         *,
         origin: str = "",
@@ -52,13 +53,13 @@ class ArtifactLoader:
     def names(self) -> list[str]:
         return sorted(self.refs)
 
-    def add(self, name: str, ref: dict[str, Any], origin: str) -> None:
+    def add(self, name: str, ref: ArtifactRef, origin: str) -> None:
         self.refs[name] = ref
         self.origins[name] = origin
 
     def load(self, name: str) -> Any:
         if name not in self.loaded:
-            ref = ArtifactRef.from_json(self.refs[name])
+            ref = self.refs[name]
             what = f"artifact '{name}' of {self.origins.get(name) or 'this task'}"
             try:
                 self.loaded[name] = self.datastore.artifacts.load(ref, what=what)
@@ -73,30 +74,29 @@ class ArtifactLoader:
 class InputView:
     """One task's artifacts: an input of a join step, or what a plain task pulls from a step."""
 
-    def __init__(self, manifest: dict[str, Any], datastore: Any, foreach_value: Callable[[dict], Any]):
+    def __init__(self, manifest: Manifest, datastore: Any, foreach_value: Callable[[ForeachFrame], Any]):
         object.__setattr__(self, "_manifest", manifest)
         object.__setattr__(
             self,
             "_loader",
-            ArtifactLoader(
-                datastore,
-                manifest.get("artifacts", {}),
-                self._import_flow_module,
-                origin=manifest.get("pathspec", ""),
-            ),
+            ArtifactLoader(datastore, manifest.artifacts, self._import_flow_module, origin=manifest.pathspec),
         )
         object.__setattr__(self, "_foreach_value", foreach_value)
 
     def _import_flow_module(self) -> None:
-        import_flow_of_run(self._loader.datastore, self._manifest["flow"], self._manifest["run_id"])
+        import_flow_of_run(self._loader.datastore, self._manifest.attempt.flow, self._manifest.attempt.run_id)
 
     @property
     def step_name(self) -> str:
-        return self._manifest["step"]
+        return self._manifest.attempt.step
 
     @property
     def manifest(self) -> dict[str, Any]:
-        """The task's manifest: artifact names, hashes, types, sizes and short reprs."""
+        """The task's manifest as JSON: artifact names, hashes, types, sizes and short reprs."""
+        return self._manifest.to_json()
+
+    @property
+    def typed_manifest(self) -> Manifest:
         return self._manifest
 
     def artifact_names(self) -> list[str]:
@@ -104,12 +104,11 @@ class InputView:
 
     @property
     def index(self) -> int | None:
-        stack = self._manifest.get("foreach_stack") or []
-        return stack[-1]["index"] if stack else None
+        return self._manifest.index
 
     @property
     def input(self) -> Any:  # noqa: A003
-        stack = self._manifest.get("foreach_stack") or []
+        stack = self._manifest.foreach_stack
         return self._foreach_value(stack[-1]) if stack else None
 
     def __getattr__(self, name: str) -> Any:
@@ -128,7 +127,7 @@ class InputView:
         )
 
     def __repr__(self) -> str:
-        return f"<input from {self._manifest.get('pathspec', self.step_name)}>"
+        return f"<input from {self._manifest.pathspec}>"
 
 
 class Inputs:
@@ -158,19 +157,17 @@ class Inputs:
         )
 
 
-def task_view(manifest: dict[str, Any], datastore: Any) -> InputView:
+def task_view(manifest: Manifest, datastore: Any) -> InputView:
     """A task's artifacts for code outside a step (a plain Airflow task, a notebook)."""
 
-    def foreach_value(frame: dict[str, Any]) -> Any:
-        return datastore.artifacts.load(ArtifactRef.from_json(frame["item"]), what=foreach_item_name(frame))
+    def foreach_value(frame: ForeachFrame) -> Any:
+        return datastore.artifacts.load(frame.item, what=foreach_item_name(frame))
 
     return InputView(manifest, datastore, foreach_value)
 
 
-def foreach_item_name(frame: dict[str, Any]) -> str:
-    return (
-        f"item {frame.get('index')} of the foreach over self.{frame.get('var')} in step '{frame.get('step')}'"
-    )
+def foreach_item_name(frame: ForeachFrame) -> str:
+    return f"item {frame.index} of the foreach over self.{frame.var} in step '{frame.step}'"
 
 
 def import_flow_of_run(datastore: Any, flow_name: str, run_id: str) -> None:

@@ -306,9 +306,12 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
 
         ti = context["ti"]
         task_id = str(max(ti.map_index if ti.map_index is not None else -1, 0))
-        document = open_datastore(config.datastore_root()).read_step_result(
+        from airflow_flowspec.datastore.keys import AttemptKey
+
+        where = AttemptKey(
             self.flow_name, self.run_identity(context).run_id, self.step_name, task_id, attempt
         )
+        document = open_datastore(config.datastore_root()).read_step_result(where)
         return self.publish_result(context, StepResult.from_json(document))
 
     # -- kill -----------------------------------------------------------------------------------

@@ -123,6 +123,7 @@ class StepTaskMixin:
         )
         # As in Metaflow, a @project flow's runs are production runs when its branch is.
         project = getattr(context.get("dag"), PROJECT_BRANCH_ATTRIBUTE, None)
+        from airflow_flowspec.datastore.manifest import ForeachFrame, Manifest
         from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 
         run = self.run_identity(context)
@@ -135,8 +136,11 @@ class StepTaskMixin:
             map_index=ti.map_index if ti.map_index is not None else -1,
             attempt=ti.try_number or 1,
             max_attempts=(getattr(self, "retries", 0) or 0) + 1,
-            input_manifests=manifests,
-            foreach_stack=stack,
+            input_manifests=[
+                Manifest.from_json(m, where=f"Step '{self.step_name}' of flow {self.flow_name}")
+                for m in manifests
+            ],
+            foreach_stack=[ForeachFrame.from_json(f) for f in stack],
             parameters=parameters,
             run_context=RunContext(
                 logical_date=context.get("logical_date"),
@@ -311,11 +315,11 @@ class StepTaskMixin:
         if result.foreach_children is not None:
             self._check_width(len(result.foreach_children))
             with publishing_step_manifest():
-                ti.xcom_push(key=SPLIT_MANIFEST_KEY, value=result.manifest)
+                ti.xcom_push(key=SPLIT_MANIFEST_KEY, value=result.manifest.to_json())
             what = f"the children of the foreach in step '{self.step_name}' of flow {self.flow_name}"
             return ChunkedList(result.foreach_children, description=what)
         with publishing_step_manifest():
-            ti.xcom_push(key="return_value", value=result.manifest)
+            ti.xcom_push(key="return_value", value=result.manifest.to_json())
         if result.switch_step is not None:
             self.skip_all_except(ti, result.switch_step)  # type: ignore[attr-defined]
         return None

@@ -84,7 +84,7 @@ def _read_spec(args: argparse.Namespace) -> TaskSpec:
     spec = TaskSpec.from_json(open_datastore(args.root).read_task_spec(args.spec_key))
     # The key is derived from the task's identity: a spec stored elsewhere, or one that names
     # another datastore, is not the task this process was started for.
-    expected = keys.task_spec_key(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
+    expected = keys.task_spec_key(spec.attempt_key)
     if args.spec_key != expected or spec.datastore_root != args.root:
         raise StepInputError(
             f"The task spec at {args.spec_key} in {args.root} describes {spec.pathspec} attempt "
@@ -97,13 +97,11 @@ def _read_spec(args: argparse.Namespace) -> TaskSpec:
 def write_task_spec(spec: TaskSpec) -> str:
     """Store ``spec`` for a step process; return the key to pass as ``--spec-key``."""
     datastore = open_datastore(spec.datastore_root)
-    return datastore.write_task_spec(
-        spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, spec.to_json()
-    )
+    return datastore.write_task_spec(spec.attempt_key, spec.to_json())
 
 
 def read_step_result(spec: TaskSpec) -> StepResult:
     """What the step process for ``spec`` left in the datastore (it must have exited 0)."""
     datastore = open_datastore(spec.datastore_root)
-    document = datastore.read_step_result(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
+    document = datastore.read_step_result(spec.attempt_key)
     return StepResult.from_json(document)

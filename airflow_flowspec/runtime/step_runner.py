@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from airflow_flowspec.current import TaskContext, current
@@ -20,7 +20,14 @@ from airflow_flowspec.datastore.artifacts import SECRET_REPR, ArtifactRef, short
 from airflow_flowspec.datastore.chunks import CHUNK_ITEMS
 from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES
 from airflow_flowspec.datastore.leases import Lease
-from airflow_flowspec.datastore.manifest import new_manifest
+from airflow_flowspec.datastore.manifest import (
+    Caught,
+    ForeachFrame,
+    ForeachSplit,
+    Manifest,
+    SwitchTaken,
+    new_manifest,
+)
 from airflow_flowspec.datastore.views import ArtifactLoader, Inputs, InputView, foreach_item_name
 from airflow_flowspec.decorators.base import step_decorators_of
 from airflow_flowspec.errors import (
@@ -65,23 +72,23 @@ class TaskState:
         self.foreach_stack = spec.foreach_stack
         self._items: dict[str, Any] = {}
 
-    def foreach_value(self, frame: dict[str, Any]) -> Any:
-        digest = frame["item"]["hash"]
+    def foreach_value(self, frame: ForeachFrame) -> Any:
+        digest = frame.item.hash
         if digest not in self._items:
-            item = ArtifactRef.from_json(frame["item"])
-            self._items[digest] = self.datastore.artifacts.load(item, what=foreach_item_name(frame))
+            self._items[digest] = self.datastore.artifacts.load(frame.item, what=foreach_item_name(frame))
         return self._items[digest]
 
     def merge_artifacts(
         self, flow: Any, inputs: list[InputView], include: list[str] | None, exclude: list[str] | None
     ) -> None:
         loader: ArtifactLoader = flow.__dict__["_flowspec_artifacts"]
-        offered: dict[str, dict[str, dict[str, Any]]] = {}
+        offered: dict[str, dict[str, ArtifactRef]] = {}
         origins: dict[str, str] = {}
         for view in inputs:
-            for name, ref in view._manifest.get("artifacts", {}).items():
-                offered.setdefault(name, {})[ref["hash"]] = ref
-                origins.setdefault(name, view._manifest.get("pathspec", ""))
+            manifest = view.typed_manifest
+            for name, ref in manifest.artifacts.items():
+                offered.setdefault(name, {})[ref.hash] = ref
+                origins.setdefault(name, manifest.pathspec)
         if include:
             missing = [name for name in include if name not in offered]
             if missing:
@@ -134,9 +141,8 @@ def run_step(
         except BaseException as error:
             if log.mask is not None:  # refused before the step began: nothing is written
                 log.add_failure(error, log.mask)
-                identity = (spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
                 try:
-                    log.store(datastore or open_datastore(spec.datastore_root), identity)
+                    log.store(datastore or open_datastore(spec.datastore_root), spec.attempt_key)
                 except Exception:  # noqa: BLE001 - the step's error is the one to report
                     pass
             raise
@@ -154,7 +160,7 @@ def _run_step(
     """Check that everything the task will write can be stored, then run it under ``lease`` (or
     a lease of its own: the worker that started this process checked that the run is there)."""
     # Every name this task will write under must be storable before anything is written.
-    keys.manifest_key(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
+    keys.manifest_key(spec.attempt_key)
     run_tags = _run_tags(spec) if spec.step == "start" else []  # refused before anything runs
     datastore = datastore or open_datastore(spec.datastore_root)
     with contextlib.nullcontext(lease) if lease else Lease(datastore, spec.run, holder="step") as held:
@@ -300,14 +306,13 @@ def _run_task(
     result = StepResult(
         manifest=manifest, foreach_children=foreach_children, switch_step=switch_step, storage=storage
     )
-    identity = (spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
     if store_result or foreach_children is not None:
         # A split's item references otherwise live only in Airflow's XCom, which gc cannot read:
         # the result beside the manifest keeps the children's inputs referenced while they queue.
-        datastore.write_step_result(*identity, result.to_json())
-    log.store(datastore, identity)
+        datastore.write_step_result(spec.attempt_key, result.to_json())
+    log.store(datastore, spec.attempt_key)
     lease.check()  # gc must have seen this task running all along, or what it references may be gone
-    datastore.write_manifest(*identity, manifest)
+    datastore.write_manifest(manifest)
     if run_record is not None:
         datastore.index_run(spec.flow_name, spec.run_id, run_record)
     if node.type == "end":
@@ -346,9 +351,9 @@ def _describe(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, type(None))) else short_repr(value)
 
 
-def _ordered(spec: TaskSpec) -> list[dict[str, Any]]:
+def _ordered(spec: TaskSpec) -> list[Manifest]:
     """Join inputs in a stable order: by foreach index, then as the operator listed them."""
-    return sorted(spec.input_manifests, key=lambda m: [f["index"] for f in m.get("foreach_stack") or []])
+    return sorted(spec.input_manifests, key=lambda manifest: manifest.foreach_indices)
 
 
 def _restore_inputs(
@@ -364,13 +369,12 @@ def _restore_inputs(
             f"Step '{spec.step}' of flow {spec.flow_name} got no input manifest from its parents."
         )
     first = spec.input_manifests[0]
-    parameter_names = list(first.get("parameters", []))
+    parameter_names = list(first.parameters)
+    refs: Mapping[str, ArtifactRef] = first.artifacts
     if is_join:
         # A join starts with only the parameters; everything else comes through inputs/merge_artifacts.
-        refs = {name: first["artifacts"][name] for name in parameter_names if name in first["artifacts"]}
-    else:
-        refs = first.get("artifacts", {})
-    flow.__dict__["_flowspec_artifacts"] = ArtifactLoader(datastore, refs, origin=first.get("pathspec", ""))
+        refs = {name: refs[name] for name in parameter_names if name in refs}
+    flow.__dict__["_flowspec_artifacts"] = ArtifactLoader(datastore, refs, origin=first.pathspec)
     return parameter_names
 
 
@@ -531,8 +535,9 @@ def _foreach_children(
     children = []
     for i in range(len(items)):
         ref = refs[f"{var}[{i}]"]
-        frame = {"step": spec.step, "var": var, "index": i, "num_splits": len(items), "item": ref.to_json()}
-        children.append({"stack": [*spec.foreach_stack, frame], "parent_map_index": spec.map_index})
+        frame = ForeachFrame(step=spec.step, var=var, index=i, num_splits=len(items), item=ref)
+        stack = [*spec.foreach_stack, frame]
+        children.append({"stack": [f.to_json() for f in stack], "parent_map_index": spec.map_index})
     return children
 
 
@@ -543,11 +548,11 @@ def _save_artifacts(
     secret_names: set[str],
     secrets: SecretMask,
     saved_report: list[list[Any]],
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, ArtifactRef]:
     """The manifest's artifact references; ``saved_report`` receives ``[name, size, "new" or
     "reused"]`` for each artifact this step saved (not those it carried unread)."""
     loader: ArtifactLoader = flow.__dict__["_flowspec_artifacts"]
-    refs: dict[str, dict[str, Any]] = {}
+    refs: dict[str, ArtifactRef] = {}
     to_save: dict[str, Any] = {}
     for name in loader.refs:
         if name in flow.__dict__:
@@ -573,14 +578,14 @@ def _save_artifacts(
     except ArtifactSaveError as err:
         raise ArtifactSaveError(err.artifact_name, err.reason, flow=spec.flow_name, step=spec.step) from None
     for name, ref in saved.items():
-        refs[name] = ref.to_json()
+        refs[name] = ref
         saved_report.append([name, ref.size, "new" if ref.hash in written else "reused"])
     return {name: refs[name] for name in sorted(refs)}
 
 
 def _manifest(
     spec: TaskSpec,
-    refs: dict[str, dict[str, Any]],
+    refs: dict[str, ArtifactRef],
     parameter_names: list[str],
     node: Any,
     caught: BaseException | None,
@@ -588,22 +593,14 @@ def _manifest(
     foreach_children: list[dict[str, Any]] | None,
     secrets: SecretMask,
     code: dict[str, Any] | None,
-) -> dict[str, Any]:
+) -> Manifest:
     return new_manifest(
-        flow=spec.flow_name,
-        run_id=spec.run_id,
-        step=spec.step,
-        task_id=spec.task_id,
-        attempt=spec.attempt,
+        spec.attempt_key,
         artifacts=refs,
         parameters=parameter_names,
         foreach_stack=spec.foreach_stack,
-        foreach=None
-        if foreach_children is None
-        else {"var": node.foreach_param, "num_splits": len(foreach_children)},
-        switch=None if switch_step is None else {"condition": node.condition, "step": switch_step},
-        caught=None
-        if caught is None
-        else {"type": type(caught).__name__, "message": secrets.redact(str(caught))},
-        code=code["package"] if code else None,
+        foreach=None if foreach_children is None else ForeachSplit(node.foreach_param, len(foreach_children)),
+        switch=None if switch_step is None else SwitchTaken(node.condition, switch_step),
+        caught=None if caught is None else Caught(type(caught).__name__, secrets.redact(str(caught))),
+        code=ArtifactRef.from_json(code["package"]) if code else None,
     )

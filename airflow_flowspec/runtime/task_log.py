@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from airflow_flowspec.datastore.keys import STDERR_FILE, STDOUT_FILE
+from airflow_flowspec.datastore.keys import STDERR_FILE, STDOUT_FILE, AttemptKey
 
 #: Set in a task's process by ``python flow.py run``, which prefixes every line the process writes
 #: with the task and the time, and prints the run's own lines (a task starting, finishing) itself.
@@ -118,9 +118,9 @@ class TaskLog:
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         self._stderr.add(mask.redact(text) if mask else text)
 
-    def store(self, datastore: Any, identity: tuple[Any, ...]) -> None:
-        """Save the streams that are not empty beside the attempt's manifest (``identity``: flow,
-        run, step, task id, attempt); a quiet step costs no request."""
+    def store(self, datastore: Any, attempt: AttemptKey) -> None:
+        """Save the streams that are not empty beside the attempt's manifest; a quiet step costs
+        no request."""
         redact = self.mask.redact if self.mask else (lambda text: text)
         # Masked once more as a whole: a secret split across writes, or written by a thread after
         # the step's masked output ended, is not stored in clear.
@@ -130,7 +130,7 @@ class TaskLog:
             if buffer.head
         }
         if files:
-            datastore.write_attempt_files(*identity, files)
+            datastore.write_attempt_files(attempt, files)
 
 
 def lines_prefixed() -> bool:

@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from airflow_flowspec.errors import RunIdentityError, StepInputError
+from airflow_flowspec.datastore.keys import AttemptKey
+from airflow_flowspec.datastore.manifest import ForeachFrame, Manifest
+from airflow_flowspec.errors import DatastoreError, RunIdentityError, StepInputError
 from airflow_flowspec.identity import RunIdentity
 
 
@@ -106,8 +108,8 @@ class TaskSpec:
     map_index: int = -1
     attempt: int = 1  # Airflow's try_number, 1-based
     max_attempts: int = 1  # retries + 1: @catch acts only on the last one
-    input_manifests: list[dict[str, Any]] = field(default_factory=list)
-    foreach_stack: list[dict[str, Any]] = field(default_factory=list)
+    input_manifests: list[Manifest] = field(default_factory=list)
+    foreach_stack: list[ForeachFrame] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)  # start step only: raw values by name
     run_context: RunContext = field(default_factory=RunContext)
     # The run's recorded code package (an artifact reference): what the step runs. None only for a
@@ -129,12 +131,23 @@ class TaskSpec:
 
     @property
     def pathspec(self) -> str:
-        return f"{self.flow_name}/{self.run_id}/{self.step}/{self.task_id}"
+        return self.attempt_key.task_pathspec
+
+    @property
+    def attempt_key(self) -> AttemptKey:
+        """Where this attempt's records are stored."""
+        return AttemptKey(self.flow_name, self.run_id, self.step, self.task_id, self.attempt)
 
     def to_json(self) -> dict[str, Any]:
-        document = asdict(self)
+        document = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("run", "run_context", "input_manifests", "foreach_stack")
+        }
         document["run"] = self.run.to_json()
         document["run_context"] = self.run_context.to_json()
+        document["input_manifests"] = [manifest.to_json() for manifest in self.input_manifests]
+        document["foreach_stack"] = [frame.to_json() for frame in self.foreach_stack]
         return document
 
     @classmethod
@@ -151,9 +164,18 @@ class TaskSpec:
             )
         values = dict(document)
         values["run_context"] = RunContext.from_json(values.get("run_context") or {})
+        values["input_manifests"] = [
+            Manifest.from_json(manifest, where="The task spec")
+            for manifest in values.get("input_manifests") or []
+        ]
         try:
+            values["foreach_stack"] = [
+                ForeachFrame.from_json(frame) for frame in values.get("foreach_stack") or []
+            ]
             values["run"] = RunIdentity.from_json(values.get("run"))
             return cls(**values)
+        except (KeyError, ValueError, DatastoreError) as error:
+            raise StepInputError(f"The task spec's foreach stack is damaged: {error}.") from None
         except TypeError as error:
             raise StepInputError(f"The task spec is incomplete: {error}.") from None
         except RunIdentityError as error:
@@ -172,7 +194,7 @@ class TaskSpec:
 class StepResult:
     """What the operator publishes: the manifest, and for a split what Airflow maps or follows."""
 
-    manifest: dict[str, Any]
+    manifest: Manifest
     foreach_children: list[dict[str, Any]] | None = None  # one element per mapped child task
     switch_step: str | None = None  # the switch arm taken
     # What the step stored: [name, size, "new" or "reused"] per artifact saved, the number carried
@@ -180,12 +202,17 @@ class StepResult:
     storage: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "manifest": self.manifest.to_json(),
+            "foreach_children": self.foreach_children,
+            "switch_step": self.switch_step,
+            "storage": self.storage,
+        }
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> StepResult:
         return cls(
-            manifest=document["manifest"],
+            manifest=Manifest.from_json(document["manifest"], where="The step's result"),
             foreach_children=document.get("foreach_children"),
             switch_step=document.get("switch_step"),
             storage=document.get("storage"),

@@ -40,7 +40,7 @@ from airflow_flowspec import config
 from airflow_flowspec.datastore import open_datastore
 from airflow_flowspec.datastore.artifacts import qualified_type_name, short_repr
 from airflow_flowspec.datastore.chunks import CHUNK_ITEMS, ChunkMismatch
-from airflow_flowspec.datastore.manifest import MANIFEST_MARKER, checked_manifest, is_manifest
+from airflow_flowspec.datastore.manifest import MANIFEST_MARKER, Manifest, is_manifest
 from airflow_flowspec.datastore.views import InputView, task_view
 from airflow_flowspec.errors import ArtifactNotFoundError, CorruptArtifactError, XComReferenceError
 from airflow_flowspec.terminal import terminal_safe
@@ -490,8 +490,9 @@ class ChunkedSequence(Sequence):
 
 def manifest_view(manifest: dict[str, Any]) -> InputView:
     """A step's manifest as an object with lazy attribute access to its artifacts."""
-    checked = checked_manifest(manifest, where="An XCom pull")
-    return task_view(checked, open_datastore(config.datastore_root()))
+    return task_view(
+        Manifest.from_json(manifest, where="An XCom pull"), open_datastore(config.datastore_root())
+    )
 
 
 def purge_stored(stored: Any) -> None:

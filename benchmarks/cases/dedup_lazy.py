@@ -12,6 +12,7 @@ CHILD = """
 import functools, json, sys
 from airflow_flowspec.datastore import open_datastore
 from airflow_flowspec.datastore.keys import blob_key
+from airflow_flowspec.datastore.manifest import Manifest
 from airflow_flowspec.runtime.step_runner import run_step
 from airflow_flowspec.identity import RunIdentity
 from airflow_flowspec.runtime.task_spec import TaskSpec
@@ -39,9 +40,10 @@ def meter(name):
 for name in ("get_bytes", "download_file", "open_read", "put_bytes", "put_file", "adopt_file"):
     meter(name)
 spec = TaskSpec(flow_file=flow_file, run=RunIdentity("DedupFlow", "bench-1"), step=step, datastore_root=root,
-                input_manifests=inputs)
+                input_manifests=[Manifest.from_json(m, where="the benchmark") for m in inputs])
 result = run_step(spec)
-print(json.dumps({"manifest": result.manifest, "blob_io": blob_io, "io": backend.counters.snapshot()}))
+document = result.manifest.to_json()
+print(json.dumps({"manifest": document, "blob_io": blob_io, "io": backend.counters.snapshot()}))
 """
 
 

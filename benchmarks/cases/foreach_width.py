@@ -160,12 +160,11 @@ for ti in dag_run.get_task_instances():
 total = None
 from airflow_flowspec import config
 from airflow_flowspec.datastore import open_datastore
-from airflow_flowspec.datastore.artifacts import ArtifactRef
 store = open_datastore(config.datastore_root())
 start_saved = store.latest_attempt_manifest("WidthFlow", dag_run.run_id, "start", "0") is not None
 if str(dag_run.state) == "success":
     manifest = store.latest_attempt_manifest("WidthFlow", dag_run.run_id, "join", "0")
-    total = store.artifacts.load(ArtifactRef.from_json(manifest["artifacts"]["total"]))
+    total = store.artifacts.load(manifest.artifacts["total"])
 # Per mapped task: its run time and the gap before it (the loop's own work between two tasks).
 mapped = [ti for ti in dag_run.get_task_instances() if ti.task_id == "body" and ti.map_index >= 0]
 body = sorted((ti for ti in mapped if ti.start_date), key=lambda t: t.start_date)

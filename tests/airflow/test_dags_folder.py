@@ -93,13 +93,12 @@ def test_airflow_dags_test_runs_the_flow_from_the_dags_folder(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     from airflow_flowspec.datastore import open_datastore
-    from airflow_flowspec.datastore.artifacts import ArtifactRef
 
     datastore = open_datastore(str(store))
     run_id = datastore.latest_successful_run("ForeachFlow")
     assert run_id is not None
-    end = datastore.latest_attempt_manifest("ForeachFlow", run_id, "end", "0")["artifacts"]
-    assert datastore.artifacts.load(ArtifactRef.from_json(end["results"])) == ["0:A", "1:B", "2:C", "3:D"]
+    end = datastore.latest_attempt_manifest("ForeachFlow", run_id, "end", "0").artifacts
+    assert datastore.artifacts.load(end["results"]) == ["0:A", "1:B", "2:C", "3:D"]
 
 
 def test_airflow_lists_the_provider_and_its_flowspec_config():

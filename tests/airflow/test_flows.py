@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
-from harness import FLOWS, run_flow
+from harness import FLOWS, attempt, run_flow
 
 from airflow_flowspec.errors import ArtifactNotFoundError
 
@@ -54,10 +54,10 @@ def test_foreach_maps_one_task_per_item_and_join_sees_them_in_order():
 
 def test_unchanged_artifacts_are_carried_by_reference():
     run = run_flow(FLOWS / "foreach_flow.py")
-    start = run.manifest("start")["artifacts"]["big"]
+    start = run.manifest("start").artifacts["big"].to_json()
     # Steps that never touched `big` list the very same blob: it was written once, by start.
     for task_id in "0123":
-        assert run.manifest("upper", task_id)["artifacts"]["big"]["hash"] == start["hash"]
+        assert run.manifest("upper", task_id).artifacts["big"].hash == start["hash"]
     assert start["size"] > 2 * 1024 * 1024 and start["type"] == "bytes"
 
 
@@ -113,14 +113,14 @@ def test_retry_then_success_and_catch_after_the_last_retry():
     assert end["caught_type"] == "builtins.ValueError"
     assert end["caught_message"] == "attempt 1 failed"  # caught only after the last retry
     assert end["before_failure"] == "kept"  # what the failing step set before raising is kept
-    assert run.manifest("doomed")["caught"]["type"] == "ValueError"
+    assert run.manifest("doomed").caught.type == "ValueError"
     # The first attempt of flaky failed without a manifest (its traceback is kept in its own
     # folder); the second wrote its own key.
     attempts = run.datastore.list_attempts("RetryCatchFlow", run.run_id, "flaky", "0")
     assert attempts == [1, 2]
     with pytest.raises(ArtifactNotFoundError):
-        run.datastore.read_manifest("RetryCatchFlow", run.run_id, "flaky", "0", 1)
-    failed_log = run.datastore.read_attempt_file("RetryCatchFlow", run.run_id, "flaky", "0", 1, "stderr.log")
+        run.datastore.read_manifest(attempt("RetryCatchFlow", run.run_id, "flaky", "0", 1))
+    failed_log = run.datastore.read_attempt_file(attempt("RetryCatchFlow", run.run_id, "flaky"), "stderr.log")
     assert b"RuntimeError: first attempt always fails" in failed_log
 
 

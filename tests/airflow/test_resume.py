@@ -61,7 +61,8 @@ def test_clearing_the_failed_step_resumes_the_run_without_rerunning_start(tmp_pa
     # middle's failed first attempt left no manifest (only its output); the re-run is its second.
     assert resumed.datastore.list_attempts("ResumeFlow", first.run_id, "middle", "0") == [1, 2]
     assert (
-        resumed.datastore.latest_attempt_manifest("ResumeFlow", first.run_id, "middle", "0")["attempt"] == 2
+        resumed.datastore.latest_attempt_manifest("ResumeFlow", first.run_id, "middle", "0").attempt.attempt
+        == 2
     )
     assert resumed.datastore.list_attempts("ResumeFlow", first.run_id, "start", "0") == [1]
     assert resumed.datastore.run_status("ResumeFlow", first.run_id)["status"] == "succeeded"
@@ -182,5 +183,5 @@ def test_a_fix_needs_repin_before_clear_since_a_run_keeps_the_code_it_started_wi
     assert fixed.artifacts("end")["result"] == 3.0
     record = fixed.datastore.read_run_meta("FixMeFlow", first.run_id)
     assert record["code_history"] == [started_with]
-    assert fixed.manifest("end")["code"] == record["code"]["package"] != started_with["package"]
-    assert fixed.manifest("start")["code"] == started_with["package"]  # start did not run again
+    assert fixed.manifest("end").to_json()["code"] == record["code"]["package"] != started_with["package"]
+    assert fixed.manifest("start").to_json()["code"] == started_with["package"]  # start did not run again

@@ -36,6 +36,6 @@ def test_foreach_flow_with_an_s3_datastore(s3_endpoint, monkeypatch):
     # start, four foreach children, join, end: one manifest each, all on the first attempt.
     assert len(manifests) == 7 and all("/attempt-1/" in key for key in manifests)
     # The 2 MB artifact that every task carries was uploaded once: blobs are content-addressed.
-    big_hash = run.manifest("start")["artifacts"]["big"]["hash"]
+    big_hash = run.manifest("start").artifacts["big"].hash
     assert sum(key.endswith(big_hash) for key in keys) == 1
-    assert all(run.manifest("upper", str(i))["artifacts"]["big"]["hash"] == big_hash for i in range(4))
+    assert all(run.manifest("upper", str(i)).artifacts["big"].hash == big_hash for i in range(4))

@@ -425,7 +425,10 @@ def test_include_files_and_callable_defaults_are_read_where_the_run_starts(batch
     assert run.artifacts("end")["seen"] == ("première version", "ada")
     assert run.artifacts("start")["token_length"] == len("s3cr3t-value")
     from airflow_flowspec.datastore import keys
+    from airflow_flowspec.datastore.keys import AttemptKey
 
-    spec = run.datastore.read_task_spec(keys.task_spec_key("WorkerValuesFlow", run.run_id, "start", "0", 1))
+    spec = run.datastore.read_task_spec(
+        keys.task_spec_key(AttemptKey("WorkerValuesFlow", run.run_id, "start", "0", 1))
+    )
     assert "s3cr3t-value" not in str(spec)
     assert spec["parameters"]["notes"]["ref"]["type"] == "str"  # the content, by reference

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from harness import a_manifest
 
 from airflow_flowspec import Flow, Run, metadata
 from airflow_flowspec.client.namespaces import in_namespace
@@ -37,7 +38,7 @@ def record_run(datastore: Datastore, run_id: str, day: int, *, user: str = "ana"
             "system_tags": [f"user:{user}"],
         },
     )
-    datastore.write_manifest(FLOW, run_id, "start", 0, 1, {"attempt": 1, "artifacts": {}})
+    datastore.write_manifest(a_manifest(FLOW, run_id, "start"))
     datastore.index_run(FLOW, run_id, record)
     datastore.finish_run(FLOW, run_id, True, {})
 

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 from conftest import S3_TEST_BUCKET
-from harness import FLOWS, REPO, run_flow
+from harness import FLOWS, REPO, a_manifest, run_flow
 
 from airflow_flowspec import DataArtifact, Flow, Metaflow, Run, Step, Task, get_metadata, metadata
 from airflow_flowspec.datastore.store import Datastore
@@ -138,7 +138,7 @@ def test_a_run_in_progress_is_visible_unfinished(store):
     datastore = Datastore(root)
     run_id = f"manual__in-progress-{uuid.uuid4().hex[:6]}"
     datastore.write_run_meta("ForeachFlow", run_id, {"parameters": {}})
-    datastore.write_manifest("ForeachFlow", run_id, "start", "0", 1, {"artifacts": {}, "attempt": 1})
+    datastore.write_manifest(a_manifest("ForeachFlow", run_id, "start"))
     run = Run(f"ForeachFlow/{run_id}")
     assert not run.finished and not run.successful and run.finished_at is None and run.data is None
     assert run["start"].task.finished and [step.id for step in run] == ["start"]

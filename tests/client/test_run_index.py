@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from conftest import S3_TEST_BUCKET
+from harness import a_manifest
 
 from airflow_flowspec import Flow, metadata, namespace
 from airflow_flowspec.client.source import client_datastore
@@ -55,8 +56,8 @@ def record_runs(datastore: Datastore, count: int, *, user=lambda i: "ana", succe
             },
         )
         datastore.index_run(FLOW, run_id, record)
-        ref = datastore.artifacts.save("score", i).to_json()
-        datastore.write_manifest(FLOW, run_id, "end", 0, 1, {"attempt": 1, "artifacts": {"score": ref}})
+        ref = datastore.artifacts.save("score", i)
+        datastore.write_manifest(a_manifest(FLOW, run_id, "end", artifacts={"score": ref}))
         datastore.finish_run(FLOW, run_id, succeeded(i), {})
 
     with ThreadPoolExecutor(8) as pool:
@@ -160,7 +161,7 @@ def test_runs_recorded_before_the_index_are_listed_until_the_next_run_indexes_th
             meta["system_tags"] = ["user:ana"]
         meta = datastore.write_run_meta(FLOW, run_id, meta)
         if start_finished:
-            datastore.write_manifest(FLOW, run_id, "start", 0, 1, {"attempt": 1, "artifacts": {}})
+            datastore.write_manifest(a_manifest(FLOW, run_id, "start"))
         return meta
 
     for i in range(3):
@@ -183,7 +184,7 @@ def test_runs_recorded_before_the_index_are_listed_until_the_next_run_indexes_th
 
     other = "OtherFlow"  # a flow that never runs again: gc indexes it
     datastore.write_run_meta(other, "r", {"created_at": T0.isoformat(), "system_tags": ["user:ana"]})
-    datastore.write_manifest(other, "r", "start", 0, 1, {"attempt": 1, "artifacts": {}})
+    datastore.write_manifest(a_manifest(other, "r", "start"))
     result = collect_garbage(datastore, older_than=timedelta(days=365_000))
     assert result.runs_indexed == 1 and result.runs_deleted == {}
     assert datastore.index_is_complete(other) and datastore.latest_run(other) == "r"

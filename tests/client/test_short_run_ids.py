@@ -17,6 +17,7 @@ from datetime import timedelta
 import pytest
 from aging import DAY, age_objects, age_run
 from conftest import S3_TEST_BUCKET
+from harness import a_manifest
 
 from airflow_flowspec import Flow, Metaflow, Run, Step, metadata, namespace
 from airflow_flowspec.datastore import keys
@@ -64,7 +65,7 @@ def start_run(
     if numbered:
         meta["number"] = datastore.number_run(identity)
     record = datastore.write_run_meta(FLOW, identity.run_id, meta, identity=identity)
-    datastore.write_manifest(FLOW, identity.run_id, "start", "0", 1, {"attempt": 1, "artifacts": {}})
+    datastore.write_manifest(a_manifest(FLOW, identity.run_id, "start"))
     datastore.index_run(FLOW, identity.run_id, record)
     return identity
 

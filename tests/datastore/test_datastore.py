@@ -19,7 +19,7 @@ import time
 import uuid
 
 import pytest
-from harness import REPO
+from harness import REPO, a_manifest, attempt
 
 from airflow_flowspec.datastore import ArtifactRef, Datastore, open_datastore
 from airflow_flowspec.datastore.artifacts import short_repr
@@ -131,8 +131,8 @@ def test_unsafe_names_cannot_escape_the_root(datastore, tmp_path):
     for index, name in enumerate(nasty):
         record = datastore.write_run_meta(name, name, {"index": index, "system_tags": [f"user:{name}"]})
         datastore.index_run(name, name, record)
-        datastore.write_manifest(name, name, name, name, 0, {"index": index})
-        datastore.write_attempt_file(name, name, name, name, 0, name, b"log")
+        datastore.write_manifest(a_manifest(name, name, name, name, 0, parameters=[f"p{index}"]))
+        datastore.write_attempt_file(attempt(name, name, name, name, 0), name, b"log")
         datastore.finish_run(name, name, True, {})
 
     keys = stored_keys(datastore)
@@ -149,19 +149,20 @@ def test_unsafe_names_cannot_escape_the_root(datastore, tmp_path):
         assert datastore.list_runs(name) == [name]
         assert datastore.list_steps(name, name) == [name]
         assert datastore.list_tasks(name, name, name) == [name]
-        assert datastore.read_manifest(name, name, name, name, 0) == {"index": index}
+        assert datastore.read_manifest(attempt(name, name, name, name, 0)).parameters == (f"p{index}",)
         assert datastore.latest_successful_run(name) == name
         assert datastore.latest_run(name, namespace=f"user:{name}") == name
 
     with pytest.raises(UnsafeKeyError):
         datastore.write_run_meta("", "run", {})
     with pytest.raises(UnsafeKeyError):
-        datastore.write_manifest("Flow", RUN_ID, "start", "1", -1, {})
+        datastore.write_manifest(a_manifest("Flow", RUN_ID, "start", "1", -1))
     # an attempt file may not take the name of what the datastore itself writes there
-    datastore.write_manifest("Flow", RUN_ID, "start", "1", 1, {"kept": True})
+    kept = a_manifest("Flow", RUN_ID, "start", "1", 1, parameters=["kept"])
+    datastore.write_manifest(kept)
     with pytest.raises(UnsafeKeyError, match="'manifest.json' is reserved .* use write_manifest"):
-        datastore.write_attempt_file("Flow", RUN_ID, "start", "1", 1, "manifest.json", b"{}")
-    assert datastore.read_manifest("Flow", RUN_ID, "start", "1", 1) == {"kept": True}
+        datastore.write_attempt_file(kept.attempt, "manifest.json", b"{}")
+    assert datastore.read_manifest(kept.attempt) == kept
 
 
 def test_the_local_backend_refuses_paths_outside_its_root(tmp_path):
@@ -302,14 +303,14 @@ def test_an_unchanged_value_is_never_written_twice(datastore):
 
 def test_loading_is_counted_so_laziness_can_be_proved(datastore):
     refs = datastore.artifacts.save_many({"small": [1, 2, 3], "large": os.urandom(2 * 1024 * 1024)})
-    datastore.write_manifest("Flow", RUN_ID, "start", "1", 0, {k: v.to_json() for k, v in refs.items()})
+    datastore.write_manifest(a_manifest("Flow", RUN_ID, "start", "1", 0, refs))
 
     reader = Datastore(datastore.root)
-    manifest = reader.read_manifest("Flow", RUN_ID, "start", "1", 0)
+    manifest = reader.read_manifest(attempt("Flow", RUN_ID, "start", "1", 0))
     manifest_size = reader.backend.counters.bytes_read
     assert 0 < manifest_size < 2000  # the manifest only: no artifact was fetched
 
-    assert reader.artifacts.load(ArtifactRef.from_json(manifest["small"])) == [1, 2, 3]
+    assert reader.artifacts.load(manifest.artifacts["small"]) == [1, 2, 3]
     assert reader.backend.counters.bytes_read == manifest_size + refs["small"].size
     assert reader.backend.counters.bytes_written == 0
 
@@ -539,53 +540,53 @@ def test_references_are_small_json_and_reprs_stay_short():
 
 
 def test_latest_attempt_manifest_is_the_highest_attempt_that_finished(datastore):
-    for attempt in [0, 1, 2, 9, 10]:
-        datastore.write_manifest("Flow", RUN_ID, "train", "7", attempt, {"attempt": attempt})
-    datastore.write_attempt_file("Flow", RUN_ID, "train", "7", 11, "stderr.log", b"killed")
+    for number in [0, 1, 2, 9, 10]:
+        datastore.write_manifest(a_manifest("Flow", RUN_ID, "train", "7", number))
+    datastore.write_attempt_file(attempt("Flow", RUN_ID, "train", "7", 11), "stderr.log", b"killed")
 
-    assert datastore.latest_attempt_manifest("Flow", RUN_ID, "train", "7") == {"attempt": 10}
+    assert datastore.latest_attempt_manifest("Flow", RUN_ID, "train", "7").attempt.attempt == 10
     assert datastore.list_attempts("Flow", RUN_ID, "train", "7") == [0, 1, 2, 9, 10, 11]
     assert datastore.latest_attempt_manifest("Flow", RUN_ID, "train", "8") is None
     with pytest.raises(ArtifactNotFoundError, match="attempt 11"):
-        datastore.read_manifest("Flow", RUN_ID, "train", "7", 11)
+        datastore.read_manifest(attempt("Flow", RUN_ID, "train", "7", 11))
 
 
 def test_attempts_and_tasks_never_overwrite_each_other(datastore):
     for task_id in ["1", "2"]:
-        for attempt in [0, 1]:
-            datastore.write_manifest("Flow", RUN_ID, "train", task_id, attempt, {"who": [task_id, attempt]})
+        for number in [0, 1]:
+            datastore.write_manifest(
+                a_manifest("Flow", RUN_ID, "train", task_id, number, parameters=[task_id])
+            )
             datastore.write_attempt_file(
-                "Flow", RUN_ID, "train", task_id, attempt, "out.log", f"{task_id}/{attempt}".encode()
+                attempt("Flow", RUN_ID, "train", task_id, number), "out.log", f"{task_id}/{number}".encode()
             )
     for task_id in ["1", "2"]:
-        for attempt in [0, 1]:
-            assert datastore.read_manifest("Flow", RUN_ID, "train", task_id, attempt) == {
-                "who": [task_id, attempt]
-            }
-            assert (
-                datastore.read_attempt_file("Flow", RUN_ID, "train", task_id, attempt, "out.log")
-                == f"{task_id}/{attempt}".encode()
-            )
+        for number in [0, 1]:
+            where = attempt("Flow", RUN_ID, "train", task_id, number)
+            manifest = datastore.read_manifest(where)
+            assert (manifest.attempt, manifest.parameters) == (where, (task_id,))
+            assert datastore.read_attempt_file(where, "out.log") == f"{task_id}/{number}".encode()
     with pytest.raises(UnsafeKeyError, match="reserved"):
-        datastore.write_attempt_file("Flow", RUN_ID, "train", "1", 0, "manifest.json", b"{}")
+        datastore.write_attempt_file(attempt("Flow", RUN_ID, "train", "1", 0), "manifest.json", b"{}")
 
 
 def test_readers_never_see_half_a_manifest(datastore):
-    small = {"artifacts": {}}
-    large = {"artifacts": {f"a{index}": {"hash": "ab" * 32, "repr": "x" * 60} for index in range(3000)}}
-    datastore.write_manifest("Flow", RUN_ID, "start", "1", 0, small)
+    small = a_manifest("Flow", RUN_ID, "start", "1", 0)
+    ref = ArtifactRef(hash="ab" * 32, type="str", size=60, repr="x" * 60)
+    large = a_manifest("Flow", RUN_ID, "start", "1", 0, {f"a{index}": ref for index in range(3000)})
+    datastore.write_manifest(small)
     stop = threading.Event()
 
     def rewrite():
         while not stop.is_set():
             for manifest in (large, small):
-                datastore.write_manifest("Flow", RUN_ID, "start", "1", 0, manifest)
+                datastore.write_manifest(manifest)
 
     writer = threading.Thread(target=rewrite)
     writer.start()
     try:
         for _ in range(40):
-            assert datastore.read_manifest("Flow", RUN_ID, "start", "1", 0) in (small, large)
+            assert datastore.read_manifest(small.attempt) in (small, large)
     finally:
         stop.set()
         writer.join()
@@ -647,7 +648,9 @@ def test_a_late_failure_callback_leaves_the_success_of_a_rerun_that_came_after_i
     assert (status["status"], status["reason"]) == ("failed", "task_failure")
 
     datastore.finish_run("Flow", "run-2", False, {}, ended_at=failed_at.replace(tzinfo=None))
-    assert datastore.run_status("Flow", "run-2")["finished_at"] == failed_at.isoformat(timespec="microseconds")
+    assert datastore.run_status("Flow", "run-2")["finished_at"] == failed_at.isoformat(
+        timespec="microseconds"
+    )
 
 
 def test_runs_steps_and_tasks_are_listed_with_one_request_each(datastore):
@@ -655,7 +658,7 @@ def test_runs_steps_and_tasks_are_listed_with_one_request_each(datastore):
         datastore.write_run_meta("Flow", run_id, {})
         for step, tasks in {"start": ["1"], "train": ["2", "3", "4"], "end": ["5"]}.items():
             for task_id in tasks:
-                datastore.write_manifest("Flow", run_id, step, task_id, 0, {})
+                datastore.write_manifest(a_manifest("Flow", run_id, step, task_id, 0))
     datastore.finish_run("Flow", RUN_ID, True, {})
 
     before = datastore.backend.counters.requests
@@ -752,9 +755,15 @@ def test_the_datastore_works_where_airflow_is_not_installed(tmp_path):
 
         datastore = Datastore({str(tmp_path / "store")!r})
         ref = datastore.artifacts.save("scores", {{"f1": 0.9, "square": lambda x: x * x}})
-        datastore.write_manifest("Flow", "run", "start", 1, 0, {{"scores": ref.to_json()}})
-        manifest = datastore.latest_attempt_manifest("Flow", "run", "start", 1)
-        scores = datastore.artifacts.load(manifest["scores"]["hash"])
+        from airflow_flowspec.datastore.keys import AttemptKey
+        from airflow_flowspec.datastore.manifest import new_manifest
+
+        where = AttemptKey("Flow", "run", "start", "1", 0)
+        datastore.write_manifest(
+            new_manifest(where, artifacts={{"scores": ref}}, parameters=[], foreach_stack=[])
+        )
+        manifest = datastore.latest_attempt_manifest("Flow", "run", "start", "1")
+        scores = datastore.artifacts.load(manifest.artifacts["scores"])
         assert scores["square"](3) == 9 and scores["f1"] == 0.9
         print("boto3" in sys.modules, any(name.startswith("airflow.") for name in sys.modules))
         """
@@ -825,7 +834,7 @@ def test_reindex_leaves_out_an_unreadable_record_with_a_warning_and_indexes_the_
 
     for day, run_id in enumerate(["first", "middle"], start=1):
         datastore.write_run_meta("LedgerFlow", run_id, {"created_at": f"2026-11-0{day}T00:00:00+00:00"})
-        datastore.write_manifest("LedgerFlow", run_id, "start", 0, 1, {"attempt": 1, "artifacts": {}})
+        datastore.write_manifest(a_manifest("LedgerFlow", run_id, "start"))
     datastore.backend.put_bytes(keys.run_meta_key("LedgerFlow", "first"), b'{"tags": "user:ana"}')
 
     with pytest.warns(

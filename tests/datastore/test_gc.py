@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from aging import DAY, age_objects, age_run
 from conftest import S3_TEST_BUCKET
-from harness import FLOWS, run_flow
+from harness import FLOWS, a_manifest, attempt, run_flow
 
 from airflow_flowspec import Flow, Metaflow, Run, namespace
 from airflow_flowspec.datastore import artifacts, keys, open_datastore
@@ -211,7 +211,7 @@ def test_latest_successful_and_running_runs_are_kept_however_old(root, gc_flow):
     age_run(root, "GcFlow", "running", started_days_ago=65, written_days_ago=0)
     # Runs whose start step never wrote run.json: one abandoned long ago, one being written now.
     for run_id in ("abandoned", "starting"):
-        datastore.write_manifest("GcFlow", run_id, "start", "0", 1, {"artifacts": {}})
+        datastore.write_manifest(a_manifest("GcFlow", run_id, "start"))
     age_objects(root, keys.run_prefix("GcFlow", "abandoned"), 40 * DAY)
     # A flow that never succeeded: nothing protects its old run, and the flow goes with it.
     run_steps(FLOWS / "failing_flow.py", root, "failed", flow="FailingFlow", steps=["start"])
@@ -419,7 +419,7 @@ def test_a_gc_stopped_half_way_is_finished_by_the_next(root, gc_flow, monkeypatc
     age_objects(root, "data/", 3 * DAY)
 
     newest = open_datastore(root)
-    manifest = keys.manifest_key("GcFlow", "new", "end", "0", 1)
+    manifest = keys.manifest_key(attempt("GcFlow", "new", "end"))
     good = newest.backend.get_bytes(manifest)
     newest.backend.put_bytes(manifest, b"{not json")
     everything = stored(root)
@@ -508,7 +508,7 @@ def test_a_failed_run_being_resumed_is_kept_with_its_artifacts(root, gc_flow):
     age_run(root, "GcFlow", "resumed", started_days_ago=3, written_days_ago=3)
     age_objects(root, "data/", 3 * DAY)
     # the cleared end task starts its second attempt now
-    datastore.write_attempt_file("GcFlow", "resumed", "end", "0", 2, "stdout.log", b"resuming\n")
+    datastore.write_attempt_file(attempt("GcFlow", "resumed", "end", "0", 2), "stdout.log", b"resuming\n")
 
     result = collect_garbage(open_datastore(root), older_than=timedelta(days=1))
     assert result.runs_deleted == {} and result.blobs_deleted == 0
@@ -591,13 +591,8 @@ def test_a_run_whose_step_computes_longer_than_the_grace_period_is_kept(root, tm
     assert result.runs_spared == {}  # kept from the start, not only at the last look
     go.touch()
     step.join(60)
-    assert outcome and outcome[0].manifest["step"] == "train"
-    assert (
-        Datastore(root).artifacts.load(
-            artifacts.ArtifactRef.from_json(outcome[0].manifest["artifacts"]["size"])
-        )
-        == 100 * 1024
-    )
+    assert outcome and outcome[0].manifest.attempt.step == "train"
+    assert Datastore(root).artifacts.load(outcome[0].manifest.artifacts["size"]) == 100 * 1024
     assert not stored(root, keys.run_leases_prefix("LongFlow", "long"))  # released with the step
 
 
@@ -709,7 +704,7 @@ def test_a_blob_a_save_relies_on_as_gc_takes_it_is_never_lost(root, monkeypatch)
     first = collect_garbage(collector, older_than=MONTH)
     monkeypatch.undo()
     assert first.blobs_trashed == 1 and saved == [ref]
-    worker.write_manifest("GcFlow", "writer", "start", "0", 1, {"artifacts": {"payload": ref.to_json()}})
+    worker.write_manifest(a_manifest("GcFlow", "writer", "start", artifacts={"payload": ref}))
     assert not Datastore(root).backend.exists(keys.blob_key(ref.hash))
     assert Datastore(root).artifacts.load(ref) == value  # found in the trash
 
@@ -852,7 +847,7 @@ def test_a_missing_artifact_is_a_storage_problem_not_a_flow_mistake(root, gc_flo
 
     run = run_flow(gc_flow)
     assert run.succeeded
-    payload = run.manifest("start")["artifacts"]["stamp"]
+    payload = run.manifest("start").artifacts["stamp"].to_json()
     datastore = open_datastore(root)
     datastore.backend.delete_many([keys.blob_key(payload["pack"])])  # gone, as if collected
     datastore.artifacts._packs.clear()

@@ -298,22 +298,16 @@ def first_read_damaged(backend: Any, key: str) -> Iterator[dict[str, int]]:
 # -- the campaign ------------------------------------------------------------------------------------
 
 
-def _manifest(flow: str, run_id: str, refs: dict[str, Any]) -> dict[str, Any]:
+def _manifest(flow: str, run_id: str, refs: dict[str, Any]) -> Any:
+    from airflow_flowspec.datastore.keys import AttemptKey
     from airflow_flowspec.datastore.manifest import new_manifest
 
     return new_manifest(
-        flow=flow,
-        run_id=run_id,
-        step="start",
-        task_id="0",
-        attempt=1,
-        artifacts={name: ref.to_json() for name, ref in refs.items()},
-        parameters=[],
-        foreach_stack=[],
+        AttemptKey(flow, run_id, "start", "0", 1), artifacts=refs, parameters=[], foreach_stack=[]
     )
 
 
-def _read_through_view(datastore: Any, manifest: dict[str, Any], name: str) -> Any:
+def _read_through_view(datastore: Any, manifest: Any, name: str) -> Any:
     """What a plain Airflow task pulling the step gets (the XCom view), in a fresh process."""
     from airflow_flowspec.datastore.views import task_view
 

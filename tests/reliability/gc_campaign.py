@@ -595,7 +595,7 @@ class _Campaign:
                 input_manifests=parents,
                 parameters=plan.parameters() if step == "start" else {},
                 run_context=RunContext(username=USER, run_type="manual"),
-                code=parents[0].get("code") if parents else None,
+                code=parents[0].code.to_json() if parents and parents[0].code else None,
             )
             return run_step(spec, datastore, lease=lease).manifest
 
@@ -631,14 +631,14 @@ class _Campaign:
         real = plan.writer.write_manifest
         looker = plan.writer.backend
 
-        def write_manifest(flow: str, run_id: str, step: str, *args: Any, **kwargs: Any) -> Any:
-            if step == "start":
+        def write_manifest(manifest: Any) -> Any:
+            if manifest.attempt.step == "start":
                 plan.taken.wait(60)
                 deadline = time.time() + 10  # on S3 the DeleteObject is sent once the hook returns
                 while looker.exists(keys.blob_key(plan.pool_hash)) and time.time() < deadline:
                     time.sleep(0.02)
                 self.collector.wait_for_passes(1)
-            return real(flow, run_id, step, *args, **kwargs)
+            return real(manifest)
 
         plan.writer.write_manifest = write_manifest
 
@@ -857,7 +857,8 @@ class _Campaign:
         problems = []
         for step in STEPS:
             expected = plan.expected(step)
-            manifest = reader.latest_attempt_manifest(FLOW_NAME, plan.run_id, step, "0")
+            typed = reader.latest_attempt_manifest(FLOW_NAME, plan.run_id, step, "0")
+            manifest = None if typed is None else typed.to_json()
             if manifest is None and not plan.finished and when == "at the end":
                 continue  # the run stopped before this step
             if manifest is None:

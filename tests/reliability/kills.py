@@ -444,6 +444,7 @@ def _verify_manifest(
 
 def _verify_store(place: _Place, seeds: dict[str, int], report: KillReport) -> None:
     """Every manifest present: its artifacts load, verified, as set. Then count unreferenced blobs."""
+    from airflow_flowspec.datastore.keys import AttemptKey
     from airflow_flowspec.errors import ArtifactNotFoundError, FlowspecError
 
     datastore = place.fresh()
@@ -454,7 +455,8 @@ def _verify_store(place: _Place, seeds: dict[str, int], report: KillReport) -> N
             for task in datastore.list_tasks(FLOW_NAME, run_id, step):
                 for attempt in datastore.list_attempts(FLOW_NAME, run_id, step, task):
                     try:
-                        manifest = datastore.read_manifest(FLOW_NAME, run_id, step, task, attempt)
+                        where = AttemptKey(FLOW_NAME, run_id, step, task, attempt)
+                        manifest = datastore.read_manifest(where).to_json()
                     except ArtifactNotFoundError:
                         continue  # the attempt was killed before its manifest: nothing claimed
                     except FlowspecError as error:
@@ -587,9 +589,7 @@ class _Campaign:
         )
 
     def store_spec(self, spec: Any) -> str:
-        return self.place.datastore.write_task_spec(
-            spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, spec.to_json()
-        )
+        return self.place.datastore.write_task_spec(spec.attempt_key, spec.to_json())
 
     def runtime_args(self, spec: Any) -> list[str]:
         return ["--root", self.place.root, "--spec-key", self.store_spec(spec)]
@@ -743,6 +743,8 @@ class _Campaign:
 
     def check_retry(self, retry: _Retry, status: int) -> None:
         """The retry succeeded, its artifacts load as set, and the run kept its first created_at."""
+        from airflow_flowspec.datastore.keys import AttemptKey
+
         report, datastore = self.report, self.place.fresh()
         report.retries += 1
         if status != 0:
@@ -751,7 +753,7 @@ class _Campaign:
                 f"{self.children.stderr_of(retry.child[1])}"
             )
             return
-        result = datastore.read_step_result(FLOW_NAME, retry.run_id, "start", "0", retry.attempt)
+        result = datastore.read_step_result(AttemptKey(FLOW_NAME, retry.run_id, "start", "0", retry.attempt))
         errors_before = report.artifacts_lost + report.artifacts_wrong
         report.retry_artifacts_verified += _verify_manifest(
             datastore, result["manifest"], self.seeds[retry.run_id], report, set()

@@ -145,6 +145,7 @@ def test_xcom_view_refuses_a_damaged_artifact_naming_it(
     """Protection: what ``ti.xcom_pull(task_ids="start").victim`` reads (``values.manifest_view``, the
     view over the step's manifest row) is verified too, and the error names flow, run, step, task and
     artifact (``views.ArtifactLoader`` passes them to ``ArtifactStore.load``)."""
+    from airflow_flowspec.datastore.keys import AttemptKey
     from airflow_flowspec.datastore.manifest import new_manifest
     from airflow_flowspec.xcom_backend import values
 
@@ -152,15 +153,11 @@ def test_xcom_view_refuses_a_damaged_artifact_naming_it(
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", root)
     _, ref, _, tripwire = store_victim(root, target, tmp_path)
     manifest = new_manifest(
-        flow="ViewFlow",
-        run_id="manual__2026-11-25T10:00:00+00:00",
-        step="start",
-        task_id="0",
-        attempt=1,
-        artifacts={"victim": ref.to_json()},
+        AttemptKey("ViewFlow", "manual__2026-11-25T10:00:00+00:00", "start", "0", 1),
+        artifacts={"victim": ref},
         parameters=[],
         foreach_stack=[],
-    )
+    ).to_json()
     hostile = tmp_path / "hostile-unpickled"
     damage(root, ref, kind, hostile)
     tripwire.reset()
@@ -347,7 +344,7 @@ def flow_story(request, tmp_path_factory, airflow_db):
         story["run1_states"] = task_states(first.dag_run)
         manifest = first.manifest("start")
         story["manifest1"] = manifest
-        refs = manifest["artifacts"]
+        refs = manifest.to_json()["artifacts"]
         rng = random.Random(10)
         damaged = {}
         for name, how in FLOW_DAMAGE[kind].items():
@@ -420,7 +417,7 @@ def test_no_byte_of_a_damaged_blob_reaches_the_unpickler_in_a_run(flow_story):
     ``ArtifactStore._pack``): no tripwire in the damaged values fired, and the hostile pickle swapped
     in for one of them never ran."""
     assert flow_story["fired"] == []
-    refs = flow_story["manifest1"]["artifacts"]
+    refs = flow_story["manifest1"].to_json()["artifacts"]
     # each damaged blob was set aside after two reads
     assert flow_story["damaged_aside"] == sorted(ref.get("pack") or ref["hash"] for ref in refs.values())
 
@@ -431,7 +428,7 @@ def test_a_new_run_repairs_the_blobs_and_later_reads_are_good(flow_story):
     the rewrite, so every later run failed."""
     assert flow_story["run2_states"] == {"start": "success", "end": "success", "plain": "success"}
     # the same values, so the same blobs and the same pack: run 1's manifest points at them too
-    assert flow_story["manifest2"]["artifacts"] == flow_story["manifest1"]["artifacts"]
+    assert flow_story["manifest2"].artifacts == flow_story["manifest1"].artifacts
     run2 = flow_story["run2"].run_id
     for who in ("end", "plain"):
         (report,) = _reports(flow_story["reports"], run2, who)

@@ -72,10 +72,10 @@ def test_a_secret_never_shows_in_output_manifests_run_records_or_xcoms(secret_ru
         "region": "eu-west-1",
     }
 
-    start = run.manifest("start")["artifacts"]
+    start = run.manifest("start").to_json()["artifacts"]
     assert start["token"]["repr"] == "<secret>" and start["headers"]["repr"] == "<secret>"
     assert start["token_length"]["repr"] == str(len(token))  # what is not secret stays readable
-    assert token not in run.manifest("call")["caught"]["message"]
+    assert token not in run.manifest("call").caught.message
     for step in ("start", "call", "end"):
         assert token not in json.dumps(raw_xcom("SecretFlow", run.run_id, step))
 
@@ -95,7 +95,7 @@ def test_a_secrets_hash_cannot_confirm_a_guess(secret_run):
 
     token, _, run, _ = secret_run
     guessed = encode(token, name="guess").hash
-    refs = run.manifest("end")["artifacts"]
+    refs = run.manifest("end").to_json()["artifacts"]
     assert guessed not in (refs["token"]["hash"], refs["same"]["hash"])
 
 
@@ -151,6 +151,8 @@ def test_a_foreach_item_made_from_a_secret_is_stored_as_a_secret(tmp_path):
     assert [item["repr"] for item in items] == ["<secret>", "'anonymous'"]
     assert token not in json.dumps(result.to_json())
 
+    from airflow_flowspec.datastore.manifest import ForeachFrame
+
     child = TaskSpec(
         str(flow_file),
         RunIdentity("SecretForeachFlow", "r1"),
@@ -158,9 +160,9 @@ def test_a_foreach_item_made_from_a_secret_is_stored_as_a_secret(tmp_path):
         root,
         map_index=0,
         input_manifests=[result.manifest],
-        foreach_stack=result.foreach_children[0]["stack"],
+        foreach_stack=[ForeachFrame.from_json(frame) for frame in result.foreach_children[0]["stack"]],
     )
-    from airflow_flowspec.datastore import ArtifactRef, Datastore
+    from airflow_flowspec.datastore import Datastore
 
-    header = run_step(child).manifest["artifacts"]["header"]
-    assert Datastore(root).artifacts.load(ArtifactRef.from_json(header)) == f"Bearer {token}"
+    header = run_step(child).manifest.artifacts["header"]
+    assert Datastore(root).artifacts.load(header) == f"Bearer {token}"

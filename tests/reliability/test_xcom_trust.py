@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from conftest import S3_TEST_BUCKET
 from corruption import RawStore, hostile_pickle, soak_tries
-from harness import clear_and_rerun
+from harness import a_manifest, clear_and_rerun
 from hostile import (
     IDENTITY_FIELDS,
     OutsideWatch,
@@ -590,10 +590,11 @@ def test_a_name_that_is_not_utf8_is_refused_by_the_datastore_and_the_xcom_backen
     root = tmp_path / "store"
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(root))
     datastore = Datastore(str(root))
+    start = a_manifest("F", "run-1", "start")
     attempts = [
         lambda: datastore.write_run_meta("F", NOT_UTF8, {}),
-        lambda: datastore.write_manifest("F", "run-1", "st\udcffep", "0", 1, {"artifacts": {}}),
-        lambda: datastore.write_attempt_file("F", "run-1", "start", "0", 1, "log-\udcfe.txt", b"x"),
+        lambda: datastore.write_manifest(a_manifest("F", "run-1", "st\udcffep")),
+        lambda: datastore.write_attempt_file(start.attempt, "log-\udcfe.txt", b"x"),
         lambda: values.store_value(b"x" * 100, **{**IDENTITY, "run_id": NOT_UTF8}),
         lambda: values.store_value(b"x" * 100, **{**IDENTITY, "key": "k\udcff"}),
     ]
@@ -620,13 +621,13 @@ def test_a_non_ascii_name_round_trips_exactly(request, tmp_path, store):
     flow, step = "Flüsse日本", "schritt_ü"
     for run_id in NON_ASCII_RUNS:
         datastore.write_run_meta(flow, run_id, {"note": run_id})
-        datastore.write_manifest(flow, run_id, step, "0", 1, {"artifacts": {}, "run_id": run_id})
+        datastore.write_manifest(a_manifest(flow, run_id, step))
         datastore.finish_run(flow, run_id, True, {})
     assert datastore.list_runs(flow) == sorted(NON_ASCII_RUNS)
     for run_id in NON_ASCII_RUNS:
         assert datastore.list_steps(flow, run_id) == [step]
         assert datastore.list_tasks(flow, run_id, step) == ["0"]
-        assert datastore.read_manifest(flow, run_id, step, "0", 1)["run_id"] == run_id
+        assert datastore.read_manifest(a_manifest(flow, run_id, step).attempt).attempt.run_id == run_id
         assert datastore.read_run_meta(flow, run_id)["note"] == run_id
         assert datastore.run_status(flow, run_id)["status"] == "succeeded"
     assert datastore.latest_run(flow) == NON_ASCII_RUNS[-1]
@@ -649,7 +650,7 @@ def test_a_non_ascii_run_id_round_trips_through_a_step(tmp_path):
             flow_file=str(flow_file), run=RunIdentity("NamesFlow", run_id), step="start", datastore_root=root
         )
     )
-    assert result.manifest["pathspec"] == f"NamesFlow/{run_id}/start/0"
+    assert result.manifest.pathspec == f"NamesFlow/{run_id}/start/0"
     datastore = Datastore(root)
     assert datastore.list_runs("NamesFlow") == [run_id]
     assert datastore.list_steps("NamesFlow", run_id) == ["start"]

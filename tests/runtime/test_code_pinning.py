@@ -14,10 +14,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from harness import run_flow, write_pinned_flow
+from harness import attempt, run_flow, write_pinned_flow
 
 from airflow_flowspec import config
 from airflow_flowspec.datastore import keys, open_datastore
+from airflow_flowspec.datastore.artifacts import ArtifactRef
 from airflow_flowspec.errors import CodePackageError
 from airflow_flowspec.identity import RunIdentity
 from airflow_flowspec.runtime import code_package
@@ -49,7 +50,7 @@ def test_a_flow_and_its_helper_edited_mid_run_do_not_change_the_runs_remaining_t
         attempt=2,
         input_manifests=[start],
         run_context=RunContext(username="ada"),
-        code=start["code"],
+        code=start.code.to_json(),
     )
     key = write_task_spec(spec)
     worker = textwrap.dedent(f"""
@@ -62,13 +63,9 @@ def test_a_flow_and_its_helper_edited_mid_run_do_not_change_the_runs_remaining_t
     """)
     result = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    manifest = run.datastore.read_manifest("PinnedFlow", run.run_id, "end", "0", 2)
-    assert manifest["code"] == start["code"]
-    from airflow_flowspec.datastore.artifacts import ArtifactRef
-
-    values = {
-        n: run.datastore.artifacts.load(ArtifactRef.from_json(r)) for n, r in manifest["artifacts"].items()
-    }
+    manifest = run.datastore.read_manifest(attempt("PinnedFlow", run.run_id, "end", "0", 2))
+    assert manifest.code == start.code
+    values = {n: run.datastore.artifacts.load(r) for n, r in manifest.artifacts.items()}
     assert values["flow_version"] == values["helper_version"] == "ORIGINAL"
 
     # The next run starts with the edited code.
@@ -85,13 +82,17 @@ def test_two_runs_of_the_same_code_store_it_once_and_an_edit_stores_a_new_packag
     second = run_flow(flow_dir / "pinned_flow.py")
     assert second.datastore.read_run_meta("PinnedFlow", second.run_id)["code"] == record
     assert blob.stat().st_mtime_ns == written  # the second run found it stored: no upload
-    assert second.manifest("start")["code"] == second.manifest("end")["code"] == record["package"]
+    assert (
+        second.manifest("start").code
+        == second.manifest("end").code
+        == ArtifactRef.from_json(record["package"])
+    )
     assert record["path"] == "pinned_flow.py"
 
     (flow_dir / "pinned_helpers.py").write_text('VERSION = "NEW"\n')
     sys.modules.pop("pinned_helpers", None)
     third = run_flow(flow_dir / "pinned_flow.py")
-    assert third.manifest("end")["code"] != record["package"]
+    assert third.manifest("end").code != ArtifactRef.from_json(record["package"])
     assert third.artifacts("end")["helper_version"] == "NEW"
     # The run's flow source (run.code) stays one object per distinct flow file.
     assert third.datastore.read_run_meta("PinnedFlow", third.run_id)["code"]["source"] == record["source"]

@@ -17,6 +17,7 @@ import pytest
 from harness import REPO
 
 from airflow_flowspec.datastore import keys, open_datastore
+from airflow_flowspec.datastore.keys import AttemptKey
 from airflow_flowspec.datastore.views import task_view
 from airflow_flowspec.errors import EXIT_DISALLOW_RETRY, EXIT_STEP_FAILED
 from airflow_flowspec.identity import RunIdentity
@@ -99,7 +100,7 @@ def test_a_step_run_by_key_leaves_its_result_for_the_publisher(flow_file, tmp_pa
     result = run_by_key(spec)
     assert result.returncode == 0, result.stderr
     published = read_step_result(spec)
-    assert published.manifest["pathspec"] == "ProcessFlow/batch-run-1/start/0"
+    assert published.manifest.pathspec == "ProcessFlow/batch-run-1/start/0"
     artifacts = open_datastore(spec.datastore_root).latest_attempt_manifest(
         "ProcessFlow", "batch-run-1", "start", "0"
     )
@@ -117,7 +118,7 @@ def test_the_steps_own_exception_exits_1_so_the_caller_retries(flow_file, tmp_pa
     # On the last attempt @catch takes it: the step succeeds with the exception as an artifact.
     last = spec_for(flow_file, tmp_path / "store", attempt=2, max_attempts=2, mode="raise")
     assert run_by_key(last).returncode == 0
-    assert read_step_result(last).manifest["caught"]["type"] == "ValueError"
+    assert read_step_result(last).manifest.caught.type == "ValueError"
 
 
 @pytest.mark.parametrize(
@@ -150,10 +151,9 @@ def test_a_spec_not_stored_where_its_task_belongs_is_refused(flow_file, tmp_path
     """The key is derived from the task's identity; a spec copied to another task's key is not run."""
     root = tmp_path / "store"
     spec = spec_for(flow_file, root)
-    open_datastore(str(root)).write_task_spec("ProcessFlow", "batch-run-1", "end", "0", 1, spec.to_json())
-    result = run_process(
-        "--root", str(root), "--spec-key", keys.task_spec_key("ProcessFlow", "batch-run-1", "end", "0", 1)
-    )
+    elsewhere = AttemptKey("ProcessFlow", "batch-run-1", "end", "0", 1)
+    open_datastore(str(root)).write_task_spec(elsewhere, spec.to_json())
+    result = run_process("--root", str(root), "--spec-key", keys.task_spec_key(elsewhere))
     assert result.returncode == EXIT_DISALLOW_RETRY
     assert "refusing to run a spec that is not where its task's spec belongs" in result.stderr
     assert not has_manifest(spec)

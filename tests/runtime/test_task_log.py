@@ -9,11 +9,12 @@ import time
 
 import pytest
 
+from airflow_flowspec.datastore.keys import AttemptKey
 from airflow_flowspec.datastore.store import Datastore
 from airflow_flowspec.runtime.masking import SecretMask
 from airflow_flowspec.runtime.task_log import MAX_LOG_CHARS, TaskLog
 
-IDENTITY = ("LogFlow", "run-1", "start", "0", 1)
+IDENTITY = AttemptKey("LogFlow", "run-1", "start", "0", 1)
 
 
 def test_huge_output_keeps_its_start_and_end_in_bounded_memory_and_linear_time(tmp_path, monkeypatch):
@@ -29,7 +30,7 @@ def test_huge_output_keeps_its_start_and_end_in_bounded_memory_and_linear_time(t
     assert time.process_time() - started < 20  # quadratic was hours
     datastore = Datastore(str(tmp_path / "store"))
     log.store(datastore, IDENTITY)
-    kept = datastore.read_attempt_file(*IDENTITY, "stdout.log").decode()
+    kept = datastore.read_attempt_file(IDENTITY, "stdout.log").decode()
     assert len(kept) <= MAX_LOG_CHARS + 100
     assert kept.startswith("line 0\nline 1\n") and kept.endswith("x\nthe end\n")
     assert "characters of output not kept" in kept
@@ -49,5 +50,5 @@ def test_a_refused_write_and_a_secret_split_across_writes(tmp_path, monkeypatch)
         print("secret")
     datastore = Datastore(str(tmp_path / "store"))
     log.store(datastore, IDENTITY)
-    kept = datastore.read_attempt_file(*IDENTITY, "stdout.log").decode()
+    kept = datastore.read_attempt_file(IDENTITY, "stdout.log").decode()
     assert kept == "token: ***\n"

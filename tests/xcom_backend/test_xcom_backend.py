@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import FlowRun, load_flow, raw_xcom, run_flow
+from harness import FlowRun, a_manifest, load_flow, raw_xcom, run_flow
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -155,7 +155,7 @@ def test_a_steps_xcom_is_a_small_readable_json_manifest(tmp_path):
         assert len(text) < 4096, text  # a 5 MB artifact is a reference of a few dozen bytes
         assert raw["flowspec_manifest"] == 1
         assert (raw["flow"], raw["step"], raw["run_id"]) == ("XComViewFlow", step, run.run_id)
-        assert raw == run.manifest(step)  # the same document as the datastore's manifest.json
+        assert raw == run.manifest(step).to_json()  # the same document as the datastore's manifest.json
         # Nothing in it is a long opaque string (pickled or base64 bytes).
         strings = [s for s in _strings(raw)]
         assert max(len(s) for s in strings) <= 100, max(strings, key=len)
@@ -422,8 +422,7 @@ def test_an_instance_of_a_flow_class_whose_flow_file_is_gone_gets_a_clear_error(
     finally:
         del sys.modules[module.__name__]
     datastore.write_run_meta("GoneFlow", "run-1", {"flow_file": str(tmp_path / "moved_away.py")})
-    manifest = {"flow": "GoneFlow", "run_id": "run-1", "step": "end", "artifacts": {"model": ref.to_json()}}
-    view = InputView(manifest, datastore, foreach_value=None)
+    view = InputView(a_manifest("GoneFlow", "run-1", "end", artifacts={"model": ref}), datastore, None)
     with pytest.raises(FlowspecError) as caught:
         _ = view.model
     message = str(caught.value)
