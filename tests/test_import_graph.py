@@ -41,7 +41,8 @@ LAZY_ENTRY_POINTS = {
 }
 AIRFLOW_ONLY = ("airflow", "moto")
 #: The local AWS (test support that ships with the package) is the one place outside the edge that
-#: may import moto; it imports no Airflow, and nothing else in the package imports it.
+#: may import moto; it imports no Airflow, and nothing else in the package imports it. Its modules
+#: have no cycle among them, not even through an import made only for type checking.
 MOTO_PACKAGES = ("airflow_flowspec.testing",)
 
 
@@ -223,7 +224,7 @@ def test_airflow_and_moto_are_imported_only_at_the_edge():
 
 def test_the_local_aws_is_reached_by_nothing_else_in_the_package():
     """Importing airflow_flowspec must never import moto: only the local AWS's own modules import
-    each other."""
+    them."""
     inward = [
         f"{edge.importer} imports {edge.imported} (line {edge.line})"
         for edge in IMPORTS
@@ -241,3 +242,22 @@ def test_the_rest_of_the_package_reaches_the_edge_only_through_its_lazy_entry_po
     }
     assert {(importer, imported) for importer, imported, _ in crossings} == LAZY_ENTRY_POINTS
     assert all(in_function for _, _, in_function in crossings), "an entry point imported at module level"
+
+
+def test_the_local_aws_has_no_cycle_even_for_type_checking():
+    """The local AWS runs its jobs through a job class that knows it only by a protocol: counting
+    the imports under ``if TYPE_CHECKING:`` as well, its modules import each other one way."""
+    paths = sorted((REPO / "airflow_flowspec" / "testing").glob("*.py"))
+    edges = [
+        Import(importer, target, node.lineno, False)
+        for path in paths
+        for importer in [module_name(path, REPO)]
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for target in _targets(node, importer, path.name == "__init__.py", MODULES)
+    ]
+    testing_modules = {module_name(path, REPO) for path in paths}
+    assert ("airflow_flowspec.testing.local_aws", "airflow_flowspec.testing.process_job") in {
+        (edge.importer, edge.imported) for edge in edges
+    }
+    assert find_cycles(testing_modules, [edge for edge in edges if edge.imported in testing_modules]) == []

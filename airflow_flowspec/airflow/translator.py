@@ -266,7 +266,7 @@ def step_operator(
         iam_role=options["iam_role"],
     )
     arguments: dict[str, Any] = {
-        "batch_settings": StepBatchOperator.settings_arguments(settings),
+        "batch_settings": settings.to_arguments(),
         "catches": "catch" in decorators,
         "aws_conn_id": options["aws_conn_id"],
         "region_name": options["region_name"],
@@ -297,7 +297,6 @@ def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
             flow_name=flow_class.__name__,
             step_name=name,
             input_pulls=_input_pulls(graph, name, domain),
-            is_foreach_split=node.type == "foreach",
             doc_md=node.doc.strip() or None if node.doc else None,
             trigger_rule=_trigger_rule(graph, name),
             **_decorator_settings(getattr(flow_class, name)),

@@ -8,7 +8,8 @@ submitted job. So a new run, a new task or a new ``@resources`` value never regi
 Sizes follow Metaflow's rule for ``@batch`` and ``@resources``: both may give cpu, memory, gpu or
 shared memory, and the larger value wins, so a flow that runs on Metaflow asks Batch for the same.
 
-Nothing here imports Airflow or creates an AWS client: the caller passes a boto3 Batch client.
+Nothing here imports Airflow or calls AWS: :class:`~airflow_flowspec.aws_batch.client.BatchClient`
+registers the definition this module describes and submits nothing itself.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import hashlib
 import json
 import math
 import re
-import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from airflow_flowspec.decorators.base import step_decorators_of
@@ -107,6 +107,38 @@ class BatchJobSettings:
     tags: dict[str, str] = field(default_factory=dict)
     timeout_seconds: int | None = None
 
+    def to_arguments(self) -> dict[str, Any]:
+        """The settings as plain JSON values, defaults left out: a mapped task's arguments are
+        serialized with the DAG every time it is parsed. :meth:`from_arguments` reads them back."""
+        arguments: dict[str, Any] = {}
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            if setting.name not in _SETTINGS_DEFAULTS or value != _SETTINGS_DEFAULTS[setting.name]:
+                arguments[setting.name] = list(value) if isinstance(value, tuple) else value
+        return arguments
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> BatchJobSettings:
+        """The settings :meth:`to_arguments` gave (after a JSON round trip, tuples come back as
+        lists)."""
+        values = dict(arguments)
+        for name in ("host_volumes", "efs_volumes"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+def _default_of(setting: Field[Any]) -> Any:
+    return setting.default if setting.default is not MISSING else setting.default_factory()  # type: ignore[misc]
+
+
+#: The fields of :class:`BatchJobSettings` that have a default, and that default.
+_SETTINGS_DEFAULTS: dict[str, Any] = {
+    setting.name: _default_of(setting)
+    for setting in fields(BatchJobSettings)
+    if setting.default is not MISSING or setting.default_factory is not MISSING
+}
+
 
 # ---------------------------------------------------------------------- settings of a step
 
@@ -131,6 +163,9 @@ def step_job_settings(
     written for Kubernetes with ``disk`` still runs on Batch. ``@timeout`` becomes the job's
     attempt timeout, at least a minute because Batch refuses less.
 
+    Three questions, each answered by its own function: where the job runs (queue, definition,
+    image, roles), how big it is, and what its container's Linux parameters are.
+
     Raises :class:`BatchJobSpecError` naming the flow, the step and the fix when the job cannot be
     assembled: no queue, no image nor job definition, conflicting or unusable sizes, settings an
     existing job definition cannot carry.
@@ -145,6 +180,62 @@ def step_job_settings(
         dict(resources_deco.attributes) if resources_deco is not None else None
     )
 
+    placement = _placement(
+        where, batch_args, queue=queue, job_definition=job_definition, image=image, iam_role=iam_role
+    )
+    sizes = _sizes(where, batch_args, resources_args)
+    linux = _linux_parameters(where, batch_args, memory=sizes["memory"])
+    log_driver = batch_args.get("log_driver") or None
+    log_options = _log_options(where, batch_args.get("log_options"))
+    if log_options and not log_driver:
+        raise BatchJobSpecError(
+            f"{where} has @batch(log_options=...) without log_driver: Batch needs the driver the "
+            f"options are for, e.g. @batch(log_driver='awslogs', log_options=[...])."
+        )
+
+    settings = BatchJobSettings(
+        flow_name=flow_name,
+        step_name=step_name,
+        **placement.arguments,
+        **sizes,
+        **linux,
+        host_volumes=_volume_list(where, "host_volumes", batch_args.get("host_volumes")),
+        efs_volumes=_volume_list(where, "efs_volumes", batch_args.get("efs_volumes")),
+        ephemeral_storage=_ephemeral_storage(where, batch_args, resources_args),
+        log_driver=log_driver,
+        log_options=log_options,
+        privileged=bool(batch_args.get("privileged")),
+        container_properties=_container_properties(where, batch_args.get("container_properties")),
+        tags=_user_tags(where, batch_args),
+        timeout_seconds=(
+            max(MIN_TIMEOUT_SECONDS, math.ceil(timeout_deco.total_seconds))  # type: ignore[attr-defined]
+            if timeout_deco is not None
+            else None
+        ),
+    )
+    if placement.definition_origin:
+        _refuse_settings_a_definition_cannot_take(
+            where,
+            settings,
+            placement.arguments["job_definition"],
+            placement.definition_origin,
+            step_iam_role=batch_args.get("iam_role"),
+        )
+    return settings
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where a step's job runs: the settings' queue, definition, image and roles, and where an
+    existing definition came from ("" when one is registered)."""
+
+    arguments: dict[str, Any]
+    definition_origin: str
+
+
+def _placement(
+    where: str, batch_args: Mapping[str, Any], *, queue: str, job_definition: str, image: str, iam_role: str
+) -> _Placement:
     resolved_queue = batch_args.get("queue") or queue
     if not resolved_queue:
         raise BatchJobSpecError(
@@ -172,7 +263,22 @@ def step_job_settings(
             f"airflow-flowspec) or [flowspec] batch_job_definition (an existing definition) in "
             f"airflow.cfg, or give the step @batch(image=...)."
         )
+    return _Placement(
+        arguments={
+            "queue": resolved_queue,
+            "job_definition": resolved_definition,
+            "image": resolved_image,
+            "iam_role": batch_args.get("iam_role") or iam_role or None,
+            "execution_role": batch_args.get("execution_role") or None,
+        },
+        definition_origin=definition_origin,
+    )
 
+
+def _sizes(
+    where: str, batch_args: Mapping[str, Any], resources_args: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The job's vCPUs, memory, GPUs and shared memory, checked and in Batch's units."""
     sizes = _resolve_sizes(where, batch_args, resources_args)
     cpu = _cpu(where, sizes["cpu"])
     memory = _memory(where, sizes["memory"])
@@ -184,7 +290,11 @@ def step_job_settings(
             raise BatchJobSpecError(
                 f"{where}: shared_memory must be a size in MiB above 0, got {sizes['shared_memory']!r}."
             )
+    return {"cpu": cpu, "memory": memory, "gpu": str(gpu), "shared_memory": shared_memory}
 
+
+def _linux_parameters(where: str, batch_args: Mapping[str, Any], *, memory: str) -> dict[str, Any]:
+    """Swap, the tmpfs mount and the Inferentia/EFA devices of the job's container."""
     swappiness = _optional_whole_number(where, "swappiness", batch_args.get("swappiness"))
     if swappiness is not None and swappiness > 100:
         raise BatchJobSpecError(
@@ -201,53 +311,15 @@ def step_job_settings(
     tmpfs_size = _optional_whole_number(where, "tmpfs_size", batch_args.get("tmpfs_size") or None)
     if use_tmpfs and tmpfs_size is None:
         tmpfs_size = int(memory) // 2  # Docker's default for a tmpfs mount: half the memory
-
-    log_driver = batch_args.get("log_driver") or None
-    log_options = _log_options(where, batch_args.get("log_options"))
-    if log_options and not log_driver:
-        raise BatchJobSpecError(
-            f"{where} has @batch(log_options=...) without log_driver: Batch needs the driver the "
-            f"options are for, e.g. @batch(log_driver='awslogs', log_options=[...])."
-        )
-
-    settings = BatchJobSettings(
-        flow_name=flow_name,
-        step_name=step_name,
-        queue=resolved_queue,
-        job_definition=resolved_definition,
-        image=resolved_image,
-        iam_role=batch_args.get("iam_role") or iam_role or None,
-        execution_role=batch_args.get("execution_role") or None,
-        cpu=cpu,
-        memory=memory,
-        gpu=str(gpu),
-        shared_memory=shared_memory,
-        max_swap=_optional_whole_number(where, "max_swap", batch_args.get("max_swap")),
-        swappiness=swappiness,
-        inferentia=_optional_whole_number(where, "inferentia", accelerators) or 0,
-        efa=_optional_whole_number(where, "efa", batch_args.get("efa")) or 0,
-        use_tmpfs=use_tmpfs,
-        tmpfs_size=tmpfs_size,
-        tmpfs_path=tmpfs_path,
-        host_volumes=_volume_list(where, "host_volumes", batch_args.get("host_volumes")),
-        efs_volumes=_volume_list(where, "efs_volumes", batch_args.get("efs_volumes")),
-        ephemeral_storage=_ephemeral_storage(where, batch_args, resources_args),
-        log_driver=log_driver,
-        log_options=log_options,
-        privileged=bool(batch_args.get("privileged")),
-        container_properties=_container_properties(where, batch_args.get("container_properties")),
-        tags=_user_tags(where, batch_args),
-        timeout_seconds=(
-            max(MIN_TIMEOUT_SECONDS, math.ceil(timeout_deco.total_seconds))  # type: ignore[attr-defined]
-            if timeout_deco is not None
-            else None
-        ),
-    )
-    if resolved_definition is not None:
-        _refuse_settings_a_definition_cannot_take(
-            where, settings, resolved_definition, definition_origin, step_iam_role=batch_args.get("iam_role")
-        )
-    return settings
+    return {
+        "max_swap": _optional_whole_number(where, "max_swap", batch_args.get("max_swap")),
+        "swappiness": swappiness,
+        "inferentia": _optional_whole_number(where, "inferentia", accelerators) or 0,
+        "efa": _optional_whole_number(where, "efa", batch_args.get("efa")) or 0,
+        "use_tmpfs": use_tmpfs,
+        "tmpfs_size": tmpfs_size,
+        "tmpfs_path": tmpfs_path,
+    }
 
 
 def _resolve_sizes(
@@ -557,73 +629,6 @@ def job_definition_name(document: Mapping[str, Any]) -> str:
     their dicts were ordered, and any change makes a new one."""
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return ("flowspec-" + hashlib.sha224(canonical.encode("utf-8")).hexdigest())[:MAX_NAME_CHARS]
-
-
-#: Definitions this process has found or registered: (endpoint, region, name). Two AWS accounts
-#: behind one endpoint and region in one process would share an entry.
-_ensured: set[tuple[str, str, str]] = set()
-_ensure_lock = threading.Lock()
-
-
-def ensure_job_definition(batch_client: Any, settings: BatchJobSettings) -> str:
-    """The job definition to submit the step's jobs with, registered when it does not exist yet.
-
-    A configured definition is returned as it is. Otherwise the definition is named by its
-    content: an ACTIVE one of that name (registered by any process, any run) is reused, so a
-    definition is registered once per distinct content, never per run. Returns the name, which
-    Batch resolves to its latest ACTIVE revision. Two processes racing may both register: the
-    revisions are identical, so either serves.
-
-    ``batch_client`` is a boto3 Batch client; nothing here creates one. A definition Batch refuses
-    is a :class:`BatchJobSpecError` with Batch's reason; other AWS errors are raised as they are.
-    """
-    if settings.job_definition:
-        return settings.job_definition
-    document = job_definition_document(settings)
-    name = job_definition_name(document)
-    meta = getattr(batch_client, "meta", None)
-    cache_key = (str(getattr(meta, "endpoint_url", "")), str(getattr(meta, "region_name", "")), name)
-    if cache_key in _ensured:
-        return name
-    with _ensure_lock:
-        if cache_key in _ensured:
-            return name
-        if not _has_active_definition(batch_client, name):
-            try:
-                batch_client.register_job_definition(jobDefinitionName=name, **document)
-            except Exception as error:
-                if _aws_error_code(error) not in ("ClientException", "InvalidParameterValueException"):
-                    raise
-                raise BatchJobSpecError(
-                    f"AWS Batch refused the job definition of step '{settings.step_name}' of flow "
-                    f"{settings.flow_name}: {_aws_error_message(error)}. Check the step's @batch "
-                    f"arguments (container_properties especially) and that the role has "
-                    f"batch:RegisterJobDefinition."
-                ) from error
-        _ensured.add(cache_key)
-    return name
-
-
-def _has_active_definition(batch_client: Any, name: str) -> bool:
-    request: dict[str, Any] = {"jobDefinitionName": name, "status": "ACTIVE"}
-    while True:
-        response = batch_client.describe_job_definitions(**request)
-        if response.get("jobDefinitions"):
-            return True
-        if not response.get("nextToken"):
-            return False
-        request["nextToken"] = response["nextToken"]
-
-
-def _aws_error_code(error: BaseException) -> str:
-    response = getattr(error, "response", None)
-    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, Mapping) else ""
-
-
-def _aws_error_message(error: BaseException) -> str:
-    response = getattr(error, "response", None)
-    message = response.get("Error", {}).get("Message") if isinstance(response, Mapping) else None
-    return str(message or error).rstrip(".")
 
 
 # ---------------------------------------------------------------------- one job

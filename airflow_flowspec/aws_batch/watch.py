@@ -4,8 +4,9 @@ RUNNABLE, and what to tell a data scientist when it fails.
 Three reporters share :class:`JobWatcher`: the step operator's synchronous wait, the deferrable
 trigger (which runs it in a thread) and the console of ``python flow.py run --with batch``. So it
 prints and logs nothing itself: every line to show goes to the ``emit`` callable it is given, and
-each reporter decides where lines go. It imports neither Airflow nor boto3: the Batch and CloudWatch
-Logs clients are handed in, so a notebook, a Batch container or a test can drive it.
+each reporter decides where lines go. It imports neither Airflow nor boto3 and calls AWS only
+through the :class:`~airflow_flowspec.aws_batch.client.BatchClient` it is handed, so a notebook, a
+Batch container or a test can drive it.
 
 Polling Batch for hours meets throttling, 5xx answers and dropped connections; one of those is no
 reason to fail a step whose job is running fine, so a poll that meets one shows nothing and returns
@@ -20,13 +21,19 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from airflow_flowspec.aws_batch.client import (
+    AWSLOGS_DRIVER,
+    AwsErrorKind,
+    BatchClient,
+    LogLocation,
+    classify,
+    log_driver,
+    log_location,
+)
 from airflow_flowspec.aws_batch.jobs import FINISHED
 from airflow_flowspec.aws_batch.polling import PollSchedule
-from airflow_flowspec.errors import BatchJobFailedError
 from airflow_flowspec.runtime.task_log import lines_prefixed
 
-#: Where Batch's default ``awslogs`` configuration writes every job's output.
-LOG_GROUP = "/aws/batch/job"
 #: Lines of the job's log kept for a failure message or a trigger event.
 TAIL_LINES = 50
 #: Lines of the log a failure message quotes: enough for a traceback's end, short enough to read.
@@ -38,28 +45,6 @@ MAX_CONSECUTIVE_FAILURES = 10
 #: Log pages read per poll at most, so one poll of a very chatty job still returns; the next poll
 #: goes on from where this one stopped.
 MAX_LOG_PAGES_PER_POLL = 50
-
-#: Error codes AWS uses for "slow down" and "try again": a retry later is expected to work.
-TRANSIENT_ERROR_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "ProvisionedThroughputExceededException",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "InternalFailure",
-        "InternalError",
-        "InternalServerError",
-        "ServerException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-    }
-)
 
 #: Fargate's largest task: 16 vCPUs, 120 GiB, no GPU.
 FARGATE_MAX_VCPUS = 16
@@ -94,16 +79,14 @@ class JobWatcher:
 
     def __init__(
         self,
-        batch_client: Any,
-        logs_client: Any,
+        client: BatchClient,
         job_id: str,
         emit: Callable[[str], None],
         *,
         runnable_hint_after: float = 60.0,
         label: str = "",
     ) -> None:
-        self.batch_client = batch_client
-        self.logs_client = logs_client
+        self.client = client
         self.job_id = job_id
         self.emit = emit
         self.runnable_hint_after = runnable_hint_after
@@ -115,9 +98,10 @@ class JobWatcher:
         self._status_since = time.monotonic()
         self._runnable_since: float | None = None
         self._hinted = False
-        self._log_stream: str | None = None
+        self._log_location: LogLocation | None = None
         self._log_token: str | None = None
         self._logs_readable = True
+        self._log_driver_told = False
         self._describe_failures = 0
         self._log_failures = 0
 
@@ -150,7 +134,7 @@ class JobWatcher:
             waited = time.monotonic() - self._runnable_since
             if waited > self.runnable_hint_after:
                 self._hinted = True
-                hint = runnable_hint(self.batch_client, job)
+                hint = runnable_hint(self.client, job)
                 self.emit(f"{self.prefix}Still RUNNABLE after {_duration(waited)}. {hint}")
         return job
 
@@ -178,23 +162,16 @@ class JobWatcher:
 
     def _describe(self) -> dict[str, Any] | None:
         try:
-            response = self.batch_client.describe_jobs(jobs=[self.job_id])
+            job = self.client.describe_job(self.job_id)
         except Exception as error:
-            if not is_transient(error):
+            if not classify(error).retryable:
                 raise
             self._describe_failures += 1
             if self._describe_failures >= MAX_CONSECUTIVE_FAILURES:
                 raise
             return None
         self._describe_failures = 0
-        jobs = response.get("jobs") or []
-        if not jobs:
-            raise BatchJobFailedError(
-                f"AWS Batch knows no job {self.job_id}: DescribeJobs returned nothing. The job was "
-                f"submitted in another region or account than the one asked now, or ended long enough "
-                f"ago (about 7 days) for Batch to forget it. Check the region and credentials in use."
-            )
-        return jobs[0]
+        return job
 
     def _status_line(self, job: dict[str, Any]) -> str:
         status = job.get("status", "?")
@@ -212,51 +189,59 @@ class JobWatcher:
     # --- the log -------------------------------------------------------------------------------
 
     def _read_logs(self, job: dict[str, Any]) -> None:
-        stream = (job.get("container") or {}).get("logStreamName")
-        if not stream or not self._logs_readable:
+        """Show the lines of the job's log that are new since the last read, from the group the
+        job's ``logConfiguration`` names."""
+        if not self._logs_readable:
             return
-        if stream != self._log_stream:  # each attempt of a job writes its own stream
-            self._log_stream = stream
+        location = log_location(job)
+        if location is None:
+            self._tell_log_driver(job)
+            return
+        if location != self._log_location:  # each attempt of a job writes its own stream
+            self._log_location = location
             self._log_token = None
         for _ in range(MAX_LOG_PAGES_PER_POLL):
-            request: dict[str, Any] = {
-                "logGroupName": LOG_GROUP,
-                "logStreamName": stream,
-                "startFromHead": True,
-            }
-            if self._log_token is not None:
-                request["nextToken"] = self._log_token
             try:
-                response = self.logs_client.get_log_events(**request)
+                page = self.client.log_events(location, self._log_token)
             except Exception as error:
-                self._log_read_failed(error, stream)
+                self._log_read_failed(error, location)
                 return
             self._log_failures = 0
-            for event in response.get("events") or []:
-                for line in str(event.get("message", "")).splitlines() or [""]:
+            for message in page.messages:
+                for line in message.splitlines() or [""]:
                     self.tail.append(line)
                     self.emit(self.prefix + line)
-            token = response.get("nextForwardToken")
-            if token is None or token == self._log_token:  # CloudWatch's "no more for now"
+            if page.next_token is None or page.next_token == self._log_token:  # "no more for now"
                 return
-            self._log_token = token
+            self._log_token = page.next_token
 
-    def _log_read_failed(self, error: Exception, stream: str) -> None:
-        if error_code(error) == "ResourceNotFoundException":
+    def _tell_log_driver(self, job: dict[str, Any]) -> None:
+        driver = log_driver(job)
+        if driver == AWSLOGS_DRIVER or self._log_driver_told:
+            return  # an awslogs job without a stream yet: it has not started
+        self._log_driver_told = True
+        self.emit(
+            f"{self.prefix}The job's log goes to its log driver '{driver}', not to CloudWatch Logs: "
+            f"its lines will not be shown here."
+        )
+
+    def _log_read_failed(self, error: Exception, location: LogLocation) -> None:
+        kind = classify(error)
+        if kind is AwsErrorKind.NOT_FOUND:
             return  # the stream is created a moment after Batch names it
-        if is_transient(error):
+        if kind.retryable:
             self._log_failures += 1
             if self._log_failures >= MAX_CONSECUTIVE_FAILURES:
                 raise error
             return
-        if error_code(error) is None:
+        if kind is AwsErrorKind.NOT_AWS:
             raise error  # not an answer from AWS: a bug, not a permission
         # Usually a missing logs:GetLogEvents permission: the job runs on regardless, so say it
         # once and go on watching its status rather than fail the step over its log.
         self._logs_readable = False
         self.emit(
-            f"{self.prefix}Cannot read the job's log (group {LOG_GROUP}, stream {stream}): {error}. "
-            f"Its lines will not be shown here; the job goes on."
+            f"{self.prefix}Cannot read the job's log (group {location.group}, stream {location.stream}): "
+            f"{error}. Its lines will not be shown here; the job goes on."
         )
 
     # --- failure -------------------------------------------------------------------------------
@@ -290,6 +275,10 @@ class JobWatcher:
         if lines:
             quoted = "\n".join("    " + line for line in lines)
             message += f" The last {len(lines)} lines of its log:\n{quoted}"
+        elif log_driver(job) != AWSLOGS_DRIVER:
+            message += (
+                f" Its log went to its log driver '{log_driver(job)}', not to CloudWatch Logs: look there."
+            )
         else:
             message += " Its log has no lines: it failed before its command printed anything."
         return message
@@ -298,12 +287,12 @@ class JobWatcher:
 # --- why a job waits ----------------------------------------------------------------------------
 
 
-def runnable_hint(batch_client: Any, job: dict[str, Any]) -> str:
+def runnable_hint(client: BatchClient, job: dict[str, Any]) -> str:
     """Why ``job`` may be sitting in RUNNABLE, said concretely when its queue and compute
     environments show a reason, else a paragraph on what to check. Never raises: a hint that
     failed must not fail the step it was meant to explain."""
     try:
-        return _runnable_reason(batch_client, job)
+        return _runnable_reason(client, job)
     except Exception as error:  # noqa: BLE001 - any failure here becomes the generic hint
         return (
             f"The job's queue and compute environments could not be described "
@@ -312,14 +301,13 @@ def runnable_hint(batch_client: Any, job: dict[str, Any]) -> str:
         )
 
 
-def _runnable_reason(batch_client: Any, job: dict[str, Any]) -> str:
+def _runnable_reason(client: BatchClient, job: dict[str, Any]) -> str:
     queue_ref = job.get("jobQueue")
     if not queue_ref:
         return "If its queue is enabled and big enough, the job is " + WAITING_FOR_CAPACITY
-    queues = batch_client.describe_job_queues(jobQueues=[queue_ref]).get("jobQueues") or []
-    if not queues:
+    queue = client.describe_job_queue(queue_ref)
+    if queue is None:
         return f"Its job queue {queue_ref} was not found: it was deleted after the job was submitted."
-    queue = queues[0]
     queue_name = queue.get("jobQueueName") or queue_ref
     if queue.get("state") != "ENABLED":
         return (
@@ -333,9 +321,7 @@ def _runnable_reason(batch_client: Any, job: dict[str, Any]) -> str:
     arns = [item["computeEnvironment"] for item in order if item.get("computeEnvironment")]
     if not arns:
         return f"Job queue '{queue_name}' has no compute environment: attach one to it."
-    environments = (
-        batch_client.describe_compute_environments(computeEnvironments=arns).get("computeEnvironments") or []
-    )
+    environments = client.describe_compute_environments(arns)
     usable = [ce for ce in environments if ce.get("state") == "ENABLED" and ce.get("status") != "INVALID"]
     if not usable:
         described = "; ".join(_environment_state(ce) for ce in environments) or "none found"
@@ -461,25 +447,3 @@ def exit_code(job: dict[str, Any]) -> int | None:
 def _exit_code_text(job: dict[str, Any]) -> str:
     code = exit_code(job)
     return f"exit code {code}" if code is not None else ""
-
-
-def error_code(error: BaseException) -> str | None:
-    """The AWS error code of a botocore ``ClientError`` (duck-typed: botocore is not imported)."""
-    response = getattr(error, "response", None)
-    if isinstance(response, dict):
-        return (response.get("Error") or {}).get("Code") or None
-    return None
-
-
-def is_transient(error: BaseException) -> bool:
-    """Throttling, a 5xx answer, or a connection that failed or broke: worth trying again later."""
-    response = getattr(error, "response", None)
-    if isinstance(response, dict):
-        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
-        return error_code(error) in TRANSIENT_ERROR_CODES or status == 429 or status >= 500
-    try:
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-        from botocore.exceptions import HTTPClientError
-    except ImportError:  # no botocore: then no botocore client raised this
-        return False
-    return isinstance(error, (BotoConnectionError, HTTPClientError))

@@ -8,26 +8,34 @@ that carry only the spec's datastore key), a wait that reports every status chan
 own log lines and explains a job stuck in RUNNABLE, a failure message with Batch's reason and the
 log's last lines, a flow mistake (the runtime's exit status 202) failing without retries, and a
 job found again after the worker that submitted it died, instead of a duplicate beside it.
+
+It holds parameters and decides; every AWS call but the submission (``BatchOperator.submit_job``)
+goes through :class:`~airflow_flowspec.aws_batch.client.BatchClient`, built over the hook's client.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import MISSING, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from airflow.providers.amazon.aws.links.batch import (
+    BatchJobDefinitionLink,
+    BatchJobDetailsLink,
+    BatchJobQueueLink,
+)
+from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
-from airflow.sdk.bases.skipmixin import SkipMixin
+from airflow.sdk import SkipMixin
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_flowspec import config
+from airflow_flowspec.aws_batch.client import NEW_JOB_DESCRIBE_ATTEMPTS, BatchClient, log_location
 from airflow_flowspec.aws_batch.jobs import (
     FINISHED,
     BatchJobSettings,
     container_overrides,
-    ensure_job_definition,
     job_name,
     job_tags,
 )
@@ -40,12 +48,6 @@ from airflow_flowspec.runtime.task_log import LINES_PREFIXED, lines_prefixed
 JOB_RECORD_KEY = "flowspec_batch_job"
 #: ``[flowspec]`` options a step's container needs to read and write the datastore as a worker does.
 CONTAINER_OPTIONS = ("s3_multipart_threshold_mb",)
-_SETTINGS_FIELDS = [f.name for f in fields(BatchJobSettings)]
-_SETTINGS_DEFAULTS = {
-    f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-    for f in fields(BatchJobSettings)
-    if f.default is not MISSING or f.default_factory is not MISSING
-}
 #: Set by ``python flow.py run``: job statuses and the step's log lines go to the terminal too.
 CONSOLE_ENVIRONMENT_VARIABLE = config.CONSOLE_VARIABLE
 
@@ -67,7 +69,6 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         batch_settings: BatchJobSettings | dict[str, Any],
         catches: bool = False,
         start_parameters: list[Any] | None = None,
-        is_foreach_split: bool = False,
         foreach_frame: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
@@ -76,7 +77,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
             options = config.batch_options()
             kwargs.update({name: options[name] for name in missing})
         if not isinstance(batch_settings, BatchJobSettings):
-            batch_settings = BatchJobSettings(**batch_settings)
+            batch_settings = BatchJobSettings.from_arguments(batch_settings)
         super().__init__(
             job_name=f"{flow_name}-{step_name}",  # the real ones are made per task in execute()
             job_definition=batch_settings.job_definition or "",
@@ -88,23 +89,11 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         self.flow_name = flow_name
         self.step_name = step_name
         self.input_pulls = input_pulls
-        self.is_foreach_split = is_foreach_split
         self.foreach_frame = foreach_frame
         self.batch_settings = batch_settings
         self.catches = catches  # the step has @catch
         self.start_parameters = start_parameters or []  # the flow's Parameters (start step only)
         self._attempt: int | None = None
-
-    @staticmethod
-    def settings_arguments(settings: BatchJobSettings) -> dict[str, Any]:
-        """``settings`` as plain values, defaults left out: a mapped task's arguments are
-        serialized with the DAG every time it is parsed."""
-        arguments = {}
-        for name in _SETTINGS_FIELDS:
-            value = getattr(settings, name)
-            if name not in _SETTINGS_DEFAULTS or value != _SETTINGS_DEFAULTS[name]:
-                arguments[name] = value
-        return arguments
 
     # -- execute ---------------------------------------------------------------------------------
 
@@ -141,7 +130,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
     def _assemble_job(self, context: Any, spec: Any, spec_key: str) -> None:
         settings = self.batch_settings
         ti = context["ti"]
-        self.job_definition = ensure_job_definition(self.hook.client, settings)
+        self.job_definition = self._aws().ensure_job_definition(settings)
         self.job_queue = settings.queue
         self.job_name = job_name(spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt)
         self.tags = _task_job_tags(ti, spec, spec.attempt, settings.tags)
@@ -177,20 +166,19 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         The job is the one the task state store recorded; without a record (the worker died
         between submitting and recording), the one Batch knows by the previous try's name whose
         tags name this very task instance."""
+        aws = self._aws()
         record = _get_record(context.get("task_state_store"))
         if not record or not record.get("job_id"):
-            record = self._find_by_name_and_tags(context, spec)
+            record = self._find_by_name_and_tags(aws, context, spec)
         if not record:
             return None
-        job = self.hook.client.describe_jobs(jobs=[record["job_id"]])["jobs"]
-        if not job or job[0].get("status") in FINISHED:
+        jobs = aws.describe_jobs([record["job_id"]])
+        if not jobs or jobs[0].get("status") in FINISHED:
             return None
         catch_on_last_try = self.catches and spec.attempt >= spec.max_attempts
         if catch_on_last_try and record.get("attempt", 0) < spec.attempt:
             # Its spec says it is not the last attempt, so @catch would not take its failure.
-            self.hook.client.terminate_job(
-                jobId=record["job_id"], reason="Replaced by the last try, whose @catch applies"
-            )
+            aws.terminate_job(record["job_id"], "Replaced by the last try, whose @catch applies")
             return None
         self.job_id = record["job_id"]
         self._attempt = int(record.get("attempt") or spec.attempt)
@@ -198,27 +186,27 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
             "AWS Batch job %s of an earlier try of this task is still %s: waiting for it instead of "
             "submitting another.",
             self.job_id,
-            job[0]["status"],
+            jobs[0]["status"],
         )
-        return job[0]
+        # submit_job links the jobs it submits; this one was submitted by an earlier try.
+        BatchJobDetailsLink.persist(
+            context=context,
+            operator=self,
+            region_name=self.hook.conn_region_name,
+            aws_partition=self.hook.conn_partition,
+            job_id=self.job_id,
+        )
+        return jobs[0]
 
-    def _find_by_name_and_tags(self, context: Any, spec: Any) -> dict[str, Any] | None:
+    def _find_by_name_and_tags(self, aws: BatchClient, context: Any, spec: Any) -> dict[str, Any] | None:
         ti = context["ti"]
         for attempt in (spec.attempt - 1, spec.attempt):
             if attempt < 1:
                 continue
-            expected = _task_job_tags(ti, spec, attempt, {})
             name = job_name(spec.flow_name, spec.run_id, spec.step, spec.task_id, attempt)
-            summaries = self.hook.client.list_jobs(
-                jobQueue=self.batch_settings.queue, filters=[{"name": "JOB_NAME", "values": [name]}]
-            ).get("jobSummaryList", [])
-            active = [s["jobId"] for s in summaries if s.get("status") not in FINISHED]
-            if not active:
-                continue
-            for job in self.hook.client.describe_jobs(jobs=active[:100])["jobs"]:
-                tags = job.get("tags") or {}
-                if all(tags.get(key) == value for key, value in expected.items()):
-                    return {"job_id": job["jobId"], "attempt": attempt}
+            job = aws.find_active_job(self.batch_settings.queue, name, _task_job_tags(ti, spec, attempt, {}))
+            if job is not None:
+                return {"job_id": job["jobId"], "attempt": attempt}
         return None
 
     def _remember_job(self, context: Any, attempt: int) -> None:
@@ -233,7 +221,8 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
     # -- waiting --------------------------------------------------------------------------------
 
     def _wait_and_publish(self, context: Any, attempt: int, spec: Any) -> Any:
-        job = self._persist_links(context)
+        job = self._aws().describe_job(self.job_id, attempts=NEW_JOB_DESCRIBE_ATTEMPTS)
+        self._link_job(context, job)
         if self.deferrable and job.get("status") not in FINISHED:
             from airflow_flowspec.triggers.batch_job import BatchJobWaitTrigger
 
@@ -260,16 +249,14 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         # needed only by a running task.
         from airflow_flowspec.aws_batch.watch import JobWatcher
 
-        watcher = JobWatcher(
-            self.hook.client, self._logs_client(), self.job_id, self._emit, label=self.step_name
-        )
+        watcher = JobWatcher(self._aws(with_logs=True), self.job_id, self._emit, label=self.step_name)
         schedule = config.batch_poll_schedule()
         job = watcher.poll()
         while not watcher.is_finished(job):
             time.sleep(watcher.next_pause(schedule))
             job = watcher.poll()
         watcher.drain()
-        self._persist_cloudwatch_link(context)
+        self._link_log(context, job)
         if job["status"] != "SUCCEEDED":
             self._fail(
                 job, watcher.failure_message(job, what=f"Step '{self.step_name}' of flow {self.flow_name}")
@@ -279,7 +266,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None, attempt: int = 1) -> Any:
         event = event or {}
         self.job_id = event.get("job_id") or self.job_id
-        self._persist_cloudwatch_link(context)
+        self._link_log(context)
         for line in event.get("log_tail") or []:
             self._emit(line)
         if event.get("status") == "timeout":
@@ -321,19 +308,66 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         if not self.job_id:
             return
         try:
-            self.hook.client.terminate_job(
-                jobId=self.job_id, reason=f"The Airflow task running {self._what()} was stopped"
-            )
+            self._aws().terminate_job(self.job_id, f"The Airflow task running {self._what()} was stopped")
             self.log.info("AWS Batch job %s terminated.", self.job_id)
         except Exception as error:  # noqa: BLE001 - report, the kill goes on
             self.log.error("Could not terminate AWS Batch job %s: %s", self.job_id, error)
 
+    # -- links ----------------------------------------------------------------------------------
+
+    def _link_job(self, context: Any, job: dict[str, Any]) -> None:
+        """The task's links to the job's definition and queue (BatchOperator's, through their
+        public ``persist``)."""
+        region, partition = self.hook.conn_region_name, self.hook.conn_partition
+        if job.get("jobDefinition"):
+            BatchJobDefinitionLink.persist(
+                context=context,
+                operator=self,
+                region_name=region,
+                aws_partition=partition,
+                job_definition_arn=job["jobDefinition"],
+            )
+        if job.get("jobQueue"):
+            BatchJobQueueLink.persist(
+                context=context,
+                operator=self,
+                region_name=region,
+                aws_partition=partition,
+                job_queue_arn=job["jobQueue"],
+            )
+
+    def _link_log(self, context: Any, job: dict[str, Any] | None = None) -> None:
+        """The task's link to the job's CloudWatch log stream, in the group the job's
+        ``logConfiguration`` names. Best effort: a missing link never fails the step."""
+        if not self.do_xcom_push or not self.job_id:
+            return
+        try:
+            location = log_location(job if job is not None else self._aws().describe_job(self.job_id))
+        except Exception as error:  # noqa: BLE001 - the link is a convenience
+            self.log.warning("Could not find the log of AWS Batch job %s: %s", self.job_id, error)
+            return
+        if location is None:
+            return
+        CloudWatchEventsLink.persist(
+            context=context,
+            operator=self,
+            region_name=self.hook.conn_region_name,
+            aws_partition=self.hook.conn_partition,
+            awslogs_region=location.region or self.hook.conn_region_name,
+            awslogs_group=location.group,
+            awslogs_stream_name=location.stream,
+        )
+
     # -- helpers --------------------------------------------------------------------------------
 
-    def _logs_client(self) -> Any:
-        from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
+    def _aws(self, *, with_logs: bool = False) -> BatchClient:
+        """Batch (and CloudWatch Logs) through the task's Airflow connection."""
+        logs_client = None
+        if with_logs:
+            from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
 
-        return AwsLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn
+            logs_client = AwsLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn
+        return BatchClient(self.hook.client, logs_client)
 
     def _emit(self, line: str) -> None:
         self.log.info("%s", line)

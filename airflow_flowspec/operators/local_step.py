@@ -28,7 +28,6 @@ class LocalStepOperator(StepTaskMixin, BaseOperator, SkipMixin):
         flow_name: str,
         step_name: str,
         input_pulls: list[dict[str, Any]],
-        is_foreach_split: bool = False,
         foreach_frame: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
@@ -37,7 +36,6 @@ class LocalStepOperator(StepTaskMixin, BaseOperator, SkipMixin):
         self.flow_name = flow_name
         self.step_name = step_name
         self.input_pulls = input_pulls
-        self.is_foreach_split = is_foreach_split
         self.foreach_frame = foreach_frame
 
     def execute(self, context: Any) -> Any:

@@ -98,7 +98,6 @@ class StepTaskMixin:
     flow_name: str
     step_name: str
     input_pulls: list[dict[str, Any]]
-    is_foreach_split: bool
     foreach_frame: dict[str, Any] | None
 
     @classmethod

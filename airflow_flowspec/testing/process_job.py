@@ -8,10 +8,14 @@ DescribeJobs, CloudWatch Logs) stays moto's.
 What a job does, as AWS Batch would show it: SUBMITTED, (PENDING while it has unfinished
 dependencies), RUNNABLE (for as long as no ENABLED compute environment of an ENABLED queue can fit
 its vCPUs), STARTING, RUNNING, then SUCCEEDED or FAILED by the command's exit code, with
-``statusReason`` and ``container.exitCode``. Its output goes to CloudWatch Logs
-(``/aws/batch/job``, stream ``<job definition>/default/<job id>``) line by line as it is printed.
+``statusReason`` and ``container.exitCode``. Its output goes to CloudWatch Logs line by line as it
+is printed, stream ``<job definition>/default/<job id>``, in the group its job definition's
+``logConfiguration`` names (``awslogs-group``), else ``/aws/batch/job``; a job whose definition
+names another log driver writes no CloudWatch log, as on AWS.
 
-This module imports moto at the top: only ``LocalAws.start`` imports it.
+A job knows the emulator that runs it only as a :class:`JobHost`, so this module does not import
+``local_aws`` (which imports this one). It imports moto at the top: only ``LocalAws.start`` imports
+it.
 """
 
 from __future__ import annotations
@@ -22,14 +26,12 @@ import subprocess
 import threading
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import moto.batch.models as batch_models
 
-if TYPE_CHECKING:
-    from airflow_flowspec.testing.local_aws import LocalAws
-
-LOG_GROUP = "/aws/batch/job"
+#: Where a job's output goes when its job definition names no log group (Batch's default).
+DEFAULT_LOG_GROUP = "/aws/batch/job"
 #: Runs as ``python -I -S -c LIMITER <bytes> <command...>``: sets the data-segment limit, then
 #: becomes the job's command. ``RLIMIT_DATA`` rather than ``RLIMIT_AS``: the address-space limit
 #: counts reserved but unused memory (thread stacks, read-only maps) and breaks ordinary programs
@@ -44,6 +46,23 @@ KILL_GRACE_SECONDS = 2.0
 TERMINAL = ("SUCCEEDED", "FAILED")
 
 
+class JobHost(Protocol):
+    """What a job asks of the emulator that runs it (``LocalAws`` is one)."""
+
+    dwell_seconds: float
+    job_workdir: str
+    python: str
+
+    @property
+    def job_base_environment(self) -> dict[str, str]: ...
+
+    def resolve_command(self, command: list[str]) -> list[str]: ...
+
+    def fits(self, job: Any) -> bool: ...
+
+    def adopt(self, job: Any) -> None: ...
+
+
 class ProcessJob(batch_models.Job):
     """One Batch job: a thread that runs the job's command as a local process group.
 
@@ -51,7 +70,7 @@ class ProcessJob(batch_models.Job):
     environment every job starts from, and whether a job fits its queue.
     """
 
-    emulator: LocalAws
+    emulator: JobHost
 
     # moto's ManagedState advances the status when it is read; here only run() moves it.
     status = property(lambda self: self._status, lambda self, value: setattr(self, "_status", value))
@@ -90,7 +109,17 @@ class ProcessJob(batch_models.Job):
             {"type": "VCPU", "value": str(self.requirement("VCPU", 1))},
             {"type": "MEMORY", "value": str(self.requirement("MEMORY", 2048))},
         ] + [r for r in self.container_overrides.get("resourceRequirements", []) if r.get("type") == "GPU"]
+        log_configuration = self._get_container_property("logConfiguration", None)
+        if log_configuration:  # as Batch shows it; moto leaves it out
+            details["logConfiguration"] = log_configuration
         return details
+
+    def log_group(self) -> str | None:
+        """The CloudWatch group the job's output goes to, None when its log driver is another."""
+        configuration = self._get_container_property("logConfiguration", None) or {}
+        if configuration.get("logDriver", "awslogs") != "awslogs":
+            return None
+        return (configuration.get("options") or {}).get("awslogs-group") or DEFAULT_LOG_GROUP
 
     def batch_environment(self) -> dict[str, str]:
         """The job definition's environment, the overrides' on top, then what Batch itself sets."""
@@ -148,8 +177,10 @@ class ProcessJob(batch_models.Job):
         self._dwell()
         self.job_started_at = datetime.now()
         self.log_stream_name = self._stream_name
-        self._log_backend.ensure_log_group(LOG_GROUP)
-        self._log_backend.ensure_log_stream(LOG_GROUP, self.log_stream_name)
+        group = self.log_group()
+        if group is not None:
+            self._log_backend.ensure_log_group(group)
+            self._log_backend.ensure_log_stream(group, self.log_stream_name)
         self._start_attempt()
         command = self.emulator.resolve_command(
             self._add_parameters_to_command(self._get_container_property("command", []))
@@ -169,7 +200,9 @@ class ProcessJob(batch_models.Job):
             start_new_session=True,
         )
         self.status = "RUNNING"
-        pump = threading.Thread(target=self._pump_output, name=f"{self.name}-logs", daemon=True)
+        pump = threading.Thread(
+            target=self._pump_output, args=(group,), name=f"{self.name}-logs", daemon=True
+        )
         pump.start()
         limit = self._get_attempt_duration()
         while self.process.poll() is None:
@@ -207,15 +240,19 @@ class ProcessJob(batch_models.Job):
         self._mark_stopped(success=False)
         return False
 
-    def _pump_output(self) -> None:
+    def _pump_output(self, group: str | None) -> None:
+        """Send each line the job prints to its log group (read and dropped without one: a
+        container's output goes to its log driver, whatever that is)."""
         assert self.process is not None and self.process.stdout is not None
         for raw_line in iter(self.process.stdout.readline, b""):
+            if group is None:
+                continue
             # moto's GetLogEvents sorts by timestamp and pages by index: a timestamp that went
             # backwards would make a reader skip or repeat lines.
             self._last_log_timestamp = max(int(time.time() * 1000), self._last_log_timestamp)
             message = raw_line.decode("utf-8", "replace").rstrip("\r\n")
             self._log_backend.put_log_events(
-                LOG_GROUP, self.log_stream_name, [{"timestamp": self._last_log_timestamp, "message": message}]
+                group, self.log_stream_name, [{"timestamp": self._last_log_timestamp, "message": message}]
             )
 
     def kill_process_group(self) -> None:

@@ -2,8 +2,9 @@
 
 The Amazon provider's ``BatchJobTrigger`` needs aiobotocore, whose pins conflict with the botocore
 Airflow's provider installs; and it neither shows the job's log nor stops the job when the task is
-killed. This trigger polls with ordinary boto3 clients in a worker thread (:class:`JobWatcher`, the
-same follower the synchronous wait uses), writes the job's status changes and log lines to the
+killed. This trigger builds ordinary boto3 clients from the Airflow connection and leaves every AWS
+call to :class:`BatchClient`, polling in a worker thread (:class:`JobWatcher`, the same follower the
+synchronous wait uses); it writes the job's status changes and log lines to the
 trigger's log (which Airflow shows in the task's log), and terminates the job in exactly two cases:
 its ``deadline`` passed, or a user acted on the deferred task (:meth:`on_kill`).
 
@@ -14,22 +15,20 @@ triggers to another triggerer, and the job must keep running for whoever picks t
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_flowspec.aws_batch.client import BatchClient
 from airflow_flowspec.aws_batch.polling import PollSchedule
-from airflow_flowspec.aws_batch.watch import JobWatcher, exit_code, is_transient
+from airflow_flowspec.aws_batch.watch import JobWatcher, exit_code
 
 #: Lines of the job's log an event carries (events are stored in Airflow's database).
 EVENT_TAIL_LINES = 20
 #: The longest pause between the end of a job and the last read of its log.
 MAX_SETTLE_SECONDS = 2.0
-#: TerminateJob tries before giving up when AWS throttles or fails.
-TERMINATE_ATTEMPTS = 3
 
 
 class BatchJobWaitTrigger(BaseTrigger):
@@ -75,7 +74,7 @@ class BatchJobWaitTrigger(BaseTrigger):
         self.deadline = deadline
         self.label = label
         self.runnable_hint_after = runnable_hint_after
-        self._clients: tuple[Any, Any] | None = None
+        self._client: BatchClient | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -123,11 +122,10 @@ class BatchJobWaitTrigger(BaseTrigger):
             return None
 
     async def _wait(self) -> AsyncIterator[TriggerEvent]:
-        batch_client, logs_client = await asyncio.to_thread(self._get_clients)
+        client = await asyncio.to_thread(self._get_client)
         lines: list[str] = []
         watcher = JobWatcher(
-            batch_client,
-            logs_client,
+            client,
             self.job_id,
             lines.append,
             runnable_hint_after=self.runnable_hint_after,
@@ -234,25 +232,20 @@ class BatchJobWaitTrigger(BaseTrigger):
         return f" {task_instance.dag_id}.{task_instance.task_id} (run {task_instance.run_id})"
 
     def _terminate(self, reason: str) -> str | None:
-        """TerminateJob, a few times if AWS throttles; None once done, else what went wrong (the
-        caller reports it rather than failing: an event or a kill must still go through)."""
-        batch_client, _ = self._get_clients()
-        for attempt in range(1, TERMINATE_ATTEMPTS + 1):
-            try:
-                batch_client.terminate_job(jobId=self.job_id, reason=reason)
-                return None
-            except Exception as error:  # noqa: BLE001 - reported to the caller
-                if not is_transient(error) or attempt == TERMINATE_ATTEMPTS:
-                    return f"{type(error).__name__}: {error}"
-                time.sleep(attempt)
-        return None  # not reached: the loop returns
+        """TerminateJob (retried by the client while AWS throttles); None once done, else what went
+        wrong (the caller reports it rather than failing: an event or a kill must still go through)."""
+        try:
+            self._get_client().terminate_job(self.job_id, reason)
+        except Exception as error:  # noqa: BLE001 - reported to the caller
+            return f"{type(error).__name__}: {error}"
+        return None
 
-    def _get_clients(self) -> tuple[Any, Any]:
-        """Batch and CloudWatch Logs clients from the Airflow connection (or boto3's defaults).
+    def _get_client(self) -> BatchClient:
+        """The Batch layer over clients from the Airflow connection (or boto3's defaults).
 
         Called in a thread: building a client reads the connection (a request to the API server in
         a triggerer) and botocore's data files, neither of which may block the event loop."""
-        if self._clients is None:
+        if self._client is None:
             from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
             def client(service: str) -> Any:
@@ -260,8 +253,8 @@ class BatchJobWaitTrigger(BaseTrigger):
                     aws_conn_id=self.aws_conn_id, client_type=service, region_name=self.region_name
                 ).conn
 
-            self._clients = (client("batch"), client("logs"))
-        return self._clients
+            self._client = BatchClient(client("batch"), client("logs"))
+        return self._client
 
 
 def parse_deadline(deadline: str | None) -> datetime | None:

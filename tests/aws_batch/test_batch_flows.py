@@ -131,10 +131,15 @@ MISTAKE_FLOW = textwrap.dedent("""
 """)
 
 FAILING_FLOW = textwrap.dedent("""
-    from airflow_flowspec import FlowSpec, step
+    from airflow_flowspec import FlowSpec, batch, step
 
 
     class FailingBatchFlow(FlowSpec):
+        @batch(
+            image="python:3.12-slim",
+            log_driver="awslogs",
+            log_options=["awslogs-group:/flowspec/failing-batch-flow"],
+        )
         @step
         def start(self):
             for number in range(30):
@@ -163,12 +168,19 @@ def test_a_flow_mistake_fails_without_retries_and_a_failure_says_why(batch, tmp_
     run = run_flow(path)
     assert run.state("start") == "failed"
     out = capfd.readouterr().out
-    # The task's failure: Batch's status reason, the exit code and the log's last lines.
+    # The task's failure: Batch's status reason, the exit code and the log's last lines, read from
+    # the log group the step's @batch(log_options=...) names.
     failure = out[
         out.index("BatchJobFailedError: Step 'start' of flow FailingBatchFlow failed on AWS Batch") :
     ]
     assert "Batch says: Essential container in task exited; exit code 1." in failure
     assert "    line 29\n" in failure and "RuntimeError: the model diverged" in failure
+    (start,) = jobs_of(batch, run.run_id)
+    assert start["container"]["logConfiguration"]["options"] == {
+        "awslogs-group": "/flowspec/failing-batch-flow"
+    }
+    streams = batch.client("logs").describe_log_streams(logGroupName="/flowspec/failing-batch-flow")
+    assert start["container"]["logStreamName"] in [s["logStreamName"] for s in streams["logStreams"]]
 
 
 def test_a_step_past_its_timeout_has_its_job_terminated(batch):

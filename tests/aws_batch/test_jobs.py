@@ -1,6 +1,6 @@
 """A step's AWS Batch job (``airflow_flowspec.aws_batch.jobs``): the settings a flow's decorators ask
-for, the job definition registered once per distinct content (against a real moto server), the
-overrides, names and tags each job is submitted with."""
+for and their trip through a DAG's serialized arguments, the job definition's content and name, the
+overrides, names and tags each job is submitted with. No AWS here: test_client.py registers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import sys
-import uuid
 
 import pytest
 from harness import REPO
@@ -17,8 +16,8 @@ from harness import REPO
 from airflow_flowspec import FlowSpec, batch, resources, step, timeout
 from airflow_flowspec.aws_batch import jobs
 from airflow_flowspec.aws_batch.jobs import (
+    BatchJobSettings,
     container_overrides,
-    ensure_job_definition,
     job_definition_document,
     job_definition_name,
     job_name,
@@ -182,6 +181,32 @@ def test_only_batch_ephemeral_storage_sets_the_jobs_ephemeral_storage(decorators
 )
 def test_timeout_becomes_the_attempt_timeout_of_at_least_a_minute(limit, seconds):
     assert settings_for(train_step(limit)).timeout_seconds == seconds
+
+
+def test_settings_travel_as_plain_values_without_their_defaults_and_come_back_equal():
+    """Guards a mapped Batch step's serialized arguments: JSON values only (tuples as lists),
+    defaults left out, and the settings read back equal to those resolved at parse time."""
+    plain = settings_for(TrainFlow.end)
+    volumes = settings_for(
+        train_step(batch(host_volumes=["/data:/mnt/data"], efs_volumes="fs-1", memory=8192))
+    )
+
+    assert set(plain.to_arguments()) == {
+        "flow_name",
+        "step_name",
+        "queue",
+        "job_definition",
+        "image",
+        "iam_role",
+        "execution_role",
+        "cpu",
+        "memory",
+        "gpu",
+    }
+    arguments = json.loads(json.dumps(volumes.to_arguments()))
+    assert arguments["host_volumes"] == ["/data:/mnt/data"] and arguments["memory"] == "8192"
+    assert BatchJobSettings.from_arguments(arguments) == volumes
+    assert BatchJobSettings.from_arguments(plain.to_arguments()) == plain
 
 
 def test_a_missing_queue_names_the_step_and_both_ways_to_set_one():
@@ -364,99 +389,6 @@ def test_container_properties_are_merged_over_the_container_dicts_key_by_key():
     assert container["image"] == "repo/flowspec:1"
 
 
-# ---------------------------------------------------------------------- registering it, on moto
-
-
-@pytest.fixture
-def fresh_process(monkeypatch):
-    """As if this process had not ensured any definition yet."""
-    monkeypatch.setattr(jobs, "_ensured", set())
-
-
-def revisions(client, name):
-    return client.describe_job_definitions(jobDefinitionName=name)["jobDefinitions"]
-
-
-def unique_settings(**change):
-    return dataclasses.replace(
-        settings_for(TrainFlow.end), image=f"repo/flowspec:{uuid.uuid4().hex}", **change
-    )
-
-
-def test_a_definition_is_registered_once_and_again_only_when_the_container_changes(local_aws, fresh_process):
-    client = local_aws.client("batch")
-    settings = unique_settings()
-    name = ensure_job_definition(client, settings)
-    assert ensure_job_definition(client, settings) == name
-    assert ensure_job_definition(client, dataclasses.replace(settings, cpu="8", memory="32768")) == name
-    assert len(revisions(client, name)) == 1
-    registered = revisions(client, name)[0]
-    assert registered["status"] == "ACTIVE" and registered["containerProperties"]["image"] == settings.image
-
-    changed = ensure_job_definition(client, dataclasses.replace(settings, shared_memory=1024))
-    assert changed != name
-    assert len(revisions(client, changed)) == 1 and len(revisions(client, name)) == 1
-
-
-class CountingClient:
-    """The real client, counting the AWS calls made through it."""
-
-    def __init__(self, client):
-        self.client = client
-        self.meta = client.meta
-        self.calls: list[str] = []
-
-    def __getattr__(self, operation):
-        self.calls.append(operation)
-        return getattr(self.client, operation)
-
-
-def test_a_process_asks_aws_once_per_definition(local_aws, fresh_process):
-    client = CountingClient(local_aws.client("batch"))
-    settings = unique_settings()
-    ensure_job_definition(client, settings)
-    assert client.calls == ["describe_job_definitions", "register_job_definition"]
-    client.calls.clear()
-    for attempt in range(3):
-        ensure_job_definition(client, dataclasses.replace(settings, cpu=str(attempt + 1)))
-    assert client.calls == []
-
-
-def test_an_active_definition_registered_by_another_process_is_reused(local_aws, monkeypatch):
-    client = local_aws.client("batch")
-    settings = unique_settings()
-    monkeypatch.setattr(jobs, "_ensured", set())
-    name = ensure_job_definition(client, settings)
-    monkeypatch.setattr(jobs, "_ensured", set())  # another worker, same content
-    assert ensure_job_definition(client, settings) == name
-    assert len(revisions(client, name)) == 1
-
-
-def test_an_inactive_definition_is_registered_again(local_aws, fresh_process, monkeypatch):
-    client = local_aws.client("batch")
-    settings = unique_settings()
-    name = ensure_job_definition(client, settings)
-    client.deregister_job_definition(jobDefinition=revisions(client, name)[0]["jobDefinitionArn"])
-    monkeypatch.setattr(jobs, "_ensured", set())
-    assert ensure_job_definition(client, settings) == name
-    assert sorted(revision["status"] for revision in revisions(client, name)) == ["ACTIVE", "INACTIVE"]
-
-
-def test_a_configured_definition_is_returned_without_asking_aws():
-    settings = settings_for(TrainFlow.end, job_definition="team-flows:3")
-    assert ensure_job_definition(object(), settings) == "team-flows:3"
-
-
-def test_a_definition_batch_refuses_names_the_step_and_batchs_reason(local_aws, fresh_process):
-    settings = unique_settings(
-        container_properties={"resourceRequirements": [{"type": "MEMORY", "value": "2"}]}
-    )
-    with pytest.raises(BatchJobSpecError) as error:
-        ensure_job_definition(local_aws.client("batch"), settings)
-    message = str(error.value)
-    assert "step 'train' of flow TrainFlow" in message and "memory limit" in message
-
-
 # ---------------------------------------------------------------------- each job
 
 
@@ -563,10 +495,12 @@ def test_job_tags_refuse_reserved_keys_and_too_many():
     assert len(job_tags(**common, extra={f"t{i}": "v" for i in range(43)})) == 50
 
 
-def test_the_module_imports_without_airflow_or_boto3_and_leaves_the_batch_decorator_alone():
-    """A flow file loaded after the jobs module (as in the operator) still gets the decorator."""
+def test_the_modules_import_without_airflow_or_boto3_and_leave_the_batch_decorator_alone():
+    """A flow file loaded after the jobs module (as in the operator) still gets the decorator; the
+    client layer loads without boto3 too (its callers hand it their clients)."""
     code = (
-        "import sys; import airflow_flowspec.aws_batch.jobs; from airflow_flowspec import batch; "
+        "import sys; import airflow_flowspec.aws_batch.jobs, airflow_flowspec.aws_batch.client, "
+        "airflow_flowspec.aws_batch.watch; from airflow_flowspec import batch; "
         "assert callable(batch) and batch.__name__ == 'batch', batch; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('airflow', 'boto3', 'botocore')))"
     )

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from airflow_flowspec.aws_batch.client import BatchClient
 from airflow_flowspec.aws_batch.watch import JobWatcher, runnable_hint
 from airflow_flowspec.errors import BatchJobFailedError
 
@@ -33,7 +34,8 @@ def submit(aws, code: str, *, queue: str | None = None, **container) -> str:
 
 def watcher_for(aws, job_id: str, **options) -> tuple[JobWatcher, list[str]]:
     shown: list[str] = []
-    return JobWatcher(aws.client("batch"), aws.client("logs"), job_id, shown.append, **options), shown
+    client = BatchClient(aws.client("batch"), aws.client("logs"))
+    return JobWatcher(client, job_id, shown.append, **options), shown
 
 
 def follow(watcher: JobWatcher, timeout: float = 20.0) -> dict:
@@ -219,11 +221,11 @@ def test_hints_for_a_disabled_compute_environment_a_gpu_and_a_fitting_job(aws, s
     }
     fitting_job = {"jobQueue": spare_queue, "container": {"vcpus": 2, "memory": 1024}}
 
-    gpu_hint = runnable_hint(batch, gpu_job)
-    fitting_hint = runnable_hint(batch, fitting_job)
+    gpu_hint = runnable_hint(BatchClient(batch), gpu_job)
+    fitting_hint = runnable_hint(BatchClient(batch), fitting_job)
     batch.update_compute_environment(computeEnvironment=aws.compute_environment, state="DISABLED")
     try:
-        disabled_hint = runnable_hint(batch, fitting_job)
+        disabled_hint = runnable_hint(BatchClient(batch), fitting_job)
     finally:
         batch.update_compute_environment(computeEnvironment=aws.compute_environment, state="ENABLED")
 
@@ -242,7 +244,7 @@ def test_a_hint_never_raises():
         def describe_job_queues(self, **_):
             raise OSError("network is unreachable")
 
-    hint = runnable_hint(Unreachable(), {"jobQueue": "arn:aws:batch:us-east-1:1:job-queue/q"})
+    hint = runnable_hint(BatchClient(Unreachable()), {"jobQueue": "arn:aws:batch:us-east-1:1:job-queue/q"})
 
     assert "could not be described (OSError: network is unreachable)" in hint
     assert "waiting for capacity" in hint
@@ -292,7 +294,7 @@ def test_throttling_and_lost_connections_skip_a_poll_without_losing_lines(aws):
     logs = Flaky(
         aws.client("logs"), EndpointConnectionError(endpoint_url="http://logs"), ("get_log_events",), 0
     )
-    watcher = JobWatcher(batch, logs, job_id, shown.append)
+    watcher = JobWatcher(BatchClient(batch, logs), job_id, shown.append)
     first = watcher.poll()
 
     batch.times = 3
@@ -310,7 +312,7 @@ def test_ten_throttled_polls_in_a_row_raise(aws):
     """Guards against waiting blind forever: the tenth transient failure in a row is raised."""
     job_id = submit(aws, "print('hi')")
     batch = Flaky(aws.client("batch"), throttling(), ("describe_jobs",), times=10)
-    watcher = JobWatcher(batch, aws.client("logs"), job_id, lambda line: None)
+    watcher = JobWatcher(BatchClient(batch, aws.client("logs")), job_id, lambda line: None)
 
     for _ in range(9):
         assert watcher.poll() == {"jobId": job_id}
@@ -326,3 +328,84 @@ def test_a_job_batch_does_not_know_is_a_clear_error(aws):
 
     with pytest.raises(BatchJobFailedError, match="AWS Batch knows no job 00000000-.*region"):
         watcher.poll()
+
+
+@pytest.fixture
+def custom_log_definition(aws):
+    """A job definition whose jobs write to a log group of their own (``@batch(log_driver="awslogs",
+    log_options=["awslogs-group:..."])`` registers one like it): (its name, the group)."""
+    suffix = secrets.token_hex(3)
+    name, group = f"{aws.job_definition}-logs-{suffix}", f"/flowspec/test-{suffix}"
+    aws.client("batch").register_job_definition(
+        jobDefinitionName=name,
+        type="container",
+        containerProperties={
+            "image": "python:3.12-slim",
+            "command": ["python", "-V"],
+            "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}],
+            "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": group}},
+        },
+    )
+    return name, group
+
+
+def test_a_job_logging_to_its_own_group_shows_its_lines_and_a_failure_quotes_them(aws, custom_log_definition):
+    """Guards the log group a job's configuration names (it was always read from /aws/batch/job, so
+    such a step showed nothing and failed with "Its log has no lines"): the lines appear as the job
+    prints them, and the failure message quotes the last of them."""
+    definition, group = custom_log_definition
+    job_id = aws.client("batch").submit_job(
+        jobName="custom-log-group",
+        jobQueue=aws.job_queue,
+        jobDefinition=definition,
+        containerOverrides={
+            "command": ["python", "-c", "import sys\nfor n in range(3):\n    print('epoch', n)\nsys.exit(4)"]
+        },
+    )["jobId"]
+    watcher, shown = watcher_for(aws, job_id)
+
+    job = follow(watcher)
+    message = watcher.failure_message(job, what="Step 'train' of flow TrainFlow")
+
+    assert job["container"]["logConfiguration"]["options"]["awslogs-group"] == group
+    assert log_lines(shown, f"[{job_id}] ") == ["epoch 0", "epoch 1", "epoch 2"]
+    assert message.endswith("The last 3 lines of its log:\n    epoch 0\n    epoch 1\n    epoch 2")
+    assert "no lines" not in message
+    streams = aws.client("logs").describe_log_streams(logGroupName=group)["logStreams"]
+    assert [stream["logStreamName"] for stream in streams] == [job["container"]["logStreamName"]]
+
+
+def test_a_job_with_another_log_driver_is_said_to_log_elsewhere(aws, custom_log_definition):
+    """Guards a log driver that is not CloudWatch's: one line says where the log goes instead of
+    the watcher reading a stream that never fills, and a failure says where to look."""
+    definition, _ = custom_log_definition
+    name = f"{definition}-syslog"
+    aws.client("batch").register_job_definition(
+        jobDefinitionName=name,
+        type="container",
+        containerProperties={
+            "image": "python:3.12-slim",
+            "command": ["python", "-V"],
+            "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}],
+            "logConfiguration": {"logDriver": "syslog"},
+        },
+    )
+    job_id = aws.client("batch").submit_job(
+        jobName="syslog-driver",
+        jobQueue=aws.job_queue,
+        jobDefinition=name,
+        containerOverrides={"command": ["python", "-c", "print('to syslog'); raise SystemExit(2)"]},
+    )["jobId"]
+    watcher, shown = watcher_for(aws, job_id)
+
+    job = follow(watcher)
+
+    told = [line for line in shown if "log driver" in line]
+    assert told == [
+        f"[{job_id}] The job's log goes to its log driver 'syslog', not to CloudWatch Logs: its lines "
+        "will not be shown here."
+    ]
+    assert (
+        "Its log went to its log driver 'syslog', not to CloudWatch Logs: look there."
+        in watcher.failure_message(job, what="Step 'train' of flow TrainFlow")
+    )
