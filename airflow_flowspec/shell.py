@@ -243,10 +243,16 @@ def _runs(args: argparse.Namespace) -> int:
 
     now = datetime.now(timezone.utc)
     for run in islice(Flow(args.flow).runs(*args.tag), max(args.n, 0)):
-        status = "succeeded" if run.successful else ("failed" if run.finished else "running")
         created = run.created_at.isoformat(timespec="seconds") if run.created_at else "-"
         shown_id = run.id if run.number is None else str(run.number)
-        row = (terminal_safe(shown_id), status, created, _duration(run, now), _parameters(run), _tags(run))
+        row = (
+            terminal_safe(shown_id),
+            run.status,
+            created,
+            _duration(run, now),
+            _parameters(run),
+            _tags(run),
+        )
         print("\t".join(row))
     return 0
 
@@ -303,11 +309,10 @@ def _show(args: argparse.Namespace) -> int:
     if isinstance(target, Flow):
         return _runs(argparse.Namespace(flow=target.id, tag=[], n=10))
     if isinstance(target, Run):
-        status = "succeeded" if target.successful else ("failed" if target.finished else "running")
         short = "" if target.number is None else f"\tshort id {target.number}"
-        print(f"{terminal_safe(target.pathspec)}\t{status}{short}\ttags: {_tags(target)}")
+        print(f"{terminal_safe(target.pathspec)}\t{target.status}{short}\ttags: {_tags(target)}")
         for step in target:
-            tasks = list(step)
+            tasks = list(step)  # one listing: a task reads nothing until asked
             print(f"  {terminal_safe(step.id)}\t{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
         return 0
     tasks = list(target) if isinstance(target, Step) else [target]
@@ -332,12 +337,12 @@ def _get(args: argparse.Namespace) -> int:
     parts = args.pathspec.strip("/").split("/")
     if len(parts) == 4:  # Flow/run/step/artifact: the step's task, when it has only one
         step = Step("/".join(parts[:3]))
-        tasks = [f"{step.pathspec}/{task_id}" for task_id in step._task_ids()]
+        tasks = list(step)
         if not tasks:
             raise ValueError(f"Step {step.pathspec} has no task.")
         if len(tasks) > 1:
-            raise ManyTasksError(step.pathspec, tasks, parts[-1])
-        task = Task(tasks[0])
+            raise ManyTasksError(step.pathspec, [task.pathspec for task in tasks], parts[-1])
+        task = tasks[0]
     elif len(parts) == 5:
         task = Task("/".join(parts[:4]))
     else:

@@ -145,6 +145,7 @@ def build_ours(template: Templates, root: Path, runs: int, failed: set[int]) -> 
     from airflow_flowspec.datastore import Datastore
     from airflow_flowspec.datastore.keys import AttemptKey
     from airflow_flowspec.datastore.manifest import Manifest
+    from airflow_flowspec.identity import RunIdentity
 
     shutil.copytree(template.ours_root, root, ignore=shutil.ignore_patterns(".tmp"))
     ds = Datastore(str(root))
@@ -158,7 +159,11 @@ def build_ours(template: Templates, root: Path, runs: int, failed: set[int]) -> 
             manifest = ds.read_manifest(AttemptKey(FLOW, old_id, step, task_id, attempt))
             manifests.append(((step, task_id, attempt), json.dumps(manifest.to_json())))
     manifests.sort(key=lambda item: json.loads(item[1])["created_at"])
-    meta_text = json.dumps({k: v for k, v in record.items() if k not in ("flow", "run_id", "created_at")})
+    # Each copy is numbered as the runtime numbers a run (the real run's number is not copied).
+    kept = {
+        k: v for k, v in record.items() if k not in ("flow", "run_id", "created_at", "number", "identity")
+    }
+    meta_text = json.dumps(kept)
     logical, created = datetime.fromisoformat(stamp), datetime.fromisoformat(record["created_at"])
     run_ids = [old_id]
     if 0 in failed:
@@ -168,7 +173,9 @@ def build_ours(template: Templates, root: Path, runs: int, failed: set[int]) -> 
         run_id = f"{old_id.split('__', 1)[0]}__{new_stamp}"
         meta = json.loads(meta_text.replace(stamp, new_stamp))
         meta["created_at"] = (created + timedelta(seconds=index)).isoformat()
-        record = ds.write_run_meta(FLOW, run_id, meta)
+        identity = RunIdentity(FLOW, run_id)
+        meta["number"] = ds.number_run(identity)
+        record = ds.write_run_meta(FLOW, run_id, meta, identity=identity)
         succeeded = index not in failed
         for (step, _task_id, _attempt), text in manifests:
             if step == "end" and not succeeded:

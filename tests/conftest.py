@@ -26,16 +26,16 @@ def airflow_db() -> Path:
 
 
 @pytest.fixture
-def every_namespace(monkeypatch: pytest.MonkeyPatch):
+def every_namespace():
     """The client looks in every namespace, and whatever root a test chooses with metadata() (or
     namespace it picks) is forgotten after it."""
-    from airflow_flowspec import namespace
-    from airflow_flowspec.client import source
+    from airflow_flowspec import client
 
-    monkeypatch.setattr(source, "_chosen_root", None)
-    namespace(None)
+    client.reset()
+    client.namespace(None)
     yield
-    namespace(None)
+    client.reset()
+    client.namespace(None)
 
 
 #: The bucket the ``s3_endpoint`` fixture creates.

@@ -43,6 +43,12 @@ def namespace(name: str | None) -> str | None:
     return name
 
 
+def forget_namespace() -> None:
+    """Forget the namespace chosen with :func:`namespace`: the default one applies again."""
+    global _chosen
+    _chosen = _UNSET
+
+
 def get_namespace() -> str | None:
     if _chosen is not _UNSET:
         return _chosen

@@ -7,9 +7,11 @@ Code written for Metaflow's client works after changing the import::
     print(run.data.best_score, run["train"].task.data.model)
 
 Everything is read from the datastore alone (no Airflow needed): run records (``run.json``,
-``status.json``), run pointers, and each task's manifest (the last attempt that wrote one). Listing
-a task's artifacts reads its manifest only; an artifact's value is downloaded (and verified) when
-``.data`` is read, through the same read path steps use (:mod:`airflow_flowspec.datastore.views`).
+``status.json``), run pointers, and each task's manifest (the last attempt that wrote one, or the
+attempt ``Task(pathspec, attempt=n)`` names). Listing a task's artifacts reads its manifest only;
+an artifact's value is downloaded (and verified) when ``.data`` is read, through the same read path
+steps use (:mod:`airflow_flowspec.datastore.views`). The objects form one tree, as Metaflow's do
+(:class:`MetaflowObject`): a run's steps and a step's tasks are listed, not read one by one.
 
 Pathspecs are Metaflow's: ``Flow/run_id/step/task_id`` (Airflow run ids such as
 ``manual__2026-11-25T10:00:00+00:00`` contain no ``/``). A ``@project`` run's id names its project
@@ -26,7 +28,7 @@ object found keeps the stored id as its ``id`` and in its pathspec, so code that
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +36,9 @@ from airflow_flowspec.client.namespaces import get_namespace, in_namespace, is_i
 from airflow_flowspec.client.source import client_datastore
 from airflow_flowspec.client.unreadable import skip_unreadable_run, unreadable_run
 from airflow_flowspec.datastore import keys
+from airflow_flowspec.datastore.artifacts import ArtifactRef
 from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES, AttemptKey
+from airflow_flowspec.datastore.manifest import Manifest
 from airflow_flowspec.datastore.store import record_number
 from airflow_flowspec.errors import (
     ArtifactNotFoundError,
@@ -81,25 +85,127 @@ def _split(pathspec: str, parts: int, kind: str) -> list[str]:
     return components
 
 
+#: Each kind of object by its ``_NAME``: how an object names its parent's and its children's class.
+_CLASSES: dict[str, type[MetaflowObject]] = {}
+
+
 class MetaflowObject:
-    """What every client object has: a pathspec, an id, equality by pathspec, Metaflow's repr."""
+    """What every client object is: a pathspec and an id, a link to its parent, children built from
+    records already read, equality by pathspec, and Metaflow's repr.
 
-    _kind = "MetaflowObject"
+    An object is made in one of two ways, as in Metaflow. Named by a pathspec (``Task("F/r/s/0")``),
+    it builds its parent and asks it for its own record, keeping the parent: the run's record says
+    whether the run is in the namespace and which stored run a short id names, and the parent's
+    listing whether the child exists. Reached from its parent (iteration, ``run["train"]``), it is
+    given what the parent has just read (``_object``) and the parent itself (``_parent``) and reads
+    nothing to exist, so one object tree shares one :class:`Run` (its record, and its status read
+    once) and iterating a run's steps, or a step's tasks, costs one listing however wide the foreach.
+    A task reads its manifest when first asked for something in it.
+    """
 
-    def __init__(self, pathspec: str):
+    _NAME = "base"
+    _PARENT_CLASS: str | None = None
+    _CHILD_CLASS: str | None = None
+    #: How many components this kind's pathspec has.
+    _DEPTH = 0
+    #: The attempt a task (or an artifact of it) was asked for; None for the latest.
+    _attempt: int | None = None
+
+    def __init__(
+        self,
+        pathspec: str | None = None,
+        *,
+        _object: Any = None,
+        _parent: MetaflowObject | None = None,
+    ):
+        self._datastore: Any = _parent._datastore if _parent is not None else client_datastore()
+        if _object is None:
+            pathspec, _object, _parent = self._get_object(pathspec)
+        assert pathspec is not None
         self.pathspec = pathspec
         self.path_components = pathspec.split("/")
         self.id = self.path_components[-1]
-        self._datastore = client_datastore()
+        self._object = _object
+        self._parent = _parent
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _CLASSES[cls._NAME] = cls
+
+    def _get_object(self, pathspec: str | None) -> tuple[str, Any, MetaflowObject | None]:
+        """(stored pathspec, record, parent) of the object ``pathspec`` names: its parent's record
+        of it, or :class:`MetaflowNotFound` saying what the parent has instead."""
+        components = _split(pathspec, self._DEPTH, type(self).__name__)  # type: ignore[arg-type]
+        parent = self._parent_named("/".join(components[:-1]))
+        child_id, record = parent._child_record(components[-1])
+        return f"{parent.pathspec}/{child_id}", record, parent
+
+    def _parent_named(self, pathspec: str) -> MetaflowObject:
+        assert self._PARENT_CLASS is not None
+        return _CLASSES[self._PARENT_CLASS](pathspec)
+
+    @property
+    def parent(self) -> MetaflowObject | None:
+        """The object this one belongs to (a run's flow, a step's run...); None for a flow."""
+        if self._PARENT_CLASS is None:
+            return None
+        if self._parent is None:
+            self._parent = self._parent_named(self.pathspec.rsplit("/", 1)[0])
+        return self._parent
+
+    # -- children --------------------------------------------------------------------------------
+
+    def _child_records(self) -> Iterator[tuple[str, Any]]:
+        """(id, record) of each child, in the order iteration gives them."""
+        raise TypeError(f"A {type(self).__name__} has no children to iterate.")
+
+    def _child_record(self, child_id: str) -> tuple[str, Any]:
+        """(stored id, record) of the child ``child_id`` names, or :class:`MetaflowNotFound`
+        saying what exists nearby."""
+        raise TypeError(f"A {type(self).__name__} has no children.")
+
+    def _child(self, child_id: str, record: Any) -> MetaflowObject:
+        assert self._CHILD_CLASS is not None
+        return _CLASSES[self._CHILD_CLASS](f"{self.pathspec}/{child_id}", _object=record, _parent=self)
+
+    def __iter__(self) -> Iterator[Any]:
+        for child_id, record in self._child_records():
+            yield self._child(child_id, record)
+
+    def _filtered_children(self, *tags: str) -> Iterator[Any]:
+        """The children that carry every one of ``tags``."""
+        for child in self:
+            if all(tag in child.tags for tag in tags):
+                yield child
+
+    def __getitem__(self, child_id: str) -> Any:
+        return self._child(*self._child_record(child_id))
+
+    def __contains__(self, child_id: object) -> bool:
+        if not isinstance(child_id, str):
+            return False
+        try:
+            self._child_record(child_id)
+        except MetaflowNotFound:
+            return False
+        return True
+
+    # -- identity --------------------------------------------------------------------------------
 
     def __repr__(self) -> str:
+        if self._attempt is not None:
+            return f"{type(self).__name__}('{self.pathspec}', attempt={self._attempt})"
         return f"{type(self).__name__}('{self.pathspec}')"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.pathspec == self.pathspec  # type: ignore[attr-defined]
+        return (
+            type(other) is type(self)
+            and other.pathspec == self.pathspec  # type: ignore[attr-defined]
+            and other._attempt == self._attempt  # type: ignore[attr-defined]
+        )
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, self.pathspec))
+        return hash((type(self).__name__, self.pathspec, self._attempt))
 
 
 class Metaflow:
@@ -133,15 +239,23 @@ def _flow_names(datastore: Any) -> list[str]:
 class Flow(MetaflowObject):
     """A flow's runs, newest first."""
 
+    _NAME = "flow"
+    _CHILD_CLASS = "run"
+    _DEPTH = 1
+
     def __init__(self, pathspec: str):
-        (name,) = _split(pathspec, 1, "Flow")
-        super().__init__(name)
-        self._index_complete: bool | None = self._datastore.index_is_complete(name)
+        self._index_complete: bool | None = None
+        super().__init__(pathspec)
+
+    def _get_object(self, pathspec: str | None) -> tuple[str, Any, MetaflowObject | None]:
+        (name,) = _split(pathspec, 1, "Flow")  # type: ignore[arg-type]
+        self._index_complete = self._datastore.index_is_complete(name)
         if not self._index_complete and not self._datastore.list_runs(name):
             raise MetaflowNotFound(
                 f"Flow {name!r} has no runs in the datastore {self._datastore.root}. "
                 + _nearby(name, _flow_names(self._datastore), "flows")
             )
+        return name, name, None
 
     @classmethod
     def list(cls) -> list[Flow]:  # noqa: A003 - the name Metaflow users know
@@ -154,9 +268,12 @@ class Flow(MetaflowObject):
         with a thousand cost about a dozen requests. A system-tag namespace (``user:``,
         ``production:``, ``project:``...) has its own index, so other users' runs are not read.
         """
+        return self._filtered_children(*tags)
+
+    def _child_records(self) -> Iterator[tuple[str, Any]]:
         current_namespace = get_namespace()
         if self._recorded_before_index():
-            yield from self._runs_by_listing(current_namespace, tags)
+            yield from self._records_by_listing(current_namespace)
             return
         indexed = current_namespace if is_indexed_namespace(current_namespace) else None
         for run_id in self._datastore.indexed_runs(self.id, namespace=indexed, page_size=_RUNS_PAGE):
@@ -167,8 +284,8 @@ class Flow(MetaflowObject):
             except UnreadableRecordError as error:
                 skip_unreadable_run(self.id, run_id, error)
                 continue
-            if in_namespace(record, current_namespace) and all(tag in record.get("tags", ()) for tag in tags):
-                yield Run._with_record(f"{self.id}/{run_id}", record)
+            if in_namespace(record, current_namespace):
+                yield run_id, record
 
     def _recorded_before_index(self) -> bool:
         """Whether some of the flow's runs may be missing from the run index: runs recorded before
@@ -177,7 +294,7 @@ class Flow(MetaflowObject):
             self._index_complete = self._datastore.index_is_complete(self.id)
         return not self._index_complete
 
-    def _runs_by_listing(self, current_namespace: str | None, tags: tuple[str, ...]) -> Iterator[Run]:
+    def _records_by_listing(self, current_namespace: str | None) -> Iterator[tuple[str, Any]]:
         """Runs of a datastore written before the run index: every record is read and sorted
         (``airflow-flowspec gc`` indexes them, after which the index answers)."""
         records = []
@@ -189,17 +306,15 @@ class Flow(MetaflowObject):
             except UnreadableRecordError as error:
                 skip_unreadable_run(self.id, run_id, error)
                 continue
-            if in_namespace(record, current_namespace) and all(tag in record.get("tags", ()) for tag in tags):
+            if in_namespace(record, current_namespace):
                 records.append(record)
         records.sort(key=_started_order, reverse=True)
         for record in records:
-            yield Run._with_record(f"{self.id}/{record['run_id']}", record)
+            yield record["run_id"], record
 
-    def __iter__(self) -> Iterator[Run]:
-        return self.runs()
-
-    def __getitem__(self, run_id: str) -> Run:
-        return Run(f"{self.id}/{run_id}")
+    def _child_record(self, run_id: str) -> tuple[str, Any]:
+        _, stored, record = _find_run(self._datastore, self.id, run_id)
+        return stored, record
 
     def __contains__(self, run_id: object) -> bool:
         if not isinstance(run_id, str):
@@ -234,7 +349,7 @@ class Flow(MetaflowObject):
             if run_id is None:
                 return None
             try:
-                return Run(f"{self.id}/{run_id}")
+                return self[run_id]
             except (MetaflowNotFound, UnreadableRecordError):
                 pass  # deleted (gc) since the index was read, or unreadable: look further
         return next((run for run in self.runs() if run.successful or not successful), None)
@@ -243,23 +358,32 @@ class Flow(MetaflowObject):
 class Run(MetaflowObject):
     """One run: its steps, its end step's artifacts (``run.data``), its outcome and times."""
 
-    def __init__(self, pathspec: str, *, _record: dict[str, Any] | None = None):
-        flow, run_id = _split(pathspec, 2, "Run")
-        datastore = client_datastore()
-        if _record is None:
-            flow, run_id, _record = _find_run(datastore, flow, run_id)
-        super().__init__(f"{flow}/{run_id}")
-        self.flow_name = flow
+    _NAME = "run"
+    _PARENT_CLASS = "flow"
+    _CHILD_CLASS = "step"
+    _DEPTH = 2
+
+    def __init__(
+        self, pathspec: str | None = None, *, _object: Any = None, _parent: MetaflowObject | None = None
+    ):
+        super().__init__(pathspec, _object=_object, _parent=_parent)
+        self.flow_name = self.path_components[0]
+        self._record: dict[str, Any] = self._object
+        self._run = self
         current_namespace = get_namespace()
-        if not in_namespace(_record, current_namespace):
+        if not in_namespace(self._record, current_namespace):
             raise MetaflowNamespaceMismatch(
                 f"Run {self.pathspec} is not in the namespace {current_namespace!r} (its tags: "
-                f"{', '.join(sorted(_record.get('tags', []))) or 'none'}). Call namespace(None) to see "
+                f"{', '.join(sorted(self._record.get('tags', []))) or 'none'}). Call namespace(None) to see "
                 f"every run, or namespace('<one of its tags>')."
             )
-        self._record = _record
         self._status_read = False
         self._status: dict[str, Any] | None = None
+
+    def _get_object(self, pathspec: str | None) -> tuple[str, Any, MetaflowObject | None]:
+        flow, run_id = _split(pathspec, 2, "Run")  # type: ignore[arg-type]
+        flow, stored, record = _find_run(self._datastore, flow, run_id)
+        return f"{flow}/{stored}", record, None  # the flow is found when asked for (run.parent)
 
     @property
     def number(self) -> int | None:
@@ -274,27 +398,32 @@ class Run(MetaflowObject):
         run id, as its record states them."""
         return RunIdentity.of_record(self.flow_name, self.id, self._record)
 
-    @classmethod
-    def _with_record(cls, pathspec: str, record: dict[str, Any]) -> Run:
-        return cls(pathspec, _record=record)
+    # -- outcome and times -----------------------------------------------------------------------
 
     def _status_record(self) -> dict[str, Any] | None:
+        """The run's ``status.json``, read once per :class:`Run` (every object reached from it
+        shares the answer): None while the run is in progress."""
         if not self._status_read:
             self._status = self._datastore.run_status(self.flow_name, self.id)
             self._status_read = True
         return self._status
 
-    # -- outcome and times -----------------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        """``"running"``, ``"succeeded"`` or ``"failed"``: how the run ended, or that it has not."""
+        status = self._status_record()
+        if status is None:
+            return "running"
+        return "succeeded" if status.get("status") == "succeeded" else "failed"
 
     @property
     def finished(self) -> bool:
         """Whether the run ended (either way); False while it is in progress."""
-        return self._status_record() is not None
+        return self.status != "running"
 
     @property
     def successful(self) -> bool:
-        status = self._status_record()
-        return status is not None and status.get("status") == "succeeded"
+        return self.status == "succeeded"
 
     @property
     def finished_at(self) -> datetime | None:
@@ -356,7 +485,9 @@ class Run(MetaflowObject):
                 f"the run) and cannot be removed."
             )
         # on the latest record, not our copy
-        self._record = self._datastore.replace_run_tags(self.flow_name, self.id, tags_to_remove, tags_to_add)
+        self._record = self._object = self._datastore.replace_run_tags(
+            self.flow_name, self.id, tags_to_remove, tags_to_add
+        )
 
     @property
     def code(self) -> Any:
@@ -392,28 +523,34 @@ class Run(MetaflowObject):
 
     def steps(self) -> Iterator[Step]:
         """The steps that ran, latest first (as Metaflow orders them)."""
-        steps = [Step(f"{self.pathspec}/{name}", _checked=True) for name in self._step_names()]
-        steps.sort(key=lambda step: (step._finished_key(), step.id), reverse=True)
-        return iter(steps)
+        return iter(self)
 
-    def _step_names(self) -> list[str]:
-        return self._datastore.list_steps(self.flow_name, self.id)
+    def _child_records(self) -> Iterator[tuple[str, Any]]:
+        """The steps that ran, in the reverse of the recorded graph's order (the graph is
+        topological, so a step comes before every step it led to): one listing, whatever the
+        width of a foreach. A run recorded without its graph lists its steps by name, last first."""
+        ran = set(self._datastore.list_steps(self.flow_name, self.id))
+        in_graph = [node["name"] for node in self.graph if node["name"] in ran]
+        rest = sorted(ran - set(in_graph))
+        for name in [*reversed(in_graph), *reversed(rest)]:
+            yield name, name
 
-    def __iter__(self) -> Iterator[Step]:
-        return self.steps()
+    def _child_record(self, step: str) -> tuple[str, Any]:
+        steps = self._datastore.list_steps(self.flow_name, self.id)
+        if step not in steps:
+            raise MetaflowNotFound(
+                f"Run {self.pathspec} has no step {step!r} (it did not run, or not yet). "
+                + _nearby(step, steps, "steps in this run")
+            )
+        return step, step
 
     def __getitem__(self, step: str) -> Step:
-        return Step(f"{self.pathspec}/{step}")
-
-    def __contains__(self, step: object) -> bool:
-        return isinstance(step, str) and step in self._step_names()
+        return super().__getitem__(step)  # type: ignore[no-any-return]
 
     @property
     def end_task(self) -> Task | None:
         """The end step's task, once the run got that far."""
-        if "end" not in self._step_names():
-            return None
-        task = Step(f"{self.pathspec}/end", _checked=True).task
+        task = self._only_task("end")
         return task if task is not None and task.finished else None
 
     @property
@@ -425,27 +562,39 @@ class Run(MetaflowObject):
     @property
     def parameters(self) -> dict[str, Any]:
         """The run's parameter values, as the start step saw them (secrets included: they are yours)."""
-        start = self._start_task()
-        if start is None or start._manifest is None:
+        start = self._only_task("start")
+        manifest = None if start is None else start._manifest
+        if start is None or manifest is None:
             return {}
-        return {name: getattr(start.data, name) for name in start._manifest.get("parameters", [])}
+        return {name: getattr(start.data, name) for name in manifest.parameters}
 
     @property
     def parameter_reprs(self) -> dict[str, str]:
         """The run's parameters as the one-line reprs its start step recorded (secrets as
         ``<secret>``): read from the start step's manifest alone, no value downloaded or
         unpickled, so a listing of many runs stays cheap and safe."""
-        start = self._start_task()
-        if start is None or start._manifest is None:
+        start = self._only_task("start")
+        manifest = None if start is None else start._manifest
+        if manifest is None:
             return {}
-        refs = start._refs()
-        names = start._manifest.get("parameters", [])
-        return {name: refs[name].get("repr", "") for name in names if name in refs}
+        return {
+            name: manifest.artifacts[name].repr for name in manifest.parameters if name in manifest.artifacts
+        }
 
-    def _start_task(self) -> Task | None:
-        if "start" not in self._step_names():
+    @property
+    def recorded_parameters(self) -> dict[str, Any]:
+        """The run's parameters as its record keeps them: strings, numbers, booleans and None as
+        they are, other values as a one-line repr, secrets as ``<secret>``. No request beyond the
+        run's record (what the artifact view shows at the top of a run)."""
+        parameters = self._record.get("parameters")
+        return dict(parameters) if isinstance(parameters, dict) else {}
+
+    def _only_task(self, step: str) -> Task | None:
+        """The (first) task of ``step``, None if the step has not run."""
+        try:
+            return self[step].task
+        except MetaflowNotFound:
             return None
-        return Step(f"{self.pathspec}/start", _checked=True).task
 
 
 def _started_order(record: dict[str, Any]) -> tuple[Any, ...]:
@@ -585,79 +734,147 @@ def _deployment_of_record(flow: str, stored: str | None, record: dict[str, Any])
 class Step(MetaflowObject):
     """A step of a run: ``.task`` for a single task, iteration over foreach tasks in index order."""
 
-    def __init__(self, pathspec: str, *, _checked: bool = False):
-        flow, run_id, step = _split(pathspec, 3, "Step")
-        if not _checked:
-            # An unknown run, or one outside the namespace, is reported as such; a run named by
-            # another of its forms gets its stored path.
-            flow, run_id = Run(f"{flow}/{run_id}").path_components
-        super().__init__(f"{flow}/{run_id}/{step}")
-        self.flow_name, self.run_id = flow, run_id
-        if not _checked:
-            steps = self._datastore.list_steps(flow, run_id)
-            if step not in steps:
-                raise MetaflowNotFound(
-                    f"Run {flow}/{run_id} has no step {step!r} (it did not run, or not yet). "
-                    + _nearby(step, steps, "steps in this run")
-                )
+    _NAME = "step"
+    _PARENT_CLASS = "run"
+    _CHILD_CLASS = "task"
+    _DEPTH = 3
+
+    def __init__(
+        self, pathspec: str | None = None, *, _object: Any = None, _parent: MetaflowObject | None = None
+    ):
+        super().__init__(pathspec, _object=_object, _parent=_parent)
+        self.flow_name, self.run_id = self.path_components[:2]
+        self._run: Run = self._parent._run  # type: ignore[union-attr]
 
     def _task_ids(self) -> list[str]:
         ids = self._datastore.list_tasks(self.flow_name, self.run_id, self.id)
         return sorted(ids, key=lambda task_id: (len(task_id), task_id))  # numeric ids in numeric order
 
+    def _child_records(self) -> Iterator[tuple[str, Any]]:
+        """The step's task ids, in foreach index order: one listing; each task reads its manifest
+        when first asked for something in it."""
+        for task_id in self._task_ids():
+            yield task_id, task_id
+
+    def _child_record(self, task_id: str) -> tuple[str, Any]:
+        tasks = self._task_ids()
+        if task_id not in tasks:
+            raise MetaflowNotFound(
+                f"Step {self.pathspec} has no task {task_id!r}. "
+                + _nearby(task_id, tasks, "tasks in this step")
+            )
+        return task_id, task_id
+
     def tasks(self) -> Iterator[Task]:
         """The step's tasks in foreach index order (one task for a step that is not a foreach body)."""
-        return iter([Task(f"{self.pathspec}/{task_id}", _checked=True) for task_id in self._task_ids()])
-
-    def __iter__(self) -> Iterator[Task]:
-        return self.tasks()
+        return iter(self)
 
     def __getitem__(self, task_id: str | int) -> Task:
-        return Task(f"{self.pathspec}/{task_id}")
+        return super().__getitem__(str(task_id))  # type: ignore[no-any-return]
+
+    def __contains__(self, task_id: object) -> bool:
+        return super().__contains__(str(task_id) if isinstance(task_id, int) else task_id)
 
     @property
     def task(self) -> Task | None:
         """The step's (first) task."""
-        ids = self._task_ids()
-        return Task(f"{self.pathspec}/{ids[0]}", _checked=True) if ids else None
+        return next(iter(self), None)
 
     @property
     def finished_at(self) -> datetime | None:
-        times = [task.finished_at for task in self.tasks()]
+        times = [task.finished_at for task in self]
         return max((t for t in times if t is not None), default=None)
 
-    def _finished_key(self) -> str:
-        finished = self.finished_at
-        return finished.isoformat() if finished else ""
+
+def _checked_attempt(attempt: Any, pathspec: Any) -> int | None:
+    """``attempt`` as Metaflow takes it (0 is a task's first attempt), or MetaflowNotFound."""
+    if attempt is None:
+        return None
+    if isinstance(attempt, bool) or not isinstance(attempt, (int, str)) or not str(attempt).strip().isdigit():
+        raise MetaflowNotFound(
+            f"Task({pathspec!r}, attempt={attempt!r}): an attempt is a whole number, 0 for a task's "
+            f"first attempt, 1 for its first retry, and so on."
+        )
+    return int(attempt)
 
 
 class Task(MetaflowObject):
-    """One task: its artifacts (``task.data.x``, ``task["x"]``), outcome, foreach index and attempt."""
+    """One task: its artifacts (``task.data.x``, ``task["x"]``), outcome, foreach index and attempt.
 
-    def __init__(self, pathspec: str, *, _checked: bool = False):
-        flow, run_id, step, task_id = _split(pathspec, 4, "Task")
-        if not _checked:
-            # An unknown run or step (or another namespace's run); the run's stored path.
-            flow, run_id, step = Step(f"{flow}/{run_id}/{step}").path_components
-        super().__init__(f"{flow}/{run_id}/{step}/{task_id}")
-        self.flow_name, self.run_id, self.step_name = flow, run_id, step
-        if not _checked:
-            tasks = self._datastore.list_tasks(flow, run_id, step)
-            if task_id not in tasks:
-                raise MetaflowNotFound(
-                    f"Step {flow}/{run_id}/{step} has no task {task_id!r}. "
-                    + _nearby(task_id, tasks, "tasks in this step")
-                )
-        self._typed_manifest = self._datastore.latest_attempt_manifest(flow, run_id, step, task_id)
-        self._manifest = None if self._typed_manifest is None else self._typed_manifest.to_json()
+    ``Task(pathspec)`` is the task's latest attempt that stored its results (or, for a task that
+    failed, its last attempt); ``Task(pathspec, attempt=n)`` is attempt ``n``, counted from 0 as in
+    Metaflow, with that attempt's artifacts, output and outcome.
+    """
+
+    _NAME = "task"
+    _PARENT_CLASS = "step"
+    _CHILD_CLASS = "artifact"
+    _DEPTH = 4
+
+    def __init__(
+        self,
+        pathspec: str | None = None,
+        attempt: int | None = None,
+        *,
+        _object: Any = None,
+        _parent: MetaflowObject | None = None,
+    ):
+        self._attempt = _checked_attempt(attempt, pathspec)
+        super().__init__(pathspec, _object=_object, _parent=_parent)
+        self.flow_name, self.run_id, self.step_name = self.path_components[:3]
+        self._run: Run = self._parent._run  # type: ignore[union-attr]
+        self._manifest_read = False
+        self._manifest_found: Manifest | None = None
         self._view: Any = None
+        self._attempts: list[int] | None = None
+        if self._attempt is not None:
+            recorded = self._recorded_attempts()
+            if self._attempt + 1 not in recorded:
+                counted = [number - 1 for number in recorded]
+                has = (
+                    f"its attempts are {', '.join(map(str, counted))}"
+                    if counted
+                    else "no attempt of it has started yet"
+                )
+                raise MetaflowNotFound(
+                    f"Task {self.pathspec} has no attempt {self._attempt}: {has} (attempt=0 is the "
+                    f"first, as in Metaflow)."
+                )
+
+    def _recorded_attempts(self) -> list[int]:
+        """The attempts that left a folder, numbered as stored (Airflow's try numbers, from 1)."""
+        if self._attempts is None:
+            where = (self.flow_name, self.run_id, self.step_name, self.id)
+            self._attempts = self._datastore.list_attempts(*where)
+        return self._attempts
+
+    @property
+    def _manifest(self) -> Manifest | None:
+        """The manifest of this task's attempt (the latest that stored one, unless an attempt was
+        asked for), read once, when first needed; None if it stored none."""
+        if not self._manifest_read:
+            where = (self.flow_name, self.run_id, self.step_name, self.id)
+            if self._attempt is None:
+                self._manifest_found = self._datastore.latest_attempt_manifest(*where)
+            else:
+                try:
+                    self._manifest_found = self._datastore.read_manifest(
+                        AttemptKey(*where, self._attempt + 1)
+                    )
+                except ArtifactNotFoundError:
+                    self._manifest_found = None
+            self._manifest_read = True
+        return self._manifest_found
 
     @property
     def finished(self) -> bool:
-        """Whether the task ended: it stored its results, or its run ended without them (it failed)."""
+        """Whether the task ended: it stored its results, or its run ended without them (it failed);
+        an attempt that was retried ended too."""
         if self._manifest is not None:
             return True
-        return self._datastore.run_status(self.flow_name, self.run_id) is not None
+        if self._attempt is not None and max(self._recorded_attempts()) > self._attempt + 1:
+            return True
+        return self._run.finished
 
     @property
     def successful(self) -> bool:
@@ -666,38 +883,60 @@ class Task(MetaflowObject):
 
     @property
     def finished_at(self) -> datetime | None:
-        return None if self._manifest is None else _when(self._manifest.get("created_at"))
+        manifest = self._manifest
+        return None if manifest is None else manifest.finished_at()
 
     created_at = finished_at
 
     @property
     def index(self) -> int | None:
         """The foreach index of this task (the innermost foreach), None outside a foreach."""
-        stack = (self._manifest or {}).get("foreach_stack") or []
-        return stack[-1].get("index") if stack else None
+        manifest = self._manifest
+        return None if manifest is None else manifest.index
 
     @property
     def retry_count(self) -> int:
-        return int((self._manifest or {}).get("attempt", 1)) - 1
+        if self._attempt is not None:
+            return self._attempt
+        manifest = self._manifest
+        return 0 if manifest is None else manifest.attempt.attempt - 1
+
+    @property
+    def current_attempt(self) -> int:
+        """The attempt this object shows, counted from 0: the one asked for, else the latest that
+        stored results, else (a failed task) the last that started."""
+        if self._attempt is not None:
+            return self._attempt
+        attempt = self._stored_attempt()
+        return 0 if attempt is None else attempt - 1
+
+    def _stored_attempt(self) -> int | None:
+        """The stored number (from 1) of the attempt this object shows, None if none started."""
+        if self._attempt is not None:
+            return self._attempt + 1
+        if self._manifest is not None:
+            return self._manifest.attempt.attempt
+        recorded = self._recorded_attempts()  # a failed task: its last attempt
+        return recorded[-1] if recorded else None
 
     @property
     def exception(self) -> Any:
-        """The exception ``@catch`` took on the last attempt (its variable's value, or a summary);
-        for a task that failed, the last line of its traceback (``ValueError: ...``)."""
+        """The exception ``@catch`` took on the attempt (its variable's value, or a summary); for
+        an attempt that failed, the last line of its traceback (``ValueError: ...``)."""
         if self._manifest is None:
             lines = [line for line in self.stderr.splitlines() if line.strip()]
             return lines[-1] if lines and self.finished else None
-        caught = self._manifest.get("caught")
+        caught = self._manifest.caught
         if caught is None:
             return None
         for artifact in self:
             if artifact.type.endswith("CaughtException"):
                 return artifact.data
-        return f"{caught.get('type')}: {caught.get('message')}"
+        return f"{caught.type}: {caught.message}"
 
     @property
     def stdout(self) -> str:
-        """What the step printed on its last attempt ("" if nothing).
+        """What the step printed on this attempt ("" if nothing).
 
         Kept by the step runtime with the attempt's results, wherever the step ran; output that
         bypasses Python's ``sys.stdout`` (a child process, a C library writing to the file
@@ -707,16 +946,12 @@ class Task(MetaflowObject):
 
     @property
     def stderr(self) -> str:
-        """What the step wrote to stderr on its last attempt, with the traceback if it failed."""
+        """What the step wrote to stderr on this attempt, with the traceback if it failed."""
         return self._log(keys.STDERR_FILE)
 
     def _log(self, name: str) -> str:
-        if self._manifest is not None:
-            attempt = self._manifest.get("attempt")
-        else:  # a failed task: its last attempt
-            attempts = self._datastore.list_attempts(self.flow_name, self.run_id, self.step_name, self.id)
-            attempt = attempts[-1] if attempts else None
-        if not isinstance(attempt, int):
+        attempt = self._stored_attempt()
+        if attempt is None:
             return ""
         try:
             data = self._datastore.read_attempt_file(
@@ -728,22 +963,32 @@ class Task(MetaflowObject):
 
     @property
     def metadata_dict(self) -> dict[str, Any]:
-        manifest = self._manifest or {}
+        manifest = self._manifest
+        if manifest is None:
+            return {
+                "pathspec": self.pathspec,
+                "attempt": None,
+                "finished_at": None,
+                "foreach_stack": [],
+                "caught": None,
+            }
+        caught = manifest.caught
         return {
             "pathspec": self.pathspec,
-            "attempt": manifest.get("attempt"),
-            "finished_at": manifest.get("created_at"),
+            "attempt": manifest.attempt.attempt,
+            "finished_at": manifest.created_at,
             "foreach_stack": [
-                {name: frame.get(name) for name in ("step", "var", "index", "num_splits")}
-                for frame in manifest.get("foreach_stack", [])
+                {"step": frame.step, "var": frame.var, "index": frame.index, "num_splits": frame.num_splits}
+                for frame in manifest.foreach_stack
             ],
-            "caught": manifest.get("caught"),
+            "caught": None if caught is None else {"type": caught.type, "message": caught.message},
         }
 
     # -- artifacts -------------------------------------------------------------------------------
 
     def _artifact_view(self) -> Any:
-        if self._manifest is None:
+        manifest = self._manifest
+        if manifest is None:
             raise MetaflowNotFound(
                 f"Task {self.pathspec} has no artifacts: it has not finished, or it failed before "
                 f"storing them."
@@ -751,30 +996,39 @@ class Task(MetaflowObject):
         if self._view is None:
             from airflow_flowspec.datastore.views import task_view
 
-            self._view = task_view(self._typed_manifest, self._datastore)
+            self._view = task_view(manifest, self._datastore)
         return self._view
 
-    def _refs(self) -> dict[str, dict[str, Any]]:
-        return (self._manifest or {}).get("artifacts", {})
+    def _refs(self) -> Mapping[str, ArtifactRef]:
+        manifest = self._manifest
+        return {} if manifest is None else manifest.artifacts
 
     @property
     def data(self) -> MetaflowData:
         return MetaflowData(self)
 
     def artifacts(self) -> Iterator[DataArtifact]:
-        return iter([DataArtifact(self, name) for name in sorted(self._refs())])
+        return iter(self)
 
-    def __iter__(self) -> Iterator[DataArtifact]:
-        return self.artifacts()
+    def _child_records(self) -> Iterator[tuple[str, Any]]:
+        refs = self._refs()
+        for name in sorted(refs):
+            yield name, refs[name]
 
-    def __getitem__(self, name: str) -> DataArtifact:
-        if name not in self._refs():
+    def _child_record(self, name: str) -> tuple[str, Any]:
+        refs = self._refs()
+        if name not in refs:
             self._artifact_view()  # an unfinished task is reported as such
             raise MetaflowNotFound(
-                f"Task {self.pathspec} has no artifact {name!r}. "
-                + _nearby(name, sorted(self._refs()), "artifacts")
+                f"Task {self.pathspec} has no artifact {name!r}. " + _nearby(name, sorted(refs), "artifacts")
             )
-        return DataArtifact(self, name)
+        return name, refs[name]
+
+    def _child(self, child_id: str, record: Any) -> DataArtifact:
+        return DataArtifact(f"{self.pathspec}/{child_id}", self._attempt, _object=record, _parent=self)
+
+    def __getitem__(self, name: str) -> DataArtifact:
+        return super().__getitem__(name)  # type: ignore[no-any-return]
 
     def __contains__(self, name: object) -> bool:
         return name in self._refs()
@@ -804,13 +1058,26 @@ class MetaflowData:
 class DataArtifact(MetaflowObject):
     """One artifact of a task: ``.data`` (loaded when read), ``.sha``, ``.size``, ``.type``."""
 
-    def __init__(self, task: Task, name: str):
-        self._task = task
-        self.pathspec = f"{task.pathspec}/{name}"
-        self.path_components = self.pathspec.split("/")
-        self.id = name
-        self._datastore = task._datastore
-        self._ref = task._refs()[name]
+    _NAME = "artifact"
+    _PARENT_CLASS = "task"
+    _DEPTH = 5
+
+    def __init__(
+        self,
+        pathspec: str | None = None,
+        attempt: int | None = None,
+        *,
+        _object: Any = None,
+        _parent: MetaflowObject | None = None,
+    ):
+        self._attempt = _checked_attempt(attempt, pathspec)
+        super().__init__(pathspec, _object=_object, _parent=_parent)
+        self._task: Task = self._parent  # type: ignore[assignment]
+        self._run: Run = self._task._run
+        self._ref: ArtifactRef = self._object
+
+    def _parent_named(self, pathspec: str) -> MetaflowObject:
+        return Task(pathspec, self._attempt)
 
     @property
     def data(self) -> Any:
@@ -819,29 +1086,32 @@ class DataArtifact(MetaflowObject):
     @property
     def sha(self) -> str:
         """The BLAKE3 hash of the pickled value: equal values share it, across tasks and runs."""
-        return self._ref["hash"]
+        return self._ref.hash
 
     @property
     def size(self) -> int:
         """Bytes of the pickled value."""
-        return int(self._ref["size"])
+        return self._ref.size
 
     @property
     def type(self) -> str:  # noqa: A003 - Metaflow's name
-        return self._ref["type"]
+        return self._ref.type
 
     @property
     def short_repr(self) -> str:
-        return self._ref.get("repr", "")
+        return self._ref.repr
+
+    @property
+    def has_preview(self) -> bool:
+        """Whether the saving step recorded a :attr:`preview` (known without reading it)."""
+        return self._ref.preview is not None
 
     @property
     def created_at(self) -> datetime | None:
         return self._task.finished_at
 
-    def _artifact_ref(self) -> Any:
-        from airflow_flowspec.datastore.artifacts import ArtifactRef
-
-        return ArtifactRef.from_json(self._ref)
+    def _artifact_ref(self) -> ArtifactRef:
+        return self._ref
 
     @property
     def preview(self) -> dict[str, Any] | None:

@@ -14,7 +14,8 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from airflow_flowspec.client.objects import Run, Step, Task
+from airflow_flowspec.client.objects import Run, Step, Task, find_run_by_short_id
+from airflow_flowspec.client.source import client_datastore
 from airflow_flowspec.errors import MetaflowNotFound
 from airflow_flowspec.identity import Deployment, RunIdentity
 
@@ -42,9 +43,6 @@ def check_part(kind: str, value: str) -> str:
 def identity_of_short_id(deployment: Deployment, short_id: str) -> RunIdentity:
     """The run of ``deployment`` (one DAG) that a short id (its number, or ``latest``) names, as its
     record states it: a number given to another deployment's run of the same flow is not found."""
-    from airflow_flowspec.client.objects import find_run_by_short_id
-    from airflow_flowspec.client.source import client_datastore
-
     flow, stored, record = find_run_by_short_id(client_datastore(), deployment.flow, short_id, deployment)
     return RunIdentity.of_record(flow, stored, record)
 
@@ -66,18 +64,20 @@ def run_overview(identity: RunIdentity) -> dict[str, Any]:
     """The run's graph and, per step, its first tasks (:data:`TASKS_PER_STEP`) with their
     artifacts' summaries."""
     run = run_of(identity)
-    ran = set(run._step_names())
-    steps = [_step_summary(run, node, 1, ran) for node in _graph(run, ran)]
+    status = run.status
+    ran = {step.id: step for step in run}
+    steps = [_step_summary(ran.get(node["name"]), node, 1) for node in _graph(run, ran)]
     mark_unchanged(steps)
     return {
         "flow": run.flow_name,
         "run_id": run.id,
         "number": run.number,
+        "status": status,
         "finished": run.finished,
         "successful": run.successful,
         "created_at": _iso(run.created_at),
         "finished_at": _iso(run.finished_at),
-        "parameters": run._record.get("parameters", {}),
+        "parameters": run.recorded_parameters,
         "steps": steps,
     }
 
@@ -86,35 +86,35 @@ def step_overview(identity: RunIdentity, step: str, page: int = 1) -> dict[str, 
     """One page of a step's tasks (a 10,000-wide foreach has 100 pages)."""
     run = run_of(identity)
     check_part("step", step)
-    ran = set(run._step_names())
+    ran = {ran_step.id: ran_step for ran_step in run}
     graph = _graph(run, ran)
     position = next((i for i, node in enumerate(graph) if node["name"] == step), None)
     if position is None:
         raise MetaflowNotFound(f"Run {run.pathspec} has no step {step!r}.")
     # The steps before it, as the run's page lists them, tell which of its artifacts are carried.
-    steps = [_step_summary(run, node, 1, ran) for node in graph[:position]]
-    steps.append(_step_summary(run, graph[position], page, ran))
+    steps = [_step_summary(ran.get(node["name"]), node, 1) for node in graph[:position]]
+    steps.append(_step_summary(ran.get(step), graph[position], page))
     mark_unchanged(steps)
     return {"flow": run.flow_name, "run_id": run.id, **steps[-1]}
 
 
-def _graph(run: Run, ran: set[str]) -> list[dict[str, Any]]:
+def _graph(run: Run, ran: dict[str, Step]) -> list[dict[str, Any]]:
     """The run's recorded graph; for a run recorded before graphs were, the steps that ran."""
     return run.graph or [
         {"name": name, "type": "", "next": [], "foreach": None, "doc": ""} for name in sorted(ran)
     ]
 
 
-def _step_summary(run: Run, node: dict[str, Any], page: int, ran: set[str]) -> dict[str, Any]:
-    name = node["name"]
+def _step_summary(step: Step | None, node: dict[str, Any], page: int) -> dict[str, Any]:
+    """A graph node with one page of its step's tasks (none for a step that has not run)."""
     per_page = TASKS_PER_STEP
-    task_ids = sorted(run[name]._task_ids(), key=int) if name in ran else []
-    pages = max(1, -(-len(task_ids) // per_page))
+    tasks = [] if step is None else list(step)  # one listing: each task reads its manifest when asked
+    pages = max(1, -(-len(tasks) // per_page))
     page = min(max(page, 1), pages)
-    shown = task_ids[(page - 1) * per_page : page * per_page]
+    shown = tasks[(page - 1) * per_page : page * per_page]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        tasks = list(pool.map(lambda task_id: _task_summary(run, name, task_id), shown))
-    return {**node, "task_count": len(task_ids), "page": page, "pages": pages, "tasks": tasks}
+        summaries = list(pool.map(_summary_of, shown))
+    return {**node, "task_count": len(tasks), "page": page, "pages": pages, "tasks": summaries}
 
 
 def mark_unchanged(steps: list[dict[str, Any]]) -> None:
@@ -254,27 +254,18 @@ def _task(identity: RunIdentity, step: str, task_id: str) -> Task:
     run = run_of(identity)
     check_part("step", step)
     check_part("task", task_id)
-    if step not in run:
-        raise MetaflowNotFound(f"Run {run.pathspec} has no step {step!r}.")
-    if task_id not in Step(f"{run.pathspec}/{step}", _checked=True)._task_ids():
-        raise MetaflowNotFound(f"Step {run.pathspec}/{step} has no task {task_id!r}.")
-    return Task(f"{run.pathspec}/{step}/{task_id}", _checked=True)
-
-
-def _task_summary(run: Run, step: str, task_id: str) -> dict[str, Any]:
-    return _summary_of(Task(f"{run.pathspec}/{step}/{task_id}", _checked=True))
+    return run[step][task_id]
 
 
 def _summary_of(task: Task) -> dict[str, Any]:
-    manifest = task._manifest or {}
-    stack = manifest.get("foreach_stack") or []
+    metadata = task.metadata_dict
     return {
         "id": task.id,
-        "foreach_path": [frame.get("index") for frame in stack if isinstance(frame, dict)],
-        "attempt": manifest.get("attempt"),
+        "foreach_path": [frame["index"] for frame in metadata["foreach_stack"]],
+        "attempt": metadata["attempt"],
         "successful": task.successful,
         "finished_at": _iso(task.finished_at),
-        "caught": manifest.get("caught"),
+        "caught": metadata["caught"],
         "artifacts": [
             {
                 "name": artifact.id,
@@ -282,7 +273,7 @@ def _summary_of(task: Task) -> dict[str, Any]:
                 "size": artifact.size,
                 "repr": artifact.short_repr,
                 "sha": artifact.sha,
-                "has_preview": bool(artifact._ref.get("preview")),
+                "has_preview": artifact.has_preview,
             }
             for artifact in task.artifacts()
         ]

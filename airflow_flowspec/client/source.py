@@ -25,6 +25,12 @@ def metadata(root: str) -> str:
     return get_metadata()
 
 
+def forget_metadata() -> None:
+    """Forget the root chosen with :func:`metadata`: ``[flowspec] datastore_root`` applies again."""
+    global _chosen_root
+    _chosen_root = None
+
+
 def get_metadata() -> str:
     """Where the client reads from: ``local@/path/to/datastore`` or ``s3://bucket/prefix``."""
     root = client_root()

@@ -185,11 +185,10 @@ def _task_label(task: dict[str, Any]) -> str:
 
 def run_page(root: str, dag_id: str, overview: dict[str, Any]) -> str:
     run_id = overview["run_id"]
-    state = (
-        '<span class="ok">succeeded</span>'
-        if overview["successful"]
-        else ('<span class="bad">failed</span>' if overview["finished"] else "running")
-    )
+    state = {
+        "succeeded": '<span class="ok">succeeded</span>',
+        "failed": '<span class="bad">failed</span>',
+    }.get(overview["status"], "running")
     parts = [
         f"<h1>{escape(overview['flow'])} <span class='muted'>{escape(run_id)}</span></h1>",
         f"<p>Run {state}. DAG <code>{escape(dag_id)}</code>."

@@ -13,11 +13,20 @@ import pytest
 from conftest import S3_TEST_BUCKET
 from harness import FLOWS, REPO, a_manifest, run_flow
 
-from airflow_flowspec import DataArtifact, Flow, Metaflow, Run, Step, Task, get_metadata, metadata
+from airflow_flowspec import DataArtifact, Flow, Metaflow, Run, Step, Task, client, get_metadata, metadata
+from airflow_flowspec.client.source import client_datastore
 from airflow_flowspec.datastore.store import Datastore
 from airflow_flowspec.errors import MetaflowNotFound
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+@pytest.fixture
+def fresh_client():
+    """The client as a new process has it (the default namespace and root), and again after the test."""
+    client.reset()
+    yield
+    client.reset()
 
 
 @pytest.fixture(scope="module", params=["local", "s3"])
@@ -90,7 +99,7 @@ def test_listing_artifacts_downloads_no_artifact_bodies(store):
     """Guards the laziness: names, types, sizes and hashes come from the manifest alone."""
     _, run_ids = store
     run = Run(f"ForeachFlow/{run_ids['first']}")
-    counters = run._datastore.backend.counters
+    counters = client_datastore().backend.counters
     before = counters.snapshot()
     described = [(a.id, a.type, a.size, a.sha) for step in run for task in step for a in task]
     read = counters.snapshot()["bytes_read"] - before["bytes_read"]
@@ -165,10 +174,7 @@ def test_unknown_names_say_what_exists_nearby(store):
         assert isinstance(caught.value, KeyError) and not str(caught.value).startswith("'")
 
 
-def test_metadata_switches_the_root(store, tmp_path, monkeypatch):
-    from airflow_flowspec.client import source
-
-    monkeypatch.setattr(source, "_chosen_root", None)  # whatever this test chooses is undone after it
+def test_metadata_switches_the_root(store, tmp_path, fresh_client):
     root, run_ids = store
     assert metadata(str(tmp_path / "empty")) == f"local@{tmp_path / 'empty'}"
     assert Metaflow().flows == []
@@ -254,7 +260,9 @@ NAMESPACE_FLOW = textwrap.dedent("""
 """)
 
 
-def test_runs_carry_their_user_and_tags_and_the_client_filters_by_namespace(tmp_path, monkeypatch):
+def test_runs_carry_their_user_and_tags_and_the_client_filters_by_namespace(
+    tmp_path, monkeypatch, fresh_client
+):
     """`run --tag` and the CLI user become tags; the default namespace is the user's; other users'
     runs (and production ones) are hidden until namespace(None) or their tag is chosen."""
     import getpass
@@ -262,13 +270,11 @@ def test_runs_carry_their_user_and_tags_and_the_client_filters_by_namespace(tmp_
     from harness import run_cli
 
     from airflow_flowspec import get_namespace, namespace
-    from airflow_flowspec.client import namespaces
     from airflow_flowspec.errors import MetaflowNamespaceMismatch
     from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.step_runner import run_step
     from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 
-    monkeypatch.setattr(namespaces, "_chosen", namespaces._UNSET)
     root = tmp_path / "store"
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(root))
     flow_file = tmp_path / "namespace_flow.py"
@@ -340,14 +346,12 @@ def test_tags_that_break_the_tag_rule_are_refused_by_the_start_step(tmp_path, ta
     assert not (tmp_path / "store").exists()  # refused before anything was written
 
 
-def test_user_tags_can_be_added_replaced_and_removed_but_not_system_tags(tmp_path, monkeypatch):
+def test_user_tags_can_be_added_replaced_and_removed_but_not_system_tags(tmp_path, monkeypatch, fresh_client):
     from airflow_flowspec import namespace
-    from airflow_flowspec.client import namespaces
     from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.step_runner import run_step
     from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 
-    monkeypatch.setattr(namespaces, "_chosen", namespaces._UNSET)
     root = tmp_path / "store"
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(root))
     flow_file = tmp_path / "namespace_flow.py"
@@ -373,15 +377,13 @@ def test_user_tags_can_be_added_replaced_and_removed_but_not_system_tags(tmp_pat
     assert Run("NamespaceFlow/r1").tags == {"user:ana"}
 
 
-def test_each_run_records_the_code_it_started_with_once_per_content(tmp_path, monkeypatch):
+def test_each_run_records_the_code_it_started_with_once_per_content(tmp_path, monkeypatch, fresh_client):
     """run.code gives back the flow file as it was when the run started, after the file changed;
     an unchanged file is stored once (the package is content-addressed and built deterministically)."""
     from harness import run_cli
 
     from airflow_flowspec import namespace
-    from airflow_flowspec.client import namespaces
 
-    monkeypatch.setattr(namespaces, "_chosen", namespaces._UNSET)
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(tmp_path / "store"))
     namespace(None)
     flow_file = tmp_path / "namespace_flow.py"
@@ -397,7 +399,11 @@ def test_each_run_records_the_code_it_started_with_once_per_content(tmp_path, mo
     newest, second, first = Flow("NamespaceFlow").runs()
     assert first.code.flowspec == second.code.flowspec == NAMESPACE_FLOW and newest.code.flowspec == edited
     assert first.code.path == "namespace_flow.py"
-    packages = [run._record["code"]["source"]["hash"] for run in (first, second, newest)]
+    records = [
+        Datastore(str(tmp_path / "store")).read_run_meta(run.flow_name, run.id)
+        for run in (first, second, newest)
+    ]
+    packages = [record["code"]["source"]["hash"] for record in records]
     assert packages[0] == packages[1] != packages[2]
     extracted = first.code.extract(str(tmp_path / "unpacked"))
     assert open(extracted).read() == NAMESPACE_FLOW
@@ -406,14 +412,13 @@ def test_each_run_records_the_code_it_started_with_once_per_content(tmp_path, mo
     assert first.versions["airflow_flowspec"] and first.versions["airflow"].startswith("3.")
 
 
-def test_tags_from_the_trigger_form_and_no_impersonating_system_tags(tmp_path, monkeypatch):
+def test_tags_from_the_trigger_form_and_no_impersonating_system_tags(tmp_path, monkeypatch, every_namespace):
     """The trigger form has a "Run tags" field (a DAG param) whose tags the run carries; a user's
     tag may not take a system prefix (``user:``, ``production:``...), which the run index trusts
     to say who started a run, neither when triggering nor with add_tag."""
     from harness import load_flow
 
     from airflow_flowspec.airflow.registration import dag_for
-    from airflow_flowspec.client import namespaces
 
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__DATASTORE_ROOT", str(tmp_path / "store"))
     flow_file = tmp_path / "namespace_flow.py"
@@ -422,7 +427,6 @@ def test_tags_from_the_trigger_form_and_no_impersonating_system_tags(tmp_path, m
     assert form.value == [] and form.schema["title"] == "Run tags"
     assert form.schema["type"] == ["array", "null"]  # optional: the form does not mark it required
 
-    monkeypatch.setattr(namespaces, "_chosen", None)  # every namespace, for this test only
     tagged = run_flow(flow_file, params={"flowspec_tags": ["from_form", "exp7"]})
     assert tagged.succeeded, tagged.states()
     assert {"from_form", "exp7"} <= Run(f"NamespaceFlow/{tagged.run_id}").tags
