@@ -1,6 +1,6 @@
 """A step's AWS Batch job (``airflow_flowspec.aws_batch.jobs``): the settings a flow's decorators ask
 for and their trip through a DAG's serialized arguments, the job definition's content and name, the
-overrides, names and tags each job is submitted with. No AWS here: test_client.py registers."""
+overrides, names and tags each job is submitted with. No AWS here: test_batch_client.py registers."""
 
 from __future__ import annotations
 

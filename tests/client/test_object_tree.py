@@ -16,11 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from harness import a_manifest, attempt
 
 from airflow_flowspec import DataArtifact, Flow, Run, Step, Task, client, metadata
 from airflow_flowspec.client import overview
 from airflow_flowspec.client.source import client_datastore
 from airflow_flowspec.datastore import keys
+from airflow_flowspec.datastore.manifest import ForeachFrame
 from airflow_flowspec.datastore.store import Datastore
 from airflow_flowspec.errors import MetaflowNotFound
 from airflow_flowspec.identity import RunIdentity
@@ -48,26 +50,15 @@ def record_run(
     meta = {"tags": ["user:ana"], "system_tags": ["user:ana"], "graph": GRAPH, "parameters": {"width": width}}
     meta["number"] = datastore.number_run(identity)
     record = datastore.write_run_meta(FLOW, run_id, meta, identity=identity)
-    value = {"value": datastore.artifacts.save("value", width).to_json()}
-
-    def manifest(stack: list[dict], attempt: int = 1) -> dict:
-        return {
-            "attempt": attempt,
-            "artifacts": value,
-            "foreach_stack": stack,
-            "created_at": record["created_at"],
-        }
-
-    datastore.write_manifest(FLOW, run_id, "start", 0, 1, manifest([]))
+    value = {"value": datastore.artifacts.save("value", width)}
+    datastore.write_manifest(a_manifest(FLOW, run_id, "start", 0, 1, value))
     for index in range(width):
-        frame = {"step": "start", "var": "items", "index": index, "num_splits": width}
+        frame = ForeachFrame(step="start", var="items", index=index, num_splits=width, item=value["value"])
         datastore.write_manifest(
-            FLOW, run_id, "body", index + 1, body_attempt, manifest([frame], body_attempt)
+            a_manifest(FLOW, run_id, "body", index + 1, body_attempt, value, foreach_stack=[frame])
         )
-    for step in ("join", "end"):
-        datastore.write_manifest(
-            FLOW, run_id, step, width + 1 if step == "join" else width + 2, 1, manifest(step, [])
-        )
+    datastore.write_manifest(a_manifest(FLOW, run_id, "join", width + 1, 1, value))
+    datastore.write_manifest(a_manifest(FLOW, run_id, "end", width + 2, 1, value))
     datastore.index_run(FLOW, run_id, record)
     if finished is not None:
         datastore.finish_run(FLOW, run_id, finished, {})
@@ -155,7 +146,7 @@ def test_run_status_is_read_once_per_run_and_shared_by_its_tasks(tmp_path):
     datastore = Datastore(str(tmp_path / "store"))
     identity = record_run(datastore, "manual__going", 2, finished=None)
     # A body task that started but stored nothing yet: whether it finished is the run's answer.
-    datastore.write_attempt_file(FLOW, identity.run_id, "body", 9, 1, keys.STDOUT_FILE, b"working\n")
+    datastore.write_attempt_file(attempt(FLOW, identity.run_id, "body", 9), keys.STDOUT_FILE, b"working\n")
     metadata(datastore.root)
 
     run = Run(identity.pathspec)
@@ -178,7 +169,7 @@ def test_a_task_attempt_is_read_as_metaflow_numbers_it(tmp_path):
     pathspec = f"{identity.pathspec}/body/1"
     # The first attempt failed (no manifest, its traceback kept); the retry stored its results.
     failed = b"Traceback (most recent call last):\nValueError: flaky\n"
-    datastore.write_attempt_file(FLOW, identity.run_id, "body", 1, 1, keys.STDERR_FILE, failed)
+    datastore.write_attempt_file(attempt(FLOW, identity.run_id, "body", 1), keys.STDERR_FILE, failed)
     metadata(datastore.root)
 
     latest = Task(pathspec)
