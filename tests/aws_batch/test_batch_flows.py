@@ -57,7 +57,8 @@ def test_branch_join_parameters_and_a_class_from_the_flow_file_on_batch(batch, c
     assert {job["status"] for job in jobs} == {"SUCCEEDED"}
     out = capfd.readouterr().out
     # Each step is visibly a job: its id, its statuses, and the step's own output from CloudWatch.
-    for status in ("RUNNABLE", "RUNNING", "SUCCEEDED"):
+    # (RUNNING and SUCCEEDED: a loaded machine may poll past the local AWS's 0.2 s waiting statuses.)
+    for status in ("RUNNING", "SUCCEEDED"):
         assert f"status: {status}" in out, out[-3000:]
     assert jobs[0]["jobId"] in out
     assert f"[{run.run_id}/end/0] Task finished successfully." in out
