@@ -80,9 +80,9 @@ class Snapshot:
         }
         paths.update(entry for entry in sys.path if entry and os.path.isdir(entry))
         paths.add(sys.executable)
-        from airflow.configuration import AIRFLOW_CONFIG  # the airflow.cfg Airflow read
+        from airflow_flowspec.airflow._internals import airflow_config_path
 
-        paths.add(AIRFLOW_CONFIG)
+        paths.add(airflow_config_path())
         stats = {}
         for path in paths:
             try:
@@ -106,7 +106,7 @@ class Snapshot:
 
 def warm_up() -> None:
     """Everything a run would do before its flow is imported, done once."""
-    from airflow_flowspec.airflow import local_run
+    from airflow_flowspec.airflow import _internals, local_run
 
     home = local_run.prepare_environment()
     local_run.quiet_airflow_warnings()
@@ -119,11 +119,9 @@ def warm_up() -> None:
 
         logging.getLogger("airflow").setLevel(logging.WARNING)
         local_run.ensure_database(home)
-        local_run._build_lean_execution_api()
-        local_run._initialize_metrics()
-        import airflow.api_fastapi.execution_api.app  # noqa: F401
-        import airflow.dag_processing.dagbag  # noqa: F401
-        import airflow.sdk.execution_time.task_runner  # noqa: F401
+        _internals.build_lean_execution_api()
+        _internals.initialize_metrics()
+        _internals.import_task_run_modules()
 
         from airflow_flowspec import cli, flow_commands, graph, lint  # noqa: F401 - every run's
         from airflow_flowspec.airflow import concurrent_run, registration, translator  # noqa: F401
@@ -548,13 +546,12 @@ def _take_time_zone_and_temporary_folder() -> None:
     settings = sys.modules.get("airflow.settings")
     if settings is None:
         return
-    from airflow.configuration import conf
+    from airflow.sdk import conf
+
+    from airflow_flowspec.airflow._internals import use_system_time_zone
 
     if conf.get("core", "default_timezone", fallback="utc") == "system":
-        for name in ("airflow._shared.timezones.timezone", "airflow.sdk._shared.timezones.timezone"):
-            timezone = sys.modules.get(name)
-            if timezone is not None:
-                timezone.initialize("system")
+        use_system_time_zone()
         settings.TIMEZONE = settings.local_timezone()
 
 

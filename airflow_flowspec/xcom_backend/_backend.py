@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk.bases.xcom import BaseXCom
+from airflow.sdk import BaseXCom
 
 from airflow_flowspec.xcom_backend import values
 
