@@ -244,7 +244,7 @@ def build_lean_execution_api() -> None:
     if name in sys.modules:
         if getattr(sys.modules[name].bundle.versions[0], "value", None) != API_VERSION:
             return
-        sys.modules[name].bundle = lean_bundle
+        sys.modules[name].bundle = lean_bundle  # type: ignore[attr-defined]
     else:
         # Importing the real module defines the schema changes of every version, only for them
         # to be dropped: read its newest version from the source instead, and stand in.

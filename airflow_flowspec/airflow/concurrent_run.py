@@ -142,7 +142,7 @@ def run_dag(
 
     console = console or Console()
     import_what_tasks_import()
-    session = settings.Session()
+    session = settings.Session()  # type: ignore[misc]  # set up when Airflow was imported
     dag_run = _create_dag_run(dag, run_id, logical_date, conf, session)
     loop = _Loop(dag, dag_run, session, label_of, max(1, max_workers), console)
     with _interrupted_by_sigterm():
@@ -592,8 +592,8 @@ def _run_task(key: tuple[str, str, str, int], task: Any) -> None:
     from airflow_flowspec.airflow._internals import run_task_in_process
 
     dag_id, run_id, task_id, map_index = key
-    settings.Session.remove()  # this process's own session, on its own connection
-    session = settings.Session()
+    settings.Session.remove()  # type: ignore[union-attr]  # this process's own session and connection
+    session = settings.Session()  # type: ignore[misc]
     ti = session.scalar(
         select(TaskInstance).where(
             TaskInstance.dag_id == dag_id,

@@ -73,11 +73,8 @@ class Snapshot:
 
     @staticmethod
     def _take() -> dict[str, tuple[int, int]]:
-        paths = {
-            module.__file__
-            for module in list(sys.modules.values())
-            if isinstance(getattr(module, "__file__", None), str)
-        }
+        files = (getattr(module, "__file__", None) for module in list(sys.modules.values()))
+        paths = {file for file in files if isinstance(file, str)}
         paths.update(entry for entry in sys.path if entry and os.path.isdir(entry))
         paths.add(sys.executable)
         from airflow_flowspec.airflow._internals import airflow_config_path
@@ -316,17 +313,17 @@ def _difference(theirs: Any, ours: dict[str, Any]) -> str:
     if not isinstance(theirs, dict):
         return "no fingerprint"
     names = [k for k in ("python", "prefix") if theirs.get(k) != ours.get(k)]
-    environment = theirs.get("environment") if isinstance(theirs.get("environment"), dict) else {}
+    environment = theirs["environment"] if isinstance(theirs.get("environment"), dict) else {}
     names += sorted(
         k
         for k in set(environment) | set(ours["environment"])
         if environment.get(k) != ours["environment"].get(k)
     )
-    interpreter = theirs.get("interpreter") if isinstance(theirs.get("interpreter"), dict) else {}
+    interpreter = theirs["interpreter"] if isinstance(theirs.get("interpreter"), dict) else {}
     for part in ours["interpreter"]:
         if interpreter.get(part) != ours["interpreter"][part]:
             names.append(f"the interpreter's {part}")
-    context = theirs.get("context") if isinstance(theirs.get("context"), dict) else {}
+    context = theirs["context"] if isinstance(theirs.get("context"), dict) else {}
     names += context_difference(context, ours["context"])
     return ", ".join(names) or "unknown"
 
@@ -515,7 +512,7 @@ def _open_std_streams(described: Any) -> None:
         how = described.get(name) if isinstance(described.get(name), dict) else {}
         writing = fd != 0
         raw = io.FileIO(fd, "wb" if writing else "rb", closefd=False)
-        raw.name = f"<{name}>"  # type: ignore[misc]
+        raw.name = f"<{name}>"
         buffer: Any = raw
         if how.get("buffered", True) or not writing:
             buffer = io.BufferedWriter(raw) if writing else io.BufferedReader(raw)
@@ -543,7 +540,7 @@ def _take_time_zone_and_temporary_folder() -> None:
     local = sys.modules.get("pendulum.tz.local_timezone")
     if local is not None:
         local._local_timezone = None  # type: ignore[attr-defined]
-    settings = sys.modules.get("airflow.settings")
+    settings: Any = sys.modules.get("airflow.settings")
     if settings is None:
         return
     from airflow.sdk import conf
@@ -583,8 +580,9 @@ def _become_run(request: dict[str, Any], fds: list[int], taken: int) -> None:
         prepare_environment()
         from airflow import settings
 
-        if getattr(settings, "engine", None) is not None:
-            settings.engine.dispose(close=False)  # the preloader's connections are not ours
+        engine = getattr(settings, "engine", None)
+        if engine is not None:
+            engine.dispose(close=False)  # the preloader's connections are not ours
         argv = [str(a) for a in request["argv"]]
         sys.argv = argv
         if isinstance(request.get("orig_argv"), list):

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from airflow_flowspec.decorators.flow_decorators import ProjectBranch
     from airflow_flowspec.lint.registry import LintTarget
 
+
 def register_if_parsing(flow_class: type) -> None:
     """Build and register the flow's DAG if a DagBag is importing the module that defines it."""
     module_name = flow_class.__module__
@@ -27,7 +28,7 @@ def register_if_parsing(flow_class: type) -> None:
     previous = flow_class.__dict__.get("_flowspec_dag")
     if previous is not None:  # a class decorator changed the flow after the class was created
         unregister_dag(previous)  # by identity: its hash changed as its tasks were added
-    flow_class._flowspec_dag = dag_for(flow_class, module.__file__)
+    flow_class._flowspec_dag = dag_for(flow_class, str(module.__file__))  # type: ignore[attr-defined]
 
 
 def _defines_steps(flow_class: type) -> bool:
