@@ -4,7 +4,8 @@
 - ``reliability``: under ``tests/reliability`` (fault, kill and corruption campaigns).
 - ``flows``: anything else that runs something beyond its own process or needs a service: a
   fixture in :data:`SERVICE_FIXTURES` (the metadata database, moto's S3 server, the local AWS),
-  or a call, by the test, one of its fixtures or a helper either reaches, of a name in
+  asked for by name or by a fixture's ``request.getfixturevalue`` (for a param not in
+  :data:`LOCAL_PARAMS`), or a call, by the test, one of its fixtures or a helper either reaches, of a name in
   :data:`RUNNERS` (a flow run, the command line, a subprocess, a fork).
 - ``unit``: the rest. ``pytest -m unit`` is the fast lane CI runs first.
 
@@ -30,6 +31,9 @@ FOLDER_TIERS = {"integration": "integration", "reliability": "reliability"}
 SERVICE_FIXTURES = frozenset(
     {"airflow_db", "s3_endpoint", "local_aws", "local_aws_environment", "airflow_services"}
 )
+#: A fixture parametrized over where data lives asks for a service by name
+#: (``request.getfixturevalue("s3_endpoint")``) for each of its params but these.
+LOCAL_PARAMS = frozenset({"local"})
 #: Names whose call runs a flow, the command line or another process.
 RUNNERS = frozenset(
     {
@@ -64,8 +68,12 @@ def tier_of(item: pytest.Item) -> str:
         return "flows"
     functions = [getattr(item, "function", None)]
     info = getattr(item, "_fixtureinfo", None)
-    for definitions in (info.name2fixturedefs.values() if info else ()):
-        functions.extend(definition.func for definition in definitions)
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for name, definitions in info.name2fixturedefs.items() if info else ():
+        for definition in definitions:
+            functions.append(definition.func)
+            if _asks_for_a_service(definition.func) and params.get(name) not in LOCAL_PARAMS:
+                return "flows"
     seen: set[types.CodeType] = set()
     if any(_runs_something(function, seen) for function in functions if function is not None):
         return "flows"
@@ -90,6 +98,19 @@ def _runs_something(function: Any, seen: set[types.CodeType]) -> bool:
         elif _runs_something(value, seen):
             return True
     return False
+
+
+def _asks_for_a_service(function: Any) -> bool:
+    code = getattr(getattr(function, "__wrapped__", function), "__code__", None)
+    return code is not None and bool(SERVICE_FIXTURES.intersection(_strings(code)))
+
+
+def _strings(code: types.CodeType) -> set[str]:
+    strings = {constant for constant in code.co_consts if isinstance(constant, str)}
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            strings |= _strings(constant)
+    return strings
 
 
 def _names(code: types.CodeType) -> set[str]:
