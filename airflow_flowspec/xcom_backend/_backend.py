@@ -84,9 +84,7 @@ class FlowspecXComBackend(BaseXCom):
             )
 
     @classmethod
-    def delete(
-        cls, key: str, task_id: str, dag_id: str, run_id: str, map_index: int | None = None
-    ) -> None:
+    def delete(cls, key: str, task_id: str, dag_id: str, run_id: str, map_index: int | None = None) -> None:
         with values.expecting(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index, key=key):
             super().delete(key=key, task_id=task_id, dag_id=dag_id, run_id=run_id, map_index=map_index)
 
