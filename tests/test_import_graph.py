@@ -171,78 +171,6 @@ def is_edge(module: str) -> bool:
     )
 
 
-MODULES, IMPORTS = read_imports(REPO, PACKAGE)
-
-
-def test_the_reader_sees_imports_at_every_level():
-    """Guards the guard: known imports of each kind are found, so the checks below cannot pass on
-    an empty graph."""
-    found = {(edge.importer, edge.imported, edge.in_function) for edge in IMPORTS}
-    assert ("airflow_flowspec.runtime.step_runner", "airflow_flowspec.datastore.views", False) in found
-    assert ("airflow_flowspec.flowspec", "airflow_flowspec.airflow.registration", True) in found
-    assert ("airflow_flowspec.operators.step_task", "airflow", False) in found
-    assert ("airflow_flowspec.lint", "airflow_flowspec.lint.names", False) in found  # from . import x
-    assert len(MODULES) > 40
-
-
-def test_a_cycle_through_a_function_level_import_is_found(tmp_path):
-    package = tmp_path / "pkg"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "a.py").write_text("from pkg.b import helper\n")
-    (package / "b.py").write_text("def helper():\n    from pkg import a\n")
-    (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.d\n")
-    (package / "d.py").write_text("import pkg.c\n")
-    modules, imports = read_imports(tmp_path, "pkg")
-    assert find_cycles(modules, imports) == [["pkg.a", "pkg.b"]]  # c <-> d is type-checking only
-
-
-def test_the_package_has_no_import_cycles():
-    cycles = find_cycles(MODULES, IMPORTS)
-    assert cycles == [], "import cycles (break them by moving what both sides need downward): " + "; ".join(
-        " <-> ".join(group) for group in cycles
-    )
-
-
-def is_moto_allowed(module: str) -> bool:
-    return any(module == package or module.startswith(package + ".") for package in MOTO_PACKAGES)
-
-
-def test_airflow_and_moto_are_imported_only_at_the_edge():
-    outside = [
-        f"{edge.importer} imports {edge.imported} (line {edge.line})"
-        for edge in IMPORTS
-        if edge.imported in AIRFLOW_ONLY
-        and not is_edge(edge.importer)
-        and not (edge.imported == "moto" and is_moto_allowed(edge.importer))
-    ]
-    assert outside == [], (
-        "Airflow outside airflow_flowspec/{airflow,operators,triggers,xcom_backend}: " + ", ".join(outside)
-    )
-
-
-def test_the_local_aws_is_reached_by_nothing_else_in_the_package():
-    """Importing airflow_flowspec must never import moto: only the local AWS's own modules import
-    each other."""
-    inward = [
-        f"{edge.importer} imports {edge.imported} (line {edge.line})"
-        for edge in IMPORTS
-        if is_moto_allowed(edge.imported) and not is_moto_allowed(edge.importer)
-    ]
-    assert inward == [], ", ".join(inward)
-    assert any(edge.imported == "moto" and is_moto_allowed(edge.importer) for edge in IMPORTS)
-
-
-def test_the_rest_of_the_package_reaches_the_edge_only_through_its_lazy_entry_points():
-    crossings = {
-        (edge.importer, edge.imported, edge.in_function)
-        for edge in IMPORTS
-        if edge.imported in MODULES and is_edge(edge.imported) and not is_edge(edge.importer)
-    }
-    assert {(importer, imported) for importer, imported, _ in crossings} == LAZY_ENTRY_POINTS
-    assert all(in_function for _, _, in_function in crossings), "an entry point imported at module level"
-
-
 #: The one module that may use Airflow's private names (each with a note of why and what would
 #: replace it); tests/airflow/test_airflow_internals.py pins every one of them.
 AIRFLOW_COMPAT = "airflow_flowspec.airflow._internals"
@@ -346,3 +274,75 @@ def test_only_the_compat_module_uses_airflows_private_names():
         "airflow.sdk name, or add a function there with why it is needed and pin it in "
         "tests/airflow/test_airflow_internals.py): " + "; ".join(private)
     )
+
+
+MODULES, IMPORTS = read_imports(REPO, PACKAGE)
+
+
+def test_the_reader_sees_imports_at_every_level():
+    """Guards the guard: known imports of each kind are found, so the checks below cannot pass on
+    an empty graph."""
+    found = {(edge.importer, edge.imported, edge.in_function) for edge in IMPORTS}
+    assert ("airflow_flowspec.runtime.step_runner", "airflow_flowspec.datastore.views", False) in found
+    assert ("airflow_flowspec.flowspec", "airflow_flowspec.airflow.registration", True) in found
+    assert ("airflow_flowspec.operators.step_task", "airflow", False) in found
+    assert ("airflow_flowspec.lint", "airflow_flowspec.lint.names", False) in found  # from . import x
+    assert len(MODULES) > 40
+
+
+def test_a_cycle_through_a_function_level_import_is_found(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.b import helper\n")
+    (package / "b.py").write_text("def helper():\n    from pkg import a\n")
+    (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.d\n")
+    (package / "d.py").write_text("import pkg.c\n")
+    modules, imports = read_imports(tmp_path, "pkg")
+    assert find_cycles(modules, imports) == [["pkg.a", "pkg.b"]]  # c <-> d is type-checking only
+
+
+def test_the_package_has_no_import_cycles():
+    cycles = find_cycles(MODULES, IMPORTS)
+    assert cycles == [], "import cycles (break them by moving what both sides need downward): " + "; ".join(
+        " <-> ".join(group) for group in cycles
+    )
+
+
+def is_moto_allowed(module: str) -> bool:
+    return any(module == package or module.startswith(package + ".") for package in MOTO_PACKAGES)
+
+
+def test_airflow_and_moto_are_imported_only_at_the_edge():
+    outside = [
+        f"{edge.importer} imports {edge.imported} (line {edge.line})"
+        for edge in IMPORTS
+        if edge.imported in AIRFLOW_ONLY
+        and not is_edge(edge.importer)
+        and not (edge.imported == "moto" and is_moto_allowed(edge.importer))
+    ]
+    assert outside == [], (
+        "Airflow outside airflow_flowspec/{airflow,operators,triggers,xcom_backend}: " + ", ".join(outside)
+    )
+
+
+def test_the_local_aws_is_reached_by_nothing_else_in_the_package():
+    """Importing airflow_flowspec must never import moto: only the local AWS's own modules import
+    each other."""
+    inward = [
+        f"{edge.importer} imports {edge.imported} (line {edge.line})"
+        for edge in IMPORTS
+        if is_moto_allowed(edge.imported) and not is_moto_allowed(edge.importer)
+    ]
+    assert inward == [], ", ".join(inward)
+    assert any(edge.imported == "moto" and is_moto_allowed(edge.importer) for edge in IMPORTS)
+
+
+def test_the_rest_of_the_package_reaches_the_edge_only_through_its_lazy_entry_points():
+    crossings = {
+        (edge.importer, edge.imported, edge.in_function)
+        for edge in IMPORTS
+        if edge.imported in MODULES and is_edge(edge.imported) and not is_edge(edge.importer)
+    }
+    assert {(importer, imported) for importer, imported, _ in crossings} == LAZY_ENTRY_POINTS
+    assert all(in_function for _, _, in_function in crossings), "an entry point imported at module level"

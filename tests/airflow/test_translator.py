@@ -105,8 +105,8 @@ def test_the_failure_callback_records_when_the_run_failed_not_when_it_is_called(
     failed_at = datetime.now(timezone.utc) - timedelta(minutes=1)
     datastore.finish_run("GateFlow", "manual__1", True, {})
 
-    context = {"dag_run": SimpleNamespace(run_id="manual__1", end_date=failed_at), "reason": "x"}
-    record_failed_run(context, "GateFlow")
+    failed = SimpleNamespace(run_id="manual__1", end_date=failed_at)
+    record_failed_run({"dag_run": failed, "reason": "task_failure"}, "GateFlow")
     assert datastore.run_status("GateFlow", "manual__1")["status"] == "succeeded"
 
     record_failed_run({"run_id": "manual__1", "reason": "task_failure"}, "GateFlow")
