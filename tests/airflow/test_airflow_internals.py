@@ -141,7 +141,7 @@ def test_both_copies_of_the_stats_module_are_found():
             assert hasattr(copy.stats, name), f"{copy.stats.__name__}.{name} is gone"
 
 
-def test_legacy_metric_names_are_kept_only_for_a_configured_exporter(monkeypatch, airflow_db):
+def test_legacy_metric_names_are_kept_only_for_a_configured_exporter(monkeypatch):
     """`run` skips Airflow's legacy metric names (0.3 s of YAML parsing) only when no exporter is
     configured; with statsd/Datadog/OTel on, [metrics] legacy_names_on still decides."""
     copies = _internals.metrics_copies()
