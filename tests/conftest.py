@@ -10,8 +10,19 @@ from pathlib import Path
 
 import pytest
 from harness import configure_airflow
+from tiers import TierTimes, mark_tiers
 
 SESSION_ROOT = configure_airflow()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) reports
+        config.pluginmanager.register(TierTimes(), "tier-times")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One tier mark per test (unit, flows, reliability, integration): see tests/tiers.py."""
+    mark_tiers(items)
 
 
 @pytest.fixture(scope="session")

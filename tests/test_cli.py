@@ -172,37 +172,6 @@ def test_check_warns_only_when_the_configured_discovery_would_skip_the_file(tmp_
     assert "might_contain_dag_callable is 'no_such_module.finder', which cannot be imported" in result.stderr
 
 
-def test_run_keeps_legacy_metric_names_only_for_a_configured_exporter(monkeypatch, airflow_db):
-    """`run` skips Airflow's legacy metric names (0.3 s of YAML parsing) only when no exporter is
-    configured; with statsd/Datadog/OTel on, [metrics] legacy_names_on still decides."""
-    from airflow._shared.observability.metrics import stats as core_stats
-    from airflow._shared.observability.metrics.base_stats_logger import NoStatsLogger
-    from airflow.observability.metrics import stats_utils
-    from airflow.sdk._shared.observability.metrics import stats as sdk_stats
-
-    from airflow_flowspec.airflow.local_run import _initialize_metrics
-
-    for module in (core_stats, sdk_stats):  # restored after the test: other tests share them
-        for name in ("_factory", "_backend", "_export_legacy_names"):
-            monkeypatch.setattr(module, name, getattr(module, name))
-
-    monkeypatch.setattr(stats_utils, "get_stats_factory", lambda: NoStatsLogger)
-    _initialize_metrics()
-    assert core_stats._export_legacy_names is False
-    assert sdk_stats._export_legacy_names is False  # the task SDK's copy: no exporter configured either
-
-    def exporter():
-        return NoStatsLogger()  # stands in for a statsd client
-
-    monkeypatch.setattr(stats_utils, "get_stats_factory", lambda: exporter)
-    monkeypatch.setenv("AIRFLOW__METRICS__LEGACY_NAMES_ON", "True")
-    _initialize_metrics()
-    assert core_stats._export_legacy_names is True and core_stats._factory is exporter
-    monkeypatch.setenv("AIRFLOW__METRICS__LEGACY_NAMES_ON", "False")
-    _initialize_metrics()
-    assert core_stats._export_legacy_names is False
-
-
 RETRY_FLOW = """
 from airflow_flowspec import FlowSpec, current, retry, step
 

@@ -172,6 +172,111 @@ def is_edge(module: str) -> bool:
     )
 
 
+#: The one module that may use Airflow's private names (each with a note of why and what would
+#: replace it); tests/airflow/test_airflow_internals.py pins every one of them.
+AIRFLOW_COMPAT = "airflow_flowspec.airflow._internals"
+#: Being rewritten in another branch of this change (their Batch client layer): they still import
+#: ``airflow.sdk.bases.skipmixin`` and use the provider's private methods. Known, to be removed.
+PRIVATE_AIRFLOW_EXCEPTIONS = (
+    "airflow_flowspec.operators.batch_step",
+    "airflow_flowspec.triggers",
+)
+#: Airflow paths that are not its public interface, beyond any path segment or name starting with
+#: ``_``: the task runner's and the DAG processor's machinery, the execution API, serialization,
+#: migrations, core's config and metrics (``airflow.sdk.conf`` is the public config), the
+#: definitions and bases behind ``airflow.sdk``'s public names, and the function dag.test() uses
+#: to create its run. The metadata database's ORM classes, states and sessions
+#: (``airflow.models``, ``airflow.utils.state``, ``airflow.utils.session``, ``airflow.settings``),
+#: plugin, timetable and trigger bases, auth managers and the providers are allowed.
+PRIVATE_AIRFLOW_PATHS = (
+    "airflow.sdk.execution_time",
+    "airflow.sdk.definitions",
+    "airflow.sdk.bases",
+    "airflow.sdk.api",
+    "airflow.api_fastapi.execution_api",
+    "airflow.dag_processing",
+    "airflow.serialization",
+    "airflow.utils.db",
+    "airflow.configuration",
+    "airflow.observability",
+    "airflow.models.dagrun.get_or_create_dagrun",
+    "cadwyn",
+)
+
+
+class AirflowName(NamedTuple):
+    module: str  # the package's module that names it
+    name: str  # as imported (``airflow.a.b.c``) or as a string naming a module (``sys.modules[...]``)
+    line: int
+
+
+def airflow_names(root: Path, package: str) -> list[AirflowName]:
+    """Every Airflow (or cadwyn) name imported by ``package``'s modules, and every string constant
+    that names one of its modules (a ``sys.modules`` lookup reaches a module without importing it)."""
+    names = []
+    for path in sorted((root / package).rglob("*.py")):
+        module = module_name(path, root)
+        tree = ast.parse(path.read_text(), str(path))
+        for node, _ in _import_nodes(tree):
+            if isinstance(node, ast.Import):
+                found = [alias.name for alias in node.names]
+            elif node.level == 0 and node.module:
+                found = [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            names.extend(AirflowName(module, name, node.lineno) for name in found if _names_airflow(name))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and _names_airflow(node.value):
+                if " " not in node.value and node.value.count(".") >= 2:  # a dotted path, not prose
+                    names.append(AirflowName(module, node.value, node.lineno))
+    return names
+
+
+def _names_airflow(name: str) -> bool:
+    return name.split(".")[0] in ("airflow", "cadwyn")
+
+
+def is_private_airflow_name(name: str) -> bool:
+    parts = name.split(".")
+    return any(part.startswith("_") and part != "__init__" for part in parts) or any(
+        name == path or name.startswith(path + ".") for path in PRIVATE_AIRFLOW_PATHS
+    )
+
+
+def test_the_private_airflow_rule_sees_private_names():
+    """Guards the guard: the rule tells known private names from public ones."""
+    assert is_private_airflow_name("airflow.sdk.definitions._internal.contextmanager.DagContext")
+    assert is_private_airflow_name("airflow.sdk.execution_time.lazy_sequence.LazyXComSequence")
+    assert is_private_airflow_name("airflow._shared.observability.metrics")
+    assert is_private_airflow_name("airflow.configuration.conf")
+    assert is_private_airflow_name("airflow.models.dagrun.get_or_create_dagrun")
+    assert is_private_airflow_name("airflow.providers.amazon.aws.operators.batch._private")
+    assert not is_private_airflow_name("airflow.sdk.SkipMixin")
+    assert not is_private_airflow_name("airflow.sdk.conf")
+    assert not is_private_airflow_name("airflow.models.dagrun.DagRun")
+    names = {(name.module, name.name) for name in airflow_names(REPO, PACKAGE)}
+    assert (AIRFLOW_COMPAT, "airflow.sdk.definitions._internal.contextmanager") in names  # a string
+    assert (AIRFLOW_COMPAT, "airflow.sdk.execution_time.lazy_sequence.LazyXComSequence") in names
+
+
+def test_only_the_compat_module_uses_airflows_private_names():
+    def excepted(module: str) -> bool:
+        return module == AIRFLOW_COMPAT or any(
+            module == known or module.startswith(known + ".") for known in PRIVATE_AIRFLOW_EXCEPTIONS
+        )
+
+    private = [
+        f"{name.module} line {name.line}: {name.name}"
+        for name in airflow_names(REPO, PACKAGE)
+        if is_private_airflow_name(name.name) and not excepted(name.module)
+    ]
+    assert private == [], (
+        "Airflow's private names outside airflow_flowspec/airflow/_internals.py (use a public "
+        "airflow.sdk name, or add a function there with why it is needed and pin it in "
+        "tests/airflow/test_airflow_internals.py): " + "; ".join(private)
+    )
+
+
 MODULES, IMPORTS = read_imports(REPO, PACKAGE)
 
 

@@ -14,4 +14,6 @@ round, except for the two lazy entry points a flow file needs: ``FlowSpec`` asks
 - :mod:`.local_services`: ``airflow-flowspec airflow up``, a local Airflow with its UI.
 - :mod:`.run_states`: which DAG runs Airflow has queued or running (for gc).
 - :mod:`.discovery`: lets safe-mode DAG discovery find flow files.
+- :mod:`._internals`: every Airflow name outside Airflow's public interface, each with why it is
+  needed; nothing else here uses one (tests/airflow/test_airflow_internals.py pins them).
 """

@@ -26,8 +26,8 @@ stopped are marked failed, and so is the run. A worker dies with this process
 (``PR_SET_PDEATHSIG``), so a run killed outright leaves none behind; a worker that dies during a
 task fails that task's attempt, which Airflow retries as any failure.
 
-The private Airflow APIs used here (``get_or_create_dagrun``, the SDK's ``_run_task``) are the ones
-``dag.test()`` itself is built from.
+The private Airflow APIs used here (creating the run, running one task) are the ones ``dag.test()``
+itself is built from; they are reached through :mod:`._internals`.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def run_dag(
 
     console = console or Console()
     import_what_tasks_import()
-    session = settings.Session()
+    session = settings.Session()  # type: ignore[misc]  # set up when Airflow was imported
     dag_run = _create_dag_run(dag, run_id, logical_date, conf, session)
     loop = _Loop(dag, dag_run, session, label_of, max(1, max_workers), console)
     with _interrupted_by_sigterm():
@@ -201,32 +201,19 @@ def import_what_tasks_import() -> None:
 
 def _create_dag_run(dag: Any, run_id: str, logical_date: datetime, conf: dict[str, Any], session: Any) -> Any:
     """The DAG run, created as ``dag.test()`` creates its own."""
-    from airflow.models.dagrun import get_or_create_dagrun
-    from airflow.serialization.encoders import coerce_to_core_timetable
-    from airflow.serialization.serialized_objects import DagSerialization
-    from airflow.utils.types import DagRunTriggeredByType
+    from airflow_flowspec.airflow._internals import create_test_dag_run, scheduler_dag
 
     dag.validate()
-    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    scheduler_view = scheduler_dag(dag)
     # The DAG's callbacks run once the run ends (_call_dag_callbacks), not inside update_state as
     # dag.test() has them: Airflow's in-process callback context fails to validate the Param of a
     # required parameter, and a run stopped by Ctrl-C never reaches that code.
-    scheduler_dag.has_on_success_callback = False
-    scheduler_dag.has_on_failure_callback = False
-    data_interval = coerce_to_core_timetable(dag.timetable).infer_manual_data_interval(run_after=logical_date)
-    return get_or_create_dagrun(
-        dag=scheduler_dag,
-        run_id=run_id,
-        logical_date=logical_date,
-        data_interval=data_interval,
-        run_after=logical_date,
-        conf=conf,
-        # As dag.test() marks its runs: the step tasks read a run so marked as a local test run
-        # (not production, its user the one running it: operators.step_task).
-        triggered_by=DagRunTriggeredByType.TEST,
-        triggering_user_name="dag_test",
-        start_date=logical_date,
-        session=session,
+    scheduler_view.has_on_success_callback = False
+    scheduler_view.has_on_failure_callback = False
+    # Marked as dag.test() marks its runs: the step tasks read a run so marked as a local test run
+    # (not production, its user the one running it: operators.step_task).
+    return create_test_dag_run(
+        scheduler_view, dag, run_id=run_id, logical_date=logical_date, conf=conf, session=session
     )
 
 
@@ -600,12 +587,13 @@ def _worker_main(dag: Any, control: socket.socket, out_fd: int, err_fd: int, inh
 def _run_task(key: tuple[str, str, str, int], task: Any) -> None:
     from airflow import settings
     from airflow.models.taskinstance import TaskInstance
-    from airflow.sdk.definitions.dag import _run_task as run_task_as_dag_test
     from sqlalchemy import select
 
+    from airflow_flowspec.airflow._internals import run_task_in_process
+
     dag_id, run_id, task_id, map_index = key
-    settings.Session.remove()  # this process's own session, on its own connection
-    session = settings.Session()
+    settings.Session.remove()  # type: ignore[union-attr]  # this process's own session and connection
+    session = settings.Session()  # type: ignore[misc]
     ti = session.scalar(
         select(TaskInstance).where(
             TaskInstance.dag_id == dag_id,
@@ -618,7 +606,7 @@ def _run_task(key: tuple[str, str, str, int], task: Any) -> None:
         print(f"Task {task_id}[{map_index}] of {dag_id} run {run_id} is gone.", file=sys.stderr)
         return
     try:
-        run_task_as_dag_test(ti=ti, task=task, run_triggerer=True)
+        run_task_in_process(ti, task)
     except Exception:  # noqa: BLE001 - as dag.test(): the state Airflow recorded says the rest
         from airflow.utils.state import State, TaskInstanceState
 

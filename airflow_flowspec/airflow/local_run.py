@@ -17,17 +17,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
-import importlib.util
 import logging
 import os
-import re
 import sys
-import types
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_flowspec.airflow import _internals
 from airflow_flowspec.airflow.discovery import DISCOVERY_CALLABLE
 from airflow_flowspec.config import (
     CONSOLE_VARIABLE,
@@ -47,6 +45,8 @@ if TYPE_CHECKING:
     from airflow_flowspec.lint.registry import LintTarget
 
 XCOM_BACKEND = "airflow_flowspec.xcom_backend.FlowspecXComBackend"
+#: The DAG bundle of the dags folder, the one bundle of a private home.
+DAGS_FOLDER_BUNDLE = "dags-folder"
 #: The logger Airflow's task runner reports a task's failure on.
 TASK_LOGGER = "task"
 
@@ -165,16 +165,12 @@ def ensure_database(home: Path) -> None:
     marker = home / f".flowspec-db-ready-{airflow.__version__}"
     if marker.exists() and os.environ.get("AIRFLOW_HOME") == str(home):
         return
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.utils import db
-
     with home_lock(home):
         if marker.exists() and os.environ.get("AIRFLOW_HOME") == str(home):
             return
-        db.upgradedb()
         # The dags-folder bundle must exist before a DAG is written under it; it is kept as it
         # is afterwards, so this is needed (and paid for) once, not per run.
-        DagBundlesManager().sync_bundles_to_db()
+        _internals.migrate_database()
         marker.touch()
 
 
@@ -196,14 +192,10 @@ def sync_dag(dag: Any) -> None:
     Two runs of a flow new to this home, started at once, would both find no row for its DAG and
     both insert one: they take turns (:func:`home_lock`).
     """
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-
-    bag = DagBag(dag_folder=os.devnull, collect_dags=False)
-    bag.bag_dag(dag)
     from airflow import settings
 
     with home_lock(Path(os.environ.get("AIRFLOW_HOME") or settings.AIRFLOW_HOME)):
-        sync_bag_to_db(bag, "dags-folder", None)
+        _internals.write_dag_to_database(dag, DAGS_FOLDER_BUNDLE)
 
 
 def run_locally(
@@ -251,8 +243,8 @@ def run_locally(
         logging.getLogger("airflow").setLevel(logging.WARNING)
         ensure_database(home)
         sync_dag(dag)
-        _build_lean_execution_api()
-        _initialize_metrics()
+        _internals.build_lean_execution_api()
+        _internals.initialize_metrics()
         prebuild_execution_api()
     finally:
         gc.freeze()
@@ -314,56 +306,13 @@ def retry_at_once(dag: Any) -> None:
             task.retry_delay = timedelta(0)
 
 
-def _build_lean_execution_api() -> None:
-    """Let dag.test()'s in-process execution API serve only the API version our task runner speaks.
-
-    Airflow's execution API keeps every version it has ever published (nine in 3.3) and builds the
-    routers of all of them on the first request: about 4 s, half of a small flow's run. A
-    ``python flow.py run`` process only talks to itself with the current client, which speaks the
-    newest version, so that version alone is enough. This touches Airflow internals, so it applies
-    only when the versions match and everything is where 3.3 has it; otherwise nothing changes
-    and the run is just slower. Workers and API servers never run this: it is for the CLI process.
-    """
-    name = "airflow.api_fastapi.execution_api.versions"
-    try:
-        from airflow.sdk.api.datamodels._generated import API_VERSION
-        from cadwyn import HeadVersion, Version, VersionBundle
-        from cadwyn.route_generation import _DELETED_ROUTE_TAG
-    except ImportError:
-        return
-    lean_bundle = VersionBundle(HeadVersion(), Version(API_VERSION))
-    if name in sys.modules:
-        if getattr(sys.modules[name].bundle.versions[0], "value", None) != API_VERSION:
-            return
-        sys.modules[name].bundle = lean_bundle
-    else:
-        # Importing the real module defines the schema changes of every version (about 1 s), only
-        # for them to be dropped: read its newest version from the source instead, and stand in.
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            return
-        newest = re.search(r'Version\(\s*"(\d{4}-\d{2}-\d{2})"', Path(spec.origin).read_text())
-        if newest is None or newest.group(1) != API_VERSION:
-            return
-        stand_in = types.ModuleType(name, "The newest execution API version only (see airflow_flowspec).")
-        stand_in.bundle = lean_bundle  # type: ignore[attr-defined]
-        sys.modules[name] = stand_in
-    from airflow.api_fastapi.execution_api.routes import execution_api_router
-
-    # Routes kept only for older versions would have no version left to live in.
-    execution_api_router.routes[:] = [
-        route
-        for route in execution_api_router.routes
-        if _DELETED_ROUTE_TAG not in (getattr(route, "tags", None) or [])
-    ]
-
-
 def prebuild_execution_api() -> None:
     """Build the in-process execution API, and its versioned routers, before forking tasks.
 
-    Airflow keeps one ``InProcessExecutionAPI`` per process (``in_process_api_server``, cached);
-    its app is built on first use and Cadwyn generates the routers on the first request: about
-    half a second, which every forked task would pay again. Both are done here (in the preloader,
+    Airflow keeps one in-process execution API per process
+    (:func:`._internals.in_process_execution_app`); its app is built on first use and Cadwyn
+    generates the routers on the first request: about half a second, which every forked task
+    would pay again. Both are done here (in the preloader,
     and in a cold run before its first task), the request served on an event loop that is closed
     again, so no thread is left running at the fork; each task's process starts the transport
     thread of its inherited instance as usual.
@@ -372,10 +321,10 @@ def prebuild_execution_api() -> None:
 
     try:
         import httpx
-        from airflow.sdk.execution_time.supervisor import in_process_api_server
+
+        app = _internals.in_process_execution_app()
     except ImportError:
         return
-    app = in_process_api_server().app
 
     async def first_request() -> None:
         transport = httpx.ASGITransport(app=app)
@@ -386,32 +335,6 @@ def prebuild_execution_api() -> None:
         asyncio.run(first_request())
     except Exception as error:  # noqa: BLE001 - only a speed-up: the child builds them if not
         print(f"execution API not prebuilt ({error})", file=sys.stderr, flush=True)
-
-
-def _initialize_metrics() -> None:
-    """Set up Airflow's metrics the way its own processes do when they start; dag.test() does not.
-
-    Left at its module defaults, the first metric a run emits loads Airflow's 30 KB YAML registry of
-    legacy metric names (0.3 s with PyYAML's pure-Python loader) only to hand the names to a
-    logger that drops them. Legacy names matter only to an exporter, so with none configured we
-    skip them; with statsd, Datadog or OpenTelemetry on, ``[metrics] legacy_names_on`` decides, as
-    in the scheduler and the task runner. Both copies of the stats module (Airflow core's and the
-    task SDK's) are set up, since both emit during a run.
-    """
-    from airflow.configuration import conf
-
-    for shared, utils in (
-        ("airflow._shared.observability.metrics", "airflow.observability.metrics.stats_utils"),
-        ("airflow.sdk._shared.observability.metrics", "airflow.sdk.observability.metrics.stats_utils"),
-    ):
-        try:
-            stats = importlib.import_module(f"{shared}.stats")
-            no_exporter = importlib.import_module(f"{shared}.base_stats_logger").NoStatsLogger
-            factory = importlib.import_module(utils).get_stats_factory()
-        except (ImportError, AttributeError):
-            continue  # laid out differently in this Airflow version: keep its defaults
-        legacy_names = factory is not no_exporter and conf.getboolean("metrics", "legacy_names_on")
-        stats.initialize(factory=factory, export_legacy_names=legacy_names)
 
 
 def _report(run: RunIdentity, short_id: str, dag_run: Any, console: Any) -> int:

@@ -73,16 +73,13 @@ class Snapshot:
 
     @staticmethod
     def _take() -> dict[str, tuple[int, int]]:
-        paths = {
-            module.__file__
-            for module in list(sys.modules.values())
-            if isinstance(getattr(module, "__file__", None), str)
-        }
+        files = (getattr(module, "__file__", None) for module in list(sys.modules.values()))
+        paths = {file for file in files if isinstance(file, str)}
         paths.update(entry for entry in sys.path if entry and os.path.isdir(entry))
         paths.add(sys.executable)
-        from airflow.configuration import AIRFLOW_CONFIG  # the airflow.cfg Airflow read
+        from airflow_flowspec.airflow._internals import airflow_config_path
 
-        paths.add(AIRFLOW_CONFIG)
+        paths.add(airflow_config_path())
         stats = {}
         for path in paths:
             try:
@@ -106,7 +103,7 @@ class Snapshot:
 
 def warm_up() -> None:
     """Everything a run would do before its flow is imported, done once."""
-    from airflow_flowspec.airflow import local_run
+    from airflow_flowspec.airflow import _internals, local_run
 
     home = local_run.prepare_environment()
     local_run.quiet_airflow_warnings()
@@ -119,11 +116,9 @@ def warm_up() -> None:
 
         logging.getLogger("airflow").setLevel(logging.WARNING)
         local_run.ensure_database(home)
-        local_run._build_lean_execution_api()
-        local_run._initialize_metrics()
-        import airflow.api_fastapi.execution_api.app  # noqa: F401
-        import airflow.dag_processing.dagbag  # noqa: F401
-        import airflow.sdk.execution_time.task_runner  # noqa: F401
+        _internals.build_lean_execution_api()
+        _internals.initialize_metrics()
+        _internals.import_task_run_modules()
 
         from airflow_flowspec import cli, flow_commands, graph, lint  # noqa: F401 - every run's
         from airflow_flowspec.airflow import concurrent_run, registration, translator  # noqa: F401
@@ -318,17 +313,17 @@ def _difference(theirs: Any, ours: dict[str, Any]) -> str:
     if not isinstance(theirs, dict):
         return "no fingerprint"
     names = [k for k in ("python", "prefix") if theirs.get(k) != ours.get(k)]
-    environment = theirs.get("environment") if isinstance(theirs.get("environment"), dict) else {}
+    environment = theirs["environment"] if isinstance(theirs.get("environment"), dict) else {}
     names += sorted(
         k
         for k in set(environment) | set(ours["environment"])
         if environment.get(k) != ours["environment"].get(k)
     )
-    interpreter = theirs.get("interpreter") if isinstance(theirs.get("interpreter"), dict) else {}
+    interpreter = theirs["interpreter"] if isinstance(theirs.get("interpreter"), dict) else {}
     for part in ours["interpreter"]:
         if interpreter.get(part) != ours["interpreter"][part]:
             names.append(f"the interpreter's {part}")
-    context = theirs.get("context") if isinstance(theirs.get("context"), dict) else {}
+    context = theirs["context"] if isinstance(theirs.get("context"), dict) else {}
     names += context_difference(context, ours["context"])
     return ", ".join(names) or "unknown"
 
@@ -517,7 +512,7 @@ def _open_std_streams(described: Any) -> None:
         how = described.get(name) if isinstance(described.get(name), dict) else {}
         writing = fd != 0
         raw = io.FileIO(fd, "wb" if writing else "rb", closefd=False)
-        raw.name = f"<{name}>"  # type: ignore[misc]
+        raw.name = f"<{name}>"
         buffer: Any = raw
         if how.get("buffered", True) or not writing:
             buffer = io.BufferedWriter(raw) if writing else io.BufferedReader(raw)
@@ -545,16 +540,15 @@ def _take_time_zone_and_temporary_folder() -> None:
     local = sys.modules.get("pendulum.tz.local_timezone")
     if local is not None:
         local._local_timezone = None  # type: ignore[attr-defined]
-    settings = sys.modules.get("airflow.settings")
+    settings: Any = sys.modules.get("airflow.settings")
     if settings is None:
         return
-    from airflow.configuration import conf
+    from airflow.sdk import conf
+
+    from airflow_flowspec.airflow._internals import use_system_time_zone
 
     if conf.get("core", "default_timezone", fallback="utc") == "system":
-        for name in ("airflow._shared.timezones.timezone", "airflow.sdk._shared.timezones.timezone"):
-            timezone = sys.modules.get(name)
-            if timezone is not None:
-                timezone.initialize("system")
+        use_system_time_zone()
         settings.TIMEZONE = settings.local_timezone()
 
 
@@ -586,8 +580,9 @@ def _become_run(request: dict[str, Any], fds: list[int], taken: int) -> None:
         prepare_environment()
         from airflow import settings
 
-        if getattr(settings, "engine", None) is not None:
-            settings.engine.dispose(close=False)  # the preloader's connections are not ours
+        engine = getattr(settings, "engine", None)
+        if engine is not None:
+            engine.dispose(close=False)  # the preloader's connections are not ours
         argv = [str(a) for a in request["argv"]]
         sys.argv = argv
         if isinstance(request.get("orig_argv"), list):

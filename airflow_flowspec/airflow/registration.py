@@ -12,44 +12,23 @@ import getpass
 import sys
 from typing import TYPE_CHECKING, Any
 
+from airflow_flowspec.airflow._internals import dagbag_importing, unregister_dag
+
 if TYPE_CHECKING:
     from airflow_flowspec.decorators.flow_decorators import ProjectBranch
     from airflow_flowspec.lint.registry import LintTarget
-
-_CONTEXT_MODULE = "airflow.sdk.definitions._internal.contextmanager"
-
-
-def _dagbag_importing(module_name: str) -> bool:
-    context = sys.modules.get(_CONTEXT_MODULE)
-    if context is None:
-        return False
-    return context.DagContext.current_autoregister_module_name == module_name
 
 
 def register_if_parsing(flow_class: type) -> None:
     """Build and register the flow's DAG if a DagBag is importing the module that defines it."""
     module_name = flow_class.__module__
-    if not _dagbag_importing(module_name) or not _defines_steps(flow_class):
+    if not dagbag_importing(module_name) or not _defines_steps(flow_class):
         return
-    context = sys.modules[_CONTEXT_MODULE].DagContext
     module = sys.modules[module_name]
     previous = flow_class.__dict__.get("_flowspec_dag")
     if previous is not None:  # a class decorator changed the flow after the class was created
-        _unregister(context, previous)
-    flow_class._flowspec_dag = dag_for(flow_class, module.__file__)
-
-
-def _unregister(context: Any, stale_dag: Any) -> None:
-    """Drop a DAG built before a class decorator ran, by identity.
-
-    ``set.discard`` cannot do it: a DAG's hash covers its task ids, which changed when the tasks
-    were added, so the stale entry would stay and the DagBag would keep whichever of the two DAGs
-    its set iteration met last (a different one per process, hence a new DAG version per parse).
-    """
-    registered = context.autoregistered_dags
-    kept = {entry for entry in registered if entry[0] is not stale_dag}
-    registered.clear()
-    registered.update(kept)
+        unregister_dag(previous)  # by identity: its hash changed as its tasks were added
+    flow_class._flowspec_dag = dag_for(flow_class, str(module.__file__))  # type: ignore[attr-defined]
 
 
 def _defines_steps(flow_class: type) -> bool:

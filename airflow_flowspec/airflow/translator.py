@@ -23,7 +23,7 @@ import json
 import math
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow_flowspec import config
 from airflow_flowspec.decorators.base import step_decorators_of
@@ -46,6 +46,11 @@ from airflow_flowspec.parameters import (
     Parameter,
     flow_parameters,
 )
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+
+    from airflow_flowspec.decorators.step_decorators import TimeoutDecorator
 
 #: Fixed so that parsing is deterministic; with catchup off only the latest interval runs.
 START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -238,7 +243,7 @@ def _foreach_domain(graph: FlowGraph, name: str) -> str | None:
 
 def step_operator(
     flow_class: type, step_name: str, execution: str, batch_options: dict[str, Any] | None = None
-) -> tuple[type, dict[str, Any]]:
+) -> tuple[type[BaseOperator], dict[str, Any]]:
     """The operator that runs a step, and its own arguments: one place decides (cosmos does the
     same). A step runs on AWS Batch with ``[flowspec] execution = batch`` or its own ``@batch``;
     its job's settings are resolved here, so a missing queue or image fails the DAG at once.
@@ -302,10 +307,12 @@ def _add_tasks(flow_class: type, graph: FlowGraph, flow_file: str) -> None:
             **_decorator_settings(getattr(flow_class, name)),
             **operator_kwargs,
         )
-        if domain[name] is None:
+        mapped_over = domain[name]
+        task: Any
+        if mapped_over is None:
             task = operator_class(**kwargs)
         else:
-            task = operator_class.partial(**kwargs).expand(foreach_frame=domain_source[domain[name]])
+            task = operator_class.partial(**kwargs).expand(foreach_frame=domain_source[mapped_over])
         tasks[name] = task
         if node.type == "foreach":
             if domain[name] is None:
@@ -364,5 +371,6 @@ def _decorator_settings(step_func: Any) -> dict[str, Any]:
         settings["retries"] = decorators["retry"]["times"]
         settings["retry_delay"] = timedelta(minutes=decorators["retry"]["minutes_between_retries"])
     if "timeout" in decorators:
-        settings["execution_timeout"] = timedelta(seconds=decorators["timeout"].total_seconds)
+        timeout = cast("TimeoutDecorator", decorators["timeout"])
+        settings["execution_timeout"] = timedelta(seconds=timeout.total_seconds)
     return settings

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import BaseOperator
-from airflow.sdk.bases.skipmixin import SkipMixin
+from airflow.sdk import BaseOperator, SkipMixin
 
 from airflow_flowspec.operators.step_task import (
     FOREACH_OFFSETS_KEY,

@@ -26,6 +26,7 @@ from airflow.sdk.exceptions import (
 )
 
 from airflow_flowspec import config
+from airflow_flowspec.airflow._internals import is_dag_test_run, lazy_xcom_sequence
 from airflow_flowspec.errors import (
     ForeachTooWideError,
     RunIdentityError,
@@ -115,11 +116,9 @@ class StepTaskMixin:
         parameters = dict(context.get("params") or {}) if self.step_name == "start" else {}
         dag_run = context.get("dag_run")
         triggering_user = getattr(dag_run, "triggering_user_name", None)
-        # dag.test() (python flow.py run, airflow dags test) triggers as user "dag_test"; the task
-        # SDK's DagRun has no triggered_by. Such a run is not production, and its user is who ran it.
-        by_dag_test = (
-            triggering_user == "dag_test" or "test" in str(getattr(dag_run, "triggered_by", "") or "").lower()
-        )
+        # A dag.test() run (python flow.py run, airflow dags test) is not production, and its user
+        # is who ran it.
+        by_dag_test = is_dag_test_run(dag_run)
         # As in Metaflow, a @project flow's runs are production runs when its branch is.
         project = getattr(context.get("dag"), PROJECT_BRANCH_ATTRIBUTE, None)
         from airflow_flowspec.datastore.manifest import ForeachFrame, Manifest
@@ -359,9 +358,7 @@ def check_foreach_width(width: int, what: str) -> None:
 
     Lint already refuses widths the source states; this catches the ones known only at run time.
     """
-    from airflow.configuration import conf
-
-    from airflow_flowspec import config
+    from airflow.sdk import conf
 
     splits = config.max_num_splits()
     if splits is not None and width > splits:  # python flow.py run, as Metaflow's runtime says it
@@ -382,12 +379,11 @@ def check_foreach_width(width: int, what: str) -> None:
 def _xcom_slice(task: Any, ti: Any, task_id: str, key: str, start: int, stop: int) -> list[Any]:
     """The XComs ``key`` of map indexes ``start`` up to ``stop`` of the mapped task ``task_id``, in
     one request: the sequence Airflow hands a task downstream of a mapped one, sliced."""
-    from airflow.sdk.definitions.xcom_arg import XComArg
-    from airflow.sdk.execution_time.lazy_sequence import LazyXComSequence
+    from airflow.sdk import XComArg
 
     if stop <= start:
         return []
-    sequence: Any = LazyXComSequence(xcom_arg=XComArg(task.dag.get_task(task_id), key), ti=ti)
+    sequence: Any = lazy_xcom_sequence(XComArg(task.dag.get_task(task_id), key), ti)
     return list(sequence[start:stop])
 
 

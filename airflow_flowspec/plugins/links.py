@@ -35,7 +35,7 @@ class ArtifactsLink(BaseOperatorLink):
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         if getattr(operator, "task_type", None) not in STEP_OPERATORS:
             return ""
-        from airflow.configuration import conf
+        from airflow.sdk import conf
 
         base_url = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
         path = task_page_path(ti_key.dag_id, ti_key.run_id, ti_key.task_id, ti_key.map_index)

@@ -40,7 +40,7 @@ def _base_path() -> str:
     """The path part of ``[api] base_url``: the UI's iframes need it when Airflow is not at /."""
     from urllib.parse import urlparse
 
-    from airflow.configuration import conf
+    from airflow.sdk import conf
 
     return urlparse(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk.bases.xcom import BaseXCom
+from airflow.sdk import BaseXCom
 
 from airflow_flowspec.xcom_backend import values
 
@@ -48,7 +48,7 @@ class FlowspecXComBackend(BaseXCom):
     # Where Airflow says which XCom it is reading or clearing, a stored row must be that one.
 
     @classmethod
-    def get_one(  # type: ignore[override]
+    def get_one(
         cls,
         *,
         key: str,
@@ -70,7 +70,7 @@ class FlowspecXComBackend(BaseXCom):
             )
 
     @classmethod
-    def get_all(  # type: ignore[override]
+    def get_all(
         cls, *, key: str, dag_id: str, task_id: str, run_id: str, include_prior_dates: bool = False
     ) -> Any:
         run = None if include_prior_dates else run_id
@@ -84,9 +84,7 @@ class FlowspecXComBackend(BaseXCom):
             )
 
     @classmethod
-    def delete(  # type: ignore[override]
-        cls, key: str, task_id: str, dag_id: str, run_id: str, map_index: int | None = None
-    ) -> None:
+    def delete(cls, key: str, task_id: str, dag_id: str, run_id: str, map_index: int | None = None) -> None:
         with values.expecting(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index, key=key):
             super().delete(key=key, task_id=task_id, dag_id=dag_id, run_id=run_id, map_index=map_index)
 

@@ -210,7 +210,7 @@ def _plain_json_size(value: Any, budget: int) -> int:
 
 def fits_inline(value: Any) -> Any:
     """The value as Airflow would store it inline, or None when it belongs in the datastore."""
-    from airflow.sdk.bases.xcom import BaseXCom
+    from airflow.sdk import BaseXCom
 
     limit = config.xcom_inline_max_bytes()
     size = _plain_json_size(value, limit)

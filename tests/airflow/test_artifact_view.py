@@ -376,17 +376,15 @@ def test_artifacts_carried_unchanged_into_each_foreach_task_are_shown_once(view)
 
 @pytest.fixture(scope="module")
 def chromium_page():
-    """A headless Chromium page (Debian's chromium, driven by Playwright); skipped without it."""
-    from pathlib import Path
-
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("Chromium is not installed (tests/integration installs it: apt-get install chromium)")
+    """A headless Chromium page (Debian's chromium, driven by Playwright; see tests/browser.py)."""
+    from browser import installed_chromium
     from playwright.sync_api import sync_playwright
+
+    chromium = installed_chromium()
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"], headless=True
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu"], headless=True
         )
         try:
             yield browser.new_page(viewport={"width": 760, "height": 900})

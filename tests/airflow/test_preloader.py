@@ -253,11 +253,10 @@ def test_ctrl_c_ends_warm_and_cold_runs_alike_and_is_ignored_alike_where_the_cal
                                    stderr=subprocess.STDOUT, text=True, env=preloading.env,
                                    preexec_fn=lambda: signal.signal(signal.SIGINT, ctrl_c))  # fmt: skip
         seen = ""
-        while "sleeping" not in seen:
+        while "sleeping" not in seen:  # printed by the step's body: Ctrl-C finds the step running
             line = process.stdout.readline()
             assert line, seen
             seen += line
-        time.sleep(0.5)  # the step is in its sleep by now, as a user's Ctrl-C would find it
         pressed = time.monotonic()
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=120)

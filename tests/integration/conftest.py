@@ -10,15 +10,15 @@ an idle Airflow.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from browser import installed_chromium
 
-from .services import CHROMIUM, DAG_FILES, DAG_IDS, AirflowServices, start_airflow
+from .services import DAG_FILES, DAG_IDS, AirflowServices, start_airflow
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,27 +85,8 @@ def airflow_services(request: pytest.FixtureRequest) -> Iterator[AirflowServices
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Chromium's path, installed with apt-get when missing (skipped, saying why, where it cannot be)."""
-    if not Path(CHROMIUM).exists():
-        if shutil.which("apt-get") is None:
-            pytest.skip("Chromium is not installed and this machine has no apt-get to install it")
-        installed = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        )
-        if installed.returncode != 0 and "Unable to locate" in installed.stderr:
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
-            installed = subprocess.run(
-                ["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, text=True, timeout=600
-            )
-        if installed.returncode != 0 or not Path(CHROMIUM).exists():
-            pytest.skip(
-                f"Chromium could not be installed (apt-get install chromium): {installed.stderr[-400:]}"
-            )
-    return CHROMIUM
+    """Chromium's path (installed by .ci/install-browser; see tests/browser.py)."""
+    return installed_chromium()
 
 
 def _in_this_folder(item: pytest.Item | None) -> bool:

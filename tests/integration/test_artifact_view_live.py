@@ -2,8 +2,8 @@
 package's entry point), read over HTTP with the users' own tokens, and used in headless Chromium
 through Airflow's UI, from a task's "Artifacts" button to an artifact's value.
 
-Chromium is Debian's ``chromium`` package; the ``chromium`` fixture (conftest) installs it when it
-is missing (as root, with apt-get) and skips, saying why, only where it cannot be installed.
+Chromium is Debian's ``chromium`` package, installed by ``.ci/install-browser`` (``.ci/run`` runs it);
+the ``chromium`` fixture fails without it where CI promised it (``CI=true``) and skips elsewhere.
 Playwright (the test extra) drives it. Screenshots go to ``test-output/browser/`` under the
 repository root.
 """

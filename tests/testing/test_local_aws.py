@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -179,16 +180,27 @@ def test_a_job_that_allocates_beyond_its_memory_fails(local_aws):
     assert under_job["status"] == "SUCCEEDED" and log_lines(local_aws, under_job) == ["allocated 32"]
 
 
-def test_a_job_no_compute_environment_can_fit_stays_runnable_until_terminated(local_aws):
+def test_a_job_no_compute_environment_can_fit_stays_runnable_until_terminated(local_aws, monkeypatch):
     """Guards the RUNNABLE case a user must be told about: more vCPUs than the compute environment's
     maxvCpus never start (nothing runs), and terminating such a job fails it."""
+    refusals = threading.Semaphore(0)  # released each time the local AWS finds the job does not fit
+    fits = local_aws.fits
+
+    def counted_fits(job):
+        fitted = fits(job)
+        if not fitted:
+            refusals.release()
+        return fitted
+
+    monkeypatch.setattr(local_aws, "fits", counted_fits)
     job_id = submit(
         local_aws,
         "print('should never run')",
         container={"resourceRequirements": [{"type": "VCPU", "value": str(local_aws.max_vcpus + 1)}]},
     )
     watch(local_aws, job_id, until=("RUNNABLE",))
-    time.sleep(1.0)
+    for _ in range(3):  # asked three times, refused three times: it waits, as on AWS
+        assert refusals.acquire(timeout=10), "the local AWS never asked whether the job fits"
     assert describe(local_aws, job_id)["status"] == "RUNNABLE"
 
     local_aws.client("batch").terminate_job(jobId=job_id, reason="Nothing can run it")
