@@ -175,12 +175,8 @@ def is_edge(module: str) -> bool:
 #: The one module that may use Airflow's private names (each with a note of why and what would
 #: replace it); tests/airflow/test_airflow_internals.py pins every one of them.
 AIRFLOW_COMPAT = "airflow_flowspec.airflow._internals"
-#: Being rewritten in another branch of this change (their Batch client layer): they still import
-#: ``airflow.sdk.bases.skipmixin`` and use the provider's private methods. Known, to be removed.
-PRIVATE_AIRFLOW_EXCEPTIONS = (
-    "airflow_flowspec.operators.batch_step",
-    "airflow_flowspec.triggers",
-)
+#: Modules allowed a private Airflow name besides the compat module: none.
+PRIVATE_AIRFLOW_EXCEPTIONS: tuple[str, ...] = ()
 #: Airflow paths that are not its public interface, beyond any path segment or name starting with
 #: ``_``: the task runner's and the DAG processor's machinery, the execution API, serialization,
 #: migrations, core's config and metrics (``airflow.sdk.conf`` is the public config), the
