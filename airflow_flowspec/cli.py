@@ -266,7 +266,7 @@ def _read_every_option() -> None:
     config.scratch_dir()
     config.project_branch()
     config.code_include()
-    config.batch_poll_schedule()
+    config.batch_poll_ceiling_seconds()
     config.batch_deferrable()
 
 

@@ -16,12 +16,8 @@ import configparser
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from airflow_flowspec.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from airflow_flowspec.aws_batch.polling import PollSchedule
 
 SECTION = "flowspec"
 #: Where steps run: on the Airflow worker, or each step as an AWS Batch job.
@@ -272,18 +268,16 @@ def code_include() -> list[str]:
     return [pattern.strip() for pattern in get_option("code_include").split(",") if pattern.strip()]
 
 
-def batch_poll_schedule() -> PollSchedule:
-    """How often Batch steps ask their job's status: ``batch_poll_seconds`` is the ceiling of a
-    schedule that starts at a second (:mod:`airflow_flowspec.aws_batch.polling`)."""
-    from airflow_flowspec.aws_batch.polling import PollSchedule
-
+def batch_poll_ceiling_seconds() -> float:
+    """The longest pause between two questions a Batch step asks about its job:
+    ``batch_poll_seconds``, or by default 5 s under ``python flow.py run`` and 30 s in the dags
+    folder (the ceiling of :class:`airflow_flowspec.aws_batch.polling.PollSchedule`)."""
     if get_option("batch_poll_seconds").strip() == "":
         watched = os.environ.get(CONSOLE_VARIABLE) == "1"
-        return PollSchedule(CONSOLE_POLL_CEILING_SECONDS if watched else DAGS_POLL_CEILING_SECONDS)
-    ceiling = _finite_number(
+        return CONSOLE_POLL_CEILING_SECONDS if watched else DAGS_POLL_CEILING_SECONDS
+    return _finite_number(
         "batch_poll_seconds", 0, above=True, accepted="a number of seconds greater than 0 (e.g. 30), or empty"
     )
-    return PollSchedule(ceiling)
 
 
 def batch_options() -> dict[str, object]:
@@ -332,7 +326,7 @@ def _boolean(option: str) -> bool:
 
 def project_branch() -> str | None:
     """``[flowspec] project_branch`` as ``--branch`` takes it: None for production (empty or ``prod``)."""
-    from airflow_flowspec.decorators.flow_decorators import MAX_NAME_LENGTH, is_valid_project_name
+    from airflow_flowspec.identity import MAX_NAME_LENGTH, is_valid_project_name
 
     value = get_option("project_branch").strip()
     if value in ("", "prod"):

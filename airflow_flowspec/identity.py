@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 #: Metaflow's rule for project names (``decorators.flow_decorators``), and Airflow's for DAG ids,
 #: which a branch (``user.ana``, ``test.staging``, ``prod``, ``prod.staging``) must fit.
-_PROJECT = re.compile(r"[a-z0-9_]{1,128}")
+_PROJECT = re.compile(r"[a-z0-9_]{1,128}")  # MAX_NAME_LENGTH
 _BRANCH = re.compile(r"[\w.-]{1,250}")
 _FLOW = re.compile(r"[A-Za-z_]\w{0,254}")
 #: A stored id of a ``@project`` run: ``<project>.<branch>:<Airflow run id>``.
@@ -67,6 +67,15 @@ _RUN_NUMBER = re.compile(r"[1-9][0-9]{0,15}")
 LATEST = "latest"
 #: The largest run number (16 digits, what the datastore's keys give room for).
 MAX_RUN_NUMBER = 10**16 - 1
+
+
+#: The longest project or branch name (Metaflow's).
+MAX_NAME_LENGTH = 128
+
+
+def is_valid_project_name(name: Any) -> bool:
+    """Metaflow's rule for a project or branch name: lowercase letters, digits, underscores."""
+    return isinstance(name, str) and _PROJECT.fullmatch(name) is not None
 
 
 def run_number_of(text: object) -> int | None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_flowspec.errors import DecoratorError, ProjectError
+from airflow_flowspec.identity import MAX_NAME_LENGTH, is_valid_project_name
 
 _NAMED_SCHEDULES = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 0"}
 
@@ -76,17 +77,7 @@ def schedule(flow_class: Any = None, **kwargs: Any) -> Any:
 
 #: Metaflow's limits for project and branch names: both become part of DAG ids and of run tags.
 INVALID_NAME_CHARACTERS = re.compile("[^a-z0-9_]")
-MAX_NAME_LENGTH = 128
 _PROJECT_ARGUMENTS = ("name", "branch", "production")
-
-
-def is_valid_project_name(name: Any) -> bool:
-    """Metaflow's rule for a project or branch name: lowercase letters, digits, underscores."""
-    return (
-        isinstance(name, str)
-        and 0 < len(name) <= MAX_NAME_LENGTH
-        and not INVALID_NAME_CHARACTERS.search(name)
-    )
 
 
 class Project:

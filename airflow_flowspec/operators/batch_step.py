@@ -39,6 +39,7 @@ from airflow_flowspec.aws_batch.jobs import (
     job_name,
     job_tags,
 )
+from airflow_flowspec.aws_batch.polling import PollSchedule
 from airflow_flowspec.client.namespaces import RUN_NAMESPACE_VARIABLE
 from airflow_flowspec.errors import EXIT_DISALLOW_RETRY, BatchJobFailedError, BatchJobSpecError
 from airflow_flowspec.operators.step_task import StepTaskMixin, flow_mistakes_fail_at_once
@@ -235,7 +236,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
                     job_id=self.job_id,
                     aws_conn_id=self.aws_conn_id,
                     region_name=self.region_name,
-                    poll_schedule=config.batch_poll_schedule().to_json(),
+                    poll_schedule=PollSchedule(config.batch_poll_ceiling_seconds()).to_json(),
                     deadline=deadline,
                     label=self.step_name,
                     lease={"root": spec.datastore_root, "run": spec.run.to_json()},
@@ -250,7 +251,7 @@ class StepBatchOperator(StepTaskMixin, BatchOperator, SkipMixin):
         from airflow_flowspec.aws_batch.watch import JobWatcher
 
         watcher = JobWatcher(self._aws(with_logs=True), self.job_id, self._emit, label=self.step_name)
-        schedule = config.batch_poll_schedule()
+        schedule = PollSchedule(config.batch_poll_ceiling_seconds())
         job = watcher.poll()
         while not watcher.is_finished(job):
             time.sleep(watcher.next_pause(schedule))

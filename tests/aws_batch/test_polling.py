@@ -38,14 +38,14 @@ def test_batch_poll_seconds_is_the_ceiling_and_empty_means_5_under_run_and_30_el
     monkeypatch.delenv("AIRFLOW__FLOWSPEC__BATCH_POLL_SECONDS", raising=False)
     monkeypatch.setenv("AIRFLOW_CONFIG", "/nonexistent/airflow.cfg")
     monkeypatch.delenv(config.CONSOLE_VARIABLE, raising=False)
-    assert config.batch_poll_schedule() == PollSchedule(30.0)
+    assert config.batch_poll_ceiling_seconds() == 30.0
     monkeypatch.setenv(config.CONSOLE_VARIABLE, "1")  # python flow.py run
-    assert config.batch_poll_schedule() == PollSchedule(5.0)
+    assert config.batch_poll_ceiling_seconds() == 5.0
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__BATCH_POLL_SECONDS", "60")  # a user's value holds under run too
-    assert config.batch_poll_schedule() == PollSchedule(60.0)
+    assert config.batch_poll_ceiling_seconds() == 60.0
     monkeypatch.setenv("AIRFLOW__FLOWSPEC__BATCH_POLL_SECONDS", "-5")
     with pytest.raises(ConfigurationError, match="a number of seconds greater than 0 .*, or empty"):
-        config.batch_poll_schedule()
+        config.batch_poll_ceiling_seconds()
 
 
 def test_the_later_seconds_of_a_longer_job_cost_fewer_describe_calls(local_aws_environment):
