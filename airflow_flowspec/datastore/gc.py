@@ -243,6 +243,7 @@ def collect_garbage(
             f"just saved. Use --grace {format_age(MIN_GRACE)} or more (the default is "
             f"{format_age(DEFAULT_GRACE)}), or --grace 0 only when no flow is running."
         )
+    datastore.format.check()  # another format's files mean other things: delete nothing of them
     collector = _Collector(datastore, older_than, keep_last, flow, grace, dry_run, now, progress)
     collector.airflow_run_active = airflow_run_active
     if xcom_older_than is not None:

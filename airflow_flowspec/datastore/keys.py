@@ -2,6 +2,7 @@
 
 Layout, relative to the datastore root (a local folder or ``s3://bucket/prefix``)::
 
+    flowspec-datastore.json                               the root's format, {"format": 1} (format_marker.py)
     data/<h[:2]>/<h>                                      pickled artifact, named by its BLAKE3 hash
     damaged/<h>.<time>.<random>                           a blob that failed its hash check, moved aside
     <flow>/index/<list>/<namespace>/<newest-first>/<run>  one empty-ish entry per run and list
@@ -83,6 +84,8 @@ _CHUNK_POSITION = re.compile(r"(0|[1-9]\d*)\.json")
 _LEASE_NAME = re.compile(r"(\d{17})-[0-9a-f]{8,32}\.json")
 _TRASH_ROUND = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
 
+#: The root's format marker (:mod:`.format_marker`); a file, so no flow's folder can take its name.
+FORMAT_MARKER_KEY = "flowspec-datastore.json"
 MANIFEST_FILE = "manifest.json"
 TASK_SPEC_FILE = "spec.json"
 STEP_RESULT_FILE = "result.json"

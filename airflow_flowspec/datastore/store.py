@@ -26,6 +26,7 @@ from typing import Any
 from airflow_flowspec.datastore import chunks, encoding, keys
 from airflow_flowspec.datastore.artifacts import ArtifactStore
 from airflow_flowspec.datastore.backends import StorageBackend, backend_for_root
+from airflow_flowspec.datastore.format_marker import FormatGuard
 from airflow_flowspec.datastore.keys import AttemptKey
 from airflow_flowspec.datastore.manifest import Manifest
 from airflow_flowspec.datastore.run_records import checked_run_record
@@ -51,6 +52,9 @@ class Datastore:
         self.root = root
         self.backend: StorageBackend = backend_for_root(root)
         self.artifacts = ArtifactStore(self.backend)
+        #: The root's format marker: checked before the first read of a reader, written (or
+        #: checked) before the first write.
+        self.format = FormatGuard(self.backend)
 
     def __repr__(self) -> str:
         return f"Datastore({self.root!r})"
@@ -96,6 +100,7 @@ class Datastore:
 
     def write_attempt_files(self, attempt: AttemptKey, files: dict[str, bytes]) -> None:
         """Store several files beside a task attempt's manifest (in parallel where the medium can)."""
+        self.format.claim()
         reserved = sorted(set(files) & keys.RESERVED_ATTEMPT_FILES)
         if reserved:
             raise UnsafeKeyError(
@@ -144,6 +149,7 @@ class Datastore:
         If the value cannot be pickled, an :class:`ArtifactSaveError` names it and whatever was
         stored under the key before is left as it was.
         """
+        self.format.claim()
         object_key = keys.xcom_value_key(dag_id, run_id, task_id, map_index, key)
         name = f"XCom '{key}' of task {task_id}"
         blob = encoding.encode(value, name=name, scratch_dir=self.backend.scratch_dir())
@@ -198,6 +204,7 @@ class Datastore:
     ) -> tuple[str, int]:
         """Store a list of plain JSON values in chunks under the XCom's own keys (in parallel where
         the medium can); return (the root hash that proves each chunk, bytes written)."""
+        self.format.claim()
         root, objects = chunks.chunk_list(items, chunk_items)
         self.backend.put_many_bytes(
             {
@@ -291,6 +298,7 @@ class Datastore:
         ``number.json``, created the same way, settles which of the numbers its racing attempts
         took is its own (a number left unused is never given again).
         """
+        self.format.claim()
         flow, run_id = identity.flow, identity.run_id
         claim_key = keys.run_number_claim_key(flow, run_id)
         given = self._given_number(claim_key)
@@ -537,6 +545,7 @@ class Datastore:
         return self.backend.exists(keys.run_index_complete_key(flow))
 
     def _add_to_index(self, flow: str, run_id: str, record: dict[str, Any], *lists: str) -> None:
+        self.format.claim()
         started = moment_of(record.get("created_at"))
         micros = (started - _EPOCH) // timedelta(microseconds=1)
         number = record_number(record)
@@ -575,6 +584,7 @@ class Datastore:
     # -- JSON files ------------------------------------------------------------------------------
 
     def _write_json(self, key: str, document: dict[str, Any]) -> None:
+        self.format.claim()
         try:
             text = json.dumps(document, indent=2, default=_json_default)
         except (TypeError, ValueError) as error:
@@ -652,15 +662,20 @@ def open_datastore(root: str, *, sweep: bool = True) -> Datastore:
     """The process-wide :class:`Datastore` for ``root``, so every task in a process shares one
     backend (and one S3 client with its connection pool).
 
-    Opening a root the first time in a process sweeps what killed processes left behind (scratch
-    files; stale multipart uploads on S3). A sweep that fails does not stop the task. Readers
-    (the client) pass ``sweep=False``: a notebook with read-only credentials has nothing to
-    clean and should not spend a request trying.
+    Opening a root the first time in a process marks it as this version's format (or refuses it,
+    :class:`DatastoreFormatError`, if it is marked as another) and sweeps what killed processes left
+    behind (scratch files; stale multipart uploads on S3). A sweep that fails does not stop the
+    task. Readers (the client) pass ``sweep=False``: a notebook with read-only credentials has
+    nothing to clean and should not spend a request trying; its root's marker is only read.
     """
     with _open_datastores_lock:
         datastore = _open_datastores.get(root)
         if datastore is None:
             datastore = _open_datastores[root] = Datastore(root)
+        if sweep:
+            datastore.format.claim()
+        else:
+            datastore.format.check()
         if sweep and root not in _swept_roots:
             _swept_roots.add(root)
             try:
