@@ -6,7 +6,7 @@ a notebook reading results use the same class.
 
 Which runs are newest is answered by the run index (see :mod:`.keys`): one entry per run, written
 once, ordered by the run's number (:meth:`Datastore.number_run`, taken before its start step runs),
-then, for runs recorded before runs had numbers, by their ``created_at`` (set when
+then, for a record that states no number, by its ``created_at`` (set when
 :meth:`Datastore.write_run_meta` is first called, unless the caller gives one as an ISO-8601
 string). A late-finishing old run or a backfill therefore never passes for newer than a run that
 started after it, runs started in the same microsecond still have an order, and runs started at
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -36,7 +35,6 @@ from airflow_flowspec.errors import (
     DatastoreError,
     RunIdentityError,
     UnreadableRecordError,
-    UnreadableRecordWarning,
     UnsafeKeyError,
 )
 from airflow_flowspec.identity import MAX_RUN_NUMBER, RunIdentity
@@ -402,10 +400,6 @@ class Datastore:
         the index as it was.
         """
         self._add_to_index(flow, run_id, record, keys.RUNS_STARTED)
-        if not self.index_is_complete(flow):
-            # The flow's first run with the index (or one of the first): bring earlier runs in.
-            # A new flow has few; a flow from before the upgrade pays this once.
-            self.reindex(flow)
 
     def replace_run_tags(self, flow: str, run_id: str, remove: list[str], add: list[str]) -> dict[str, Any]:
         """Remove some tags from the run's latest record and add others (one read, one atomic
@@ -499,51 +493,6 @@ class Datastore:
                 seen.add(run_id)
                 yield run_id
 
-    def reindex(self, flow: str) -> int:
-        """Add the runs of ``flow`` missing from the run index (recorded by a version before it)
-        and mark the index complete; return how many were added.
-
-        Runs recorded before runs had numbers get none here: a number given now would say they
-        started after every numbered run. They are listed after the numbered runs, by start time,
-        and named by their id.
-
-        Only runs whose start step wrote its manifest are added, as :meth:`index_run` would have:
-        a start that died on the way is not a run to list. Safe while runs are being written:
-        entries are written once, under keys that depend only on the run, and a run whose start
-        finishes after this pass indexes itself.
-        """
-        started = set(self.indexed_runs(flow, page_size=1000))
-        added = 0
-        for run_id in self.list_runs(flow):
-            if run_id in started:
-                continue
-            try:
-                record = self.read_run_meta(flow, run_id)
-            except ArtifactNotFoundError:
-                continue
-            except UnreadableRecordError as error:  # one damaged record must not stop the others
-                unindexed = UnreadableRecordWarning(
-                    f"Run {run_id!r} of flow {flow} is left out of its index: {error}"
-                )
-                warnings.warn(unindexed, stacklevel=1)
-                continue
-            if self.latest_attempt_manifest(flow, run_id, "start", "0") is None:
-                continue
-            if "system_tags" not in record:  # recorded before system tags were told apart
-                record = {**record, "system_tags": keys.system_tags_among(record.get("tags"))}
-            lists = [keys.RUNS_STARTED]
-            if (self.run_status(flow, run_id) or {}).get("status") == "succeeded":
-                lists.append(keys.RUNS_SUCCEEDED)
-            self._add_to_index(flow, run_id, record, *lists)
-            added += 1
-        self._write_json(keys.run_index_complete_key(flow), {"flow": flow, "completed_at": _now()})
-        return added
-
-    def index_is_complete(self, flow: str) -> bool:
-        """Whether every run of ``flow`` is in the run index (False for a flow whose runs were
-        recorded before the index, until :meth:`reindex`: the client then lists them all)."""
-        return self.backend.exists(keys.run_index_complete_key(flow))
-
     def _add_to_index(self, flow: str, run_id: str, record: dict[str, Any], *lists: str) -> None:
         self.format.claim()
         started = moment_of(record.get("created_at"))
@@ -615,7 +564,7 @@ class Datastore:
 
 
 def record_number(record: dict[str, Any]) -> int | None:
-    """The run number a run record states, None for a run recorded before runs had numbers."""
+    """The run number a run record states, None for a record that states none."""
     number = record.get("number")
     if isinstance(number, int) and not isinstance(number, bool) and 0 < number <= MAX_RUN_NUMBER:
         return number

@@ -137,9 +137,9 @@ def test_unsafe_names_cannot_escape_the_root(datastore, tmp_path):
 
     keys = stored_keys(datastore)
     # run.json, status.json, manifest, attempt file, index entries (started and succeeded, each
-    # for every run and for the run's user tag, itself made of the nasty name), the index's marker;
-    # and the root's format marker
-    assert len(keys) == len(nasty) * 9 + 1
+    # for every run and for the run's user tag, itself made of the nasty name); and the root's
+    # format marker
+    assert len(keys) == len(nasty) * 8 + 1
     for key in keys:
         segments = key.split("/")
         assert not any(segment in ("", ".", "..") or segment.startswith(".") for segment in segments), key
@@ -825,24 +825,6 @@ def test_a_run_record_in_a_shape_we_never_write_is_unreadable_naming_its_file(da
         datastore.read_run_meta("LedgerFlow", "r1")
     assert str(unreadable.value).startswith(f"{datastore.backend.describe(key)} {reason}")
     assert isinstance(unreadable.value, DatastoreError)
-
-
-def test_reindex_leaves_out_an_unreadable_record_with_a_warning_and_indexes_the_others(datastore):
-    """Guards Datastore.reindex's skip: a flow from before the run index is indexed by its next run's
-    start step (or gc); one unreadable record must not fail that step or keep the others out."""
-    from airflow_flowspec.datastore import keys
-    from airflow_flowspec.errors import UnreadableRecordWarning
-
-    for day, run_id in enumerate(["first", "middle"], start=1):
-        datastore.write_run_meta("LedgerFlow", run_id, {"created_at": f"2026-11-0{day}T00:00:00+00:00"})
-        datastore.write_manifest(a_manifest("LedgerFlow", run_id, "start"))
-    datastore.backend.put_bytes(keys.run_meta_key("LedgerFlow", "first"), b'{"tags": "user:ana"}')
-
-    with pytest.warns(
-        UnreadableRecordWarning, match="Run 'first' of flow LedgerFlow is left out of its index"
-    ):
-        assert datastore.reindex("LedgerFlow") == 1
-    assert list(datastore.indexed_runs("LedgerFlow")) == ["middle"]
 
 
 # -- the root's format marker -----------------------------------------------------------------------
