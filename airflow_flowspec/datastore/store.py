@@ -22,16 +22,16 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from airflow_flowspec.datastore import chunks, encoding, keys
+from airflow_flowspec.datastore import keys
 from airflow_flowspec.datastore.artifacts import ArtifactStore
 from airflow_flowspec.datastore.backends import StorageBackend, backend_for_root
 from airflow_flowspec.datastore.format_marker import FormatGuard
 from airflow_flowspec.datastore.keys import AttemptKey
 from airflow_flowspec.datastore.manifest import Manifest
 from airflow_flowspec.datastore.run_records import checked_run_record
+from airflow_flowspec.datastore.xcoms import XComStore
 from airflow_flowspec.errors import (
     ArtifactNotFoundError,
-    CorruptArtifactError,
     DatastoreError,
     RunIdentityError,
     UnreadableRecordError,
@@ -53,6 +53,8 @@ class Datastore:
         #: The root's format marker: checked before the first read of a reader, written (or
         #: checked) before the first write.
         self.format = FormatGuard(self.backend)
+        #: The XComs of ordinary Airflow tasks (pickled values, chunked lists) in this root.
+        self.xcoms = XComStore(self.backend, self.format)
 
     def __repr__(self) -> str:
         return f"Datastore({self.root!r})"
@@ -132,122 +134,6 @@ class Datastore:
             keys.step_result_key(attempt),
             missing=f"{attempt.describe().capitalize()} left no result: the step process did not finish",
         )
-
-    # -- pickled XCom values of ordinary Airflow tasks -------------------------------------------
-
-    # Their key is derived from the XCom's identity (dag, run, task, map index, key) and this root,
-    # never taken from anywhere else: whoever can edit an XCom row cannot point a read, an unpickle
-    # or a delete at another object, let alone outside the root.
-
-    def save_xcom_value(
-        self, value: Any, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str
-    ) -> tuple[str, int]:
-        """Pickle an ordinary task's XCom to its own key; return (content hash, pickled size).
-
-        If the value cannot be pickled, an :class:`ArtifactSaveError` names it and whatever was
-        stored under the key before is left as it was.
-        """
-        self.format.claim()
-        object_key = keys.xcom_value_key(dag_id, run_id, task_id, map_index, key)
-        name = f"XCom '{key}' of task {task_id}"
-        blob = encoding.encode(value, name=name, scratch_dir=self.backend.scratch_dir())
-        try:
-            if blob.data is not None:
-                self.backend.put_bytes(object_key, blob.data, content_hash=blob.hash)
-            else:
-                path, blob.path = blob.path, None
-                self.backend.adopt_file(object_key, path, content_hash=blob.hash)
-        finally:
-            blob.discard()
-        return blob.hash, blob.size
-
-    def load_xcom_value(
-        self,
-        *,
-        dag_id: str,
-        run_id: str,
-        task_id: str,
-        map_index: int,
-        key: str,
-        size: int | None,
-        content_hash: str,
-    ) -> Any:
-        """The value :meth:`save_xcom_value` stored for this XCom, verified against its hash."""
-        object_key = keys.xcom_value_key(dag_id, run_id, task_id, map_index, key)
-        try:
-            return encoding.decode(self.backend, object_key, size=size, expected_hash=content_hash)
-        except encoding.ContentMismatch as mismatch:
-            raise CorruptArtifactError(
-                f"XCom '{key}' of task {task_id} (run {run_id} of DAG {dag_id}) does not match what was "
-                f"stored: {self.backend.describe(object_key)} hashes to {mismatch.actual_hash}, not to "
-                f"{content_hash} as its XCom row says. Nothing was unpickled; run task {task_id} again to "
-                f"store the value anew."
-            ) from None
-
-    def delete_xcom_value(self, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> None:
-        self.backend.delete_many([keys.xcom_value_key(dag_id, run_id, task_id, map_index, key)])
-
-    # -- lists that mapped tasks read one element of each (a foreach's children) -----------------
-
-    def save_xcom_chunks(
-        self,
-        items: list[Any],
-        *,
-        dag_id: str,
-        run_id: str,
-        task_id: str,
-        map_index: int,
-        key: str,
-        chunk_items: int = chunks.CHUNK_ITEMS,
-    ) -> tuple[str, int]:
-        """Store a list of plain JSON values in chunks under the XCom's own keys (in parallel where
-        the medium can); return (the root hash that proves each chunk, bytes written)."""
-        self.format.claim()
-        root, objects = chunks.chunk_list(items, chunk_items)
-        self.backend.put_many_bytes(
-            {
-                keys.xcom_chunk_key(dag_id, run_id, task_id, map_index, key, position): (data, None)
-                for position, data in enumerate(objects)
-            }
-        )
-        return root, sum(len(data) for data in objects)
-
-    def load_xcom_chunk(
-        self,
-        *,
-        dag_id: str,
-        run_id: str,
-        task_id: str,
-        map_index: int,
-        key: str,
-        position: int,
-        length: int,
-        chunk_items: int,
-        root: str,
-    ) -> list[Any]:
-        """Chunk ``position`` of a list :meth:`save_xcom_chunks` stored, proven against ``root``;
-        :class:`chunks.ChunkMismatch` when what is stored there is not that chunk."""
-        object_key = keys.xcom_chunk_key(dag_id, run_id, task_id, map_index, key, position)
-        return chunks.read_chunk(
-            self.backend.get_bytes(object_key),
-            position=position,
-            length=length,
-            chunk_items=chunk_items,
-            root=root,
-        )
-
-    def delete_xcom_chunks(self, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> None:
-        """Delete every chunk stored for the XCom, however many its row claims (one listing)."""
-        folder = keys.xcom_folder(dag_id, run_id, task_id, map_index)
-        _, files = self.backend.list_dir(folder)
-        self.backend.delete_many(
-            [folder + name for name in files if keys.parse_xcom_chunk_name(key, name) is not None]
-        )
-
-    def describe_xcom_chunk(
-        self, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str, position: int
-    ) -> str:
-        return self.backend.describe(keys.xcom_chunk_key(dag_id, run_id, task_id, map_index, key, position))
 
     # -- runs ------------------------------------------------------------------------------------
 
