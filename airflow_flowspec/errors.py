@@ -191,6 +191,16 @@ class UnreadableRecordError(DatastoreError):
     """
 
 
+class DatastoreFormatError(DatastoreError):
+    """The datastore root was written in a format this version does not read (its
+    ``flowspec-datastore.json`` names another one): nothing of it is read or written.
+
+    Not retryable: the root stays in its format until it is pointed elsewhere or the version changes.
+    """
+
+    retryable = False
+
+
 class XComReferenceError(FlowspecError):
     """An XCom row refers to a stored value in a way this XCom backend did not write (an edited or
     planted row): refused, nothing read, unpickled or deleted."""

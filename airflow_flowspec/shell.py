@@ -363,7 +363,7 @@ def _code(args: argparse.Namespace) -> int:
     run = Run(args.pathspec.strip("/"))
     code = run.code
     if code is None:
-        raise ValueError(f"Run {run.pathspec} was recorded before runs kept their code.")
+        raise ValueError(f"Run {run.pathspec} records no code package.")
     print(terminal_safe(code.extract(args.output)))
     return 0
 

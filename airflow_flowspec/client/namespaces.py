@@ -4,7 +4,7 @@ Every run carries a ``user:<name>`` tag (who started it: the ``python flow.py ru
 user who triggered it in Airflow) and, when the schedule started it (a scheduled or backfilled
 run), ``production:<flow>``. A notebook sees its own user's runs by default; a step sees the
 namespace of the run it belongs to (so a scheduled flow reads other flows' production runs);
-``namespace(None)`` shows every run. Runs recorded before tags existed show in every namespace.
+``namespace(None)`` shows every run.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def in_namespace(record: dict[str, Any], name: str | None) -> bool:
     ``"user:ana"``). The datastore refuses to read such a record anyway; this is the second lock.
     """
     tags = record.get("tags")
-    return name is None or tags is None or (isinstance(tags, list) and name in tags)
+    return name is None or (isinstance(tags, list) and name in tags)
 
 
 def is_indexed_namespace(name: str | None) -> bool:

@@ -243,14 +243,10 @@ class Flow(MetaflowObject):
     _CHILD_CLASS = "run"
     _DEPTH = 1
 
-    def __init__(self, pathspec: str):
-        self._index_complete: bool | None = None
-        super().__init__(pathspec)
-
     def _get_object(self, pathspec: str | None) -> tuple[str, Any, MetaflowObject | None]:
         (name,) = _split(pathspec, 1, "Flow")  # type: ignore[arg-type]
-        self._index_complete = self._datastore.index_is_complete(name)
-        if not self._index_complete and not self._datastore.list_runs(name):
+        folders, _ = self._datastore.backend.list_dir(keys.flow_prefix(name))
+        if keys.RUNS_FOLDER not in folders:  # one small listing: the flow's runs/, index/, numbers/
             raise MetaflowNotFound(
                 f"Flow {name!r} has no runs in the datastore {self._datastore.root}. "
                 + _nearby(name, _flow_names(self._datastore), "flows")
@@ -272,9 +268,6 @@ class Flow(MetaflowObject):
 
     def _child_records(self) -> Iterator[tuple[str, Any]]:
         current_namespace = get_namespace()
-        if self._recorded_before_index():
-            yield from self._records_by_listing(current_namespace)
-            return
         indexed = current_namespace if is_indexed_namespace(current_namespace) else None
         for run_id in self._datastore.indexed_runs(self.id, namespace=indexed, page_size=_RUNS_PAGE):
             try:
@@ -286,31 +279,6 @@ class Flow(MetaflowObject):
                 continue
             if in_namespace(record, current_namespace):
                 yield run_id, record
-
-    def _recorded_before_index(self) -> bool:
-        """Whether some of the flow's runs may be missing from the run index: runs recorded before
-        it, until the flow's next run or ``airflow-flowspec gc`` adds them (one request to know)."""
-        if self._index_complete is None:
-            self._index_complete = self._datastore.index_is_complete(self.id)
-        return not self._index_complete
-
-    def _records_by_listing(self, current_namespace: str | None) -> Iterator[tuple[str, Any]]:
-        """Runs of a datastore written before the run index: every record is read and sorted
-        (``airflow-flowspec gc`` indexes them, after which the index answers)."""
-        records = []
-        for run_id in self._datastore.list_runs(self.id):
-            try:
-                record = self._datastore.read_run_meta(self.id, run_id)
-            except ArtifactNotFoundError:
-                continue  # a start step killed before its run record: no run to show
-            except UnreadableRecordError as error:
-                skip_unreadable_run(self.id, run_id, error)
-                continue
-            if in_namespace(record, current_namespace):
-                records.append(record)
-        records.sort(key=_started_order, reverse=True)
-        for record in records:
-            yield record["run_id"], record
 
     def _child_record(self, run_id: str) -> tuple[str, Any]:
         _, stored, record = _find_run(self._datastore, self.id, run_id)
@@ -343,7 +311,7 @@ class Flow(MetaflowObject):
 
     def _latest(self, *, successful: bool) -> Run | None:
         current_namespace = get_namespace()
-        if is_indexed_namespace(current_namespace) and not self._recorded_before_index():
+        if is_indexed_namespace(current_namespace):
             find = self._datastore.latest_successful_run if successful else self._datastore.latest_run
             run_id = find(self.id, namespace=current_namespace)
             if run_id is None:
@@ -388,8 +356,8 @@ class Run(MetaflowObject):
     @property
     def number(self) -> int | None:
         """The run's number, its short id: ``Run(f"TrainFlow/{run.number}")`` is this run. Runs are
-        numbered per flow in the order they started; None for a run recorded before runs had
-        numbers (it is named by its :attr:`id` only)."""
+        numbered per flow in the order they started; None only where the record states none
+        (written by hand, not by a start step)."""
         return record_number(self._record)
 
     @property
@@ -492,7 +460,7 @@ class Run(MetaflowObject):
     @property
     def code(self) -> Any:
         """The flow file this run started with (``.flowspec``, ``.path``, ``.tarball``,
-        ``.extract(folder)``), or None for a run recorded before code was."""
+        ``.extract(folder)``); None, as Metaflow's, when the run's record names no code package."""
         from airflow_flowspec.datastore.artifacts import ArtifactRef
         from airflow_flowspec.runtime.code_package import RunCode
 
@@ -512,8 +480,7 @@ class Run(MetaflowObject):
     @property
     def graph(self) -> list[dict[str, Any]]:
         """The flow's steps as the run started with them, in order: each a dict with ``name``,
-        ``type``, ``next`` (step names), ``foreach`` and ``doc``. Empty for a run recorded before
-        runs kept their graph (draw those from :meth:`steps`)."""
+        ``type``, ``next`` (step names), ``foreach`` and ``doc``."""
         graph = self._record.get("graph")
         if not isinstance(graph, list):
             return []
@@ -595,15 +562,6 @@ class Run(MetaflowObject):
             return self[step].task
         except MetaflowNotFound:
             return None
-
-
-def _started_order(record: dict[str, Any]) -> tuple[Any, ...]:
-    """Sorts runs by when they started: numbered runs by number, after the runs recorded before
-    numbers were (by start time; by name where the times are equal)."""
-    number = record_number(record)
-    if number is not None:
-        return (1, number, "", "")
-    return (0, 0, record.get("created_at") or "", record["run_id"])
 
 
 def _find_run(datastore: Any, flow: str, run_id: str) -> tuple[str, str, dict[str, Any]]:
@@ -711,7 +669,7 @@ def find_run_by_short_id(
             f"its runs are numbered 1 to {highest} (a deleted run's number is not given again; a run "
             f"still in its start step is shown once the step has finished)"
             if highest
-            else "none of its runs has a number (they were recorded before runs had numbers: name them by id)"
+            else "no run of it has been numbered"
         )
         of = f" of the DAG {deployment.dag_id}" if deployment is not None else ""
         raise MetaflowNotFound(
@@ -940,8 +898,7 @@ class Task(MetaflowObject):
 
         Kept by the step runtime with the attempt's results, wherever the step ran; output that
         bypasses Python's ``sys.stdout`` (a child process, a C library writing to the file
-        descriptor) is only in the Airflow task log or the terminal, as are runs recorded before
-        output was kept."""
+        descriptor) is only in the Airflow task log or the terminal."""
         return self._log(keys.STDOUT_FILE)
 
     @property
@@ -1118,8 +1075,7 @@ class DataArtifact(MetaflowObject):
         """What the value looks like, recorded by the step that saved it, without unpickling it:
         ``{"repr": text, "repr_truncated": bool, "table": {"columns", "index", "rows",
         "total_rows", "total_columns"}}`` (``table`` for data frames only). None when
-        :attr:`short_repr` already shows the whole value, for secrets, and for artifacts saved
-        before previews were recorded."""
+        :attr:`short_repr` already shows the whole value, and for secrets."""
         return self._datastore.artifacts.load_preview(self._artifact_ref(), what=f"artifact {self.pathspec}")
 
     def verified_pickle(self) -> Any:

@@ -66,7 +66,7 @@ def run_overview(identity: RunIdentity) -> dict[str, Any]:
     run = run_of(identity)
     status = run.status
     ran = {step.id: step for step in run}
-    steps = [_step_summary(ran.get(node["name"]), node, 1) for node in _graph(run, ran)]
+    steps = [_step_summary(ran.get(node["name"]), node, 1) for node in run.graph]
     mark_unchanged(steps)
     return {
         "flow": run.flow_name,
@@ -87,7 +87,7 @@ def step_overview(identity: RunIdentity, step: str, page: int = 1) -> dict[str, 
     run = run_of(identity)
     check_part("step", step)
     ran = {ran_step.id: ran_step for ran_step in run}
-    graph = _graph(run, ran)
+    graph = run.graph
     position = next((i for i, node in enumerate(graph) if node["name"] == step), None)
     if position is None:
         raise MetaflowNotFound(f"Run {run.pathspec} has no step {step!r}.")
@@ -96,13 +96,6 @@ def step_overview(identity: RunIdentity, step: str, page: int = 1) -> dict[str, 
     steps.append(_step_summary(ran.get(step), graph[position], page))
     mark_unchanged(steps)
     return {"flow": run.flow_name, "run_id": run.id, **steps[-1]}
-
-
-def _graph(run: Run, ran: dict[str, Step]) -> list[dict[str, Any]]:
-    """The run's recorded graph; for a run recorded before graphs were, the steps that ran."""
-    return run.graph or [
-        {"name": name, "type": "", "next": [], "foreach": None, "doc": ""} for name in sorted(ran)
-    ]
 
 
 def _step_summary(step: Step | None, node: dict[str, Any], page: int) -> dict[str, Any]:

@@ -4,7 +4,7 @@ never deletes what flows store.
 Which runs go, per flow: those that started (``created_at`` in run.json) longer ago than the
 horizon (``--older-than``), except
 
-* the ``--keep-last`` newest runs (by number, then, for runs from before numbers, by start);
+* the ``--keep-last`` newest runs (by number; a record without one by its start);
 * the latest successful run, overall and in each system namespace (``user:...``,
   ``production:...``), because other flows read it by that name;
 * a running run: one of its tasks holds a live lease (:mod:`.leases`: renewed within
@@ -47,8 +47,7 @@ The order is what makes every step safe to interrupt (a gc killed half-way is fi
    flow is collected, those whose objects are all older than that and that no kept run's DAG run
    owns. Not by default: Airflow's row for such an XCom may still be read (``include_prior_dates``).
 5. ``damaged/`` blobs set aside before the horizon; then the backend's sweep (scratch files of dead
-   processes, S3 multipart uploads never completed); then kept runs missing from the run index
-   (recorded by a version before it) are added to it.
+   processes, S3 multipart uploads never completed).
 
 Ages are measured with this machine's clock against the times the store records (S3's are the
 server's): a clock running ahead shortens the grace period by as much.
@@ -156,8 +155,6 @@ class GcResult:
     #: (DAG id, run id) of the ordinary tasks' XCom folders deleted.
     xcom_runs_deleted: list[tuple[str, str]] = field(default_factory=list)
     damaged_deleted: int = 0
-    #: Kept runs recorded before the run index existed, added to it.
-    runs_indexed: int = 0
     #: Everything deleted: blobs, runs' files and index entries, XComs, damaged blobs.
     bytes_freed: int = 0
     #: How Airflow's run states were consulted: "" (not asked), or a line saying what happened.
@@ -198,8 +195,6 @@ class GcResult:
             + f"; {verb.lower()} {_count(len(self.xcom_runs_deleted), 'XCom folder')} of ordinary tasks "
             f"and {_count(self.damaged_deleted, 'damaged blob')}."
         )
-        if self.runs_indexed:
-            lines.append(f"Added {_count(self.runs_indexed, 'run')} recorded before the run index to it.")
         if self.airflow:
             lines.append(self.airflow)
         freed = "would be freed" if self.dry_run else "freed"
@@ -243,6 +238,7 @@ def collect_garbage(
             f"just saved. Use --grace {format_age(MIN_GRACE)} or more (the default is "
             f"{format_age(DEFAULT_GRACE)}), or --grace 0 only when no flow is running."
         )
+    datastore.format.check()  # another format's files mean other things: delete nothing of them
     collector = _Collector(datastore, older_than, keep_last, flow, grace, dry_run, now, progress)
     collector.airflow_run_active = airflow_run_active
     if xcom_older_than is not None:
@@ -337,9 +333,6 @@ class _Collector:
         self._sweep_damaged()
         if not self.dry_run:
             self.backend.sweep()
-            for flow in flows:  # runs recorded before the run index existed join it
-                if flow.kept and (self.only_flow is None or flow.name == self.only_flow):
-                    self.result.runs_indexed += self.datastore.reindex(flow.name)
         return self.result
 
     # -- which runs go ---------------------------------------------------------------------------
@@ -523,11 +516,7 @@ class _Collector:
         for run in flow.kept:
             if run.marked_for_deletion and not self.dry_run:  # a gc stopped before it decided
                 self.backend.delete_many([run.prefix + keys.RUN_DELETION_FILE])
-        if not flow.kept:  # no run left: the flow goes, its index marker too (on S3 as locally)
-            marker = keys.run_index_complete_key(flow.name)
-            size = self.backend.stored_size(marker)
-            if size is not None:
-                self._delete([StoredObject(marker, size, self.now)])
+        if not flow.kept:  # no run left: the flow's emptied folders go (on S3 with their objects)
             self._prune_local_folders(keys.flow_prefix(flow.name), up_to="")
         self.result.runs_deleted[flow.name] = [run.run_id for run in flow.gone]
 
@@ -750,7 +739,7 @@ class _Collector:
 
 
 def _recency(run: _RunFolder) -> tuple[Any, ...]:
-    """Sorts runs by when they started: by number, after the runs from before numbers (by start)."""
+    """Sorts runs by when they started: by number, after records without one (by start)."""
     number = record_number(run.record or {})
     return (1, number, 0.0, "") if number is not None else (0, 0, run.started, run.run_id)
 

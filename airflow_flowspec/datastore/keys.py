@@ -2,10 +2,10 @@
 
 Layout, relative to the datastore root (a local folder or ``s3://bucket/prefix``)::
 
+    flowspec-datastore.json                               the root's format, {"format": 1} (format_marker.py)
     data/<h[:2]>/<h>                                      pickled artifact, named by its BLAKE3 hash
     damaged/<h>.<time>.<random>                           a blob that failed its hash check, moved aside
     <flow>/index/<list>/<namespace>/<newest-first>/<run>  one empty-ish entry per run and list
-    <flow>/index/complete.json                            every run of the flow is in the index
     <flow>/numbers/<highest-first>.json                   run number n is taken, by this run
     <flow>/runs/<run>/run.json                            run metadata, written when the run starts
     <flow>/runs/<run>/number.json                         the run's number (its short id)
@@ -45,8 +45,8 @@ Why this shape:
   listing. The run's own ``number.json``, created the same way, says which of the numbers it
   claimed is its (one per run, even when two attempts of its start race), and the run index files
   a numbered run under its number: ``-`` and the number counted down, which sorts before every
-  start time, so runs list in the order they were numbered, then the runs recorded before numbers
-  were, by start time.
+  start time, so runs list in the order they were numbered, then any record without a number, by
+  start time.
 * Artifacts are content-addressed in one global namespace so an unchanged value is stored once
   however many steps, tasks, attempts or runs carry it; the manifests say which names point where.
   The two-character fan-out keeps local folders small. ``data`` cannot clash with a flow named
@@ -83,6 +83,8 @@ _CHUNK_POSITION = re.compile(r"(0|[1-9]\d*)\.json")
 _LEASE_NAME = re.compile(r"(\d{17})-[0-9a-f]{8,32}\.json")
 _TRASH_ROUND = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
 
+#: The root's format marker (:mod:`.format_marker`); a file, so no flow's folder can take its name.
+FORMAT_MARKER_KEY = "flowspec-datastore.json"
 MANIFEST_FILE = "manifest.json"
 TASK_SPEC_FILE = "spec.json"
 STEP_RESULT_FILE = "result.json"
@@ -93,6 +95,8 @@ STDERR_FILE = "stderr.log"
 RESERVED_ATTEMPT_FILES = frozenset({MANIFEST_FILE, TASK_SPEC_FILE, STEP_RESULT_FILE})
 XCOM_PREFIX = "_xcom/"
 DAMAGED_PREFIX = "damaged/"
+#: A flow's folder of runs (beside its ``index`` and ``numbers``).
+RUNS_FOLDER = "runs"
 RUN_META_FILE = "run.json"
 RUN_STATUS_FILE = "status.json"
 #: Written by gc before it looks at a run's leases a last time and deletes the run (or spares it).
@@ -242,11 +246,6 @@ def run_index_prefix(flow: str, which: str, namespace: str | None = None) -> str
     return flow_prefix(flow) + f"index/{which}/{safe_key_part(namespace or ALL_RUNS)}/"
 
 
-def run_index_complete_key(flow: str) -> str:
-    """Written once every run of the flow is in the index (runs recorded before it, by reindex)."""
-    return flow_prefix(flow) + "index/complete.json"
-
-
 def run_index_key(
     flow: str, which: str, namespace: str | None, started_us: int, run_id: str, number: int | None = None
 ) -> str:
@@ -270,7 +269,7 @@ def parse_run_index_key(index_prefix: str, key: str) -> str | None:
 
 
 def runs_prefix(flow: str) -> str:
-    return flow_prefix(flow) + "runs/"
+    return flow_prefix(flow) + f"{RUNS_FOLDER}/"
 
 
 def run_prefix(flow: str, run_id: str) -> str:

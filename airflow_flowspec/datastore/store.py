@@ -6,7 +6,7 @@ a notebook reading results use the same class.
 
 Which runs are newest is answered by the run index (see :mod:`.keys`): one entry per run, written
 once, ordered by the run's number (:meth:`Datastore.number_run`, taken before its start step runs),
-then, for runs recorded before runs had numbers, by their ``created_at`` (set when
+then, for a record that states no number, by its ``created_at`` (set when
 :meth:`Datastore.write_run_meta` is first called, unless the caller gives one as an ISO-8601
 string). A late-finishing old run or a backfill therefore never passes for newer than a run that
 started after it, runs started in the same microsecond still have an order, and runs started at
@@ -18,24 +18,23 @@ from __future__ import annotations
 import json
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from airflow_flowspec.datastore import chunks, encoding, keys
+from airflow_flowspec.datastore import keys
 from airflow_flowspec.datastore.artifacts import ArtifactStore
 from airflow_flowspec.datastore.backends import StorageBackend, backend_for_root
+from airflow_flowspec.datastore.format_marker import FormatGuard
 from airflow_flowspec.datastore.keys import AttemptKey
 from airflow_flowspec.datastore.manifest import Manifest
 from airflow_flowspec.datastore.run_records import checked_run_record
+from airflow_flowspec.datastore.xcoms import XComStore
 from airflow_flowspec.errors import (
     ArtifactNotFoundError,
-    CorruptArtifactError,
     DatastoreError,
     RunIdentityError,
     UnreadableRecordError,
-    UnreadableRecordWarning,
     UnsafeKeyError,
 )
 from airflow_flowspec.identity import MAX_RUN_NUMBER, RunIdentity
@@ -51,6 +50,11 @@ class Datastore:
         self.root = root
         self.backend: StorageBackend = backend_for_root(root)
         self.artifacts = ArtifactStore(self.backend)
+        #: The root's format marker: checked before the first read of a reader, written (or
+        #: checked) before the first write.
+        self.format = FormatGuard(self.backend)
+        #: The XComs of ordinary Airflow tasks (pickled values, chunked lists) in this root.
+        self.xcoms = XComStore(self.backend, self.format)
 
     def __repr__(self) -> str:
         return f"Datastore({self.root!r})"
@@ -96,6 +100,7 @@ class Datastore:
 
     def write_attempt_files(self, attempt: AttemptKey, files: dict[str, bytes]) -> None:
         """Store several files beside a task attempt's manifest (in parallel where the medium can)."""
+        self.format.claim()
         reserved = sorted(set(files) & keys.RESERVED_ATTEMPT_FILES)
         if reserved:
             raise UnsafeKeyError(
@@ -129,120 +134,6 @@ class Datastore:
             keys.step_result_key(attempt),
             missing=f"{attempt.describe().capitalize()} left no result: the step process did not finish",
         )
-
-    # -- pickled XCom values of ordinary Airflow tasks -------------------------------------------
-
-    # Their key is derived from the XCom's identity (dag, run, task, map index, key) and this root,
-    # never taken from anywhere else: whoever can edit an XCom row cannot point a read, an unpickle
-    # or a delete at another object, let alone outside the root.
-
-    def save_xcom_value(
-        self, value: Any, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str
-    ) -> tuple[str, int]:
-        """Pickle an ordinary task's XCom to its own key; return (content hash, pickled size).
-
-        If the value cannot be pickled, an :class:`ArtifactSaveError` names it and whatever was
-        stored under the key before is left as it was.
-        """
-        object_key = keys.xcom_value_key(dag_id, run_id, task_id, map_index, key)
-        name = f"XCom '{key}' of task {task_id}"
-        blob = encoding.encode(value, name=name, scratch_dir=self.backend.scratch_dir())
-        try:
-            if blob.data is not None:
-                self.backend.put_bytes(object_key, blob.data, content_hash=blob.hash)
-            else:
-                path, blob.path = blob.path, None
-                self.backend.adopt_file(object_key, path, content_hash=blob.hash)
-        finally:
-            blob.discard()
-        return blob.hash, blob.size
-
-    def load_xcom_value(
-        self,
-        *,
-        dag_id: str,
-        run_id: str,
-        task_id: str,
-        map_index: int,
-        key: str,
-        size: int | None,
-        content_hash: str,
-    ) -> Any:
-        """The value :meth:`save_xcom_value` stored for this XCom, verified against its hash."""
-        object_key = keys.xcom_value_key(dag_id, run_id, task_id, map_index, key)
-        try:
-            return encoding.decode(self.backend, object_key, size=size, expected_hash=content_hash)
-        except encoding.ContentMismatch as mismatch:
-            raise CorruptArtifactError(
-                f"XCom '{key}' of task {task_id} (run {run_id} of DAG {dag_id}) does not match what was "
-                f"stored: {self.backend.describe(object_key)} hashes to {mismatch.actual_hash}, not to "
-                f"{content_hash} as its XCom row says. Nothing was unpickled; run task {task_id} again to "
-                f"store the value anew."
-            ) from None
-
-    def delete_xcom_value(self, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> None:
-        self.backend.delete_many([keys.xcom_value_key(dag_id, run_id, task_id, map_index, key)])
-
-    # -- lists that mapped tasks read one element of each (a foreach's children) -----------------
-
-    def save_xcom_chunks(
-        self,
-        items: list[Any],
-        *,
-        dag_id: str,
-        run_id: str,
-        task_id: str,
-        map_index: int,
-        key: str,
-        chunk_items: int = chunks.CHUNK_ITEMS,
-    ) -> tuple[str, int]:
-        """Store a list of plain JSON values in chunks under the XCom's own keys (in parallel where
-        the medium can); return (the root hash that proves each chunk, bytes written)."""
-        root, objects = chunks.chunk_list(items, chunk_items)
-        self.backend.put_many_bytes(
-            {
-                keys.xcom_chunk_key(dag_id, run_id, task_id, map_index, key, position): (data, None)
-                for position, data in enumerate(objects)
-            }
-        )
-        return root, sum(len(data) for data in objects)
-
-    def load_xcom_chunk(
-        self,
-        *,
-        dag_id: str,
-        run_id: str,
-        task_id: str,
-        map_index: int,
-        key: str,
-        position: int,
-        length: int,
-        chunk_items: int,
-        root: str,
-    ) -> list[Any]:
-        """Chunk ``position`` of a list :meth:`save_xcom_chunks` stored, proven against ``root``;
-        :class:`chunks.ChunkMismatch` when what is stored there is not that chunk."""
-        object_key = keys.xcom_chunk_key(dag_id, run_id, task_id, map_index, key, position)
-        return chunks.read_chunk(
-            self.backend.get_bytes(object_key),
-            position=position,
-            length=length,
-            chunk_items=chunk_items,
-            root=root,
-        )
-
-    def delete_xcom_chunks(self, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> None:
-        """Delete every chunk stored for the XCom, however many its row claims (one listing)."""
-        folder = keys.xcom_folder(dag_id, run_id, task_id, map_index)
-        _, files = self.backend.list_dir(folder)
-        self.backend.delete_many(
-            [folder + name for name in files if keys.parse_xcom_chunk_name(key, name) is not None]
-        )
-
-    def describe_xcom_chunk(
-        self, *, dag_id: str, run_id: str, task_id: str, map_index: int, key: str, position: int
-    ) -> str:
-        return self.backend.describe(keys.xcom_chunk_key(dag_id, run_id, task_id, map_index, key, position))
 
     # -- runs ------------------------------------------------------------------------------------
 
@@ -291,6 +182,7 @@ class Datastore:
         ``number.json``, created the same way, settles which of the numbers its racing attempts
         took is its own (a number left unused is never given again).
         """
+        self.format.claim()
         flow, run_id = identity.flow, identity.run_id
         claim_key = keys.run_number_claim_key(flow, run_id)
         given = self._given_number(claim_key)
@@ -394,10 +286,6 @@ class Datastore:
         the index as it was.
         """
         self._add_to_index(flow, run_id, record, keys.RUNS_STARTED)
-        if not self.index_is_complete(flow):
-            # The flow's first run with the index (or one of the first): bring earlier runs in.
-            # A new flow has few; a flow from before the upgrade pays this once.
-            self.reindex(flow)
 
     def replace_run_tags(self, flow: str, run_id: str, remove: list[str], add: list[str]) -> dict[str, Any]:
         """Remove some tags from the run's latest record and add others (one read, one atomic
@@ -491,52 +379,8 @@ class Datastore:
                 seen.add(run_id)
                 yield run_id
 
-    def reindex(self, flow: str) -> int:
-        """Add the runs of ``flow`` missing from the run index (recorded by a version before it)
-        and mark the index complete; return how many were added.
-
-        Runs recorded before runs had numbers get none here: a number given now would say they
-        started after every numbered run. They are listed after the numbered runs, by start time,
-        and named by their id.
-
-        Only runs whose start step wrote its manifest are added, as :meth:`index_run` would have:
-        a start that died on the way is not a run to list. Safe while runs are being written:
-        entries are written once, under keys that depend only on the run, and a run whose start
-        finishes after this pass indexes itself.
-        """
-        started = set(self.indexed_runs(flow, page_size=1000))
-        added = 0
-        for run_id in self.list_runs(flow):
-            if run_id in started:
-                continue
-            try:
-                record = self.read_run_meta(flow, run_id)
-            except ArtifactNotFoundError:
-                continue
-            except UnreadableRecordError as error:  # one damaged record must not stop the others
-                unindexed = UnreadableRecordWarning(
-                    f"Run {run_id!r} of flow {flow} is left out of its index: {error}"
-                )
-                warnings.warn(unindexed, stacklevel=1)
-                continue
-            if self.latest_attempt_manifest(flow, run_id, "start", "0") is None:
-                continue
-            if "system_tags" not in record:  # recorded before system tags were told apart
-                record = {**record, "system_tags": keys.system_tags_among(record.get("tags"))}
-            lists = [keys.RUNS_STARTED]
-            if (self.run_status(flow, run_id) or {}).get("status") == "succeeded":
-                lists.append(keys.RUNS_SUCCEEDED)
-            self._add_to_index(flow, run_id, record, *lists)
-            added += 1
-        self._write_json(keys.run_index_complete_key(flow), {"flow": flow, "completed_at": _now()})
-        return added
-
-    def index_is_complete(self, flow: str) -> bool:
-        """Whether every run of ``flow`` is in the run index (False for a flow whose runs were
-        recorded before the index, until :meth:`reindex`: the client then lists them all)."""
-        return self.backend.exists(keys.run_index_complete_key(flow))
-
     def _add_to_index(self, flow: str, run_id: str, record: dict[str, Any], *lists: str) -> None:
+        self.format.claim()
         started = moment_of(record.get("created_at"))
         micros = (started - _EPOCH) // timedelta(microseconds=1)
         number = record_number(record)
@@ -575,6 +419,7 @@ class Datastore:
     # -- JSON files ------------------------------------------------------------------------------
 
     def _write_json(self, key: str, document: dict[str, Any]) -> None:
+        self.format.claim()
         try:
             text = json.dumps(document, indent=2, default=_json_default)
         except (TypeError, ValueError) as error:
@@ -605,7 +450,7 @@ class Datastore:
 
 
 def record_number(record: dict[str, Any]) -> int | None:
-    """The run number a run record states, None for a run recorded before runs had numbers."""
+    """The run number a run record states, None for a record that states none."""
     number = record.get("number")
     if isinstance(number, int) and not isinstance(number, bool) and 0 < number <= MAX_RUN_NUMBER:
         return number
@@ -652,15 +497,20 @@ def open_datastore(root: str, *, sweep: bool = True) -> Datastore:
     """The process-wide :class:`Datastore` for ``root``, so every task in a process shares one
     backend (and one S3 client with its connection pool).
 
-    Opening a root the first time in a process sweeps what killed processes left behind (scratch
-    files; stale multipart uploads on S3). A sweep that fails does not stop the task. Readers
-    (the client) pass ``sweep=False``: a notebook with read-only credentials has nothing to
-    clean and should not spend a request trying.
+    Opening a root the first time in a process marks it as this version's format (or refuses it,
+    :class:`DatastoreFormatError`, if it is marked as another) and sweeps what killed processes left
+    behind (scratch files; stale multipart uploads on S3). A sweep that fails does not stop the
+    task. Readers (the client) pass ``sweep=False``: a notebook with read-only credentials has
+    nothing to clean and should not spend a request trying; its root's marker is only read.
     """
     with _open_datastores_lock:
         datastore = _open_datastores.get(root)
         if datastore is None:
             datastore = _open_datastores[root] = Datastore(root)
+        if sweep:
+            datastore.format.claim()
+        else:
+            datastore.format.check()
         if sweep and root not in _swept_roots:
             _swept_roots.add(root)
             try:

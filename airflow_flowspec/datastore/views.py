@@ -12,17 +12,16 @@ flow file the run recorded and tries again.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from airflow_flowspec.datastore import keys
 from airflow_flowspec.datastore.artifacts import ArtifactRef
 from airflow_flowspec.datastore.manifest import ForeachFrame, Manifest
 from airflow_flowspec.errors import FlowLoadError
 from airflow_flowspec.flow_loader import (
     is_missing_flow_module,
-    load_flow_class,
     load_recorded_flow_class,
     stable_module_name,
 )
@@ -176,24 +175,20 @@ def import_flow_of_run(datastore: Any, flow_name: str, run_id: str) -> None:
     A step imports its flow file anyway; a plain Airflow task or a notebook reading the run's
     artifacts has not, and an instance of a class from the flow file (pickled by reference to
     ``flowspec_flows.<FlowName>``) cannot be rebuilt without it. The run's recorded code is
-    imported (the classes as the run defined them); a run recorded before code was, from the flow
-    file its metadata names.
+    imported: the classes as the run defined them, whatever the flow file has become since.
     """
     if stable_module_name(flow_name) in sys.modules:
         return
     meta = datastore.read_run_meta(flow_name, run_id)
     package_ref = (meta.get("code") or {}).get("package")
-    if package_ref:
-        from airflow_flowspec.runtime import code_package
-
-        folder, index = code_package.materialize(datastore, package_ref)
-        load_recorded_flow_class(folder, index, flow_name)
-        return
-    flow_file = meta.get("flow_file")
-    if not flow_file or not os.path.isfile(flow_file):
+    if not package_ref:
         raise FlowLoadError(
             f"An artifact of run {run_id} of flow {flow_name} is an instance of a class defined in the "
-            f"flow file, and that file ({flow_file or 'not recorded'}) is not available here. Put the "
-            f"flow file at that path (or run this where the flow runs) to load the artifact."
+            f"flow file, and the run records no code package to import it from "
+            f"({datastore.backend.describe(keys.run_meta_key(flow_name, run_id))} names none): the "
+            f"artifact cannot be loaded outside the flow's own steps."
         )
-    load_flow_class(flow_file, flow_name)
+    from airflow_flowspec.runtime import code_package
+
+    folder, index = code_package.materialize(datastore, package_ref)
+    load_recorded_flow_class(folder, index, flow_name)

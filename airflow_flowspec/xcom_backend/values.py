@@ -34,7 +34,7 @@ import operator
 import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple, overload
+from typing import Any, overload
 
 from airflow_flowspec import config
 from airflow_flowspec.datastore import open_datastore
@@ -42,6 +42,7 @@ from airflow_flowspec.datastore.artifacts import qualified_type_name, short_repr
 from airflow_flowspec.datastore.chunks import CHUNK_ITEMS, ChunkMismatch
 from airflow_flowspec.datastore.manifest import MANIFEST_MARKER, Manifest, is_manifest
 from airflow_flowspec.datastore.views import InputView, task_view
+from airflow_flowspec.datastore.xcoms import XComIdentity
 from airflow_flowspec.errors import ArtifactNotFoundError, CorruptArtifactError, XComReferenceError
 from airflow_flowspec.terminal import terminal_safe
 
@@ -62,18 +63,6 @@ MAX_CHUNKED_LENGTH = 10_000_000
 _MAX_DESCRIPTION_CHARS = 200
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
 _HASH = re.compile(r"[0-9a-f]{64}")
-
-
-class XComIdentity(NamedTuple):
-    dag_id: str
-    run_id: str
-    task_id: str
-    map_index: int
-    key: str
-
-    def describe(self) -> str:
-        index = "" if self.map_index < 0 else f"[{self.map_index}]"
-        return f"XCom '{self.key}' of task {self.task_id}{index} in run {self.run_id} of DAG {self.dag_id}"
 
 
 #: Set while a step operator pushes its manifest: only then is a manifest stored inline as one.
@@ -242,7 +231,7 @@ def store_value(
 ) -> dict[str, Any]:
     identity = _identity(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index, key=key)
     datastore = open_datastore(config.datastore_root())
-    content_hash, size = datastore.save_xcom_value(value, **identity._asdict())
+    content_hash, size = datastore.xcoms.save_value(identity, value)
     return {
         STORED_MARKER: STORED_VERSION,
         **identity._asdict(),
@@ -320,7 +309,7 @@ def load_stored_value(stored: dict[str, Any]) -> Any:
     identity = row_identity(stored)
     _check_expected(identity, "read")
     datastore = open_datastore(config.datastore_root())
-    return datastore.load_xcom_value(**identity._asdict(), size=stored["size"], content_hash=stored["hash"])
+    return datastore.xcoms.load_value(identity, size=stored["size"], content_hash=stored["hash"])
 
 
 def store_chunked(value: ChunkedList, identity: XComIdentity) -> dict[str, Any] | None:
@@ -332,7 +321,7 @@ def store_chunked(value: ChunkedList, identity: XComIdentity) -> dict[str, Any] 
         return None
     datastore = open_datastore(config.datastore_root())
     try:
-        root, size = datastore.save_xcom_chunks(items, **identity._asdict(), chunk_items=CHUNK_ITEMS)
+        root, size = datastore.xcoms.save_chunks(identity, items, chunk_items=CHUNK_ITEMS)
     except (TypeError, ValueError):  # NaN or infinity: not JSON after all
         return None
     return {
@@ -455,25 +444,29 @@ class ChunkedSequence(Sequence):
         if self._last is not None and self._last[0] == position:
             return self._last[1]
         datastore = open_datastore(config.datastore_root())
-        where = dict(self._identity._asdict(), position=position)
         item = f"{self._description} ({self._identity.describe()})"
+        where = datastore.xcoms.describe_chunk(self._identity, position)
         if index is None:
             item = f"Chunk 0 of {item}, read to check the length its row gives ({self._length} items),"
         else:
             item = f"Item {index} of {item}"
         try:
-            items = datastore.load_xcom_chunk(
-                **where, length=self._length, chunk_items=self._chunk_items, root=self._root
+            items = datastore.xcoms.load_chunk(
+                self._identity,
+                position=position,
+                length=self._length,
+                chunk_items=self._chunk_items,
+                root=self._root,
             )
         except ArtifactNotFoundError as error:
             raise ArtifactNotFoundError(
                 f"{item} is missing from the datastore {datastore.root}: nothing is stored where its "
-                f"chunk {position} belongs ({datastore.describe_xcom_chunk(**where)}). Run task "
+                f"chunk {position} belongs ({where}). Run task "
                 f"{self._identity.task_id} again to store the list anew."
             ) from error
         except ChunkMismatch as mismatch:
             raise CorruptArtifactError(
-                f"{item} is refused: the chunk stored for it at {datastore.describe_xcom_chunk(**where)} "
+                f"{item} is refused: the chunk stored for it at {where} "
                 f"{mismatch.reason} (the root its XCom row names). The chunk or the row was edited, or "
                 f"the row was copied from another list; nothing of it was used. Run task "
                 f"{self._identity.task_id} again to store the list anew."
@@ -519,6 +512,6 @@ def purge_stored(stored: Any) -> None:
         return
     datastore = open_datastore(config.datastore_root())
     if is_stored_value(stored):
-        datastore.delete_xcom_value(**identity._asdict())
+        datastore.xcoms.delete_value(identity)
     else:
-        datastore.delete_xcom_chunks(**identity._asdict())
+        datastore.xcoms.delete_chunks(identity)

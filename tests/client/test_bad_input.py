@@ -98,20 +98,6 @@ def test_one_unreadable_record_is_skipped_with_one_warning_and_hides_no_other_ru
         Run(f"{FLOW}/last")
 
 
-def test_runs_recorded_before_the_index_skip_an_unreadable_record_too(tmp_path):
-    """Guards the same skip on the listing path of a flow whose runs predate the run index
-    (Flow._runs_by_listing), where every record is read and sorted."""
-    datastore = Datastore(str(tmp_path / "store"))
-    for day, run_id in enumerate(["first", "middle", "last"], start=1):
-        datastore.write_run_meta(FLOW, run_id, {"created_at": f"2026-11-0{day}T00:00:00+00:00", "tags": []})
-    plant(datastore, "middle", "\x00\x00 not json")
-    metadata(datastore.root)
-    assert not datastore.index_is_complete(FLOW)
-
-    with pytest.warns(UnreadableRecordWarning, match=f"Run {FLOW}/middle is skipped"):
-        assert [run.id for run in Flow(FLOW)] == ["last", "first"]
-
-
 def test_tags_stored_as_one_string_never_match_a_namespace_by_substring():
     """Guards in_namespace's list check, the second lock behind checked_run_record: "ana" is a
     substring of "user:ana", not one of its tags."""

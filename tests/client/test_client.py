@@ -13,7 +13,18 @@ import pytest
 from conftest import S3_TEST_BUCKET
 from harness import FLOWS, REPO, a_manifest, run_flow
 
-from airflow_flowspec import DataArtifact, Flow, Metaflow, Run, Step, Task, client, get_metadata, metadata
+from airflow_flowspec import (
+    DataArtifact,
+    Flow,
+    Metaflow,
+    Run,
+    Step,
+    Task,
+    client,
+    get_metadata,
+    metadata,
+)
+from airflow_flowspec.client.namespaces import default_namespace
 from airflow_flowspec.client.source import client_datastore
 from airflow_flowspec.datastore.store import Datastore
 from airflow_flowspec.errors import MetaflowNotFound
@@ -146,7 +157,8 @@ def test_a_run_in_progress_is_visible_unfinished(store):
     root, _ = store
     datastore = Datastore(root)
     run_id = f"manual__in-progress-{uuid.uuid4().hex[:6]}"
-    datastore.write_run_meta("ForeachFlow", run_id, {"parameters": {}})
+    mine = [default_namespace()]  # a run's user tag, as every start step records it
+    datastore.write_run_meta("ForeachFlow", run_id, {"parameters": {}, "tags": mine, "system_tags": mine})
     datastore.write_manifest(a_manifest("ForeachFlow", run_id, "start"))
     run = Run(f"ForeachFlow/{run_id}")
     assert not run.finished and not run.successful and run.finished_at is None and run.data is None

@@ -20,8 +20,6 @@ from harness import a_manifest
 
 from airflow_flowspec import Flow, metadata, namespace
 from airflow_flowspec.client.source import client_datastore
-from airflow_flowspec.datastore import keys
-from airflow_flowspec.datastore.gc import collect_garbage
 from airflow_flowspec.datastore.store import Datastore
 
 # The client in every namespace, its root and namespace forgotten after each test (conftest).
@@ -144,47 +142,3 @@ def test_concurrent_runs_never_lose_each_others_entries(root):
     assert list(datastore.indexed_runs(FLOW, page_size=7)) == expected
     assert list(datastore.indexed_runs(FLOW, successful=True, namespace="user:ana")) == expected
     assert datastore.latest_run(FLOW) == datastore.latest_successful_run(FLOW) == "run-00079"
-
-
-def test_runs_recorded_before_the_index_are_listed_until_the_next_run_indexes_them(tmp_path):
-    """Guards the index's completeness marker: a datastore written before the run index (run
-    records and outcomes, no index entries) is read correctly by listing every run, also once a
-    new run has started (which used to hide every older run); the flow's first run with the index
-    adds the older runs to it, except a run whose start never wrote its manifest (which must never
-    become a latest run); gc does the same for flows that do not run again."""
-    root = str(tmp_path / "store")
-    datastore = Datastore(root)
-
-    def record(run_id: str, day: int, *, start_finished: bool = True, new: bool = False) -> dict:
-        meta = {"created_at": (T0 + timedelta(days=day)).isoformat(), "tags": ["user:ana"]}
-        if new:  # this version tells system tags apart
-            meta["system_tags"] = ["user:ana"]
-        meta = datastore.write_run_meta(FLOW, run_id, meta)
-        if start_finished:
-            datastore.write_manifest(a_manifest(FLOW, run_id, "start"))
-        return meta
-
-    for i in range(3):
-        record(f"old-{i}", i)
-    record("dead-start", 5, start_finished=False)  # its start step died before its manifest
-    # what the version before the index wrote at the end of a run: the outcome only
-    datastore._write_json(keys.run_status_key(FLOW, "old-1"), {"status": "succeeded"})
-    metadata(root)
-    assert [run.id for run in Flow(FLOW)] == ["dead-start", "old-2", "old-1", "old-0"]
-    assert Flow(FLOW).latest_successful_run.id == "old-1"
-
-    started = record("new-0", 10, new=True)  # the first run with the index: still in progress
-    assert [run.id for run in Flow(FLOW)][:2] == ["new-0", "dead-start"]  # not yet indexed: listed
-    datastore.index_run(FLOW, "new-0", started)
-    assert list(datastore.indexed_runs(FLOW)) == ["new-0", "old-2", "old-1", "old-0"]
-    assert [run.id for run in Flow(FLOW)] == ["new-0", "old-2", "old-1", "old-0"]
-    namespace("user:ana")  # old records' user tags count as system tags
-    assert Flow(FLOW).latest_successful_run.id == "old-1" and Flow(FLOW).latest_run.id == "new-0"
-    assert datastore.reindex(FLOW) == 0
-
-    other = "OtherFlow"  # a flow that never runs again: gc indexes it
-    datastore.write_run_meta(other, "r", {"created_at": T0.isoformat(), "system_tags": ["user:ana"]})
-    datastore.write_manifest(a_manifest(other, "r", "start"))
-    result = collect_garbage(datastore, older_than=timedelta(days=365_000))
-    assert result.runs_indexed == 1 and result.runs_deleted == {}
-    assert datastore.index_is_complete(other) and datastore.latest_run(other) == "r"

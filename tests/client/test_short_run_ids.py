@@ -54,16 +54,14 @@ def start_run(
     airflow_run_id: str,
     *,
     user: str = "ana",
-    numbered: bool = True,
     created_at: str = SAME_MOMENT,
     project: tuple[str, str] | None = None,
 ) -> RunIdentity:
-    """A run's start as the runtime records it: numbered first (unless ``numbered`` is False: a run
-    recorded before runs had numbers), then its record, start manifest and index entry."""
+    """A run's start as the runtime records it: numbered first, then its record, start manifest and
+    index entry."""
     identity = RunIdentity(FLOW, airflow_run_id, *(project or (None, None)))
     meta = {"created_at": created_at, "tags": [f"user:{user}"], "system_tags": [f"user:{user}"]}
-    if numbered:
-        meta["number"] = datastore.number_run(identity)
+    meta["number"] = datastore.number_run(identity)
     record = datastore.write_run_meta(FLOW, identity.run_id, meta, identity=identity)
     datastore.write_manifest(a_manifest(FLOW, identity.run_id, "start"))
     datastore.index_run(FLOW, identity.run_id, record)
@@ -100,19 +98,17 @@ def test_runs_starting_at_once_get_distinct_numbers_and_list_in_that_order(root)
 
 def test_a_run_is_named_by_its_number_by_latest_and_by_its_full_id(root):
     """Guards the lookups: ``Flow/<number>``, ``Flow/latest`` (in the namespace) and the full id
-    name the same run, in Run, Flow[...], ``in`` and the paths of steps; a run recorded before
-    numbers is still listed (after the numbered ones) and named by its id; what names no run gets
+    name the same run, in Run, Flow[...], ``in`` and the paths of steps; what names no run gets
     the one-paragraph answer with what there is."""
     datastore = Datastore(root)
-    old = start_run(datastore, airflow_run(), numbered=False, created_at="2026-10-01T00:00:00+00:00")
     first = start_run(datastore, airflow_run())
     second = start_run(datastore, airflow_run(), user="bob")
     project = start_run(datastore, airflow_run(), project=("alpha", "prod"))
 
-    assert [run.id for run in Flow(FLOW)] == [project.run_id, second.run_id, first.run_id, old.run_id]
-    assert [run.number for run in Flow(FLOW)] == [3, 2, 1, None]
+    assert [run.id for run in Flow(FLOW)] == [project.run_id, second.run_id, first.run_id]
+    assert [run.number for run in Flow(FLOW)] == [3, 2, 1]
     assert Run(f"{FLOW}/1").id == first.run_id and Run(f"{FLOW}/1") == Run(first.pathspec)
-    assert Flow(FLOW)["2"].id == second.run_id and Run(f"{FLOW}/{old.run_id}").number is None
+    assert Flow(FLOW)["2"].id == second.run_id
     assert Run(f"{FLOW}/latest").id == project.run_id == Flow(FLOW).latest_run.id
     assert "1" in Flow(FLOW) and "latest" in Flow(FLOW) and "4" not in Flow(FLOW)
     assert Step(f"{FLOW}/1/start").pathspec == f"{first.pathspec}/start"
@@ -141,18 +137,6 @@ def test_a_run_is_named_by_its_number_by_latest_and_by_its_full_id(root):
     for not_a_number in ("07", "0"):  # a number has no leading zero: these would be stored ids
         with pytest.raises(MetaflowNotFound, match=f"has no run '{not_a_number}'"):
             Run(f"{FLOW}/{not_a_number}")
-    # A flow's runs listed without the index (recorded before it) come in the same order.
-    datastore.backend.delete_many([keys.run_index_complete_key(FLOW)])
-    assert [run.number for run in Flow(FLOW)] == [3, 2, 1, None]
-    assert Run(f"{FLOW}/latest").id == project.run_id
-
-
-def test_a_flow_of_runs_from_before_numbers_says_so(root):
-    datastore = Datastore(root)
-    old = start_run(datastore, airflow_run(), numbered=False)
-    assert [run.id for run in Flow(FLOW)] == [old.run_id] and Run(f"{FLOW}/latest").id == old.run_id
-    with pytest.raises(MetaflowNotFound, match="none of its runs has a number"):
-        Run(f"{FLOW}/1")
 
 
 def test_gc_takes_a_deleted_runs_number_with_it_and_never_gives_a_number_again(root):

@@ -137,8 +137,9 @@ def test_unsafe_names_cannot_escape_the_root(datastore, tmp_path):
 
     keys = stored_keys(datastore)
     # run.json, status.json, manifest, attempt file, index entries (started and succeeded, each
-    # for every run and for the run's user tag, itself made of the nasty name), the index's marker
-    assert len(keys) == len(nasty) * 9
+    # for every run and for the run's user tag, itself made of the nasty name); and the root's
+    # format marker
+    assert len(keys) == len(nasty) * 8 + 1
     for key in keys:
         segments = key.split("/")
         assert not any(segment in ("", ".", "..") or segment.startswith(".") for segment in segments), key
@@ -826,19 +827,50 @@ def test_a_run_record_in_a_shape_we_never_write_is_unreadable_naming_its_file(da
     assert isinstance(unreadable.value, DatastoreError)
 
 
-def test_reindex_leaves_out_an_unreadable_record_with_a_warning_and_indexes_the_others(datastore):
-    """Guards Datastore.reindex's skip: a flow from before the run index is indexed by its next run's
-    start step (or gc); one unreadable record must not fail that step or keep the others out."""
+# -- the root's format marker -----------------------------------------------------------------------
+
+
+def test_a_new_root_is_marked_at_its_first_write_and_read_without_a_marker(root):
+    """Guards format_marker: reading a root nothing wrote yet writes nothing (a notebook with
+    read-only credentials), and the first write marks it as this version's format, once."""
     from airflow_flowspec.datastore import keys
-    from airflow_flowspec.errors import UnreadableRecordWarning
 
-    for day, run_id in enumerate(["first", "middle"], start=1):
-        datastore.write_run_meta("LedgerFlow", run_id, {"created_at": f"2026-11-0{day}T00:00:00+00:00"})
-        datastore.write_manifest(a_manifest("LedgerFlow", run_id, "start"))
-    datastore.backend.put_bytes(keys.run_meta_key("LedgerFlow", "first"), b'{"tags": "user:ana"}')
+    reader = open_datastore(root, sweep=False)
+    assert reader.list_runs("LedgerFlow") == [] and reader.latest_run("LedgerFlow") is None
+    assert stored_keys(reader) == []
 
-    with pytest.warns(
-        UnreadableRecordWarning, match="Run 'first' of flow LedgerFlow is left out of its index"
+    writer = Datastore(root)
+    writer.write_run_meta("LedgerFlow", "r1", {})
+    first = writer.backend.counters.requests
+    writer.write_run_meta("LedgerFlow", "r2", {})
+    assert writer.backend.counters.requests - first == first - 1  # the marker only at the first write
+    assert json.loads(writer.backend.get_bytes(keys.FORMAT_MARKER_KEY))["format"] == 1
+    Datastore(root).write_manifest(a_manifest("LedgerFlow", "r1", "start"))  # a second writer agrees
+
+
+@pytest.mark.parametrize(
+    ("marker", "says"),
+    [(b'{"format": 2}', "holds format 2 "), (b"<html>", "holds a format this version does not recognise")],
+)
+def test_a_root_in_another_format_is_refused_by_writers_readers_and_gc(root, marker, says):
+    from datetime import timedelta
+
+    from airflow_flowspec.datastore import keys
+    from airflow_flowspec.datastore.gc import collect_garbage
+    from airflow_flowspec.errors import DatastoreFormatError
+
+    Datastore(root).backend.put_bytes(keys.FORMAT_MARKER_KEY, marker)
+    before = stored_keys(Datastore(root))
+    writer = Datastore(root)
+    for write in (
+        lambda: writer.write_run_meta("LedgerFlow", "r1", {}),
+        lambda: writer.write_manifest(a_manifest("LedgerFlow", "r1", "start")),
+        lambda: open_datastore(root),
+        lambda: open_datastore(root, sweep=False),
+        lambda: collect_garbage(Datastore(root), older_than=timedelta(days=30)),
     ):
-        assert datastore.reindex("LedgerFlow") == 1
-    assert list(datastore.indexed_runs("LedgerFlow")) == ["middle"]
+        with pytest.raises(DatastoreFormatError) as refused:
+            write()
+        assert str(refused.value).startswith(f"The datastore at {writer.backend.describe('')} {says}")
+        assert "this version of airflow-flowspec reads and writes format 1 only" in str(refused.value)
+    assert stored_keys(Datastore(root)) == before

@@ -27,6 +27,7 @@ from airflow_flowspec.datastore import artifacts, keys, open_datastore
 from airflow_flowspec.datastore import gc as gc_module
 from airflow_flowspec.datastore.gc import DEFAULT_GRACE, SAFETY_RULE, collect_garbage
 from airflow_flowspec.datastore.store import Datastore
+from airflow_flowspec.datastore.xcoms import XComIdentity
 from airflow_flowspec.errors import DatastoreError, GarbageCollectionError, MetaflowNotFound
 from airflow_flowspec.identity import RunIdentity
 from airflow_flowspec.runtime.step_runner import run_step
@@ -374,9 +375,7 @@ def test_ordinary_xcoms_damaged_blobs_and_scratch_files_are_swept(root, gc_flow,
         ("report", "kept"),
     ]
     for dag_id, run_id in folders:
-        datastore.save_xcom_value(
-            [dag_id, run_id], dag_id=dag_id, run_id=run_id, task_id="t", map_index=-1, key="k"
-        )
+        datastore.xcoms.save_value(XComIdentity(dag_id, run_id, "t", -1, "k"), [dag_id, run_id])
     for dag_id, run_id in folders[1:]:
         if run_id != "new":
             age_objects(root, keys.xcom_folder(dag_id, run_id, "t", -1).rsplit("/", 3)[0] + "/", 40 * DAY)
