@@ -66,6 +66,7 @@ class XComStore:
                 self.backend.put_bytes(object_key, blob.data, content_hash=blob.hash)
             else:
                 path, blob.path = blob.path, None
+                assert path is not None  # an encoded blob is in memory or in a scratch file
                 self.backend.adopt_file(object_key, path, content_hash=blob.hash)
         finally:
             blob.discard()

@@ -308,7 +308,7 @@ def test_a_symlink_under_the_derived_key_to_a_pickle_outside_the_root_is_not_fol
 
 
 def test_a_symlink_under_the_derived_key_to_another_object_in_the_root_is_not_trusted(story):
-    """Protection: the bytes read are verified against the row's hash (``Datastore.load_xcom_value``):
+    """Protection: the bytes read are verified against the row's hash (``datastore.xcoms.load_value``):
     a symlink to another XCom's pickle inside the root gives a mismatch (or the link is refused),
     never that XCom's value."""
     refused(story, "edited_symlink_inside", "CorruptArtifactError", "UnsafeKeyError")
