@@ -61,7 +61,7 @@ def load_flow_class(flow_file: str, flow_name: str) -> Any:
 def load_recorded_flow_class(
     folder: str, index: dict[str, Any], flow_name: str, flow_file: str | None = None
 ) -> Any:
-    """Import the flow from a run's recorded code (see :mod:`airflow_flowspec.runtime.code_package`),
+    """Import the flow from a run's recorded code (see :mod:`airflow_flowspec.datastore.code_package`),
     written out in ``folder``: the flow file, and the modules it imported from its folder.
 
     The task's own DAG parse has already imported the *current* versions of those modules from the

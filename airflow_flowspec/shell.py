@@ -372,11 +372,11 @@ def _repin(args: argparse.Namespace) -> int:
     import os
 
     from airflow_flowspec.client.source import client_root
+    from airflow_flowspec.datastore import code_package
     from airflow_flowspec.datastore.leases import Lease
     from airflow_flowspec.datastore.store import Datastore
     from airflow_flowspec.flow_loader import load_flow_class
     from airflow_flowspec.identity import RunIdentity, is_latest, run_number_of
-    from airflow_flowspec.runtime import code_package
 
     flow_name, _, run_id = args.pathspec.strip("/").partition("/")
     if not run_id or "/" in run_id:

@@ -389,8 +389,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
 #: Imports up the layers that start a program, not share code: what ``python flow.py`` runs
 #: (``FlowSpec`` hands its command line to the CLI) and the edge's lazy entry points.
 UPWARD_ENTRY_POINTS = LAZY_ENTRY_POINTS | {("airflow_flowspec.flowspec", "airflow_flowspec.cli")}
-#: Known, to be moved down: the code package store is used by the datastore's read path.
-UPWARD_EXCEPTIONS = {("airflow_flowspec.datastore.views", "airflow_flowspec.runtime.code_package")}
+#: Imports up the layers kept on purpose: none.
+UPWARD_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def layer_of(module: str) -> int:

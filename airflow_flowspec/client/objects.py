@@ -462,7 +462,7 @@ class Run(MetaflowObject):
         """The flow file this run started with (``.flowspec``, ``.path``, ``.tarball``,
         ``.extract(folder)``); None, as Metaflow's, when the run's record names no code package."""
         from airflow_flowspec.datastore.artifacts import ArtifactRef
-        from airflow_flowspec.runtime.code_package import RunCode
+        from airflow_flowspec.datastore.code_package import RunCode
 
         code = self._record.get("code")
         if not code:

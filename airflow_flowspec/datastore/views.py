@@ -188,7 +188,7 @@ def import_flow_of_run(datastore: Any, flow_name: str, run_id: str) -> None:
             f"({datastore.backend.describe(keys.run_meta_key(flow_name, run_id))} names none): the "
             f"artifact cannot be loaded outside the flow's own steps."
         )
-    from airflow_flowspec.runtime import code_package
+    from airflow_flowspec.datastore import code_package
 
     folder, index = code_package.materialize(datastore, package_ref)
     load_recorded_flow_class(folder, index, flow_name)

@@ -193,7 +193,7 @@ class StepTaskMixin:
         from airflow_flowspec.datastore import open_datastore
 
         if self.step_name == "start":
-            from airflow_flowspec.runtime import code_package
+            from airflow_flowspec.datastore import code_package
 
             return code_package.record(open_datastore(config.datastore_root()), self.flow_file)
         codes = [m["code"] for m in manifests if m.get("code")]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from airflow_flowspec.current import TaskContext, current
-from airflow_flowspec.datastore import keys, open_datastore
+from airflow_flowspec.datastore import code_package, keys, open_datastore
 from airflow_flowspec.datastore.artifacts import SECRET_REPR, ArtifactRef, short_repr
 from airflow_flowspec.datastore.chunks import CHUNK_ITEMS
 from airflow_flowspec.datastore.keys import SYSTEM_TAG_PREFIXES
@@ -43,7 +43,7 @@ from airflow_flowspec.flow_loader import load_flow_class, load_recorded_flow_cla
 from airflow_flowspec.graph import graph_of, graph_record
 from airflow_flowspec.parameters import flow_parameters
 from airflow_flowspec.run_tags import check_tags
-from airflow_flowspec.runtime import code_package, parameter_values
+from airflow_flowspec.runtime import parameter_values
 from airflow_flowspec.runtime.caught import CaughtException
 from airflow_flowspec.runtime.failures import remember_where
 from airflow_flowspec.runtime.masking import SecretMask, masked_output

@@ -17,11 +17,10 @@ import pytest
 from harness import attempt, run_flow, write_pinned_flow
 
 from airflow_flowspec import config
-from airflow_flowspec.datastore import keys, open_datastore
+from airflow_flowspec.datastore import code_package, keys, open_datastore
 from airflow_flowspec.datastore.artifacts import ArtifactRef
 from airflow_flowspec.errors import CodePackageError
 from airflow_flowspec.identity import RunIdentity
-from airflow_flowspec.runtime import code_package
 from airflow_flowspec.runtime.process import write_task_spec
 from airflow_flowspec.runtime.task_spec import RunContext, TaskSpec
 
