@@ -184,8 +184,12 @@ def test_a_flow_mistake_fails_without_retries_and_a_failure_says_why(batch, tmp_
     assert start["container"]["logStreamName"] in [s["logStreamName"] for s in streams["logStreams"]]
 
 
-def test_a_step_past_its_timeout_has_its_job_terminated(batch):
-    run = run_flow(FLOWS / "timeout_flow.py")
+def test_a_step_past_its_timeout_has_its_job_terminated(batch, tmp_path):
+    # 8 s, not the flow's 2: the job must be submitted before the timeout, and on a loaded machine
+    # creating the task's first AWS clients alone can take 2 s.
+    flow_file = tmp_path / "timeout_flow.py"
+    flow_file.write_text((FLOWS / "timeout_flow.py").read_text().replace("seconds=2", "seconds=8"))
+    run = run_flow(flow_file)
     assert run.state("slow") == "failed"
     slow = [j for j in jobs_of(batch, run.run_id) if j["tags"]["flowspec:step"] == "slow"]
     assert len(slow) == 1 and slow[0]["status"] == "FAILED"
