@@ -2,8 +2,9 @@
 
 Kept small on purpose (see shared/STYLE.md): it holds the authoring API a step body uses
 (``self.next``, ``self.input``, ``self.index``, ``self.merge_artifacts``, artifact attributes) and
-nothing about how a step executes. The step runtime fills the private ``_flowspec_*`` slots before
-calling a step and reads them afterwards.
+nothing about how a step executes. The step runtime gives the instance one object before calling a
+step, in the slot :data:`TASK_STATE_SLOT` (a ``runtime/task_state.py`` ``TaskState``), and reads it
+afterwards.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from airflow_flowspec.errors import FlowspecError, MergeArtifactsError, Transiti
 
 if TYPE_CHECKING:
     from airflow_flowspec.datastore.manifest import ForeachFrame
+    from airflow_flowspec.runtime.task_state import TaskState
+
+#: Where a flow instance a step runs on holds the runtime's task state (an artifact never starts
+#: with ``_flowspec_``).
+TASK_STATE_SLOT = "_flowspec_state"
 
 
 class Transition:
@@ -79,8 +85,9 @@ class FlowSpec:
 
     def next(self, *steps: Any, foreach: str | None = None, condition: str | None = None) -> None:  # noqa: A003
         """Declare where the flow goes after this step (linear, branch, foreach or switch)."""
-        if self.__dict__.get("_flowspec_transition") is not None:
-            raise TransitionError(f"self.next() was called twice in step {self._flowspec_current_step()}.")
+        task = self._flowspec_task_state()
+        if task is not None and task.transition is not None:
+            raise TransitionError(f"self.next() was called twice in step {task.step_name}.")
         switch_cases = None
         if condition is not None:
             if len(steps) != 1 or not isinstance(steps[0], dict):
@@ -91,22 +98,23 @@ class FlowSpec:
             targets = list(switch_cases.values())
         else:
             targets = [_step_name(target) for target in steps]
-        self.__dict__["_flowspec_transition"] = Transition(targets, foreach, condition, switch_cases)
+        if task is not None:  # outside a step the runtime runs, nothing reads it
+            task.transition = Transition(targets, foreach, condition, switch_cases)
 
     @property
     def input(self) -> Any:  # noqa: A003
         """The foreach item this task handles (in a step inside a foreach)."""
-        frame = self._innermost_frame("input")
-        return self._flowspec_task.foreach_value(frame)
+        task, frame = self._innermost_frame("input")
+        return task.foreach_value(frame)
 
     @property
     def index(self) -> int:
         """The position of this task's item in the foreach (0-based)."""
-        return self._innermost_frame("index").index
+        return self._innermost_frame("index")[1].index
 
     def foreach_stack(self) -> list[tuple[int, int, Any]]:
         """(index, number of splits, item) for each enclosing foreach, outermost first."""
-        task = self.__dict__.get("_flowspec_task")
+        task = self._flowspec_task_state()
         if task is None:
             return []
         return [(f.index, f.num_splits, task.foreach_value(f)) for f in task.foreach_stack]
@@ -119,7 +127,7 @@ class FlowSpec:
         Artifacts already set in the join are left alone; an artifact whose value differs between
         inputs raises, naming it, unless excluded (or resolved by assigning it first).
         """
-        task = self.__dict__.get("_flowspec_task")
+        task = self._flowspec_task_state()
         if task is None or not task.is_join:
             raise MergeArtifactsError("merge_artifacts(inputs) can only be called in a join step.")
         if include and exclude:
@@ -132,27 +140,29 @@ class FlowSpec:
         # Only called when normal lookup fails: the artifact was not set in this step.
         if name.startswith("__") or name.startswith("_flowspec_"):
             raise AttributeError(name)
-        artifacts = self.__dict__.get("_flowspec_artifacts")
-        if artifacts is not None and name in artifacts:
-            value = artifacts.load(name)
-            return value
-        step = self._flowspec_current_step()
-        where = f" in step '{step}'" if step else ""
+        task = self._flowspec_task_state()
+        if task is not None and name in task.artifacts:
+            return task.artifacts.load(name)
+        where = f" in step '{task.step_name}'" if task is not None else ""
         raise AttributeError(
             f"Flow {type(self).__name__} has no artifact '{name}'{where}: no step before it set "
             f"self.{name}. In a join step, read inputs first (inputs.<step>.{name}) or call "
             f"self.merge_artifacts(inputs)."
         )
 
-    def _flowspec_current_step(self) -> str | None:
-        task = self.__dict__.get("_flowspec_task")
-        return task.step_name if task is not None else None
+    def _flowspec_attach(self, task: TaskState) -> None:
+        """Called by the runtime on a new instance, before the step runs."""
+        self.__dict__[TASK_STATE_SLOT] = task
 
-    def _innermost_frame(self, what: str) -> ForeachFrame:
-        task = self.__dict__.get("_flowspec_task")
+    def _flowspec_task_state(self) -> TaskState | None:
+        state: TaskState | None = self.__dict__.get(TASK_STATE_SLOT)
+        return state
+
+    def _innermost_frame(self, what: str) -> tuple[TaskState, ForeachFrame]:
+        task = self._flowspec_task_state()
         if task is None or not task.foreach_stack:
             raise FlowspecError(
                 f"self.{what} is only defined in steps inside a foreach "
                 f"(after self.next(self.step, foreach='items'))."
             )
-        return task.foreach_stack[-1]
+        return task, task.foreach_stack[-1]

@@ -155,9 +155,9 @@ class Parameter:
             return self
         if self.attr_name in instance.__dict__:
             return instance.__dict__[self.attr_name]
-        loader = instance.__dict__.get("_flowspec_artifacts")
-        if loader is not None and self.attr_name in loader:
-            return loader.load(self.attr_name)
+        task = instance._flowspec_task_state()  # in a later step, the parameter is an artifact
+        if task is not None and self.attr_name in task.artifacts:
+            return task.artifacts.load(self.attr_name)
         return self
 
     def __set__(self, instance: Any, value: Any) -> None:

@@ -182,11 +182,6 @@ class SecretValue:
         return SECRET_REPR
 
 
-def _freshen_after() -> float:
-    """Seconds after which a blob's last write (or this process's memory of it) is too old to rely on."""
-    return FRESHEN_INTERVAL_SECONDS / 2
-
-
 class ArtifactStore:
     """Saves values as blobs under ``data/`` and loads them back by hash, verified.
 
@@ -198,10 +193,21 @@ class ArtifactStore:
     blob that does not match.
     """
 
-    def __init__(self, backend: StorageBackend):
+    def __init__(
+        self,
+        backend: StorageBackend,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        freshen_interval: float = FRESHEN_INTERVAL_SECONDS,
+    ):
         self.backend = backend
+        #: What this store reads the time from (seconds, only differences count): when it confirmed
+        #: or verified a blob, and whether that is too long ago to rely on. A test can turn it on.
+        self.clock = clock
+        #: See :data:`FRESHEN_INTERVAL_SECONDS`; gc's grace period assumes the default.
+        self.freshen_interval = freshen_interval
         # Where each blob this process has stored or seen stored (freshened) lives, and when
-        # (time.monotonic()) it was last confirmed: a value re-saved unchanged within half the
+        # (``clock()``) it was last confirmed: a value re-saved unchanged within half the
         # freshen interval costs no request at all; later, it is checked (and freshened) again.
         # Loads do not count: a blob read from another run may be on its way to the garbage
         # collector, and only a save's check renews it.
@@ -213,7 +219,7 @@ class ArtifactStore:
         # saved again unchanged (a step handing on what it read) keeps its preview, made once.
         self._previews: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        # Confirmations older than this (time.monotonic()) are not relied on: set by a task's lease
+        # Confirmations older than this (``clock()``) are not relied on: set by a task's lease
         # (leases.py) to when it was taken, since gc waits only for tasks whose lease is older than
         # the blobs it took out of data/.
         self._trust_since = float("-inf")
@@ -255,183 +261,26 @@ class ArtifactStore:
         If one value cannot be pickled, :class:`ArtifactSaveError` names it; some values before it
         may already be stored, unreferenced, which is harmless.
         """
-        secret_set = set(secret_names)
-        refs: dict[str, ArtifactRef] = {}
-        previews: dict[str, dict[str, Any]] = {}  # name -> where its preview is
-        pack = _PackBuilder()
-        closed: list[_PackBuilder] = []  # packs closed by pack_items, not yet stored
-        # Previews have packs of their own: loading an artifact never downloads them.
-        preview_pack = _PackBuilder()
-        pending: dict[str, tuple[bytes, str]] = {}  # blob key -> (medium pickle, hash), for a batch
-        pending_bytes = 0
-        scratch_dir = self.backend.scratch_dir()
-        # Taken before any check or write, so what this call remembers never looks fresher than it is.
-        checked_at = time.monotonic()
+        batch = _SaveBatch(self, secret_names=frozenset(secret_names), pack_items=pack_items)
         for name, value in values.items():
-            secret = name in secret_set
-            blob = encoding.encode(
-                SecretValue(value) if secret else value, name=name, scratch_dir=scratch_dir
-            )
-            ref = ArtifactRef(
-                hash=blob.hash,
-                type=qualified_type_name(value),
-                size=blob.size,
-                repr=SECRET_REPR if secret else short_repr(value),
-            )
-            if not secret and blob.hash in self._previews:
-                previews[name] = self._previews[blob.hash]
-            elif not secret and (preview := make_preview(value, ref.repr)) is not None:
-                self._place_preview(name, preview, preview_pack, previews)
-                if preview_pack.size >= PACK_MAX_BYTES:
-                    self._store_pack(preview_pack, checked_at, None, previews)
-                    preview_pack = _PackBuilder()
-            known = self._confirmed_location(blob.hash)
-            if known is not None:
-                blob.discard()
-                refs[name] = ref.located(known)
-                continue
-            if blob.data is not None and blob.size <= PACK_ITEM_MAX_BYTES:
-                pack.add(name, ref, blob.data)
-                if pack.size >= PACK_MAX_BYTES:
-                    refs.update(self._store_pack(pack, checked_at, written))
-                    pack = _PackBuilder()
-                elif pack_items is not None and len(pack.items) >= pack_items:
-                    closed.append(pack)
-                    pack = _PackBuilder()
-                    if sum(closed_pack.size for closed_pack in closed) >= _BATCH_BYTES:
-                        refs.update(self._store_packs(closed, checked_at, written))
-                        closed = []
-                continue
-            refs[name] = ref
-            key = blob_key(blob.hash)
-            if blob.data is not None:
-                if key not in pending:
-                    pending[key] = (blob.data, blob.hash)
-                    pending_bytes += blob.size
-                if pending_bytes >= _BATCH_BYTES:
-                    self._store_small(pending, checked_at, written)
-                    pending, pending_bytes = {}, 0
-                continue
-            try:
-                if not self.backend.blob_is_stored(
-                    key,
-                    blob.size,
-                    blob.hash,
-                    freshen_after=_freshen_after(),
-                    known_intact=self._intact(blob.hash),
-                ):
-                    assert blob.path is not None
-                    path, blob.path = blob.path, None
-                    self.backend.adopt_file(key, path, content_hash=blob.hash)
-                    if written is not None:
-                        written.add(blob.hash)
-            finally:
-                blob.discard()
-            self._remember(blob.hash, (None, 0), checked_at)
-        refs.update(self._store_packs([*closed, pack], checked_at, written))
-        self._store_pack(preview_pack, checked_at, None, previews)
-        self._store_small(pending, checked_at, written)
-        result = {name: refs[name].with_preview(previews.get(name)) for name in values}
+            batch.add(name, value)
+        stored = batch.flush()
+        if written is not None:
+            written.update(batch.written)
+        result = {name: stored[name] for name in values}
         self._note_previews(result.values())
         return result
+
+    @property
+    def freshen_after(self) -> float:
+        """Seconds after which a blob's last write (or this process's memory of it) is too old to rely on."""
+        return self.freshen_interval / 2
 
     def _note_previews(self, refs: Iterable[ArtifactRef]) -> None:
         with self._lock:
             for ref in refs:
                 if ref.preview is not None:
                     self._previews[ref.hash] = ref.preview
-
-    def _place_preview(
-        self, name: str, data: bytes, pack: _PackBuilder, previews: dict[str, dict[str, Any]]
-    ) -> None:
-        """Put a preview in the preview pack being built, unless this process already stored it."""
-        preview_hash = encoding.content_hash(data)
-        known = self._confirmed_location(preview_hash)
-        if known is not None:
-            previews[name] = {"hash": preview_hash, "size": len(data), "pack": known[0], "offset": known[1]}
-        else:
-            pack.add_preview(name, preview_hash, data)
-
-    def _store_pack(
-        self,
-        pack: _PackBuilder,
-        checked_at: float,
-        written: set[str] | None = None,
-        previews: dict[str, dict[str, Any]] | None = None,
-    ) -> dict[str, ArtifactRef]:
-        if not pack.items and not pack.previews:
-            return {}
-        data = pack.data()
-        pack_hash = encoding.content_hash(data)
-        key = blob_key(pack_hash)
-        # One check per pack: a re-run's identical pack is free, a damaged one is rewritten.
-        if not self.backend.blob_is_stored(key, len(data), pack_hash, freshen_after=_freshen_after()):
-            self.backend.put_bytes(key, data, content_hash=pack_hash)
-            if written is not None:
-                written.update(ref.hash for _, ref, _ in pack.items)
-        return self._placed(pack, pack_hash, data, checked_at, previews)
-
-    def _store_packs(
-        self, packs: list[_PackBuilder], checked_at: float, written: set[str] | None = None
-    ) -> dict[str, ArtifactRef]:
-        """Store several artifact packs: one parallel check, one parallel upload of the missing."""
-        filled = [pack for pack in packs if pack.items]
-        if len(filled) <= 1:  # the common case: one pack, checked and written on its own
-            return self._store_pack(filled[0], checked_at, written) if filled else {}
-        hashed = [(pack, data, encoding.content_hash(data)) for pack in filled for data in (pack.data(),)]
-        stored = self.backend.blobs_stored(
-            {blob_key(pack_hash): (len(data), pack_hash) for _, data, pack_hash in hashed},
-            freshen_after=_freshen_after(),
-        )
-        missing = {
-            blob_key(pack_hash): (data, pack_hash)
-            for _, data, pack_hash in hashed
-            if blob_key(pack_hash) not in stored
-        }
-        self.backend.put_many_bytes(missing)
-        refs: dict[str, ArtifactRef] = {}
-        for pack, data, pack_hash in hashed:
-            if written is not None and blob_key(pack_hash) in missing:
-                written.update(ref.hash for _, ref, _ in pack.items)
-            refs.update(self._placed(pack, pack_hash, data, checked_at))
-        return refs
-
-    def _placed(
-        self,
-        pack: _PackBuilder,
-        pack_hash: str,
-        data: bytes,
-        checked_at: float,
-        previews: dict[str, dict[str, Any]] | None = None,
-    ) -> dict[str, ArtifactRef]:
-        """The references of a stored pack's artifacts (and where its previews are), remembered."""
-        refs = {}
-        for name, ref, offset in pack.items:
-            refs[name] = ref.located((pack_hash, offset))
-            self._remember(ref.hash, (pack_hash, offset), checked_at)
-        for name, preview_hash, size, offset in pack.previews:
-            if previews is not None:
-                previews[name] = {"hash": preview_hash, "size": size, "pack": pack_hash, "offset": offset}
-            self._remember(preview_hash, (pack_hash, offset), checked_at)
-        self._cache_pack(pack_hash, data)
-        return refs
-
-    def _store_small(
-        self, pending: dict[str, tuple[bytes, str]], checked_at: float, written: set[str] | None = None
-    ) -> None:
-        if not pending:
-            return
-        stored = self.backend.blobs_stored(
-            {key: (len(data), blob_hash) for key, (data, blob_hash) in pending.items()},
-            freshen_after=_freshen_after(),
-            known_intact=frozenset(key for key, (_, blob_hash) in pending.items() if self._intact(blob_hash)),
-        )
-        missing = {key: item for key, item in pending.items() if key not in stored}
-        self.backend.put_many_bytes(missing)
-        if written is not None:
-            written.update(blob_hash for _, blob_hash in missing.values())
-        for _, blob_hash in pending.values():
-            self._remember(blob_hash, (None, 0), checked_at)
 
     def _remember(self, blob_hash: str, location: _Location, checked_at: float) -> None:
         """Note that a save stored or confirmed (and so freshened) the blob, checking from ``checked_at``."""
@@ -442,10 +291,10 @@ class ArtifactStore:
         """Whether this process read and verified the blob within half the freshen interval."""
         with self._lock:
             verified = self._verified.get(blob_hash)
-        return verified is not None and time.monotonic() - verified <= _freshen_after()
+        return verified is not None and self.clock() - verified <= self.freshen_after
 
     def trust_confirmations_since(self, moment: float) -> None:
-        """Rely only on blobs stored or confirmed from ``moment`` (``time.monotonic()``) on."""
+        """Rely only on blobs stored or confirmed from ``moment`` (on :attr:`clock`) on."""
         with self._lock:
             self._trust_since = max(self._trust_since, moment)
 
@@ -454,7 +303,7 @@ class ArtifactStore:
             known = self._locations.get(blob_hash)
             if known is None:
                 return None
-            if time.monotonic() - known[1] > _freshen_after() or known[1] < self._trust_since:
+            if self.clock() - known[1] > self.freshen_after or known[1] < self._trust_since:
                 del self._locations[blob_hash]
                 return None
             return known[0]
@@ -499,7 +348,7 @@ class ArtifactStore:
                     lambda key: encoding.decode(self.backend, key, size=size, expected_hash=blob_hash),
                 )
                 with self._lock:
-                    self._verified[blob_hash] = time.monotonic()
+                    self._verified[blob_hash] = self.clock()
         except ArtifactNotFoundError as error:
             raise ArtifactNotFoundError(
                 f"The {what} with hash {blob_hash} is missing from the datastore {self.backend.root}: "
@@ -651,6 +500,203 @@ class ArtifactStore:
             while self._packs_bytes > _PACK_CACHE_BYTES and len(self._packs) > 1:
                 _, evicted = self._packs.popitem(last=False)
                 self._packs_bytes -= len(evicted)
+
+
+class _SaveBatch:
+    """One :meth:`ArtifactStore.save_many`: values are pickled as they are added and sorted into
+    the storage path their size calls for; packs and batches are stored when full and at
+    :meth:`flush`.
+
+    - already stored (this process stored or confirmed the blob lately): no request;
+    - small pickles: into the artifact pack being filled (closed early by ``pack_items``);
+    - their previews: into a preview pack of their own, so loading an artifact never downloads them;
+    - medium pickles (in memory): pending, checked and uploaded in parallel batches;
+    - large pickles (spilled to a scratch file): checked and stored at once, one at a time.
+    """
+
+    def __init__(self, store: ArtifactStore, *, secret_names: frozenset[str], pack_items: int | None):
+        self.store = store
+        self.backend = store.backend
+        self.secret_names = secret_names
+        self.pack_items = pack_items
+        self.scratch_dir = self.backend.scratch_dir()
+        # Taken before any check or write, so what this batch remembers never looks fresher than it is.
+        self.checked_at = store.clock()
+        #: The hash of every value this batch had to write (the others were already stored).
+        self.written: set[str] = set()
+        self.refs: dict[str, ArtifactRef] = {}
+        self.previews: dict[str, dict[str, Any]] = {}  # name -> where its preview is
+        self.pack = _PackBuilder()
+        self.closed: list[_PackBuilder] = []  # packs closed by pack_items, not yet stored
+        self.preview_pack = _PackBuilder()
+        self.pending: dict[str, tuple[bytes, str]] = {}  # blob key -> (medium pickle, hash)
+        self.pending_bytes = 0
+
+    def add(self, name: str, value: Any) -> None:
+        """Pickle ``value`` and store it, or hold it until its pack or batch is full."""
+        secret = name in self.secret_names
+        blob = encoding.encode(
+            SecretValue(value) if secret else value, name=name, scratch_dir=self.scratch_dir
+        )
+        ref = ArtifactRef(
+            hash=blob.hash,
+            type=qualified_type_name(value),
+            size=blob.size,
+            repr=SECRET_REPR if secret else short_repr(value),
+        )
+        if not secret:
+            self._add_preview(name, value, ref)
+        known = self.store._confirmed_location(blob.hash)
+        if known is not None:
+            blob.discard()
+            self.refs[name] = ref.located(known)
+        elif blob.data is not None and blob.size <= PACK_ITEM_MAX_BYTES:
+            self._add_packed(name, ref, blob.data)
+        elif blob.data is not None:
+            self.refs[name] = ref
+            self._add_pending(blob.hash, blob.data)
+        else:
+            self.refs[name] = ref
+            self._store_large(blob)
+
+    def flush(self) -> dict[str, ArtifactRef]:
+        """Store what is held; every added value's reference, with where its preview is."""
+        self.refs.update(self._store_packs([*self.closed, self.pack]))
+        self._store_pack(self.preview_pack)
+        self._store_pending()
+        return {name: ref.with_preview(self.previews.get(name)) for name, ref in self.refs.items()}
+
+    # -- the storage paths ---------------------------------------------------------------------
+
+    def _add_preview(self, name: str, value: Any, ref: ArtifactRef) -> None:
+        """Find or make the value's preview: one this process knows, or a new one in the preview
+        pack (stored as soon as it is full)."""
+        known_preview = self.store._previews.get(ref.hash)
+        if known_preview is not None:
+            self.previews[name] = known_preview
+            return
+        preview = make_preview(value, ref.repr)
+        if preview is None:
+            return
+        preview_hash = encoding.content_hash(preview)
+        known = self.store._confirmed_location(preview_hash)
+        if known is not None:
+            self.previews[name] = {
+                "hash": preview_hash,
+                "size": len(preview),
+                "pack": known[0],
+                "offset": known[1],
+            }
+            return
+        self.preview_pack.add_preview(name, preview_hash, preview)
+        if self.preview_pack.size >= PACK_MAX_BYTES:
+            self._store_pack(self.preview_pack)
+            self.preview_pack = _PackBuilder()
+
+    def _add_packed(self, name: str, ref: ArtifactRef, data: bytes) -> None:
+        self.pack.add(name, ref, data)
+        if self.pack.size >= PACK_MAX_BYTES:
+            self.refs.update(self._store_pack(self.pack))
+            self.pack = _PackBuilder()
+        elif self.pack_items is not None and len(self.pack.items) >= self.pack_items:
+            self.closed.append(self.pack)
+            self.pack = _PackBuilder()
+            if sum(closed.size for closed in self.closed) >= _BATCH_BYTES:
+                self.refs.update(self._store_packs(self.closed))
+                self.closed = []
+
+    def _add_pending(self, blob_hash: str, data: bytes) -> None:
+        key = blob_key(blob_hash)
+        if key not in self.pending:
+            self.pending[key] = (data, blob_hash)
+            self.pending_bytes += len(data)
+        if self.pending_bytes >= _BATCH_BYTES:
+            self._store_pending()
+
+    def _store_large(self, blob: encoding.EncodedBlob) -> None:
+        """Store a spilled pickle now (at most one scratch file at a time), unless it is there."""
+        try:
+            if not self.backend.blob_is_stored(
+                blob_key(blob.hash),
+                blob.size,
+                blob.hash,
+                freshen_after=self.store.freshen_after,
+                known_intact=self.store._intact(blob.hash),
+            ):
+                assert blob.path is not None
+                path, blob.path = blob.path, None
+                self.backend.adopt_file(blob_key(blob.hash), path, content_hash=blob.hash)
+                self.written.add(blob.hash)
+        finally:
+            blob.discard()
+        self.store._remember(blob.hash, (None, 0), self.checked_at)
+
+    def _store_pending(self) -> None:
+        """Store the pending medium pickles: one parallel check, one parallel upload of the missing."""
+        pending, self.pending, self.pending_bytes = self.pending, {}, 0
+        if not pending:
+            return
+        store = self.store
+        stored = self.backend.blobs_stored(
+            {key: (len(data), blob_hash) for key, (data, blob_hash) in pending.items()},
+            freshen_after=store.freshen_after,
+            known_intact=frozenset(
+                key for key, (_, blob_hash) in pending.items() if store._intact(blob_hash)
+            ),
+        )
+        missing = {key: item for key, item in pending.items() if key not in stored}
+        self.backend.put_many_bytes(missing)
+        self.written.update(blob_hash for _, blob_hash in missing.values())
+        for _, blob_hash in pending.values():
+            store._remember(blob_hash, (None, 0), self.checked_at)
+
+    def _store_pack(self, pack: _PackBuilder) -> dict[str, ArtifactRef]:
+        """Store one pack (of artifacts or of previews) unless it is there: one check, at most one write."""
+        if not pack.items and not pack.previews:
+            return {}
+        data = pack.data()
+        pack_hash = encoding.content_hash(data)
+        key = blob_key(pack_hash)
+        # One check per pack: a re-run's identical pack is free, a damaged one is rewritten.
+        if not self.backend.blob_is_stored(key, len(data), pack_hash, freshen_after=self.store.freshen_after):
+            self.backend.put_bytes(key, data, content_hash=pack_hash)
+            self.written.update(ref.hash for _, ref, _ in pack.items)
+        return self._placed(pack, pack_hash, data)
+
+    def _store_packs(self, packs: list[_PackBuilder]) -> dict[str, ArtifactRef]:
+        """Store several artifact packs: one parallel check, one parallel upload of the missing."""
+        filled = [pack for pack in packs if pack.items]
+        if len(filled) <= 1:  # the common case: one pack, checked and written on its own
+            return self._store_pack(filled[0]) if filled else {}
+        hashed = [(pack, data, encoding.content_hash(data)) for pack in filled for data in (pack.data(),)]
+        stored = self.backend.blobs_stored(
+            {blob_key(pack_hash): (len(data), pack_hash) for _, data, pack_hash in hashed},
+            freshen_after=self.store.freshen_after,
+        )
+        missing = {
+            blob_key(pack_hash): (data, pack_hash)
+            for _, data, pack_hash in hashed
+            if blob_key(pack_hash) not in stored
+        }
+        self.backend.put_many_bytes(missing)
+        refs: dict[str, ArtifactRef] = {}
+        for pack, data, pack_hash in hashed:
+            if blob_key(pack_hash) in missing:
+                self.written.update(ref.hash for _, ref, _ in pack.items)
+            refs.update(self._placed(pack, pack_hash, data))
+        return refs
+
+    def _placed(self, pack: _PackBuilder, pack_hash: str, data: bytes) -> dict[str, ArtifactRef]:
+        """The references of a stored pack's artifacts (and where its previews are), remembered."""
+        refs = {}
+        for name, ref, offset in pack.items:
+            refs[name] = ref.located((pack_hash, offset))
+            self.store._remember(ref.hash, (pack_hash, offset), self.checked_at)
+        for name, preview_hash, size, offset in pack.previews:
+            self.previews[name] = {"hash": preview_hash, "size": size, "pack": pack_hash, "offset": offset}
+            self.store._remember(preview_hash, (pack_hash, offset), self.checked_at)
+        self.store._cache_pack(pack_hash, data)
+        return refs
 
 
 class _PackBuilder:

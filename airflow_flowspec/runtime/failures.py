@@ -13,9 +13,13 @@ from __future__ import annotations
 import sys
 import traceback
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from airflow_flowspec.errors import FlowspecError, is_flow_mistake, not_retried_label
 from airflow_flowspec.runtime.task_log import lines_prefixed
+
+if TYPE_CHECKING:
+    from airflow_flowspec.runtime.task_state import TaskState
 
 #: Modules whose frames are the machinery around a step, not the step.
 _MACHINERY = ("airflow", "airflow_flowspec", "contextlib", "runpy", "importlib")
@@ -23,21 +27,20 @@ _SHOWN = "_flowspec_shown_on_terminal"
 _FAILED_IN = "_flowspec_failed_in"
 
 
-def remember_where(error: BaseException, flow: object, step: str) -> None:
+def remember_where(error: BaseException, task: TaskState) -> None:
     """Mark ``error`` with the task it ended, as Metaflow names it in its ``... failed:`` line:
     ``<flow TrainFlow step train[1] (input: 0.1)>``."""
+    stack = task.foreach_stack
     try:
-        stack = flow.foreach_stack()  # type: ignore[attr-defined]
-        item = str(flow.input) if stack else ""  # type: ignore[attr-defined]
+        item = str(task.foreach_value(stack[-1])) if stack else ""
     except Exception:  # noqa: BLE001 - a label must never hide the step's own error
         stack, item = [], ""
-    name = type(flow).__name__
     if not stack:
-        label = f"<flow {name} step {step}>"
+        label = f"<flow {task.flow_name} step {task.step_name}>"
     else:
-        index = ",".join(str(position) for position, _, _ in stack)
+        index = ",".join(str(frame.index) for frame in stack)
         shown = item[:20] + "..." if len(item) > 20 else item
-        label = f"<flow {name} step {step}[{index}] (input: {shown})>"
+        label = f"<flow {task.flow_name} step {task.step_name}[{index}] (input: {shown})>"
     try:
         setattr(error, _FAILED_IN, label)
     except AttributeError:

@@ -28,19 +28,18 @@ from airflow_flowspec.datastore.manifest import (
     SwitchTaken,
     new_manifest,
 )
-from airflow_flowspec.datastore.views import ArtifactLoader, Inputs, InputView, foreach_item_name
+from airflow_flowspec.datastore.views import ArtifactLoader, Inputs, InputView
 from airflow_flowspec.decorators.base import step_decorators_of
 from airflow_flowspec.errors import (
     ArtifactSaveError,
     FlowLoadError,
-    MergeArtifactsError,
     ParameterError,
     StepInputError,
     TransitionError,
     is_flow_mistake,
 )
 from airflow_flowspec.flow_loader import load_flow_class, load_recorded_flow_class
-from airflow_flowspec.graph import graph_of, graph_record
+from airflow_flowspec.graph import FlowGraph, StepNode, graph_of, graph_record
 from airflow_flowspec.parameters import flow_parameters
 from airflow_flowspec.run_tags import check_tags
 from airflow_flowspec.runtime import parameter_values
@@ -55,65 +54,11 @@ from airflow_flowspec.runtime.task_spec import (
     run_namespace,
     system_tags,
 )
+from airflow_flowspec.runtime.task_state import TaskState
 
 # Values of these types cannot change in place, so an artifact of such a type that a step read but
 # did not reassign can keep its stored reference instead of being pickled and hashed again.
 IMMUTABLE_TYPES = (bytes, str, int, float, bool, complex, type(None), range, frozenset)
-
-
-class TaskState:
-    """The runtime side of a running step: what ``self.input``, ``merge_artifacts`` etc. consult."""
-
-    def __init__(self, spec: TaskSpec, datastore: Any, is_join: bool):
-        self.spec = spec
-        self.datastore = datastore
-        self.is_join = is_join
-        self.step_name = spec.step
-        self.foreach_stack = spec.foreach_stack
-        self._items: dict[str, Any] = {}
-
-    def foreach_value(self, frame: ForeachFrame) -> Any:
-        digest = frame.item.hash
-        if digest not in self._items:
-            self._items[digest] = self.datastore.artifacts.load(frame.item, what=foreach_item_name(frame))
-        return self._items[digest]
-
-    def merge_artifacts(
-        self, flow: Any, inputs: list[InputView], include: list[str] | None, exclude: list[str] | None
-    ) -> None:
-        loader: ArtifactLoader = flow.__dict__["_flowspec_artifacts"]
-        offered: dict[str, dict[str, ArtifactRef]] = {}
-        origins: dict[str, str] = {}
-        for view in inputs:
-            manifest = view.typed_manifest
-            for name, ref in manifest.artifacts.items():
-                offered.setdefault(name, {})[ref.hash] = ref
-                origins.setdefault(name, manifest.pathspec)
-        if include:
-            missing = [name for name in include if name not in offered]
-            if missing:
-                raise MergeArtifactsError(
-                    f"Step '{self.step_name}' asked merge_artifacts to include {', '.join(missing)}, "
-                    f"but no input has such an artifact."
-                )
-            candidates = list(include)
-        else:
-            candidates = sorted(set(offered) - set(exclude or []))
-        conflicts = []
-        for name in candidates:
-            if name in flow.__dict__ or name in loader:
-                continue  # set in the join already (or a parameter): the join's value wins
-            if len(offered[name]) > 1:
-                conflicts.append(name)
-                continue
-            loader.add(name, next(iter(offered[name].values())), origins[name])
-        if conflicts:
-            raise MergeArtifactsError(
-                f"Step '{self.step_name}' of flow {self.spec.flow_name} cannot merge artifact(s) "
-                f"{', '.join(conflicts)}: the inputs hold different values. Set them explicitly in the "
-                f"join before calling merge_artifacts (e.g. self.{conflicts[0]} = max(i.{conflicts[0]} "
-                f"for i in inputs)), or pass exclude=[{', '.join(repr(c) for c in conflicts)}]."
-            )
 
 
 def run_step(
@@ -164,92 +109,137 @@ def _run_step(
     run_tags = _run_tags(spec) if spec.step == "start" else []  # refused before anything runs
     datastore = datastore or open_datastore(spec.datastore_root)
     with contextlib.nullcontext(lease) if lease else Lease(datastore, spec.run, holder="step") as held:
-        return _run_task(
-            spec, datastore, log, run_tags, held, store_result=store_result, mask_secret=mask_secret
+        task = TaskExecution(
+            spec, datastore, log, held, run_tags=run_tags, store_result=store_result, mask_secret=mask_secret
         )
+        task.prepare()
+        task.execute()
+        return task.persist()
 
 
-def _run_task(
-    spec: TaskSpec,
-    datastore: Any,
-    log: TaskLog,
-    run_tags: list[str],
-    lease: Lease,
-    *,
-    store_result: bool,
-    mask_secret: Callable[[Any], None] | None,
-) -> StepResult:
-    """Run the task described by ``spec`` and return what Airflow should publish.
+class TaskExecution:
+    """One attempt of a step: :meth:`prepare` the flow instance, :meth:`execute` the step,
+    :meth:`persist` what it produced; each phase reads what the one before it set.
 
     With ``store_result`` the result is also left in the datastore (before the manifest, which
     stays the last thing written), for a process other than this one to publish. ``mask_secret``
     is told the value of every secret parameter before the step runs (Airflow's log masker, on a
     worker), so that a step printing one does not put it in the task log.
-
-    Order of writes, so that a kill at any point leaves nothing wrong: the artifacts, then (start
-    step) the run record, then the output logs and the result, then the manifest, then (start step)
-    the run index entry.
     """
-    run_number = None
-    if spec.step == "start":
-        datastore.check_run_identity(spec.run)  # never write into another deployment's run
-        run_number = datastore.number_run(spec.run)  # before the step: numbers follow starts
-    moved_before = _moved(datastore)
-    flow_class, code = _load_flow(spec, datastore)
-    graph = graph_of(flow_class)
-    if spec.step not in graph:
-        raise FlowLoadError(
-            f"Flow {spec.flow_name} in {spec.flow_file} has no step '{spec.step}' in the code run "
-            f"{spec.run_id} started with (its steps: {', '.join(graph.sorted_nodes())}). The flow file "
-            f"gained the step after the run started (a run keeps its code), or the task names a step "
-            f"that never existed: start a new run of the current flow."
-        )
-    node = graph[spec.step]
-    step_func = getattr(flow_class, spec.step)
-    decorators = step_decorators_of(step_func)
 
-    flow = flow_class.__new__(flow_class)
-    is_join = node.type == "join"
-    state = TaskState(spec, datastore, is_join)
-    flow.__dict__["_flowspec_task"] = state
-    flow.__dict__["_flowspec_transition"] = None
-    parameter_names = _restore_inputs(flow, flow_class, spec, datastore, is_join, state)
-    secret_names = {p.attr_name for p in flow_parameters(flow_class) if p.secret}
-    secret_values = [getattr(flow, name) for name in sorted(secret_names & set(parameter_names))]
-    secrets = log.mask = SecretMask(secret_values)
-    if mask_secret is not None:
-        for value in secret_values:
-            if value is not None:
-                mask_secret(value)
-
-    label = f"{spec.run_id}/{spec.step}/{spec.task_id}"
-    if not lines_prefixed():  # else the run prints it, with the task's process id
-        log.print_unkept(f"[{label}] Task is starting.")
-    caught: BaseException | None = None
-    with (
-        _task_context(spec),
-        _environment(decorators.get("environment")),
-        masked_output(secrets),
-        one_line_warnings(label),
+    def __init__(
+        self,
+        spec: TaskSpec,
+        datastore: Any,
+        log: TaskLog,
+        lease: Lease,
+        *,
+        run_tags: list[str],
+        store_result: bool,
+        mask_secret: Callable[[Any], None] | None,
     ):
+        self.spec = spec
+        self.datastore = datastore
+        self.log = log
+        self.lease = lease
+        self.run_tags = run_tags
+        self.store_result = store_result
+        self.mask_secret = mask_secret
+        self.label = f"{spec.run_id}/{spec.step}/{spec.task_id}"
+        # Set by prepare():
+        self.run_number: int | None = None
+        self.moved_before: dict[str, int] = {}
+        self.code: dict[str, Any] | None = None
+        self.graph: FlowGraph
+        self.node: StepNode
+        self.decorators: dict[str, Any] = {}
+        self.flow: Any = None
+        self.state: TaskState
+        self.parameter_names: list[str] = []
+        self.secret_names: set[str] = set()
+        self.secrets: SecretMask
+        # Set by execute():
+        self.caught: BaseException | None = None
+        self.foreach_children: list[dict[str, Any]] | None = None
+        self.switch_step: str | None = None
+
+    # -- prepare: code, graph, inputs, secrets --------------------------------------------------
+
+    def prepare(self) -> None:
+        """Build the flow instance the step runs on, from the code the run started with, holding
+        the step's inputs; mask its secrets. A start step first numbers the run (numbers follow
+        starts) after checking that the run is this deployment's."""
+        spec, datastore = self.spec, self.datastore
+        if spec.step == "start":
+            datastore.check_run_identity(spec.run)  # never write into another deployment's run
+            self.run_number = datastore.number_run(spec.run)  # before the step: numbers follow starts
+        self.moved_before = _moved(datastore)
+        flow_class, self.code = _load_flow(spec, datastore)
+        self.graph = graph_of(flow_class)
+        if spec.step not in self.graph:
+            raise FlowLoadError(
+                f"Flow {spec.flow_name} in {spec.flow_file} has no step '{spec.step}' in the code run "
+                f"{spec.run_id} started with (its steps: {', '.join(self.graph.sorted_nodes())}). The flow "
+                f"file gained the step after the run started (a run keeps its code), or the task names a "
+                f"step that never existed: start a new run of the current flow."
+            )
+        self.node = self.graph[spec.step]
+        self.decorators = step_decorators_of(getattr(flow_class, spec.step))
+
+        self.flow = flow_class.__new__(flow_class)
+        is_join = self.node.type == "join"
+        artifacts, self.parameter_names = _restore_inputs(
+            self.flow, flow_class, spec, datastore, is_join=is_join
+        )
+        self.state = TaskState(spec, datastore, is_join=is_join, artifacts=artifacts)
+        self.flow._flowspec_attach(self.state)
+        self.secret_names = {p.attr_name for p in flow_parameters(flow_class) if p.secret}
+        secret_values = [
+            getattr(self.flow, name) for name in sorted(self.secret_names & set(self.parameter_names))
+        ]
+        self.secrets = self.log.mask = SecretMask(secret_values)
+        if self.mask_secret is not None:
+            for value in secret_values:
+                if value is not None:
+                    self.mask_secret(value)
+
+    # -- execute: the step under @catch, the transition ----------------------------------------
+
+    def execute(self) -> None:
+        """Run the step: a failure raises, except one ``@catch`` takes on the last attempt; then
+        check that the step went where its source says (a foreach stores its items here)."""
+        spec = self.spec
+        if not lines_prefixed():  # else the run prints it, with the task's process id
+            self.log.print_unkept(f"[{self.label}] Task is starting.")
+        with (
+            _task_context(spec),
+            _environment(self.decorators.get("environment")),
+            masked_output(self.secrets),
+            one_line_warnings(self.label),
+        ):
+            self.caught = self._call_step()
+        if self.caught is None:
+            self.foreach_children, self.switch_step = self._transition()
+
+    def _call_step(self) -> BaseException | None:
+        """Call the step; what ``@catch`` caught (the flow goes on), None if the step succeeded."""
+        spec, flow, catch = self.spec, self.flow, self.decorators.get("catch")
+        step_func = getattr(type(flow), spec.step)
         try:
-            if is_join:
-                step_func(
-                    flow, Inputs([InputView(m, datastore, state.foreach_value) for m in _ordered(spec)])
-                )
+            if self.state.is_join:
+                inputs = [InputView(m, self.datastore, self.state.foreach_value) for m in _ordered(spec)]
+                step_func(flow, Inputs(inputs))
             else:
                 step_func(flow)
         except Exception as exc:  # noqa: BLE001 - @catch decides; otherwise re-raised below
-            catch = decorators.get("catch")
             if (
                 catch is None
                 or is_flow_mistake(exc)
                 or spec.attempt < spec.max_attempts
-                or node.type in ("foreach", "split-switch")
+                or self.node.type in ("foreach", "split-switch")
             ):
-                remember_where(exc, flow, spec.step)
+                remember_where(exc, self.state)
                 raise
-            caught = exc
             print(
                 f"@catch caught an exception from step {spec.step} on its last attempt "
                 f"({type(exc).__name__}: {exc}); the flow goes on"
@@ -261,67 +251,203 @@ def _run_task(
                 print(CaughtException(exc).stacktrace, file=sys.stderr, flush=True)
             if catch["var"]:
                 flow.__dict__[catch["var"]] = CaughtException(exc)
-        else:
-            catch = decorators.get("catch")
-            if catch is not None and catch["var"]:
-                flow.__dict__[catch["var"]] = None  # as in Metaflow: falsy when nothing was caught
+            return exc
+        if catch is not None and catch["var"]:
+            flow.__dict__[catch["var"]] = None  # as in Metaflow: falsy when nothing was caught
+        return None
 
-    foreach_children = switch_step = None
-    if caught is None:
-        foreach_children, switch_step = _check_transition(flow, node, spec, datastore, secrets)
-    saved_report: list[list[Any]] = []
-    refs = _save_artifacts(flow, spec, datastore, secret_names, secrets, saved_report)
-    run_record = None
-    if spec.step == "start":
-        run_record = datastore.write_run_meta(
+    def _transition(self) -> tuple[list[dict[str, Any]] | None, str | None]:
+        """(foreach children, switch step taken): the ``self.next`` the step called, checked
+        against the graph."""
+        spec, node = self.spec, self.node
+        where = f"Step '{spec.step}' of flow {spec.flow_name}"
+        if node.type == "end":
+            return None, None
+        transition = self.state.transition
+        if transition is None:
+            raise TransitionError(
+                f"{where} finished without calling self.next(). Every step but end must end with "
+                f"self.next(...) on every code path (a return before it skips it)."
+            )
+        if list(transition.targets) != list(node.out_funcs):
+            raise TransitionError(
+                f"{where} called self.next({', '.join(transition.targets)}) but its source says "
+                f"self.next({', '.join(node.out_funcs)}); transitions must be static."
+            )
+        if node.type == "foreach":
+            return self._foreach_children(where), None
+        if node.type == "split-switch":
+            value = getattr(self.flow, node.condition)
+            cases = node.switch_cases or {}
+            key = value if isinstance(value, str) else str(value)
+            if key not in cases:
+                raise TransitionError(
+                    f"{where}: switch condition self.{node.condition} is {value!r}, which is not one of "
+                    f"the cases {', '.join(repr(k) for k in cases)}. Set it to one of them."
+                )
+            return None, cases[key]
+        return None, None
+
+    def _foreach_children(self, where: str) -> list[dict[str, Any]]:
+        spec, var = self.spec, self.node.foreach_param
+        try:
+            values = getattr(self.flow, var)
+        except AttributeError:
+            raise TransitionError(
+                f"{where} does a foreach over self.{var}, but self.{var} was never set."
+            ) from None
+        try:
+            items = list(values)
+        except TypeError:
+            raise TransitionError(
+                f"{where} does a foreach over self.{var}, a {type(values).__name__}, which cannot be "
+                f"iterated. Use a list."
+            ) from None
+        if not items:
+            raise TransitionError(
+                f"{where}: the foreach over self.{var} produced zero splits (it is empty). A foreach needs "
+                f"at least one item; check the value or branch around the foreach."
+            )
+        named = {f"{var}[{i}]": item for i, item in enumerate(items)}
+        # An item made from a secret is stored as artifacts made from one are: salted, shown as <secret>.
+        secrets = self.secrets
+        salted = [name for name, item in named.items() if secrets and secrets.reveals(short_repr(item))]
+        # Each child loads only its own item: in packs of a chunk's worth of items, it reads a few
+        # siblings' pickles with it, not a pack of up to 4 MB of them, however wide the foreach.
+        refs = self.datastore.artifacts.save_many(named, secret_names=salted, pack_items=CHUNK_ITEMS)
+        children = []
+        for i in range(len(items)):
+            frame = ForeachFrame(
+                step=spec.step, var=var, index=i, num_splits=len(items), item=refs[f"{var}[{i}]"]
+            )
+            stack = [*spec.foreach_stack, frame]
+            children.append({"stack": [f.to_json() for f in stack], "parent_map_index": spec.map_index})
+        return children
+
+    # -- persist: the write order --------------------------------------------------------------
+
+    def persist(self) -> StepResult:
+        """Write what the task produced, in the order that leaves nothing wrong after a kill at
+        any point, and return what Airflow should publish:
+
+        1. the artifacts (nothing references them until the manifest does);
+        2. (start step) the run record;
+        3. the result (for another process to publish, or a foreach's items to stay referenced)
+           and the output logs;
+        4. the lease check: gc must have seen this task running all along, or what the manifest
+           references may be gone;
+        5. the manifest, the last of the attempt's own records: it makes the task done;
+        6. (start step) the run index entry; (end step) the run's outcome.
+        """
+        spec, datastore = self.spec, self.datastore
+        refs, saved_report = self._save_artifacts()
+        run_record = self._write_run_record() if spec.step == "start" else None
+        result = self._result(refs, saved_report)
+        if self.store_result or self.foreach_children is not None:
+            # A split's item references otherwise live only in Airflow's XCom, which gc cannot read:
+            # the result beside the manifest keeps the children's inputs referenced while they queue.
+            datastore.write_step_result(spec.attempt_key, result.to_json())
+        self.log.store(datastore, spec.attempt_key)
+        self.lease.check()
+        datastore.write_manifest(result.manifest)
+        if run_record is not None:
+            datastore.index_run(spec.flow_name, spec.run_id, run_record)
+        if self.node.type == "end":
+            datastore.finish_run(spec.flow_name, spec.run_id, True, {"end_task": spec.pathspec})
+        if self.foreach_children is not None:
+            print(
+                labelled(self.label, f"Foreach yields {len(self.foreach_children)} child steps."), flush=True
+            )
+        if not lines_prefixed():
+            print(f"[{self.label}] Task finished successfully.", flush=True)
+        return result
+
+    def _save_artifacts(self) -> tuple[dict[str, ArtifactRef], list[list[Any]]]:
+        """The manifest's artifact references, and ``[name, size, "new" or "reused"]`` for each
+        artifact this step saved (not those it carried unread)."""
+        flow, loader = self.flow, self.state.artifacts
+        refs: dict[str, ArtifactRef] = {}
+        to_save: dict[str, Any] = {}
+        for name in loader.refs:
+            if name in flow.__dict__:
+                continue
+            if name not in loader.loaded:
+                refs[name] = loader.refs[name]  # untouched: carry the reference, move no bytes
+            elif type(loader.loaded[name]) in IMMUTABLE_TYPES:
+                refs[name] = loader.refs[name]  # read, unchanged by construction
+            else:
+                to_save[name] = loader.loaded[name]  # may have been mutated in place: hash decides
+        for name, value in flow.__dict__.items():
+            if name.startswith("_flowspec_") or name.startswith("__"):  # the task state
+                continue
+            to_save[name] = value
+        # An artifact made from a secret (its repr shows it) is stored as a secret too: salted, so its
+        # hash in the manifest cannot confirm a guess, and shown as <secret>.
+        salted = set(self.secret_names)
+        if self.secrets:
+            salted.update(name for name, value in to_save.items() if self.secrets.reveals(short_repr(value)))
+        written: set[str] = set()
+        try:
+            saved = self.datastore.artifacts.save_many(to_save, secret_names=salted, written=written)
+        except ArtifactSaveError as err:
+            raise ArtifactSaveError(
+                err.artifact_name, err.reason, flow=self.spec.flow_name, step=self.spec.step
+            ) from None
+        saved_report = []
+        for name, ref in saved.items():
+            refs[name] = ref
+            saved_report.append([name, ref.size, "new" if ref.hash in written else "reused"])
+        return {name: refs[name] for name in sorted(refs)}, saved_report
+
+    def _write_run_record(self) -> dict[str, Any]:
+        """Record the run (start step): where its flow, parameters, code and graph came from."""
+        spec, flow = self.spec, self.flow
+        return self.datastore.write_run_meta(  # type: ignore[no-any-return]
             spec.flow_name,
             spec.run_id,
             {
                 "flow_file": os.path.abspath(spec.flow_file),
                 "parameters": {
-                    p: SECRET_REPR if p in secret_names else _describe(flow.__dict__.get(p))
-                    for p in parameter_names
+                    p: SECRET_REPR if p in self.secret_names else _describe(flow.__dict__.get(p))
+                    for p in self.parameter_names
                 },
                 "context": spec.run_context.to_json(),
-                "tags": run_tags,
-                "code": code,
-                "graph": graph_record(graph),
+                "tags": self.run_tags,
+                "code": self.code,
+                "graph": graph_record(self.graph),
                 "versions": _versions(),
                 "started_by": {"user": spec.run_context.username, "run_type": spec.run_context.run_type},
                 "system_tags": system_tags(spec.run, spec.run_context),
-                "number": run_number,
+                "number": self.run_number,
             },
             identity=spec.run,
         )
-    manifest = _manifest(
-        spec, refs, parameter_names, node, caught, switch_step, foreach_children, secrets, code
-    )
-    moved = _moved(datastore)
-    storage = {
-        "saved": saved_report,
-        "carried": len(refs) - len(saved_report),
-        "bytes_written": moved["bytes_written"] - moved_before["bytes_written"],
-        "bytes_read": moved["bytes_read"] - moved_before["bytes_read"],
-    }
-    result = StepResult(
-        manifest=manifest, foreach_children=foreach_children, switch_step=switch_step, storage=storage
-    )
-    if store_result or foreach_children is not None:
-        # A split's item references otherwise live only in Airflow's XCom, which gc cannot read:
-        # the result beside the manifest keeps the children's inputs referenced while they queue.
-        datastore.write_step_result(spec.attempt_key, result.to_json())
-    log.store(datastore, spec.attempt_key)
-    lease.check()  # gc must have seen this task running all along, or what it references may be gone
-    datastore.write_manifest(manifest)
-    if run_record is not None:
-        datastore.index_run(spec.flow_name, spec.run_id, run_record)
-    if node.type == "end":
-        datastore.finish_run(spec.flow_name, spec.run_id, True, {"end_task": spec.pathspec})
-    if foreach_children is not None:
-        print(labelled(label, f"Foreach yields {len(foreach_children)} child steps."), flush=True)
-    if not lines_prefixed():
-        print(f"[{label}] Task finished successfully.", flush=True)
-    return result
+
+    def _result(self, refs: dict[str, ArtifactRef], saved_report: list[list[Any]]) -> StepResult:
+        """The manifest and what Airflow publishes besides it, with what the task moved."""
+        node, caught, children, switch_step = self.node, self.caught, self.foreach_children, self.switch_step
+        manifest = new_manifest(
+            self.spec.attempt_key,
+            artifacts=refs,
+            parameters=self.parameter_names,
+            foreach_stack=self.spec.foreach_stack,
+            foreach=None if children is None else ForeachSplit(node.foreach_param, len(children)),
+            switch=None if switch_step is None else SwitchTaken(node.condition, switch_step),
+            caught=None
+            if caught is None
+            else Caught(type(caught).__name__, self.secrets.redact(str(caught))),
+            code=ArtifactRef.from_json(self.code["package"]) if self.code else None,
+        )
+        moved = _moved(self.datastore)
+        storage = {
+            "saved": saved_report,
+            "carried": len(refs) - len(saved_report),
+            "bytes_written": moved["bytes_written"] - self.moved_before["bytes_written"],
+            "bytes_read": moved["bytes_read"] - self.moved_before["bytes_read"],
+        }
+        return StepResult(
+            manifest=manifest, foreach_children=children, switch_step=switch_step, storage=storage
+        )
 
 
 def _load_flow(spec: TaskSpec, datastore: Any) -> tuple[type, dict[str, Any] | None]:
@@ -357,13 +483,14 @@ def _ordered(spec: TaskSpec) -> list[Manifest]:
 
 
 def _restore_inputs(
-    flow: Any, flow_class: type, spec: TaskSpec, datastore: Any, is_join: bool, state: TaskState
-) -> list[str]:
+    flow: Any, flow_class: type, spec: TaskSpec, datastore: Any, *, is_join: bool
+) -> tuple[ArtifactLoader, list[str]]:
+    """The artifacts the step starts with (a start step: its parameters, set on ``flow``), and
+    the names of the flow's parameters."""
     parameters = flow_parameters(flow_class)
     if spec.step == "start":
         _set_parameters(flow, parameters, spec, datastore)
-        flow.__dict__["_flowspec_artifacts"] = ArtifactLoader(datastore, {}, origin=spec.pathspec)
-        return [p.attr_name for p in parameters]
+        return ArtifactLoader(datastore, {}, origin=spec.pathspec), [p.attr_name for p in parameters]
     if not spec.input_manifests:
         raise StepInputError(
             f"Step '{spec.step}' of flow {spec.flow_name} got no input manifest from its parents."
@@ -374,8 +501,7 @@ def _restore_inputs(
     if is_join:
         # A join starts with only the parameters; everything else comes through inputs/merge_artifacts.
         refs = {name: refs[name] for name in parameter_names if name in refs}
-    flow.__dict__["_flowspec_artifacts"] = ArtifactLoader(datastore, refs, origin=first.pathspec)
-    return parameter_names
+    return ArtifactLoader(datastore, refs, origin=first.pathspec), parameter_names
 
 
 def _set_parameters(flow: Any, parameters: list[Any], spec: TaskSpec, datastore: Any) -> None:
@@ -470,137 +596,3 @@ def _environment(decorator: Any) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _check_transition(
-    flow: Any, node: Any, spec: TaskSpec, datastore: Any, secrets: SecretMask
-) -> tuple[list[dict[str, Any]] | None, str | None]:
-    where = f"Step '{spec.step}' of flow {spec.flow_name}"
-    if node.type == "end":
-        return None, None
-    transition = flow.__dict__.get("_flowspec_transition")
-    if transition is None:
-        raise TransitionError(
-            f"{where} finished without calling self.next(). Every step but end must end with "
-            f"self.next(...) on every code path (a return before it skips it)."
-        )
-    if list(transition.targets) != list(node.out_funcs):
-        raise TransitionError(
-            f"{where} called self.next({', '.join(transition.targets)}) but its source says "
-            f"self.next({', '.join(node.out_funcs)}); transitions must be static."
-        )
-    if node.type == "foreach":
-        return _foreach_children(flow, node, spec, datastore, where, secrets), None
-    if node.type == "split-switch":
-        value = getattr(flow, node.condition)
-        cases = node.switch_cases or {}
-        key = value if isinstance(value, str) else str(value)
-        if key not in cases:
-            raise TransitionError(
-                f"{where}: switch condition self.{node.condition} is {value!r}, which is not one of "
-                f"the cases {', '.join(repr(k) for k in cases)}. Set it to one of them."
-            )
-        return None, cases[key]
-    return None, None
-
-
-def _foreach_children(
-    flow: Any, node: Any, spec: TaskSpec, datastore: Any, where: str, secrets: SecretMask
-) -> list[dict[str, Any]]:
-    var = node.foreach_param
-    try:
-        values = getattr(flow, var)
-    except AttributeError:
-        raise TransitionError(
-            f"{where} does a foreach over self.{var}, but self.{var} was never set."
-        ) from None
-    try:
-        items = list(values)
-    except TypeError:
-        raise TransitionError(
-            f"{where} does a foreach over self.{var}, a {type(values).__name__}, which cannot be iterated. "
-            f"Use a list."
-        ) from None
-    if not items:
-        raise TransitionError(
-            f"{where}: the foreach over self.{var} produced zero splits (it is empty). A foreach needs at "
-            f"least one item; check the value or branch around the foreach."
-        )
-    named = {f"{var}[{i}]": item for i, item in enumerate(items)}
-    # An item made from a secret is stored as artifacts made from one are: salted, shown as <secret>.
-    salted = [name for name, item in named.items() if secrets and secrets.reveals(short_repr(item))]
-    # Each child loads only its own item: in packs of a chunk's worth of items, it reads a few
-    # siblings' pickles with it, not a pack of up to 4 MB of them, however wide the foreach.
-    refs = datastore.artifacts.save_many(named, secret_names=salted, pack_items=CHUNK_ITEMS)
-    children = []
-    for i in range(len(items)):
-        ref = refs[f"{var}[{i}]"]
-        frame = ForeachFrame(step=spec.step, var=var, index=i, num_splits=len(items), item=ref)
-        stack = [*spec.foreach_stack, frame]
-        children.append({"stack": [f.to_json() for f in stack], "parent_map_index": spec.map_index})
-    return children
-
-
-def _save_artifacts(
-    flow: Any,
-    spec: TaskSpec,
-    datastore: Any,
-    secret_names: set[str],
-    secrets: SecretMask,
-    saved_report: list[list[Any]],
-) -> dict[str, ArtifactRef]:
-    """The manifest's artifact references; ``saved_report`` receives ``[name, size, "new" or
-    "reused"]`` for each artifact this step saved (not those it carried unread)."""
-    loader: ArtifactLoader = flow.__dict__["_flowspec_artifacts"]
-    refs: dict[str, ArtifactRef] = {}
-    to_save: dict[str, Any] = {}
-    for name in loader.refs:
-        if name in flow.__dict__:
-            continue
-        if name not in loader.loaded:
-            refs[name] = loader.refs[name]  # untouched: carry the reference, move no bytes
-        elif type(loader.loaded[name]) in IMMUTABLE_TYPES:
-            refs[name] = loader.refs[name]  # read, unchanged by construction
-        else:
-            to_save[name] = loader.loaded[name]  # may have been mutated in place: hash decides
-    for name, value in flow.__dict__.items():
-        if name.startswith("_flowspec_") or name.startswith("__"):
-            continue
-        to_save[name] = value
-    # An artifact made from a secret (its repr shows it) is stored as a secret too: salted, so its
-    # hash in the manifest cannot confirm a guess, and shown as <secret>.
-    salted = set(secret_names)
-    if secrets:
-        salted.update(name for name, value in to_save.items() if secrets.reveals(short_repr(value)))
-    written: set[str] = set()
-    try:
-        saved = datastore.artifacts.save_many(to_save, secret_names=salted, written=written)
-    except ArtifactSaveError as err:
-        raise ArtifactSaveError(err.artifact_name, err.reason, flow=spec.flow_name, step=spec.step) from None
-    for name, ref in saved.items():
-        refs[name] = ref
-        saved_report.append([name, ref.size, "new" if ref.hash in written else "reused"])
-    return {name: refs[name] for name in sorted(refs)}
-
-
-def _manifest(
-    spec: TaskSpec,
-    refs: dict[str, ArtifactRef],
-    parameter_names: list[str],
-    node: Any,
-    caught: BaseException | None,
-    switch_step: str | None,
-    foreach_children: list[dict[str, Any]] | None,
-    secrets: SecretMask,
-    code: dict[str, Any] | None,
-) -> Manifest:
-    return new_manifest(
-        spec.attempt_key,
-        artifacts=refs,
-        parameters=parameter_names,
-        foreach_stack=spec.foreach_stack,
-        foreach=None if foreach_children is None else ForeachSplit(node.foreach_param, len(foreach_children)),
-        switch=None if switch_step is None else SwitchTaken(node.condition, switch_step),
-        caught=None if caught is None else Caught(type(caught).__name__, secrets.redact(str(caught))),
-        code=ArtifactRef.from_json(code["package"]) if code else None,
-    )

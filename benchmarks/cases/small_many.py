@@ -23,7 +23,7 @@ if mode == "ours":
     save = time.perf_counter() - start
     reader = Datastore(root)  # a new process's view: nothing cached
     reader.backend.client
-    loader = ArtifactLoader(reader, {name: ref.to_json() for name, ref in refs.items()})
+    loader = ArtifactLoader(reader, refs)
     start = time.perf_counter()
     back = {name: loader.load(name) for name in values}
     load = time.perf_counter() - start

@@ -308,11 +308,13 @@ def test_gc_during_a_run_keeps_every_kept_artifact_loadable(root, gc_flow):
     assert {flow.id for flow in Metaflow().flows} == {"GcFlow", "ForeachFlow", "BranchFlow"}
 
 
-def test_an_old_unreferenced_blob_saved_again_is_freshened_and_survives(root, monkeypatch):
+def test_an_old_unreferenced_blob_saved_again_is_freshened_and_survives(root):
     """Guards freshening: a save that finds an old blob already stored renews its last write (on S3
     keeping its recorded hash), and a process stops trusting its memory of stored blobs after the
     freshen interval, so a blob about to be referenced again is not collected."""
     worker = Datastore(root)  # a long-lived worker process
+    clock = SteppedClock()
+    worker.artifacts.clock = clock
     values = {"again": os.urandom(200 * 1024), "small": "packed", "control": os.urandom(300 * 1024)}
     refs = worker.artifacts.save_many(values)
     age_objects(root, "data/", 3 * DAY)  # a worker of another host wrote them long ago...
@@ -327,9 +329,12 @@ def test_an_old_unreferenced_blob_saved_again_is_freshened_and_survives(root, mo
     worker.artifacts.save_many({"again": values["again"], "small": "packed"})  # ...this one just did
     assert (counters.bytes_written, counters.requests) == (writes, requests)  # remembered: no request
     assert ages()[again] > 2 * DAY
+    requests = counters.requests  # listing the ages took some
+    clock.now += worker.artifacts.freshen_after - 1  # still relied on, however old the blob is
+    worker.artifacts.save_many({"again": values["again"], "small": "packed"})
+    assert (counters.bytes_written, counters.requests) == (writes, requests)
 
-    monkeypatch.setattr(artifacts, "FRESHEN_INTERVAL_SECONDS", 0.2)  # remembered for 0.1 s from now on
-    time.sleep(0.15)
+    clock.now += 2  # past half the freshen interval: no longer relied on
     assert worker.artifacts.save_many({"again": values["again"], "small": "packed"}) == {
         "again": refs["again"],
         "small": refs["small"],
@@ -346,11 +351,20 @@ def test_an_old_unreferenced_blob_saved_again_is_freshened_and_survives(root, mo
     assert reader.artifacts.load(refs["small"]) == "packed"
     assert reader.backend.blob_is_stored(again, refs["again"].size, refs["again"].hash)  # hash kept on S3
 
-    # Another process saving it, with the real interval, freshens it just the same.
-    monkeypatch.setattr(artifacts, "FRESHEN_INTERVAL_SECONDS", 3600.0)
+    # Another process saving it freshens it just the same.
     age_objects(root, "data/", 3 * DAY)
     Datastore(root).artifacts.save("again", values["again"])
     assert ages()[again] < 600 and ages()[pack] > 2 * DAY
+
+
+class SteppedClock:
+    """A clock that moves only when the test moves it (an ``ArtifactStore`` clock)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_ordinary_xcoms_damaged_blobs_and_scratch_files_are_swept(root, gc_flow, tmp_path, monkeypatch):

@@ -155,7 +155,7 @@ KILL_POINTS: tuple[KillPoint, ...] = (
     KillPoint("large blob about to be stored", _S3, "S3Backend.put_file", "before", "s3"),
     KillPoint("large blob stored", _S3, "S3Backend.put_file", "after", "s3", retry=True),
     KillPoint("multipart upload open, a part sent", *_MULTIPART_PART, "after", "s3", retry=True),
-    KillPoint("pack stored", _ARTIFACTS, "ArtifactStore._store_pack", "after"),
+    KillPoint("pack stored", _ARTIFACTS, "_SaveBatch._store_pack", "after"),
     KillPoint("run record written", _STORE, "Datastore.write_run_meta", "after", retry=True),
     KillPoint("result written", _STORE, "Datastore.write_step_result", "after"),
     KillPoint("manifest written", _STORE, "Datastore.write_manifest", "after", retry=True),

@@ -114,9 +114,9 @@ def test_the_dag_carries_no_secret_default(monkeypatch):
 
 
 def test_a_foreach_item_made_from_a_secret_is_stored_as_a_secret(tmp_path):
-    """Guards the mask on foreach items (step_runner._foreach_children): an item whose repr shows a
-    secret is salted and shown as <secret> in the split's result and its children's frames, like
-    any artifact made from one; the child still gets the real value."""
+    """Guards the mask on foreach items (step_runner's TaskExecution._foreach_children): an item
+    whose repr shows a secret is salted and shown as <secret> in the split's result and its
+    children's frames, like any artifact made from one; the child still gets the real value."""
     from airflow_flowspec.identity import RunIdentity
     from airflow_flowspec.runtime.step_runner import run_step
     from airflow_flowspec.runtime.task_spec import TaskSpec
