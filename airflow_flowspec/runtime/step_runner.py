@@ -277,7 +277,7 @@ class TaskExecution:
         if node.type == "foreach":
             return self._foreach_children(where), None
         if node.type == "split-switch":
-            value = getattr(self.flow, node.condition)
+            value = getattr(self.flow, str(node.condition))  # lint: a switch names its condition
             cases = node.switch_cases or {}
             key = value if isinstance(value, str) else str(value)
             if key not in cases:
@@ -289,7 +289,7 @@ class TaskExecution:
         return None, None
 
     def _foreach_children(self, where: str) -> list[dict[str, Any]]:
-        spec, var = self.spec, self.node.foreach_param
+        spec, var = self.spec, str(self.node.foreach_param)  # lint: a foreach names its list
         try:
             values = getattr(self.flow, var)
         except AttributeError:
@@ -431,8 +431,8 @@ class TaskExecution:
             artifacts=refs,
             parameters=self.parameter_names,
             foreach_stack=self.spec.foreach_stack,
-            foreach=None if children is None else ForeachSplit(node.foreach_param, len(children)),
-            switch=None if switch_step is None else SwitchTaken(node.condition, switch_step),
+            foreach=None if children is None else ForeachSplit(str(node.foreach_param), len(children)),
+            switch=None if switch_step is None else SwitchTaken(str(node.condition), switch_step),
             caught=None
             if caught is None
             else Caught(type(caught).__name__, self.secrets.redact(str(caught))),
